@@ -1,0 +1,248 @@
+//! Finding the files of a DALL·E Mini/Mega folder, reading its configs and loading the three
+//! modules, plus a data-free key-coverage check used against the full-size manifests.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bool, Int, Tensor};
+
+use super::config::{DalleBartConfig, VqganConfig};
+use super::tokenizer::DalleTokenizer;
+use super::weights::{self, FlaxTarget};
+use super::{BartDecoder, BartEncoder, DalleMini, TextNormalizer, Vqgan};
+use crate::error::{Error, Result};
+use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into, require_complete};
+
+/// Which published weight layout a folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// dalle-mini's `flax_model.msgpack`.
+    Flax,
+    /// min-dalle's `encoder.pt` + `decoder.pt`.
+    MinDalle,
+}
+
+const FLAX_FILE: &str = "flax_model.msgpack";
+
+/// The layout of a DalleBart folder, or `None` if `path` is not one.
+pub fn detect(path: &Path) -> Option<Layout> {
+    if path.join(FLAX_FILE).is_file() && path.join("config.json").is_file() {
+        return Some(Layout::Flax);
+    }
+    min_dalle_files(path).map(|_| Layout::MinDalle)
+}
+
+/// `encoder.pt` / `decoder.pt`, or the `.safetensors` copies the reference tools write.
+fn min_dalle_files(path: &Path) -> Option<(PathBuf, PathBuf)> {
+    ["pt", "safetensors"].iter().find_map(|ext| {
+        let (e, d) = (path.join(format!("encoder.{ext}")), path.join(format!("decoder.{ext}")));
+        (e.is_file() && d.is_file()).then_some((e, d))
+    })
+}
+
+/// The VQGAN weight file: in `given`, or next to / inside the DalleBart folder.
+fn find_vqgan(path: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    let dirs: Vec<PathBuf> = match given {
+        Some(p) if p.is_file() => return Ok(p.to_path_buf()),
+        Some(p) => vec![p.to_path_buf()],
+        None => {
+            let parent = path.parent().unwrap_or(path);
+            vec![path.join("vqgan"), parent.join("vqgan"), parent.join("vqgan_imagenet_f16_16384"), path.to_path_buf()]
+        }
+    };
+    for dir in &dirs {
+        for name in [FLAX_FILE, "detoker.pt", "detoker.safetensors", "last.ckpt", "model.ckpt"] {
+            let f = dir.join(name);
+            // the DalleBart folder's own flax file is not a VQGAN
+            if f.is_file() && !(dir == path && name == FLAX_FILE) {
+                return Ok(f);
+            }
+        }
+    }
+    let looked = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    Err(Error::UnknownModel {
+        path: path.into(),
+        message: format!("no VQGAN found (flax_model.msgpack, detoker.pt or a taming .ckpt in: {looked})"),
+    })
+}
+
+/// Shapes decide the config of a min-dalle folder without `config.json` (heads of 64 dims).
+fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
+    let dims = |f: &TensorFile, key: &str| -> Result<Vec<usize>> {
+        f.tensors.get(key).map(|s| s.shape.to_vec()).ok_or_else(|| Error::Tensor {
+            path: f.path.clone(),
+            key: key.into(),
+            message: "not in the file (needed to infer the config; add a config.json)".into(),
+        })
+    };
+    let layers = |f: &TensorFile| {
+        f.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
+    };
+    let text = dims(enc, "embed_tokens.weight")?;
+    let image = dims(dec, "embed_tokens.weight")?;
+    let ffn = dims(enc, "layers.0.glu.fc0.weight")?;
+    let (d, heads) = (text[1], (text[1] / 64).max(1));
+    let json = serde_json::json!({
+        "d_model": d, "encoder_layers": layers(enc), "decoder_layers": layers(dec),
+        "encoder_attention_heads": heads, "decoder_attention_heads": heads,
+        "encoder_ffn_dim": ffn[0], "decoder_ffn_dim": ffn[0],
+        "encoder_vocab_size": text[0], "image_vocab_size": image[0] - 1,
+        "max_text_length": dims(enc, "embed_positions.weight")?[0],
+        "image_length": dims(dec, "embed_positions.weight")?[0],
+    });
+    let cfg: DalleBartConfig =
+        serde_json::from_value(json).map_err(|e| Error::Config { path: enc.path.clone(), message: e.to_string() })?;
+    cfg.validate().map_err(|message| Error::Config { path: enc.path.clone(), message })?;
+    tracing::info!(d_model = d, heads, "no config.json: DalleBart config inferred from tensor shapes");
+    Ok(cfg)
+}
+
+fn load_part<B: Backend, M: Module<B>>(module: M, file: &TensorFile, map: &dyn Fn(&str) -> KeyTarget) -> Result<(M, LoadReport)> {
+    let (module, report) = load_into(module, file, map)?;
+    require_complete(&report, &file.path)?;
+    if !report.unused.is_empty() {
+        tracing::warn!(file = %file.path.display(), unused = ?report.unused, "tensors the model does not use");
+    }
+    Ok((module, report))
+}
+
+pub(super) fn load<B: Backend>(path: &Path, vqgan: Option<&Path>, device: &B::Device) -> Result<DalleMini<B>> {
+    let layout = detect(path).ok_or_else(|| Error::UnknownModel {
+        path: path.into(),
+        message: "not a DALL·E Mini/Mega folder (expected flax_model.msgpack + config.json, or encoder.pt + decoder.pt)".into(),
+    })?;
+    let config_path = path.join("config.json");
+    let mut report = LoadReport::default();
+    let (config, encoder, decoder) = match layout {
+        Layout::Flax => {
+            let config = DalleBartConfig::from_file(&config_path)?;
+            let file = weights::flax_bart_file(&path.join(FLAX_FILE), config.encoder_layers, config.decoder_layers)?;
+            let (encoder, r) = load_part(BartEncoder::new(&config, device), &file, &weights::flax_bart_target("encoder"))?;
+            report.merge(r);
+            let (decoder, r) = load_part(BartDecoder::new(&config, device), &file, &weights::flax_bart_target("decoder"))?;
+            report.merge(r);
+            (config, encoder, decoder)
+        }
+        Layout::MinDalle => {
+            let (enc_path, dec_path) = min_dalle_files(path).expect("detected");
+            let (enc_file, dec_file) = (TensorFile::open(&enc_path)?, TensorFile::open(&dec_path)?);
+            let config =
+                if config_path.is_file() { DalleBartConfig::from_file(&config_path)? } else { infer_config(&enc_file, &dec_file)? };
+            let (encoder, r) = load_part(BartEncoder::new(&config, device), &enc_file, &weights::bart_pt_target)?;
+            report.merge(r);
+            let (decoder, r) = load_part(BartDecoder::new(&config, device), &dec_file, &weights::bart_pt_target)?;
+            report.merge(r);
+            (config, encoder, decoder)
+        }
+    };
+    let vq_path = find_vqgan(path, vqgan)?;
+    let vq_cfg_path = vq_path.with_file_name("config.json");
+    let vqgan_config = if vq_cfg_path.is_file() { VqganConfig::from_file(&vq_cfg_path)? } else { VqganConfig::default() };
+    let file = if vq_path.extension().is_some_and(|e| e == "msgpack") {
+        weights::flax_vqgan_file(&vq_path)?
+    } else {
+        TensorFile::open(&vq_path)?
+    };
+    let map: &dyn Fn(&str) -> KeyTarget =
+        if vq_path.extension().is_some_and(|e| e == "msgpack") { &weights::flax_vqgan_key } else { &weights::vqgan_pt_target };
+    let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map)?;
+    report.merge(r);
+    let grid = vqgan_config.grid();
+    if grid * grid != config.image_length {
+        return Err(Error::Config {
+            path: vq_cfg_path,
+            message: format!("the VQGAN decodes {grid}×{grid} tokens, the DalleBart makes {}", config.image_length),
+        });
+    }
+    let tokenizer = DalleTokenizer::from_dir(path, config.max_text_length)?;
+    tracing::info!(layout = ?layout, d_model = config.d_model, layers = config.decoder_layers, applied = report.applied, "DALL·E model loaded");
+    Ok(DalleMini {
+        config,
+        vqgan_config,
+        layout,
+        encoder,
+        decoder,
+        vqgan,
+        tokenizer,
+        normalizer: TextNormalizer::default(),
+        report,
+        device: device.clone(),
+    })
+}
+
+/// Module parameter paths and shapes, read without materialising the (lazy) parameters.
+pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Vec<usize>> {
+    struct Shapes {
+        path: Vec<String>,
+        out: BTreeMap<String, Vec<usize>>,
+    }
+    impl<B: Backend> ModuleVisitor<B> for Shapes {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+            self.out.insert(self.path.join("."), param.lazy_shape().to_vec());
+        }
+        fn visit_int<const D: usize>(&mut self, _: &Param<Tensor<B, D, Int>>) {}
+        fn visit_bool<const D: usize>(&mut self, _: &Param<Tensor<B, D, Bool>>) {}
+    }
+    let mut v = Shapes { path: Vec::new(), out: BTreeMap::new() };
+    module.visit(&mut v);
+    v.out
+}
+
+/// Result of mapping a list of file keys onto module parameters without reading any data.
+#[derive(Debug, Default)]
+pub struct Coverage {
+    pub missing: Vec<String>,
+    pub unused: Vec<String>,
+    pub ignored: Vec<String>,
+    pub shape_errors: Vec<String>,
+}
+
+/// Maps `keys` (file key → shape) onto `params` (path → shape) with `target`, which returns the
+/// module paths a key feeds (with the shape it will have) or `None` when it is ignored.
+pub fn coverage(
+    params: &BTreeMap<String, Vec<usize>>,
+    keys: &BTreeMap<String, Vec<usize>>,
+    target: &dyn Fn(&str, &[usize]) -> Option<Vec<(String, Vec<usize>)>>,
+) -> Coverage {
+    let mut cov = Coverage::default();
+    let mut seen = std::collections::BTreeSet::new();
+    for (key, shape) in keys {
+        let Some(targets) = target(key, shape) else {
+            cov.ignored.push(key.clone());
+            continue;
+        };
+        for (path, shape) in targets {
+            match params.get(&path) {
+                None => cov.unused.push(key.clone()),
+                Some(want) if !same_layout(want, &shape) => cov.shape_errors.push(format!("{key} → {path}: {shape:?} vs {want:?}")),
+                Some(_) => {
+                    seen.insert(path);
+                }
+            }
+        }
+    }
+    cov.missing = params.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+    cov
+}
+
+/// Equal shapes, or a 1×1 conv kernel feeding a `[o, i]` linear.
+fn same_layout(want: &[usize], got: &[usize]) -> bool {
+    want == got || (want.len() == 2 && got.len() == 4 && got[2] == 1 && got[3] == 1 && want == &got[..2])
+}
+
+/// The shape a flax leaf has after `FlaxTarget`'s slicing and permutation.
+pub fn flax_target_shape(t: &FlaxTarget, shape: &[usize]) -> Vec<usize> {
+    let s = if t.layer.is_some() { &shape[1..] } else { shape };
+    match &t.permute {
+        Some(p) => p.iter().map(|&a| s[a]).collect(),
+        None => s.to_vec(),
+    }
+}

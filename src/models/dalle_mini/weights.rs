@@ -1,0 +1,302 @@
+//! Checkpoint layouts and their key mappings onto the modules (whose names are min-dalle's).
+//!
+//! - min-dalle: `encoder.pt`, `decoder.pt` (keys = module paths; the absent scale-less LayerNorm
+//!   weights are simply not parameters here) and `detoker.pt` (taming names).
+//! - taming Lightning `.ckpt`: like `detoker.pt`, codebook at `quantize.embedding.weight`, plus an
+//!   encoder and loss networks that decoding ignores.
+//! - flax `flax_model.msgpack`: DalleBart with scanned layers (leading layer axis), Dense
+//!   `kernel` `[in, out]`, LayerNorm `scale`; VQGAN with `up_4.block_0` names and HWIO kernels.
+//!   Flax leaves become lazy snapshots under the module's names, sliced per layer and transposed
+//!   only when a parameter reads them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use burn::module::ParamId;
+use burn::tensor::{Shape, TensorData};
+use burn_store::{TensorSnapshot, TensorSnapshotError};
+
+use super::msgpack::{ArrayRef, MsgpackFile};
+use crate::error::{Error, Result};
+use crate::weights::{KeyTarget, TensorFile};
+
+/// min-dalle LayerNorm weights that are fixed at 1 (absent from its files; ignored if present).
+const SCALELESS: [&str; 5] =
+    ["pre_self_attn_layer_norm.weight", "pre_encoder_attn_layer_norm.weight", "glu.ln0.weight", "glu.ln1.weight", "final_ln.weight"];
+
+/// `encoder.pt` / `decoder.pt` keys → module paths (identity).
+pub fn bart_pt_target(key: &str) -> KeyTarget {
+    if SCALELESS.iter().any(|s| key.ends_with(s)) { KeyTarget::Ignore } else { KeyTarget::Param(key.to_string()) }
+}
+
+/// `detoker.pt` or taming `.ckpt` keys → VQGAN module paths.
+pub fn vqgan_pt_target(key: &str) -> KeyTarget {
+    if key == "quantize.embedding.weight" {
+        return KeyTarget::Param("embedding.weight".into());
+    }
+    if ["encoder.", "quant_conv.", "loss.", "quantize."].iter().any(|p| key.starts_with(p)) {
+        return KeyTarget::Ignore;
+    }
+    KeyTarget::Param(key.to_string())
+}
+
+/// How one flax leaf becomes one module tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FlaxTarget {
+    /// Module path, prefixed with `encoder.` / `decoder.` for DalleBart.
+    pub path: String,
+    /// Index into a leading scanned-layer axis.
+    pub layer: Option<usize>,
+    /// Axis permutation applied after slicing (`[1, 0]` for Dense kernels, HWIO→OIHW for convs).
+    pub permute: Option<Vec<usize>>,
+}
+
+const FLAX_LAYER_MODULES: [(&str, &str); 11] = [
+    ("LayerNorm_0", "pre_self_attn_layer_norm"),
+    ("FlaxBartAttention_0", "self_attn"),
+    ("LayerNorm_1", "self_attn_layer_norm"),
+    ("LayerNorm_2", "pre_encoder_attn_layer_norm"),
+    ("FlaxBartAttention_1", "encoder_attn"),
+    ("LayerNorm_3", "encoder_attn_layer_norm"),
+    ("GLU_0.LayerNorm_0", "glu.ln0"),
+    ("GLU_0.Dense_0", "glu.fc0"),
+    ("GLU_0.Dense_1", "glu.fc1"),
+    ("GLU_0.LayerNorm_1", "glu.ln1"),
+    ("GLU_0.Dense_2", "glu.fc2"),
+];
+
+fn flax_leaf(leaf: &str, rank: usize) -> Option<(&'static str, Option<Vec<usize>>)> {
+    match leaf {
+        "kernel" if rank == 2 => Some(("weight", Some(vec![1, 0]))),
+        "kernel" if rank == 4 => Some(("weight", Some(vec![3, 2, 0, 1]))),
+        "scale" | "embedding" => Some(("weight", None)),
+        "bias" => Some(("bias", None)),
+        _ => None,
+    }
+}
+
+/// Targets of one DalleBart flax leaf (one per layer for a scanned stack), or `None` when the
+/// key is not part of the published layout. `rank` is the leaf's rank.
+pub fn flax_bart_targets(key: &str, rank: usize, layers: usize) -> Option<Vec<FlaxTarget>> {
+    if key == "lm_head.kernel" {
+        return Some(vec![FlaxTarget { path: "decoder.lm_head.weight".into(), layer: None, permute: Some(vec![1, 0]) }]);
+    }
+    let rest = key.strip_prefix("model.")?;
+    let (side, rest) = rest.split_once('.')?;
+    if side != "encoder" && side != "decoder" {
+        return None;
+    }
+    let (module, leaf) = rest.rsplit_once('.')?;
+    if let Some(stack) = module.strip_prefix("layers.") {
+        let (stack_name, sub) = stack.split_once('.')?;
+        let scanned = format!("FlaxBart{}Layers", if side == "encoder" { "Encoder" } else { "Decoder" });
+        let single = format!("FlaxBart{}Layer_", if side == "encoder" { "Encoder" } else { "Decoder" });
+        // attention sub-modules keep their projection name: FlaxBartAttention_0.q_proj
+        let (sub_mod, proj) = match sub.split_once('.') {
+            Some((a, p)) if a.starts_with("FlaxBartAttention_") => (a, Some(p)),
+            _ => (sub, None),
+        };
+        let ours = FLAX_LAYER_MODULES.iter().find(|(f, _)| *f == sub_mod)?.1;
+        let ours = match proj {
+            Some(p) if ["q_proj", "k_proj", "v_proj", "out_proj"].contains(&p) => format!("{ours}.{p}"),
+            Some(_) => return None,
+            None => ours.to_string(),
+        };
+        if stack_name == scanned {
+            // the permutation applies to one layer's slice
+            let (name, permute) = flax_leaf(leaf, rank.checked_sub(1)?)?;
+            return Some(
+                (0..layers)
+                    .map(|i| FlaxTarget { path: format!("{side}.layers.{i}.{ours}.{name}"), layer: Some(i), permute: permute.clone() })
+                    .collect(),
+            );
+        }
+        let i: usize = stack_name.strip_prefix(&single)?.parse().ok()?;
+        let (name, permute) = flax_leaf(leaf, rank)?;
+        return Some(vec![FlaxTarget { path: format!("{side}.layers.{i}.{ours}.{name}"), layer: None, permute }]);
+    }
+    if !["embed_tokens", "embed_positions", "layernorm_embedding", "final_ln"].contains(&module) {
+        return None;
+    }
+    let (name, permute) = flax_leaf(leaf, rank)?;
+    Some(vec![FlaxTarget { path: format!("{side}.{module}.{name}"), layer: None, permute }])
+}
+
+/// Target of one VQGAN flax leaf; `Ok(None)` for the parts decoding does not use.
+pub fn flax_vqgan_target(key: &str, rank: usize) -> std::result::Result<Option<FlaxTarget>, ()> {
+    if key == "quantize.embedding.embedding" {
+        return Ok(Some(FlaxTarget { path: "embedding.weight".into(), layer: None, permute: None }));
+    }
+    if key.starts_with("encoder.") || key.starts_with("quant_conv.") || key.starts_with("quantize.") {
+        return Ok(None);
+    }
+    if !key.starts_with("decoder.") && !key.starts_with("post_quant_conv.") {
+        return Err(());
+    }
+    let parts: Vec<&str> = key.split('.').collect();
+    let mut out = Vec::with_capacity(parts.len() + 2);
+    for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
+        let in_mid = i > 0 && parts[i - 1] == "mid";
+        match part.rsplit_once('_') {
+            Some((name @ ("up" | "block" | "attn"), idx)) if !in_mid && idx.parse::<usize>().is_ok() => {
+                out.push(name.to_string());
+                out.push(idx.to_string());
+            }
+            _ => out.push(part.to_string()),
+        }
+    }
+    let (name, permute) = flax_leaf(parts[parts.len() - 1], rank).ok_or(())?;
+    out.push(name.to_string());
+    Ok(Some(FlaxTarget { path: out.join("."), layer: None, permute }))
+}
+
+/// Lazily materialised snapshot of (a slice of) a msgpack array.
+fn snapshot(file: &Arc<MsgpackFile>, array: &ArrayRef, target: &FlaxTarget) -> TensorSnapshot {
+    let mut shape = array.shape.clone();
+    if target.layer.is_some() {
+        shape.remove(0);
+    }
+    let out_shape: Vec<usize> = match &target.permute {
+        Some(p) => p.iter().map(|&a| shape[a]).collect(),
+        None => shape.clone(),
+    };
+    let (file, array, target2, dtype) = (file.clone(), array.clone(), target.clone(), array.dtype);
+    let src_shape = shape;
+    let result_shape = out_shape.clone();
+    let data_fn = Rc::new(move || -> std::result::Result<TensorData, TensorSnapshotError> {
+        let bytes = file.data(&array);
+        let esize = dtype.size();
+        let per: usize = src_shape.iter().product::<usize>() * esize;
+        let bytes = match target2.layer {
+            Some(i) => bytes.get(i * per..(i + 1) * per).ok_or_else(|| TensorSnapshotError::DataError("layer out of range".into()))?,
+            None => bytes,
+        };
+        let data = match &target2.permute {
+            Some(p) => permute_bytes(bytes, &src_shape, p, esize),
+            None => bytes.to_vec(),
+        };
+        Ok(TensorData::from_bytes_vec(data, result_shape.clone(), dtype))
+    });
+    let path_stack = target.path.split('.').map(str::to_string).collect();
+    TensorSnapshot::from_closure(data_fn, dtype, Shape::from(out_shape), path_stack, Vec::new(), ParamId::new())
+}
+
+/// Row-major axis permutation of raw elements of `esize` bytes: output axis j = input axis p[j].
+pub fn permute_bytes(src: &[u8], shape: &[usize], p: &[usize], esize: usize) -> Vec<u8> {
+    let rank = shape.len();
+    let mut in_strides = vec![1usize; rank];
+    for a in (0..rank.saturating_sub(1)).rev() {
+        in_strides[a] = in_strides[a + 1] * shape[a + 1];
+    }
+    let out_shape: Vec<usize> = p.iter().map(|&a| shape[a]).collect();
+    let strides: Vec<usize> = p.iter().map(|&a| in_strides[a]).collect();
+    let total: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(total * esize);
+    let mut idx = vec![0usize; rank];
+    for _ in 0..total {
+        let off: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum::<usize>() * esize;
+        out.extend_from_slice(&src[off..off + esize]);
+        for a in (0..rank).rev() {
+            idx[a] += 1;
+            if idx[a] < out_shape[a] {
+                break;
+            }
+            idx[a] = 0;
+        }
+    }
+    out
+}
+
+/// A flax DalleBart checkpoint as a `TensorFile` keyed by module paths (`encoder.…`,
+/// `decoder.…`); leaves outside the published layout keep their flax key so that the load
+/// reports them as unused.
+pub fn flax_bart_file(path: &Path, layers_enc: usize, layers_dec: usize) -> Result<TensorFile> {
+    let file = Arc::new(MsgpackFile::open(path)?);
+    let mut tensors = BTreeMap::new();
+    for (key, array) in &file.arrays {
+        let layers = if key.contains(".decoder.") { layers_dec } else { layers_enc };
+        let targets = flax_bart_targets(key, array.shape.len(), layers);
+        let scanned = targets.as_ref().and_then(|t| t.first()).is_some_and(|t| t.layer.is_some());
+        if scanned && array.shape.first() != Some(&layers) {
+            let message = format!("shape {:?}: scanned over {:?} layers, the config has {layers}", array.shape, array.shape.first());
+            return Err(Error::Tensor { path: path.into(), key: key.clone(), message });
+        }
+        match targets {
+            Some(targets) => {
+                for t in targets {
+                    tensors.insert(t.path.clone(), snapshot(&file, array, &t));
+                }
+            }
+            None => {
+                let t = FlaxTarget { path: key.clone(), layer: None, permute: None };
+                tensors.insert(key.clone(), snapshot(&file, array, &t));
+            }
+        }
+    }
+    Ok(TensorFile { path: path.to_path_buf(), tensors })
+}
+
+/// A flax VQGAN checkpoint as a `TensorFile` keyed by module paths; the encoder half is kept
+/// under `ignored.` so the load lists it as ignored.
+pub fn flax_vqgan_file(path: &Path) -> Result<TensorFile> {
+    let file = Arc::new(MsgpackFile::open(path)?);
+    let mut tensors = BTreeMap::new();
+    for (key, array) in &file.arrays {
+        let t = match flax_vqgan_target(key, array.shape.len()) {
+            Ok(Some(t)) => t,
+            Ok(None) => FlaxTarget { path: format!("ignored.{key}"), layer: None, permute: None },
+            Err(()) => FlaxTarget { path: key.clone(), layer: None, permute: None },
+        };
+        tensors.insert(t.path.clone(), snapshot(&file, array, &t));
+    }
+    Ok(TensorFile { path: path.to_path_buf(), tensors })
+}
+
+/// Key targets for a DalleBart `TensorFile` from `flax_bart_file`, for the `side` module.
+pub fn flax_bart_target(side: &'static str) -> impl Fn(&str) -> KeyTarget {
+    move |key: &str| {
+        if let Some(rest) = key.strip_prefix(side).and_then(|r| r.strip_prefix('.')) {
+            return KeyTarget::Param(rest.to_string());
+        }
+        let ours = key.starts_with("encoder.") || key.starts_with("decoder.");
+        // unrecognised flax keys are reported once, with the encoder
+        if !ours && side == "encoder" { KeyTarget::Param(key.to_string()) } else { KeyTarget::Other }
+    }
+}
+
+/// Key targets for a VQGAN `TensorFile` from `flax_vqgan_file`.
+pub fn flax_vqgan_key(key: &str) -> KeyTarget {
+    if key.starts_with("ignored.") { KeyTarget::Ignore } else { KeyTarget::Param(key.to_string()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permute_transposes_and_reorders_conv_kernels() {
+        let src: Vec<u8> = (0..6).collect(); // [2, 3]
+        assert_eq!(permute_bytes(&src, &[2, 3], &[1, 0], 1), vec![0, 3, 1, 4, 2, 5]);
+        // HWIO [1, 1, 2, 3] → OIHW [3, 2, 1, 1]: element (o, i) = src[i * 3 + o]
+        assert_eq!(permute_bytes(&src, &[1, 1, 2, 3], &[3, 2, 0, 1], 1), vec![0, 3, 1, 4, 2, 5]);
+    }
+
+    #[test]
+    fn flax_names_map_to_min_dalle_names() {
+        let t = flax_bart_targets("model.decoder.layers.FlaxBartDecoderLayers.FlaxBartAttention_1.k_proj.kernel", 3, 2).unwrap();
+        assert_eq!(t[1], FlaxTarget { path: "decoder.layers.1.encoder_attn.k_proj.weight".into(), layer: Some(1), permute: Some(vec![1, 0]) });
+        let t = flax_bart_targets("model.encoder.layers.FlaxBartEncoderLayers.GLU_0.LayerNorm_1.bias", 2, 2).unwrap();
+        assert_eq!(t[0].path, "encoder.layers.0.glu.ln1.bias");
+        assert_eq!(t[0].permute, None);
+        let t = flax_bart_targets("model.encoder.layers.FlaxBartEncoderLayer_3.LayerNorm_1.scale", 1, 12).unwrap();
+        assert_eq!(t[0].path, "encoder.layers.3.self_attn_layer_norm.weight");
+        assert_eq!(flax_bart_targets("model.encoder.embed_tokens.embedding", 2, 2).unwrap()[0].path, "encoder.embed_tokens.weight");
+        assert!(flax_bart_targets("model.encoder.something.kernel", 2, 2).is_none());
+        let v = flax_vqgan_target("decoder.up_4.attn_2.q.kernel", 4).unwrap().unwrap();
+        assert_eq!(v.path, "decoder.up.4.attn.2.q.weight");
+        assert_eq!(flax_vqgan_target("decoder.mid.block_1.norm1.scale", 1).unwrap().unwrap().path, "decoder.mid.block_1.norm1.weight");
+        assert_eq!(flax_vqgan_target("encoder.conv_in.kernel", 4), Ok(None));
+    }
+}
