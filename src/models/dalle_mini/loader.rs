@@ -91,6 +91,8 @@ fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
         "encoder_vocab_size": text[0], "image_vocab_size": image[0] - 1,
         "max_text_length": dims(enc, "embed_positions.weight")?[0],
         "image_length": dims(dec, "embed_positions.weight")?[0],
+        // dalle-mini's start token is the codebook size, 16384, also for mega's padded rows
+        "decoder_start_token_id": (image[0] - 1).min(16384),
     });
     let cfg: DalleBartConfig =
         serde_json::from_value(json).map_err(|e| Error::Config { path: enc.path.clone(), message: e.to_string() })?;
