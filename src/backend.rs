@@ -1,0 +1,114 @@
+//! Run-time device selection among the backends compiled in (`cpu`, `wgpu`, `cuda` features).
+//!
+//! Model code is generic over `B: Backend`; [`dispatch`] monomorphises a [`BackendTask`] for the
+//! backend the user asked for, or says which cargo feature would enable it.
+
+use std::str::FromStr;
+
+use burn::tensor::backend::Backend;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceSpec {
+    Cpu,
+    /// `None`: wgpu's default adapter.
+    Wgpu(Option<usize>),
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        let (name, index) = match s.split_once(':') {
+            Some((n, i)) => {
+                let i = i.parse::<usize>().map_err(|_| Error::Device(format!("bad device index in `{s}`")))?;
+                (n.to_string(), Some(i))
+            }
+            None => (s.clone(), None),
+        };
+        match (name.as_str(), index) {
+            ("cpu" | "flex", None) => Ok(DeviceSpec::Cpu),
+            ("wgpu" | "gpu" | "vulkan" | "metal", i) => Ok(DeviceSpec::Wgpu(i)),
+            ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
+            _ => Err(Error::Device(format!("unknown device `{s}`; use cpu, wgpu[:N] or cuda[:N]"))),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Cpu => write!(f, "cpu"),
+            DeviceSpec::Wgpu(None) => write!(f, "wgpu"),
+            DeviceSpec::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            DeviceSpec::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Work to run on whichever backend the user picked.
+pub trait BackendTask {
+    type Output;
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output;
+}
+
+fn not_compiled(spec: DeviceSpec, feature: &str) -> Error {
+    Error::Device(format!(
+        "device `{spec}` needs the `{feature}` cargo feature; rebuild with `cargo build --release --features {feature}`"
+    ))
+}
+
+/// Runs `task` on the backend for `spec`.
+pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> {
+    match spec {
+        DeviceSpec::Cpu => {
+            #[cfg(feature = "cpu")]
+            return Ok(task.run::<burn::backend::Flex>(burn::backend::flex::FlexDevice));
+            #[cfg(not(feature = "cpu"))]
+            return Err(not_compiled(spec, "cpu"));
+        }
+        DeviceSpec::Wgpu(index) => {
+            #[cfg(feature = "wgpu")]
+            {
+                use burn::backend::wgpu::WgpuDevice;
+                let device = match index {
+                    None => WgpuDevice::DefaultDevice,
+                    Some(i) => WgpuDevice::DiscreteGpu(i),
+                };
+                return Ok(task.run::<burn::backend::Wgpu>(device));
+            }
+            #[cfg(not(feature = "wgpu"))]
+            {
+                let _ = index;
+                return Err(not_compiled(spec, "wgpu"));
+            }
+        }
+        DeviceSpec::Cuda(index) => {
+            #[cfg(feature = "cuda")]
+            return Ok(task.run::<burn::backend::Cuda>(burn::backend::cuda::CudaDevice::new(index)));
+            #[cfg(not(feature = "cuda"))]
+            {
+                let _ = index;
+                return Err(not_compiled(spec, "cuda"));
+            }
+        }
+    }
+}
+
+/// The backends this binary was built with, for `--help` and error messages.
+pub fn compiled_backends() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    if cfg!(feature = "cpu") {
+        v.push("cpu");
+    }
+    if cfg!(feature = "wgpu") {
+        v.push("wgpu");
+    }
+    if cfg!(feature = "cuda") {
+        v.push("cuda");
+    }
+    v
+}

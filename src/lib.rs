@@ -1,0 +1,16 @@
+//! kiln: Stable Diffusion 1.5 and DALL·E Mini/Mega reimplemented in Burn, served through an
+//! OpenAI-compatible Images API.
+//!
+//! Model code is generic over `B: burn::tensor::backend::Backend`; the binary picks the backend
+//! at run time from `--device` among those compiled in (`cpu`, `wgpu`, `cuda` cargo features).
+
+pub mod backend;
+pub mod error;
+pub mod image_io;
+pub mod models;
+pub mod nn;
+pub mod noise;
+pub mod schedulers;
+pub mod weights;
+
+pub use error::{Error, Result};

@@ -1,0 +1,4 @@
+//! Model families. Each family owns its modules, weight loading and pipeline.
+
+pub mod dalle_mini;
+pub mod sd15;

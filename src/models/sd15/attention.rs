@@ -1,0 +1,135 @@
+//! Cross-attention transformer of the UNet (diffusers `attention_processor.Attention`,
+//! `attention.BasicTransformerBlock`, `transformers/transformer_2d.Transformer2DModel`).
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use crate::nn::{GroupNorm, LayerNorm, Linear, conv1x1, gelu_exact, merge_heads, sdpa, split_heads};
+
+#[derive(Module, Debug)]
+pub struct Attention<B: Backend> {
+    pub to_q: Linear<B>,
+    pub to_k: Linear<B>,
+    pub to_v: Linear<B>,
+    /// `to_out.0` (`to_out.1` is dropout).
+    pub to_out: Vec<Linear<B>>,
+    pub heads: usize,
+}
+
+impl<B: Backend> Attention<B> {
+    pub fn new(query_dim: usize, context_dim: usize, heads: usize, bias: bool, device: &B::Device) -> Self {
+        Self {
+            to_q: Linear::new(query_dim, query_dim, bias, device),
+            to_k: Linear::new(context_dim, query_dim, bias, device),
+            to_v: Linear::new(context_dim, query_dim, bias, device),
+            to_out: vec![Linear::new(query_dim, query_dim, true, device)],
+            heads,
+        }
+    }
+
+    /// `x` `[B, S, C]` attends over `context` `[B, T, Cc]` (itself when `None`).
+    pub fn forward(&self, x: Tensor<B, 3>, context: Option<&Tensor<B, 3>>) -> Tensor<B, 3> {
+        let ctx = context.cloned().unwrap_or_else(|| x.clone());
+        let q = split_heads(self.to_q.forward(x), self.heads);
+        let k = split_heads(self.to_k.forward(ctx.clone()), self.heads);
+        let v = split_heads(self.to_v.forward(ctx), self.heads);
+        self.to_out[0].forward(merge_heads(sdpa(q, k, v, false)))
+    }
+}
+
+/// GEGLU: `proj` makes value and gate halves; out = value · gelu(gate).
+#[derive(Module, Debug)]
+pub struct GeGlu<B: Backend> {
+    pub proj: Linear<B>,
+}
+
+/// `ff.net.0` (GEGLU) and `ff.net.2` (Linear); the checkpoint's `net.N` indices become `net_N`
+/// field names (see `weights.rs`).
+#[derive(Module, Debug)]
+pub struct FeedForward<B: Backend> {
+    pub net_0: GeGlu<B>,
+    pub net_2: Linear<B>,
+}
+
+impl<B: Backend> FeedForward<B> {
+    pub fn new(dim: usize, device: &B::Device) -> Self {
+        let inner = dim * 4;
+        Self {
+            net_0: GeGlu { proj: Linear::new(dim, inner * 2, true, device) },
+            net_2: Linear::new(inner, dim, true, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = self.net_0.proj.forward(x);
+        let inner = h.dims()[2] / 2;
+        let value = h.clone().narrow(2, 0, inner);
+        let gate = h.narrow(2, inner, inner);
+        self.net_2.forward(value * gelu_exact(gate))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct BasicTransformerBlock<B: Backend> {
+    pub norm1: LayerNorm<B>,
+    pub attn1: Attention<B>,
+    pub norm2: LayerNorm<B>,
+    pub attn2: Attention<B>,
+    pub norm3: LayerNorm<B>,
+    pub ff: FeedForward<B>,
+}
+
+impl<B: Backend> BasicTransformerBlock<B> {
+    pub fn new(dim: usize, context_dim: usize, heads: usize, device: &B::Device) -> Self {
+        let ln = || LayerNorm::new(dim, 1e-5, true, device);
+        Self {
+            norm1: ln(),
+            attn1: Attention::new(dim, dim, heads, false, device),
+            norm2: ln(),
+            attn2: Attention::new(dim, context_dim, heads, false, device),
+            norm3: ln(),
+            ff: FeedForward::new(dim, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 3>, context: &Tensor<B, 3>) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
+        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
+        x.clone() + self.ff.forward(self.norm3.forward(x))
+    }
+}
+
+/// The spatial transformer: GroupNorm, 1×1 conv in, transformer blocks over the H·W tokens,
+/// 1×1 conv out, residual.
+#[derive(Module, Debug)]
+pub struct Transformer2DModel<B: Backend> {
+    pub norm: GroupNorm<B>,
+    pub proj_in: Conv2d<B>,
+    pub transformer_blocks: Vec<BasicTransformerBlock<B>>,
+    pub proj_out: Conv2d<B>,
+}
+
+impl<B: Backend> Transformer2DModel<B> {
+    pub fn new(c: usize, context_dim: usize, heads: usize, layers: usize, groups: usize, device: &B::Device) -> Self {
+        Self {
+            norm: GroupNorm::new(groups, c, 1e-6, device),
+            proj_in: conv1x1(c, c, device),
+            transformer_blocks: (0..layers).map(|_| BasicTransformerBlock::new(c, context_dim, heads, device)).collect(),
+            proj_out: conv1x1(c, c, device),
+        }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+        let [b, c, h, w] = x.dims();
+        let residual = x.clone();
+        let x = self.proj_in.forward(self.norm.forward(x));
+        let mut t = x.reshape([b, c, h * w]).swap_dims(1, 2);
+        for block in &self.transformer_blocks {
+            t = block.forward(t, context);
+        }
+        let x = t.swap_dims(1, 2).reshape([b, c, h, w]);
+        self.proj_out.forward(x) + residual
+    }
+}

@@ -1,0 +1,129 @@
+//! CLIP ViT-L/14 text encoder (transformers `CLIPTextModel`), the text half of
+//! openai/clip-vit-large-patch14. Field names follow the checkpoint keys
+//! (`text_model.encoder.layers.N.self_attn.q_proj.weight`, …).
+
+use burn::module::Module;
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::config::ClipConfig;
+use crate::nn::{Embedding, LayerNorm, Linear, gelu_exact, merge_heads, quick_gelu, sdpa, split_heads};
+
+#[derive(Module, Debug)]
+pub struct ClipTextModel<B: Backend> {
+    pub text_model: ClipTextTransformer<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTextTransformer<B: Backend> {
+    pub embeddings: ClipTextEmbeddings<B>,
+    pub encoder: ClipEncoder<B>,
+    pub final_layer_norm: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipTextEmbeddings<B: Backend> {
+    pub token_embedding: Embedding<B>,
+    pub position_embedding: Embedding<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoder<B: Backend> {
+    pub layers: Vec<ClipEncoderLayer<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipEncoderLayer<B: Backend> {
+    pub self_attn: ClipAttention<B>,
+    pub layer_norm1: LayerNorm<B>,
+    pub mlp: ClipMlp<B>,
+    pub layer_norm2: LayerNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipAttention<B: Backend> {
+    pub q_proj: Linear<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub out_proj: Linear<B>,
+    pub heads: usize,
+}
+
+#[derive(Module, Debug)]
+pub struct ClipMlp<B: Backend> {
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
+    pub quick: bool,
+}
+
+impl<B: Backend> ClipTextModel<B> {
+    pub fn new(cfg: &ClipConfig, device: &B::Device) -> Self {
+        let d = cfg.hidden_size;
+        let ln = || LayerNorm::new(d, cfg.layer_norm_eps, true, device);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| ClipEncoderLayer {
+                self_attn: ClipAttention {
+                    q_proj: Linear::new(d, d, true, device),
+                    k_proj: Linear::new(d, d, true, device),
+                    v_proj: Linear::new(d, d, true, device),
+                    out_proj: Linear::new(d, d, true, device),
+                    heads: cfg.num_attention_heads,
+                },
+                layer_norm1: ln(),
+                mlp: ClipMlp {
+                    fc1: Linear::new(d, cfg.intermediate_size, true, device),
+                    fc2: Linear::new(cfg.intermediate_size, d, true, device),
+                    quick: cfg.hidden_act == "quick_gelu",
+                },
+                layer_norm2: ln(),
+            })
+            .collect();
+        Self {
+            text_model: ClipTextTransformer {
+                embeddings: ClipTextEmbeddings {
+                    token_embedding: Embedding::new(cfg.vocab_size, d, device),
+                    position_embedding: Embedding::new(cfg.max_position_embeddings, d, device),
+                },
+                encoder: ClipEncoder { layers },
+                final_layer_norm: ln(),
+            },
+        }
+    }
+
+    /// `last_hidden_state` for token ids `[B, S]`.
+    ///
+    /// `clip_skip` = 1 is the last layer; 2 stops one layer earlier (A1111/diffusers
+    /// convention). The final layer norm is applied either way.
+    pub fn forward(&self, ids: Tensor<B, 2, Int>, clip_skip: usize) -> Tensor<B, 3> {
+        let m = &self.text_model;
+        let [b, s] = ids.dims();
+        let device = ids.device();
+        let pos = Tensor::<B, 1, Int>::from_data(TensorData::new((0..s as i64).collect::<Vec<_>>(), [s]), &device)
+            .reshape([1, s])
+            .expand([b, s]);
+        let mut h = m.embeddings.token_embedding.forward(ids) + m.embeddings.position_embedding.forward(pos);
+        let n = m.encoder.layers.len().saturating_sub(clip_skip.max(1) - 1);
+        for layer in &m.encoder.layers[..n] {
+            h = layer.forward(h);
+        }
+        m.final_layer_norm.forward(h)
+    }
+}
+
+impl<B: Backend> ClipEncoderLayer<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        let m = self.mlp.fc1.forward(self.layer_norm2.forward(h.clone()));
+        let m = if self.mlp.quick { quick_gelu(m) } else { gelu_exact(m) };
+        h + self.mlp.fc2.forward(m)
+    }
+}
+
+impl<B: Backend> ClipAttention<B> {
+    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let q = split_heads(self.q_proj.forward(x.clone()), self.heads);
+        let k = split_heads(self.k_proj.forward(x.clone()), self.heads);
+        let v = split_heads(self.v_proj.forward(x), self.heads);
+        self.out_proj.forward(merge_heads(sdpa(q, k, v, true)))
+    }
+}

@@ -1,0 +1,182 @@
+//! Architecture configs, read from the diffusers/transformers `config.json` files when present,
+//! with the published SD 1.5 values as defaults
+//! (<https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/tree/main>).
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.into(), message: e.to_string() })
+}
+
+/// `unet/config.json` (UNet2DConditionModel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct UNetConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub down_block_types: Vec<String>,
+    pub up_block_types: Vec<String>,
+    pub layers_per_block: usize,
+    /// Legacy diffusers name: in SD 1.x this is the number of heads, not the head size.
+    pub attention_head_dim: usize,
+    pub num_attention_heads: Option<usize>,
+    pub cross_attention_dim: usize,
+    pub norm_num_groups: usize,
+    pub norm_eps: f64,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+    pub use_linear_projection: bool,
+    pub transformer_layers_per_block: usize,
+}
+
+impl Default for UNetConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 4,
+            out_channels: 4,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
+                .map(String::from)
+                .to_vec(),
+            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
+                .map(String::from)
+                .to_vec(),
+            layers_per_block: 2,
+            attention_head_dim: 8,
+            num_attention_heads: None,
+            cross_attention_dim: 768,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+            use_linear_projection: false,
+            transformer_layers_per_block: 1,
+        }
+    }
+}
+
+impl UNetConfig {
+    pub fn heads(&self) -> usize {
+        self.num_attention_heads.unwrap_or(self.attention_head_dim)
+    }
+
+    pub fn down_has_attention(&self, i: usize) -> bool {
+        self.down_block_types[i].starts_with("CrossAttn")
+    }
+
+    pub fn up_has_attention(&self, i: usize) -> bool {
+        self.up_block_types[i].starts_with("CrossAttn")
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: Self = read_json(path)?;
+        cfg.validate().map_err(|message| Error::Config { path: path.into(), message })?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let n = self.block_out_channels.len();
+        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
+            return Err("block_out_channels, down_block_types and up_block_types must have the same non-zero length".into());
+        }
+        for t in self.down_block_types.iter().chain(&self.up_block_types) {
+            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D") {
+                return Err(format!("block type `{t}` is not part of the SD 1.x UNet"));
+            }
+        }
+        if self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0 || c % self.heads() != 0) {
+            return Err("every block width must divide by norm_num_groups and the head count".into());
+        }
+        Ok(())
+    }
+}
+
+/// `vae/config.json` (AutoencoderKL).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct VaeConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub latent_channels: usize,
+    pub block_out_channels: Vec<usize>,
+    pub layers_per_block: usize,
+    pub norm_num_groups: usize,
+    pub scaling_factor: f64,
+}
+
+impl Default for VaeConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            latent_channels: 4,
+            block_out_channels: vec![128, 256, 512, 512],
+            layers_per_block: 2,
+            norm_num_groups: 32,
+            scaling_factor: 0.18215,
+        }
+    }
+}
+
+impl VaeConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: Self = read_json(path)?;
+        if cfg.block_out_channels.is_empty() || cfg.block_out_channels.iter().any(|c| c % cfg.norm_num_groups != 0) {
+            return Err(Error::Config { path: path.into(), message: "bad block_out_channels / norm_num_groups".into() });
+        }
+        Ok(cfg)
+    }
+
+    /// Pixels per latent cell: 2^(levels − 1).
+    pub fn scale_factor(&self) -> usize {
+        1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+/// `text_encoder/config.json` (transformers CLIPTextModel).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct ClipConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub max_position_embeddings: usize,
+    pub hidden_act: String,
+    pub layer_norm_eps: f64,
+}
+
+impl Default for ClipConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 49408,
+            hidden_size: 768,
+            intermediate_size: 3072,
+            num_hidden_layers: 12,
+            num_attention_heads: 12,
+            max_position_embeddings: 77,
+            hidden_act: "quick_gelu".into(),
+            layer_norm_eps: 1e-5,
+        }
+    }
+}
+
+impl ClipConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: Self = read_json(path)?;
+        if !matches!(cfg.hidden_act.as_str(), "quick_gelu" | "gelu") {
+            return Err(Error::Config { path: path.into(), message: format!("hidden_act `{}` not supported", cfg.hidden_act) });
+        }
+        if cfg.hidden_size % cfg.num_attention_heads != 0 {
+            return Err(Error::Config { path: path.into(), message: "hidden_size must divide by num_attention_heads".into() });
+        }
+        Ok(cfg)
+    }
+}

@@ -1,0 +1,18 @@
+//! Stable Diffusion 1.5: CLIP ViT-L/14 text encoder, UNet2DConditionModel, AutoencoderKL,
+//! one file per diffusers/transformers module.
+
+pub mod attention;
+pub mod clip;
+pub mod config;
+pub mod embeddings;
+pub mod loader;
+pub mod pipeline;
+pub mod resnet;
+pub mod tokenizer;
+pub mod unet_2d;
+pub mod unet_2d_blocks;
+pub mod vae;
+pub mod weights;
+
+pub use loader::Sd15Layout;
+pub use pipeline::{GenerateOutput, GenerateRequest, StableDiffusion};

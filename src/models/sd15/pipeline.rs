@@ -1,0 +1,184 @@
+//! Text-to-image with classifier-free guidance, as diffusers' `StableDiffusionPipeline`.
+
+use std::time::Instant;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use tracing::{debug, info, warn};
+
+use super::loader::{Components, Sd15Layout, load};
+use crate::error::{Error, Result};
+use crate::noise;
+use crate::schedulers::SchedulerKind;
+
+/// One text-to-image request.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub steps: usize,
+    pub guidance_scale: f64,
+    pub scheduler: SchedulerKind,
+    pub width: usize,
+    pub height: usize,
+    pub n: usize,
+    /// Image `k` starts from the noise of `seed + k`.
+    pub seed: u64,
+    /// Starting latents `[n, C, H/8, W/8]` (before the scheduler's sigma scaling), replacing the
+    /// seeded noise: what diffusers' `latents=` argument does.
+    pub init_latents: Option<Vec<f32>>,
+    pub clip_skip: usize,
+}
+
+impl Default for GenerateRequest {
+    fn default() -> Self {
+        Self {
+            prompt: String::new(),
+            negative_prompt: String::new(),
+            steps: 50,
+            guidance_scale: 7.5,
+            scheduler: SchedulerKind::Pndm,
+            width: 512,
+            height: 512,
+            n: 1,
+            seed: 0,
+            init_latents: None,
+            clip_skip: 1,
+        }
+    }
+}
+
+pub struct GenerateOutput<B: Backend> {
+    /// Decoded images `[n, 3, H, W]`, about [-1, 1].
+    pub images: Tensor<B, 4>,
+    /// Final denoised latents `[n, C, H/8, W/8]`, before the VAE scaling.
+    pub latents: Tensor<B, 4>,
+    pub seeds: Vec<u64>,
+}
+
+/// A loaded SD 1.5 model.
+pub struct StableDiffusion<B: Backend> {
+    pub parts: Components<B>,
+    device: B::Device,
+}
+
+impl<B: Backend> StableDiffusion<B> {
+    pub fn load(path: &std::path::Path, with_encoder: bool, device: &B::Device) -> Result<Self> {
+        let t0 = Instant::now();
+        let layout = Sd15Layout::detect(path)?;
+        let parts = load(&layout, with_encoder, device)?;
+        info!(path = %path.display(), secs = t0.elapsed().as_secs_f32(), "SD 1.5 loaded");
+        Ok(Self { parts, device: device.clone() })
+    }
+
+    pub fn device(&self) -> &B::Device {
+        &self.device
+    }
+
+    /// Latent channels and the pixel/latent ratio.
+    pub fn latent_shape(&self, width: usize, height: usize) -> [usize; 3] {
+        let f = self.parts.vae_config.scale_factor();
+        [self.parts.unet_config.out_channels, height / f, width / f]
+    }
+
+    /// `[1, 77]` ids → `[1, 77, D]` hidden states.
+    pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
+        let tokens = self.parts.tokenizer.encode(text)?;
+        if tokens.dropped > 0 {
+            warn!(dropped = tokens.dropped, "prompt longer than {} tokens; the end was cut", self.parts.tokenizer.max_len - 2);
+        }
+        let ids: Vec<i64> = tokens.ids.iter().map(|&i| i64::from(i)).collect();
+        let len = ids.len();
+        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
+        Ok(self.parts.text_encoder.forward(ids, clip_skip))
+    }
+
+    pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
+        let f = self.parts.vae_config.scale_factor();
+        if req.width == 0 || req.height == 0 || req.width % f != 0 || req.height % f != 0 {
+            return Err(Error::invalid(format!("width and height must be positive multiples of {f}, got {}x{}", req.width, req.height)));
+        }
+        if req.n == 0 {
+            return Err(Error::invalid("n must be at least 1"));
+        }
+        if !(1..=2).contains(&req.clip_skip) {
+            return Err(Error::invalid(format!("clip_skip must be 1 or 2, got {}", req.clip_skip)));
+        }
+        if !req.guidance_scale.is_finite() {
+            return Err(Error::invalid("guidance_scale must be a finite number"));
+        }
+        if self.parts.unet_config.in_channels != self.parts.unet_config.out_channels {
+            return Err(Error::invalid("this is an inpainting checkpoint (9-channel UNet); text-to-image needs a base SD 1.5 model"));
+        }
+        if let Some(l) = &req.init_latents {
+            let [c, h, w] = self.latent_shape(req.width, req.height);
+            if l.len() != req.n * c * h * w {
+                return Err(Error::invalid(format!("init latents have {} values; [n={}, {c}, {h}, {w}] needs {}", l.len(), req.n, req.n * c * h * w)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Denoises from seeded noise (or `init_latents`) and decodes. `progress(step, total)` is
+    /// called after every step; returning `false` cancels.
+    pub fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<GenerateOutput<B>> {
+        self.validate(req)?;
+        let n = req.n;
+        let [c, h, w] = self.latent_shape(req.width, req.height);
+        let mut scheduler = req.scheduler.build::<B>(&self.parts.scheduler_config, req.steps)?;
+
+        let t0 = Instant::now();
+        let cond = self.encode_prompt(&req.prompt, req.clip_skip)?;
+        let guided = req.guidance_scale > 1.0;
+        let context = if guided {
+            let uncond = self.encode_prompt(&req.negative_prompt, req.clip_skip)?;
+            Tensor::cat(vec![uncond.repeat_dim(0, n), cond.repeat_dim(0, n)], 0)
+        } else {
+            cond.repeat_dim(0, n)
+        };
+        info!(secs = t0.elapsed().as_secs_f32(), "text encoded");
+
+        let values = match &req.init_latents {
+            Some(l) => l.clone(),
+            None => noise::batch_normal(req.seed, n, c * h * w),
+        };
+        let mut latents = Tensor::<B, 4>::from_data(TensorData::new(values, [n, c, h, w]), &self.device) * scheduler.init_noise_sigma();
+
+        let timesteps = scheduler.timesteps().to_vec();
+        let total = timesteps.len();
+        let t_loop = Instant::now();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let ts = Instant::now();
+            let input = if guided { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
+            let input = scheduler.scale_model_input(input, i);
+            let eps = self.parts.unet.forward(input, t, &context);
+            let eps = if guided {
+                let uncond = eps.clone().narrow(0, 0, n);
+                let text = eps.narrow(0, n, n);
+                uncond.clone() + (text - uncond) * req.guidance_scale
+            } else {
+                eps
+            };
+            latents = scheduler.step(eps, i, latents);
+            debug!(step = i + 1, total, timestep = t, secs = ts.elapsed().as_secs_f32(), "denoising step");
+            if !progress(i + 1, total) {
+                return Err(Error::Cancelled);
+            }
+        }
+        info!(steps = total, secs = t_loop.elapsed().as_secs_f32(), "denoised");
+
+        let images = self.decode(latents.clone());
+        let seeds = (0..n as u64).map(|k| req.seed.wrapping_add(k)).collect();
+        Ok(GenerateOutput { images, latents, seeds })
+    }
+
+    /// Latents → images, one image at a time to bound the VAE's activation memory.
+    pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
+        let t0 = Instant::now();
+        let n = latents.dims()[0];
+        let scale = self.parts.vae_config.scaling_factor;
+        let images: Vec<Tensor<B, 4>> = (0..n).map(|k| self.parts.vae.decode(latents.clone().narrow(0, k, 1) / scale)).collect();
+        info!(images = n, secs = t0.elapsed().as_secs_f32(), "decoded");
+        Tensor::cat(images, 0)
+    }
+}

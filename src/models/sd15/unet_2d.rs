@@ -1,0 +1,89 @@
+//! `UNet2DConditionModel` (diffusers `unets/unet_2d_condition.py`) with the SD 1.x block layout.
+
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use super::config::UNetConfig;
+use super::embeddings::{TimestepEmbedding, timestep_embedding};
+use super::unet_2d_blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
+use crate::nn::{GroupNorm, conv3x3, silu};
+
+#[derive(Module, Debug)]
+pub struct UNet2DConditionModel<B: Backend> {
+    pub conv_in: Conv2d<B>,
+    pub time_embedding: TimestepEmbedding<B>,
+    pub down_blocks: Vec<DownBlock<B>>,
+    pub mid_block: MidBlock<B>,
+    pub up_blocks: Vec<UpBlock<B>>,
+    pub conv_norm_out: GroupNorm<B>,
+    pub conv_out: Conv2d<B>,
+    pub time_proj_dim: usize,
+    pub flip_sin_to_cos: bool,
+    pub freq_shift: f64,
+}
+
+impl<B: Backend> UNet2DConditionModel<B> {
+    pub fn new(cfg: &UNetConfig, device: &B::Device) -> Self {
+        let ch = &cfg.block_out_channels;
+        let n = ch.len();
+        let temb = ch[0] * 4;
+        let spec = BlockSpec {
+            temb,
+            groups: cfg.norm_num_groups,
+            eps: cfg.norm_eps,
+            heads: cfg.heads(),
+            context_dim: cfg.cross_attention_dim,
+            transformer_layers: cfg.transformer_layers_per_block,
+        };
+        let down_blocks = (0..n)
+            .map(|i| {
+                let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
+                DownBlock::new(c_in, ch[i], cfg.layers_per_block, cfg.down_has_attention(i), i + 1 < n, &spec, device)
+            })
+            .collect();
+        let rev: Vec<usize> = ch.iter().rev().copied().collect();
+        let up_blocks = (0..n)
+            .map(|i| {
+                let c_prev = if i == 0 { rev[0] } else { rev[i - 1] };
+                let c_skip = rev[(i + 1).min(n - 1)];
+                UpBlock::new(c_prev, rev[i], c_skip, cfg.layers_per_block + 1, cfg.up_has_attention(i), i + 1 < n, &spec, device)
+            })
+            .collect();
+        Self {
+            conv_in: conv3x3(cfg.in_channels, ch[0], device),
+            time_embedding: TimestepEmbedding::new(ch[0], temb, device),
+            down_blocks,
+            mid_block: MidBlock::new(ch[n - 1], &spec, device),
+            up_blocks,
+            conv_norm_out: GroupNorm::new(cfg.norm_num_groups, ch[0], cfg.norm_eps, device),
+            conv_out: conv3x3(ch[0], cfg.out_channels, device),
+            time_proj_dim: ch[0],
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift,
+        }
+    }
+
+    /// Noise prediction for `sample` `[B, C, h, w]` at `timestep` (the same for the whole batch,
+    /// as in the pipelines) given `context` `[B, T, D]`.
+    pub fn forward(&self, sample: Tensor<B, 4>, timestep: f64, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+        let batch = sample.dims()[0];
+        let device = sample.device();
+        let t = timestep_embedding::<B>(&vec![timestep; batch], self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift, &device);
+        let temb = self.time_embedding.forward(t);
+
+        let mut x = self.conv_in.forward(sample);
+        let mut skips = vec![x.clone()];
+        for block in &self.down_blocks {
+            let (out, s) = block.forward(x, &temb, context);
+            x = out;
+            skips.extend(s);
+        }
+        x = self.mid_block.forward(x, &temb, context);
+        for block in &self.up_blocks {
+            x = block.forward(x, &mut skips, &temb, context);
+        }
+        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+    }
+}

@@ -1,0 +1,162 @@
+//! Small layers with PyTorch parameter names (`weight`, `bias`) and PyTorch layouts, so
+//! checkpoint keys map onto module paths without renaming or transposing at load time.
+//!
+//! Parameters start uninitialised (lazy zeros): the loader replaces every one of them, and a
+//! full-size model must not cost its size in RAM twice while loading.
+
+use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor};
+
+fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
+    Initializer::Zeros.init(shape, device)
+}
+
+/// `y = x Wᵀ + b` with `W` stored as PyTorch does, `[out, in]`.
+#[derive(Module, Debug)]
+pub struct Linear<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+}
+
+impl<B: Backend> Linear<B> {
+    pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
+        Self { weight: zeros([d_out, d_in], device), bias: bias.then(|| zeros([d_out], device)) }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let w = self.weight.val().transpose().unsqueeze::<D>();
+        let y = x.matmul(w);
+        match &self.bias {
+            Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        }
+    }
+}
+
+/// GroupNorm over `[N, C, H, W]` (or any rank ≥ 3 with channels at dim 1).
+#[derive(Module, Debug)]
+pub struct GroupNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Param<Tensor<B, 1>>,
+    pub num_groups: usize,
+    pub eps: f64,
+}
+
+impl<B: Backend> GroupNorm<B> {
+    pub fn new(num_groups: usize, channels: usize, eps: f64, device: &B::Device) -> Self {
+        Self { weight: zeros([channels], device), bias: zeros([channels], device), num_groups, eps }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [n, c, h, w] = x.dims();
+        let xg = x.reshape([n, self.num_groups, (c / self.num_groups) * h * w]);
+        let (var, mean) = xg.clone().var_mean_bias(2);
+        let xg = (xg - mean) / (var + self.eps).sqrt();
+        let x = xg.reshape([n, c, h, w]);
+        x * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
+    }
+}
+
+/// LayerNorm over the last dimension.
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    pub weight: Param<Tensor<B, 1>>,
+    pub bias: Option<Param<Tensor<B, 1>>>,
+    pub eps: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    pub fn new(d: usize, eps: f64, bias: bool, device: &B::Device) -> Self {
+        Self { weight: zeros([d], device), bias: bias.then(|| zeros([d], device)), eps }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let (var, mean) = x.clone().var_mean_bias(D - 1);
+        let x = (x - mean) / (var + self.eps).sqrt();
+        let x = x * self.weight.val().unsqueeze::<D>();
+        match &self.bias {
+            Some(b) => x + b.val().unsqueeze::<D>(),
+            None => x,
+        }
+    }
+}
+
+/// Token embedding table `[vocab, d]`.
+#[derive(Module, Debug)]
+pub struct Embedding<B: Backend> {
+    pub weight: Param<Tensor<B, 2>>,
+}
+
+impl<B: Backend> Embedding<B> {
+    pub fn new(n: usize, d: usize, device: &B::Device) -> Self {
+        Self { weight: zeros([n, d], device) }
+    }
+
+    pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.weight.val(), ids)
+    }
+}
+
+/// A PyTorch `nn.Conv2d` with symmetric padding (asymmetric padding goes through `Explicit`).
+pub fn conv2d<B: Backend>(
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: PaddingConfig2d,
+    device: &B::Device,
+) -> Conv2d<B> {
+    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(padding)
+        .with_initializer(Initializer::Zeros)
+        .init(device)
+}
+
+/// 3×3 convolution, stride 1, padding 1: the workhorse of UNet and VAE.
+pub fn conv3x3<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> Conv2d<B> {
+    conv2d(c_in, c_out, 3, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), device)
+}
+
+/// 1×1 convolution.
+pub fn conv1x1<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> Conv2d<B> {
+    conv2d(c_in, c_out, 1, 1, PaddingConfig2d::Valid, device)
+}
+
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::silu(x)
+}
+
+/// CLIP's activation: `x · σ(1.702 x)`.
+pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    x.clone() * sigmoid(x * 1.702)
+}
+
+/// The exact (erf) GELU PyTorch uses by default.
+pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    gelu(x)
+}
+
+/// `[B, S, H·Dh]` → `[B, H, S, Dh]`.
+pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [b, s, d] = x.dims();
+    x.reshape([b, s, heads, d / heads]).swap_dims(1, 2)
+}
+
+/// `[B, H, S, Dh]` → `[B, S, H·Dh]`.
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, s, dh] = x.dims();
+    x.swap_dims(1, 2).reshape([b, s, h * dh])
+}
+
+/// Scaled dot-product attention with the default `1/√d` scale (keeps the fused kernels on
+/// GPU backends, which fall back to the unfused path for a custom scale).
+pub fn sdpa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
+    use burn::tensor::ops::AttentionModuleOptions;
+    let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    burn::tensor::module::attention(q, k, v, None, None, opts)
+}

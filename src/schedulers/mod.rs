@@ -1,0 +1,197 @@
+//! Diffusion schedulers behind one trait. Schedule math (betas, timesteps, sigmas, per-step
+//! coefficients) runs on the host; tensors only see scalar multiply-adds, so a step costs no
+//! device→host sync.
+//!
+//! Adding a scheduler: a file here, one line in [`REGISTRY`], and its test.
+
+mod ddim;
+mod euler_discrete;
+mod pndm;
+
+use std::path::Path;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+pub use ddim::Ddim;
+pub use euler_discrete::EulerDiscrete;
+pub use pndm::Pndm;
+
+/// One denoising loop's state. `step_index` counts calls, `0..timesteps().len()`.
+pub trait Scheduler<B: Backend>: Send {
+    /// The model timesteps, in the order the loop visits them.
+    fn timesteps(&self) -> &[f64];
+    /// Factor applied to the starting noise.
+    fn init_noise_sigma(&self) -> f64;
+    /// The UNet input for this step (identity except for sigma-space samplers).
+    fn scale_model_input(&self, sample: Tensor<B, 4>, step_index: usize) -> Tensor<B, 4>;
+    /// Advances `sample` with the (guided) model output; returns the previous sample.
+    fn step(&mut self, model_output: Tensor<B, 4>, step_index: usize, sample: Tensor<B, 4>) -> Tensor<B, 4>;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SchedulerKind {
+    Ddim,
+    Pndm,
+    EulerDiscrete,
+}
+
+/// Names people use for each scheduler: our id first, then diffusers' class name and the A1111
+/// label. Matching ignores case, spaces, `-` and `_`.
+pub const REGISTRY: &[(SchedulerKind, &[&str])] = &[
+    (SchedulerKind::Ddim, &["ddim", "DDIMScheduler", "DDIM"]),
+    (SchedulerKind::Pndm, &["pndm", "PNDMScheduler", "PLMS"]),
+    (SchedulerKind::EulerDiscrete, &["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"]),
+];
+
+fn canonical(s: &str) -> String {
+    s.chars().filter(|c| !matches!(c, ' ' | '-' | '_')).flat_map(char::to_lowercase).collect()
+}
+
+impl std::str::FromStr for SchedulerKind {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let want = canonical(s);
+        REGISTRY
+            .iter()
+            .find(|(_, names)| names.iter().any(|n| canonical(n) == want))
+            .map(|(k, _)| *k)
+            .ok_or_else(|| Error::invalid(format!("unknown scheduler `{s}`; known: {}", Self::ids().join(", "))))
+    }
+}
+
+impl SchedulerKind {
+    pub fn id(self) -> &'static str {
+        REGISTRY.iter().find(|(k, _)| *k == self).map(|(_, n)| n[0]).unwrap_or("?")
+    }
+
+    pub fn ids() -> Vec<&'static str> {
+        REGISTRY.iter().map(|(_, n)| n[0]).collect()
+    }
+
+    /// Builds the scheduler for `steps` inference steps.
+    pub fn build<B: Backend>(self, cfg: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler<B>>> {
+        if steps == 0 || steps > cfg.num_train_timesteps {
+            return Err(Error::invalid(format!("steps must be between 1 and {}, got {steps}", cfg.num_train_timesteps)));
+        }
+        Ok(match self {
+            SchedulerKind::Ddim => Box::new(Ddim::new(cfg, steps)),
+            SchedulerKind::Pndm => Box::new(Pndm::new(cfg, steps)),
+            SchedulerKind::EulerDiscrete => Box::new(EulerDiscrete::new(cfg, steps)),
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimestepSpacing {
+    Leading,
+    Linspace,
+    Trailing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+}
+
+/// `scheduler/scheduler_config.json`, defaulting to SD 1.5's published values.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SchedulerConfig {
+    pub num_train_timesteps: usize,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub beta_schedule: String,
+    pub steps_offset: usize,
+    pub set_alpha_to_one: bool,
+    /// `None` when the config file does not say: each scheduler then uses its own diffusers
+    /// default (DDIM/PNDM `leading`, Euler `linspace`), as `from_config` does. SD 1.5's published
+    /// config does not say.
+    pub timestep_spacing: Option<TimestepSpacing>,
+    pub prediction_type: PredictionType,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            num_train_timesteps: 1000,
+            beta_start: 0.00085,
+            beta_end: 0.012,
+            beta_schedule: "scaled_linear".into(),
+            steps_offset: 1,
+            set_alpha_to_one: false,
+            timestep_spacing: None,
+            prediction_type: PredictionType::Epsilon,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config { path: path.into(), message: e.to_string() })?;
+        if !matches!(cfg.beta_schedule.as_str(), "scaled_linear" | "linear") {
+            return Err(Error::Config { path: path.into(), message: format!("beta_schedule `{}` not supported", cfg.beta_schedule) });
+        }
+        Ok(cfg)
+    }
+
+    /// Cumulative products of alphas as torch computes them: f32 betas and alphas, the running
+    /// product accumulated in f64 and stored as f32.
+    pub fn alphas_cumprod(&self) -> Vec<f64> {
+        let n = self.num_train_timesteps;
+        let betas: Vec<f32> = match self.beta_schedule.as_str() {
+            "linear" => linspace_f32(self.beta_start as f32, self.beta_end as f32, n),
+            _ => linspace_f32((self.beta_start as f32).sqrt(), (self.beta_end as f32).sqrt(), n).into_iter().map(|b| b * b).collect(),
+        };
+        let mut acc = 1f64;
+        betas
+            .iter()
+            .map(|b| {
+                acc *= f64::from(1.0 - b);
+                acc as f32 as f64
+            })
+            .collect()
+    }
+}
+
+/// `torch.linspace` in f32: forward from `start` for the first half, backward from `end` after.
+pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return vec![start];
+    }
+    let step = (end - start) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 }).collect()
+}
+
+/// `np.linspace` in f64.
+pub fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
+    if n == 1 {
+        return vec![start];
+    }
+    (0..n).map(|i| start + (end - start) * i as f64 / (n - 1) as f64).collect()
+}
+
+/// Integer timesteps for `steps` steps, descending, per diffusers' `timestep_spacing`.
+pub fn spaced_timesteps(cfg: &SchedulerConfig, steps: usize, spacing: TimestepSpacing) -> Vec<f64> {
+    let t = cfg.num_train_timesteps;
+    match spacing {
+        TimestepSpacing::Leading => {
+            let ratio = t / steps;
+            (0..steps).rev().map(|i| (i * ratio + cfg.steps_offset) as f64).collect()
+        }
+        TimestepSpacing::Linspace => linspace_f64(0.0, (t - 1) as f64, steps).into_iter().rev().map(f64::round_ties_even).collect(),
+        TimestepSpacing::Trailing => {
+            let ratio = t as f64 / steps as f64;
+            (0..steps).map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0).collect()
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Shared test helpers: fixture paths, reference tensors, the CPU backend, comparisons.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use burn::tensor::{DType, Tensor, TensorData};
+use kiln::weights::TensorFile;
+
+pub type B = burn::backend::Flex;
+
+pub fn device() -> burn::backend::flex::FlexDevice {
+    burn::backend::flex::FlexDevice
+}
+
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures").join(rel)
+}
+
+pub fn sd_tiny() -> PathBuf {
+    fixture("sd15-tiny")
+}
+
+/// A reference tensor from `models/fixtures/sd15-tiny/refs/<file>`.
+pub fn reference(file: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
+    let f = TensorFile::open(&sd_tiny().join("refs").join(file)).expect("reference file");
+    f.read_f32(key).expect("reference tensor")
+}
+
+pub fn tensor<const D: usize>(shape: &[usize], values: Vec<f32>) -> Tensor<B, D> {
+    Tensor::from_data(TensorData::new(values, shape.to_vec()), &device())
+}
+
+pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert_dtype(DType::F32).to_vec::<f32>().expect("f32 data")
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// Fails with the size of the error when `got` is not within `tol` of the reference.
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    let d = max_abs_diff(got, want);
+    assert!(d.is_finite() && d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+    eprintln!("{what}: max |diff| = {d:e}");
+}
+
+/// Like [`assert_close`] with the error measured against `max(1, max|ref|)`, as the fixture
+/// checker (`models/make_sd15_fixtures.py --verify`) does: Euler's latents live at σ ≈ 15, where
+/// f32 rounding alone is ~1e-6 per operation.
+pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], tol: f32) {
+    let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
+    let d = max_abs_diff(got, want);
+    assert!(d.is_finite() && d / scale <= tol, "{what}: max |diff| = {d:e} (scale {scale}) > {tol:e} relative");
+    eprintln!("{what}: max |diff| = {d:e}, scale {scale}");
+}
