@@ -72,7 +72,7 @@ fn every_step_matches() {
                 let got = values(s.scale_model_input(sample.clone(), i));
                 assert_close(&format!("{name} scale_model_input {i}"), &got, &to32(&smi[i]), 1e-5);
             }
-            sample = s.step(tensor::<4>(&shape, to32(&eps[i])), i, sample);
+            sample = s.step(tensor::<4>(&shape, to32(&eps[i])), i, sample, &mut || panic!("{name} is deterministic but asked for noise"));
             let want = to32(&prev[i]);
             let tol = 1e-5 * want.iter().fold(1f32, |m, x| m.max(x.abs()));
             assert_close(&format!("{name} step {i}"), &values(sample.clone()), &want, tol);

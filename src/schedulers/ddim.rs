@@ -1,9 +1,15 @@
-//! DDIM (diffusers `DDIMScheduler`) with `eta = 0`, the deterministic sampler the pipelines default to.
+//! DDIM (diffusers `DDIMScheduler`): deterministic at `eta = 0` (the pipelines' default); with
+//! `eta > 0` each step adds fresh noise of standard deviation `η·√variance`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, TimestepSpacing, spaced_timesteps};
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, spaced_timesteps};
+use crate::error::Result;
+
+pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, opts: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0))))
+}
 
 pub struct Ddim {
     timesteps: Vec<f64>,
@@ -11,6 +17,8 @@ pub struct Ddim {
     final_alpha_cumprod: f64,
     step_ratio: usize,
     prediction: PredictionType,
+    clip_sample: bool,
+    eta: f64,
 }
 
 impl Ddim {
@@ -23,7 +31,15 @@ impl Ddim {
             final_alpha_cumprod,
             step_ratio: cfg.num_train_timesteps / steps,
             prediction: cfg.prediction_type,
+            clip_sample: cfg.clip_sample.unwrap_or(true),
+            eta: 0.0,
         }
+    }
+
+    /// η in [0, 1] (checked by `SchedulerKind::build_with`).
+    pub fn with_eta(mut self, eta: f64) -> Self {
+        self.eta = eta;
+        self
     }
 }
 
@@ -40,7 +56,7 @@ impl<B: Backend> Scheduler<B> for Ddim {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
         let t = self.timesteps[i] as i64;
         let prev = t - self.step_ratio as i64;
         let a_t = self.alphas_cumprod[t as usize];
@@ -53,6 +69,12 @@ impl<B: Backend> Scheduler<B> for Ddim {
                 out * a_t.sqrt() + sample * b_t.sqrt(),
             ),
         };
-        x0 * a_prev.sqrt() + eps * (1.0 - a_prev).sqrt()
+        // Like diffusers, the direction term keeps the unclipped ε.
+        let x0 = if self.clip_sample { x0.clamp(-1.0, 1.0) } else { x0 };
+        // Formula (16) of the DDIM paper: σ_t = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev)).
+        let variance = (1.0 - a_prev) / b_t * (1.0 - a_t / a_prev);
+        let std = self.eta * variance.sqrt();
+        let prev_sample = x0 * a_prev.sqrt() + eps * (1.0 - a_prev - std * std).sqrt();
+        if self.eta > 0.0 { prev_sample + noise() * std } else { prev_sample }
     }
 }

@@ -4,7 +4,12 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, TimestepSpacing, linspace_f64};
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, linspace_f64};
+use crate::error::Result;
+
+pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(EulerDiscrete::new(cfg, steps)))
+}
 
 pub struct EulerDiscrete {
     timesteps: Vec<f64>,
@@ -68,7 +73,7 @@ impl<B: Backend> Scheduler<B> for EulerDiscrete {
         sample / (s * s + 1.0).sqrt()
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, _noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
         let sigma = self.sigmas[i];
         let x0 = match self.prediction {
             PredictionType::Epsilon => sample.clone() - out * sigma,

@@ -2,11 +2,19 @@
 //! coefficients) runs on the host; tensors only see scalar multiply-adds, so a step costs no
 //! device→host sync.
 //!
-//! Adding a scheduler: a file here, one line in [`REGISTRY`], and its test.
+//! Adding a scheduler: a file here, one line in the `registry!` invocation below, and its test.
 
 mod ddim;
+mod ddpm;
+mod dpm_solver_multistep;
+mod euler_ancestral;
 mod euler_discrete;
+mod heun;
+mod lcm;
+mod lms;
 mod pndm;
+mod sigmas;
+mod unipc;
 
 use std::path::Path;
 
@@ -17,8 +25,15 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 
 pub use ddim::Ddim;
+pub use ddpm::Ddpm;
+pub use dpm_solver_multistep::DpmSolverMultistep;
+pub use euler_ancestral::EulerAncestral;
 pub use euler_discrete::EulerDiscrete;
+pub use heun::Heun;
+pub use lcm::Lcm;
+pub use lms::Lms;
 pub use pndm::Pndm;
+pub use unipc::UniPc;
 
 /// One denoising loop's state. `step_index` counts calls, `0..timesteps().len()`.
 pub trait Scheduler<B: Backend>: Send {
@@ -29,23 +44,61 @@ pub trait Scheduler<B: Backend>: Send {
     /// The UNet input for this step (identity except for sigma-space samplers).
     fn scale_model_input(&self, sample: Tensor<B, 4>, step_index: usize) -> Tensor<B, 4>;
     /// Advances `sample` with the (guided) model output; returns the previous sample.
-    fn step(&mut self, model_output: Tensor<B, 4>, step_index: usize, sample: Tensor<B, 4>) -> Tensor<B, 4>;
+    /// Stochastic samplers call `noise` for a standard-normal tensor shaped like `sample`;
+    /// deterministic ones never do.
+    fn step(&mut self, model_output: Tensor<B, 4>, step_index: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4>;
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SchedulerKind {
-    Ddim,
-    Pndm,
-    EulerDiscrete,
+/// Where stochastic samplers get their noise: the pipeline's seeded per-image streams, or fixed
+/// tensors in tests.
+pub type Noise<'a, B> = dyn FnMut() -> Tensor<B, 4> + 'a;
+
+/// What a scheduler's builder gets: the model's config, the step count (already checked to be in
+/// `1..=num_train_timesteps`) and the request's options.
+type Build<B> = fn(&SchedulerConfig, usize, &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>>;
+
+/// Generates [`SchedulerKind`], [`REGISTRY`] and the builder dispatch from one line per scheduler:
+/// `Kind => builder, [our id, diffusers class, A1111 label, other names…];`.
+macro_rules! registry {
+    ($($kind:ident => $build:path, [$($name:literal),+ $(,)?];)+) => {
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum SchedulerKind {
+            $($kind),+
+        }
+
+        /// Names people use for each scheduler: our id first, then diffusers' class name and the
+        /// A1111 label. Matching ignores case, spaces, `-` and `_`.
+        pub const REGISTRY: &[(SchedulerKind, &[&str])] = &[$((SchedulerKind::$kind, &[$($name),+])),+];
+
+        fn builder<B: Backend>(kind: SchedulerKind) -> Build<B> {
+            match kind {
+                $(SchedulerKind::$kind => $build),+
+            }
+        }
+    };
 }
 
-/// Names people use for each scheduler: our id first, then diffusers' class name and the A1111
-/// label. Matching ignores case, spaces, `-` and `_`.
-pub const REGISTRY: &[(SchedulerKind, &[&str])] = &[
-    (SchedulerKind::Ddim, &["ddim", "DDIMScheduler", "DDIM"]),
-    (SchedulerKind::Pndm, &["pndm", "PNDMScheduler", "PLMS"]),
-    (SchedulerKind::EulerDiscrete, &["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"]),
-];
+registry! {
+    Ddim => ddim::build, ["ddim", "DDIMScheduler", "DDIM"];
+    Pndm => pndm::build, ["pndm", "PNDMScheduler", "PLMS"];
+    EulerDiscrete => euler_discrete::build, ["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"];
+    EulerAncestral => euler_ancestral::build, ["euler_a", "EulerAncestralDiscreteScheduler", "Euler a", "euler_ancestral"];
+    Heun => heun::build, ["heun", "HeunDiscreteScheduler", "Heun"];
+    Lms => lms::build, ["lms", "LMSDiscreteScheduler", "LMS"];
+    DpmPp2m => dpm_solver_multistep::build_2m, ["dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"];
+    DpmPp2mKarras => dpm_solver_multistep::build_2m_karras, ["dpmpp_2m_karras", "DPM++ 2M Karras"];
+    DpmPp2mSdeKarras => dpm_solver_multistep::build_2m_sde_karras, ["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"];
+    UniPc => unipc::build, ["unipc", "UniPCMultistepScheduler", "UniPC"];
+    Ddpm => ddpm::build, ["ddpm", "DDPMScheduler", "DDPM"];
+    Lcm => lcm::build, ["lcm", "LCMScheduler", "LCM"];
+}
+
+/// Per-request sampler options beyond the model's scheduler config.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SchedulerOptions {
+    /// DDIM's η (0 = deterministic, 1 = DDPM-like variance). DDIM only.
+    pub eta: Option<f64>,
+}
 
 fn canonical(s: &str) -> String {
     s.chars().filter(|c| !matches!(c, ' ' | '-' | '_')).flat_map(char::to_lowercase).collect()
@@ -75,14 +128,24 @@ impl SchedulerKind {
 
     /// Builds the scheduler for `steps` inference steps.
     pub fn build<B: Backend>(self, cfg: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler<B>>> {
+        self.build_with(cfg, steps, &SchedulerOptions::default())
+    }
+
+    /// [`Self::build`] with per-request options (`eta`).
+    pub fn build_with<B: Backend>(self, cfg: &SchedulerConfig, steps: usize, opts: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
         if steps == 0 || steps > cfg.num_train_timesteps {
             return Err(Error::invalid(format!("steps must be between 1 and {}, got {steps}", cfg.num_train_timesteps)));
         }
-        Ok(match self {
-            SchedulerKind::Ddim => Box::new(Ddim::new(cfg, steps)),
-            SchedulerKind::Pndm => Box::new(Pndm::new(cfg, steps)),
-            SchedulerKind::EulerDiscrete => Box::new(EulerDiscrete::new(cfg, steps)),
-        })
+        if let Some(eta) = opts.eta {
+            if self != SchedulerKind::Ddim {
+                return Err(Error::invalid(format!("eta applies to the DDIM scheduler only, not `{}`", self.id())));
+            }
+            // Beyond 1 the DDIM direction term takes the square root of a negative number.
+            if !(0.0..=1.0).contains(&eta) {
+                return Err(Error::invalid(format!("eta must be between 0 and 1, got {eta}")));
+            }
+        }
+        builder::<B>(self)(cfg, steps, opts)
     }
 }
 
@@ -116,6 +179,9 @@ pub struct SchedulerConfig {
     /// config does not say.
     pub timestep_spacing: Option<TimestepSpacing>,
     pub prediction_type: PredictionType,
+    /// `None` when the config file does not say: DDIM and DDPM then clip x₀ to [-1, 1] (their
+    /// diffusers default), LCM does not. SD 1.5's config says `false`.
+    pub clip_sample: Option<bool>,
 }
 
 impl Default for SchedulerConfig {
@@ -129,6 +195,7 @@ impl Default for SchedulerConfig {
             set_alpha_to_one: false,
             timestep_spacing: None,
             prediction_type: PredictionType::Epsilon,
+            clip_sample: None,
         }
     }
 }

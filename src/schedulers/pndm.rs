@@ -4,7 +4,12 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{PredictionType, Scheduler, SchedulerConfig, TimestepSpacing, spaced_timesteps};
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, spaced_timesteps};
+use crate::error::Result;
+
+pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(Pndm::<B>::new(cfg, steps)))
+}
 
 pub struct Pndm<B: Backend> {
     timesteps: Vec<f64>,
@@ -74,7 +79,7 @@ impl<B: Backend> Scheduler<B> for Pndm<B> {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, _noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
         let mut t = self.timesteps[i] as i64;
         let mut prev = t - self.step_ratio;
         if self.counter != 1 {

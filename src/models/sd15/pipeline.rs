@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 use super::loader::{Components, Sd15Layout, load};
 use crate::error::{Error, Result};
 use crate::noise;
-use crate::schedulers::SchedulerKind;
+use crate::schedulers::{SchedulerKind, SchedulerOptions};
 
 /// One text-to-image request.
 #[derive(Debug, Clone)]
@@ -28,6 +28,11 @@ pub struct GenerateRequest {
     /// seeded noise: what diffusers' `latents=` argument does.
     pub init_latents: Option<Vec<f32>>,
     pub clip_skip: usize,
+    /// DDIM's η (stochastic when > 0); an error with other schedulers.
+    pub eta: Option<f64>,
+    /// Noise for stochastic samplers, one `[n, C, H/8, W/8]` tensor per draw in order, replacing
+    /// the seeded streams (tests feed diffusers' tensors); once used up, the seeded streams go on.
+    pub step_noise: Option<Vec<Vec<f32>>>,
 }
 
 impl Default for GenerateRequest {
@@ -44,6 +49,8 @@ impl Default for GenerateRequest {
             seed: 0,
             init_latents: None,
             clip_skip: 1,
+            eta: None,
+            step_noise: None,
         }
     }
 }
@@ -116,6 +123,12 @@ impl<B: Backend> StableDiffusion<B> {
                 return Err(Error::invalid(format!("init latents have {} values; [n={}, {c}, {h}, {w}] needs {}", l.len(), req.n, req.n * c * h * w)));
             }
         }
+        if let Some(noise) = &req.step_noise {
+            let [c, h, w] = self.latent_shape(req.width, req.height);
+            if let Some(bad) = noise.iter().find(|v| v.len() != req.n * c * h * w) {
+                return Err(Error::invalid(format!("step noise has {} values; [n={}, {c}, {h}, {w}] needs {}", bad.len(), req.n, req.n * c * h * w)));
+            }
+        }
         Ok(())
     }
 
@@ -125,7 +138,8 @@ impl<B: Backend> StableDiffusion<B> {
         self.validate(req)?;
         let n = req.n;
         let [c, h, w] = self.latent_shape(req.width, req.height);
-        let mut scheduler = req.scheduler.build::<B>(&self.parts.scheduler_config, req.steps)?;
+        let opts = SchedulerOptions { eta: req.eta };
+        let mut scheduler = req.scheduler.build_with::<B>(&self.parts.scheduler_config, req.steps, &opts)?;
 
         let t0 = Instant::now();
         let cond = self.encode_prompt(&req.prompt, req.clip_skip)?;
@@ -138,9 +152,16 @@ impl<B: Backend> StableDiffusion<B> {
         };
         info!(secs = t0.elapsed().as_secs_f32(), "text encoded");
 
+        let mut rng = noise::BatchNoise::new(req.seed, n);
         let values = match &req.init_latents {
             Some(l) => l.clone(),
-            None => noise::batch_normal(req.seed, n, c * h * w),
+            None => rng.draw(c * h * w),
+        };
+        let device = self.device.clone();
+        let mut given = req.step_noise.clone().unwrap_or_default().into_iter();
+        let mut step_noise = move || {
+            let v = given.next().unwrap_or_else(|| rng.draw(c * h * w));
+            Tensor::<B, 4>::from_data(TensorData::new(v, [n, c, h, w]), &device)
         };
         let mut latents = Tensor::<B, 4>::from_data(TensorData::new(values, [n, c, h, w]), &self.device) * scheduler.init_noise_sigma();
 
@@ -159,7 +180,7 @@ impl<B: Backend> StableDiffusion<B> {
             } else {
                 eps
             };
-            latents = scheduler.step(eps, i, latents);
+            latents = scheduler.step(eps, i, latents, &mut step_noise);
             debug!(step = i + 1, total, timestep = t, secs = ts.elapsed().as_secs_f32(), "denoising step");
             if !progress(i + 1, total) {
                 return Err(Error::Cancelled);
