@@ -5,12 +5,14 @@
 //! at run time from `--device` among those compiled in (`cpu`, `wgpu`, `cuda` cargo features).
 
 pub mod backend;
+pub mod engine;
 pub mod error;
 pub mod image_io;
 pub mod models;
 pub mod nn;
 pub mod noise;
 pub mod schedulers;
+pub mod server;
 pub mod weights;
 
 pub use error::{Error, Result};

@@ -1,6 +1,8 @@
 //! Command-line parsing and the subcommands.
 
 mod generate;
+mod openapi;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -12,14 +14,19 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Without a subcommand, `kiln` serves (options from KILN_* environment variables).
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Generate images from a prompt and write them as PNG.
     Generate(generate::GenerateArgs),
+    /// Serve the OpenAI-compatible Images API (the default when no subcommand is given).
+    Serve(serve::ServeArgs),
+    /// Print the OpenAPI spec of the server.
+    Openapi(openapi::OpenapiArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -34,6 +41,9 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Generate(args) => generate::run(args),
+        Some(Command::Generate(args)) => generate::run(args),
+        Some(Command::Serve(args)) => serve::run(args),
+        Some(Command::Openapi(args)) => openapi::run(args),
+        None => serve::run(serve::default_args()),
     }
 }

@@ -12,7 +12,8 @@ use burn::tensor::{Bool, Int, Tensor, TensorData};
 
 use super::bart_encoder::{Attention, BiasLayerNorm, Glu, layer_norm};
 use super::config::DalleBartConfig;
-use crate::nn::{Embedding, LayerNorm, Linear};
+use super::dense::Dense;
+use crate::nn::{Embedding, LayerNorm};
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
@@ -102,7 +103,7 @@ pub struct BartDecoder<B: Backend> {
     pub layernorm_embedding: LayerNorm<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub final_ln: BiasLayerNorm<B>,
-    pub lm_head: Linear<B>,
+    pub lm_head: Dense<B>,
 }
 
 impl<B: Backend> BartDecoder<B> {
@@ -114,7 +115,7 @@ impl<B: Backend> BartDecoder<B> {
             layernorm_embedding: layer_norm(d, device),
             layers: (0..cfg.decoder_layers).map(|_| DecoderLayer::new(cfg, device)).collect(),
             final_ln: BiasLayerNorm::new(d, device),
-            lm_head: Linear::new(d, cfg.image_rows(), false, device),
+            lm_head: Dense::new(d, cfg.image_rows(), false, device),
         }
     }
 

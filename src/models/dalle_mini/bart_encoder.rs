@@ -10,7 +10,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DalleBartConfig, LN_EPS};
-use crate::nn::{Embedding, LayerNorm, Linear, gelu_exact, merge_heads, split_heads};
+use super::dense::Dense;
+use crate::nn::{Embedding, LayerNorm, gelu_exact, merge_heads, split_heads};
 
 /// LayerNorm whose scale is fixed at 1 (dalle-mini's `force_ln_scale=false` norms): only a bias.
 #[derive(Module, Debug)]
@@ -36,16 +37,16 @@ pub(crate) fn layer_norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<
 /// Multi-head attention projections without biases (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub k_proj: Linear<B>,
-    pub v_proj: Linear<B>,
-    pub q_proj: Linear<B>,
-    pub out_proj: Linear<B>,
+    pub k_proj: Dense<B>,
+    pub v_proj: Dense<B>,
+    pub q_proj: Dense<B>,
+    pub out_proj: Dense<B>,
     pub heads: usize,
 }
 
 impl<B: Backend> Attention<B> {
     pub fn new(d: usize, heads: usize, device: &B::Device) -> Self {
-        let lin = || Linear::new(d, d, false, device);
+        let lin = || Dense::new(d, d, false, device);
         Self { k_proj: lin(), v_proj: lin(), q_proj: lin(), out_proj: lin(), heads }
     }
 
@@ -84,9 +85,9 @@ impl<B: Backend> Attention<B> {
 pub struct Glu<B: Backend> {
     pub ln0: BiasLayerNorm<B>,
     pub ln1: BiasLayerNorm<B>,
-    pub fc0: Linear<B>,
-    pub fc1: Linear<B>,
-    pub fc2: Linear<B>,
+    pub fc0: Dense<B>,
+    pub fc1: Dense<B>,
+    pub fc2: Dense<B>,
 }
 
 impl<B: Backend> Glu<B> {
@@ -94,9 +95,9 @@ impl<B: Backend> Glu<B> {
         Self {
             ln0: BiasLayerNorm::new(d, device),
             ln1: BiasLayerNorm::new(ffn, device),
-            fc0: Linear::new(d, ffn, false, device),
-            fc1: Linear::new(d, ffn, false, device),
-            fc2: Linear::new(ffn, d, false, device),
+            fc0: Dense::new(d, ffn, false, device),
+            fc1: Dense::new(d, ffn, false, device),
+            fc2: Dense::new(ffn, d, false, device),
         }
     }
 

@@ -9,6 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DalleBartConfig, VqganConfig};
+use super::text_normalizer::HashtagSplitter;
 use super::tokenizer::DalleTokenizer;
 use super::weights::{self, FlaxTarget};
 use super::{BartDecoder, BartEncoder, DalleMini, TextNormalizer, Vqgan};
@@ -25,6 +26,7 @@ pub enum Layout {
 }
 
 const FLAX_FILE: &str = "flax_model.msgpack";
+const WORD_LIST: &str = "enwiki-words-frequency.txt";
 
 /// The layout of a DalleBart folder, or `None` if `path` is not one.
 pub fn detect(path: &Path) -> Option<Layout> {
@@ -159,6 +161,12 @@ pub(super) fn load<B: Backend>(path: &Path, vqgan: Option<&Path>, device: &B::De
         });
     }
     let tokenizer = DalleTokenizer::from_dir(path, config.max_text_length)?;
+    // dalle-mini's repos carry the word list its hashtag splitter reads (not shipped with kiln)
+    let words = path.join(WORD_LIST);
+    let hashtags = match words.is_file() {
+        true => Some(HashtagSplitter::from_word_list(&std::fs::read_to_string(&words).map_err(|e| Error::io(&words, e))?)),
+        false => None,
+    };
     tracing::info!(layout = ?layout, d_model = config.d_model, layers = config.decoder_layers, applied = report.applied, "DALL·E model loaded");
     Ok(DalleMini {
         config,
@@ -168,7 +176,7 @@ pub(super) fn load<B: Backend>(path: &Path, vqgan: Option<&Path>, device: &B::De
         decoder,
         vqgan,
         tokenizer,
-        normalizer: TextNormalizer::default(),
+        normalizer: TextNormalizer::new(hashtags),
         report,
         device: device.clone(),
     })

@@ -22,6 +22,8 @@
 //! The VQGAN is looked for in `PATH/vqgan`, `PATH/../vqgan` and `PATH/../vqgan_imagenet_f16_16384`
 //! (or given with `load_with`): `flax_model.msgpack` (vqgan-jax), `detoker.pt` (min-dalle) or a
 //! taming `.ckpt`; its `config.json` is optional (published f16-16384 shapes by default).
+//! `enwiki-words-frequency.txt` in PATH (part of dalle-mini's Hub repos) enables the
+//! normaliser's hashtag splitting; kiln does not ship that list.
 //!
 //! Generation: the prompt and the empty prompt are encoded as one batch of two; the n images
 //! decode together as 2n rows (n unconditional, n conditional) with super-conditioning
@@ -31,6 +33,7 @@
 pub mod bart_decoder;
 pub mod bart_encoder;
 pub mod config;
+pub mod dense;
 pub mod loader;
 pub mod msgpack;
 pub mod sampling;

@@ -12,7 +12,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::{GROUPS, VqganConfig};
-use crate::nn::{Embedding, GroupNorm, Linear, conv1x1, conv3x3, sdpa, silu};
+use super::dense::Dense;
+use crate::nn::{Embedding, GroupNorm, conv1x1, conv3x3, sdpa, silu};
 
 #[derive(Module, Debug)]
 pub struct ResnetBlock<B: Backend> {
@@ -51,15 +52,15 @@ impl<B: Backend> ResnetBlock<B> {
 #[derive(Module, Debug)]
 pub struct AttnBlock<B: Backend> {
     pub norm: GroupNorm<B>,
-    pub q: Linear<B>,
-    pub k: Linear<B>,
-    pub v: Linear<B>,
-    pub proj_out: Linear<B>,
+    pub q: Dense<B>,
+    pub k: Dense<B>,
+    pub v: Dense<B>,
+    pub proj_out: Dense<B>,
 }
 
 impl<B: Backend> AttnBlock<B> {
     pub fn new(c: usize, eps: f64, device: &B::Device) -> Self {
-        let lin = || Linear::new(c, c, true, device);
+        let lin = || Dense::new(c, c, true, device);
         Self { norm: GroupNorm::new(GROUPS, c, eps, device), q: lin(), k: lin(), v: lin(), proj_out: lin() }
     }
 

@@ -1,0 +1,153 @@
+//! `kiln serve` (also what `kiln` with no subcommand does): the OpenAI-compatible image server.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser};
+use kiln::backend::DeviceSpec;
+use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, discover};
+use kiln::server::{ServerConfig, build_app, serve};
+use tracing::{info, warn};
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to bind. 127.0.0.1 keeps the server private to this machine; 0.0.0.0 exposes it.
+    #[arg(long, env = "KILN_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "KILN_PORT", default_value_t = 8000)]
+    pub port: u16,
+    /// Every diffusers folder directly under this directory is served (id = folder name).
+    #[arg(long, env = "KILN_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Serve PATH (diffusers folder or .safetensors/.ckpt) as model ID. Repeatable.
+    #[arg(long = "model", env = "KILN_MODEL", value_name = "ID=PATH", value_delimiter = ',', value_parser = parse_model)]
+    pub models: Vec<(String, PathBuf)>,
+    /// Model used when a request names none (default: the first one).
+    #[arg(long, env = "KILN_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// cpu, wgpu[:N] or cuda[:N].
+    #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Require `Authorization: Bearer KEY` on /v1 endpoints.
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Requests queued or running at once; more get 429 with Retry-After.
+    #[arg(long, env = "KILN_MAX_QUEUE", default_value_t = 16)]
+    pub max_queue: usize,
+    /// Allowed CORS origin (repeatable; `*` = any). CORS is off when none is given.
+    #[arg(long = "cors-origin", env = "KILN_CORS_ORIGIN", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
+    /// Load every model at start instead of on its first request.
+    #[arg(long, env = "KILN_PRELOAD")]
+    pub preload: bool,
+    /// Largest width or height a request may ask for.
+    #[arg(long, env = "KILN_MAX_SIZE", default_value_t = 1024)]
+    pub max_size: u32,
+    /// Most denoising steps a request may ask for.
+    #[arg(long, env = "KILN_MAX_STEPS", default_value_t = 150)]
+    pub max_steps: u32,
+    /// Largest request body for edits (uploads), in MiB.
+    #[arg(long, env = "KILN_MAX_UPLOAD_MB", default_value_t = 32)]
+    pub max_upload_mb: usize,
+    /// Lifetime of `response_format=url` links, in seconds.
+    #[arg(long, env = "KILN_URL_TTL_SECS", default_value_t = 3600)]
+    pub url_ttl_secs: u64,
+    /// Images kept for `response_format=url` links (oldest dropped first).
+    #[arg(long, env = "KILN_URL_STORE_MAX", default_value_t = 256)]
+    pub url_store_max: usize,
+    /// Base URL for image links when behind a proxy (default: from the Host header).
+    #[arg(long, env = "KILN_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Seconds to wait for open connections after Ctrl-C / SIGTERM.
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((id, path)) if !id.trim().is_empty() && !path.trim().is_empty() => Ok((id.trim().to_string(), PathBuf::from(path.trim()))),
+        _ => Err(format!("expected ID=PATH, got `{s}`")),
+    }
+}
+
+/// `kiln` without a subcommand: serve with options from the environment only.
+#[derive(Parser)]
+struct EnvOnly {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+pub fn default_args() -> ServeArgs {
+    EnvOnly::parse_from(["kiln"]).args
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let device: DeviceSpec = args.device.parse()?;
+    let found = discover(&args.models_dir, &args.models, device)?;
+    let demo_notice = found.demo.then(|| format!("This is a tiny random demo model: it produces noise, not pictures. {DEMO_HELP}"));
+    if found.demo {
+        warn!("==================================================================================");
+        warn!("no real model weights under {}: serving the tiny DEMO model `sd15-demo` (random noise images)", args.models_dir.display());
+        for line in DEMO_HELP.lines() {
+            warn!("{line}");
+        }
+        warn!("==================================================================================");
+    }
+    for m in &found.specs {
+        info!(model = %m.id, family = m.family.id(), source = %m.source, device = %m.device, demo = m.demo, "serving");
+    }
+    let engine = EngineHandle::start(found.specs, EngineConfig { max_queue: args.max_queue, preload: args.preload })?;
+    let config = ServerConfig {
+        default_model: args.default_model.clone(),
+        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
+        max_side: args.max_size,
+        max_steps: args.max_steps,
+        max_upload_bytes: args.max_upload_mb << 20,
+        cors_origins: args.cors_origins.clone(),
+        url_ttl: Duration::from_secs(args.url_ttl_secs),
+        url_store_max: args.url_store_max,
+        public_url: args.public_url.clone(),
+        demo_notice,
+        ..ServerConfig::default()
+    };
+    let app = build_app(config, engine.clone())?;
+    let addr = format!("{}:{}", args.host, args.port);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let stopper = engine.clone();
+    let result = runtime.block_on(serve(
+        app,
+        &addr,
+        async move {
+            shutdown_signal().await;
+            info!("shutting down: no new connections, cancelling queued and running jobs");
+            stopper.begin_shutdown();
+        },
+        Duration::from_secs(args.shutdown_grace_secs),
+    ));
+    engine.shutdown();
+    result?;
+    info!("bye");
+    Ok(())
+}

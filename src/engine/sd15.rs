@@ -1,0 +1,75 @@
+//! Adapter: `kiln::models::sd15::StableDiffusion<B>` behind [`ImagePipeline`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+
+use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
+use crate::backend::{BackendTask, DeviceSpec, dispatch};
+use crate::image_io;
+use crate::models::sd15::{GenerateRequest, StableDiffusion};
+
+/// Prem's SD service default; the CLI's 50 is too slow for an interactive API.
+pub const DEFAULT_STEPS: usize = 25;
+
+pub struct Sd15Pipeline<B: Backend> {
+    model: StableDiffusion<B>,
+}
+
+impl<B: Backend> Sd15Pipeline<B> {
+    pub fn new(model: StableDiffusion<B>) -> Self {
+        Self { model }
+    }
+}
+
+impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
+    fn family(&self) -> Family {
+        Family::Sd15
+    }
+
+    fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError> {
+        if job.init.is_some() {
+            // img2img/inpaint is issue 6; the server rejects edits before they get here.
+            return Err(EngineError::Unsupported { param: Some("image".into()), message: "this Stable Diffusion build cannot edit images yet".into() });
+        }
+        let defaults = GenerateRequest::default();
+        let req = GenerateRequest {
+            prompt: job.prompt.clone(),
+            negative_prompt: job.negative_prompt.clone(),
+            steps: job.steps.unwrap_or(DEFAULT_STEPS),
+            guidance_scale: job.guidance_scale.unwrap_or(defaults.guidance_scale),
+            scheduler: job.scheduler.unwrap_or(defaults.scheduler),
+            width: job.width as usize,
+            height: job.height as usize,
+            n: job.n,
+            seed: job.seed,
+            init_latents: None,
+            clip_skip: defaults.clip_skip,
+            ..defaults
+        };
+        // Intermediate previews need the latents at each step, which `generate` does not expose
+        // yet; until it does, SD streams progress events and the final images only.
+        let out = self.model.generate(&req, &mut |step, total| progress(Progress { step, total, preview: None }))?;
+        let images = image_io::to_rgb8(out.images)?;
+        Ok(images.into_iter().zip(out.seeds).map(|(image, seed)| GeneratedImage { image, seed }).collect())
+    }
+}
+
+struct LoadSd15 {
+    path: PathBuf,
+}
+
+impl BackendTask for LoadSd15 {
+    type Output = Result<Box<dyn ImagePipeline>, EngineError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let model = StableDiffusion::<B>::load(&self.path, false, &device)?;
+        Ok(Box::new(Sd15Pipeline::new(model)))
+    }
+}
+
+/// Loads the SD 1.5 model at `path` (diffusers folder or single file) on `device`.
+pub fn sd15_loader(path: PathBuf, device: DeviceSpec) -> Loader {
+    Arc::new(move || dispatch(device, LoadSd15 { path: path.clone() })?)
+}

@@ -1,0 +1,182 @@
+//! The OpenAI-compatible HTTP server (poem + poem-openapi). It validates requests, turns them
+//! into engine jobs and awaits the results; models live in [`crate::engine`].
+
+mod api;
+mod disconnect;
+mod encode;
+mod error;
+mod guard;
+mod jobs;
+mod schema_check;
+mod store;
+mod stream;
+pub mod types;
+mod upload;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use poem::middleware::{CatchPanic, Cors, Tracing};
+use poem::{Endpoint, EndpointExt, Route};
+use poem_openapi::OpenApiService;
+
+pub use api::Api;
+pub use encode::encode;
+pub use error::ApiError;
+pub use jobs::parse_size;
+pub use store::ImageStore;
+
+use crate::engine::EngineHandle;
+use schema_check::BodySchema;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Model used when a request names none; the first model when unset.
+    pub default_model: Option<String>,
+    /// Require `Authorization: Bearer <key>` on /v1 (except `GET /v1/` and image links).
+    pub api_key: Option<String>,
+    /// Largest generated width/height.
+    pub max_side: u32,
+    /// Most denoising steps a request may ask for.
+    pub max_steps: u32,
+    /// Largest side of an uploaded image (checked before decoding).
+    pub max_upload_side: u32,
+    pub max_json_bytes: usize,
+    pub max_upload_bytes: usize,
+    /// Allowed CORS origins; empty = CORS off, `*` = any origin.
+    pub cors_origins: Vec<String>,
+    /// How long `response_format=url` links live, and how many images are kept.
+    pub url_ttl: Duration,
+    pub url_store_max: usize,
+    /// Base of image links (e.g. behind a proxy); default: from the request's Host header.
+    pub public_url: Option<String>,
+    /// Shown in logs and `/v1/models` when demo models are served.
+    pub demo_notice: Option<String>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            default_model: None,
+            api_key: None,
+            max_side: 1024,
+            max_steps: 150,
+            max_upload_side: 4096,
+            max_json_bytes: 1 << 20,
+            max_upload_bytes: 32 << 20,
+            cors_origins: Vec::new(),
+            url_ttl: Duration::from_secs(3600),
+            url_store_max: 256,
+            public_url: None,
+            demo_notice: None,
+        }
+    }
+}
+
+/// Shared by all handlers (poem `Data`).
+pub struct AppState {
+    pub engine: EngineHandle,
+    pub config: ServerConfig,
+    pub store: ImageStore,
+    pub default_model: String,
+    pub demo_notice: Option<String>,
+    generation_schema: BodySchema,
+}
+
+impl AppState {
+    /// `scheme://host` for image links.
+    fn public_base(&self, req: &poem::Request) -> String {
+        if let Some(u) = &self.config.public_url {
+            return u.trim_end_matches('/').to_string();
+        }
+        let host = req.headers().get(poem::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        format!("http://{host}")
+    }
+}
+
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// The OpenAPI service; `openapi.json` is `service().spec()`.
+pub fn service() -> OpenApiService<Api, ()> {
+    OpenApiService::new(Api, "kiln", env!("CARGO_PKG_VERSION"))
+        .description("OpenAI-compatible image generation (Stable Diffusion 1.5, DALL·E Mini) served by kiln.")
+}
+
+/// The spec as committed in `openapi.json` (with a trailing newline).
+pub fn spec_json() -> String {
+    let mut s = service().spec();
+    s.push('\n');
+    s
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("the default model `{0}` is not among the served models ({1})")]
+    UnknownDefaultModel(String, String),
+    #[error("no models to serve")]
+    NoModels,
+    #[error("cannot bind {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The whole HTTP app: the API, `/openapi.json`, `/docs`, middlewares.
+pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endpoint, ServerError> {
+    let ids: Vec<String> = engine.models().into_iter().map(|m| m.id).collect();
+    let default_model = match &config.default_model {
+        Some(d) if ids.contains(d) => d.clone(),
+        Some(d) => return Err(ServerError::UnknownDefaultModel(d.clone(), ids.join(", "))),
+        None => ids.first().cloned().ok_or(ServerError::NoModels)?,
+    };
+    let state = Arc::new(AppState {
+        engine,
+        store: ImageStore::new(config.url_ttl, config.url_store_max),
+        default_model,
+        demo_notice: config.demo_notice.clone(),
+        generation_schema: BodySchema::of::<types::CreateImageRequest>(),
+        config,
+    });
+    let api = service();
+    let cors = (!state.config.cors_origins.is_empty()).then(|| {
+        let origins = &state.config.cors_origins;
+        if origins.iter().any(|o| o == "*") { Cors::new() } else { Cors::new().allow_origins(origins.iter().map(String::as_str)) }
+    });
+    let guard_state = state.clone();
+    let app = Route::new()
+        .at("/openapi.json", api.spec_endpoint())
+        .nest("/docs", api.swagger_ui())
+        // The spec normalises `/v1/` to `/v1`; the Prem app calls `/v1/` literally.
+        .at("/v1/", poem::endpoint::make_sync(|_| poem::web::Json(serde_json::json!({"status": true}))))
+        .nest("/", api)
+        .with(CatchPanic::new().with_handler(error::panic_response))
+        .around(move |ep, req| {
+            let state = guard_state.clone();
+            async move { guard::guard(&*ep, req, state).await }
+        })
+        .with_if(cors.is_some(), cors.unwrap_or_default())
+        .data(state)
+        .around(|ep, req| async move { error::finalize(&*ep, req).await })
+        .with(Tracing);
+    Ok(app)
+}
+
+/// Serves until `shutdown` resolves, then stops accepting, lets running requests finish for up
+/// to `grace`, and returns.
+pub async fn serve(
+    app: impl Endpoint + 'static,
+    addr: &str,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+    grace: Duration,
+) -> Result<(), ServerError> {
+    use poem::listener::{Acceptor, Listener, TcpListener};
+    let acceptor = TcpListener::bind(addr).into_acceptor().await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
+    let acceptor = disconnect::WatchedAcceptor(acceptor);
+    for a in acceptor.local_addr().iter().filter_map(|a| a.as_socket_addr().copied()) {
+        tracing::info!("listening on http://{a} (docs: http://{a}/docs)");
+    }
+    poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(grace)).await?;
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! `stream: true`: Server-Sent Events in OpenAI's image streaming format. The stream owns the
+//! job ticket, so a client that goes away drops it and cancels the job.
+
+use std::collections::VecDeque;
+
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+use poem_openapi::payload::EventStream;
+use poem_openapi::types::ToJSON;
+
+use super::encode::encode;
+use super::error::ApiError;
+use super::types::{ImageStreamEvent, OutputFormat, Usage};
+use super::unix_now;
+use crate::engine::{JobEvent, JobTicket};
+
+pub type ImageEvents = EventStream<BoxStream<'static, ImageStreamEvent>>;
+
+/// What every event repeats about the request.
+#[derive(Clone)]
+pub struct StreamMeta {
+    /// `image_generation` or `image_edit`.
+    pub prefix: &'static str,
+    pub size: String,
+    pub output_format: OutputFormat,
+    pub quality: u8,
+    pub progress: bool,
+}
+
+impl StreamMeta {
+    fn event(&self, kind: &str) -> ImageStreamEvent {
+        ImageStreamEvent {
+            ty: format!("{}.{kind}", self.prefix),
+            created_at: unix_now(),
+            b64_json: None,
+            size: Some(self.size.clone()),
+            quality: Some("auto".into()),
+            background: Some("opaque".into()),
+            output_format: Some(self.output_format),
+            partial_image_index: None,
+            image_index: None,
+            seed: None,
+            step: None,
+            total: None,
+            usage: None,
+            error: None,
+        }
+    }
+
+    fn error(&self, e: ApiError) -> ImageStreamEvent {
+        let body = e.body().error;
+        ImageStreamEvent { ty: "error".into(), size: None, quality: None, background: None, output_format: None, error: Some(body), ..self.event("error") }
+    }
+}
+
+struct State {
+    ticket: Option<JobTicket>,
+    pending: VecDeque<ImageStreamEvent>,
+    partial_index: u32,
+    meta: StreamMeta,
+}
+
+async fn b64(img: image::RgbImage, meta: &StreamMeta) -> Result<String, ApiError> {
+    let (fmt, q) = (meta.output_format, meta.quality);
+    let bytes = tokio::task::spawn_blocking(move || encode(&img, fmt, q))
+        .await
+        .map_err(|e| ApiError::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")))?
+        .map_err(|e| ApiError::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")))?;
+    Ok(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+}
+
+impl State {
+    /// Turns the next engine event into zero or more SSE events; `false` at the end.
+    async fn advance(&mut self) -> bool {
+        let Some(ticket) = self.ticket.as_mut() else { return false };
+        match ticket.next().await {
+            Some(JobEvent::Started) => {}
+            Some(JobEvent::Progress(p)) => {
+                if self.meta.progress {
+                    self.pending.push_back(ImageStreamEvent { step: Some(p.step as u32), total: Some(p.total as u32), ..self.meta.event("progress") });
+                }
+                if let Some(img) = p.preview {
+                    match b64(img, &self.meta).await {
+                        Ok(b) => {
+                            let ev = ImageStreamEvent { b64_json: Some(b), partial_image_index: Some(self.partial_index), ..self.meta.event("partial_image") };
+                            self.partial_index += 1;
+                            self.pending.push_back(ev);
+                        }
+                        Err(e) => self.fail(e),
+                    }
+                }
+            }
+            Some(JobEvent::Done(Ok(images))) => {
+                self.ticket = None;
+                for (k, g) in images.into_iter().enumerate() {
+                    match b64(g.image, &self.meta).await {
+                        Ok(b) => self.pending.push_back(ImageStreamEvent {
+                            b64_json: Some(b),
+                            image_index: Some(k as u32),
+                            seed: Some(g.seed),
+                            usage: Some(Usage::default()),
+                            ..self.meta.event("completed")
+                        }),
+                        Err(e) => {
+                            self.fail(e);
+                            return true;
+                        }
+                    }
+                }
+            }
+            Some(JobEvent::Done(Err(e))) => self.fail(e.into()),
+            None => self.fail(crate::engine::EngineError::ShuttingDown.into()),
+        }
+        true
+    }
+
+    fn fail(&mut self, e: ApiError) {
+        self.ticket = None;
+        self.pending.push_back(self.meta.error(e));
+    }
+}
+
+/// The SSE response for a submitted job.
+pub fn events(ticket: JobTicket, meta: StreamMeta, gone: impl Future<Output = ()> + Send + 'static) -> ImageEvents {
+    let state = State { ticket: Some(ticket), pending: VecDeque::new(), partial_index: 0, meta };
+    let stream = futures_util::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(ev) = s.pending.pop_front() {
+                return Some((ev, s));
+            }
+            if !s.advance().await {
+                return None;
+            }
+        }
+    });
+    EventStream::new(stream.take_until(gone).boxed()).keep_alive(std::time::Duration::from_secs(15)).to_event(|ev| {
+        let data = serde_json::to_string(&ev.to_json()).unwrap_or_default();
+        poem::web::sse::Event::message(data).event_type(ev.ty.clone())
+    })
+}

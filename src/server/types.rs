@@ -1,0 +1,277 @@
+//! Request and response bodies of the OpenAI-compatible Images API, plus kiln's extensions.
+//! These derive the OpenAPI schemas; `openapi.json` is generated from them.
+
+use poem_openapi::types::multipart::Upload;
+use poem_openapi::{Enum, Multipart, Object};
+
+use super::upload::UploadList;
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ResponseFormat {
+    /// Base64 PNG/JPEG/WebP in the response (the default, as in the Prem services).
+    #[default]
+    #[oai(rename = "b64_json")]
+    B64Json,
+    /// A link to `/v1/images/files/{id}`, valid for a limited time.
+    #[oai(rename = "url")]
+    Url,
+}
+
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[oai(rename_all = "lowercase")]
+pub enum OutputFormat {
+    #[default]
+    Png,
+    Jpeg,
+    Webp,
+}
+
+/// Body of `POST /v1/images/generations`. Unknown fields are ignored.
+#[derive(Object, Debug, Default)]
+pub struct CreateImageRequest {
+    /// A text description of the desired image(s).
+    #[oai(validator(min_length = 1, max_length = 32000))]
+    pub prompt: String,
+    /// Model id from `GET /v1/models`; the server's default model when absent.
+    #[oai(nullable)]
+    pub model: Option<String>,
+    /// Number of images, 1–10.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "10")))]
+    pub n: Option<u32>,
+    /// `WxH`. Stable Diffusion: multiples of 8 up to the server's bound (default 512x512).
+    /// DALL·E: rendered at 256x256 and resized. Empty or `auto`: the model's default.
+    #[oai(nullable, validator(pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$"))]
+    pub size: Option<String>,
+    /// `b64_json` (default) or `url`.
+    #[oai(nullable)]
+    pub response_format: Option<ResponseFormat>,
+    /// `png` (default), `jpeg` or `webp` (lossless).
+    #[oai(nullable)]
+    pub output_format: Option<OutputFormat>,
+    /// JPEG quality 0–100 (default 100).
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
+    pub output_compression: Option<u32>,
+    /// Stream Server-Sent Events (`image_generation.partial_image`, `image_generation.completed`).
+    #[oai(nullable)]
+    pub stream: Option<bool>,
+    /// Previews to stream before the final image, 0–3.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "3")))]
+    pub partial_images: Option<u32>,
+    /// Extension: also stream `image_generation.progress` events (step, total).
+    #[oai(nullable)]
+    pub stream_progress: Option<bool>,
+    /// Accepted and ignored.
+    #[oai(nullable)]
+    pub quality: Option<String>,
+    /// Accepted and ignored.
+    #[oai(nullable)]
+    pub style: Option<String>,
+    /// Accepted and ignored.
+    #[oai(nullable)]
+    pub user: Option<String>,
+    /// Accepted and ignored.
+    #[oai(nullable)]
+    pub background: Option<String>,
+    /// Accepted and ignored.
+    #[oai(nullable)]
+    pub moderation: Option<String>,
+    /// Extension: what the image should not show.
+    #[oai(nullable)]
+    pub negative_prompt: Option<String>,
+    /// Extension: seed of image 0 (image k uses seed + k); 0 or absent = random.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "4294967295")))]
+    pub seed: Option<u64>,
+    /// Extension: classifier-free guidance scale (SD, default 7.5).
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "50")))]
+    pub guidance_scale: Option<f64>,
+    /// Extension: denoising steps (SD, default 25).
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "500")))]
+    pub num_inference_steps: Option<u32>,
+    /// Extension: `pndm` (default), `ddim`, `euler`; diffusers class names and A1111 labels work.
+    #[oai(nullable)]
+    pub scheduler: Option<String>,
+    /// Extension: how much an edit may change the input image, 0–1 (img2img).
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
+    pub strength: Option<f64>,
+    /// Extension (DALL·E): super-condition scale.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
+    pub cond_scale: Option<f64>,
+    /// Extension (DALL·E): sampling temperature.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
+    pub temperature: Option<f64>,
+    /// Extension (DALL·E): top-k sampling.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1000000")))]
+    pub top_k: Option<u32>,
+    /// Extension (DALL·E): nucleus sampling.
+    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
+    pub top_p: Option<f64>,
+}
+
+/// Body of `POST /v1/images/edits` (multipart/form-data). Numbers arrive as text parts.
+#[derive(Multipart, Debug)]
+pub struct CreateImageEditRequest {
+    /// The image to edit (any of PNG, JPEG, WebP; file name and part type are not trusted).
+    pub image: Option<Upload>,
+    /// Repeated image parts, as openai-python sends several images. The first one is edited.
+    #[oai(rename = "image[]")]
+    pub images: UploadList,
+    /// PNG whose fully transparent pixels mark the area to repaint (OpenAI convention).
+    pub mask: Option<Upload>,
+    #[oai(validator(min_length = 1, max_length = 32000))]
+    pub prompt: String,
+    pub model: Option<String>,
+    #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
+    pub n: Option<u32>,
+    #[oai(validator(pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$"))]
+    pub size: Option<String>,
+    pub response_format: Option<ResponseFormat>,
+    pub output_format: Option<OutputFormat>,
+    #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
+    pub output_compression: Option<u32>,
+    pub quality: Option<String>,
+    pub user: Option<String>,
+    pub background: Option<String>,
+    pub input_fidelity: Option<String>,
+    pub negative_prompt: Option<String>,
+    #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
+    pub seed: Option<u64>,
+    #[oai(validator(minimum(value = "0"), maximum(value = "50")))]
+    pub guidance_scale: Option<f64>,
+    #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+    pub num_inference_steps: Option<u32>,
+    pub scheduler: Option<String>,
+    #[oai(validator(minimum(value = "0"), maximum(value = "1")))]
+    pub strength: Option<f64>,
+}
+
+/// One generated image.
+#[derive(Object, Debug, Clone)]
+pub struct ImageData {
+    #[oai(skip_serializing_if_is_none)]
+    pub b64_json: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub url: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub revised_prompt: Option<String>,
+    /// Extension: the seed that reproduces this image.
+    pub seed: u64,
+}
+
+#[derive(Object, Debug)]
+pub struct ImagesResponse {
+    /// Unix seconds.
+    pub created: i64,
+    pub data: Vec<ImageData>,
+    pub output_format: OutputFormat,
+    /// `WxH` of the returned images.
+    pub size: String,
+}
+
+/// One Server-Sent Event of a streamed generation; `type` is also the SSE event name.
+#[derive(Object, Debug, Clone)]
+pub struct ImageStreamEvent {
+    /// `image_generation.partial_image`, `image_generation.completed`,
+    /// `image_generation.progress` (extension, opt-in) or `error`.
+    #[oai(rename = "type")]
+    pub ty: String,
+    pub created_at: i64,
+    #[oai(skip_serializing_if_is_none)]
+    pub b64_json: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub size: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub quality: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub background: Option<String>,
+    #[oai(skip_serializing_if_is_none)]
+    pub output_format: Option<OutputFormat>,
+    #[oai(skip_serializing_if_is_none)]
+    pub partial_image_index: Option<u32>,
+    /// Extension: index of the image within `n` (completed events).
+    #[oai(skip_serializing_if_is_none)]
+    pub image_index: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
+    pub seed: Option<u64>,
+    #[oai(skip_serializing_if_is_none)]
+    pub step: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
+    pub total: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
+    pub usage: Option<Usage>,
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<ErrorBody>,
+}
+
+/// Token usage (always zero here; present because OpenAI's completed events carry it).
+#[derive(Object, Debug, Clone, Default)]
+pub struct Usage {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    pub total_tokens: u32,
+}
+
+/// The OpenAI error envelope, used for every non-2xx response.
+#[derive(Object, Debug, Clone)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+#[derive(Object, Debug, Clone)]
+pub struct ErrorBody {
+    pub message: String,
+    #[oai(rename = "type")]
+    pub ty: String,
+    /// The request field at fault, when there is one.
+    #[oai(nullable)]
+    pub param: Option<String>,
+    #[oai(nullable)]
+    pub code: Option<String>,
+}
+
+/// OpenAI's model object, plus kiln's extensions.
+#[derive(Object, Debug)]
+pub struct Model {
+    pub id: String,
+    pub object: String,
+    pub created: i64,
+    pub owned_by: String,
+    /// Extension: `stable-diffusion-1.5` or `dalle-mini`.
+    pub family: String,
+    /// Extension: `unloaded`, `loading`, `ready` or `failed`.
+    pub state: String,
+    /// Extension: a tiny random demo model, not real weights.
+    pub demo: bool,
+    /// Extension: a note for people, e.g. how to get real weights.
+    #[oai(skip_serializing_if_is_none)]
+    pub notice: Option<String>,
+}
+
+#[derive(Object, Debug)]
+pub struct ModelList {
+    pub object: String,
+    pub data: Vec<Model>,
+}
+
+/// `GET /v1/`: the Prem services' health check.
+#[derive(Object, Debug)]
+pub struct StatusResponse {
+    pub status: bool,
+}
+
+#[derive(Object, Debug)]
+pub struct ModelHealth {
+    pub id: String,
+    pub state: String,
+    #[oai(skip_serializing_if_is_none)]
+    pub error: Option<String>,
+}
+
+#[derive(Object, Debug)]
+pub struct HealthResponse {
+    /// `ready` or `loading`.
+    pub status: String,
+    pub models: Vec<ModelHealth>,
+    /// Jobs queued or running.
+    pub queue: u32,
+    pub queue_capacity: u32,
+}

@@ -1,0 +1,30 @@
+//! The committed `openapi.json` must equal what the server generates (`kiln openapi`).
+//! Regenerate with `UPDATE_OPENAPI=1 cargo test --release --test openapi_spec`.
+
+#[test]
+fn committed_openapi_json_is_up_to_date() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("openapi.json");
+    let generated = kiln::server::spec_json();
+    if std::env::var_os("UPDATE_OPENAPI").is_some() {
+        std::fs::write(&path, &generated).expect("writing openapi.json");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "openapi.json is out of date with the server code; run `UPDATE_OPENAPI=1 cargo test --release --test openapi_spec` (or `kiln openapi -o openapi.json`) and commit it"
+    );
+}
+
+#[test]
+fn spec_lists_every_endpoint() {
+    let spec: serde_json::Value = serde_json::from_str(&kiln::server::spec_json()).expect("spec is JSON");
+    let paths = spec["paths"].as_object().expect("paths");
+    for p in ["/v1/images/generations", "/v1/images/edits", "/v1/images/files/{id}", "/v1/models", "/v1/models/{model}", "/v1", "/health"] {
+        assert!(paths.contains_key(p), "missing {p}");
+    }
+    let gen_body = &spec["components"]["schemas"]["CreateImageRequest"]["properties"];
+    for f in ["prompt", "n", "size", "response_format", "output_format", "seed", "negative_prompt", "guidance_scale", "num_inference_steps", "stream", "partial_images"] {
+        assert!(gen_body.get(f).is_some(), "CreateImageRequest lacks {f}");
+    }
+}
