@@ -5,6 +5,7 @@
 //! at run time from `--device` among those compiled in (`cpu`, `wgpu`, `cuda` cargo features).
 
 pub mod backend;
+pub mod download;
 pub mod engine;
 pub mod error;
 pub mod image_io;

@@ -1,6 +1,8 @@
 //! Command-line parsing and the subcommands.
 
+mod download;
 mod generate;
+mod models;
 mod openapi;
 mod serve;
 
@@ -27,6 +29,10 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the OpenAPI spec of the server.
     Openapi(openapi::OpenapiArgs),
+    /// Download published weights (sd15, dalle-mini, dalle-mega, all) from the Hugging Face Hub.
+    Download(download::DownloadArgs),
+    /// List the models installed under the models directory.
+    Models(models::ModelsArgs),
 }
 
 pub fn init_logging(verbose: u8) {
@@ -44,6 +50,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Generate(args)) => generate::run(args),
         Some(Command::Serve(args)) => serve::run(args),
         Some(Command::Openapi(args)) => openapi::run(args),
+        Some(Command::Download(args)) => download::run(args),
+        Some(Command::Models(args)) => models::run(args),
         None => serve::run(serve::default_args()),
     }
 }

@@ -1,0 +1,162 @@
+//! Which files kiln fetches for each model id, from which Hub repository and revision, and where
+//! they land under `models/<id>/` (the layout the loaders read).
+//!
+//! Revisions: SD 1.5 is pinned to a commit of `stable-diffusion-v1-5/stable-diffusion-v1-5` that
+//! several independent projects pin (the repository kept the history of the original
+//! `runwayml/stable-diffusion-v1-5`); it was not checked against the live Hub from here. The
+//! DALL·E repositories are pinned to `main` because no commit hash could be verified offline;
+//! the commit actually served (`X-Repo-Commit`) is recorded in `kiln-source.json`, and
+//! `kiln download --revision` overrides the main repository's revision.
+
+use super::error::{DownloadError, Result};
+
+pub const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
+/// Unverified against the live Hub (see the module docs).
+pub const SD15_REVISION: &str = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14";
+pub const DALLE_MINI_REPO: &str = "dalle-mini/dalle-mini";
+pub const DALLE_MEGA_REPO: &str = "dalle-mini/dalle-mega";
+pub const VQGAN_REPO: &str = "dalle-mini/vqgan_imagenet_f16_16384";
+/// No verified commit hash for the DALL·E repositories: follow `main`.
+pub const DALLE_REVISION: &str = "main";
+
+/// The ids `kiln download` knows, in the order `all` fetches them.
+pub const MODEL_IDS: [&str; 3] = ["sd15", "dalle-mini", "dalle-mega"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Family {
+    Sd15,
+    DalleMini,
+    DalleMega,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Sd15 => "sd15",
+            Family::DalleMini => "dalle-mini",
+            Family::DalleMega => "dalle-mega",
+        }
+    }
+}
+
+/// One file of a repository and its path inside the model folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoFile {
+    pub remote: String,
+    pub local: String,
+}
+
+/// Files taken from one Hub repository at one revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoSpec {
+    pub repo: String,
+    pub revision: String,
+    pub files: Vec<RepoFile>,
+}
+
+/// Everything `kiln download <id>` fetches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub id: String,
+    pub family: Family,
+    /// `fp16`/`fp32` for SD 1.5 (which files are chosen); `published` for DALL·E (one variant).
+    pub precision: String,
+    pub sources: Vec<RepoSpec>,
+    /// Rough total for messages only (the Hub's headers are what is checked).
+    pub approx_bytes: Option<u64>,
+}
+
+impl ModelSpec {
+    /// Every (repository, file) pair, in download order.
+    pub fn files(&self) -> impl Iterator<Item = (&RepoSpec, &RepoFile)> {
+        self.sources.iter().flat_map(|s| s.files.iter().map(move |f| (s, f)))
+    }
+
+    /// Replaces the revision of the main (first) repository.
+    pub fn with_revision(mut self, revision: &str) -> Self {
+        if let Some(s) = self.sources.first_mut() {
+            s.revision = revision.to_string();
+        }
+        self
+    }
+}
+
+fn same(names: &[&str]) -> Vec<RepoFile> {
+    names.iter().map(|n| RepoFile { remote: n.to_string(), local: n.to_string() }).collect()
+}
+
+fn repo(repo: &str, revision: &str, files: Vec<RepoFile>) -> RepoSpec {
+    RepoSpec { repo: repo.into(), revision: revision.into(), files }
+}
+
+/// SD 1.5 diffusers folder: configs, tokenizer and the three weight files. The loader prefers
+/// `model.safetensors` but also finds `model.fp16.safetensors`, so the fp16 files keep their names.
+fn sd15(fp16: bool) -> ModelSpec {
+    let v = if fp16 { ".fp16" } else { "" };
+    let text = format!("text_encoder/model{v}.safetensors");
+    let unet = format!("unet/diffusion_pytorch_model{v}.safetensors");
+    let vae = format!("vae/diffusion_pytorch_model{v}.safetensors");
+    let mut files = same(&[
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "tokenizer/vocab.json",
+        "tokenizer/merges.txt",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+        "text_encoder/config.json",
+        "unet/config.json",
+        "vae/config.json",
+    ]);
+    files.extend(same(&[&text, &unet, &vae]));
+    ModelSpec {
+        id: "sd15".into(),
+        family: Family::Sd15,
+        precision: if fp16 { "fp16" } else { "fp32" }.into(),
+        sources: vec![repo(SD15_REPO, SD15_REVISION, files)],
+        // ≈ 246 MB + 1.72 GB + 167 MB in fp16, twice that in fp32
+        approx_bytes: Some(if fp16 { 2_133_000_000 } else { 4_265_000_000 }),
+    }
+}
+
+/// DalleBart flax folder + the word list of the hashtag splitter + the VQGAN in `vqgan/` (the
+/// first place the DALL·E loader looks). dalle-mega's repository has no word list of its own
+/// (transformers' port reads dalle-mini's), so it comes from dalle-mini.
+fn dalle(id: &str, family: Family, main_repo: &str) -> ModelSpec {
+    let mut sources = vec![repo(main_repo, DALLE_REVISION, same(&["config.json", "flax_model.msgpack", "vocab.json", "merges.txt"]))];
+    let words = same(&["enwiki-words-frequency.txt"]);
+    match family {
+        Family::DalleMini => sources[0].files.extend(words),
+        _ => sources.push(repo(DALLE_MINI_REPO, DALLE_REVISION, words)),
+    }
+    let vq = ["config.json", "flax_model.msgpack"].iter().map(|n| RepoFile { remote: n.to_string(), local: format!("vqgan/{n}") }).collect();
+    sources.push(repo(VQGAN_REPO, DALLE_REVISION, vq));
+    ModelSpec { id: id.into(), family, precision: "published".into(), sources, approx_bytes: None }
+}
+
+/// The spec of a model id; `fp16` picks SD 1.5's half-precision files (DALL·E has one variant).
+pub fn model_spec(id: &str, fp16: bool) -> Result<ModelSpec> {
+    match id {
+        "sd15" => Ok(sd15(fp16)),
+        "dalle-mini" => Ok(dalle(id, Family::DalleMini, DALLE_MINI_REPO)),
+        "dalle-mega" => Ok(dalle(id, Family::DalleMega, DALLE_MEGA_REPO)),
+        other => Err(DownloadError::UnknownModel(other.to_string())),
+    }
+}
+
+/// `all` → every id; otherwise the ids given, checked and without repeats.
+pub fn expand_ids(ids: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    for id in ids {
+        let list: Vec<&str> = if id == "all" { MODEL_IDS.to_vec() } else { vec![id.as_str()] };
+        for one in list {
+            if !MODEL_IDS.contains(&one) {
+                return Err(DownloadError::UnknownModel(one.to_string()));
+            }
+            if !out.iter().any(|o| o == one) {
+                out.push(one.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
