@@ -163,7 +163,8 @@ impl HubClient {
 
     /// The token goes to the configured endpoint only, never to a CDN it redirects to.
     fn request(&self, agent: &ureq::Agent, method: &str, url: &str) -> ureq::Request {
-        let req = agent.request(method, url);
+        // identity: sizes and byte ranges must refer to the stored bytes (as huggingface_hub asks)
+        let req = agent.request(method, url).set("Accept-Encoding", "identity");
         match &self.config.token {
             Some(t) if origin(url) == origin(self.config.base()) => req.set("Authorization", &format!("Bearer {t}")),
             _ => req,
