@@ -71,6 +71,7 @@ fn check_pipeline(file: &str, scheduler: SchedulerKind, negative: &str, n: usize
         seed: 0,
         init_latents: Some(noise),
         clip_skip: 1,
+        ..Default::default()
     };
     let out = m.generate(&req, &mut |_, _| true).expect("generation runs");
     let (_, want) = reference(file, "final_latents");

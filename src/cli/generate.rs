@@ -28,9 +28,12 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (≤ 1 turns guidance off).
     #[arg(long, default_value_t = 7.5)]
     pub guidance_scale: f64,
-    /// ddim, pndm (SD 1.5's default) or euler; diffusers class names and A1111 labels work too.
+    /// pndm (SD 1.5's default), ddim, euler, euler_a, heun, lms, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, ddpm or lcm; diffusers class names and A1111 labels ("Euler a", "DPM++ 2M Karras", …) work too.
     #[arg(long, default_value = "pndm")]
     pub scheduler: String,
+    /// DDIM's eta in [0, 1]: 0 is deterministic, > 0 adds noise each step. DDIM only.
+    #[arg(long)]
+    pub eta: Option<f64>,
     /// Seed of image 0 (image k uses seed + k); random when absent, and printed.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -91,6 +94,8 @@ impl BackendTask for Job {
             seed,
             init_latents,
             clip_skip: a.clip_skip,
+            eta: a.eta,
+            step_noise: None,
         };
         let model = StableDiffusion::<B>::load(&a.model_path, false, &device)?;
         model.validate(&req)?;

@@ -1,0 +1,67 @@
+//! DDPM (diffusers `DDPMScheduler`, `variance_type = "fixed_small"`): ancestral sampling of the
+//! posterior q(x_{t−1} | x_t, x₀) at the inference timesteps, fresh noise on every step with t > 0.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, spaced_timesteps};
+use crate::error::Result;
+
+pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(Ddpm::new(cfg, steps)))
+}
+
+pub struct Ddpm {
+    timesteps: Vec<f64>,
+    alphas_cumprod: Vec<f64>,
+    prediction: PredictionType,
+    clip_sample: bool,
+}
+
+impl Ddpm {
+    pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
+        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
+        Self {
+            timesteps: spaced_timesteps(cfg, steps, spacing),
+            alphas_cumprod: cfg.alphas_cumprod(),
+            prediction: cfg.prediction_type,
+            clip_sample: cfg.clip_sample.unwrap_or(true),
+        }
+    }
+}
+
+impl<B: Backend> Scheduler<B> for Ddpm {
+    fn timesteps(&self) -> &[f64] {
+        &self.timesteps
+    }
+
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {
+        sample
+    }
+
+    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+        let t = self.timesteps[i] as usize;
+        // The previous timestep is the next one in the list; after the last, ᾱ = 1.
+        let a_t = self.alphas_cumprod[t];
+        let a_prev = self.timesteps.get(i + 1).map_or(1.0, |&p| self.alphas_cumprod[p as usize]);
+        let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
+        let alpha = a_t / a_prev;
+        let beta = 1.0 - alpha;
+        let x0 = match self.prediction {
+            PredictionType::Epsilon => (sample.clone() - out * b_t.sqrt()) / a_t.sqrt(),
+            PredictionType::VPrediction => sample.clone() * a_t.sqrt() - out * b_t.sqrt(),
+        };
+        let x0 = if self.clip_sample { x0.clamp(-1.0, 1.0) } else { x0 };
+        // Formula (7) of the DDPM paper: the posterior mean.
+        let mean = x0 * (a_prev.sqrt() * beta / b_t) + sample * (alpha.sqrt() * b_prev / b_t);
+        if t == 0 {
+            return mean;
+        }
+        let variance = (b_prev / b_t * beta).max(1e-20);
+        mean + noise() * variance.sqrt()
+    }
+}
