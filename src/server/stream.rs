@@ -5,8 +5,12 @@ use std::collections::VecDeque;
 
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use poem_openapi::payload::EventStream;
-use poem_openapi::types::ToJSON;
+use poem::web::sse::{Event, SSE};
+use poem::{IntoResponse, Response};
+use poem_openapi::payload::Payload;
+use poem_openapi::registry::{MetaSchemaRef, Registry};
+use poem_openapi::types::{ToJSON, Type};
+use poem_openapi::Object;
 
 use super::encode::encode;
 use super::error::ApiError;
@@ -14,7 +18,39 @@ use super::types::{ImageStreamEvent, OutputFormat, Usage};
 use super::unix_now;
 use crate::engine::{JobEvent, JobTicket};
 
-pub type ImageEvents = EventStream<BoxStream<'static, ImageStreamEvent>>;
+/// One Server-Sent Event as it appears on the wire: `event` is the event type and `data` a
+/// JSON-encoded `ImageStreamEvent`. (poem-openapi's own `EventStream` documents the stream as a
+/// JSON array, which SSE-aware spec checkers such as schemathesis reject.)
+#[derive(Object)]
+pub struct ServerSentEvent {
+    pub event: String,
+    pub data: String,
+}
+
+pub struct ImageEvents(BoxStream<'static, ImageStreamEvent>);
+
+impl Payload for ImageEvents {
+    const CONTENT_TYPE: &'static str = "text/event-stream";
+
+    fn schema_ref() -> MetaSchemaRef {
+        ServerSentEvent::schema_ref()
+    }
+
+    fn register(registry: &mut Registry) {
+        ServerSentEvent::register(registry);
+        ImageStreamEvent::register(registry);
+    }
+}
+
+impl IntoResponse for ImageEvents {
+    fn into_response(self) -> Response {
+        let events = self.0.map(|ev| {
+            let data = serde_json::to_string(&ev.to_json()).unwrap_or_default();
+            Event::message(data).event_type(ev.ty.clone())
+        });
+        SSE::new(events).keep_alive(std::time::Duration::from_secs(15)).into_response()
+    }
+}
 
 /// What every event repeats about the request.
 #[derive(Clone)]
@@ -133,8 +169,5 @@ pub fn events(ticket: JobTicket, meta: StreamMeta, gone: impl Future<Output = ()
             }
         }
     });
-    EventStream::new(stream.take_until(gone).boxed()).keep_alive(std::time::Duration::from_secs(15)).to_event(|ev| {
-        let data = serde_json::to_string(&ev.to_json()).unwrap_or_default();
-        poem::web::sse::Event::message(data).event_type(ev.ty.clone())
-    })
+    ImageEvents(stream.take_until(gone).boxed())
 }
