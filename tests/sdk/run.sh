@@ -33,7 +33,7 @@ start_server() {
     "$BIN" serve --port "$PORT" --models-dir "$ROOT/models" --api-key "$KEY" --preload "$@" >"$LOG" 2>&1 &
     PID=$!
     for _ in $(seq 1 120); do
-        if curl -sf "http://127.0.0.1:$PORT/health" >/dev/null; then return 0; fi
+        if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$PORT/health" 2>/dev/null; then return 0; fi
         kill -0 "$PID" 2>/dev/null || { cat "$LOG"; echo "kiln serve died"; exit 1; }
         sleep 1
     done
