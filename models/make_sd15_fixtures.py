@@ -29,6 +29,20 @@ the fp16 single files hold exactly the same numbers):
                                (only with --ckpt: it does not fit the repo size budget, see README.json)
   refs/                        reference tensors computed with diffusers/transformers (fp32); every
                                file is described in refs/README.json, scheduler math in schedulers.json
+  and (issue 6; skip with --no-more-refs; README.json is not touched, these are described in
+  refs/README_more.json and in each safetensors file's metadata key "how"):
+  refs/schedulers_more.json    Euler a, Heun, LMS, DPM++ 2M (+ Karras, + SDE Karras), UniPC, DDPM, LCM, DDIM eta=0.5:
+                               timesteps/sigmas for 1,2,4,8,20 steps, resolved configs, host-math step checks
+                               with fixed eps and injected noise
+  refs/pipeline_<sampler>4.safetensors   4-step txt2img loops (euler_a, dpmpp_2m, dpmpp_2m_karras,
+                               dpmpp_2m_sde_karras, unipc, lms, heun), injected per-step noise as noise_step{i}
+  refs/img2img.safetensors + img2img_input.png   StableDiffusionImg2ImgPipeline, DDIM 4 steps, strength 0.75/0.5
+                               (+ 0.75 with the VAE latent mean), injected VAE-sample and noise tensors
+  refs/inpaint_{base,9ch}.safetensors + inpaint_mask.png (L, white = repaint) + inpaint_mask_rgba.png (OpenAI
+                               convention: transparent = repaint)   StableDiffusionInpaintPipeline, strength 1, DDIM 4
+  ../sd15-tiny-inpaint/        9-channel tiny inpainting UNet (unet/ in fp16, scheduler/, model_index.json only;
+                               text_encoder/tokenizer/vae are sd15-tiny's)
+--more-refs DIR rewrites only those issue-6 files from an existing tiny folder (loaded from disk), then --verify.
 --full writes the full-size random model (diffusers folder + sd15-random.safetensors (ldm, fp32) +
   sd15-random-fp16.safetensors) for key-coverage and benchmark runs.  Add --refs for reference tensors.
 --manifests writes, for the FULL-size architecture (built on the meta device, no memory used), every
@@ -758,6 +772,627 @@ def scheduler_refs(seed: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------
+# More references (issue 6): more schedulers, img2img, inpainting (4- and 9-channel UNet)
+# --------------------------------------------------------------------------------------
+# id, diffusers class, from_config kwargs, step kwargs, A1111 label
+MORE_SCHEDULERS = [
+    ("euler_a", "EulerAncestralDiscreteScheduler", {}, {}, "Euler a"),
+    ("heun", "HeunDiscreteScheduler", {}, {}, "Heun"),
+    ("lms", "LMSDiscreteScheduler", {}, {}, "LMS"),
+    ("dpmpp_2m", "DPMSolverMultistepScheduler", {}, {}, "DPM++ 2M"),
+    ("dpmpp_2m_karras", "DPMSolverMultistepScheduler", {"use_karras_sigmas": True}, {}, "DPM++ 2M Karras"),
+    ("dpmpp_2m_sde_karras", "DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True},
+     {}, "DPM++ 2M SDE Karras"),
+    ("unipc", "UniPCMultistepScheduler", {}, {}, "UniPC"),
+    ("ddpm", "DDPMScheduler", {}, {}, "DDPM"),
+    ("lcm", "LCMScheduler", {}, {}, "LCM"),
+    ("ddim_eta0.5", "DDIMScheduler", {}, {"eta": 0.5}, "DDIM (eta 0.5)"),
+]
+MORE_STOCHASTIC = {"euler_a", "dpmpp_2m_sde_karras", "ddpm", "lcm", "ddim_eta0.5"}
+MORE_MULTISTEP = {"lms", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "unipc"}
+MORE_TIMESTEP_COUNTS = (1, 2, 4, 8, 20)
+# end-to-end 4-step loops on the tiny model: refs/pipeline_<id>4.safetensors
+MORE_PIPE_IDS = ["euler_a", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_2m_sde_karras", "unipc", "lms", "heun"]
+IMG2IMG_STRENGTHS = [("s075", 0.75, False), ("s050", 0.5, False), ("s075_mean", 0.75, True)]
+MORE_STEPS = 4  # DDIM steps of the img2img / inpaint references
+
+
+def _sched_spec(sid: str):
+    for row in MORE_SCHEDULERS:
+        if row[0] == sid:
+            return row
+    raise KeyError(sid)
+
+
+def make_scheduler(sid: str):
+    import diffusers
+
+    _, cls, kw, _, _ = _sched_spec(sid)
+    return getattr(diffusers, cls).from_config(SD15_SCHEDULER_RESOLVED or strip(SD15_SCHEDULER), **kw)
+
+
+def resolved_config(s) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(dict(s.config), default=str)).items() if not k.startswith("_")}
+
+
+class NoiseInjector:
+    """Replace `randn_tensor` (diffusers.utils.torch_utils) as imported into the given module namespaces.
+
+    Every call is answered with the next tensor of `replay` (shape checked) or, without replay, with
+    torch.randn(shape, generator=<own generator>) (float32, CPU); `zeros_sites` answers zeros for calls from
+    those modules instead (used for the VAE "mean" variant).  `draws` records (site, tensor) in call order."""
+
+    def __init__(self, modules, generator=None, replay=None, zeros_sites=()):
+        self.modules = modules
+        self.g, self.replay, self.zeros_sites = generator, list(replay) if replay is not None else None, set(zeros_sites)
+        self.draws: list[tuple[str, torch.Tensor]] = []
+        self._saved = []
+
+    def _make(self, site):
+        def fake(shape, generator=None, device=None, dtype=None, layout=None):
+            shape = tuple(shape)
+            if self.replay is not None:
+                if not self.replay:
+                    raise RuntimeError(f"unexpected randn_tensor call from {site}")
+                t = self.replay.pop(0)
+                assert tuple(t.shape) == shape, (site, tuple(t.shape), shape)
+            elif site in self.zeros_sites:
+                t = torch.zeros(shape)
+            elif self.g is None:
+                raise RuntimeError(f"unexpected randn_tensor call from {site}")
+            else:
+                t = torch.randn(shape, generator=self.g)
+            self.draws.append((site, t.clone()))
+            return t.clone().to(device=device or "cpu", dtype=dtype or torch.float32)
+        return fake
+
+    def __enter__(self):
+        import importlib
+
+        for name in self.modules:
+            m = importlib.import_module(name)
+            if hasattr(m, "randn_tensor"):  # modules without it draw no noise (checked: no torch.randn either)
+                self._saved.append((m, m.randn_tensor))
+                m.randn_tensor = self._make(name.rsplit(".", 1)[-1])
+        return self
+
+    def __exit__(self, *exc):
+        for m, f in self._saved:
+            m.randn_tensor = f
+        if exc[0] is None and self.replay:
+            raise RuntimeError(f"{len(self.replay)} injected tensors not used")
+
+
+def sched_module(s) -> str:
+    return type(s).__module__
+
+
+def more_step_check(sid: str, n: int, seed: int) -> dict:
+    """Host-math step check: fixed x, fixed eps per loop iteration, fixed injected noise."""
+    _, cls, kw, step_kw, label = _sched_spec(sid)
+    s = make_scheduler(sid)
+    s.set_timesteps(n)
+    g = torch.Generator().manual_seed(seed + 200)
+    x = torch.randn(1, 4, 2, 2, generator=g) * s.init_noise_sigma
+    T = len(s.timesteps)
+    eps = [torch.randn(1, 4, 2, 2, generator=g) for _ in range(T)]
+    gn = torch.Generator().manual_seed(seed + 300)
+    sample = x.clone()
+    scaled, prev, noise = [], [], []
+    for i, t in enumerate(s.timesteps):
+        scaled.append(s.scale_model_input(sample, t).flatten().tolist())
+        if "eta" in step_kw:  # DDIM: noise passed as variance_noise; randn_tensor must not be called
+            nz = torch.randn(1, 4, 2, 2, generator=gn)
+            with NoiseInjector([sched_module(s)]):
+                sample = s.step(eps[i], t, sample, eta=step_kw["eta"], variance_noise=nz).prev_sample
+            noise.append(nz.flatten().tolist())
+        else:
+            with NoiseInjector([sched_module(s)], generator=gn) as inj:
+                sample = s.step(eps[i], t, sample).prev_sample
+            assert len(inj.draws) <= 1
+            noise.append(inj.draws[0][1].flatten().tolist() if inj.draws else None)
+            if sid not in MORE_STOCHASTIC:
+                assert not inj.draws, sid
+        prev.append(sample.float().flatten().tolist())
+    if "eta" in step_kw:
+        how_noise = (f"noise_i = torch.randn(1,4,2,2, generator=torch.Generator().manual_seed({seed + 300})) drawn one per "
+                     f"iteration and passed as s.step(eps_i, t, sample, eta={step_kw['eta']}, variance_noise=noise_i)")
+    elif sid in MORE_STOCHASTIC:
+        how_noise = (f"the scheduler's own noise draw (randn_tensor in {sched_module(s)}, i.e. step(generator=...)) is "
+                     f"monkeypatched to return torch.randn(shape, generator=torch.Generator().manual_seed({seed + 300})) "
+                     f"(one shared generator, drawn in call order); noise[i] = the tensor step i used, null where that "
+                     f"step draws none")
+    else:
+        how_noise = "deterministic: step() draws no noise (noise[i] all null)"
+    e = {"id": sid, "label": label, "scheduler": cls, "kwargs": kw, "step_kwargs": step_kw, "num_inference_steps": n,
+         "timesteps": s.timesteps.tolist(),
+         "how": (f"s = {cls}.from_config(scheduler_config{''.join(f', {k}={v!r}' for k, v in kw.items())}); s.set_timesteps({n}); "
+                 f"g = torch.Generator().manual_seed({seed + 200}); x = torch.randn(1,4,2,2, generator=g) * s.init_noise_sigma "
+                 f"({float(s.init_noise_sigma)}); eps_i = torch.randn(1,4,2,2, generator=g) for i in range(len(s.timesteps)={T}); "
+                 f"sample = x; for i, t in enumerate(s.timesteps): scale_model_input[i] = s.scale_model_input(sample, t); "
+                 f"sample = s.step(eps_i, t, sample{', eta=' + str(step_kw['eta']) + ', variance_noise=noise_i' if 'eta' in step_kw else ''})"
+                 f".prev_sample; prev_sample[i] = sample. Noise: {how_noise}. "
+                 "All tensors are flattened [1,4,2,2] (row-major) float32 lists."),
+         "x": x.flatten().tolist(), "eps": [v.flatten().tolist() for v in eps], "noise": noise,
+         "scale_model_input": scaled, "prev_sample": prev}
+    if hasattr(s, "sigmas") and s.sigmas is not None:
+        e["sigmas"] = s.sigmas.tolist()
+    return e
+
+
+def scheduler_more_refs(seed: int) -> dict:
+    import diffusers
+
+    res: dict = {"scheduler_config": SD15_SCHEDULER_RESOLVED or strip(SD15_SCHEDULER),
+                 "versions": {"diffusers": diffusers.__version__, "torch": torch.__version__},
+                 "about": "More diffusers schedulers, each built with <Class>.from_config(scheduler_config, **kwargs) "
+                          "so diffusers' own defaults apply (see resolved_config). 'timesteps': per scheduler and "
+                          "num_inference_steps, s.set_timesteps(n) then s.timesteps / s.sigmas (where the class has "
+                          "them; dtype as stored) / init_noise_sigma. 'steps': host-math step checks (see each 'how'). "
+                          "'schedulers': id -> class, kwargs, A1111 label, resolved config, stochastic, order.",
+                 "schedulers": {}, "timesteps": [], "steps": []}
+    for sid, cls, kw, step_kw, label in MORE_SCHEDULERS:
+        s = make_scheduler(sid)
+        res["schedulers"][sid] = {"scheduler": cls, "kwargs": kw, "step_kwargs": step_kw, "label": label,
+                                  "stochastic": sid in MORE_STOCHASTIC, "order": s.order,
+                                  "resolved_config": resolved_config(s)}
+        for n in MORE_TIMESTEP_COUNTS:
+            s = make_scheduler(sid)
+            e = {"id": sid, "scheduler": cls, "num_inference_steps": n}
+            try:
+                s.set_timesteps(n)
+            except Exception as ex:  # noqa: BLE001  (recorded, not hidden)
+                e["error"] = f"{type(ex).__name__}: {ex}"
+                res["timesteps"].append(e)
+                continue
+            e["timesteps"] = s.timesteps.tolist()
+            e["timesteps_dtype"] = str(s.timesteps.dtype).replace("torch.", "")
+            if hasattr(s, "sigmas") and s.sigmas is not None:
+                e["sigmas"] = s.sigmas.tolist()
+                e["sigmas_dtype"] = str(s.sigmas.dtype).replace("torch.", "")
+            e["init_noise_sigma"] = float(s.init_noise_sigma)
+            res["timesteps"].append(e)
+        for n in ((4, 8) if sid in MORE_MULTISTEP else (4,)):
+            res["steps"].append(more_step_check(sid, n, seed))
+    return res
+
+
+PIPE_MODULES = {
+    "txt2img": "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion",
+    "img2img": "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img",
+    "inpaint": "diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_inpaint",
+}
+VAE_MODULE = "diffusers.models.autoencoders.vae"
+
+
+def run_more_pipeline(pipe, sid: str, noise: torch.Tensor, steps: int, seed: int, replay=None):
+    """txt2img with scheduler `sid`, latents=noise, injected per-step scheduler noise."""
+    pipe.scheduler = make_scheduler(sid)
+    per_step = {}
+
+    def cb(p, i, t, kw):
+        per_step[f"latents_after_step{i}"] = kw["latents"].detach().clone()
+        return kw
+
+    mods = [sched_module(pipe.scheduler), PIPE_MODULES["txt2img"]]
+    with torch.inference_mode(), NoiseInjector(mods, generator=torch.Generator().manual_seed(seed + 500), replay=replay) as inj:
+        lat = pipe(PROMPT, negative_prompt=NEGATIVE, height=noise.shape[2] * 8, width=noise.shape[3] * 8,
+                   num_inference_steps=steps, guidance_scale=GUIDANCE, latents=noise.clone(), output_type="latent",
+                   callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["latents"]).images
+    with torch.inference_mode():
+        image = pipe.vae.decode(lat / pipe.vae.config.scaling_factor).sample
+    assert all(site == sched_module(pipe.scheduler).rsplit(".", 1)[-1] for site, _ in inj.draws)
+    return lat, image, per_step, pipe.scheduler, [t for _, t in inj.draws]
+
+
+def make_input_image(h: int, w: int):
+    """Deterministic RGB test image: smooth gradients + a disc, a bar and a triangle (uint8 HWC)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    r = 40 + 180 * xx / (w - 1)
+    g = 30 + 200 * yy / (h - 1)
+    b = 128 + 100 * np.sin(xx / 9.0) * np.cos(yy / 13.0)
+    img = np.stack([r, g, b], -1)
+    disc = (yy - 0.35 * h) ** 2 + (xx - 0.6 * w) ** 2 < (0.18 * w) ** 2
+    img[disc] = [230, 40, 50]
+    bar = (yy > 0.7 * h) & (yy < 0.78 * h) & (xx > 0.1 * w)
+    img[bar] = [20, 20, 120]
+    tri = (yy > 0.45 * h) & (xx < 0.35 * w) & ((yy - 0.45 * h) > 1.2 * (xx - 0.05 * w) - 0.0 * h)
+    img[tri] = [250, 230, 60]
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
+def make_mask(h: int, w: int):
+    """Binary uint8 mask (255 = repaint): an ellipse + a rectangle, edges NOT aligned to the 8-pixel latent grid."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    ell = ((yy - 0.42 * h) / (0.22 * h)) ** 2 + ((xx - 0.55 * w) / (0.3 * w)) ** 2 < 1
+    rect = (yy >= 93) & (yy < 115) & (xx >= 5) & (xx < 37)
+    return np.where(ell | rect, 255, 0).astype(np.uint8)
+
+
+def _save_png(arr: np.ndarray, path: Path, mode: str) -> None:
+    from PIL import Image
+
+    Image.fromarray(arr, mode=mode).save(str(path), format="PNG", optimize=False, compress_level=9)
+
+
+def _components(pipe) -> dict:
+    return {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "tokenizer": pipe.tokenizer, "unet": pipe.unet,
+            "scheduler": pipe.scheduler, "safety_checker": None, "feature_extractor": None,
+            "requires_safety_checker": False}
+
+
+def _ddim(pipe):
+    import diffusers
+
+    return diffusers.DDIMScheduler.from_config(SD15_SCHEDULER_RESOLVED or strip(SD15_SCHEDULER))
+
+
+def run_img2img(pipe, pil_image, strength: float, seed: int, mean: bool, replay=None) -> dict:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    p = StableDiffusionImg2ImgPipeline(**{**_components(pipe), "scheduler": _ddim(pipe)})
+    p.set_progress_bar_config(disable=True)
+    rec: dict = {}
+    orig_add_noise = p.scheduler.add_noise
+
+    def add_noise(original, noise, timesteps):
+        out = orig_add_noise(original, noise, timesteps)
+        rec.update(image_latents=original.clone(), noise=noise.clone(), latent_timestep=timesteps.clone(),
+                   noised_latents=out.clone())
+        return out
+
+    p.scheduler.add_noise = add_noise
+    per_step = {}
+
+    def cb(_p, i, t, kw):
+        per_step[f"latents_after_step{i}"] = kw["latents"].detach().clone()
+        return kw
+
+    mods = [VAE_MODULE, PIPE_MODULES["img2img"], sched_module(p.scheduler)]
+    with torch.inference_mode(), NoiseInjector(mods, generator=torch.Generator().manual_seed(seed + 600 + int(strength * 100)),
+                                               replay=replay, zeros_sites={"vae"} if mean else ()) as inj:
+        lat = p(PROMPT, image=pil_image, strength=strength, num_inference_steps=MORE_STEPS, guidance_scale=GUIDANCE,
+                negative_prompt=NEGATIVE, output_type="latent", callback_on_step_end=cb,
+                callback_on_step_end_tensor_inputs=["latents"]).images
+        image = p.vae.decode(lat / p.vae.config.scaling_factor).sample
+        init_image = p.image_processor.preprocess(pil_image).float()
+        dist = p.vae.encode(init_image).latent_dist
+    sites = [s for s, _ in inj.draws]
+    assert sites == ["vae", "pipeline_stable_diffusion_img2img"], sites
+    out = {"init_image": init_image, "encode_mean": dist.mean, "encode_std": dist.std,
+           "vae_sample_noise": inj.draws[0][1], "timesteps": p.scheduler.timesteps.float(),
+           "timesteps_used": torch.tensor([float(t) for t in p.scheduler.timesteps[p.scheduler.timesteps.numel() - len(per_step):]]),
+           **rec, "latent_timestep": rec["latent_timestep"].float(), **per_step, "final_latents": lat, "image": image,
+           "pixels": torch.from_numpy(pixels_like_diffusers(p, image))}
+    sf = p.vae.config.scaling_factor
+    manual = sf * (dist.mean + dist.std * inj.draws[0][1])
+    assert torch.equal(manual, rec["image_latents"]), "image_latents != sf*(mean+std*z)"
+    assert torch.equal(rec["noise"], inj.draws[1][1])
+    return out
+
+
+def tiny_inpaint_unet(unet, seed: int):
+    """9-channel UNet: same weights as the 4-channel tiny UNet, conv_in widened to 9 input channels
+    (channels 0-3 = the base conv_in, 4-8 (mask, masked-image latents) random, seed+9), fp16 grid."""
+    from diffusers import UNet2DConditionModel
+
+    cfg = dict(unet.config)
+    cfg["in_channels"] = 9
+    u9 = UNet2DConditionModel(**strip(cfg)).eval()
+    sd = {k: v.clone() for k, v in unet.state_dict().items()}
+    w = sd["conv_in.weight"]
+    g = torch.Generator().manual_seed(seed + 9)
+    extra = torch.randn(w.shape[0], 5, *w.shape[2:], generator=g) * w.std()
+    sd["conv_in.weight"] = torch.cat([w, extra], 1).half().float()
+    u9.load_state_dict(sd)
+    return u9
+
+
+def write_inpaint_folder(base: Path, out: Path, unet9) -> None:
+    """Diffusers folder with only model_index.json, scheduler/ and unet/ (fp16 weights); text_encoder,
+    tokenizer and vae are those of the sibling sd15-tiny folder (not copied, to keep the repo small)."""
+    import diffusers
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    mi = json.loads((base / "model_index.json").read_text())
+    mi["_class_name"] = "StableDiffusionInpaintPipeline"
+    (out / "model_index.json").write_text(json.dumps(mi, indent=2) + "\n")
+    (out / "scheduler").mkdir(exist_ok=True)
+    shutil.copyfile(base / "scheduler" / "scheduler_config.json", out / "scheduler" / "scheduler_config.json")
+    unet9.to(torch.float16).save_pretrained(str(out / "unet"), safe_serialization=True)
+    unet9.to(torch.float32)
+    (out / "README.md").write_text(
+        "# sd15-tiny-inpaint\n\nTiny random SD 1.5 *inpainting* model (9-channel UNet: 4 latent + 1 mask + 4 masked-image "
+        "latent channels), written by `models/make_sd15_fixtures.py --tiny`.\n\n"
+        "Only `unet/` (weights stored as fp16, all values on the fp16 grid), `scheduler/` and `model_index.json` are here; "
+        "the text encoder, tokenizer and VAE are those of `../sd15-tiny/` (not copied, to keep the repo small). "
+        "The UNet equals sd15-tiny's except `conv_in.weight` [32,9,3,3], whose first 4 input channels are sd15-tiny's "
+        "conv_in. References: `../sd15-tiny/refs/inpaint_9ch.safetensors` (see `refs/README_more.json`).\n"
+        f"diffusers {diffusers.__version__}.\n")
+
+
+def load_inpaint_unet(folder: Path):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(folder / "unet"), torch_dtype=torch.float32).eval()
+
+
+def run_inpaint(pipe, unet, pil_image, pil_mask, seed: int, replay=None) -> dict:
+    from diffusers import StableDiffusionInpaintPipeline
+
+    p = StableDiffusionInpaintPipeline(**{**_components(pipe), "unet": unet, "scheduler": _ddim(pipe)})
+    p.set_progress_bar_config(disable=True)
+    nch = unet.config.in_channels
+    rec: dict = {"encodes": []}
+    orig_encode, orig_pml = p._encode_vae_image, p.prepare_mask_latents
+
+    def enc(image, generator):
+        out = orig_encode(image=image, generator=generator)
+        rec["encodes"].append((image.clone(), out.clone()))
+        return out
+
+    def pml(mask, masked_image, *a, **k):
+        rec["mask_condition"], rec["masked_image"] = mask.clone(), masked_image.clone()
+        return orig_pml(mask, masked_image, *a, **k)
+
+    p._encode_vae_image, p.prepare_mask_latents = enc, pml
+    per_step, cond = {}, {}
+
+    def cb(_p, i, t, kw):
+        per_step[f"latents_after_step{i}"] = kw["latents"].detach().clone()
+        cond["mask"], cond["masked_image_latents"] = kw["mask"].clone(), kw["masked_image_latents"].clone()
+        return kw
+
+    h, w = pil_image.size[1], pil_image.size[0]
+    mods = [VAE_MODULE, PIPE_MODULES["inpaint"], sched_module(p.scheduler)]
+    with torch.inference_mode(), NoiseInjector(mods, generator=torch.Generator().manual_seed(seed + 700 + nch),
+                                               replay=replay) as inj:
+        lat = p(PROMPT, image=pil_image, mask_image=pil_mask, height=h, width=w, strength=1.0,
+                num_inference_steps=MORE_STEPS, guidance_scale=GUIDANCE, negative_prompt=NEGATIVE, output_type="latent",
+                callback_on_step_end=cb, callback_on_step_end_tensor_inputs=["latents", "mask", "masked_image_latents"]).images
+        image = p.vae.decode(lat / p.vae.config.scaling_factor).sample
+    sites = [s for s, _ in inj.draws]
+    want = (["vae"] if nch == 4 else []) + ["pipeline_stable_diffusion_inpaint", "vae"]
+    assert sites == want, sites
+    draws = [t for _, t in inj.draws]
+    out = {"init_image": p.image_processor.preprocess(pil_image, height=h, width=w).float(),
+           "mask_condition": rec["mask_condition"], "masked_image": rec["masked_image"],
+           "noise": draws[-2], "init_latents": draws[-2] * p.scheduler.init_noise_sigma,
+           "masked_image_vae_noise": draws[-1], "masked_image_latents": cond["masked_image_latents"][:1],
+           "mask_latent": cond["mask"][:1], "timesteps": p.scheduler.timesteps.float(), **per_step,
+           "final_latents": lat, "image": image, "pixels": torch.from_numpy(pixels_like_diffusers(p, image))}
+    assert torch.equal(rec["encodes"][-1][1], out["masked_image_latents"])
+    # not stored (size): init_image is img2img.safetensors' init_image, masked_image = init_image * (mask_condition < 0.5)
+    assert torch.equal(out["masked_image"], out["init_image"] * (out["mask_condition"] < 0.5))
+    del out["init_image"], out["masked_image"]
+    if nch == 4:
+        out["image_vae_noise"] = draws[0]
+        out["image_latents"] = rec["encodes"][0][1]
+    return out, draws
+
+
+def _save_refs(tensors: dict, path: Path, how: str) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"how": how})
+
+
+def write_more_refs(out: Path, pipe, seed: int, versions: dict, inpaint_dir: Path | None = None) -> None:
+    """Issue-6 references next to the existing ones (README.json is left as it was; these files are
+    described in refs/README_more.json)."""
+    from PIL import Image
+
+    refs = out / "refs"
+    inpaint_dir = inpaint_dir or out.parent / (out.name + "-inpaint")
+    sf = pipe.vae.config.scaling_factor
+    IH, IW = LAT_H * 8, LAT_W * 8
+    readme: dict = {"about": "Issue-6 references (more schedulers, img2img, inpainting), written by "
+                             "models/make_sd15_fixtures.py --tiny after the refs of README.json (which they do not "
+                             "change), verified by --verify. Float tensors float32 CPU NCHW. Every safetensors file "
+                             "also carries its description in the metadata key 'how'. Noise injection: diffusers "
+                             "draws noise through `randn_tensor` imported into each module; the script replaces that "
+                             "name in the scheduler's module, the pipeline's module and diffusers.models.autoencoders.vae "
+                             "(DiagonalGaussianDistribution.sample) with a function returning fixed tensors in call "
+                             "order; the tensors are stored here so a test can feed the same ones.",
+                    "prompt": PROMPT, "negative_prompt": NEGATIVE, "seed": seed, "guidance_scale": GUIDANCE,
+                    "versions": versions, "files": {}}
+
+    # 1. scheduler tables + host-math steps
+    (refs / "schedulers_more.json").write_text(json.dumps(scheduler_more_refs(seed), indent=1) + "\n")
+    readme["files"]["schedulers_more.json"] = "see 'about' and each entry's 'how' inside the file"
+    print("    schedulers_more.json written")
+
+    # 2. end-to-end 4-step loops
+    noise = torch.randn(1, 4, LAT_H, LAT_W, generator=torch.Generator().manual_seed(seed + 400))
+    for sid in MORE_PIPE_IDS:
+        lat, image, per_step, sch, draws = run_more_pipeline(pipe, sid, noise, MORE_STEPS, seed)
+        tensors = {"init_noise": noise, "timesteps": sch.timesteps.float(), "final_latents": lat,
+                   "pixels": torch.from_numpy(pixels_like_diffusers(pipe, image)), **per_step}  # float image: size
+        if hasattr(sch, "sigmas") and sch.sigmas is not None:
+            tensors["sigmas"] = sch.sigmas.float()
+        for i, d in enumerate(draws):
+            tensors[f"noise_step{i}"] = d
+        assert bool(draws) == (sid in MORE_STOCHASTIC)
+        _, cls, kw, _, label = _sched_spec(sid)
+        how = (f"{label}: pipe.scheduler = {cls}.from_config(scheduler/scheduler_config.json{''.join(f', {k}={v!r}' for k, v in kw.items())}) "
+               f"(resolved: {json.dumps(resolved_config(sch))}); pipe({PROMPT!r}, negative_prompt='', height={IH}, width={IW}, "
+               f"num_inference_steps={MORE_STEPS}, guidance_scale={GUIDANCE}, latents=init_noise, output_type='latent', "
+               f"callback_on_step_end=<latents after step i>). init_noise = torch.randn(1,4,{LAT_H},{LAT_W}, "
+               f"generator=torch.Generator().manual_seed({seed + 400})) (same for every sampler; the pipeline multiplies it "
+               f"by init_noise_sigma={float(sch.init_noise_sigma):.6f}); timesteps = scheduler.timesteps as float32 "
+               f"({len(sch.timesteps)} loop iterations = UNet evaluations"
+               + (", Heun: first timestep once then every later one twice (2nd-order correction)" if sid == "heun" else "")
+               + "); sigmas (where the class has them) = scheduler.sigmas float32; latents_after_step{i} after loop "
+               "iteration i; "
+               + (f"noise_step{{i}} = the noise scheduler.step used in iteration i (randn_tensor in {sched_module(sch)} "
+                  f"monkeypatched; drawn from torch.Generator().manual_seed({seed + 500})); " if draws else "no noise drawn; ")
+               + f"final_latents; pixels = uint8 NHWC of vae.decode(final_latents / {sf}).sample as in README.json (the "
+               f"float image is not stored, to keep the repo small: VAE decode is covered by vae.safetensors and the "
+               f"img2img/inpaint files).")
+        _save_refs(tensors, refs / f"pipeline_{sid}{MORE_STEPS}.safetensors", how)
+        readme["files"][f"pipeline_{sid}{MORE_STEPS}.safetensors"] = how
+        print(f"    pipeline_{sid}{MORE_STEPS}: timesteps {[round(float(t), 3) for t in sch.timesteps]}")
+
+    # 3. img2img
+    arr = make_input_image(IH, IW)
+    _save_png(arr, refs / "img2img_input.png", "RGB")
+    pil = Image.open(refs / "img2img_input.png")
+    pil.load()
+    tensors = {"input_pixels": torch.from_numpy(arr)}
+    for tag, strength, mean in IMG2IMG_STRENGTHS:
+        r = run_img2img(pipe, pil, strength, seed, mean)
+        if tag != "s075":
+            for k in ("init_image", "encode_mean", "encode_std"):
+                assert torch.equal(r.pop(k), tensors[k])
+        for k, v in r.items():
+            tensors[k if k in ("init_image", "encode_mean", "encode_std") else f"{tag}.{k}"] = v
+        print(f"    img2img {tag}: strength {strength}, timesteps used {r['timesteps_used'].tolist()}")
+    how = (f"StableDiffusionImg2ImgPipeline(sd15-tiny components, scheduler=DDIMScheduler.from_config(scheduler_config)) "
+           f"called as p({PROMPT!r}, image=PIL.Image.open('img2img_input.png') ({IW}x{IH} RGB), strength=S, "
+           f"num_inference_steps={MORE_STEPS}, guidance_scale={GUIDANCE}, negative_prompt='', output_type='latent', "
+           f"callback_on_step_end=<latents after step i>) (eta=0). Common keys: input_pixels uint8 [{IH},{IW},3] (the PNG); "
+           f"init_image [1,3,{IH},{IW}] = p.image_processor.preprocess(png) (x/255*2-1); encode_mean / encode_std "
+           f"[1,4,{LAT_H},{LAT_W}] = vae.encode(init_image).latent_dist.mean / .std. Per variant prefix "
+           f"s075. (S=0.75), s050. (S=0.5), s075_mean. (S=0.75 with the VAE sample noise = zeros, i.e. latent_dist.mode(), "
+           f"what retrieve_latents(sample_mode='argmax') gives; the pipeline itself always samples): "
+           f"vae_sample_noise = z drawn inside latent_dist.sample (randn_tensor of diffusers.models.autoencoders.vae "
+           f"monkeypatched); image_latents = {sf} * (encode_mean + encode_std * z) (bit-exact with what the pipeline "
+           f"passes to scheduler.add_noise); noise = the pipeline's own noise draw (randn_tensor of the img2img module "
+           f"monkeypatched); injected tensors drawn in call order (z then noise) from torch.Generator().manual_seed("
+           f"{seed + 600} + int(S*100)); latent_timestep = timesteps_used[0]; noised_latents = "
+           f"scheduler.add_noise(image_latents, noise, latent_timestep) (= sqrt(acp[t])*x0 + sqrt(1-acp[t])*noise, the "
+           f"loop's starting latents, NOT multiplied by init_noise_sigma); timesteps = all DDIM timesteps for "
+           f"{MORE_STEPS} steps; timesteps_used = timesteps[t_start:], t_start = {MORE_STEPS} - min(int({MORE_STEPS}*S), "
+           f"{MORE_STEPS}) (int() truncates; scheduler.set_begin_index(t_start) is called); latents_after_step{{i}} per "
+           f"used timestep; final_latents; image = vae.decode(final_latents/{sf}).sample; pixels uint8 NHWC.")
+    _save_refs(tensors, refs / "img2img.safetensors", how)
+    readme["files"]["img2img.safetensors"] = how
+    readme["files"]["img2img_input.png"] = (f"{IW}x{IH} RGB 8-bit PNG, deterministic gradient + shapes "
+                                            f"(make_input_image); also the inpaint input")
+
+    # 4. inpainting (4-channel UNet: latent blending; 9-channel inpainting UNet)
+    m = make_mask(IH, IW)
+    _save_png(m, refs / "inpaint_mask.png", "L")
+    rgba = np.concatenate([arr, np.where(m == 255, 0, 255).astype(np.uint8)[..., None]], -1)
+    _save_png(rgba, refs / "inpaint_mask_rgba.png", "RGBA")
+    pil_mask = Image.open(refs / "inpaint_mask.png")
+    pil_mask.load()
+    unet9 = tiny_inpaint_unet(pipe.unet, seed)
+    write_inpaint_folder(out, inpaint_dir, unet9)
+    unet9 = load_inpaint_unet(inpaint_dir)  # use exactly what is on disk
+    for tag, unet in (("inpaint_base", pipe.unet), ("inpaint_9ch", unet9)):
+        r, _ = run_inpaint(pipe, unet, pil, pil_mask, seed)
+        r = {"input_pixels": torch.from_numpy(arr), "mask_pixels": torch.from_numpy(m), **r}
+        nch = unet.config.in_channels
+        how = (f"StableDiffusionInpaintPipeline(sd15-tiny text_encoder/tokenizer/vae, unet = "
+               + ("sd15-tiny's 4-channel UNet (latent-blending path)" if nch == 4 else
+                  f"{inpaint_dir.name}/unet (9 channels: cat([latents, mask_latent, masked_image_latents], 1))")
+               + f", scheduler=DDIMScheduler.from_config(scheduler_config)) called as p({PROMPT!r}, image=img2img_input.png, "
+               f"mask_image=inpaint_mask.png (L, 255 = repaint), height={IH}, width={IW}, strength=1.0, "
+               f"num_inference_steps={MORE_STEPS}, guidance_scale={GUIDANCE}, negative_prompt='', output_type='latent', "
+               f"callback_on_step_end=<latents after step i>) (eta=0, padding_mask_crop=None: no crop, no paste-back of "
+               f"the original pixels; the decoded image is all generated). Keys: input_pixels uint8 [{IH},{IW},3]; mask_pixels "
+               f"uint8 [{IH},{IW}]; (not stored: init_image [1,3,{IH},{IW}] = img2img.safetensors' init_image (x/255*2-1)); "
+               f"mask_condition [1,1,{IH},{IW}] = mask_processor.preprocess(mask) (grayscale, /255, binarized: 1 where >= 0.5 "
+               f"else 0); (not stored: masked_image = init_image * (mask_condition < 0.5), what the VAE encodes); mask_latent [1,1,{LAT_H},{LAT_W}] = F.interpolate(mask_condition, size=({LAT_H},"
+               f"{LAT_W})) (mode 'nearest': latent (i,j) takes pixel (8i,8j)); masked_image_latents [1,4,{LAT_H},{LAT_W}] = "
+               f"{sf} * (mean + std * masked_image_vae_noise) of vae.encode(masked_image) (computed for both UNet kinds, "
+               f"used only by the 9-channel one); noise = the pipeline's initial-latent draw; init_latents = noise * "
+               f"init_noise_sigma (strength 1.0: pure noise); timesteps (DDIM, all {MORE_STEPS} used); "
+               + ("image_vae_noise / image_latents = the VAE sample noise and " + str(sf) + " * (mean + std * z) of "
+                  "vae.encode(init_image) (drawn first); after every scheduler.step: latents = (1 - mask_latent) * "
+                  "init_latents_proper + mask_latent * latents, init_latents_proper = scheduler.add_noise(image_latents, "
+                  "noise, timesteps[i+1]) for i < last, = image_latents at the last step; " if nch == 4 else "")
+               + "latents_after_step{i} (after that blending); final_latents; image = vae.decode(final_latents/"
+               f"{sf}).sample; pixels uint8 NHWC. Injected tensors (randn_tensor monkeypatched in the vae and inpaint "
+               f"modules) drawn in call order [" + ("image_vae_noise, " if nch == 4 else "")
+               + f"noise, masked_image_vae_noise] from torch.Generator().manual_seed({seed + 700} + in_channels).")
+        _save_refs(r, refs / f"{tag}.safetensors", how)
+        readme["files"][f"{tag}.safetensors"] = how
+        print(f"    {tag}: timesteps {r['timesteps'].tolist()}, mask latent cells {int(r['mask_latent'].sum())}")
+    readme["files"]["inpaint_mask.png"] = (f"{IW}x{IH} 8-bit grayscale (L) PNG, 255 = repaint, 0 = keep (diffusers "
+                                           f"convention); binary; an ellipse + a rectangle, edges not on the 8-pixel grid")
+    readme["files"]["inpaint_mask_rgba.png"] = (
+        f"{IW}x{IH} RGBA PNG, OpenAI convention: RGB = img2img_input.png, alpha 0 (fully transparent) exactly where "
+        f"inpaint_mask.png is 255 (area to edit), alpha 255 elsewhere. Converting alpha==0 -> 255 else 0 gives "
+        f"inpaint_mask.png, so both conventions must give the inpaint_*.safetensors results.")
+    readme["files"][f"../../{inpaint_dir.name}/"] = (
+        f"9-channel tiny inpainting UNet folder (model_index.json, scheduler/, unet/ in fp16); text_encoder, tokenizer "
+        f"and vae come from sd15-tiny. conv_in.weight [32,9,3,3]: channels 0-3 = sd15-tiny's conv_in, 4-8 = "
+        f"torch.randn(32,5,3,3, generator=torch.Generator().manual_seed({seed + 9})) * std(sd15-tiny conv_in), "
+        f"rounded to fp16; every other weight = sd15-tiny's UNet.")
+    (refs / "README_more.json").write_text(json.dumps(readme, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"  more refs written to {refs} and {inpaint_dir}")
+
+
+def verify_more(folder: Path, pipe, cmp, fails: list) -> None:
+    """Recompute the issue-6 references from the files on disk, replaying the stored injected noise."""
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    refs = folder / "refs"
+    rd = json.loads((refs / "README_more.json").read_text(encoding="utf-8"))
+    seed = rd["seed"]
+    got = scheduler_more_refs(seed)
+    want = json.loads((refs / "schedulers_more.json").read_text())
+    ok = json.loads(json.dumps(got)) == want
+    if not ok:
+        fails.append("schedulers_more.json")
+    print(f"    {'ok  ' if ok else 'FAIL'} schedulers_more.json recomputed")
+
+    def cmp_all(stem, got: dict, r: dict):
+        for k, v in r.items():
+            if k not in got:
+                fails.append(f"{stem} {k} not recomputed")
+                continue
+            exact = v.dtype in (torch.uint8, torch.int64) or "timestep" in k
+            cmp(f"{stem} {k}", got[k], v, exact=exact)
+        if set(got) != set(r):
+            fails.append(f"{stem} key sets differ: {sorted(set(got) ^ set(r))}")
+
+    for sid in MORE_PIPE_IDS:
+        stem = f"pipeline_{sid}{MORE_STEPS}"
+        r = load_file(str(refs / f"{stem}.safetensors"))
+        replay = [r[f"noise_step{i}"] for i in range(100) if f"noise_step{i}" in r]
+        lat, image, per_step, sch, draws = run_more_pipeline(pipe, sid, r["init_noise"], MORE_STEPS, seed, replay=replay)
+        got = {"init_noise": r["init_noise"], "timesteps": sch.timesteps.float(), "final_latents": lat,
+               "pixels": torch.from_numpy(pixels_like_diffusers(pipe, image)), **per_step,
+               **{f"noise_step{i}": d for i, d in enumerate(draws)}}
+        if hasattr(sch, "sigmas") and sch.sigmas is not None:
+            got["sigmas"] = sch.sigmas.float()
+        cmp_all(stem, got, r)
+
+    pil = Image.open(refs / "img2img_input.png").convert("RGB")
+    r = load_file(str(refs / "img2img.safetensors"))
+    got = {"input_pixels": torch.from_numpy(np.asarray(pil).copy())}
+    for tag, strength, mean in IMG2IMG_STRENGTHS:
+        replay = [r[f"{tag}.vae_sample_noise"], r[f"{tag}.noise"]]
+        x = run_img2img(pipe, pil, strength, seed, mean, replay=replay)
+        for k, v in x.items():
+            if k in ("init_image", "encode_mean", "encode_std"):
+                got[k] = v
+            else:
+                got[f"{tag}.{k}"] = v
+    cmp_all("img2img", got, r)
+
+    mask = Image.open(refs / "inpaint_mask.png")
+    rgba = np.asarray(Image.open(refs / "inpaint_mask_rgba.png"))
+    okm = rgba.shape[-1] == 4 and np.array_equal(np.where(rgba[..., 3] == 0, 255, 0).astype(np.uint8), np.asarray(mask)) \
+        and np.array_equal(rgba[..., :3], np.asarray(pil))
+    if not okm:
+        fails.append("inpaint_mask_rgba.png")
+    print(f"    {'ok  ' if okm else 'FAIL'} inpaint_mask_rgba.png alpha==0 <=> inpaint_mask.png==255, rgb == input")
+    inpaint_dir = folder.parent / (folder.name + "-inpaint")
+    for tag, unet in (("inpaint_base", pipe.unet), ("inpaint_9ch", load_inpaint_unet(inpaint_dir))):
+        r = load_file(str(refs / f"{tag}.safetensors"))
+        replay = ([r["image_vae_noise"]] if "image_vae_noise" in r else []) + [r["noise"], r["masked_image_vae_noise"]]
+        x, _ = run_inpaint(pipe, unet, pil, mask, seed, replay=replay)
+        x = {"input_pixels": torch.from_numpy(np.asarray(pil).copy()), "mask_pixels": torch.from_numpy(np.asarray(mask).copy()), **x}
+        cmp_all(tag, x, r)
+
+
+# --------------------------------------------------------------------------------------
 # Verification from disk
 # --------------------------------------------------------------------------------------
 def verify(folder: Path, tol: float = 1e-6) -> None:
@@ -826,6 +1461,8 @@ def verify(folder: Path, tol: float = 1e-6) -> None:
             if json.loads(json.dumps(got)) != want:
                 fails.append("schedulers.json")
             print(f"    {'ok  ' if 'schedulers.json' not in fails else 'FAIL'} schedulers.json recomputed")
+            if (refs / "README_more.json").exists():
+                verify_more(folder, pipe, cmp, fails)
     print(f"  worst max|diff| {worst['v']:.2e}; " + ("all OK" if not fails else "FAILED: " + ", ".join(fails)))
     if fails:
         raise SystemExit(1)
@@ -894,6 +1531,24 @@ def human(n: int) -> str:
     return f"{n / 1e6:.2f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
 
 
+def canonical_metadata_order(path: Path, order: list[str]) -> None:
+    """safetensors (Rust HashMap) writes the __metadata__ keys in a random order per process, so a file with two
+    metadata keys is byte-identical between runs only half the time.  Rewrite that object in a fixed key order
+    (same length, tensors untouched).  ["note", "format"] is the order of the committed sd15-tiny-fp16.safetensors."""
+    b = bytearray(path.read_bytes())
+    n = int.from_bytes(b[:8], "little")
+    head = b[8:8 + n].decode("utf-8")
+    pre = '{"__metadata__":'
+    assert head.startswith(pre + "{"), head[:40]
+    end = head.index("}", len(pre)) + 1
+    meta = json.loads(head[len(pre):end])
+    assert sorted(meta) == sorted(order), (meta, order)
+    want = pre + json.dumps({k: meta[k] for k in order}, separators=(",", ":"), ensure_ascii=False)
+    assert len(want.encode()) == len(head[:end].encode())
+    b[8:8 + n] = (want + head[end:]).encode("utf-8")
+    path.write_bytes(bytes(b))
+
+
 def generate(args, tiny: bool) -> None:
     global SD15_SCHEDULER_RESOLVED, LAT_H, LAT_W
     import diffusers
@@ -937,6 +1592,7 @@ def generate(args, tiny: bool) -> None:
         verify_ldm_round_trip(ldm, unet, vae, te)
         stem = base + ("-fp16" if dtype == torch.float16 else "")
         save_file(ldm, str(out / f"{stem}.safetensors"), metadata=meta)
+        canonical_metadata_order(out / f"{stem}.safetensors", ["note", "format"])
         print(f"  single file {stem}.safetensors ({time.time() - t0:.1f}s)")
         if tiny or args.check_single_file:
             check_single_file(out / f"{stem}.safetensors", out, unet, vae, te)
@@ -958,6 +1614,8 @@ def generate(args, tiny: bool) -> None:
         pipe.set_progress_bar_config(disable=True)
         versions["tiny_configs"] = {"unet": strip(ucfg), "vae": strip(vcfg), "clip": ccfg} if tiny else None
         write_refs(out, pipe, args.steps, args.seed, versions)
+        if tiny and not args.no_more_refs:
+            write_more_refs(out, pipe, args.seed, versions)
         del pipe
         print(f"  refs done ({time.time() - t0:.1f}s)")
         if tiny and not args.no_verify:
@@ -978,6 +1636,8 @@ def main() -> None:
     mode.add_argument("--full", action="store_true", help="full-size random model -> .cache/sd15-random/")
     mode.add_argument("--manifests", action="store_true", help="full-size key manifests -> models/manifests/")
     mode.add_argument("--verify", type=Path, metavar="DIR", help="recompute DIR/refs from the files in DIR")
+    mode.add_argument("--more-refs", type=Path, metavar="DIR",
+                      help="(re)write only the issue-6 refs of an existing tiny folder DIR (+ DIR-inpaint/), then --verify")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--steps", type=int, default=4, help="pipeline steps for the reference runs")
@@ -987,6 +1647,9 @@ def main() -> None:
     ap.add_argument("--refs", action="store_true", help="--full: also write reference tensors (slow on CPU)")
     ap.add_argument("--no-refs", action="store_true", help="--tiny: skip reference tensors")
     ap.add_argument("--no-verify", action="store_true", help="--tiny: skip the from-disk verification")
+    ap.add_argument("--no-more-refs", action="store_true",
+                    help="--tiny: skip the issue-6 refs (schedulers_more.json, pipeline_<sampler>4, img2img, inpaint, "
+                         "the sd15-tiny-inpaint folder)")
     ap.add_argument("--check-single-file", action="store_true", help="--full: reload single files via from_single_file")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
@@ -994,10 +1657,19 @@ def main() -> None:
 
     if args.manifests:
         write_manifests(args.out or REPO / "models" / "manifests")
-    elif args.verify:
+    elif args.verify or args.more_refs:
         global SD15_SCHEDULER_RESOLVED
-        SD15_SCHEDULER_RESOLVED = strip(json.loads((args.verify / "scheduler" / "scheduler_config.json").read_text()))
-        verify(args.verify)
+        folder = args.verify or args.more_refs
+        SD15_SCHEDULER_RESOLVED = strip(json.loads((folder / "scheduler" / "scheduler_config.json").read_text()))
+        if args.more_refs:
+            from diffusers import StableDiffusionPipeline
+
+            pipe = StableDiffusionPipeline.from_pretrained(str(folder), local_files_only=True, safety_checker=None)
+            pipe.set_progress_bar_config(disable=True)
+            versions = json.loads((folder / "refs" / "README.json").read_text(encoding="utf-8"))["versions"]
+            write_more_refs(folder, pipe, args.seed, versions)
+            del pipe
+        verify(folder)
     else:
         generate(args, tiny=args.tiny)
 

@@ -29,8 +29,12 @@ fn generate_writes_numbered_pngs_and_latents_that_replay() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("seed 5") && stdout.contains("seed 6"), "{stdout}");
     for k in 0..2 {
-        let img = image::open(dir.path().join(format!("out-{k}.png"))).expect("png decodes");
+        let path = dir.path().join(format!("out-{k}.png"));
+        let img = image::open(&path).expect("png decodes");
         assert_eq!((img.width(), img.height()), (48, 32));
+        let params = kiln::image_io::read_parameters(&std::fs::read(&path).unwrap()).unwrap().expect("parameters chunk");
+        assert_eq!((params.prompt.as_str(), params.seed, params.steps, params.sampler.as_str()), ("a red cube", 5 + k as u64, 2, "Euler"));
+        assert_eq!((params.width, params.height), (48, 32));
     }
     let (shape, _) = kiln::weights::TensorFile::open(&lat).unwrap().read_f32("latents").unwrap();
     assert_eq!(shape, vec![2, 4, 4, 6]);
@@ -45,6 +49,17 @@ fn generate_writes_numbered_pngs_and_latents_that_replay() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(single.exists());
+
+    // img2img + JPEG output + no metadata.
+    let jpg = dir.path().join("edit.jpg");
+    let o = kiln(&[
+        "generate", "--model-path", model.to_str().unwrap(), "--prompt", "x", "--steps", "2", "--image",
+        common::sd_tiny().join("refs/img2img_input.png").to_str().unwrap(), "--strength", "0.5", "--quality", "80",
+        "--output", jpg.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let img = image::open(&jpg).expect("jpeg decodes");
+    assert_eq!((img.width(), img.height()), (96, 128), "defaults to the init image's size");
 }
 
 #[test]
@@ -56,6 +71,8 @@ fn bad_arguments_fail_with_clear_messages() {
         (vec!["--scheduler", "bogus"], "unknown scheduler `bogus`"),
         (vec!["--device", "tpu"], "unknown device"),
         (vec!["--init-latents", "/nonexistent.safetensors"], "/nonexistent.safetensors"),
+        (vec!["--quality", "50"], "JPEG only"),
+        (vec!["--image", "/nonexistent.png"], "/nonexistent.png"),
     ] {
         let mut args = vec!["generate", "--model-path", m, "--prompt", "x", "--steps", "1", "--width", "64", "--output", "/tmp/kiln-never.png"];
         args.extend(extra);

@@ -8,8 +8,8 @@ use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{BackendTask, DeviceSpec, dispatch};
-use kiln::image_io;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::image_io::{self, ImageFormat, params::Parameters};
+use kiln::models::sd15::{GenerateRequest, ImageCondition, MaskConvention, StableDiffusion, img2img};
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{TensorFile, write_f32};
 
@@ -37,10 +37,28 @@ pub struct GenerateArgs {
     /// Seed of image 0 (image k uses seed + k); random when absent, and printed.
     #[arg(long)]
     pub seed: Option<u64>,
-    #[arg(long, default_value_t = 512)]
-    pub width: usize,
-    #[arg(long, default_value_t = 512)]
-    pub height: usize,
+    /// Multiple of 8; default 512, or the init image's width rounded down to a multiple of 8.
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Multiple of 8; default 512, or the init image's height rounded down to a multiple of 8.
+    #[arg(long)]
+    pub height: Option<usize>,
+    /// Init image for image-to-image (any size and mode; converted to RGB and resized).
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    /// Inpainting mask for --image. Without it, fully transparent pixels of --image are the mask.
+    #[arg(long, requires = "image")]
+    pub mask: Option<PathBuf>,
+    /// How to read --mask: white (white repaints, diffusers/A1111), alpha (fully transparent
+    /// repaints, OpenAI), or auto (alpha when the mask has transparent pixels).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "white", "alpha"])]
+    pub mask_convention: String,
+    /// Share of the init image to repaint, 0 < s ≤ 1.
+    #[arg(long, default_value_t = 0.8, requires = "image")]
+    pub strength: f64,
+    /// Use the mean of the VAE's latent distribution for the init image instead of a sample.
+    #[arg(long, requires = "image")]
+    pub vae_mean: bool,
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     pub n: usize,
@@ -50,12 +68,21 @@ pub struct GenerateArgs {
     /// cpu, wgpu[:N] or cuda[:N].
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// Output PNG; with n > 1, out-0.png, out-1.png, …
+    /// Output file (PNG, or JPEG/WebP by extension or --format); with n > 1, out-0.png, out-1.png, …
     #[arg(long, short)]
     pub output: PathBuf,
     /// Start from these latents (tensor `latents`, [n, 4, H/8, W/8]) instead of seeded noise.
     #[arg(long)]
     pub init_latents: Option<PathBuf>,
+    /// png, jpeg or webp (lossless); default from --output's extension, else png.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// JPEG quality 1–100 (default 90).
+    #[arg(long)]
+    pub quality: Option<u8>,
+    /// Leave out the A1111 `parameters` text chunk (prompt, seed, sampler, …) of PNG files.
+    #[arg(long)]
+    pub no_metadata: bool,
     /// Write the final latents (tensor `latents`, before the VAE) to this safetensors file.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
@@ -82,22 +109,33 @@ impl BackendTask for Job {
             None => None,
         };
         let seed = a.seed.unwrap_or_else(kiln::noise::random_seed);
+        let format = match &a.format {
+            Some(f) => f.parse::<ImageFormat>()?,
+            None => ImageFormat::from_path(&a.output).unwrap_or(ImageFormat::Png),
+        };
+        if a.quality.is_some() && format != ImageFormat::Jpeg {
+            anyhow::bail!("--quality applies to JPEG only ({} output is lossless)", format.extension());
+        }
+        let (width, height, condition) = image_condition(&a)?;
         let req = GenerateRequest {
             prompt: a.prompt.clone(),
             negative_prompt: a.negative_prompt.clone(),
             steps: a.steps,
             guidance_scale: a.guidance_scale,
             scheduler,
-            width: a.width,
-            height: a.height,
+            width,
+            height,
             n: a.n,
             seed,
             init_latents,
             clip_skip: a.clip_skip,
             eta: a.eta,
-            step_noise: None,
+            strength: a.strength,
+            sample_vae: !a.vae_mean,
+            condition,
+            ..Default::default()
         };
-        let model = StableDiffusion::<B>::load(&a.model_path, false, &device)?;
+        let model = StableDiffusion::<B>::load(&a.model_path, req.condition.is_some(), &device)?;
         model.validate(&req)?;
 
         let bar = ProgressBar::new(0);
@@ -119,11 +157,73 @@ impl BackendTask for Job {
             write_f32(p, "latents", &shape, &values)?;
         }
         let images = image_io::to_rgb8(out.images)?;
+        let model_name = a.model_path.file_stem().and_then(|s| s.to_str()).unwrap_or("sd15").to_string();
         for (k, img) in images.iter().enumerate() {
             let path = image_io::numbered_path(&a.output, k, images.len());
-            image_io::save(img, &path).with_context(|| format!("writing {}", path.display()))?;
+            let params = Parameters {
+                prompt: req.prompt.clone(),
+                negative_prompt: req.negative_prompt.clone(),
+                steps: req.steps,
+                sampler: req.scheduler.a1111_label().to_string(),
+                cfg_scale: req.guidance_scale,
+                seed: out.seeds[k],
+                width: req.width,
+                height: req.height,
+                model: model_name.clone(),
+                clip_skip: req.clip_skip,
+                denoising_strength: req.condition.as_ref().map(|_| req.strength),
+            };
+            let bytes = image_io::encode(img, format, a.quality, (!a.no_metadata).then_some(&params))?;
+            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
             println!("{} (seed {})", path.display(), out.seeds[k]);
         }
         Ok(())
     }
+}
+
+/// Size and init image/mask from the arguments: the image's size (rounded down to 8) is the
+/// default size; a mask comes from --mask or from the image's transparent pixels.
+fn image_condition(a: &GenerateArgs) -> anyhow::Result<(usize, usize, Option<ImageCondition>)> {
+    let Some(path) = &a.image else {
+        return Ok((a.width.unwrap_or(512), a.height.unwrap_or(512), None));
+    };
+    let img = open_image(path)?;
+    let (dw, dh) = img2img::default_size(&img);
+    let (width, height) = (a.width.unwrap_or(dw), a.height.unwrap_or(dh));
+    let convention = match a.mask_convention.as_str() {
+        "white" => MaskConvention::White,
+        "alpha" => MaskConvention::Transparent,
+        _ => MaskConvention::Auto,
+    };
+    let mask = match &a.mask {
+        Some(p) => Some(img2img::mask_from_image(&open_image(p)?, convention)),
+        None => {
+            let m = img2img::mask_from_transparency(&img);
+            if m.is_some() {
+                tracing::info!("no --mask: inpainting the fully transparent pixels of {}", path.display());
+            }
+            m
+        }
+    };
+    if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
+        anyhow::bail!("width and height must be positive multiples of 8, got {width}x{height} (from {})", path.display());
+    }
+    let cond = img2img::prepare(&img, mask.as_ref(), width, height)?;
+    Ok((width, height, Some(cond)))
+}
+
+/// Opens an image, checking its dimensions before decoding the pixels.
+fn open_image(path: &std::path::Path) -> anyhow::Result<image::DynamicImage> {
+    let reader = image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .with_context(|| format!("opening {}", path.display()))?;
+    let (w, h) = reader.into_dimensions().with_context(|| format!("reading {}", path.display()))?;
+    if u64::from(w) * u64::from(h) > 64 * 1024 * 1024 {
+        anyhow::bail!("{}: {w}x{h} is too large", path.display());
+    }
+    image::ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .with_context(|| format!("opening {}", path.display()))?
+        .decode()
+        .with_context(|| format!("decoding {}", path.display()))
 }

@@ -15,21 +15,29 @@ fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> P
     Initializer::Zeros.init(shape, device)
 }
 
-/// `y = x Wᵀ + b` with `W` stored as PyTorch does, `[out, in]`.
+/// `y = x Wᵀ + b`. Checkpoints hold `W` as PyTorch does, `[out, in]`, and that is the shape the
+/// loader checks; on load the weight is stored transposed and contiguous, `[in, out]`, because
+/// multiplying by a transposed *view* makes Flex copy `W` on every call.
 #[derive(Module, Debug)]
 pub struct Linear<B: Backend> {
     pub weight: Param<Tensor<B, 2>>,
     pub bias: Option<Param<Tensor<B, 1>>>,
 }
 
+/// A contiguous copy of `t` transposed (once, at load time).
+fn transposed_copy<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
+    let device = t.device();
+    Tensor::from_data(t.transpose().into_data(), &device)
+}
+
 impl<B: Backend> Linear<B> {
     pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        Self { weight: zeros([d_out, d_in], device), bias: bias.then(|| zeros([d_out], device)) }
+        let weight = zeros([d_out, d_in], device).init_mapper(|t| t.transpose()).load_mapper(transposed_copy);
+        Self { weight, bias: bias.then(|| zeros([d_out], device)) }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        let w = self.weight.val().transpose().unsqueeze::<D>();
-        let y = x.matmul(w);
+        let y = x.matmul(self.weight.val().unsqueeze::<D>());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze::<D>(),
             None => y,

@@ -4,7 +4,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, linspace_f64};
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, interp, linspace_f64};
 use crate::error::Result;
 
 pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
@@ -45,20 +45,6 @@ impl EulerDiscrete {
     }
 }
 
-/// `np.interp(x, arange(len(ys)), ys)`.
-fn interp(x: f64, ys: &[f64]) -> f64 {
-    if x <= 0.0 {
-        return ys[0];
-    }
-    let last = ys.len() - 1;
-    if x >= last as f64 {
-        return ys[last];
-    }
-    let i = x.floor() as usize;
-    let f = x - i as f64;
-    ys[i] + (ys[i + 1] - ys[i]) * f
-}
-
 impl<B: Backend> Scheduler<B> for EulerDiscrete {
     fn timesteps(&self) -> &[f64] {
         &self.timesteps
@@ -66,6 +52,10 @@ impl<B: Backend> Scheduler<B> for EulerDiscrete {
 
     fn init_noise_sigma(&self) -> f64 {
         self.init_noise_sigma
+    }
+
+    fn sigma_space(&self) -> bool {
+        true
     }
 
     fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {

@@ -70,6 +70,14 @@ impl<B: Backend> Scheduler<B> for Heun<B> {
         self.init_noise_sigma
     }
 
+    fn sigma_space(&self) -> bool {
+        true
+    }
+
+    fn order(&self) -> usize {
+        2
+    }
+
     fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
         let s = self.sigmas[i];
         sample / (s * s + 1.0).sqrt()

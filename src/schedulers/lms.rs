@@ -92,6 +92,10 @@ impl<B: Backend> Scheduler<B> for Lms<B> {
         self.init_noise_sigma
     }
 
+    fn sigma_space(&self) -> bool {
+        true
+    }
+
     fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
         let s = self.sigmas[i];
         sample / (s * s + 1.0).sqrt()

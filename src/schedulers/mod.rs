@@ -47,6 +47,50 @@ pub trait Scheduler<B: Backend>: Send {
     /// Stochastic samplers call `noise` for a standard-normal tensor shaped like `sample`;
     /// deterministic ones never do.
     fn step(&mut self, model_output: Tensor<B, 4>, step_index: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4>;
+    /// Model calls per step (2 for Heun).
+    fn order(&self) -> usize {
+        1
+    }
+    /// Whether samples live in sigma space (`x₀ + σε`, Euler family) rather than
+    /// `√ᾱx₀ + √(1−ᾱ)ε`. Sigma-space samplers are exactly those whose start noise is not
+    /// scaled by 1; they override this anyway.
+    fn sigma_space(&self) -> bool {
+        self.init_noise_sigma() != 1.0
+    }
+}
+
+/// `x₀` noised to the level of timestep index `i`: the starting point of img2img and the blend
+/// target of 4-channel inpainting (diffusers' `add_noise`). Sigma-space samplers (Euler family)
+/// add `σ·ε` to the unscaled sample; the others mix `√ᾱ·x₀ + √(1−ᾱ)·ε`.
+pub fn add_noise<B: Backend>(
+    s: &dyn Scheduler<B>,
+    cfg: &SchedulerConfig,
+    original: Tensor<B, 4>,
+    noise: Tensor<B, 4>,
+    i: usize,
+) -> Tensor<B, 4> {
+    let t = s.timesteps()[i];
+    let ac = cfg.alphas_cumprod();
+    if s.sigma_space() {
+        let sigmas: Vec<f64> = ac.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
+        original + noise * interp(t, &sigmas)
+    } else {
+        let a = interp(t, &ac);
+        original * a.sqrt() + noise * (1.0 - a).sqrt()
+    }
+}
+
+/// `np.interp(x, arange(len(ys)), ys)`.
+pub fn interp(x: f64, ys: &[f64]) -> f64 {
+    if x <= 0.0 {
+        return ys[0];
+    }
+    let last = ys.len() - 1;
+    if x >= last as f64 {
+        return ys[last];
+    }
+    let i = x.floor() as usize;
+    ys[i] + (ys[i + 1] - ys[i]) * (x - i as f64)
 }
 
 /// Where stochastic samplers get their noise: the pipeline's seeded per-image streams, or fixed
@@ -120,6 +164,17 @@ impl std::str::FromStr for SchedulerKind {
 impl SchedulerKind {
     pub fn id(self) -> &'static str {
         REGISTRY.iter().find(|(k, _)| *k == self).map(|(_, n)| n[0]).unwrap_or("?")
+    }
+
+    /// A1111's label ("Euler a", "DPM++ 2M Karras", …), for PNG infotext.
+    pub fn a1111_label(self) -> &'static str {
+        let names = REGISTRY.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or(&[]);
+        names
+            .iter()
+            .skip(1)
+            .find(|n| n.chars().any(char::is_uppercase) && !n.ends_with("Scheduler"))
+            .copied()
+            .unwrap_or_else(|| self.id())
     }
 
     pub fn ids() -> Vec<&'static str> {

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod clip;
 pub mod config;
 pub mod embeddings;
+pub mod img2img;
 pub mod loader;
 pub mod pipeline;
 pub mod resnet;
@@ -15,4 +16,5 @@ pub mod vae;
 pub mod weights;
 
 pub use loader::Sd15Layout;
+pub use img2img::{ImageCondition, MaskConvention};
 pub use pipeline::{GenerateOutput, GenerateRequest, StableDiffusion};

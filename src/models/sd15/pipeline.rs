@@ -6,10 +6,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use tracing::{debug, info, warn};
 
+use super::img2img::ImageCondition;
 use super::loader::{Components, Sd15Layout, load};
 use crate::error::{Error, Result};
 use crate::noise;
-use crate::schedulers::{SchedulerKind, SchedulerOptions};
+use crate::schedulers::{SchedulerKind, SchedulerOptions, add_noise};
 
 /// One text-to-image request.
 #[derive(Debug, Clone)]
@@ -33,6 +34,16 @@ pub struct GenerateRequest {
     /// Noise for stochastic samplers, one `[n, C, H/8, W/8]` tensor per draw in order, replacing
     /// the seeded streams (tests feed diffusers' tensors); once used up, the seeded streams go on.
     pub step_noise: Option<Vec<Vec<f32>>>,
+    /// img2img / inpainting input, already at `width × height`.
+    pub condition: Option<ImageCondition>,
+    /// How much of the init image is repainted, 0 < s ≤ 1 (diffusers' default 0.8).
+    pub strength: f64,
+    /// Sample the VAE posterior for the init image (diffusers' default) rather than take its mean.
+    pub sample_vae: bool,
+    /// VAE posterior noise `[n, C, H/8, W/8]` per encode, in draw order, replacing the seeded
+    /// streams (for comparisons with diffusers). With an init image, `init_latents` is the noise
+    /// added to the image latents.
+    pub vae_noise: Option<Vec<Vec<f32>>>,
 }
 
 impl Default for GenerateRequest {
@@ -51,6 +62,10 @@ impl Default for GenerateRequest {
             clip_skip: 1,
             eta: None,
             step_noise: None,
+            condition: None,
+            strength: 0.8,
+            sample_vae: true,
+            vae_noise: None,
         }
     }
 }
@@ -114,8 +129,24 @@ impl<B: Backend> StableDiffusion<B> {
         if !req.guidance_scale.is_finite() {
             return Err(Error::invalid("guidance_scale must be a finite number"));
         }
-        if self.parts.unet_config.in_channels != self.parts.unet_config.out_channels {
-            return Err(Error::invalid("this is an inpainting checkpoint (9-channel UNet); text-to-image needs a base SD 1.5 model"));
+        let inpaint_unet = self.parts.unet_config.in_channels != self.parts.unet_config.out_channels;
+        match &req.condition {
+            None if inpaint_unet => return Err(Error::invalid("this is an inpainting checkpoint (9-channel UNet): it needs an image and a mask")),
+            Some(c) if inpaint_unet && c.mask.is_none() => return Err(Error::invalid("this is an inpainting checkpoint (9-channel UNet): it needs a mask")),
+            Some(c) => {
+                if (c.image.width() as usize, c.image.height() as usize) != (req.width, req.height)
+                    || c.mask.as_ref().is_some_and(|m| (m.width() as usize, m.height() as usize) != (req.width, req.height))
+                {
+                    return Err(Error::invalid(format!("the init image and mask must be {}x{} (resize them first)", req.width, req.height)));
+                }
+                if !(req.strength > 0.0 && req.strength <= 1.0) {
+                    return Err(Error::invalid(format!("strength must be in (0, 1], got {}", req.strength)));
+                }
+                if ((req.steps as f64 * req.strength) as usize) < 1 {
+                    return Err(Error::invalid(format!("strength {} × steps {} leaves no denoising step", req.strength, req.steps)));
+                }
+            }
+            None => {}
         }
         if let Some(l) = &req.init_latents {
             let [c, h, w] = self.latent_shape(req.width, req.height);
@@ -153,25 +184,26 @@ impl<B: Backend> StableDiffusion<B> {
         info!(secs = t0.elapsed().as_secs_f32(), "text encoded");
 
         let mut rng = noise::BatchNoise::new(req.seed, n);
-        let values = match &req.init_latents {
-            Some(l) => l.clone(),
-            None => rng.draw(c * h * w),
-        };
+        let prepared = self.prepare_latents(req, scheduler.as_ref(), &mut rng)?;
+        let (mut latents, begin, blend, extra) = (prepared.latents, prepared.begin, prepared.blend, prepared.extra_channels);
         let device = self.device.clone();
         let mut given = req.step_noise.clone().unwrap_or_default().into_iter();
         let mut step_noise = move || {
             let v = given.next().unwrap_or_else(|| rng.draw(c * h * w));
             Tensor::<B, 4>::from_data(TensorData::new(v, [n, c, h, w]), &device)
         };
-        let mut latents = Tensor::<B, 4>::from_data(TensorData::new(values, [n, c, h, w]), &self.device) * scheduler.init_noise_sigma();
 
         let timesteps = scheduler.timesteps().to_vec();
         let total = timesteps.len();
         let t_loop = Instant::now();
-        for (i, &t) in timesteps.iter().enumerate() {
+        for (i, &t) in timesteps.iter().enumerate().skip(begin) {
             let ts = Instant::now();
             let input = if guided { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
             let input = scheduler.scale_model_input(input, i);
+            let input = match &extra {
+                Some(e) => Tensor::cat(vec![input, e.clone()], 1),
+                None => input,
+            };
             let eps = self.parts.unet.forward(input, t, &context);
             let eps = if guided {
                 let uncond = eps.clone().narrow(0, 0, n);
@@ -181,8 +213,17 @@ impl<B: Backend> StableDiffusion<B> {
                 eps
             };
             latents = scheduler.step(eps, i, latents, &mut step_noise);
+            if let Some(b) = &blend {
+                // Outside the mask, keep the init image noised to the next step's level.
+                let known = if i + 1 < total {
+                    add_noise(scheduler.as_ref(), &self.parts.scheduler_config, b.image_latents.clone(), b.noise.clone(), i + 1)
+                } else {
+                    b.image_latents.clone()
+                };
+                latents = known * (b.mask.clone().neg() + 1.0) + latents * b.mask.clone();
+            }
             debug!(step = i + 1, total, timestep = t, secs = ts.elapsed().as_secs_f32(), "denoising step");
-            if !progress(i + 1, total) {
+            if !progress(i + 1 - begin, total - begin) {
                 return Err(Error::Cancelled);
             }
         }
