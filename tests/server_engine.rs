@@ -193,8 +193,18 @@ async fn tiny_sd15_generates_through_the_api() {
         assert_eq!((img.width(), img.height()), (64, 64));
     }
     assert_eq!(send(t.client.get("/v1/models/sd15-demo")).await.json()["state"], "ready");
-    // SD edits are refused clearly until img2img exists.
-    let form = poem::test::TestForm::new().text("prompt", "x").bytes("image", png_bytes(64, 64, false));
-    let e = send(t.client.post("/v1/images/edits").multipart(form)).await.assert_error(400, Some("model"));
-    assert_eq!(e["code"], "unsupported");
+    // Edits: img2img (no mask) and inpainting with the image's own transparency as the mask
+    // (OpenAI's convention); numbers arrive as multipart text.
+    for alpha in [false, true] {
+        let form = poem::test::TestForm::new()
+            .text("prompt", "x")
+            .text("size", "64x64")
+            .text("num_inference_steps", "2")
+            .text("strength", "0.5")
+            .bytes("image", png_bytes(64, 64, alpha));
+        let r = send(t.client.post("/v1/images/edits").multipart(form)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        let img = b64_image(&r.json()["data"][0]["b64_json"]);
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
 }

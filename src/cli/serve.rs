@@ -38,6 +38,9 @@ pub struct ServeArgs {
     /// Allowed CORS origin (repeatable; `*` = any). CORS is off when none is given.
     #[arg(long = "cors-origin", env = "KILN_CORS_ORIGIN", value_delimiter = ',')]
     pub cors_origins: Vec<String>,
+    /// Never contact the Hugging Face Hub (no first-run download of the default model).
+    #[arg(long, env = "KILN_OFFLINE")]
+    pub offline: bool,
     /// Load every model at start instead of on its first request.
     #[arg(long, env = "KILN_PRELOAD")]
     pub preload: bool,
@@ -105,7 +108,23 @@ async fn shutdown_signal() {
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let device: DeviceSpec = args.device.parse()?;
-    let found = discover(&args.models_dir, &args.models, device)?;
+    let mut found = discover(&args.models_dir, &args.models, device)?;
+    if found.demo && args.models.is_empty() {
+        // First run: fetch the default model when the Hub is reachable (unless --offline);
+        // `ensure_model` logs the loud fallback line itself when it cannot.
+        let id = args.default_model.as_deref().unwrap_or("sd15");
+        if id == "sd15" {
+            let hub = kiln::download::HubConfig::from_env().with_offline(args.offline);
+            match kiln::download::ensure_model(id, &args.models_dir, &hub) {
+                Ok(kiln::download::EnsureOutcome::Downloaded(dir)) => {
+                    info!(model = id, dir = %dir.display(), "downloaded the default model");
+                    found = discover(&args.models_dir, &args.models, device)?;
+                }
+                Ok(outcome) => info!(?outcome, "default model"),
+                Err(e) => warn!("{id}: download failed: {e}; continuing with what is installed"),
+            }
+        }
+    }
     let demo_notice = found.demo.then(|| format!("This is a tiny random demo model: it produces noise, not pictures. {DEMO_HELP}"));
     if found.demo {
         warn!("==================================================================================");

@@ -15,7 +15,6 @@ text_encoder/config.json text_encoder/model.safetensors unet/config.json unet/di
 vae/config.json vae/diffusion_pytorch_model.safetensors --local-dir models/sd15\n\
 or pass --model ID=PATH (a diffusers folder or a .safetensors/.ckpt file), then restart.";
 
-const SD15_EDITS: &str = "image edits with Stable Diffusion need img2img/inpainting support, which this build of kiln does not have yet";
 
 /// The models found, and whether they are only the demo fallback.
 #[derive(Debug)]
@@ -36,7 +35,7 @@ fn sd15_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec
         device: device.to_string(),
         source: path.display().to_string(),
         demo,
-        edits_unsupported: Some(SD15_EDITS.into()),
+        edits_unsupported: None,
         loader: sd15_loader(path.to_path_buf(), device),
     }
 }
@@ -52,7 +51,7 @@ pub fn discover(models_dir: &Path, explicit: &[(String, PathBuf)], device: Devic
         specs.push(sd15_spec(id, path, device, false));
     }
     if let Ok(entries) = std::fs::read_dir(models_dir) {
-        let mut found: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_diffusers_folder(p)).collect();
+        let mut found: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_diffusers_folder(p) && !crate::download::is_incomplete_download(p)).collect();
         found.sort();
         for p in found {
             let Some(id) = p.file_name().and_then(|s| s.to_str()).map(str::to_string) else { continue };

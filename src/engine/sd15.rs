@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
 use crate::backend::{BackendTask, DeviceSpec, dispatch};
 use crate::image_io;
-use crate::models::sd15::{GenerateRequest, StableDiffusion};
+use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img};
 
 /// Prem's SD service default; the CLI's 50 is too slow for an interactive API.
 pub const DEFAULT_STEPS: usize = 25;
@@ -29,11 +29,18 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
     }
 
     fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError> {
-        if job.init.is_some() {
-            // img2img/inpaint is issue 6; the server rejects edits before they get here.
-            return Err(EngineError::Unsupported { param: Some("image".into()), message: "this Stable Diffusion build cannot edit images yet".into() });
-        }
         let defaults = GenerateRequest::default();
+        // Edits: img2img, or inpainting with a mask (white = repaint; the server converts
+        // OpenAI's transparent-means-edit masks). diffusers defaults strength to 0.8 for img2img
+        // and 1.0 for inpainting.
+        let condition = match &job.init {
+            Some(init) => {
+                let img = image::DynamicImage::ImageRgb8(init.image.clone());
+                Some(img2img::prepare(&img, init.mask.as_ref(), job.width as usize, job.height as usize)?)
+            }
+            None => None,
+        };
+        let strength = job.strength.unwrap_or(if job.init.as_ref().is_some_and(|i| i.mask.is_some()) { 1.0 } else { defaults.strength });
         let req = GenerateRequest {
             prompt: job.prompt.clone(),
             negative_prompt: job.negative_prompt.clone(),
@@ -46,6 +53,8 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
             seed: job.seed,
             init_latents: None,
             clip_skip: defaults.clip_skip,
+            condition,
+            strength,
             ..defaults
         };
         // Intermediate previews need the latents at each step, which `generate` does not expose
@@ -64,7 +73,8 @@ impl BackendTask for LoadSd15 {
     type Output = Result<Box<dyn ImagePipeline>, EngineError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let model = StableDiffusion::<B>::load(&self.path, false, &device)?;
+        // The VAE encoder is kept for edits (img2img/inpainting).
+        let model = StableDiffusion::<B>::load(&self.path, true, &device)?;
         Ok(Box::new(Sd15Pipeline::new(model)))
     }
 }

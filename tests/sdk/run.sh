@@ -30,7 +30,7 @@ trap cleanup EXIT
 # start_server ARGS...: kiln serve on a free port with the tiny demo model; sets PORT and PID.
 start_server() {
     PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    "$BIN" serve --port "$PORT" --models-dir "$ROOT/models" --api-key "$KEY" --preload "$@" >"$LOG" 2>&1 &
+    "$BIN" serve --offline --port "$PORT" --models-dir "$ROOT/models" --api-key "$KEY" --preload "$@" >"$LOG" 2>&1 &
     PID=$!
     for _ in $(seq 1 120); do
         if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$PORT/health" 2>/dev/null; then return 0; fi
