@@ -109,9 +109,9 @@ fn vqgan_matches() {
     let want_u8 = dalle::ref_u32("image_u8");
     for (name, dir) in dalle::layouts() {
         let m = dalle::load(&dir);
-        let z = m.vqgan.post_quant_conv.forward(m.vqgan.codes(&[tokens.clone()], &device()));
+        let z = m.vqgan.post_quant_conv.forward(m.vqgan.codes(std::slice::from_ref(&tokens), &device()));
         assert_close(&format!("{name} vq_post_quant"), &values(z), &dalle::ref_f32("vq_post_quant").1, TOL);
-        let raw = m.vqgan.decode_raw(&[tokens.clone()], &device());
+        let raw = m.vqgan.decode_raw(std::slice::from_ref(&tokens), &device());
         assert_close(&format!("{name} vq_out_raw"), &values(raw.clone()), &dalle::ref_f32("vq_out_raw").1, TOL);
         let img = kiln::models::dalle_mini::vqgan::to_rgb8(raw.clamp(0.0, 1.0));
         let off = img[0].iter().zip(&want_u8).filter(|(a, b)| u32::from(**a) != **b).count();

@@ -159,7 +159,7 @@ impl<B: Backend> BartDecoder<B> {
         let r = tokens.len();
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [r, 1]), &device);
-        let pos = self.embed_positions.weight.val().slice([t..t + 1]).unsqueeze::<3>();
+        let pos = self.embed_positions.weight.val().narrow(0, t, 1).unsqueeze::<3>();
         let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(ids) + pos);
         let old = std::mem::take(&mut cache.layers);
         for (layer, lc) in self.layers.iter().zip(old) {
@@ -177,7 +177,7 @@ impl<B: Backend> BartDecoder<B> {
     /// states `enc` `[R, S, d]`; returns logits `[R, T, image rows]`.
     pub fn forward_full(&self, tokens: Tensor<B, 2, Int>, enc: Tensor<B, 3>, pad: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
         let t = tokens.dims()[1];
-        let pos = self.embed_positions.weight.val().slice([0..t]).unsqueeze::<3>();
+        let pos = self.embed_positions.weight.val().narrow(0, 0, t).unsqueeze::<3>();
         let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(tokens) + pos);
         for layer in &self.layers {
             x = layer.forward_full(x, enc.clone(), pad.clone());

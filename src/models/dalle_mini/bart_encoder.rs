@@ -164,7 +164,7 @@ impl<B: Backend> BartEncoder<B> {
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Tensor<B, 4, Bool>) {
         let [b, s] = ids.dims();
         let pad = ids.clone().equal_elem(1).reshape([b, 1, 1, s]);
-        let pos = self.embed_positions.weight.val().slice([0..s]).unsqueeze::<3>();
+        let pos = self.embed_positions.weight.val().narrow(0, 0, s).unsqueeze::<3>();
         let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(ids) + pos);
         for layer in &self.layers {
             x = layer.forward(x, pad.clone());
@@ -176,7 +176,7 @@ impl<B: Backend> BartEncoder<B> {
     pub fn forward_traced(&self, ids: Tensor<B, 2, Int>) -> Vec<Tensor<B, 3>> {
         let [b, s] = ids.dims();
         let pad = ids.clone().equal_elem(1).reshape([b, 1, 1, s]);
-        let pos = self.embed_positions.weight.val().slice([0..s]).unsqueeze::<3>();
+        let pos = self.embed_positions.weight.val().narrow(0, 0, s).unsqueeze::<3>();
         let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(ids) + pos);
         let mut out = vec![x.clone()];
         for layer in &self.layers {

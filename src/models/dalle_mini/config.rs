@@ -147,7 +147,7 @@ impl DalleBartConfig {
             return Err(format!("`{what}` is not supported (only the published normformer + GLU DalleBart is)"));
         }
         for (heads, name) in [(self.encoder_attention_heads, "encoder"), (self.decoder_attention_heads, "decoder")] {
-            if heads == 0 || self.d_model % heads != 0 {
+            if heads == 0 || !self.d_model.is_multiple_of(heads) {
                 return Err(format!("d_model {} is not divisible by {name}_attention_heads {heads}", self.d_model));
             }
         }
@@ -236,7 +236,7 @@ impl VqganConfig {
         if let Some(c) = self.ch_mult.iter().map(|m| m * self.ch).find(|c| c % GROUPS != 0) {
             return Err(format!("{c} channels cannot be split into {GROUPS} groups"));
         }
-        if self.resolution % (1 << (self.ch_mult.len() - 1)) != 0 {
+        if !self.resolution.is_multiple_of(1 << (self.ch_mult.len() - 1)) {
             return Err("resolution is not divisible by the upsampling factor".into());
         }
         Ok(())

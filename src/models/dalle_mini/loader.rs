@@ -206,6 +206,11 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Ve
     v.out
 }
 
+/// A module path a file key feeds, with the shape it will have there.
+pub type Feed = (String, Vec<usize>);
+/// Maps a file key and its shape to what it feeds (`None`: ignored).
+pub type FeedFn<'a> = dyn Fn(&str, &[usize]) -> Option<Vec<Feed>> + 'a;
+
 /// Result of mapping a list of file keys onto module parameters without reading any data.
 #[derive(Debug, Default)]
 pub struct Coverage {
@@ -220,7 +225,7 @@ pub struct Coverage {
 pub fn coverage(
     params: &BTreeMap<String, Vec<usize>>,
     keys: &BTreeMap<String, Vec<usize>>,
-    target: &dyn Fn(&str, &[usize]) -> Option<Vec<(String, Vec<usize>)>>,
+    target: &FeedFn<'_>,
 ) -> Coverage {
     let mut cov = Coverage::default();
     let mut seen = std::collections::BTreeSet::new();

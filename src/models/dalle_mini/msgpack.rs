@@ -102,7 +102,7 @@ impl<'a> Parser<'a> {
     }
 
     fn string(&mut self, key: &str) -> Result<String> {
-        let n = self.read(key, |r| decode::read_str_len(r))? as usize;
+        let n = self.read(key, decode::read_str_len)? as usize;
         let (s, n) = self.take(key, n)?;
         String::from_utf8(self.data[s..s + n].to_vec()).map_err(|_| self.err(key, "a key is not UTF-8"))
     }
@@ -111,7 +111,7 @@ impl<'a> Parser<'a> {
         let Some(&first) = self.data.get(self.pos) else { return Err(self.truncated(key)) };
         match Marker::from_u8(first) {
             Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
-                let n = self.read(key, |r| decode::read_map_len(r))?;
+                let n = self.read(key, decode::read_map_len)?;
                 for _ in 0..n {
                     let name = self.string(key)?;
                     if name == "__msgpack_chunked_array__" {
@@ -130,7 +130,7 @@ impl<'a> Parser<'a> {
             | Marker::Ext8
             | Marker::Ext16
             | Marker::Ext32 => {
-                let meta = self.read(key, |r| decode::read_ext_meta(r))?;
+                let meta = self.read(key, decode::read_ext_meta)?;
                 if meta.typeid != EXT_NDARRAY {
                     return Err(self.err(key, format!("ext type {} is not an array (numpy scalars are not supported)", meta.typeid)));
                 }
@@ -148,13 +148,13 @@ impl<'a> Parser<'a> {
 
     /// `(shape, dtype, bytes)` inside an ext payload.
     fn array(&mut self, key: &str) -> Result<ArrayRef> {
-        if self.read(key, |r| decode::read_array_len(r))? != 3 {
+        if self.read(key, decode::read_array_len)? != 3 {
             return Err(self.err(key, "array payload is not (shape, dtype, data)"));
         }
-        let rank = self.read(key, |r| decode::read_array_len(r))?;
+        let rank = self.read(key, decode::read_array_len)?;
         let mut shape = Vec::with_capacity(rank as usize);
         for _ in 0..rank {
-            shape.push(self.read(key, |r| decode::read_int::<u64, _>(r))? as usize);
+            shape.push(self.read(key, decode::read_int::<u64, _>)? as usize);
         }
         let dtype_name = self.string(key)?;
         let (dtype, size) = match dtype_name.as_str() {
@@ -164,7 +164,7 @@ impl<'a> Parser<'a> {
             "float64" => (DType::F64, 8),
             other => return Err(self.err(key, format!("unsupported dtype `{other}`"))),
         };
-        let n = self.read(key, |r| decode::read_bin_len(r))? as usize;
+        let n = self.read(key, decode::read_bin_len)? as usize;
         let elements: usize = shape.iter().product();
         if n != elements * size {
             return Err(self.err(key, format!("{n} data bytes for shape {shape:?} of {dtype_name}")));

@@ -323,14 +323,14 @@ impl HashtagSplitter {
             let (_, k) = self.best(&chars, &cost, i);
             let token: String = chars[i - k..i].iter().collect();
             let mut new_token = true;
-            if token != "'" {
-                if let Some(last) = out.last_mut() {
-                    // re-attach split 's and digit runs, as dalle-mini does
-                    let digits = chars[i - 1].is_ascii_digit() && last.starts_with(|c: char| c.is_ascii_digit());
-                    if last == "'s" || digits {
-                        *last = format!("{token}{last}");
-                        new_token = false;
-                    }
+            // re-attach split 's and digit runs, as dalle-mini does (a lone ' never)
+            if token != "'"
+                && let Some(last) = out.last_mut()
+            {
+                let digits = chars[i - 1].is_ascii_digit() && last.starts_with(|c: char| c.is_ascii_digit());
+                if last == "'s" || digits {
+                    *last = format!("{token}{last}");
+                    new_token = false;
                 }
             }
             if new_token {

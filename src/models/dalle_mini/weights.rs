@@ -124,16 +124,30 @@ pub fn flax_bart_targets(key: &str, rank: usize, layers: usize) -> Option<Vec<Fl
     Some(vec![FlaxTarget { path: format!("{side}.{module}.{name}"), layer: None, permute }])
 }
 
-/// Target of one VQGAN flax leaf; `Ok(None)` for the parts decoding does not use.
-pub fn flax_vqgan_target(key: &str, rank: usize) -> std::result::Result<Option<FlaxTarget>, ()> {
+/// Where a VQGAN flax leaf goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VqganLeaf {
+    Param(FlaxTarget),
+    /// The encoder half and `quant_conv`: in the file, not used for decoding.
+    Ignored,
+    /// Not part of the VQGAN layout.
+    Unknown,
+}
+
+/// Target of one VQGAN flax leaf.
+pub fn flax_vqgan_target(key: &str, rank: usize) -> VqganLeaf {
+    flax_vqgan_target_inner(key, rank).unwrap_or(VqganLeaf::Unknown)
+}
+
+fn flax_vqgan_target_inner(key: &str, rank: usize) -> Option<VqganLeaf> {
     if key == "quantize.embedding.embedding" {
-        return Ok(Some(FlaxTarget { path: "embedding.weight".into(), layer: None, permute: None }));
+        return Some(VqganLeaf::Param(FlaxTarget { path: "embedding.weight".into(), layer: None, permute: None }));
     }
     if key.starts_with("encoder.") || key.starts_with("quant_conv.") || key.starts_with("quantize.") {
-        return Ok(None);
+        return Some(VqganLeaf::Ignored);
     }
     if !key.starts_with("decoder.") && !key.starts_with("post_quant_conv.") {
-        return Err(());
+        return None;
     }
     let parts: Vec<&str> = key.split('.').collect();
     let mut out = Vec::with_capacity(parts.len() + 2);
@@ -147,9 +161,9 @@ pub fn flax_vqgan_target(key: &str, rank: usize) -> std::result::Result<Option<F
             _ => out.push(part.to_string()),
         }
     }
-    let (name, permute) = flax_leaf(parts[parts.len() - 1], rank).ok_or(())?;
+    let (name, permute) = flax_leaf(parts[parts.len() - 1], rank)?;
     out.push(name.to_string());
-    Ok(Some(FlaxTarget { path: out.join("."), layer: None, permute }))
+    Some(VqganLeaf::Param(FlaxTarget { path: out.join("."), layer: None, permute }))
 }
 
 /// Lazily materialised snapshot of (a slice of) a msgpack array.
@@ -245,9 +259,9 @@ pub fn flax_vqgan_file(path: &Path) -> Result<TensorFile> {
     let mut tensors = BTreeMap::new();
     for (key, array) in &file.arrays {
         let t = match flax_vqgan_target(key, array.shape.len()) {
-            Ok(Some(t)) => t,
-            Ok(None) => FlaxTarget { path: format!("ignored.{key}"), layer: None, permute: None },
-            Err(()) => FlaxTarget { path: key.clone(), layer: None, permute: None },
+            VqganLeaf::Param(t) => t,
+            VqganLeaf::Ignored => FlaxTarget { path: format!("ignored.{key}"), layer: None, permute: None },
+            VqganLeaf::Unknown => FlaxTarget { path: key.clone(), layer: None, permute: None },
         };
         tensors.insert(t.path.clone(), snapshot(&file, array, &t));
     }
@@ -294,9 +308,13 @@ mod tests {
         assert_eq!(t[0].path, "encoder.layers.3.self_attn_layer_norm.weight");
         assert_eq!(flax_bart_targets("model.encoder.embed_tokens.embedding", 2, 2).unwrap()[0].path, "encoder.embed_tokens.weight");
         assert!(flax_bart_targets("model.encoder.something.kernel", 2, 2).is_none());
-        let v = flax_vqgan_target("decoder.up_4.attn_2.q.kernel", 4).unwrap().unwrap();
-        assert_eq!(v.path, "decoder.up.4.attn.2.q.weight");
-        assert_eq!(flax_vqgan_target("decoder.mid.block_1.norm1.scale", 1).unwrap().unwrap().path, "decoder.mid.block_1.norm1.weight");
-        assert_eq!(flax_vqgan_target("encoder.conv_in.kernel", 4), Ok(None));
+        let path = |k: &str, rank| match flax_vqgan_target(k, rank) {
+            VqganLeaf::Param(t) => t.path,
+            other => panic!("{k}: {other:?}"),
+        };
+        assert_eq!(path("decoder.up_4.attn_2.q.kernel", 4), "decoder.up.4.attn.2.q.weight");
+        assert_eq!(path("decoder.mid.block_1.norm1.scale", 1), "decoder.mid.block_1.norm1.weight");
+        assert_eq!(flax_vqgan_target("encoder.conv_in.kernel", 4), VqganLeaf::Ignored);
+        assert_eq!(flax_vqgan_target("foo.bar", 1), VqganLeaf::Unknown);
     }
 }
