@@ -88,3 +88,33 @@ fn bad_arguments_fail_with_clear_messages() {
         assert!(stderr(&o).contains("--features cuda"), "{}", stderr(&o));
     }
 }
+
+#[test]
+fn dalle_generate_detects_the_family_and_saves_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = common::fixture("dalle-tiny/flax");
+    let out = dir.path().join("cat.png");
+    let tokens = dir.path().join("tokens.json");
+    let o = kiln(&[
+        "generate", "--model-path", model.to_str().unwrap(), "--prompt", "a photo of a cat sitting on a red chair", "--n", "2",
+        "--top-k", "1", "--cond-scale", "16", "--tokenization", "min-dalle", "--seed", "3", "--output", out.to_str().unwrap(),
+        "--save-tokens", tokens.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let saved: Vec<Vec<u32>> = serde_json::from_str(&std::fs::read_to_string(&tokens).unwrap()).unwrap();
+    assert_eq!(saved.len(), 2);
+    assert!(saved.iter().all(|t| t.len() == 256));
+    assert_eq!(saved[0], saved[1], "greedy decoding ignores the seed");
+    let f = kiln::weights::TensorFile::open(&common::fixture("dalle-tiny/refs.safetensors")).unwrap();
+    let (_, want) = f.read_f32("greedy_tokens").unwrap();
+    assert_eq!(saved[0].iter().map(|&t| t as f32).collect::<Vec<_>>(), want, "greedy tokens equal min-dalle's");
+    for k in 0..2 {
+        assert!(image::open(dir.path().join(format!("cat-{k}.png"))).is_ok());
+    }
+    // Stable Diffusion options are refused for DALL·E, and the other way round.
+    let o = kiln(&["generate", "--model-path", model.to_str().unwrap(), "--prompt", "x", "--steps", "20", "--output", "/tmp/x.png"]);
+    assert!(stderr(&o).contains("--steps applies to Stable Diffusion"), "{}", stderr(&o));
+    let sd = common::sd_tiny();
+    let o = kiln(&["generate", "--model-path", sd.to_str().unwrap(), "--prompt", "x", "--top-k", "5", "--output", "/tmp/x.png"]);
+    assert!(stderr(&o).contains("--top-k applies to DALL·E"), "{}", stderr(&o));
+}

@@ -15,22 +15,26 @@ use kiln::weights::{TensorFile, write_f32};
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
-    /// Model: a diffusers folder, or a single-file checkpoint (.safetensors / .ckpt).
+    /// Model: an SD 1.5 diffusers folder or single-file checkpoint (.safetensors / .ckpt), or a
+    /// DALL·E Mini/Mega folder (flax_model.msgpack or min-dalle's encoder.pt/decoder.pt).
     #[arg(long, env = "KILN_MODEL_PATH")]
     pub model_path: PathBuf,
+    /// Model family (sd15, dalle-mini, dalle-mega); detected from the files when absent.
+    #[arg(long, value_parser = ["sd15", "dalle-mini", "dalle-mega"])]
+    pub model: Option<String>,
     #[arg(long)]
     pub prompt: String,
     #[arg(long, default_value = "")]
     pub negative_prompt: String,
-    /// Denoising steps.
-    #[arg(long, default_value_t = 50)]
-    pub steps: usize,
-    /// Classifier-free guidance scale (≤ 1 turns guidance off).
-    #[arg(long, default_value_t = 7.5)]
-    pub guidance_scale: f64,
+    /// Denoising steps (SD; default 50).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Classifier-free guidance scale (SD; default 7.5; ≤ 1 turns guidance off).
+    #[arg(long)]
+    pub guidance_scale: Option<f64>,
     /// pndm (SD 1.5's default), ddim, euler, euler_a, heun, lms, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, ddpm or lcm; diffusers class names and A1111 labels ("Euler a", "DPM++ 2M Karras", …) work too.
-    #[arg(long, default_value = "pndm")]
-    pub scheduler: String,
+    #[arg(long)]
+    pub scheduler: Option<String>,
     /// DDIM's eta in [0, 1]: 0 is deterministic, > 0 adds noise each step. DDIM only.
     #[arg(long)]
     pub eta: Option<f64>,
@@ -83,6 +87,25 @@ pub struct GenerateArgs {
     /// Leave out the A1111 `parameters` text chunk (prompt, seed, sampler, …) of PNG files.
     #[arg(long)]
     pub no_metadata: bool,
+    /// DALL·E super-conditioning scale (default 10, as dalle-mini's notebook; min-dalle uses 16).
+    #[arg(long)]
+    pub cond_scale: Option<f32>,
+    /// DALL·E sampling temperature (default 1).
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// DALL·E top-k (default 50; 1 = greedy; 0 = off).
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// DALL·E nucleus sampling (default 1 = off).
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// DALL·E text handling: normalized (dalle-mini's TextNormalizer) or min-dalle (its simpler
+    /// lower-casing tokenisation, for min-dalle's images).
+    #[arg(long, value_parser = ["normalized", "min-dalle"])]
+    pub tokenization: Option<String>,
+    /// DALL·E: write the 256 image token ids of every image as JSON ([[…], …]).
+    #[arg(long)]
+    pub save_tokens: Option<PathBuf>,
     /// Write the final latents (tensor `latents`, before the VAE) to this safetensors file.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
@@ -90,6 +113,24 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let spec: DeviceSpec = args.device.parse()?;
+    let dalle = match args.model.as_deref() {
+        Some(m) => m.starts_with("dalle"),
+        None => kiln::models::dalle_mini::detect(&args.model_path).is_some(),
+    };
+    if dalle {
+        return super::dalle::run(args, spec);
+    }
+    let dalle_only = [
+        ("--cond-scale", args.cond_scale.is_some()),
+        ("--temperature", args.temperature.is_some()),
+        ("--top-k", args.top_k.is_some()),
+        ("--top-p", args.top_p.is_some()),
+        ("--tokenization", args.tokenization.is_some()),
+        ("--save-tokens", args.save_tokens.is_some()),
+    ];
+    if let Some((flag, _)) = dalle_only.iter().find(|(_, given)| *given) {
+        anyhow::bail!("{flag} applies to DALL·E models; {} is Stable Diffusion", args.model_path.display());
+    }
     dispatch(spec, Job(args))?
 }
 
@@ -100,7 +141,7 @@ impl BackendTask for Job {
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = self.0;
-        let scheduler: SchedulerKind = a.scheduler.parse()?;
+        let scheduler: SchedulerKind = a.scheduler.as_deref().unwrap_or("pndm").parse()?;
         let init_latents = match &a.init_latents {
             Some(p) => {
                 let (_, values) = TensorFile::open(p)?.read_f32("latents")?;
@@ -120,8 +161,8 @@ impl BackendTask for Job {
         let req = GenerateRequest {
             prompt: a.prompt.clone(),
             negative_prompt: a.negative_prompt.clone(),
-            steps: a.steps,
-            guidance_scale: a.guidance_scale,
+            steps: a.steps.unwrap_or(50),
+            guidance_scale: a.guidance_scale.unwrap_or(7.5),
             scheduler,
             width,
             height,

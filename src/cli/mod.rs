@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod download;
+mod dalle;
 mod generate;
 mod models;
 mod openapi;
