@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use kiln::schedulers::{EulerDiscrete, Scheduler, SchedulerConfig, SchedulerKind};
+use kiln::schedulers::{EulerDiscrete, SchedulerConfig, SchedulerKind};
 use serde_json::Value;
 
 fn refs() -> Value {

@@ -53,9 +53,3 @@ def png_bytes(w, h, rgba=False):
         img = Image.new("RGB", (w, h), (200, 120, 40))
     img.save(out, format="PNG")
     return out.getvalue()
-
-
-def edit_refused_cleanly(status, body):
-    """Until SD img2img exists, edits must be a 400 envelope with code `unsupported`."""
-    err = (body or {}).get("error", body) or {}
-    return status == 400 and err.get("code") == "unsupported" and err.get("message")

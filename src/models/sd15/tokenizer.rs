@@ -77,14 +77,14 @@ impl ClipTokenizer {
         let mut tok = Tokenizer::new(bpe);
         let replace = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        tok.with_normalizer(Some(NormalizerWrapper::Sequence(NormSeq::new(vec![
+        let _ = tok.with_normalizer(Some(NormalizerWrapper::Sequence(NormSeq::new(vec![
             NFC.into(),
             replace.into(),
             Lowercase.into(),
         ]))));
         let split = Split::new(SplitPattern::Regex(PATTERN.into()), SplitDelimiterBehavior::Removed, true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSeq::new(vec![
+        let _ = tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSeq::new(vec![
             split.into(),
             ByteLevel::new(false, true, false).into(),
         ]))));
