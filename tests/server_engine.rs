@@ -165,7 +165,7 @@ fn empty_models_dir_falls_back_to_the_demo_model() {
     let found = discover(dir.path(), &[], DeviceSpec::Cpu).expect("discover");
     assert!(found.demo);
     let ids: Vec<&str> = found.specs.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(ids, ["sd15-demo"]);
+    assert_eq!(ids, ["sd15-demo", "dalle-mini-demo"]);
     // A real diffusers folder under the models dir wins over the demo.
     let real = dir.path().join("my-sd");
     std::fs::create_dir_all(real.join("unet")).expect("mkdir");
@@ -207,4 +207,25 @@ async fn tiny_sd15_generates_through_the_api() {
         let img = b64_image(&r.json()["data"][0]["b64_json"]);
         assert_eq!((img.width(), img.height()), (64, 64));
     }
+}
+
+#[tokio::test]
+async fn dalle_mini_demo_generates_through_the_api() {
+    let found = discover(&tiny_sd().join("does-not-exist"), &[], DeviceSpec::Cpu).expect("discover");
+    assert!(found.demo);
+    assert!(found.specs.iter().any(|s| s.id == "dalle-mini-demo"), "the DALL·E demo model is registered");
+    let t = start_with(found.specs, EngineConfig::default(), ServerConfig::default());
+    let m = send(t.client.get("/v1/models/dalle-mini-demo")).await.json();
+    assert_eq!(m["family"], "dalle-mini");
+    let r = generate(&t, json!({"model": "dalle-mini-demo", "prompt": "a red chair", "size": "64x64", "n": 2, "seed": 5, "top_k": 1})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["data"][1]["seed"], 6);
+    for d in v["data"].as_array().expect("data") {
+        let img = b64_image(&d["b64_json"]);
+        assert_eq!((img.width(), img.height()), (64, 64));
+    }
+    // DALL·E cannot edit: a clear 400 naming the model.
+    let form = poem::test::TestForm::new().text("model", "dalle-mini-demo").text("prompt", "x").bytes("image", png_bytes(64, 64, false));
+    send(t.client.post("/v1/images/edits").multipart(form)).await.assert_error(400, Some("model"));
 }

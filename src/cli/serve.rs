@@ -128,7 +128,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let demo_notice = found.demo.then(|| format!("This is a tiny random demo model: it produces noise, not pictures. {DEMO_HELP}"));
     if found.demo {
         warn!("==================================================================================");
-        warn!("no real model weights under {}: serving the tiny DEMO model `sd15-demo` (random noise images)", args.models_dir.display());
+        warn!("no real model weights under {}: serving the tiny DEMO models `sd15-demo` and `dalle-mini-demo` (random weights: noise images)", args.models_dir.display());
         for line in DEMO_HELP.lines() {
             warn!("{line}");
         }

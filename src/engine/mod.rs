@@ -3,6 +3,7 @@
 //! then await the [`JobTicket`]'s events. Dropping a ticket cancels its job (between steps),
 //! which is how a client disconnect reaches the model.
 
+mod dalle;
 mod fake;
 mod pipeline;
 mod registry;
@@ -17,6 +18,7 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc as tmpsc;
 use tracing::info;
 
+pub use dalle::{DallePipeline, dalle_loader};
 pub use fake::{FakeConfig, FakePipeline};
 pub use pipeline::{DalleParams, Family, GeneratedImage, ImageJob, ImagePipeline, InitImage, Progress};
 pub use registry::{DEMO_HELP, Discovery, discover, is_diffusers_folder};

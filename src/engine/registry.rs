@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::{EngineError, Family, ModelSpec, sd15_loader};
+use super::{EngineError, Family, ModelSpec, dalle_loader, sd15_loader};
+use crate::models::dalle_mini;
 use crate::backend::DeviceSpec;
 
 /// Printed when only demo models are served.
@@ -40,6 +41,25 @@ fn sd15_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec
     }
 }
 
+const DALLE_EDITS: &str = "DALL·E models cannot edit images; use a Stable Diffusion model for /v1/images/edits";
+
+fn dalle_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec {
+    ModelSpec {
+        id: id.to_string(),
+        family: Family::DalleMini,
+        device: device.to_string(),
+        source: path.display().to_string(),
+        demo,
+        edits_unsupported: Some(DALLE_EDITS.into()),
+        loader: dalle_loader(path.to_path_buf(), device),
+    }
+}
+
+/// The spec for `path`: DALL·E when its files say so, else Stable Diffusion.
+fn spec_for(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec {
+    if path.is_dir() && dalle_mini::detect(path).is_some() { dalle_spec(id, path, device, demo) } else { sd15_spec(id, path, device, demo) }
+}
+
 /// Explicit models first (in the order given), then every diffusers folder directly under
 /// `models_dir` except `fixtures/` (id = folder name); with neither, the demo models.
 pub fn discover(models_dir: &Path, explicit: &[(String, PathBuf)], device: DeviceSpec) -> Result<Discovery, EngineError> {
@@ -48,10 +68,10 @@ pub fn discover(models_dir: &Path, explicit: &[(String, PathBuf)], device: Devic
         if !path.exists() {
             return Err(EngineError::Invalid { param: Some("--model".into()), message: format!("--model {id}={}: no such file or folder", path.display()) });
         }
-        specs.push(sd15_spec(id, path, device, false));
+        specs.push(spec_for(id, path, device, false));
     }
     if let Ok(entries) = std::fs::read_dir(models_dir) {
-        let mut found: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_diffusers_folder(p) && !crate::download::is_incomplete_download(p)).collect();
+        let mut found: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| (is_diffusers_folder(p) || dalle_mini::detect(p).is_some()) && !crate::download::is_incomplete_download(p)).collect();
         found.sort();
         for p in found {
             let Some(id) = p.file_name().and_then(|s| s.to_str()).map(str::to_string) else { continue };
@@ -59,7 +79,7 @@ pub fn discover(models_dir: &Path, explicit: &[(String, PathBuf)], device: Devic
                 continue;
             }
             info!(model = %id, path = %p.display(), "found model");
-            specs.push(sd15_spec(&id, &p, device, false));
+            specs.push(spec_for(&id, &p, device, false));
         }
     } else {
         warn!(dir = %models_dir.display(), "models directory not found");
@@ -73,6 +93,9 @@ pub fn discover(models_dir: &Path, explicit: &[(String, PathBuf)], device: Devic
         return Err(EngineError::Invalid { param: None, message: format!("no models under {} and no demo fixtures found.\n{DEMO_HELP}", models_dir.display()) });
     };
     specs.push(sd15_spec("sd15-demo", tiny, device, true));
-    // DALL·E: register `dalle-mini-demo` here once its pipeline exists (src/models/dalle_mini).
+    let dalle_tiny = [models_dir.join("fixtures/dalle-tiny/flax"), Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/dalle-tiny/flax")];
+    if let Some(p) = dalle_tiny.iter().find(|p| dalle_mini::detect(p).is_some()) {
+        specs.push(dalle_spec("dalle-mini-demo", p, device, true));
+    }
     Ok(Discovery { specs, demo: true })
 }

@@ -1,0 +1,64 @@
+//! Adapter: `kiln::models::dalle_mini::DalleMini<B>` behind [`ImagePipeline`]. DALL·E renders
+//! its native size (256×256 for the published VQGAN); the worker resizes to the size asked for.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+use image::RgbImage;
+
+use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
+use crate::backend::{BackendTask, DeviceSpec, dispatch};
+use crate::models::dalle_mini::{DalleMini, DalleRequest};
+
+pub struct DallePipeline<B: Backend> {
+    model: DalleMini<B>,
+}
+
+impl<B: Backend> ImagePipeline for DallePipeline<B> {
+    fn family(&self) -> Family {
+        Family::DalleMini
+    }
+
+    fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError> {
+        let d = DalleRequest::default();
+        let req = DalleRequest {
+            prompt: job.prompt.clone(),
+            n: job.n,
+            seed: job.seed,
+            cond_scale: job.dalle.cond_scale.map_or(d.cond_scale, |v| v as f32),
+            temperature: job.dalle.temperature.map_or(d.temperature, |v| v as f32),
+            top_k: job.dalle.top_k.map_or(d.top_k, |v| v as usize),
+            top_p: job.dalle.top_p.map_or(d.top_p, |v| v as f32),
+            tokenization: d.tokenization,
+        };
+        let out = self.model.generate(&req, &mut |step, total| progress(Progress { step, total, preview: None }))?;
+        let (w, h) = (out.width as u32, out.height as u32);
+        out.rgb8
+            .into_iter()
+            .zip(out.seeds)
+            .map(|(rgb, seed)| {
+                let image = RgbImage::from_raw(w, h, rgb)
+                    .ok_or_else(|| EngineError::from(crate::Error::Image("the VQGAN returned a buffer of the wrong size".into())))?;
+                Ok(GeneratedImage { image, seed })
+            })
+            .collect()
+    }
+}
+
+struct LoadDalle {
+    path: PathBuf,
+}
+
+impl BackendTask for LoadDalle {
+    type Output = Result<Box<dyn ImagePipeline>, EngineError>;
+
+    fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        Ok(Box::new(DallePipeline { model: DalleMini::<B>::load(&self.path, &device)? }))
+    }
+}
+
+/// Loads the DALL·E Mini/Mega folder at `path` on `device`.
+pub fn dalle_loader(path: PathBuf, device: DeviceSpec) -> Loader {
+    Arc::new(move || dispatch(device, LoadDalle { path: path.clone() })?)
+}
