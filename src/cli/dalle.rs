@@ -2,12 +2,11 @@
 
 use anyhow::Context;
 use burn::tensor::backend::Backend;
-use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{BackendTask, DeviceSpec, dispatch};
-use kiln::image_io::{self, ImageFormat};
+use kiln::image_io;
 use kiln::models::dalle_mini::{DalleMini, DalleRequest, Tokenization};
 
-use super::generate::GenerateArgs;
+use super::generate::{GenerateArgs, output_format, progress_bar};
 
 pub fn run(args: GenerateArgs, spec: DeviceSpec) -> anyhow::Result<()> {
     // Stable Diffusion's knobs mean nothing here: refuse them rather than ignore them.
@@ -37,10 +36,7 @@ impl BackendTask for Job {
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
         let a = self.0;
-        let format = match &a.format {
-            Some(f) => f.parse::<ImageFormat>()?,
-            None => ImageFormat::from_path(&a.output).unwrap_or(ImageFormat::Png),
-        };
+        let format = output_format(&a)?;
         let defaults = DalleRequest::default();
         let req = DalleRequest {
             prompt: a.prompt.clone(),
@@ -61,11 +57,7 @@ impl BackendTask for Job {
                 anyhow::bail!("--model {want}, but {} holds {}", a.model_path.display(), model.name());
             }
         }
-        let bar = ProgressBar::new(256);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} token {pos}/{len} [{bar:30}] {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let bar = progress_bar("token");
         let out = model.generate(&req, &mut |step, total| {
             bar.set_length(total as u64);
             bar.set_position(step as u64);

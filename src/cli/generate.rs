@@ -150,13 +150,7 @@ impl BackendTask for Job {
             None => None,
         };
         let seed = a.seed.unwrap_or_else(kiln::noise::random_seed);
-        let format = match &a.format {
-            Some(f) => f.parse::<ImageFormat>()?,
-            None => ImageFormat::from_path(&a.output).unwrap_or(ImageFormat::Png),
-        };
-        if a.quality.is_some() && format != ImageFormat::Jpeg {
-            anyhow::bail!("--quality applies to JPEG only ({} output is lossless)", format.extension());
-        }
+        let format = output_format(&a)?;
         let (width, height, condition) = image_condition(&a)?;
         let req = GenerateRequest {
             prompt: a.prompt.clone(),
@@ -179,11 +173,7 @@ impl BackendTask for Job {
         let model = StableDiffusion::<B>::load(&a.model_path, req.condition.is_some(), &device)?;
         model.validate(&req)?;
 
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{spinner} step {pos}/{len} [{bar:30}] {per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
+        let bar = progress_bar("step");
         let out = model.generate(&req, &mut |step, total| {
             bar.set_length(total as u64);
             bar.set_position(step as u64);
@@ -267,4 +257,24 @@ fn open_image(path: &std::path::Path) -> anyhow::Result<image::DynamicImage> {
         .with_context(|| format!("opening {}", path.display()))?
         .decode()
         .with_context(|| format!("decoding {}", path.display()))
+}
+
+/// The output format: --format, else --output's extension, else PNG; --quality is JPEG's only.
+pub(super) fn output_format(a: &GenerateArgs) -> anyhow::Result<ImageFormat> {
+    let format = match &a.format {
+        Some(f) => f.parse::<ImageFormat>()?,
+        None => ImageFormat::from_path(&a.output).unwrap_or(ImageFormat::Png),
+    };
+    if a.quality.is_some() && format != ImageFormat::Jpeg {
+        anyhow::bail!("--quality applies to JPEG only ({} output is lossless)", format.extension());
+    }
+    Ok(format)
+}
+
+/// A terminal progress bar over `what` steps (hidden when stderr is not a terminal).
+pub(super) fn progress_bar(what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(0);
+    let template = format!("{{spinner}} {what} {{pos}}/{{len}} [{{bar:30}}] {{per_sec}} eta {{eta}}");
+    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar
 }

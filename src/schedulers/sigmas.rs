@@ -41,19 +41,7 @@ pub fn multistep_timesteps(cfg: &SchedulerConfig, steps: usize, spacing: Timeste
     }
 }
 
-/// `np.interp(x, arange(len(ys)), ys)`.
-pub fn interp(x: f64, ys: &[f64]) -> f64 {
-    if x <= 0.0 {
-        return ys[0];
-    }
-    let last = ys.len() - 1;
-    if x >= last as f64 {
-        return ys[last];
-    }
-    let i = x.floor() as usize;
-    let f = x - i as f64;
-    ys[i] + (ys[i + 1] - ys[i]) * f
-}
+pub use super::interp;
 
 /// Sigmas interpolated at (possibly fractional) timesteps, then a final 0, all rounded to f32.
 pub fn sigmas_at(train: &[f64], timesteps: &[f64]) -> Vec<f64> {

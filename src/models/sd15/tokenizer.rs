@@ -93,7 +93,7 @@ impl ClipTokenizer {
 
     fn framed(mut tok: Tokenizer, pad: &str) -> Result<Self> {
         // transformers matches the special tokens when they appear literally in a prompt.
-        tok.add_special_tokens([AddedToken::from(BOS, true), AddedToken::from(EOS, true)]);
+        tok.add_special_tokens([AddedToken::from(BOS, true), AddedToken::from(EOS, true)]).map_err(|e| Error::Tokenizer(e.to_string()))?;
         let id = |t: &str| tok.token_to_id(t).ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{t}` token")));
         Ok(Self { bos: id(BOS)?, eos: id(EOS)?, pad: id(pad)?, tok, max_len: 77 })
     }
