@@ -36,7 +36,8 @@ async fn saturated_queue_answers_429_with_retry_after() {
     assert_eq!(e["code"], "queue_full");
     assert!(second.headers.get("retry-after").is_some());
     assert!(second.headers.get("x-should-retry").is_none(), "429 must stay retryable");
-    // The slot is free again afterwards.
+    // The slot is free again afterwards (the worker releases it just after the reply is sent).
+    wait_for(|| t.engine.stats().in_flight == 0, "the queue slot").await;
     assert_eq!(generate(&t, json!({"prompt": "z", "size": "64x64"})).await.status, StatusCode::OK);
 }
 
@@ -193,6 +194,14 @@ async fn tiny_sd15_generates_through_the_api() {
         assert_eq!((img.width(), img.height()), (64, 64));
     }
     assert_eq!(send(t.client.get("/v1/models/sd15-demo")).await.json()["state"], "ready");
+    // Streaming on the real pipeline: partial images are cheap latent previews at full size.
+    let r = generate(&t, json!({"prompt": "a cat", "size": "64x64", "stream": true, "partial_images": 2, "num_inference_steps": 3, "seed": 4})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let events = sse_events(&r.text());
+    let partial: Vec<_> = events.iter().filter(|(e, _)| e == "image_generation.partial_image").collect();
+    assert_eq!(partial.len(), 2, "{:?}", events.iter().map(|(e, _)| e).collect::<Vec<_>>());
+    assert_eq!(b64_image(&partial[0].1["b64_json"]).width(), 64);
+    assert_eq!(events.last().map(|(e, _)| e.as_str()), Some("image_generation.completed"));
     // Edits: img2img (no mask) and inpainting with the image's own transparency as the mask
     // (OpenAI's convention); numbers arrive as multipart text.
     for alpha in [false, true] {

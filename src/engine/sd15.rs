@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
 use crate::backend::{BackendTask, DeviceSpec, dispatch};
 use crate::image_io;
-use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img};
+use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img, latent_preview};
 
 /// Prem's SD service default; the CLI's 50 is too slow for an interactive API.
 pub const DEFAULT_STEPS: usize = 25;
@@ -57,9 +57,12 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
             strength,
             ..defaults
         };
-        // Intermediate previews need the latents at each step, which `generate` does not expose
-        // yet; until it does, SD streams progress events and the final images only.
-        let out = self.model.generate(&req, &mut |step, total| progress(Progress { step, total, preview: None }))?;
+        let scale = self.model.parts.vae_config.scale_factor() as u32;
+        let out = self.model.generate_observed(&req, &mut |step, total, latents| {
+            // Streaming previews come from the latents (no VAE), for image 0.
+            let preview = job.preview_steps(total).contains(&step).then(|| latent_preview(latents, 0, scale).ok()).flatten();
+            progress(Progress { step, total, preview })
+        })?;
         let images = image_io::to_rgb8(out.images)?;
         Ok(images.into_iter().zip(out.seeds).map(|(image, seed)| GeneratedImage { image, seed }).collect())
     }

@@ -17,4 +17,4 @@ pub mod weights;
 
 pub use loader::Sd15Layout;
 pub use img2img::{ImageCondition, MaskConvention};
-pub use pipeline::{GenerateOutput, GenerateRequest, StableDiffusion};
+pub use pipeline::{GenerateOutput, GenerateRequest, StableDiffusion, latent_preview};
