@@ -302,3 +302,26 @@ async fn edits_on_models_that_cannot_edit_are_clear_400s() {
     let r = send(t.client.post("/v1/images/edits").multipart(poem::test::TestForm::new().text("prompt", "x").text("model", "fake-dalle").bytes("image", png_bytes(32, 32, false)))).await;
     assert!(r.assert_error(400, Some("model"))["message"].as_str().unwrap_or("").contains("DALL"));
 }
+
+#[tokio::test]
+async fn cors_is_off_by_default_and_follows_the_configured_origins() {
+    let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), ServerConfig::default());
+    let r = send(t.client.get("/v1/models").header("Origin", "http://app.example")).await;
+    assert!(r.headers.get("access-control-allow-origin").is_none(), "CORS must be off unless configured");
+
+    let cfg = ServerConfig { cors_origins: vec!["http://app.example".into()], ..ServerConfig::default() };
+    let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), cfg);
+    let r = send(t.client.get("/v1/models").header("Origin", "http://app.example")).await;
+    assert_eq!(r.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://app.example"));
+    let pre = send(
+        t.client
+            .options("/v1/images/generations")
+            .header("Origin", "http://app.example")
+            .header("Access-Control-Request-Method", "POST")
+            .header("Access-Control-Request-Headers", "content-type"),
+    )
+    .await;
+    assert!(pre.status.is_success(), "preflight: {}", pre.status);
+    let r = send(t.client.get("/v1/models").header("Origin", "http://evil.example")).await;
+    assert_ne!(r.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://evil.example"));
+}
