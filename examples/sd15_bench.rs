@@ -1,0 +1,248 @@
+//! Timing of one SD 1.5 component on the CPU (Flex) backend, loaded from a full-size diffusers
+//! folder (random weights are fine: `models/make_sd15_fixtures.py --full`). Driven by
+//! `benches/sd15_cpu.py`, which runs this and diffusers alternately and collects peak RSS.
+//!
+//! ```text
+//! cargo run --release --example sd15_bench -- <model-dir> <unet|vae|clip|unet-profile> [timed] [warmup]
+//! ```
+//! Prints one JSON line on stdout: `{"component", "load_s", "times_s": [...], "median_s"}`.
+//! `unet-profile` re-runs the UNet forward op by op with a timer around each op category
+//! (Flex executes eagerly, so each op has finished when it returns).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use kiln::models::sd15::attention::{Attention, Transformer2DModel};
+use kiln::models::sd15::clip::ClipTextModel;
+use kiln::models::sd15::config::{ClipConfig, UNetConfig, VaeConfig};
+use kiln::models::sd15::embeddings::timestep_embedding;
+use kiln::models::sd15::resnet::ResnetBlock2D;
+use kiln::models::sd15::unet_2d::UNet2DConditionModel;
+use kiln::models::sd15::vae::AutoencoderKL;
+use kiln::models::sd15::weights;
+use kiln::nn::{gelu_exact, merge_heads, sdpa, silu, split_heads};
+use kiln::weights::{KeyTarget, TensorFile, load_into, require_complete};
+
+type B = burn::backend::Flex;
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+}
+
+fn load<M: burn::module::Module<B>>(module: M, file: &Path, map: &dyn Fn(&str) -> KeyTarget) -> M {
+    let f = TensorFile::open(file).expect("weight file opens");
+    let (m, r) = load_into(module, &f, map).expect("weights load");
+    require_complete(&r, file).expect("every parameter loaded");
+    m
+}
+
+fn time_runs(timed: usize, warmup: usize, mut f: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
+        f();
+    }
+    (0..timed)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// Accumulates seconds per op category.
+#[derive(Default)]
+struct Prof(BTreeMap<&'static str, (f64, usize)>);
+
+impl Prof {
+    fn t<R>(&mut self, cat: &'static str, f: impl FnOnce() -> R) -> R {
+        let t = Instant::now();
+        let r = f();
+        let e = self.0.entry(cat).or_default();
+        e.0 += t.elapsed().as_secs_f64();
+        e.1 += 1;
+        r
+    }
+}
+
+fn p_resnet(p: &mut Prof, r: &ResnetBlock2D<B>, x: Tensor<B, 4>, temb: &Tensor<B, 2>) -> Tensor<B, 4> {
+    let h = p.t("groupnorm", || r.norm1.forward(x.clone()));
+    let h = p.t("silu", || silu(h));
+    let h = p.t("conv3x3", || r.conv1.forward(h));
+    let t = p.t("linear(temb)", || r.time_emb_proj.as_ref().unwrap().forward(silu(temb.clone())));
+    let h = p.t("elementwise(add)", || h + t.unsqueeze_dims::<4>(&[2, 3]));
+    let h = p.t("groupnorm", || r.norm2.forward(h));
+    let h = p.t("silu", || silu(h));
+    let h = p.t("conv3x3", || r.conv2.forward(h));
+    let x = match &r.conv_shortcut {
+        Some(c) => p.t("conv1x1", || c.forward(x)),
+        None => x,
+    };
+    p.t("elementwise(add)", || x + h)
+}
+
+fn p_attn(p: &mut Prof, a: &Attention<B>, x: Tensor<B, 3>, ctx: Option<&Tensor<B, 3>>, tag: &'static str) -> Tensor<B, 3> {
+    let c = ctx.cloned().unwrap_or_else(|| x.clone());
+    let q = p.t("linear(qkv,out)", || a.to_q.forward(x));
+    let k = p.t("linear(qkv,out)", || a.to_k.forward(c.clone()));
+    let v = p.t("linear(qkv,out)", || a.to_v.forward(c));
+    let (q, k, v) = p.t("copies(split/merge heads)", || (split_heads(q, a.heads), split_heads(k, a.heads), split_heads(v, a.heads)));
+    let o = p.t(tag, || sdpa(q, k, v, false));
+    let o = p.t("copies(split/merge heads)", || merge_heads(o));
+    p.t("linear(qkv,out)", || a.to_out[0].forward(o))
+}
+
+fn p_transformer(p: &mut Prof, tr: &Transformer2DModel<B>, x: Tensor<B, 4>, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
+    let [b, c, h, w] = x.dims();
+    let residual = x.clone();
+    let x = p.t("groupnorm", || tr.norm.forward(x));
+    let x = p.t("conv1x1", || tr.proj_in.forward(x));
+    let mut t = p.t("copies(nchw<->tokens)", || x.reshape([b, c, h * w]).swap_dims(1, 2));
+    for blk in &tr.transformer_blocks {
+        let n = p.t("layernorm", || blk.norm1.forward(t.clone()));
+        let a = p_attn(p, &blk.attn1, n, None, "attention(self sdpa)");
+        t = p.t("elementwise(add)", || t + a);
+        let n = p.t("layernorm", || blk.norm2.forward(t.clone()));
+        let a = p_attn(p, &blk.attn2, n, Some(ctx), "attention(cross sdpa)");
+        t = p.t("elementwise(add)", || t + a);
+        let n = p.t("layernorm", || blk.norm3.forward(t.clone()));
+        let hh = p.t("linear(ff)", || blk.ff.net_0.proj.forward(n));
+        let inner = hh.dims()[2] / 2;
+        let g = p.t("geglu(narrow,gelu,mul)", || {
+            let value = hh.clone().narrow(2, 0, inner);
+            let gate = hh.narrow(2, inner, inner);
+            value * gelu_exact(gate)
+        });
+        let f = p.t("linear(ff)", || blk.ff.net_2.forward(g));
+        t = p.t("elementwise(add)", || t + f);
+    }
+    let x = p.t("copies(nchw<->tokens)", || t.swap_dims(1, 2).reshape([b, c, h, w]));
+    let x = p.t("conv1x1", || tr.proj_out.forward(x));
+    p.t("elementwise(add)", || x + residual)
+}
+
+fn p_unet(p: &mut Prof, u: &UNet2DConditionModel<B>, sample: Tensor<B, 4>, timestep: f64, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
+    let batch = sample.dims()[0];
+    let device = sample.device();
+    let temb = p.t("linear(temb)", || {
+        let t = timestep_embedding::<B>(&vec![timestep; batch], u.time_proj_dim, u.flip_sin_to_cos, u.freq_shift, &device);
+        u.time_embedding.forward(t)
+    });
+    let mut x = p.t("conv3x3", || u.conv_in.forward(sample));
+    let mut skips = vec![x.clone()];
+    for blk in &u.down_blocks {
+        for (j, r) in blk.resnets.iter().enumerate() {
+            x = p_resnet(p, r, x, &temb);
+            if let Some(a) = blk.attentions.get(j) {
+                x = p_transformer(p, a, x, ctx);
+            }
+            skips.push(x.clone());
+        }
+        for d in &blk.downsamplers {
+            x = p.t("conv3x3(stride2)", || d.conv.forward(x));
+            skips.push(x.clone());
+        }
+    }
+    let m = &u.mid_block;
+    x = p_resnet(p, &m.resnets[0], x, &temb);
+    x = p_transformer(p, &m.attentions[0], x, ctx);
+    x = p_resnet(p, &m.resnets[1], x, &temb);
+    for blk in &u.up_blocks {
+        for (j, r) in blk.resnets.iter().enumerate() {
+            if let Some(s) = skips.pop() {
+                x = p.t("copies(cat skip)", || Tensor::cat(vec![x, s], 1));
+            }
+            x = p_resnet(p, r, x, &temb);
+            if let Some(a) = blk.attentions.get(j) {
+                x = p_transformer(p, a, x, ctx);
+            }
+        }
+        let size = skips.last().map(|s| {
+            let [_, _, h, w] = s.dims();
+            [h, w]
+        });
+        for up in &blk.upsamplers {
+            let [_, _, h, w] = x.dims();
+            let y = p.t("upsample(nearest)", || interpolate(x, size.unwrap_or([h * 2, w * 2]), InterpolateOptions::new(InterpolateMode::Nearest)));
+            x = p.t("conv3x3", || up.conv.forward(y));
+        }
+    }
+    let x = p.t("groupnorm", || u.conv_norm_out.forward(x));
+    let x = p.t("silu", || silu(x));
+    p.t("conv3x3", || u.conv_out.forward(x))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let root = Path::new(args.get(1).expect("usage: sd15_bench <model-dir> <unet|vae|clip|unet-profile> [timed] [warmup]"));
+    let what = args.get(2).map(String::as_str).unwrap_or("unet");
+    let timed: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
+    let warmup: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let device = Default::default();
+    let t0 = Instant::now();
+    let (times, extra) = match what {
+        "unet" | "unet-profile" => {
+            let cfg = UNetConfig::load(&root.join("unet/config.json")).unwrap_or_default();
+            let unet = load(UNet2DConditionModel::<B>::new(&cfg, &device), &root.join("unet/diffusion_pytorch_model.safetensors"), &weights::unet_key);
+            eprintln!("loaded unet in {:.2}s", t0.elapsed().as_secs_f64());
+            let sample = Tensor::<B, 4>::random([2, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+            let ctx = Tensor::<B, 3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device);
+            if what == "unet" {
+                (time_runs(timed, warmup, || {
+                    let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
+                }), String::new())
+            } else {
+                let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
+                let mut prof = Prof::default();
+                let mut times = Vec::new();
+                for _ in 0..timed {
+                    let t = Instant::now();
+                    let _ = p_unet(&mut prof, &unet, sample.clone(), 981.0, &ctx).into_data();
+                    times.push(t.elapsed().as_secs_f64());
+                }
+                let total: f64 = prof.0.values().map(|v| v.0).sum();
+                let mut rows: Vec<_> = prof.0.iter().collect();
+                rows.sort_by(|a, b| b.1.0.partial_cmp(&a.1.0).unwrap());
+                let parts: Vec<String> = rows
+                    .iter()
+                    .map(|(k, (s, n))| format!("{{\"op\":\"{k}\",\"s_per_step\":{:.4},\"share\":{:.4},\"calls_per_step\":{}}}", s / timed as f64, s / total, n / timed))
+                    .collect();
+                (times, format!(",\"profile\":[{}]", parts.join(",")))
+            }
+        }
+        "vae" => {
+            let cfg = VaeConfig::load(&root.join("vae/config.json")).unwrap_or_default();
+            let map = |k: &str| if k.starts_with("encoder.") || k.starts_with("quant_conv.") { KeyTarget::Ignore } else { weights::vae_key(k) };
+            let vae = load(AutoencoderKL::<B>::new(&cfg, false, &device), &root.join("vae/diffusion_pytorch_model.safetensors"), &map);
+            eprintln!("loaded vae in {:.2}s", t0.elapsed().as_secs_f64());
+            let z = Tensor::<B, 4>::random([1, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+            (time_runs(timed, warmup, || {
+                let _ = vae.decode(z.clone()).into_data();
+            }), String::new())
+        }
+        "clip" => {
+            let cfg = ClipConfig::load(&root.join("text_encoder/config.json")).unwrap_or_default();
+            let clip = load(ClipTextModel::<B>::new(&cfg, &device), &root.join("text_encoder/model.safetensors"), &weights::clip_key);
+            eprintln!("loaded clip in {:.2}s", t0.elapsed().as_secs_f64());
+            let mut ids: Vec<i64> = vec![49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407];
+            ids.resize(77, 49407);
+            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 77]), &device);
+            (time_runs(timed, warmup, || {
+                let _ = clip.forward(ids.clone(), 1).into_data();
+            }), String::new())
+        }
+        other => panic!("unknown component {other}"),
+    };
+    let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
+    let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+    println!(
+        "{{\"component\":\"{what}\",\"impl\":\"kiln\",\"load_plus_warmup_s\":{load_s:.3},\"times_s\":[{}],\"median_s\":{:.4}{extra}}}",
+        list.join(","),
+        median(&times)
+    );
+}
