@@ -50,10 +50,19 @@ fn bench(name: &str, filter: &[String], iters: usize, work: f64, unit: &str, mut
 
 fn main() {
     // `cargo bench` passes `--bench`; keep the other words as name filters.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
-    let iters: usize = std::env::var("KILN_BENCH_ITERS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let iters: usize = std::env::var("KILN_BENCH_ITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let d = Default::default();
-    println!("kiln kernels, Flex backend, rayon threads = {}, {iters} timed iterations", rayon_threads());
+    println!(
+        "kiln kernels, Flex backend, rayon threads = {}, {iters} timed iterations",
+        rayon_threads()
+    );
     let n = Distribution::Normal(0.0, 1.0);
 
     // Attention: self [2,8,4096,40] and cross (77 keys).
@@ -62,51 +71,110 @@ fn main() {
     let k = Tensor::<B, 4>::random([b, h, s, dh], n, &d);
     let v = Tensor::<B, 4>::random([b, h, s, dh], n, &d);
     let flops = 4.0 * (b * h * s * s * dh) as f64;
-    bench("attention self  [2,8,4096,40]", &filter, iters, flops, "GFLOP/s", || {
-        let _ = sdpa(q.clone(), k.clone(), v.clone(), false);
-        sync(&d);
-    });
+    bench(
+        "attention self  [2,8,4096,40]",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = sdpa(q.clone(), k.clone(), v.clone(), false);
+            sync(&d);
+        },
+    );
     let kc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let vc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let flops = 4.0 * (b * h * s * 77 * dh) as f64;
-    bench("attention cross [2,8,4096,40]x77", &filter, iters, flops, "GFLOP/s", || {
-        let _ = sdpa(q.clone(), kc.clone(), vc.clone(), false);
-        sync(&d);
-    });
+    bench(
+        "attention cross [2,8,4096,40]x77",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = sdpa(q.clone(), kc.clone(), vc.clone(), false);
+            sync(&d);
+        },
+    );
     // Reference point: the two matmuls of self-attention alone, no softmax.
     let flops = 2.0 * (b * h * s * s * dh) as f64;
-    bench("matmul QK^T     [2,8,4096,40]", &filter, iters, flops, "GFLOP/s", || {
-        let _ = q.clone().matmul(k.clone().swap_dims(2, 3));
-        sync(&d);
-    });
+    bench(
+        "matmul QK^T     [2,8,4096,40]",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = q.clone().matmul(k.clone().swap_dims(2, 3));
+            sync(&d);
+        },
+    );
 
     // GroupNorm(32) + SiLU over [2,320,64,64].
     let x = Tensor::<B, 4>::random([2, 320, 64, 64], n, &d);
     let gn = GroupNorm::<B>::new(32, 320, 1e-5, &d);
     let bytes = 2.0 * 4.0 * x.shape().num_elements() as f64;
-    bench("groupnorm+silu  [2,320,64,64]", &filter, iters, bytes, "GB/s", || {
-        let _ = silu(gn.forward(x.clone()));
-        sync(&d);
-    });
-    bench("silu            [2,320,64,64]", &filter, iters, bytes, "GB/s", || {
-        let _ = silu(x.clone());
-        sync(&d);
-    });
+    bench(
+        "groupnorm+silu  [2,320,64,64]",
+        &filter,
+        iters,
+        bytes,
+        "GB/s",
+        || {
+            let _ = silu(gn.forward(x.clone()));
+            sync(&d);
+        },
+    );
+    bench(
+        "silu            [2,320,64,64]",
+        &filter,
+        iters,
+        bytes,
+        "GB/s",
+        || {
+            let _ = silu(x.clone());
+            sync(&d);
+        },
+    );
 
     // Conv 3x3 320->320, 64x64, batch 2, pad 1.
     let w = Tensor::<B, 4>::random([320, 320, 3, 3], n, &d);
     let bias = Tensor::<B, 1>::random([320], n, &d);
     let flops = 2.0 * (2 * 320 * 64 * 64 * 320 * 9_u64) as f64;
-    bench("conv3x3 320->320 [2,320,64,64]", &filter, iters, flops, "GFLOP/s", || {
-        let _ = conv2d(x.clone(), w.clone(), Some(bias.clone()), ConvOptions::new([1, 1], [1, 1], [1, 1], 1));
-        sync(&d);
-    });
+    bench(
+        "conv3x3 320->320 [2,320,64,64]",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = conv2d(
+                x.clone(),
+                w.clone(),
+                Some(bias.clone()),
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            );
+            sync(&d);
+        },
+    );
     let w1 = Tensor::<B, 4>::random([320, 320, 1, 1], n, &d);
     let flops = 2.0 * (2 * 320 * 64 * 64 * 320_u64) as f64;
-    bench("conv1x1 320->320 [2,320,64,64]", &filter, iters, flops, "GFLOP/s", || {
-        let _ = conv2d(x.clone(), w1.clone(), Some(bias.clone()), ConvOptions::new([1, 1], [0, 0], [1, 1], 1));
-        sync(&d);
-    });
+    bench(
+        "conv1x1 320->320 [2,320,64,64]",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = conv2d(
+                x.clone(),
+                w1.clone(),
+                Some(bias.clone()),
+                ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+            );
+            sync(&d);
+        },
+    );
 
     // Linear 320->320 on [2,4096,320], as kiln's `nn::Linear` runs it after loading
     // (contiguous [in, out] weight, batched matmul + bias).
@@ -114,20 +182,41 @@ fn main() {
     let wl = Tensor::<B, 2>::random([320, 320], n, &d);
     let bl = Tensor::<B, 1>::random([320], n, &d);
     let flops = 2.0 * (2 * 4096 * 320 * 320_u64) as f64;
-    bench("linear 320->320 [2,4096,320]", &filter, iters, flops, "GFLOP/s", || {
-        let _ = xt.clone().matmul(wl.clone().unsqueeze::<3>()) + bl.clone().unsqueeze::<3>();
-        sync(&d);
-    });
-    bench("matmul 320->320 [8192,320] (2-D, no bias)", &filter, iters, flops, "GFLOP/s", || {
-        let _ = xt.clone().reshape([8192, 320]).matmul(wl.clone());
-        sync(&d);
-    });
+    bench(
+        "linear 320->320 [2,4096,320]",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = xt.clone().matmul(wl.clone().unsqueeze::<3>()) + bl.clone().unsqueeze::<3>();
+            sync(&d);
+        },
+    );
+    bench(
+        "matmul 320->320 [8192,320] (2-D, no bias)",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = xt.clone().reshape([8192, 320]).matmul(wl.clone());
+            sync(&d);
+        },
+    );
     let wf = Tensor::<B, 2>::random([320, 2560], n, &d);
     let flops = 2.0 * (2 * 4096 * 320 * 2560_u64) as f64;
-    bench("linear 320->2560 [2,4096,320] (GEGLU proj)", &filter, iters, flops, "GFLOP/s", || {
-        let _ = xt.clone().matmul(wf.clone().unsqueeze::<3>());
-        sync(&d);
-    });
+    bench(
+        "linear 320->2560 [2,4096,320] (GEGLU proj)",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = xt.clone().matmul(wf.clone().unsqueeze::<3>());
+            sync(&d);
+        },
+    );
 
     // One Euler step + the CFG combine on a [1,4,64,64] latent (scheduler math on the host,
     // tensors only see scalar multiply-adds).
@@ -136,17 +225,31 @@ fn main() {
     let cfg = SchedulerConfig::default();
     let mut sched = EulerDiscrete::new(&cfg, 20);
     let bytes = 4.0 * 4.0 * lat.shape().num_elements() as f64;
-    bench("scheduler Euler step + CFG [1,4,64,64]", &filter, iters.max(20), bytes, "GB/s", || {
-        let e = eps2.clone();
-        let (u, c) = (e.clone().narrow(0, 0, 1), e.narrow(0, 1, 1));
-        let g = u.clone() + (c - u) * 7.5;
-        let mut no_noise = || -> Tensor<B, 4> { unreachable!() };
-        let x = Scheduler::<B>::scale_model_input(&sched, lat.clone(), 3);
-        let _ = Scheduler::<B>::step(&mut sched, g, 3, x, &mut no_noise);
-        sync(&d);
-    });
+    bench(
+        "scheduler Euler step + CFG [1,4,64,64]",
+        &filter,
+        iters.max(20),
+        bytes,
+        "GB/s",
+        || {
+            let e = eps2.clone();
+            let (u, c) = (e.clone().narrow(0, 0, 1), e.narrow(0, 1, 1));
+            let g = u.clone() + (c - u) * 7.5;
+            let mut no_noise = || -> Tensor<B, 4> { unreachable!() };
+            let x = Scheduler::<B>::scale_model_input(&sched, lat.clone(), 3);
+            let _ = Scheduler::<B>::step(&mut sched, g, 3, x, &mut no_noise);
+            sync(&d);
+        },
+    );
 }
 
 fn rayon_threads() -> String {
-    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| format!("default ({} cpus)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)))
+    std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| {
+        format!(
+            "default ({} cpus)",
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(0)
+        )
+    })
 }

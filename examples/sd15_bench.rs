@@ -32,7 +32,11 @@ type B = burn::backend::Flex;
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if s.is_empty() { f64::NAN } else { s[s.len() / 2] }
+    if s.is_empty() {
+        f64::NAN
+    } else {
+        s[s.len() / 2]
+    }
 }
 
 fn load<M: burn::module::Module<B>>(module: M, file: &Path, map: &dyn Fn(&str) -> KeyTarget) -> M {
@@ -70,11 +74,21 @@ impl Prof {
     }
 }
 
-fn p_resnet(p: &mut Prof, r: &ResnetBlock2D<B>, x: Tensor<B, 4>, temb: &Tensor<B, 2>) -> Tensor<B, 4> {
+fn p_resnet(
+    p: &mut Prof,
+    r: &ResnetBlock2D<B>,
+    x: Tensor<B, 4>,
+    temb: &Tensor<B, 2>,
+) -> Tensor<B, 4> {
     let h = p.t("groupnorm", || r.norm1.forward(x.clone()));
     let h = p.t("silu", || silu(h));
     let h = p.t("conv3x3", || r.conv1.forward(h));
-    let t = p.t("linear(temb)", || r.time_emb_proj.as_ref().unwrap().forward(silu(temb.clone())));
+    let t = p.t("linear(temb)", || {
+        r.time_emb_proj
+            .as_ref()
+            .unwrap()
+            .forward(silu(temb.clone()))
+    });
     let h = p.t("elementwise(add)", || h + t.unsqueeze_dims::<4>(&[2, 3]));
     let h = p.t("groupnorm", || r.norm2.forward(h));
     let h = p.t("silu", || silu(h));
@@ -86,23 +100,42 @@ fn p_resnet(p: &mut Prof, r: &ResnetBlock2D<B>, x: Tensor<B, 4>, temb: &Tensor<B
     p.t("elementwise(add)", || x + h)
 }
 
-fn p_attn(p: &mut Prof, a: &Attention<B>, x: Tensor<B, 3>, ctx: Option<&Tensor<B, 3>>, tag: &'static str) -> Tensor<B, 3> {
+fn p_attn(
+    p: &mut Prof,
+    a: &Attention<B>,
+    x: Tensor<B, 3>,
+    ctx: Option<&Tensor<B, 3>>,
+    tag: &'static str,
+) -> Tensor<B, 3> {
     let c = ctx.cloned().unwrap_or_else(|| x.clone());
     let q = p.t("linear(qkv,out)", || a.to_q.forward(x));
     let k = p.t("linear(qkv,out)", || a.to_k.forward(c.clone()));
     let v = p.t("linear(qkv,out)", || a.to_v.forward(c));
-    let (q, k, v) = p.t("copies(split/merge heads)", || (split_heads(q, a.heads), split_heads(k, a.heads), split_heads(v, a.heads)));
+    let (q, k, v) = p.t("copies(split/merge heads)", || {
+        (
+            split_heads(q, a.heads),
+            split_heads(k, a.heads),
+            split_heads(v, a.heads),
+        )
+    });
     let o = p.t(tag, || sdpa(q, k, v, false));
     let o = p.t("copies(split/merge heads)", || merge_heads(o));
     p.t("linear(qkv,out)", || a.to_out[0].forward(o))
 }
 
-fn p_transformer(p: &mut Prof, tr: &Transformer2DModel<B>, x: Tensor<B, 4>, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
+fn p_transformer(
+    p: &mut Prof,
+    tr: &Transformer2DModel<B>,
+    x: Tensor<B, 4>,
+    ctx: &Tensor<B, 3>,
+) -> Tensor<B, 4> {
     let [b, c, h, w] = x.dims();
     let residual = x.clone();
     let x = p.t("groupnorm", || tr.norm.forward(x));
     let x = p.t("conv1x1", || tr.proj_in.forward(x));
-    let mut t = p.t("copies(nchw<->tokens)", || x.reshape([b, c, h * w]).swap_dims(1, 2));
+    let mut t = p.t("copies(nchw<->tokens)", || {
+        x.reshape([b, c, h * w]).swap_dims(1, 2)
+    });
     for blk in &tr.transformer_blocks {
         let n = p.t("layernorm", || blk.norm1.forward(t.clone()));
         let a = p_attn(p, &blk.attn1, n, None, "attention(self sdpa)");
@@ -121,16 +154,30 @@ fn p_transformer(p: &mut Prof, tr: &Transformer2DModel<B>, x: Tensor<B, 4>, ctx:
         let f = p.t("linear(ff)", || blk.ff.net_2.forward(g));
         t = p.t("elementwise(add)", || t + f);
     }
-    let x = p.t("copies(nchw<->tokens)", || t.swap_dims(1, 2).reshape([b, c, h, w]));
+    let x = p.t("copies(nchw<->tokens)", || {
+        t.swap_dims(1, 2).reshape([b, c, h, w])
+    });
     let x = p.t("conv1x1", || tr.proj_out.forward(x));
     p.t("elementwise(add)", || x + residual)
 }
 
-fn p_unet(p: &mut Prof, u: &UNet2DConditionModel<B>, sample: Tensor<B, 4>, timestep: f64, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
+fn p_unet(
+    p: &mut Prof,
+    u: &UNet2DConditionModel<B>,
+    sample: Tensor<B, 4>,
+    timestep: f64,
+    ctx: &Tensor<B, 3>,
+) -> Tensor<B, 4> {
     let batch = sample.dims()[0];
     let device = sample.device();
     let temb = p.t("linear(temb)", || {
-        let t = timestep_embedding::<B>(&vec![timestep; batch], u.time_proj_dim, u.flip_sin_to_cos, u.freq_shift, &device);
+        let t = timestep_embedding::<B>(
+            &vec![timestep; batch],
+            u.time_proj_dim,
+            u.flip_sin_to_cos,
+            u.freq_shift,
+            &device,
+        );
         u.time_embedding.forward(t)
     });
     let mut x = p.t("conv3x3", || u.conv_in.forward(sample));
@@ -168,7 +215,13 @@ fn p_unet(p: &mut Prof, u: &UNet2DConditionModel<B>, sample: Tensor<B, 4>, times
         });
         for up in &blk.upsamplers {
             let [_, _, h, w] = x.dims();
-            let y = p.t("upsample(nearest)", || interpolate(x, size.unwrap_or([h * 2, w * 2]), InterpolateOptions::new(InterpolateMode::Nearest)));
+            let y = p.t("upsample(nearest)", || {
+                interpolate(
+                    x,
+                    size.unwrap_or([h * 2, w * 2]),
+                    InterpolateOptions::new(InterpolateMode::Nearest),
+                )
+            });
             x = p.t("conv3x3", || up.conv.forward(y));
         }
     }
@@ -179,7 +232,10 @@ fn p_unet(p: &mut Prof, u: &UNet2DConditionModel<B>, sample: Tensor<B, 4>, times
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let root = Path::new(args.get(1).expect("usage: sd15_bench <model-dir> <unet|vae|clip|unet-profile> [timed] [warmup]"));
+    let root = Path::new(
+        args.get(1)
+            .expect("usage: sd15_bench <model-dir> <unet|vae|clip|unet-profile> [timed] [warmup]"),
+    );
     let what = args.get(2).map(String::as_str).unwrap_or("unet");
     let timed: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
     let warmup: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -188,14 +244,22 @@ fn main() {
     let (times, extra) = match what {
         "unet" | "unet-profile" => {
             let cfg = UNetConfig::load(&root.join("unet/config.json")).unwrap_or_default();
-            let unet = load(UNet2DConditionModel::<B>::new(&cfg, &device), &root.join("unet/diffusion_pytorch_model.safetensors"), &weights::unet_key);
+            let unet = load(
+                UNet2DConditionModel::<B>::new(&cfg, &device),
+                &root.join("unet/diffusion_pytorch_model.safetensors"),
+                &weights::unet_key,
+            );
             eprintln!("loaded unet in {:.2}s", t0.elapsed().as_secs_f64());
-            let sample = Tensor::<B, 4>::random([2, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
+            let sample =
+                Tensor::<B, 4>::random([2, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
             let ctx = Tensor::<B, 3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device);
             if what == "unet" {
-                (time_runs(timed, warmup, || {
-                    let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
-                }), String::new())
+                (
+                    time_runs(timed, warmup, || {
+                        let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
+                    }),
+                    String::new(),
+                )
             } else {
                 let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
                 let mut prof = Prof::default();
@@ -217,24 +281,44 @@ fn main() {
         }
         "vae" => {
             let cfg = VaeConfig::load(&root.join("vae/config.json")).unwrap_or_default();
-            let map = |k: &str| if k.starts_with("encoder.") || k.starts_with("quant_conv.") { KeyTarget::Ignore } else { weights::vae_key(k) };
-            let vae = load(AutoencoderKL::<B>::new(&cfg, false, &device), &root.join("vae/diffusion_pytorch_model.safetensors"), &map);
+            let map = |k: &str| {
+                if k.starts_with("encoder.") || k.starts_with("quant_conv.") {
+                    KeyTarget::Ignore
+                } else {
+                    weights::vae_key(k)
+                }
+            };
+            let vae = load(
+                AutoencoderKL::<B>::new(&cfg, false, &device),
+                &root.join("vae/diffusion_pytorch_model.safetensors"),
+                &map,
+            );
             eprintln!("loaded vae in {:.2}s", t0.elapsed().as_secs_f64());
             let z = Tensor::<B, 4>::random([1, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-            (time_runs(timed, warmup, || {
-                let _ = vae.decode(z.clone()).into_data();
-            }), String::new())
+            (
+                time_runs(timed, warmup, || {
+                    let _ = vae.decode(z.clone()).into_data();
+                }),
+                String::new(),
+            )
         }
         "clip" => {
             let cfg = ClipConfig::load(&root.join("text_encoder/config.json")).unwrap_or_default();
-            let clip = load(ClipTextModel::<B>::new(&cfg, &device), &root.join("text_encoder/model.safetensors"), &weights::clip_key);
+            let clip = load(
+                ClipTextModel::<B>::new(&cfg, &device),
+                &root.join("text_encoder/model.safetensors"),
+                &weights::clip_key,
+            );
             eprintln!("loaded clip in {:.2}s", t0.elapsed().as_secs_f64());
             let mut ids: Vec<i64> = vec![49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407];
             ids.resize(77, 49407);
             let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 77]), &device);
-            (time_runs(timed, warmup, || {
-                let _ = clip.forward(ids.clone(), 1).into_data();
-            }), String::new())
+            (
+                time_runs(timed, warmup, || {
+                    let _ = clip.forward(ids.clone(), 1).into_data();
+                }),
+                String::new(),
+            )
         }
         other => panic!("unknown component {other}"),
     };

@@ -24,7 +24,9 @@ impl FromStr for DeviceSpec {
         let s = s.trim().to_ascii_lowercase();
         let (name, index) = match s.split_once(':') {
             Some((n, i)) => {
-                let i = i.parse::<usize>().map_err(|_| Error::Device(format!("bad device index in `{s}`")))?;
+                let i = i
+                    .parse::<usize>()
+                    .map_err(|_| Error::Device(format!("bad device index in `{s}`")))?;
                 (n.to_string(), Some(i))
             }
             None => (s.clone(), None),
@@ -33,7 +35,9 @@ impl FromStr for DeviceSpec {
             ("cpu" | "flex", None) => Ok(DeviceSpec::Cpu),
             ("wgpu" | "gpu" | "vulkan" | "metal", i) => Ok(DeviceSpec::Wgpu(i)),
             ("cuda", i) => Ok(DeviceSpec::Cuda(i.unwrap_or(0))),
-            _ => Err(Error::Device(format!("unknown device `{s}`; use cpu, wgpu[:N] or cuda[:N]"))),
+            _ => Err(Error::Device(format!(
+                "unknown device `{s}`; use cpu, wgpu[:N] or cuda[:N]"
+            ))),
         }
     }
 }

@@ -14,10 +14,18 @@ pub enum Error {
     WeightFile { path: PathBuf, message: String },
 
     #[error("{path}: tensor `{key}`: {message}")]
-    Tensor { path: PathBuf, key: String, message: String },
+    Tensor {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
 
     #[error("{path}: {count} tensor(s) the model needs are missing, e.g. {examples}")]
-    MissingTensors { path: PathBuf, count: usize, examples: String },
+    MissingTensors {
+        path: PathBuf,
+        count: usize,
+        examples: String,
+    },
 
     #[error("{path}: invalid config: {message}")]
     Config { path: PathBuf, message: String },
@@ -46,7 +54,10 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, err: impl std::fmt::Display) -> Self {
-        Error::Io { path: path.into(), message: err.to_string() }
+        Error::Io {
+            path: path.into(),
+            message: err.to_string(),
+        }
     }
 
     pub fn invalid(msg: impl Into<String>) -> Self {

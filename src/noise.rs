@@ -8,7 +8,9 @@ use rand_distr::{Distribution, StandardNormal};
 /// platforms and crate versions of the same major release).
 pub fn normal(seed: u64, count: usize) -> Vec<f32> {
     let mut rng = ChaCha20Rng::seed_from_u64(seed);
-    (0..count).map(|_| StandardNormal.sample(&mut rng)).collect()
+    (0..count)
+        .map(|_| StandardNormal.sample(&mut rng))
+        .collect()
 }
 
 /// Noise for `n` images of `per_image` values each: image `k` uses `seed + k`, so image `k` of a
@@ -25,7 +27,11 @@ pub struct BatchNoise {
 
 impl BatchNoise {
     pub fn new(seed: u64, n: usize) -> Self {
-        Self { rngs: (0..n as u64).map(|k| ChaCha20Rng::seed_from_u64(seed.wrapping_add(k))).collect() }
+        Self {
+            rngs: (0..n as u64)
+                .map(|k| ChaCha20Rng::seed_from_u64(seed.wrapping_add(k)))
+                .collect(),
+        }
     }
 
     /// The next `per_image` standard-normal values of every image, image-major.

@@ -15,7 +15,10 @@ use std::time::Instant;
 use kiln::models::dalle_mini::{DalleMini, SamplingConfig, Tokenization};
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 #[test]
@@ -23,30 +26,51 @@ fn env(name: &str, default: usize) -> usize {
 fn mini_cpu_timing() {
     let dir = std::env::var("DALLE_BENCH_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/dalle-mini-random/dalle_bart_mini"));
+        .unwrap_or_else(|_| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join(".cache/dalle-mini-random/dalle_bart_mini")
+        });
     let (steps, n) = (env("DALLE_BENCH_STEPS", 16), env("DALLE_BENCH_N", 1));
     let t0 = Instant::now();
     let m = DalleMini::<dalle::B>::load(&dir, &dalle::device()).expect("loads");
     let load = t0.elapsed().as_secs_f64();
-    let rows = m.text_rows("a photo of a cat sitting on a red chair", Tokenization::MinDalle, 0).expect("rows");
+    let rows = m
+        .text_rows(
+            "a photo of a cat sitting on a red chair",
+            Tokenization::MinDalle,
+            0,
+        )
+        .expect("rows");
 
     let t0 = Instant::now();
     let (enc, pad) = m.encode(&rows);
     let _ = dalle::values(enc.clone().slice([0..1, 0..1, 0..1]));
     let encoder = t0.elapsed().as_secs_f64();
 
-    let cfg = SamplingConfig { cond_scale: 16.0, temperature: 1.0, top_k: 256, top_p: 1.0 };
+    let cfg = SamplingConfig {
+        cond_scale: 16.0,
+        temperature: 1.0,
+        top_k: 256,
+        top_p: 1.0,
+    };
     let mut times = Vec::new();
     let mut last = Instant::now();
     let t0 = Instant::now();
     let mut seen = 0;
     // decode_tokens runs all 256 steps; cancel after `steps` to time only those
-    let r = m.decode_tokens(enc, pad, n, &cfg, &mut |_, t| (t as f64 * 0.37) % 1.0, &mut |s, _| {
-        times.push(last.elapsed().as_secs_f64());
-        last = Instant::now();
-        seen = s;
-        s < steps
-    });
+    let r = m.decode_tokens(
+        enc,
+        pad,
+        n,
+        &cfg,
+        &mut |_, t| (t as f64 * 0.37) % 1.0,
+        &mut |s, _| {
+            times.push(last.elapsed().as_secs_f64());
+            last = Instant::now();
+            seen = s;
+            s < steps
+        },
+    );
     assert!(r.is_err() || steps >= 256);
     let decode_total = t0.elapsed().as_secs_f64();
     let mut sorted = times.clone();
@@ -64,5 +88,11 @@ fn mini_cpu_timing() {
         times[0],
         encoder + 256.0 * median + vqgan
     );
-    eprintln!("step times: {:?}", times.iter().map(|t| (t * 1000.0).round() / 1000.0).collect::<Vec<_>>());
+    eprintln!(
+        "step times: {:?}",
+        times
+            .iter()
+            .map(|t| (t * 1000.0).round() / 1000.0)
+            .collect::<Vec<_>>()
+    );
 }

@@ -29,15 +29,22 @@ fn sampling(key: &str) -> SamplingConfig {
 fn tokens_with_ref_uniforms(m: &DalleMini<dalle::B>, cfg: &SamplingConfig) -> Vec<u32> {
     let (enc, pad) = m.encode(&text_rows());
     let u = dalle::ref_f64("uniforms");
-    let out = m.decode_tokens(enc, pad, 1, cfg, &mut |_, t| u[t], &mut |_, _| true).expect("decodes");
+    let out = m
+        .decode_tokens(enc, pad, 1, cfg, &mut |_, t| u[t], &mut |_, _| true)
+        .expect("decodes");
     out.into_iter().next().expect("one image")
 }
 
 #[test]
 fn text_rows_match_min_dalle_tokenizer() {
     let m = dalle::load(&dalle::min_dalle_dir());
-    let prompt = dalle::refs_json()["prompt"].as_str().expect("prompt").to_string();
-    let [uncond, cond] = m.text_rows(&prompt, Tokenization::MinDalle, 0).expect("rows");
+    let prompt = dalle::refs_json()["prompt"]
+        .as_str()
+        .expect("prompt")
+        .to_string();
+    let [uncond, cond] = m
+        .text_rows(&prompt, Tokenization::MinDalle, 0)
+        .expect("rows");
     assert_eq!(vec![uncond, cond], text_rows());
 }
 
@@ -53,7 +60,12 @@ fn encoder_states_match() {
         keys.extend((0..layers).map(|i| format!("enc_layer{i}")));
         keys.push("encoder_state".into());
         for (key, got) in keys.iter().zip(trace) {
-            assert_close(&format!("{name} {key}"), &values(got), &dalle::ref_f32(key).1, TOL);
+            assert_close(
+                &format!("{name} {key}"),
+                &values(got),
+                &dalle::ref_f32(key).1,
+                TOL,
+            );
         }
     }
 }
@@ -71,7 +83,12 @@ fn teacher_forced_logits_match() {
         let mut feed = m.config.decoder_start_token_id;
         for t in 0..steps {
             let got = values(m.decoder.step(&[feed, feed], &mut cache));
-            assert_close(&format!("{name} step {t} logits"), &got, &want[t * 2 * rows..(t + 1) * 2 * rows], TOL);
+            assert_close(
+                &format!("{name} step {t} logits"),
+                &got,
+                &want[t * 2 * rows..(t + 1) * 2 * rows],
+                TOL,
+            );
             feed = image_tokens[t];
         }
     }
@@ -81,14 +98,24 @@ fn teacher_forced_logits_match() {
 fn greedy_tokens_and_image_match() {
     let want = dalle::ref_u32("greedy_tokens");
     let want_img = dalle::ref_u32("greedy_image_u8");
-    let cfg = SamplingConfig { top_k: 1, ..sampling("sampling") };
+    let cfg = SamplingConfig {
+        top_k: 1,
+        ..sampling("sampling")
+    };
     for (name, dir) in dalle::layouts() {
         let m = dalle::load(&dir);
         let got = tokens_with_ref_uniforms(&m, &cfg);
         assert_eq!(got, want, "{name}: greedy tokens");
         let img = kiln::models::dalle_mini::vqgan::to_rgb8(m.vqgan.decode(&[got], &device()));
-        let worst = img[0].iter().zip(&want_img).map(|(&a, &b)| (i64::from(a) - i64::from(b)).abs()).max();
-        assert!(worst <= Some(1), "{name}: greedy image differs by {worst:?}/255");
+        let worst = img[0]
+            .iter()
+            .zip(&want_img)
+            .map(|(&a, &b)| (i64::from(a) - i64::from(b)).abs())
+            .max();
+        assert!(
+            worst <= Some(1),
+            "{name}: greedy image differs by {worst:?}/255"
+        );
     }
 }
 
@@ -98,7 +125,11 @@ fn sampled_tokens_match_with_reference_uniforms() {
         let want = dalle::ref_u32(tokens);
         for (name, dir) in dalle::layouts() {
             let m = dalle::load(&dir);
-            assert_eq!(tokens_with_ref_uniforms(&m, &sampling(key)), want, "{name}: {tokens} ({key})");
+            assert_eq!(
+                tokens_with_ref_uniforms(&m, &sampling(key)),
+                want,
+                "{name}: {tokens} ({key})"
+            );
         }
     }
 }
@@ -109,13 +140,37 @@ fn vqgan_matches() {
     let want_u8 = dalle::ref_u32("image_u8");
     for (name, dir) in dalle::layouts() {
         let m = dalle::load(&dir);
-        let z = m.vqgan.post_quant_conv.forward(m.vqgan.codes(std::slice::from_ref(&tokens), &device()));
-        assert_close(&format!("{name} vq_post_quant"), &values(z), &dalle::ref_f32("vq_post_quant").1, TOL);
+        let z = m
+            .vqgan
+            .post_quant_conv
+            .forward(m.vqgan.codes(std::slice::from_ref(&tokens), &device()));
+        assert_close(
+            &format!("{name} vq_post_quant"),
+            &values(z),
+            &dalle::ref_f32("vq_post_quant").1,
+            TOL,
+        );
         let raw = m.vqgan.decode_raw(std::slice::from_ref(&tokens), &device());
-        assert_close(&format!("{name} vq_out_raw"), &values(raw.clone()), &dalle::ref_f32("vq_out_raw").1, TOL);
+        assert_close(
+            &format!("{name} vq_out_raw"),
+            &values(raw.clone()),
+            &dalle::ref_f32("vq_out_raw").1,
+            TOL,
+        );
         let img = kiln::models::dalle_mini::vqgan::to_rgb8(raw.clamp(0.0, 1.0));
-        let off = img[0].iter().zip(&want_u8).filter(|(a, b)| u32::from(**a) != **b).count();
-        let worst = img[0].iter().zip(&want_u8).map(|(&a, &b)| (i64::from(a) - i64::from(b)).abs()).max();
-        assert!(worst <= Some(1) && off * 1000 <= want_u8.len(), "{name}: {off} pixels differ, worst {worst:?}");
+        let off = img[0]
+            .iter()
+            .zip(&want_u8)
+            .filter(|(a, b)| u32::from(**a) != **b)
+            .count();
+        let worst = img[0]
+            .iter()
+            .zip(&want_u8)
+            .map(|(&a, &b)| (i64::from(a) - i64::from(b)).abs())
+            .max();
+        assert!(
+            worst <= Some(1) && off * 1000 <= want_u8.len(),
+            "{name}: {off} pixels differ, worst {worst:?}"
+        );
     }
 }

@@ -4,7 +4,10 @@
 mod download_common;
 
 use download_common::*;
-use kiln::download::{DownloadError, SOURCE_FILE, SourceManifest, download_model, installed_models, is_incomplete_download, model_spec};
+use kiln::download::{
+    DownloadError, SOURCE_FILE, SourceManifest, download_model, installed_models,
+    is_incomplete_download, model_spec,
+};
 
 type B = burn::backend::Flex;
 
@@ -25,14 +28,24 @@ fn sd15_download_has_the_diffusers_layout_and_loads() {
     assert_eq!(report.fetched.len(), 12, "{report:?}");
     let dir = tmp.path().join("sd15");
     for (_, f) in spec.files() {
-        assert_eq!(read(&dir.join(&f.local)), sd15_fixture_content("", &f.remote), "{}", f.local);
+        assert_eq!(
+            read(&dir.join(&f.local)),
+            sd15_fixture_content("", &f.remote),
+            "{}",
+            f.local
+        );
     }
     // LFS files went through the 302 to the CDN, small ones straight from resolve
     let log = hub.log();
-    assert!(log.iter().any(|l| l.starts_with(&format!("HEAD /stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/{}/{UNET16}", spec.sources[0].revision))));
+    assert!(log.iter().any(|l| l.starts_with(&format!(
+        "HEAD /stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/{}/{UNET16}",
+        spec.sources[0].revision
+    ))));
     assert!(log.iter().any(|l| l.starts_with("GET /cdn/")), "{log:?}");
 
-    let m = SourceManifest::read(&dir).unwrap().expect("kiln-source.json");
+    let m = SourceManifest::read(&dir)
+        .unwrap()
+        .expect("kiln-source.json");
     assert!(m.complete && m.is_intact(&dir));
     assert_eq!(m.precision, "fp16");
     let unet = m.entry(UNET16).unwrap();
@@ -40,8 +53,16 @@ fn sd15_download_has_the_diffusers_layout_and_loads() {
     assert_eq!(unet.commit.as_deref(), Some(COMMIT));
     assert!(!is_incomplete_download(&dir));
 
-    let sd = kiln::models::sd15::StableDiffusion::<B>::load(&dir, false, &burn::backend::flex::FlexDevice);
-    assert!(sd.is_ok(), "downloaded folder does not load: {:?}", sd.err());
+    let sd = kiln::models::sd15::StableDiffusion::<B>::load(
+        &dir,
+        false,
+        &burn::backend::flex::FlexDevice,
+    );
+    assert!(
+        sd.is_ok(),
+        "downloaded folder does not load: {:?}",
+        sd.err()
+    );
 
     // a second run touches neither the network nor the files
     let before = hub.log().len();
@@ -53,8 +74,17 @@ fn sd15_download_has_the_diffusers_layout_and_loads() {
     let listed = installed_models(tmp.path()).unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].family, "sd15");
-    assert_eq!(listed[0].precision, "fp32", "the tiny fixture's tensors are fp32 whatever the file name");
-    assert!(listed[0].source.starts_with("stable-diffusion-v1-5/stable-diffusion-v1-5@0123456789ab"), "{}", listed[0].source);
+    assert_eq!(
+        listed[0].precision, "fp32",
+        "the tiny fixture's tensors are fp32 whatever the file name"
+    );
+    assert!(
+        listed[0]
+            .source
+            .starts_with("stable-diffusion-v1-5/stable-diffusion-v1-5@0123456789ab"),
+        "{}",
+        listed[0].source
+    );
     assert!(!listed[0].incomplete);
 }
 
@@ -66,9 +96,15 @@ fn fp32_variant_fetches_the_full_precision_files() {
     let tmp = tempfile::tempdir().unwrap();
     download_model(&spec, tmp.path(), &hub.config()).unwrap();
     let dir = tmp.path().join("sd15");
-    assert!(dir.join("unet/diffusion_pytorch_model.safetensors").is_file());
+    assert!(
+        dir.join("unet/diffusion_pytorch_model.safetensors")
+            .is_file()
+    );
     assert!(!dir.join(UNET16).exists());
-    assert_eq!(SourceManifest::read(&dir).unwrap().unwrap().precision, "fp32");
+    assert_eq!(
+        SourceManifest::read(&dir).unwrap().unwrap().precision,
+        "fp32"
+    );
 }
 
 #[test]
@@ -80,15 +116,34 @@ fn dalle_download_has_the_layout_the_dalle_loader_reads() {
         let tmp = tempfile::tempdir().unwrap();
         download_model(&spec, tmp.path(), &hub.config()).unwrap();
         let dir = tmp.path().join(id);
-        for f in ["config.json", "flax_model.msgpack", "vocab.json", "merges.txt", "enwiki-words-frequency.txt", "vqgan/config.json", "vqgan/flax_model.msgpack"] {
+        for f in [
+            "config.json",
+            "flax_model.msgpack",
+            "vocab.json",
+            "merges.txt",
+            "enwiki-words-frequency.txt",
+            "vqgan/config.json",
+            "vqgan/flax_model.msgpack",
+        ] {
             assert!(dir.join(f).is_file(), "{id}: {f}");
         }
         // mega's word list comes from dalle-mini's repository
         let m = SourceManifest::read(&dir).unwrap().unwrap();
-        assert_eq!(m.entry("enwiki-words-frequency.txt").unwrap().repo, "dalle-mini/dalle-mini");
-        assert_eq!(m.entry("vqgan/flax_model.msgpack").unwrap().repo, "dalle-mini/vqgan_imagenet_f16_16384");
-        let model = kiln::models::dalle_mini::DalleMini::<B>::load(&dir, &burn::backend::flex::FlexDevice);
-        assert!(model.is_ok(), "{id}: downloaded folder does not load: {:?}", model.err());
+        assert_eq!(
+            m.entry("enwiki-words-frequency.txt").unwrap().repo,
+            "dalle-mini/dalle-mini"
+        );
+        assert_eq!(
+            m.entry("vqgan/flax_model.msgpack").unwrap().repo,
+            "dalle-mini/vqgan_imagenet_f16_16384"
+        );
+        let model =
+            kiln::models::dalle_mini::DalleMini::<B>::load(&dir, &burn::backend::flex::FlexDevice);
+        assert!(
+            model.is_ok(),
+            "{id}: downloaded folder does not load: {:?}",
+            model.err()
+        );
         let listed = installed_models(tmp.path()).unwrap();
         assert_eq!(listed[0].family, id);
         // the tiny fixture pairs an fp32 DalleBart with an fp16 VQGAN
@@ -105,9 +160,16 @@ fn resumes_after_a_cut_connection() {
     let full = sd15_fixture_content("", UNET16);
     assert_eq!(read(&tmp.path().join("sd15").join(UNET16)), full);
     // the second GET asked for the rest only
-    let gets: Vec<String> = hub.log().into_iter().filter(|l| l.starts_with("GET /cdn/") && l.contains(UNET16)).collect();
+    let gets: Vec<String> = hub
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("GET /cdn/") && l.contains(UNET16))
+        .collect();
     assert_eq!(gets.len(), 2, "{gets:?}");
-    assert_eq!(gets[1].rsplit(' ').next().unwrap(), format!("bytes={}-", full.len() / 2));
+    assert_eq!(
+        gets[1].rsplit(' ').next().unwrap(),
+        format!("bytes={}-", full.len() / 2)
+    );
 }
 
 #[test]
@@ -116,18 +178,31 @@ fn resumes_a_part_file_left_by_an_earlier_run() {
     let tmp = tempfile::tempdir().unwrap();
     let full = sd15_fixture_content("", UNET16);
     let sha = sha256_hex(&full);
-    let part = tmp.path().join(format!("sd15/{UNET16}.{}.part", &sha[..16]));
+    let part = tmp
+        .path()
+        .join(format!("sd15/{UNET16}.{}.part", &sha[..16]));
     std::fs::create_dir_all(part.parent().unwrap()).unwrap();
     std::fs::write(&part, &full[..1000]).unwrap();
     // a part file of another version of the file is stale and goes away
-    let stale = tmp.path().join(format!("sd15/{UNET16}.ffffffffffffffff.part"));
+    let stale = tmp
+        .path()
+        .join(format!("sd15/{UNET16}.ffffffffffffffff.part"));
     std::fs::write(&stale, b"old").unwrap();
 
     download_model(&spec, tmp.path(), &hub.config()).unwrap();
     assert_eq!(read(&tmp.path().join("sd15").join(UNET16)), full);
     assert!(!part.exists() && !stale.exists());
-    let gets: Vec<String> = hub.log().into_iter().filter(|l| l.starts_with("GET /cdn/") && l.contains(UNET16)).collect();
-    assert_eq!(gets, vec![format!("GET /cdn/stable-diffusion-v1-5/stable-diffusion-v1-5/{UNET16} bytes=1000-")]);
+    let gets: Vec<String> = hub
+        .log()
+        .into_iter()
+        .filter(|l| l.starts_with("GET /cdn/") && l.contains(UNET16))
+        .collect();
+    assert_eq!(
+        gets,
+        vec![format!(
+            "GET /cdn/stable-diffusion-v1-5/stable-diffusion-v1-5/{UNET16} bytes=1000-"
+        )]
+    );
 }
 
 #[test]
@@ -138,11 +213,21 @@ fn checksum_mismatch_is_an_error_and_leaves_no_complete_looking_file() {
     let err = download_model(&spec, tmp.path(), &hub.config()).unwrap_err();
     assert!(matches!(err, DownloadError::Checksum { .. }), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("checksum mismatch") && msg.contains("run the command again"), "{msg}");
+    assert!(
+        msg.contains("checksum mismatch") && msg.contains("run the command again"),
+        "{msg}"
+    );
     let dir = tmp.path().join("sd15");
     assert!(!dir.join(UNET16).exists());
-    let leftovers: Vec<_> = std::fs::read_dir(dir.join("unet")).unwrap().flatten().map(|e| e.file_name()).collect();
-    assert!(leftovers.iter().all(|n| n == "config.json"), "{leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.join("unet"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        leftovers.iter().all(|n| n == "config.json"),
+        "{leftovers:?}"
+    );
     let m = SourceManifest::read(&dir).unwrap().unwrap();
     assert!(!m.complete && m.entry(UNET16).is_none());
     assert!(is_incomplete_download(&dir));
@@ -151,7 +236,10 @@ fn checksum_mismatch_is_an_error_and_leaves_no_complete_looking_file() {
     assert!(recorded > 0);
     let before = hub.log().len();
     let _ = download_model(&spec, tmp.path(), &hub.config()).unwrap_err();
-    let heads = hub.log()[before..].iter().filter(|l| l.starts_with("HEAD")).count();
+    let heads = hub.log()[before..]
+        .iter()
+        .filter(|l| l.starts_with("HEAD"))
+        .count();
     assert_eq!(heads, 1, "only the failed file is asked for again");
     assert!(dir.join(SOURCE_FILE).is_file());
 }
@@ -162,7 +250,10 @@ fn token_goes_to_the_hub_and_its_absence_is_explained() {
     hub.require_token("hf_secret");
     let tmp = tempfile::tempdir().unwrap();
     let err = download_model(&spec, tmp.path(), &hub.config()).unwrap_err();
-    assert!(matches!(err, DownloadError::Http { status: 401, .. }), "{err}");
+    assert!(
+        matches!(err, DownloadError::Http { status: 401, .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("HF_TOKEN"), "{err}");
     let mut cfg = hub.config();
     cfg.token = Some("hf_secret".into());
@@ -173,8 +264,15 @@ fn token_goes_to_the_hub_and_its_absence_is_explained() {
 fn unknown_revision_is_a_clear_not_found() {
     let (hub, spec) = sd15_hub();
     let tmp = tempfile::tempdir().unwrap();
-    let err = download_model(&spec.with_revision("deadbeef"), tmp.path(), &hub.config()).unwrap_err();
-    assert!(matches!(err, DownloadError::Http { status: 404, .. }), "{err}");
+    let err =
+        download_model(&spec.with_revision("deadbeef"), tmp.path(), &hub.config()).unwrap_err();
+    assert!(
+        matches!(err, DownloadError::Http { status: 404, .. }),
+        "{err}"
+    );
     let msg = err.to_string();
-    assert!(msg.contains("/resolve/deadbeef/") && msg.contains("not found"), "{msg}");
+    assert!(
+        msg.contains("/resolve/deadbeef/") && msg.contains("not found"),
+        "{msg}"
+    );
 }

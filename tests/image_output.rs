@@ -21,7 +21,9 @@ fn sample() -> Parameters {
 }
 
 fn img() -> RgbImage {
-    RgbImage::from_fn(24, 16, |x, y| image::Rgb([(x * 10) as u8, (y * 15) as u8, 128]))
+    RgbImage::from_fn(24, 16, |x, y| {
+        image::Rgb([(x * 10) as u8, (y * 15) as u8, 128])
+    })
 }
 
 #[test]
@@ -40,7 +42,14 @@ fn png_parameters_round_trip() {
 
 #[test]
 fn unicode_prompts_and_quoted_values_survive() {
-    let p = Parameters { prompt: "café, 東京の夜景 🌃".into(), negative_prompt: String::new(), model: "my model: v2, final".into(), clip_skip: 1, denoising_strength: None, ..sample() };
+    let p = Parameters {
+        prompt: "café, 東京の夜景 🌃".into(),
+        negative_prompt: String::new(),
+        model: "my model: v2, final".into(),
+        clip_skip: 1,
+        denoising_strength: None,
+        ..sample()
+    };
     let png = image_io::encode(&img(), ImageFormat::Png, None, Some(&p)).unwrap();
     assert_eq!(image_io::read_parameters(&png).unwrap(), Some(p));
 }
@@ -56,10 +65,22 @@ fn jpeg_and_webp_encode_and_quality_is_checked() {
     let small = image_io::encode(&img(), ImageFormat::Jpeg, Some(10), None).unwrap();
     let large = image_io::encode(&img(), ImageFormat::Jpeg, Some(100), None).unwrap();
     assert!(small.len() < large.len());
-    assert_eq!(image::guess_format(&large).unwrap(), image::ImageFormat::Jpeg);
+    assert_eq!(
+        image::guess_format(&large).unwrap(),
+        image::ImageFormat::Jpeg
+    );
     let webp = image_io::encode(&img(), ImageFormat::Webp, None, None).unwrap();
-    assert_eq!(image::load_from_memory(&webp).unwrap().to_rgb8(), img(), "WebP is lossless");
-    assert!(image_io::encode(&img(), ImageFormat::Webp, Some(80), None).unwrap_err().to_string().contains("JPEG only"));
+    assert_eq!(
+        image::load_from_memory(&webp).unwrap().to_rgb8(),
+        img(),
+        "WebP is lossless"
+    );
+    assert!(
+        image_io::encode(&img(), ImageFormat::Webp, Some(80), None)
+            .unwrap_err()
+            .to_string()
+            .contains("JPEG only")
+    );
     assert!(image_io::encode(&img(), ImageFormat::Jpeg, Some(0), None).is_err());
     assert!("gif".parse::<ImageFormat>().is_err());
 }

@@ -18,13 +18,34 @@ fn committed_openapi_json_is_up_to_date() {
 
 #[test]
 fn spec_lists_every_endpoint() {
-    let spec: serde_json::Value = serde_json::from_str(&kiln::server::spec_json()).expect("spec is JSON");
+    let spec: serde_json::Value =
+        serde_json::from_str(&kiln::server::spec_json()).expect("spec is JSON");
     let paths = spec["paths"].as_object().expect("paths");
-    for p in ["/v1/images/generations", "/v1/images/edits", "/v1/images/files/{id}", "/v1/models", "/v1/models/{model}", "/v1", "/health"] {
+    for p in [
+        "/v1/images/generations",
+        "/v1/images/edits",
+        "/v1/images/files/{id}",
+        "/v1/models",
+        "/v1/models/{model}",
+        "/v1",
+        "/health",
+    ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
     let gen_body = &spec["components"]["schemas"]["CreateImageRequest"]["properties"];
-    for f in ["prompt", "n", "size", "response_format", "output_format", "seed", "negative_prompt", "guidance_scale", "num_inference_steps", "stream", "partial_images"] {
+    for f in [
+        "prompt",
+        "n",
+        "size",
+        "response_format",
+        "output_format",
+        "seed",
+        "negative_prompt",
+        "guidance_scale",
+        "num_inference_steps",
+        "stream",
+        "partial_images",
+    ] {
         assert!(gen_body.get(f).is_some(), "CreateImageRequest lacks {f}");
     }
 }

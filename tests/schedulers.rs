@@ -8,12 +8,17 @@ use kiln::schedulers::{EulerDiscrete, SchedulerConfig, SchedulerKind};
 use serde_json::Value;
 
 fn refs() -> Value {
-    let text = std::fs::read_to_string(sd_tiny().join("refs/schedulers.json")).expect("schedulers.json");
+    let text =
+        std::fs::read_to_string(sd_tiny().join("refs/schedulers.json")).expect("schedulers.json");
     serde_json::from_str(&text).expect("json")
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 fn kind(name: &str) -> SchedulerKind {
@@ -28,7 +33,11 @@ fn config() -> SchedulerConfig {
 fn alphas_cumprod_match() {
     let want = floats(&refs()["alphas_cumprod"]["values"]);
     let got = config().alphas_cumprod();
-    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let d = got
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(d < 1e-7, "alphas_cumprod max diff {d}");
 }
 
@@ -41,14 +50,33 @@ fn timesteps_sigmas_and_init_sigma_match() {
         let s = kind(name).build::<B>(&cfg, steps).unwrap();
         let want = floats(&case["timesteps"]);
         let got = s.timesteps();
-        assert_eq!(got.len(), want.len(), "{name} {steps} steps: timestep count");
-        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(d < 1e-4, "{name} {steps} steps: timesteps {got:?} vs {want:?}");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{name} {steps} steps: timestep count"
+        );
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d < 1e-4,
+            "{name} {steps} steps: timesteps {got:?} vs {want:?}"
+        );
         let sigma = case["init_noise_sigma"].as_f64().unwrap();
-        assert!((s.init_noise_sigma() - sigma).abs() < 1e-5 * sigma.max(1.0), "{name} {steps}: init_noise_sigma");
+        assert!(
+            (s.init_noise_sigma() - sigma).abs() < 1e-5 * sigma.max(1.0),
+            "{name} {steps}: init_noise_sigma"
+        );
         if case.get("sigmas").is_some() {
             let e = EulerDiscrete::new(&cfg, steps);
-            let d = e.sigmas().iter().zip(floats(&case["sigmas"])).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            let d = e
+                .sigmas()
+                .iter()
+                .zip(floats(&case["sigmas"]))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
             assert!(d < 1e-5, "{name} {steps}: sigmas differ by {d}");
         }
     }
@@ -70,12 +98,24 @@ fn every_step_matches() {
         for i in 0..eps.len() {
             if let Some(smi) = case.get("scale_model_input") {
                 let got = values(s.scale_model_input(sample.clone(), i));
-                assert_close(&format!("{name} scale_model_input {i}"), &got, &to32(&smi[i]), 1e-5);
+                assert_close(
+                    &format!("{name} scale_model_input {i}"),
+                    &got,
+                    &to32(&smi[i]),
+                    1e-5,
+                );
             }
-            sample = s.step(tensor::<4>(&shape, to32(&eps[i])), i, sample, &mut || panic!("{name} is deterministic but asked for noise"));
+            sample = s.step(tensor::<4>(&shape, to32(&eps[i])), i, sample, &mut || {
+                panic!("{name} is deterministic but asked for noise")
+            });
             let want = to32(&prev[i]);
             let tol = 1e-5 * want.iter().fold(1f32, |m, x| m.max(x.abs()));
-            assert_close(&format!("{name} step {i}"), &values(sample.clone()), &want, tol);
+            assert_close(
+                &format!("{name} step {i}"),
+                &values(sample.clone()),
+                &want,
+                tol,
+            );
         }
     }
 }
@@ -94,5 +134,8 @@ fn scheduler_names_people_use_are_accepted() {
         assert_eq!(name.parse::<SchedulerKind>().unwrap(), want, "{name}");
     }
     let err = "dpm_fast".parse::<SchedulerKind>().unwrap_err().to_string();
-    assert!(err.contains("unknown scheduler `dpm_fast`") && err.contains("ddim"), "{err}");
+    assert!(
+        err.contains("unknown scheduler `dpm_fast`") && err.contains("ddim"),
+        "{err}"
+    );
 }

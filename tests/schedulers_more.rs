@@ -12,19 +12,25 @@ use common::*;
 use kiln::image_io::to_u8;
 use kiln::models::sd15::{GenerateRequest, StableDiffusion};
 use kiln::schedulers::{
-    DpmSolverMultistep, EulerAncestral, Heun, Lms, SchedulerConfig, SchedulerKind, SchedulerOptions, UniPc,
+    DpmSolverMultistep, EulerAncestral, Heun, Lms, SchedulerConfig, SchedulerKind,
+    SchedulerOptions, UniPc,
 };
 use serde_json::Value;
 
 fn refs() -> Value {
-    let text = std::fs::read_to_string(sd_tiny().join("refs/schedulers_more.json")).expect("schedulers_more.json");
+    let text = std::fs::read_to_string(sd_tiny().join("refs/schedulers_more.json"))
+        .expect("schedulers_more.json");
     // Python's json writes DPM-Solver's `lambda_min_clipped: -inf` as `-Infinity`, which is not
     // JSON; it only appears in the informational resolved configs.
     serde_json::from_str(&text.replace("-Infinity", "null")).expect("json")
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().expect("array").iter().map(|x| x.as_f64().expect("number")).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
@@ -39,7 +45,12 @@ fn config() -> SchedulerConfig {
 fn kind(id: &str, step_kwargs: &Value) -> (SchedulerKind, SchedulerOptions) {
     let name = id.split("_eta").next().unwrap_or(id);
     let kind = name.parse().unwrap_or_else(|e| panic!("{id}: {e}"));
-    (kind, SchedulerOptions { eta: step_kwargs.get("eta").and_then(Value::as_f64) })
+    (
+        kind,
+        SchedulerOptions {
+            eta: step_kwargs.get("eta").and_then(Value::as_f64),
+        },
+    )
 }
 
 /// The sigmas of the sigma-keeping schedulers, through their concrete types.
@@ -48,9 +59,15 @@ fn sigmas(kind: SchedulerKind, cfg: &SchedulerConfig, steps: usize) -> Option<Ve
         SchedulerKind::EulerAncestral => EulerAncestral::new(cfg, steps).sigmas().to_vec(),
         SchedulerKind::Heun => Heun::<B>::new(cfg, steps).sigmas().to_vec(),
         SchedulerKind::Lms => Lms::<B>::new(cfg, steps).sigmas().to_vec(),
-        SchedulerKind::DpmPp2m => DpmSolverMultistep::<B>::new(cfg, steps, false, false).sigmas().to_vec(),
-        SchedulerKind::DpmPp2mKarras => DpmSolverMultistep::<B>::new(cfg, steps, true, false).sigmas().to_vec(),
-        SchedulerKind::DpmPp2mSdeKarras => DpmSolverMultistep::<B>::new(cfg, steps, true, true).sigmas().to_vec(),
+        SchedulerKind::DpmPp2m => DpmSolverMultistep::<B>::new(cfg, steps, false, false)
+            .sigmas()
+            .to_vec(),
+        SchedulerKind::DpmPp2mKarras => DpmSolverMultistep::<B>::new(cfg, steps, true, false)
+            .sigmas()
+            .to_vec(),
+        SchedulerKind::DpmPp2mSdeKarras => DpmSolverMultistep::<B>::new(cfg, steps, true, true)
+            .sigmas()
+            .to_vec(),
         SchedulerKind::UniPc => UniPc::<B>::new(cfg, steps).sigmas().to_vec(),
         _ => return None,
     })
@@ -69,19 +86,45 @@ fn timesteps_sigmas_and_init_sigma_match() {
         let want = floats(&case["timesteps"]);
         let got = s.timesteps();
         assert_eq!(got.len(), want.len(), "{id} {steps} steps: timestep count");
-        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-        assert!(d <= 1e-4, "{id} {steps} steps: timesteps {got:?} vs {want:?}");
+        let d = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            d <= 1e-4,
+            "{id} {steps} steps: timesteps {got:?} vs {want:?}"
+        );
         let sigma = case["init_noise_sigma"].as_f64().unwrap();
-        assert!((s.init_noise_sigma() - sigma).abs() <= 1e-5 * sigma.max(1.0), "{id} {steps}: init_noise_sigma {} vs {sigma}", s.init_noise_sigma());
-        match (case.get("sigmas").filter(|v| !v.as_array().is_some_and(Vec::is_empty)), sigmas(kind, &cfg, steps)) {
+        assert!(
+            (s.init_noise_sigma() - sigma).abs() <= 1e-5 * sigma.max(1.0),
+            "{id} {steps}: init_noise_sigma {} vs {sigma}",
+            s.init_noise_sigma()
+        );
+        match (
+            case.get("sigmas")
+                .filter(|v| !v.as_array().is_some_and(Vec::is_empty)),
+            sigmas(kind, &cfg, steps),
+        ) {
             (Some(want), Some(got)) => {
                 let want = floats(want);
                 assert_eq!(got.len(), want.len(), "{id} {steps}: sigma count");
-                let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs() / b.abs().max(1e-30)).fold(0.0, f64::max);
-                assert!(d <= 1e-5, "{id} {steps}: sigmas differ by {d:e} relative: {got:?} vs {want:?}");
+                let d = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs() / b.abs().max(1e-30))
+                    .fold(0.0, f64::max);
+                assert!(
+                    d <= 1e-5,
+                    "{id} {steps}: sigmas differ by {d:e} relative: {got:?} vs {want:?}"
+                );
             }
             (None, None) => {}
-            (w, g) => panic!("{id} {steps}: reference has sigmas: {}, we have: {}", w.is_some(), g.is_some()),
+            (w, g) => panic!(
+                "{id} {steps}: reference has sigmas: {}, we have: {}",
+                w.is_some(),
+                g.is_some()
+            ),
         }
     }
     eprintln!("{} timestep cases checked", cases.len());
@@ -105,15 +148,27 @@ fn every_step_matches() {
         let mut worst = 0f32;
         for i in 0..eps.len() {
             let got = values(s.scale_model_input(sample.clone(), i));
-            assert_close_scaled(&format!("{id} {steps} scale_model_input {i}"), &got, &f32s(&case["scale_model_input"][i]), 1e-5);
+            assert_close_scaled(
+                &format!("{id} {steps} scale_model_input {i}"),
+                &got,
+                &f32s(&case["scale_model_input"][i]),
+                1e-5,
+            );
             let used = Cell::new(false);
             let mut draw = || {
                 assert!(!used.replace(true), "{id} step {i}: drew noise twice");
-                assert!(!noise[i].is_null(), "{id} step {i}: drew noise where diffusers drew none");
+                assert!(
+                    !noise[i].is_null(),
+                    "{id} step {i}: drew noise where diffusers drew none"
+                );
                 tensor::<4>(&shape, f32s(&noise[i]))
             };
             sample = s.step(tensor::<4>(&shape, f32s(&eps[i])), i, sample, &mut draw);
-            assert_eq!(used.get(), !noise[i].is_null(), "{id} step {i}: noise drawn?");
+            assert_eq!(
+                used.get(),
+                !noise[i].is_null(),
+                "{id} step {i}: noise drawn?"
+            );
             let want = f32s(&prev[i]);
             let got = values(sample.clone());
             let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
@@ -127,13 +182,36 @@ fn every_step_matches() {
 #[test]
 fn names_people_use_are_accepted() {
     for (names, want) in [
-        (&["euler_a", "Euler a", "EulerAncestralDiscreteScheduler", "euler-ancestral"][..], SchedulerKind::EulerAncestral),
-        (&["heun", "Heun", "HeunDiscreteScheduler"], SchedulerKind::Heun),
+        (
+            &[
+                "euler_a",
+                "Euler a",
+                "EulerAncestralDiscreteScheduler",
+                "euler-ancestral",
+            ][..],
+            SchedulerKind::EulerAncestral,
+        ),
+        (
+            &["heun", "Heun", "HeunDiscreteScheduler"],
+            SchedulerKind::Heun,
+        ),
         (&["lms", "LMS", "LMSDiscreteScheduler"], SchedulerKind::Lms),
-        (&["dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler"], SchedulerKind::DpmPp2m),
-        (&["dpmpp_2m_karras", "DPM++ 2M Karras", "dpm++ 2m karras"], SchedulerKind::DpmPp2mKarras),
-        (&["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"], SchedulerKind::DpmPp2mSdeKarras),
-        (&["unipc", "UniPC", "UniPCMultistepScheduler"], SchedulerKind::UniPc),
+        (
+            &["dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler"],
+            SchedulerKind::DpmPp2m,
+        ),
+        (
+            &["dpmpp_2m_karras", "DPM++ 2M Karras", "dpm++ 2m karras"],
+            SchedulerKind::DpmPp2mKarras,
+        ),
+        (
+            &["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"],
+            SchedulerKind::DpmPp2mSdeKarras,
+        ),
+        (
+            &["unipc", "UniPC", "UniPCMultistepScheduler"],
+            SchedulerKind::UniPc,
+        ),
         (&["ddpm", "DDPM", "DDPMScheduler"], SchedulerKind::Ddpm),
         (&["lcm", "LCM", "LCMScheduler"], SchedulerKind::Lcm),
     ] {
@@ -148,19 +226,38 @@ fn names_people_use_are_accepted() {
 fn bad_options_are_errors() {
     let cfg = config();
     let eta = |eta| SchedulerOptions { eta: Some(eta) };
-    let err = SchedulerKind::EulerAncestral.build_with::<B>(&cfg, 4, &eta(0.5)).err().expect("eta with Euler a").to_string();
+    let err = SchedulerKind::EulerAncestral
+        .build_with::<B>(&cfg, 4, &eta(0.5))
+        .err()
+        .expect("eta with Euler a")
+        .to_string();
     assert!(err.contains("DDIM"), "{err}");
     for bad in [-0.1, 1.5, f64::NAN] {
-        let err = SchedulerKind::Ddim.build_with::<B>(&cfg, 4, &eta(bad)).err().expect("eta out of range").to_string();
+        let err = SchedulerKind::Ddim
+            .build_with::<B>(&cfg, 4, &eta(bad))
+            .err()
+            .expect("eta out of range")
+            .to_string();
         assert!(err.contains("eta must be between 0 and 1"), "{err}");
     }
-    assert!(SchedulerKind::Ddim.build_with::<B>(&cfg, 4, &eta(1.0)).is_ok());
+    assert!(
+        SchedulerKind::Ddim
+            .build_with::<B>(&cfg, 4, &eta(1.0))
+            .is_ok()
+    );
     // LCM samples its 50-step distillation schedule, so it takes at most 50 steps.
-    let err = SchedulerKind::Lcm.build::<B>(&cfg, 51).err().expect("LCM with 51 steps").to_string();
+    let err = SchedulerKind::Lcm
+        .build::<B>(&cfg, 51)
+        .err()
+        .expect("LCM with 51 steps")
+        .to_string();
     assert!(err.contains("at most 50"), "{err}");
     for kind in kiln::schedulers::REGISTRY.iter().map(|(k, _)| *k) {
         assert!(kind.build::<B>(&cfg, 0).is_err(), "{kind:?} with 0 steps");
-        assert!(kind.build::<B>(&cfg, 1001).is_err(), "{kind:?} with 1001 steps");
+        assert!(
+            kind.build::<B>(&cfg, 1001).is_err(),
+            "{kind:?} with 1001 steps"
+        );
     }
 }
 
@@ -171,9 +268,11 @@ fn check_pipeline(id: &str, kind: SchedulerKind) {
     let m = StableDiffusion::<B>::load(&sd_tiny(), false, &device()).expect("tiny model loads");
     let (shape, init) = reference(&file, "init_noise");
     let (ts_shape, _) = reference(&file, "timesteps");
-    let f = kiln::weights::TensorFile::open(&sd_tiny().join("refs").join(&file)).expect("reference file");
-    let step_noise: Vec<Vec<f32>> =
-        (0..ts_shape[0]).map_while(|i| f.read_f32(&format!("noise_step{i}")).ok().map(|(_, v)| v)).collect();
+    let f = kiln::weights::TensorFile::open(&sd_tiny().join("refs").join(&file))
+        .expect("reference file");
+    let step_noise: Vec<Vec<f32>> = (0..ts_shape[0])
+        .map_while(|i| f.read_f32(&format!("noise_step{i}")).ok().map(|(_, v)| v))
+        .collect();
     let req = GenerateRequest {
         prompt: "a photograph of an astronaut riding a horse".into(),
         steps: 4,
@@ -187,7 +286,12 @@ fn check_pipeline(id: &str, kind: SchedulerKind) {
     };
     let out = m.generate(&req, &mut |_, _| true).expect("generation runs");
     let (_, want) = reference(&file, "final_latents");
-    assert_close_scaled(&format!("{file} final latents"), &values(out.latents), &want, 1e-4);
+    assert_close_scaled(
+        &format!("{file} final latents"),
+        &values(out.latents),
+        &want,
+        1e-4,
+    );
     let got_img = values(out.images);
     let (ps, want_px) = reference(&file, "pixels");
     let (h, w) = (ps[1], ps[2]);

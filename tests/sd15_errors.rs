@@ -17,7 +17,9 @@ fn copy_dir(from: &Path, to: &Path) {
             if e.file_name() != "refs" {
                 copy_dir(&e.path(), &dst);
             }
-        } else if e.path().parent() != Some(sd_tiny().as_path()) || e.file_name() == "model_index.json" {
+        } else if e.path().parent() != Some(sd_tiny().as_path())
+            || e.file_name() == "model_index.json"
+        {
             std::fs::copy(e.path(), dst).unwrap();
         }
     }
@@ -58,14 +60,21 @@ fn wrong_shape_tensor_names_file_and_key() {
     let bad = vec![0u8; 4 * 7];
     for (name, view) in st.tensors() {
         if name == "conv_out.bias" {
-            tensors.push((name, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![7], &bad).unwrap()));
+            tensors.push((
+                name,
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![7], &bad)
+                    .unwrap(),
+            ));
         } else {
             tensors.push((name, view));
         }
     }
     std::fs::write(&f, safetensors::serialize(tensors, None).unwrap()).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("conv_out.bias") && err.contains("diffusion_pytorch_model.safetensors"), "{err}");
+    assert!(
+        err.contains("conv_out.bias") && err.contains("diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
     assert!(err.contains("[7]"), "{err}");
 }
 
@@ -76,26 +85,79 @@ fn missing_tensor_is_an_error_naming_it() {
     let f = dir.path().join("vae/diffusion_pytorch_model.safetensors");
     let bytes = std::fs::read(&f).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let kept: Vec<_> = st.tensors().into_iter().filter(|(n, _)| n != "decoder.conv_out.weight").collect();
+    let kept: Vec<_> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| n != "decoder.conv_out.weight")
+        .collect();
     std::fs::write(&f, safetensors::serialize(kept, None).unwrap()).unwrap();
     let err = load_err(dir.path());
-    assert!(err.contains("decoder.conv_out.weight") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("decoder.conv_out.weight") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
 fn bad_request_values_are_rejected() {
     let m = StableDiffusion::<B>::load(&sd_tiny(), false, &device()).unwrap();
-    let ok = GenerateRequest { prompt: "x".into(), steps: 1, width: 64, height: 64, ..Default::default() };
+    let ok = GenerateRequest {
+        prompt: "x".into(),
+        steps: 1,
+        width: 64,
+        height: 64,
+        ..Default::default()
+    };
     for (req, needle) in [
-        (GenerateRequest { width: 60, ..ok.clone() }, "multiples of 8"),
-        (GenerateRequest { height: 0, ..ok.clone() }, "multiples of 8"),
+        (
+            GenerateRequest {
+                width: 60,
+                ..ok.clone()
+            },
+            "multiples of 8",
+        ),
+        (
+            GenerateRequest {
+                height: 0,
+                ..ok.clone()
+            },
+            "multiples of 8",
+        ),
         (GenerateRequest { n: 0, ..ok.clone() }, "n must be"),
-        (GenerateRequest { steps: 0, ..ok.clone() }, "steps must be"),
-        (GenerateRequest { steps: 5000, ..ok.clone() }, "steps must be"),
-        (GenerateRequest { clip_skip: 3, ..ok.clone() }, "clip_skip"),
-        (GenerateRequest { init_latents: Some(vec![0.0; 5]), ..ok.clone() }, "init latents"),
+        (
+            GenerateRequest {
+                steps: 0,
+                ..ok.clone()
+            },
+            "steps must be",
+        ),
+        (
+            GenerateRequest {
+                steps: 5000,
+                ..ok.clone()
+            },
+            "steps must be",
+        ),
+        (
+            GenerateRequest {
+                clip_skip: 3,
+                ..ok.clone()
+            },
+            "clip_skip",
+        ),
+        (
+            GenerateRequest {
+                init_latents: Some(vec![0.0; 5]),
+                ..ok.clone()
+            },
+            "init latents",
+        ),
     ] {
-        let err = m.generate(&req, &mut |_, _| true).err().expect("rejected").to_string();
+        let err = m
+            .generate(&req, &mut |_, _| true)
+            .err()
+            .expect("rejected")
+            .to_string();
         assert!(err.contains(needle), "{err}");
     }
 }

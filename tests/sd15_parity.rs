@@ -22,9 +22,19 @@ fn text_encoder_matches_transformers() {
     let (_, want_ids) = reference("text_encoder.safetensors", "prompt_ids");
     assert_eq!(ids.iter().map(|&i| i as f32).collect::<Vec<_>>(), want_ids);
     let (_, want) = reference("text_encoder.safetensors", "prompt_embeds");
-    assert_close("prompt_embeds", &values(m.encode_prompt(PROMPT, 1).unwrap()), &want, TOL);
+    assert_close(
+        "prompt_embeds",
+        &values(m.encode_prompt(PROMPT, 1).unwrap()),
+        &want,
+        TOL,
+    );
     let (_, want) = reference("text_encoder.safetensors", "uncond_embeds");
-    assert_close("uncond_embeds", &values(m.encode_prompt("", 1).unwrap()), &want, TOL);
+    assert_close(
+        "uncond_embeds",
+        &values(m.encode_prompt("", 1).unwrap()),
+        &want,
+        TOL,
+    );
 }
 
 #[test]
@@ -34,7 +44,11 @@ fn unet_matches_diffusers() {
     let (_, t) = reference("unet.safetensors", "timestep");
     let (cs, ctx) = reference("unet.safetensors", "encoder_hidden_states");
     let (_, want) = reference("unet.safetensors", "out");
-    let out = m.parts.unet.forward(tensor::<4>(&ss, sample), t[0] as f64, &tensor::<3>(&cs, ctx));
+    let out = m.parts.unet.forward(
+        tensor::<4>(&ss, sample),
+        t[0] as f64,
+        &tensor::<3>(&cs, ctx),
+    );
     assert_close("unet out", &values(out), &want, TOL);
 }
 
@@ -43,10 +57,19 @@ fn vae_decode_and_encode_match_diffusers() {
     let m = model(true);
     let (s, z) = reference("vae.safetensors", "decode_in");
     let (_, want) = reference("vae.safetensors", "decode_out");
-    assert_close("vae decode", &values(m.parts.vae.decode(tensor::<4>(&s, z))), &want, TOL);
+    assert_close(
+        "vae decode",
+        &values(m.parts.vae.decode(tensor::<4>(&s, z))),
+        &want,
+        TOL,
+    );
 
     let (s, x) = reference("vae.safetensors", "encode_in");
-    let (mean, logvar) = m.parts.vae.encode(tensor::<4>(&s, x)).expect("encoder was loaded");
+    let (mean, logvar) = m
+        .parts
+        .vae
+        .encode(tensor::<4>(&s, x))
+        .expect("encoder was loaded");
     let (_, want) = reference("vae.safetensors", "encode_mean");
     assert_close("vae encode mean", &values(mean), &want, TOL);
     let (_, want) = reference("vae.safetensors", "encode_logvar");
@@ -75,7 +98,12 @@ fn check_pipeline(file: &str, scheduler: SchedulerKind, negative: &str, n: usize
     };
     let out = m.generate(&req, &mut |_, _| true).expect("generation runs");
     let (_, want) = reference(file, "final_latents");
-    assert_close_scaled(&format!("{file} final latents"), &values(out.latents), &want, TOL);
+    assert_close_scaled(
+        &format!("{file} final latents"),
+        &values(out.latents),
+        &want,
+        TOL,
+    );
     let (_, want_img) = reference(file, "image");
     let got_img = values(out.images);
     assert_close_scaled(&format!("{file} image"), &got_img, &want_img, TOL);
@@ -104,7 +132,12 @@ fn ddim_4_steps_match_diffusers() {
 
 #[test]
 fn ddim_with_negative_prompt_matches_diffusers() {
-    check_pipeline("pipeline_ddim4_neg.safetensors", SchedulerKind::Ddim, "blurry, low quality", 1);
+    check_pipeline(
+        "pipeline_ddim4_neg.safetensors",
+        SchedulerKind::Ddim,
+        "blurry, low quality",
+        1,
+    );
 }
 
 #[test]
@@ -114,12 +147,22 @@ fn pndm_4_steps_match_diffusers() {
 
 #[test]
 fn euler_4_steps_match_diffusers() {
-    check_pipeline("pipeline_euler4.safetensors", SchedulerKind::EulerDiscrete, "", 1);
+    check_pipeline(
+        "pipeline_euler4.safetensors",
+        SchedulerKind::EulerDiscrete,
+        "",
+        1,
+    );
 }
 
 #[test]
 fn euler_two_images_per_prompt_match_diffusers() {
-    check_pipeline("pipeline_euler4_n2.safetensors", SchedulerKind::EulerDiscrete, "", 2);
+    check_pipeline(
+        "pipeline_euler4_n2.safetensors",
+        SchedulerKind::EulerDiscrete,
+        "",
+        2,
+    );
 }
 
 #[test]
@@ -141,26 +184,55 @@ fn single_file_and_folder_give_identical_outputs() {
             eprintln!("{file} not in the fixtures; skipped");
             continue;
         }
-        let single = StableDiffusion::<B>::load(&path, false, &device()).expect("single file loads");
+        let single =
+            StableDiffusion::<B>::load(&path, false, &device()).expect("single file loads");
         let got = values(single.generate(&req, &mut |_, _| true).unwrap().images);
-        assert_eq!(max_abs_diff(&got, &want), 0.0, "{file} differs from the diffusers folder");
+        assert_eq!(
+            max_abs_diff(&got, &want),
+            0.0,
+            "{file} differs from the diffusers folder"
+        );
     }
 }
 
 #[test]
 fn same_seed_same_image_and_batch_equals_singles() {
     let m = model(false);
-    let base = GenerateRequest { prompt: PROMPT.into(), steps: 2, width: 32, height: 32, seed: 42, n: 2, ..Default::default() };
+    let base = GenerateRequest {
+        prompt: PROMPT.into(),
+        steps: 2,
+        width: 32,
+        height: 32,
+        seed: 42,
+        n: 2,
+        ..Default::default()
+    };
     let batch = values(m.generate(&base, &mut |_, _| true).unwrap().latents);
     let again = values(m.generate(&base, &mut |_, _| true).unwrap().latents);
     assert_eq!(batch, again, "same seed must give the same latents");
     let half = batch.len() / 2;
     for k in 0..2 {
-        let single = GenerateRequest { n: 1, seed: 42 + k as u64, ..base.clone() };
+        let single = GenerateRequest {
+            n: 1,
+            seed: 42 + k as u64,
+            ..base.clone()
+        };
         let got = values(m.generate(&single, &mut |_, _| true).unwrap().latents);
-        assert_close(&format!("batch image {k} vs single"), &got, &batch[k * half..(k + 1) * half], 1e-5);
+        assert_close(
+            &format!("batch image {k} vs single"),
+            &got,
+            &batch[k * half..(k + 1) * half],
+            1e-5,
+        );
     }
-    let other = GenerateRequest { seed: 43, n: 1, ..base.clone() };
+    let other = GenerateRequest {
+        seed: 43,
+        n: 1,
+        ..base.clone()
+    };
     let got = values(m.generate(&other, &mut |_, _| true).unwrap().latents);
-    assert!(max_abs_diff(&got, &batch[..half]) > 1e-3, "different seeds must differ");
+    assert!(
+        max_abs_diff(&got, &batch[..half]) > 1e-3,
+        "different seeds must differ"
+    );
 }

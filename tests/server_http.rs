@@ -12,7 +12,11 @@ use server_common::*;
 #[tokio::test]
 async fn generation_returns_b64_png_of_requested_size_with_seeds() {
     let t = start();
-    let r = generate(&t, json!({"prompt": "a red fox", "n": 2, "size": "80x64", "seed": 7})).await;
+    let r = generate(
+        &t,
+        json!({"prompt": "a red fox", "n": 2, "size": "80x64", "seed": 7}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     assert!(v["created"].as_i64().is_some_and(|c| c > 0));
@@ -33,12 +37,21 @@ async fn generation_returns_b64_png_of_requested_size_with_seeds() {
 async fn defaults_and_seed_semantics() {
     let t = start();
     // No model, no size, no response_format (0.28-style): default model, 512x512, b64_json.
-    let a = generate(&t, json!({"prompt": "x", "seed": 42})).await.json();
+    let a = generate(&t, json!({"prompt": "x", "seed": 42}))
+        .await
+        .json();
     assert_eq!(a["size"], "512x512");
-    let b = generate(&t, json!({"prompt": "x", "seed": 42})).await.json();
-    assert_eq!(a["data"][0]["b64_json"], b["data"][0]["b64_json"], "same seed, same image");
+    let b = generate(&t, json!({"prompt": "x", "seed": 42}))
+        .await
+        .json();
+    assert_eq!(
+        a["data"][0]["b64_json"], b["data"][0]["b64_json"],
+        "same seed, same image"
+    );
     // seed 0 means random (Prem); the seed actually used is returned.
-    let c = generate(&t, json!({"prompt": "x", "seed": 0, "size": "64x64"})).await.json();
+    let c = generate(&t, json!({"prompt": "x", "seed": 0, "size": "64x64"}))
+        .await
+        .json();
     assert!(c["data"][0]["seed"].as_u64().is_some_and(|s| s != 0));
 }
 
@@ -72,36 +85,100 @@ async fn every_validation_error_names_its_param() {
         (json!({"prompt": "x", "size": "big"}), 400, "size"),
         (json!({"prompt": "x", "size": "0x0"}), 400, "size"),
         (json!({"prompt": "x", "size": "4096x4096"}), 400, "size"),
-        (json!({"prompt": "x", "response_format": "bogus"}), 400, "response_format"),
-        (json!({"prompt": "x", "output_format": "gif"}), 400, "output_format"),
-        (json!({"prompt": "x", "output_compression": 101}), 400, "output_compression"),
-        (json!({"prompt": "x", "model": "no-such-model"}), 404, "model"),
-        (json!({"prompt": "x", "guidance_scale": "high"}), 400, "guidance_scale"),
-        (json!({"prompt": "x", "guidance_scale": -1}), 400, "guidance_scale"),
-        (json!({"prompt": "x", "num_inference_steps": 0}), 400, "num_inference_steps"),
-        (json!({"prompt": "x", "num_inference_steps": 151}), 400, "num_inference_steps"),
-        (json!({"prompt": "x", "scheduler": "warp-drive"}), 400, "scheduler"),
+        (
+            json!({"prompt": "x", "response_format": "bogus"}),
+            400,
+            "response_format",
+        ),
+        (
+            json!({"prompt": "x", "output_format": "gif"}),
+            400,
+            "output_format",
+        ),
+        (
+            json!({"prompt": "x", "output_compression": 101}),
+            400,
+            "output_compression",
+        ),
+        (
+            json!({"prompt": "x", "model": "no-such-model"}),
+            404,
+            "model",
+        ),
+        (
+            json!({"prompt": "x", "guidance_scale": "high"}),
+            400,
+            "guidance_scale",
+        ),
+        (
+            json!({"prompt": "x", "guidance_scale": -1}),
+            400,
+            "guidance_scale",
+        ),
+        (
+            json!({"prompt": "x", "num_inference_steps": 0}),
+            400,
+            "num_inference_steps",
+        ),
+        (
+            json!({"prompt": "x", "num_inference_steps": 151}),
+            400,
+            "num_inference_steps",
+        ),
+        (
+            json!({"prompt": "x", "scheduler": "warp-drive"}),
+            400,
+            "scheduler",
+        ),
         (json!({"prompt": "x", "seed": -1}), 400, "seed"),
         (json!({"prompt": "x", "strength": 2}), 400, "strength"),
-        (json!({"prompt": "x", "partial_images": 4}), 400, "partial_images"),
+        (
+            json!({"prompt": "x", "partial_images": 4}),
+            400,
+            "partial_images",
+        ),
         (json!({"prompt": "x", "stream": "yes"}), 400, "stream"),
         (json!({"prompt": "x", "top_k": -3}), 400, "top_k"),
     ];
     for (body, status, param) in cases {
         let r = generate(&t, body.clone()).await;
         let e = r.assert_error(status, Some(param));
-        assert_eq!(r.headers.get("x-should-retry").and_then(|v| v.to_str().ok()), Some("false"), "{body}: {e}");
+        assert_eq!(
+            r.headers
+                .get("x-should-retry")
+                .and_then(|v| v.to_str().ok()),
+            Some("false"),
+            "{body}: {e}"
+        );
     }
 }
 
 #[tokio::test]
 async fn malformed_bodies_get_the_envelope() {
     let t = start();
-    let r = send(t.client.post("/v1/images/generations").content_type("application/json").body("{not json")).await;
+    let r = send(
+        t.client
+            .post("/v1/images/generations")
+            .content_type("application/json")
+            .body("{not json"),
+    )
+    .await;
     r.assert_error(400, None);
-    let r = send(t.client.post("/v1/images/generations").content_type("application/json").body("[1,2]")).await;
+    let r = send(
+        t.client
+            .post("/v1/images/generations")
+            .content_type("application/json")
+            .body("[1,2]"),
+    )
+    .await;
     r.assert_error(400, None);
-    let r = send(t.client.post("/v1/images/generations").content_type("text/plain").body("prompt=x")).await;
+    let r = send(
+        t.client
+            .post("/v1/images/generations")
+            .content_type("text/plain")
+            .body("prompt=x"),
+    )
+    .await;
     assert!(r.status.is_client_error());
     r.json()["error"]["message"].as_str().expect("envelope");
 }
@@ -113,7 +190,12 @@ async fn routing_errors_get_the_envelope() {
     send(t.client.get("/nope")).await.assert_error(404, None);
     let r = send(t.client.get("/v1/images/generations")).await;
     r.assert_error(405, None);
-    assert_eq!(r.headers.get("x-should-retry").and_then(|v| v.to_str().ok()), Some("false"));
+    assert_eq!(
+        r.headers
+            .get("x-should-retry")
+            .and_then(|v| v.to_str().ok()),
+        Some("false")
+    );
 }
 
 #[tokio::test]
@@ -121,15 +203,28 @@ async fn models_status_health_docs_spec() {
     let t = start();
     let v = send(t.client.get("/v1/models")).await.json();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().expect("data").iter().map(|m| m["id"].as_str().unwrap_or("")).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| m["id"].as_str().unwrap_or(""))
+        .collect();
     assert_eq!(ids, ["fake-sd", "fake-dalle"]);
     assert_eq!(v["data"][0]["object"], "model");
     assert!(v["data"][0]["created"].is_i64() && v["data"][0]["owned_by"].is_string());
     let m = send(t.client.get("/v1/models/fake-dalle")).await.json();
     assert_eq!(m["family"], "dalle-mini");
-    send(t.client.get("/v1/models/nope")).await.assert_error(404, Some("model"));
-    assert_eq!(send(t.client.get("/v1/")).await.json(), json!({"status": true}));
-    assert_eq!(send(t.client.get("/v1")).await.json(), json!({"status": true}));
+    send(t.client.get("/v1/models/nope"))
+        .await
+        .assert_error(404, Some("model"));
+    assert_eq!(
+        send(t.client.get("/v1/")).await.json(),
+        json!({"status": true})
+    );
+    assert_eq!(
+        send(t.client.get("/v1")).await.json(),
+        json!({"status": true})
+    );
     let h = send(t.client.get("/health")).await;
     assert_eq!(h.status, StatusCode::OK);
     assert_eq!(h.json()["status"], "ready");
@@ -142,37 +237,69 @@ async fn models_status_health_docs_spec() {
 
 #[tokio::test]
 async fn api_key_is_enforced_when_configured() {
-    let cfg = ServerConfig { api_key: Some("sekrit".into()), ..ServerConfig::default() };
+    let cfg = ServerConfig {
+        api_key: Some("sekrit".into()),
+        ..ServerConfig::default()
+    };
     let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), cfg);
     let body = json!({"prompt": "x", "size": "64x64"});
     let r = send(t.client.post("/v1/images/generations").body_json(&body)).await;
     assert_eq!(r.assert_error(401, None)["code"], "invalid_api_key");
-    let r = send(t.client.post("/v1/images/generations").header("Authorization", "Bearer wrong").body_json(&body)).await;
+    let r = send(
+        t.client
+            .post("/v1/images/generations")
+            .header("Authorization", "Bearer wrong")
+            .body_json(&body),
+    )
+    .await;
     r.assert_error(401, None);
-    send(t.client.get("/v1/models")).await.assert_error(401, None);
-    let r = send(t.client.post("/v1/images/generations").header("Authorization", "Bearer sekrit").body_json(&body)).await;
+    send(t.client.get("/v1/models"))
+        .await
+        .assert_error(401, None);
+    let r = send(
+        t.client
+            .post("/v1/images/generations")
+            .header("Authorization", "Bearer sekrit")
+            .body_json(&body),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK);
     // Health checks and docs stay open.
     assert_eq!(send(t.client.get("/v1/")).await.status, StatusCode::OK);
     assert_eq!(send(t.client.get("/health")).await.status, StatusCode::OK);
-    assert_eq!(send(t.client.get("/openapi.json")).await.status, StatusCode::OK);
+    assert_eq!(
+        send(t.client.get("/openapi.json")).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn body_limits_answer_413() {
-    let cfg = ServerConfig { max_json_bytes: 1000, max_upload_bytes: 2000, ..ServerConfig::default() };
+    let cfg = ServerConfig {
+        max_json_bytes: 1000,
+        max_upload_bytes: 2000,
+        ..ServerConfig::default()
+    };
     let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), cfg);
     let big = "a".repeat(5000);
     let r = generate(&t, json!({"prompt": big})).await;
     assert_eq!(r.assert_error(413, None)["code"], "request_too_large");
-    let form = poem::test::TestForm::new().text("prompt", "x").bytes("image", vec![0u8; 5000]);
-    send(t.client.post("/v1/images/edits").multipart(form)).await.assert_error(413, None);
+    let form = poem::test::TestForm::new()
+        .text("prompt", "x")
+        .bytes("image", vec![0u8; 5000]);
+    send(t.client.post("/v1/images/edits").multipart(form))
+        .await
+        .assert_error(413, None);
 }
 
 #[tokio::test]
 async fn url_response_format_serves_files_from_the_store() {
     let t = start();
-    let r = generate(&t, json!({"prompt": "x", "size": "64x64", "response_format": "url", "n": 2})).await;
+    let r = generate(
+        &t,
+        json!({"prompt": "x", "size": "64x64", "response_format": "url", "n": 2}),
+    )
+    .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let v = r.json();
     for d in v["data"].as_array().expect("data") {
@@ -181,19 +308,37 @@ async fn url_response_format_serves_files_from_the_store() {
         let path = &url[url.find("/v1/").expect("path")..];
         let f = send(t.client.get(path)).await;
         assert_eq!(f.status, StatusCode::OK);
-        assert_eq!(f.headers.get("content-type").and_then(|v| v.to_str().ok()), Some("image/png"));
+        assert_eq!(
+            f.headers.get("content-type").and_then(|v| v.to_str().ok()),
+            Some("image/png")
+        );
         assert_eq!(image::load_from_memory(&f.bytes).expect("png").width(), 64);
     }
-    send(t.client.get("/v1/images/files/0123.png")).await.assert_error(404, Some("id"));
+    send(t.client.get("/v1/images/files/0123.png"))
+        .await
+        .assert_error(404, Some("id"));
 }
 
 #[tokio::test]
 async fn output_formats() {
     let t = start();
-    for (fmt, magic) in [("png", &b"\x89PNG"[..]), ("jpeg", &b"\xff\xd8\xff"[..]), ("webp", &b"RIFF"[..])] {
-        let v = generate(&t, json!({"prompt": "x", "size": "64x64", "output_format": fmt, "output_compression": 80})).await.json();
+    for (fmt, magic) in [
+        ("png", &b"\x89PNG"[..]),
+        ("jpeg", &b"\xff\xd8\xff"[..]),
+        ("webp", &b"RIFF"[..]),
+    ] {
+        let v = generate(
+            &t,
+            json!({"prompt": "x", "size": "64x64", "output_format": fmt, "output_compression": 80}),
+        )
+        .await
+        .json();
         assert_eq!(v["output_format"], fmt);
-        let bytes = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, v["data"][0]["b64_json"].as_str().expect("b64")).expect("b64");
+        let bytes = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            v["data"][0]["b64_json"].as_str().expect("b64"),
+        )
+        .expect("b64");
         assert!(bytes.starts_with(magic), "{fmt}");
         assert_eq!(b64_image(&v["data"][0]["b64_json"]).width(), 64);
     }
@@ -204,20 +349,37 @@ async fn pipeline_panics_and_failures_are_500_envelopes_and_the_server_survives(
     let t = start();
     let r = generate(&t, json!({"prompt": "__panic__", "size": "64x64"})).await;
     assert_eq!(r.assert_error(500, None)["type"], "server_error");
-    assert_eq!(r.headers.get("x-should-retry").and_then(|v| v.to_str().ok()), Some("false"));
+    assert_eq!(
+        r.headers
+            .get("x-should-retry")
+            .and_then(|v| v.to_str().ok()),
+        Some("false")
+    );
     let r = generate(&t, json!({"prompt": "__fail__", "size": "64x64"})).await;
     assert_eq!(r.assert_error(500, None)["code"], "generation_failed");
-    assert_eq!(generate(&t, json!({"prompt": "fine", "size": "64x64"})).await.status, StatusCode::OK);
+    assert_eq!(
+        generate(&t, json!({"prompt": "fine", "size": "64x64"}))
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn dalle_family_resizes_to_the_requested_size() {
     let t = start();
-    let v = generate(&t, json!({"prompt": "x", "model": "fake-dalle"})).await.json();
+    let v = generate(&t, json!({"prompt": "x", "model": "fake-dalle"}))
+        .await
+        .json();
     assert_eq!(v["size"], "256x256");
     assert_eq!(b64_image(&v["data"][0]["b64_json"]).width(), 256);
     // The Prem app always sends 512x512, to DALL·E too.
-    let v = generate(&t, json!({"prompt": "x", "model": "fake-dalle", "size": "512x512"})).await.json();
+    let v = generate(
+        &t,
+        json!({"prompt": "x", "model": "fake-dalle", "size": "512x512"}),
+    )
+    .await
+    .json();
     assert_eq!(b64_image(&v["data"][0]["b64_json"]).width(), 512);
 }
 
@@ -231,38 +393,73 @@ fn edit_form(image_field: &str, image: Vec<u8>) -> poem::test::TestForm {
         .text("num_inference_steps", "3")
         .text("seed", "5")
         .text("unknown_field", "ignored")
-        .field(poem::test::TestFormField::bytes(image).name(image_field).filename("image").content_type("application/octet-stream"))
+        .field(
+            poem::test::TestFormField::bytes(image)
+                .name(image_field)
+                .filename("image")
+                .content_type("application/octet-stream"),
+        )
 }
 
 #[tokio::test]
 async fn edits_parse_multipart_with_numbers_as_text_and_image_or_image_array() {
     let t = start();
     for field in ["image", "image[]"] {
-        let r = send(t.client.post("/v1/images/edits").multipart(edit_form(field, png_bytes(32, 32, false)))).await;
+        let r = send(
+            t.client
+                .post("/v1/images/edits")
+                .multipart(edit_form(field, png_bytes(32, 32, false))),
+        )
+        .await;
         assert_eq!(r.status, StatusCode::OK, "{field}: {}", r.text());
         let v = r.json();
         assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
         assert_eq!(v["data"][1]["seed"], 6);
     }
-    let with_mask = edit_form("image", png_bytes(32, 32, false)).bytes("mask", png_bytes(32, 32, true));
-    assert_eq!(send(t.client.post("/v1/images/edits").multipart(with_mask)).await.status, StatusCode::OK);
+    let with_mask =
+        edit_form("image", png_bytes(32, 32, false)).bytes("mask", png_bytes(32, 32, true));
+    assert_eq!(
+        send(t.client.post("/v1/images/edits").multipart(with_mask))
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn edit_validation_errors_name_their_param() {
     let t = start();
     let no_image = poem::test::TestForm::new().text("prompt", "x");
-    send(t.client.post("/v1/images/edits").multipart(no_image)).await.assert_error(400, Some("image"));
+    send(t.client.post("/v1/images/edits").multipart(no_image))
+        .await
+        .assert_error(400, Some("image"));
     let no_prompt = poem::test::TestForm::new().bytes("image", png_bytes(8, 8, false));
-    send(t.client.post("/v1/images/edits").multipart(no_prompt)).await.assert_error(400, Some("prompt"));
-    let bad_n = poem::test::TestForm::new().text("prompt", "x").text("n", "many").bytes("image", png_bytes(8, 8, false));
-    send(t.client.post("/v1/images/edits").multipart(bad_n)).await.assert_error(400, Some("n"));
+    send(t.client.post("/v1/images/edits").multipart(no_prompt))
+        .await
+        .assert_error(400, Some("prompt"));
+    let bad_n = poem::test::TestForm::new()
+        .text("prompt", "x")
+        .text("n", "many")
+        .bytes("image", png_bytes(8, 8, false));
+    send(t.client.post("/v1/images/edits").multipart(bad_n))
+        .await
+        .assert_error(400, Some("n"));
     let not_image = edit_form("image", b"hello, not an image".to_vec());
-    send(t.client.post("/v1/images/edits").multipart(not_image)).await.assert_error(400, Some("image"));
-    let mask_mismatch = edit_form("image", png_bytes(32, 32, false)).bytes("mask", png_bytes(16, 16, true));
-    send(t.client.post("/v1/images/edits").multipart(mask_mismatch)).await.assert_error(400, Some("mask"));
-    let bad_size = poem::test::TestForm::new().text("prompt", "x").text("size", "100x100").bytes("image", png_bytes(8, 8, false));
-    send(t.client.post("/v1/images/edits").multipart(bad_size)).await.assert_error(400, Some("size"));
+    send(t.client.post("/v1/images/edits").multipart(not_image))
+        .await
+        .assert_error(400, Some("image"));
+    let mask_mismatch =
+        edit_form("image", png_bytes(32, 32, false)).bytes("mask", png_bytes(16, 16, true));
+    send(t.client.post("/v1/images/edits").multipart(mask_mismatch))
+        .await
+        .assert_error(400, Some("mask"));
+    let bad_size = poem::test::TestForm::new()
+        .text("prompt", "x")
+        .text("size", "100x100")
+        .bytes("image", png_bytes(8, 8, false));
+    send(t.client.post("/v1/images/edits").multipart(bad_size))
+        .await
+        .assert_error(400, Some("size"));
 }
 
 /// A PNG header claiming 100000x100000 pixels must be refused from its header, not decoded.
@@ -275,8 +472,20 @@ async fn decompression_bombs_are_refused_before_decoding() {
     png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
     let crc = crc32(&png[12..29]);
     png[29..33].copy_from_slice(&crc.to_be_bytes());
-    let e = send(t.client.post("/v1/images/edits").multipart(edit_form("image", png))).await.assert_error(400, Some("image"));
-    assert!(e["message"].as_str().unwrap_or("").contains("100000x100000"), "{e}");
+    let e = send(
+        t.client
+            .post("/v1/images/edits")
+            .multipart(edit_form("image", png)),
+    )
+    .await
+    .assert_error(400, Some("image"));
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("100000x100000"),
+        "{e}"
+    );
 }
 
 fn crc32(data: &[u8]) -> u32 {
@@ -284,7 +493,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -293,26 +506,74 @@ fn crc32(data: &[u8]) -> u32 {
 #[tokio::test]
 async fn edits_on_models_that_cannot_edit_are_clear_400s() {
     let mut sd_no_edits = fake("sd-no-edits");
-    sd_no_edits.edits_unsupported = Some("image edits with Stable Diffusion need img2img support".into());
-    let t = start_with(vec![sd_no_edits, dalle("fake-dalle")], EngineConfig::default(), ServerConfig::default());
-    let r = send(t.client.post("/v1/images/edits").multipart(edit_form("image", png_bytes(32, 32, false)))).await;
+    sd_no_edits.edits_unsupported =
+        Some("image edits with Stable Diffusion need img2img support".into());
+    let t = start_with(
+        vec![sd_no_edits, dalle("fake-dalle")],
+        EngineConfig::default(),
+        ServerConfig::default(),
+    );
+    let r = send(
+        t.client
+            .post("/v1/images/edits")
+            .multipart(edit_form("image", png_bytes(32, 32, false))),
+    )
+    .await;
     let e = r.assert_error(400, Some("model"));
     assert_eq!(e["code"], "unsupported");
     assert!(e["message"].as_str().unwrap_or("").contains("img2img"));
-    let r = send(t.client.post("/v1/images/edits").multipart(poem::test::TestForm::new().text("prompt", "x").text("model", "fake-dalle").bytes("image", png_bytes(32, 32, false)))).await;
-    assert!(r.assert_error(400, Some("model"))["message"].as_str().unwrap_or("").contains("DALL"));
+    let r = send(
+        t.client.post("/v1/images/edits").multipart(
+            poem::test::TestForm::new()
+                .text("prompt", "x")
+                .text("model", "fake-dalle")
+                .bytes("image", png_bytes(32, 32, false)),
+        ),
+    )
+    .await;
+    assert!(
+        r.assert_error(400, Some("model"))["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("DALL")
+    );
 }
 
 #[tokio::test]
 async fn cors_is_off_by_default_and_follows_the_configured_origins() {
-    let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), ServerConfig::default());
-    let r = send(t.client.get("/v1/models").header("Origin", "http://app.example")).await;
-    assert!(r.headers.get("access-control-allow-origin").is_none(), "CORS must be off unless configured");
+    let t = start_with(
+        vec![fake("fake-sd")],
+        EngineConfig::default(),
+        ServerConfig::default(),
+    );
+    let r = send(
+        t.client
+            .get("/v1/models")
+            .header("Origin", "http://app.example"),
+    )
+    .await;
+    assert!(
+        r.headers.get("access-control-allow-origin").is_none(),
+        "CORS must be off unless configured"
+    );
 
-    let cfg = ServerConfig { cors_origins: vec!["http://app.example".into()], ..ServerConfig::default() };
+    let cfg = ServerConfig {
+        cors_origins: vec!["http://app.example".into()],
+        ..ServerConfig::default()
+    };
     let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), cfg);
-    let r = send(t.client.get("/v1/models").header("Origin", "http://app.example")).await;
-    assert_eq!(r.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://app.example"));
+    let r = send(
+        t.client
+            .get("/v1/models")
+            .header("Origin", "http://app.example"),
+    )
+    .await;
+    assert_eq!(
+        r.headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("http://app.example")
+    );
     let pre = send(
         t.client
             .options("/v1/images/generations")
@@ -322,6 +583,16 @@ async fn cors_is_off_by_default_and_follows_the_configured_origins() {
     )
     .await;
     assert!(pre.status.is_success(), "preflight: {}", pre.status);
-    let r = send(t.client.get("/v1/models").header("Origin", "http://evil.example")).await;
-    assert_ne!(r.headers.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some("http://evil.example"));
+    let r = send(
+        t.client
+            .get("/v1/models")
+            .header("Origin", "http://evil.example"),
+    )
+    .await;
+    assert_ne!(
+        r.headers
+            .get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok()),
+        Some("http://evil.example")
+    );
 }

@@ -5,12 +5,17 @@ mod common;
 use kiln::models::sd15::tokenizer::ClipTokenizer;
 
 fn cases() -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(common::sd_tiny().join("refs/tokenizer.json")).expect("refs/tokenizer.json");
+    let text = std::fs::read_to_string(common::sd_tiny().join("refs/tokenizer.json"))
+        .expect("refs/tokenizer.json");
     serde_json::from_str(&text).expect("valid json")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn check(tok: &ClipTokenizer, source: &str) {
@@ -21,21 +26,34 @@ fn check(tok: &ClipTokenizer, source: &str) {
         let prompt = case["prompt"].as_str().expect("prompt");
         let got = tok.encode(prompt).expect("encodes").ids;
         if got != ids(&case["input_ids"]) {
-            failures.push(format!("{prompt:?}\n  got  {:?}\n  want {:?}", got, ids(&case["input_ids"])));
+            failures.push(format!(
+                "{prompt:?}\n  got  {:?}\n  want {:?}",
+                got,
+                ids(&case["input_ids"])
+            ));
         }
     }
-    assert!(failures.is_empty(), "{source}: {} prompt(s) differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{source}: {} prompt(s) differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn fixture_vocab_and_merges_match_transformers() {
-    let tok = ClipTokenizer::from_dir(&common::sd_tiny().join("tokenizer")).expect("tokenizer loads");
+    let tok =
+        ClipTokenizer::from_dir(&common::sd_tiny().join("tokenizer")).expect("tokenizer loads");
     check(&tok, "vocab.json + merges.txt");
 }
 
 #[test]
 fn builtin_tokenizer_matches_transformers() {
-    check(&ClipTokenizer::builtin().expect("builtin tokenizer"), "builtin");
+    check(
+        &ClipTokenizer::builtin().expect("builtin tokenizer"),
+        "builtin",
+    );
 }
 
 #[test]

@@ -24,7 +24,10 @@ pub fn run(args: GenerateArgs, spec: DeviceSpec) -> anyhow::Result<()> {
         ("--clip-skip", args.clip_skip != 1),
     ];
     if let Some((flag, _)) = sd_only.iter().find(|(_, given)| *given) {
-        anyhow::bail!("{flag} applies to Stable Diffusion; {} is a DALL·E model (256×256 output)", args.model_path.display());
+        anyhow::bail!(
+            "{flag} applies to Stable Diffusion; {} is a DALL·E model (256×256 output)",
+            args.model_path.display()
+        );
     }
     dispatch(spec, Job(args))?
 }
@@ -54,7 +57,11 @@ impl BackendTask for Job {
         let model = DalleMini::<B>::load(&a.model_path, &device)?;
         if let Some(want) = &a.model {
             if want != model.name() {
-                anyhow::bail!("--model {want}, but {} holds {}", a.model_path.display(), model.name());
+                anyhow::bail!(
+                    "--model {want}, but {} holds {}",
+                    a.model_path.display(),
+                    model.name()
+                );
             }
         }
         let bar = progress_bar("token");
@@ -65,7 +72,8 @@ impl BackendTask for Job {
         })?;
         bar.finish_and_clear();
         if let Some(p) = &a.save_tokens {
-            std::fs::write(p, serde_json::to_string(&out.tokens)?).with_context(|| format!("writing {}", p.display()))?;
+            std::fs::write(p, serde_json::to_string(&out.tokens)?)
+                .with_context(|| format!("writing {}", p.display()))?;
         }
         for (k, rgb) in out.rgb8.iter().enumerate() {
             let img = image::RgbImage::from_raw(out.width as u32, out.height as u32, rgb.clone())

@@ -37,9 +37,15 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<()> {
         if let Some(rev) = &args.revision {
             spec = spec.with_revision(rev);
         }
-        let origin = spec.sources.iter().map(|s| format!("{}@{}", s.repo, s.revision)).collect::<Vec<_>>().join(", ");
+        let origin = spec
+            .sources
+            .iter()
+            .map(|s| format!("{}@{}", s.repo, s.revision))
+            .collect::<Vec<_>>()
+            .join(", ");
         eprintln!("{id}: {origin} → {}", args.models_dir.join(id).display());
-        let report = download_model(&spec, &args.models_dir, &hub).with_context(|| format!("kiln download {id}"))?;
+        let report = download_model(&spec, &args.models_dir, &hub)
+            .with_context(|| format!("kiln download {id}"))?;
         eprintln!(
             "{id}: ready in {} ({} file(s) fetched, {}; {} already there)",
             report.dir.display(),

@@ -9,7 +9,9 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{BackendTask, DeviceSpec, dispatch};
 use kiln::image_io::{self, ImageFormat, params::Parameters};
-use kiln::models::sd15::{GenerateRequest, ImageCondition, MaskConvention, StableDiffusion, img2img};
+use kiln::models::sd15::{
+    GenerateRequest, ImageCondition, MaskConvention, StableDiffusion, img2img,
+};
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{TensorFile, write_f32};
 
@@ -129,7 +131,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         ("--save-tokens", args.save_tokens.is_some()),
     ];
     if let Some((flag, _)) = dalle_only.iter().find(|(_, given)| *given) {
-        anyhow::bail!("{flag} applies to DALL·E models; {} is Stable Diffusion", args.model_path.display());
+        anyhow::bail!(
+            "{flag} applies to DALL·E models; {} is Stable Diffusion",
+            args.model_path.display()
+        );
     }
     dispatch(spec, Job(args))?
 }
@@ -184,11 +189,18 @@ impl BackendTask for Job {
         if let Some(p) = &a.save_latents {
             let shape = out.latents.dims().to_vec();
             let data = out.latents.clone().into_data().convert_dtype(DType::F32);
-            let values = data.to_vec::<f32>().map_err(|e| anyhow::anyhow!("reading latents: {e:?}"))?;
+            let values = data
+                .to_vec::<f32>()
+                .map_err(|e| anyhow::anyhow!("reading latents: {e:?}"))?;
             write_f32(p, "latents", &shape, &values)?;
         }
         let images = image_io::to_rgb8(out.images)?;
-        let model_name = a.model_path.file_stem().and_then(|s| s.to_str()).unwrap_or("sd15").to_string();
+        let model_name = a
+            .model_path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("sd15")
+            .to_string();
         for (k, img) in images.iter().enumerate() {
             let path = image_io::numbered_path(&a.output, k, images.len());
             let params = Parameters {
@@ -204,7 +216,8 @@ impl BackendTask for Job {
                 clip_skip: req.clip_skip,
                 denoising_strength: req.condition.as_ref().map(|_| req.strength),
             };
-            let bytes = image_io::encode(img, format, a.quality, (!a.no_metadata).then_some(&params))?;
+            let bytes =
+                image_io::encode(img, format, a.quality, (!a.no_metadata).then_some(&params))?;
             std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
             println!("{} (seed {})", path.display(), out.seeds[k]);
         }
@@ -231,13 +244,19 @@ fn image_condition(a: &GenerateArgs) -> anyhow::Result<(usize, usize, Option<Ima
         None => {
             let m = img2img::mask_from_transparency(&img);
             if m.is_some() {
-                tracing::info!("no --mask: inpainting the fully transparent pixels of {}", path.display());
+                tracing::info!(
+                    "no --mask: inpainting the fully transparent pixels of {}",
+                    path.display()
+                );
             }
             m
         }
     };
     if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
-        anyhow::bail!("width and height must be positive multiples of 8, got {width}x{height} (from {})", path.display());
+        anyhow::bail!(
+            "width and height must be positive multiples of 8, got {width}x{height} (from {})",
+            path.display()
+        );
     }
     let cond = img2img::prepare(&img, mask.as_ref(), width, height)?;
     Ok((width, height, Some(cond)))
@@ -248,7 +267,9 @@ fn open_image(path: &std::path::Path) -> anyhow::Result<image::DynamicImage> {
     let reader = image::ImageReader::open(path)
         .and_then(|r| r.with_guessed_format())
         .with_context(|| format!("opening {}", path.display()))?;
-    let (w, h) = reader.into_dimensions().with_context(|| format!("reading {}", path.display()))?;
+    let (w, h) = reader
+        .into_dimensions()
+        .with_context(|| format!("reading {}", path.display()))?;
     if u64::from(w) * u64::from(h) > 64 * 1024 * 1024 {
         anyhow::bail!("{}: {w}x{h} is too large", path.display());
     }
@@ -266,7 +287,10 @@ pub(super) fn output_format(a: &GenerateArgs) -> anyhow::Result<ImageFormat> {
         None => ImageFormat::from_path(&a.output).unwrap_or(ImageFormat::Png),
     };
     if a.quality.is_some() && format != ImageFormat::Jpeg {
-        anyhow::bail!("--quality applies to JPEG only ({} output is lossless)", format.extension());
+        anyhow::bail!(
+            "--quality applies to JPEG only ({} output is lossless)",
+            format.extension()
+        );
     }
     Ok(format)
 }
@@ -274,7 +298,10 @@ pub(super) fn output_format(a: &GenerateArgs) -> anyhow::Result<ImageFormat> {
 /// A terminal progress bar over `what` steps (hidden when stderr is not a terminal).
 pub(super) fn progress_bar(what: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
-    let template = format!("{{spinner}} {what} {{pos}}/{{len}} [{{bar:30}}] {{per_sec}} eta {{eta}}");
-    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let template =
+        format!("{{spinner}} {what} {{pos}}/{{len}} [{{bar:30}}] {{per_sec}} eta {{eta}}");
+    bar.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar
 }

@@ -1,7 +1,7 @@
 //! Command-line parsing and the subcommands.
 
-mod download;
 mod dalle;
+mod download;
 mod generate;
 mod models;
 mod openapi;
@@ -11,7 +11,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Image generation (Stable Diffusion 1.5) in Rust on Burn")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Image generation (Stable Diffusion 1.5) in Rust on Burn"
+)]
 pub struct Cli {
     /// More logging (-v: debug, -vv: trace). `RUST_LOG` overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -43,7 +47,10 @@ pub fn init_logging(verbose: u8) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

@@ -21,14 +21,31 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if models.is_empty() {
-        println!("No models in {}. `kiln download sd15` fetches Stable Diffusion 1.5 (about 2.1 GB);", args.models_dir.display());
+        println!(
+            "No models in {}. `kiln download sd15` fetches Stable Diffusion 1.5 (about 2.1 GB);",
+            args.models_dir.display()
+        );
         println!("until then `kiln serve` serves the tiny demo models (noise, not pictures).");
         return Ok(());
     }
-    println!("{:<16} {:<11} {:<9} {:>9}  SOURCE", "ID", "FAMILY", "PRECISION", "SIZE");
+    println!(
+        "{:<16} {:<11} {:<9} {:>9}  SOURCE",
+        "ID", "FAMILY", "PRECISION", "SIZE"
+    );
     for m in &models {
-        let status = if m.incomplete { format!("  [incomplete: `kiln download {}` resumes]", m.id) } else { String::new() };
-        println!("{:<16} {:<11} {:<9} {:>9}  {}{status}", m.id, m.family, m.precision, human_size(m.size_bytes), m.source);
+        let status = if m.incomplete {
+            format!("  [incomplete: `kiln download {}` resumes]", m.id)
+        } else {
+            String::new()
+        };
+        println!(
+            "{:<16} {:<11} {:<9} {:>9}  {}{status}",
+            m.id,
+            m.family,
+            m.precision,
+            human_size(m.size_bytes),
+            m.source
+        );
     }
     Ok(())
 }

@@ -69,7 +69,9 @@ pub struct ServeArgs {
 
 fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
     match s.split_once('=') {
-        Some((id, path)) if !id.trim().is_empty() && !path.trim().is_empty() => Ok((id.trim().to_string(), PathBuf::from(path.trim()))),
+        Some((id, path)) if !id.trim().is_empty() && !path.trim().is_empty() => {
+            Ok((id.trim().to_string(), PathBuf::from(path.trim())))
+        }
         _ => Err(format!("expected ID=PATH, got `{s}`")),
     }
 }
@@ -125,10 +127,15 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
     }
-    let demo_notice = found.demo.then(|| format!("This is a tiny random demo model: it produces noise, not pictures. {DEMO_HELP}"));
+    let demo_notice = found.demo.then(|| {
+        format!("This is a tiny random demo model: it produces noise, not pictures. {DEMO_HELP}")
+    });
     if found.demo {
         warn!("==================================================================================");
-        warn!("no real model weights under {}: serving the tiny DEMO models `sd15-demo` and `dalle-mini-demo` (random weights: noise images)", args.models_dir.display());
+        warn!(
+            "no real model weights under {}: serving the tiny DEMO models `sd15-demo` and `dalle-mini-demo` (random weights: noise images)",
+            args.models_dir.display()
+        );
         for line in DEMO_HELP.lines() {
             warn!("{line}");
         }
@@ -137,7 +144,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     for m in &found.specs {
         info!(model = %m.id, family = m.family.id(), source = %m.source, device = %m.device, demo = m.demo, "serving");
     }
-    let engine = EngineHandle::start(found.specs, EngineConfig { max_queue: args.max_queue, preload: args.preload })?;
+    let engine = EngineHandle::start(
+        found.specs,
+        EngineConfig {
+            max_queue: args.max_queue,
+            preload: args.preload,
+        },
+    )?;
     let config = ServerConfig {
         default_model: args.default_model.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
@@ -153,7 +166,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let app = build_app(config, engine.clone())?;
     let addr = format!("{}:{}", args.host, args.port);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     let stopper = engine.clone();
     let result = runtime.block_on(serve(
         app,

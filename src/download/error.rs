@@ -11,7 +11,11 @@ pub enum DownloadError {
         "{model}: not installed in {dir} and offline mode is on (--offline or HF_HUB_OFFLINE=1); \
          missing e.g. {missing}. Run `kiln download {model}` with network access, or copy the files there"
     )]
-    Offline { model: String, dir: PathBuf, missing: String },
+    Offline {
+        model: String,
+        dir: PathBuf,
+        missing: String,
+    },
 
     #[error(
         "cannot reach the Hugging Face Hub at {endpoint}: {message}. Check the network (or set \
@@ -20,7 +24,11 @@ pub enum DownloadError {
     Unreachable { endpoint: String, message: String },
 
     #[error("{url}: HTTP {status}: {hint}")]
-    Http { url: String, status: u16, hint: String },
+    Http {
+        url: String,
+        status: u16,
+        hint: String,
+    },
 
     #[error("{url}: unexpected answer from the Hub: {message}")]
     Protocol { url: String, message: String },
@@ -29,10 +37,20 @@ pub enum DownloadError {
         "{path}: checksum mismatch (expected sha256 {expected}, got {actual}); the corrupt download \
          was deleted, run the command again to retry"
     )]
-    Checksum { path: PathBuf, expected: String, actual: String },
+    Checksum {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
 
-    #[error("{path}: size mismatch (the Hub says {expected} bytes, got {actual}); the download was deleted, run again to retry")]
-    Size { path: PathBuf, expected: u64, actual: u64 },
+    #[error(
+        "{path}: size mismatch (the Hub says {expected} bytes, got {actual}); the download was deleted, run again to retry"
+    )]
+    Size {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
 
     #[error(
         "{dir} already holds files kiln did not download (no kiln-source.json); they are left \
@@ -41,7 +59,10 @@ pub enum DownloadError {
     NotOurs { dir: PathBuf },
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("{path}: invalid kiln-source.json: {message}")]
     Manifest { path: PathBuf, message: String },
@@ -49,13 +70,19 @@ pub enum DownloadError {
 
 impl DownloadError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        DownloadError::Io { path: path.into(), source }
+        DownloadError::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// Whether the failure means "no usable network" (the server then falls back to the demo
     /// models) rather than a problem with the files or the request.
     pub fn is_unreachable(&self) -> bool {
-        matches!(self, DownloadError::Unreachable { .. } | DownloadError::Offline { .. })
+        matches!(
+            self,
+            DownloadError::Unreachable { .. } | DownloadError::Offline { .. }
+        )
     }
 }
 

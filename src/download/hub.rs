@@ -56,7 +56,12 @@ impl Default for HubConfig {
 }
 
 fn env_true(name: &str) -> bool {
-    std::env::var(name).is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
+    std::env::var(name).is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
 }
 
 fn token_from_env() -> Option<String> {
@@ -78,8 +83,16 @@ fn token_from_env() -> Option<String> {
 impl HubConfig {
     /// `HF_ENDPOINT`, `HF_TOKEN` (or the login token file) and `HF_HUB_OFFLINE`.
     pub fn from_env() -> Self {
-        let endpoint = std::env::var("HF_ENDPOINT").ok().map(|e| e.trim().to_string()).filter(|e| !e.is_empty());
-        HubConfig { endpoint: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()), token: token_from_env(), offline: env_true("HF_HUB_OFFLINE"), ..Default::default() }
+        let endpoint = std::env::var("HF_ENDPOINT")
+            .ok()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty());
+        HubConfig {
+            endpoint: endpoint.unwrap_or_else(|| DEFAULT_ENDPOINT.into()),
+            token: token_from_env(),
+            offline: env_true("HF_HUB_OFFLINE"),
+            ..Default::default()
+        }
     }
 
     pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
@@ -131,7 +144,10 @@ fn origin(url: &str) -> &str {
 }
 
 fn normalize_etag(etag: &str) -> String {
-    etag.trim().trim_start_matches("W/").trim_matches('"').to_string()
+    etag.trim()
+        .trim_start_matches("W/")
+        .trim_matches('"')
+        .to_string()
 }
 
 fn is_sha256(s: &str) -> bool {
@@ -154,7 +170,11 @@ impl HubClient {
                 .user_agent(concat!("kiln/", env!("CARGO_PKG_VERSION")))
                 .build()
         };
-        HubClient { no_redirect: build(0), follow: build(5), config }
+        HubClient {
+            no_redirect: build(0),
+            follow: build(5),
+            config,
+        }
     }
 
     pub fn config(&self) -> &HubConfig {
@@ -164,29 +184,51 @@ impl HubClient {
     /// The token goes to the configured endpoint only, never to a CDN it redirects to.
     fn request(&self, agent: &ureq::Agent, method: &str, url: &str) -> ureq::Request {
         // identity: sizes and byte ranges must refer to the stored bytes (as huggingface_hub asks)
-        let req = agent.request(method, url).set("Accept-Encoding", "identity");
+        let req = agent
+            .request(method, url)
+            .set("Accept-Encoding", "identity");
         match &self.config.token {
-            Some(t) if origin(url) == origin(self.config.base()) => req.set("Authorization", &format!("Bearer {t}")),
+            Some(t) if origin(url) == origin(self.config.base()) => {
+                req.set("Authorization", &format!("Bearer {t}"))
+            }
             _ => req,
         }
     }
 
     fn unreachable(&self, message: impl std::fmt::Display) -> DownloadError {
-        DownloadError::Unreachable { endpoint: self.config.display_endpoint(), message: message.to_string() }
+        DownloadError::Unreachable {
+            endpoint: self.config.display_endpoint(),
+            message: message.to_string(),
+        }
     }
 
     /// Maps an HTTP error status to a message saying what to do.
     fn status_error(&self, url: &str, status: u16, resp: ureq::Response) -> DownloadError {
-        let server_msg = resp.header("X-Error-Message").map(|m| format!(" ({m})")).unwrap_or_default();
+        let server_msg = resp
+            .header("X-Error-Message")
+            .map(|m| format!(" ({m})"))
+            .unwrap_or_default();
         let hint = match status {
-            401 | 403 => format!("access denied{server_msg}: the repository may be gated or private; accept its terms on the Hub and set HF_TOKEN"),
-            404 => format!("not found{server_msg}: the repository, revision or file does not exist (moved? try `--revision main`)"),
+            401 | 403 => format!(
+                "access denied{server_msg}: the repository may be gated or private; accept its terms on the Hub and set HF_TOKEN"
+            ),
+            404 => format!(
+                "not found{server_msg}: the repository, revision or file does not exist (moved? try `--revision main`)"
+            ),
             416 => "the server refused the byte range".to_string(),
             429 => format!("rate limited{server_msg}: wait a little, or set HF_TOKEN"),
-            s if s >= 500 => return self.unreachable(format!("the Hub answered HTTP {status}{server_msg} for {url}")),
+            s if s >= 500 => {
+                return self.unreachable(format!(
+                    "the Hub answered HTTP {status}{server_msg} for {url}"
+                ));
+            }
             _ => format!("unexpected status{server_msg}"),
         };
-        DownloadError::Http { url: url.to_string(), status, hint }
+        DownloadError::Http {
+            url: url.to_string(),
+            status,
+            hint,
+        }
     }
 
     /// `HEAD` on the resolve URL, following relative redirects only (as huggingface_hub does).
@@ -195,13 +237,18 @@ impl HubClient {
         for _ in 0..5 {
             let resp = match self.request(&self.no_redirect, "HEAD", &url).call() {
                 Ok(r) => r,
-                Err(ureq::Error::Status(status, resp)) => return Err(self.status_error(&url, status, resp)),
+                Err(ureq::Error::Status(status, resp)) => {
+                    return Err(self.status_error(&url, status, resp));
+                }
                 Err(ureq::Error::Transport(t)) => return Err(self.unreachable(t)),
             };
             let location = resp.header("Location").map(str::to_string);
             if (300..400).contains(&resp.status()) {
                 let Some(loc) = location else {
-                    return Err(DownloadError::Protocol { url, message: format!("HTTP {} without a Location", resp.status()) });
+                    return Err(DownloadError::Protocol {
+                        url,
+                        message: format!("HTTP {} without a Location", resp.status()),
+                    });
                 };
                 if loc.starts_with('/') {
                     url = format!("{}{loc}", origin(&url));
@@ -211,24 +258,55 @@ impl HubClient {
             }
             return self.meta_from(&url, &resp, url.clone());
         }
-        Err(DownloadError::Protocol { url, message: "too many redirects".into() })
+        Err(DownloadError::Protocol {
+            url,
+            message: "too many redirects".into(),
+        })
     }
 
-    fn meta_from(&self, url: &str, resp: &ureq::Response, download_url: String) -> Result<FileMeta> {
-        let header = |names: &[&str]| names.iter().find_map(|n| resp.header(n)).map(str::to_string);
+    fn meta_from(
+        &self,
+        url: &str,
+        resp: &ureq::Response,
+        download_url: String,
+    ) -> Result<FileMeta> {
+        let header = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| resp.header(n))
+                .map(str::to_string)
+        };
         let etag = header(&["X-Linked-Etag", "ETag"])
             .map(|e| normalize_etag(&e))
-            .ok_or_else(|| DownloadError::Protocol { url: url.into(), message: "no ETag / X-Linked-Etag header (is HF_ENDPOINT a Hub?)".into() })?;
+            .ok_or_else(|| DownloadError::Protocol {
+                url: url.into(),
+                message: "no ETag / X-Linked-Etag header (is HF_ENDPOINT a Hub?)".into(),
+            })?;
         let size = header(&["X-Linked-Size", "Content-Length"])
             .and_then(|s| s.trim().parse::<u64>().ok())
-            .ok_or_else(|| DownloadError::Protocol { url: url.into(), message: "no file size (X-Linked-Size / Content-Length)".into() })?;
+            .ok_or_else(|| DownloadError::Protocol {
+                url: url.into(),
+                message: "no file size (X-Linked-Size / Content-Length)".into(),
+            })?;
         let sha256 = is_sha256(&etag).then(|| etag.to_ascii_lowercase());
-        Ok(FileMeta { commit: header(&["X-Repo-Commit"]), etag, size, sha256, url: download_url })
+        Ok(FileMeta {
+            commit: header(&["X-Repo-Commit"]),
+            etag,
+            size,
+            sha256,
+            url: download_url,
+        })
     }
 
     /// Downloads `meta` into `part` (resuming what is there), verifies size and sha256, and
     /// renames it to `dest`. On a checksum or size mismatch the part file is deleted.
-    pub fn download(&self, meta: &FileMeta, part: &Path, dest: &Path, label: &str) -> Result<String> {
+    pub fn download(
+        &self,
+        meta: &FileMeta,
+        part: &Path,
+        dest: &Path,
+        label: &str,
+    ) -> Result<String> {
         let bar = self.progress_bar(meta.size, label);
         let mut failures = 0u32;
         loop {
@@ -243,7 +321,12 @@ impl HubClient {
                         break;
                     }
                     // the body ended early without an error: treat as a cut connection
-                    warn!(file = label, got = now, expected = meta.size, "connection closed early");
+                    warn!(
+                        file = label,
+                        got = now,
+                        expected = meta.size,
+                        "connection closed early"
+                    );
                 }
                 Err(Transient(msg)) => warn!(file = label, "download interrupted: {msg}"),
                 Err(Fatal(e)) => {
@@ -254,9 +337,15 @@ impl HubClient {
             failures += 1;
             if failures > self.config.retries {
                 bar.abandon();
-                return Err(self.unreachable(format!("{label}: connection lost {failures} times; run the command again to resume")));
+                return Err(self.unreachable(format!(
+                    "{label}: connection lost {failures} times; run the command again to resume"
+                )));
             }
-            let wait = self.config.retry_delay.saturating_mul(1 << (failures - 1).min(5)).min(Duration::from_secs(30));
+            let wait = self
+                .config
+                .retry_delay
+                .saturating_mul(1 << (failures - 1).min(5))
+                .min(Duration::from_secs(30));
             info!(file = label, attempt = failures, "resuming in {wait:?}");
             std::thread::sleep(wait);
         }
@@ -271,16 +360,25 @@ impl HubClient {
             return ProgressBar::hidden();
         }
         let bar = ProgressBar::new(size);
-        let style = ProgressStyle::with_template("{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .map(|s| s.progress_chars("=> "))
-            .unwrap_or_else(|_| ProgressStyle::default_bar());
+        let style = ProgressStyle::with_template(
+            "{msg:40!} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .map(|s| s.progress_chars("=> "))
+        .unwrap_or_else(|_| ProgressStyle::default_bar());
         bar.set_style(style);
         bar.set_message(label.to_string());
         bar
     }
 
     /// One GET from byte `have` to the end, appended to `part`.
-    fn fetch_from(&self, meta: &FileMeta, part: &Path, have: u64, bar: &ProgressBar, label: &str) -> Result<(), Attempt> {
+    fn fetch_from(
+        &self,
+        meta: &FileMeta,
+        part: &Path,
+        have: u64,
+        bar: &ProgressBar,
+        label: &str,
+    ) -> Result<(), Attempt> {
         let mut req = self.request(&self.follow, "GET", &meta.url);
         if have > 0 {
             req = req.set("Range", &format!("bytes={have}-"));
@@ -290,30 +388,61 @@ impl HubClient {
             Err(ureq::Error::Status(416, _)) => {
                 // our part file does not fit the file the server has: start over
                 truncate(part).map_err(Fatal)?;
-                return Err(Transient("server refused the resume range; restarting this file".into()));
+                return Err(Transient(
+                    "server refused the resume range; restarting this file".into(),
+                ));
             }
-            Err(ureq::Error::Status(s, _)) if s >= 500 => return Err(Transient(format!("HTTP {s}"))),
-            Err(ureq::Error::Status(s, r)) => return Err(Fatal(self.status_error(&meta.url, s, r))),
+            Err(ureq::Error::Status(s, _)) if s >= 500 => {
+                return Err(Transient(format!("HTTP {s}")));
+            }
+            Err(ureq::Error::Status(s, r)) => {
+                return Err(Fatal(self.status_error(&meta.url, s, r)));
+            }
             Err(ureq::Error::Transport(t)) => return Err(Transient(t.to_string())),
         };
         let start = if resp.status() == 206 {
-            let start = resp.header("Content-Range").and_then(|r| r.trim().strip_prefix("bytes ")?.split('-').next()?.parse::<u64>().ok());
+            let start = resp.header("Content-Range").and_then(|r| {
+                r.trim()
+                    .strip_prefix("bytes ")?
+                    .split('-')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
             if start != Some(have) {
                 truncate(part).map_err(Fatal)?;
-                return Err(Transient(format!("server resumed at {start:?}, not {have}; restarting this file")));
+                return Err(Transient(format!(
+                    "server resumed at {start:?}, not {have}; restarting this file"
+                )));
             }
             have
         } else {
             if have > 0 {
-                debug!(file = label, "server ignored Range; downloading from the start");
+                debug!(
+                    file = label,
+                    "server ignored Range; downloading from the start"
+                );
             }
             0
         };
-        let mut file = if start == 0 { File::create(part) } else { OpenOptions::new().append(true).open(part) }
-            .map_err(|e| Fatal(DownloadError::io(part, e)))?;
+        let mut file = if start == 0 {
+            File::create(part)
+        } else {
+            OpenOptions::new().append(true).open(part)
+        }
+        .map_err(|e| Fatal(DownloadError::io(part, e)))?;
         bar.set_position(start);
-        copy_body(resp.into_reader(), &mut file, part, bar, label, start, meta.size)?;
-        file.sync_all().map_err(|e| Fatal(DownloadError::io(part, e)))
+        copy_body(
+            resp.into_reader(),
+            &mut file,
+            part,
+            bar,
+            label,
+            start,
+            meta.size,
+        )?;
+        file.sync_all()
+            .map_err(|e| Fatal(DownloadError::io(part, e)))
     }
 }
 
@@ -325,12 +454,22 @@ enum Attempt {
 use Attempt::{Fatal, Transient};
 
 fn truncate(part: &Path) -> Result<(), DownloadError> {
-    File::create(part).map(|_| ()).map_err(|e| DownloadError::io(part, e))
+    File::create(part)
+        .map(|_| ())
+        .map_err(|e| DownloadError::io(part, e))
 }
 
 /// Streams the body to `file`; read errors are transient (cut connection), write errors fatal.
 /// Logs progress every 15 s for servers whose stderr is not a terminal.
-fn copy_body(mut body: impl Read, file: &mut File, part: &Path, bar: &ProgressBar, label: &str, start: u64, total: u64) -> Result<(), Attempt> {
+fn copy_body(
+    mut body: impl Read,
+    file: &mut File,
+    part: &Path,
+    bar: &ProgressBar,
+    label: &str,
+    start: u64,
+    total: u64,
+) -> Result<(), Attempt> {
     let mut buf = vec![0u8; 256 * 1024];
     let (mut done, t0) = (start, Instant::now());
     let mut last_log = t0;
@@ -341,30 +480,46 @@ fn copy_body(mut body: impl Read, file: &mut File, part: &Path, bar: &ProgressBa
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Transient(e.to_string())),
         };
-        file.write_all(&buf[..n]).map_err(|e| Fatal(DownloadError::io(part, e)))?;
+        file.write_all(&buf[..n])
+            .map_err(|e| Fatal(DownloadError::io(part, e)))?;
         done += n as u64;
         bar.inc(n as u64);
         if last_log.elapsed() >= Duration::from_secs(15) {
             last_log = Instant::now();
             let rate = (done - start) as f64 / t0.elapsed().as_secs_f64().max(1e-3) / 1e6;
-            info!(file = label, "{:.0}% of {:.1} MB at {rate:.1} MB/s", 100.0 * done as f64 / total.max(1) as f64, total as f64 / 1e6);
+            info!(
+                file = label,
+                "{:.0}% of {:.1} MB at {rate:.1} MB/s",
+                100.0 * done as f64 / total.max(1) as f64,
+                total as f64 / 1e6
+            );
         }
     }
 }
 
 /// Size then sha256 (when the Hub gave one) of the finished part file; deletes it on mismatch.
 fn verify(part: &Path, meta: &FileMeta) -> Result<String> {
-    let actual_size = std::fs::metadata(part).map_err(|e| DownloadError::io(part, e))?.len();
+    let actual_size = std::fs::metadata(part)
+        .map_err(|e| DownloadError::io(part, e))?
+        .len();
     if actual_size != meta.size {
         let _ = std::fs::remove_file(part);
-        return Err(DownloadError::Size { path: part.to_path_buf(), expected: meta.size, actual: actual_size });
+        return Err(DownloadError::Size {
+            path: part.to_path_buf(),
+            expected: meta.size,
+            actual: actual_size,
+        });
     }
     let actual = sha256_file(part)?;
     if let Some(expected) = &meta.sha256
         && *expected != actual
     {
         let _ = std::fs::remove_file(part);
-        return Err(DownloadError::Checksum { path: part.to_path_buf(), expected: expected.clone(), actual });
+        return Err(DownloadError::Checksum {
+            path: part.to_path_buf(),
+            expected: expected.clone(),
+            actual,
+        });
     }
     Ok(actual)
 }
@@ -381,5 +536,9 @@ pub fn sha256_file(path: &Path) -> Result<String> {
             Err(e) => return Err(DownloadError::io(path, e)),
         }
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

@@ -39,7 +39,13 @@ pub fn installed_models(models_dir: &Path) -> Result<Vec<InstalledModel>> {
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
-        let Some(id) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else { continue };
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
+            continue;
+        };
         if !path.is_dir() || id.starts_with('.') || NOT_MODELS.contains(&id.as_str()) {
             continue;
         }
@@ -73,7 +79,15 @@ pub fn inspect(id: &str, path: &Path) -> Result<Option<InstalledModel>> {
         Some(m) => (m.origin(), !m.is_intact(path)),
         None => ("local files".to_string(), false),
     };
-    Ok(Some(InstalledModel { id: id.to_string(), path: path.to_path_buf(), family, precision, size_bytes, source, incomplete }))
+    Ok(Some(InstalledModel {
+        id: id.to_string(),
+        path: path.to_path_buf(),
+        family,
+        precision,
+        size_bytes,
+        source,
+        incomplete,
+    }))
 }
 
 fn detect_family(path: &Path) -> Option<String> {
@@ -83,13 +97,24 @@ fn detect_family(path: &Path) -> Option<String> {
             .ok()
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
             .and_then(|v| v.get("d_model")?.as_u64());
-        return Some(if d_model.is_some_and(|d| d >= 2048) { "dalle-mega" } else { "dalle-mini" }.into());
+        return Some(
+            if d_model.is_some_and(|d| d >= 2048) {
+                "dalle-mega"
+            } else {
+                "dalle-mini"
+            }
+            .into(),
+        );
     }
-    sd15::Sd15Layout::detect(path).is_ok().then(|| "sd15".into())
+    sd15::Sd15Layout::detect(path)
+        .is_ok()
+        .then(|| "sd15".into())
 }
 
 fn walk(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64)>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         match std::fs::metadata(&p) {
@@ -169,13 +194,25 @@ fn safetensors_dtypes(path: &Path) -> Option<Vec<(&'static str, u64)>> {
 /// first MiB is taken as the file's.
 fn msgpack_dtype(path: &Path) -> Option<&'static str> {
     let mut head = Vec::new();
-    std::fs::File::open(path).ok()?.take(1 << 20).read_to_end(&mut head).ok()?;
+    std::fs::File::open(path)
+        .ok()?
+        .take(1 << 20)
+        .read_to_end(&mut head)
+        .ok()?;
     let find = |pat: &[u8]| head.windows(pat.len()).position(|w| w == pat);
     let mut hits: Vec<(usize, &'static str)> = Vec::new();
-    for (pat, name) in [(&b"bfloat16"[..], "bf16"), (b"float16", "fp16"), (b"float32", "fp32")] {
+    for (pat, name) in [
+        (&b"bfloat16"[..], "bf16"),
+        (b"float16", "fp16"),
+        (b"float32", "fp32"),
+    ] {
         if let Some(p) = find(pat) {
             // "bfloat16" also contains "float16", one byte later
-            let p = if name == "fp16" && p > 0 && head[p - 1] == b'b' { continue } else { p };
+            let p = if name == "fp16" && p > 0 && head[p - 1] == b'b' {
+                continue;
+            } else {
+                p
+            };
             hits.push((p, name));
         }
     }

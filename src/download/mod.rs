@@ -64,17 +64,28 @@ pub fn is_incomplete_download(dir: &Path) -> bool {
 
 fn part_path(dest: &Path, etag: &str) -> PathBuf {
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tag: String = etag.chars().filter(char::is_ascii_alphanumeric).take(16).collect();
+    let tag: String = etag
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(16)
+        .collect();
     dest.with_file_name(format!("{name}.{tag}.part"))
 }
 
 /// Removes `<name>.*.part` files of other versions of the file (a stale resume would be wrong).
 fn remove_stale_parts(dest: &Path, keep: &Path) {
-    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else { return };
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let (Some(dir), Some(name)) = (dest.parent(), dest.file_name().and_then(|n| n.to_str())) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
-        let stale = p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("{name}.")) && n.ends_with(".part"));
+        let stale = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(&format!("{name}.")) && n.ends_with(".part"));
         if stale && p != keep {
             let _ = std::fs::remove_file(&p);
         }
@@ -93,7 +104,11 @@ fn recorded(manifest: &SourceManifest, dir: &Path, rs: &RepoSpec, f: &RepoFile) 
 /// Fetches what `spec` lists into `models_dir/<id>/`, skipping files already recorded there.
 /// Offline, succeeds only when every file is already present. A non-empty folder without
 /// `kiln-source.json` is the user's: refused (`NotOurs`), never overwritten.
-pub fn download_model(spec: &ModelSpec, models_dir: &Path, hub: &HubConfig) -> Result<DownloadReport> {
+pub fn download_model(
+    spec: &ModelSpec,
+    models_dir: &Path,
+    hub: &HubConfig,
+) -> Result<DownloadReport> {
     let dir = models_dir.join(&spec.id);
     let existing = SourceManifest::read(&dir)?;
     let hand_made = existing.is_none() && has_files(&dir);
@@ -105,7 +120,10 @@ pub fn download_model(spec: &ModelSpec, models_dir: &Path, hub: &HubConfig) -> R
         complete: false,
         files: Vec::new(),
     });
-    let mut report = DownloadReport { dir: dir.clone(), ..Default::default() };
+    let mut report = DownloadReport {
+        dir: dir.clone(),
+        ..Default::default()
+    };
 
     if hub.offline {
         // Present = recorded by an earlier download, or simply there (copied by hand).
@@ -115,8 +133,16 @@ pub fn download_model(spec: &ModelSpec, models_dir: &Path, hub: &HubConfig) -> R
             .map(|(_, f)| f.local.as_str())
             .collect();
         if let Some(first) = missing.first() {
-            let missing = if missing.len() > 1 { format!("{first} and {} more", missing.len() - 1) } else { first.to_string() };
-            return Err(DownloadError::Offline { model: spec.id.clone(), dir, missing });
+            let missing = if missing.len() > 1 {
+                format!("{first} and {} more", missing.len() - 1)
+            } else {
+                first.to_string()
+            };
+            return Err(DownloadError::Offline {
+                model: spec.id.clone(),
+                dir,
+                missing,
+            });
         }
         report.present = spec.files().map(|(_, f)| f.local.clone()).collect();
         return Ok(report);
@@ -127,7 +153,9 @@ pub fn download_model(spec: &ModelSpec, models_dir: &Path, hub: &HubConfig) -> R
     }
     std::fs::create_dir_all(&dir).map_err(|e| DownloadError::io(&dir, e))?;
     // Only this spec's files are described; an interrupted run stays marked incomplete.
-    manifest.files.retain(|e| spec.files().any(|(_, f)| f.local == e.path));
+    manifest
+        .files
+        .retain(|e| spec.files().any(|(_, f)| f.local == e.path));
     manifest.precision = spec.precision.clone();
     manifest.complete = false;
     manifest.write(&dir)?;
@@ -147,7 +175,9 @@ pub fn download_model(spec: &ModelSpec, models_dir: &Path, hub: &HubConfig) -> R
         let label = format!("[{}/{count}] {}/{}", i + 1, spec.id, f.local);
         // A file already there (an earlier run that stopped before recording it) is kept when it matches.
         let existing = match std::fs::metadata(&dest) {
-            Ok(m) if m.len() == meta.size => Some(sha256_file(&dest)?).filter(|s| meta.sha256.as_ref().is_none_or(|e| e == s)),
+            Ok(m) if m.len() == meta.size => {
+                Some(sha256_file(&dest)?).filter(|s| meta.sha256.as_ref().is_none_or(|e| e == s))
+            }
             _ => None,
         };
         let sha256 = match existing {
@@ -166,7 +196,15 @@ pub fn download_model(spec: &ModelSpec, models_dir: &Path, hub: &HubConfig) -> R
             }
         };
         let commit = meta.commit.clone();
-        manifest.upsert(SourceFile { path: f.local.clone(), repo: rs.repo.clone(), revision: rs.revision.clone(), remote: f.remote.clone(), commit, size: meta.size, sha256 });
+        manifest.upsert(SourceFile {
+            path: f.local.clone(),
+            repo: rs.repo.clone(),
+            revision: rs.revision.clone(),
+            remote: f.remote.clone(),
+            commit,
+            size: meta.size,
+            sha256,
+        });
         manifest.write(&dir)?;
     }
     manifest.complete = true;
@@ -195,8 +233,15 @@ pub fn ensure_model(id: &str, models_dir: &Path, hub: &HubConfig) -> Result<Ensu
     let fp16 = manifest.as_ref().is_none_or(|m| m.precision != "fp32");
     let spec = model_spec(id, fp16)?;
     if !hub.offline {
-        let size = spec.approx_bytes.map(|b| format!(" (about {})", human_size(b))).unwrap_or_default();
-        warn!("{id}: weights not found in {}; downloading them{size} from {} — use --offline to skip", dir.display(), hub.display_endpoint());
+        let size = spec
+            .approx_bytes
+            .map(|b| format!(" (about {})", human_size(b)))
+            .unwrap_or_default();
+        warn!(
+            "{id}: weights not found in {}; downloading them{size} from {} — use --offline to skip",
+            dir.display(),
+            hub.display_endpoint()
+        );
     }
     match download_model(&spec, models_dir, hub) {
         Ok(_) => Ok(EnsureOutcome::Downloaded(dir)),
@@ -216,9 +261,15 @@ pub fn ensure_model(id: &str, models_dir: &Path, hub: &HubConfig) -> Result<Ensu
 /// Anything but hidden files and our own `.part` files.
 fn has_files(dir: &Path) -> bool {
     let ours = |name: &str| name.starts_with('.') || name.ends_with(".part");
-    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return false;
+    };
     entries.flatten().any(|e| {
         let p = e.path();
-        if p.is_dir() { has_files(&p) } else { !ours(&e.file_name().to_string_lossy()) }
+        if p.is_dir() {
+            has_files(&p)
+        } else {
+            !ours(&e.file_name().to_string_lossy())
+        }
     })
 }

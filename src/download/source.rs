@@ -47,14 +47,22 @@ impl SourceManifest {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(DownloadError::io(path, e)),
         };
-        serde_json::from_str(&text).map(Some).map_err(|e| DownloadError::Manifest { path, message: e.to_string() })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| DownloadError::Manifest {
+                path,
+                message: e.to_string(),
+            })
     }
 
     /// Written to a temporary file and renamed, so a crash never leaves half a manifest.
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(SOURCE_FILE);
         let tmp = dir.join(format!("{SOURCE_FILE}.tmp"));
-        let json = serde_json::to_string_pretty(self).map_err(|e| DownloadError::Manifest { path: path.clone(), message: e.to_string() })?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| DownloadError::Manifest {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
         std::fs::write(&tmp, json + "\n").map_err(|e| DownloadError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| DownloadError::io(&path, e))
     }
@@ -74,7 +82,11 @@ impl SourceManifest {
     pub fn damaged(&self, dir: &Path) -> Vec<String> {
         self.files
             .iter()
-            .filter(|f| std::fs::metadata(dir.join(&f.path)).map(|m| m.len() != f.size).unwrap_or(true))
+            .filter(|f| {
+                std::fs::metadata(dir.join(&f.path))
+                    .map(|m| m.len() != f.size)
+                    .unwrap_or(true)
+            })
             .map(|f| f.path.clone())
             .collect()
     }
@@ -94,6 +106,10 @@ impl SourceManifest {
                 seen.push(item);
             }
         }
-        if seen.is_empty() { "kiln download (nothing fetched yet)".into() } else { seen.join(" + ") }
+        if seen.is_empty() {
+            "kiln download (nothing fetched yet)".into()
+        } else {
+            seen.join(" + ")
+        }
     }
 }

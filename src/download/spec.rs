@@ -70,7 +70,9 @@ pub struct ModelSpec {
 impl ModelSpec {
     /// Every (repository, file) pair, in download order.
     pub fn files(&self) -> impl Iterator<Item = (&RepoSpec, &RepoFile)> {
-        self.sources.iter().flat_map(|s| s.files.iter().map(move |f| (s, f)))
+        self.sources
+            .iter()
+            .flat_map(|s| s.files.iter().map(move |f| (s, f)))
     }
 
     /// Replaces the revision of the main (first) repository.
@@ -83,11 +85,21 @@ impl ModelSpec {
 }
 
 fn same(names: &[&str]) -> Vec<RepoFile> {
-    names.iter().map(|n| RepoFile { remote: n.to_string(), local: n.to_string() }).collect()
+    names
+        .iter()
+        .map(|n| RepoFile {
+            remote: n.to_string(),
+            local: n.to_string(),
+        })
+        .collect()
 }
 
 fn repo(repo: &str, revision: &str, files: Vec<RepoFile>) -> RepoSpec {
-    RepoSpec { repo: repo.into(), revision: revision.into(), files }
+    RepoSpec {
+        repo: repo.into(),
+        revision: revision.into(),
+        files,
+    }
 }
 
 /// SD 1.5 diffusers folder: configs, tokenizer and the three weight files. The loader prefers
@@ -123,15 +135,36 @@ fn sd15(fp16: bool) -> ModelSpec {
 /// first place the DALL·E loader looks). dalle-mega's repository has no word list of its own
 /// (transformers' port reads dalle-mini's), so it comes from dalle-mini.
 fn dalle(id: &str, family: Family, main_repo: &str) -> ModelSpec {
-    let mut sources = vec![repo(main_repo, DALLE_REVISION, same(&["config.json", "flax_model.msgpack", "vocab.json", "merges.txt"]))];
+    let mut sources = vec![repo(
+        main_repo,
+        DALLE_REVISION,
+        same(&[
+            "config.json",
+            "flax_model.msgpack",
+            "vocab.json",
+            "merges.txt",
+        ]),
+    )];
     let words = same(&["enwiki-words-frequency.txt"]);
     match family {
         Family::DalleMini => sources[0].files.extend(words),
         _ => sources.push(repo(DALLE_MINI_REPO, DALLE_REVISION, words)),
     }
-    let vq = ["config.json", "flax_model.msgpack"].iter().map(|n| RepoFile { remote: n.to_string(), local: format!("vqgan/{n}") }).collect();
+    let vq = ["config.json", "flax_model.msgpack"]
+        .iter()
+        .map(|n| RepoFile {
+            remote: n.to_string(),
+            local: format!("vqgan/{n}"),
+        })
+        .collect();
     sources.push(repo(VQGAN_REPO, DALLE_REVISION, vq));
-    ModelSpec { id: id.into(), family, precision: "published".into(), sources, approx_bytes: None }
+    ModelSpec {
+        id: id.into(),
+        family,
+        precision: "published".into(),
+        sources,
+        approx_bytes: None,
+    }
 }
 
 /// The spec of a model id; `fp16` picks SD 1.5's half-precision files (DALL·E has one variant).
@@ -148,7 +181,11 @@ pub fn model_spec(id: &str, fp16: bool) -> Result<ModelSpec> {
 pub fn expand_ids(ids: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for id in ids {
-        let list: Vec<&str> = if id == "all" { MODEL_IDS.to_vec() } else { vec![id.as_str()] };
+        let list: Vec<&str> = if id == "all" {
+            MODEL_IDS.to_vec()
+        } else {
+            vec![id.as_str()]
+        };
         for one in list {
             if !MODEL_IDS.contains(&one) {
                 return Err(DownloadError::UnknownModel(one.to_string()));

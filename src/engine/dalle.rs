@@ -20,7 +20,11 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
         Family::DalleMini
     }
 
-    fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError> {
+    fn generate(
+        &mut self,
+        job: &ImageJob,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
         let d = DalleRequest::default();
         let req = DalleRequest {
             prompt: job.prompt.clone(),
@@ -32,14 +36,23 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
             top_p: job.dalle.top_p.map_or(d.top_p, |v| v as f32),
             tokenization: d.tokenization,
         };
-        let out = self.model.generate(&req, &mut |step, total| progress(Progress { step, total, preview: None }))?;
+        let out = self.model.generate(&req, &mut |step, total| {
+            progress(Progress {
+                step,
+                total,
+                preview: None,
+            })
+        })?;
         let (w, h) = (out.width as u32, out.height as u32);
         out.rgb8
             .into_iter()
             .zip(out.seeds)
             .map(|(rgb, seed)| {
-                let image = RgbImage::from_raw(w, h, rgb)
-                    .ok_or_else(|| EngineError::from(crate::Error::Image("the VQGAN returned a buffer of the wrong size".into())))?;
+                let image = RgbImage::from_raw(w, h, rgb).ok_or_else(|| {
+                    EngineError::from(crate::Error::Image(
+                        "the VQGAN returned a buffer of the wrong size".into(),
+                    ))
+                })?;
                 Ok(GeneratedImage { image, seed })
             })
             .collect()
@@ -54,7 +67,9 @@ impl BackendTask for LoadDalle {
     type Output = Result<Box<dyn ImagePipeline>, EngineError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        Ok(Box::new(DallePipeline { model: DalleMini::<B>::load(&self.path, &device)? }))
+        Ok(Box::new(DallePipeline {
+            model: DalleMini::<B>::load(&self.path, &device)?,
+        }))
     }
 }
 

@@ -21,7 +21,13 @@ pub struct FakeConfig {
 
 impl Default for FakeConfig {
     fn default() -> Self {
-        Self { family: Family::Sd15, step_delay: Duration::ZERO, default_steps: 4, panic_prompt: None, fail_prompt: None }
+        Self {
+            family: Family::Sd15,
+            step_delay: Duration::ZERO,
+            default_steps: 4,
+            panic_prompt: None,
+            fail_prompt: None,
+        }
     }
 }
 
@@ -39,7 +45,9 @@ impl FakePipeline {
         let family = cfg.family;
         let edits_unsupported = match family {
             Family::Sd15 => None,
-            Family::DalleMini => Some("DALL·E models cannot edit images; use a Stable Diffusion model".into()),
+            Family::DalleMini => {
+                Some("DALL·E models cannot edit images; use a Stable Diffusion model".into())
+            }
         };
         ModelSpec {
             id: id.into(),
@@ -48,7 +56,9 @@ impl FakePipeline {
             source: "fake pipeline (tests)".into(),
             demo: false,
             edits_unsupported,
-            loader: Arc::new(move || Ok(Box::new(FakePipeline::new(cfg.clone())) as Box<dyn ImagePipeline>)),
+            loader: Arc::new(move || {
+                Ok(Box::new(FakePipeline::new(cfg.clone())) as Box<dyn ImagePipeline>)
+            }),
         }
     }
 
@@ -71,27 +81,44 @@ impl ImagePipeline for FakePipeline {
         self.cfg.family
     }
 
-    fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError> {
+    fn generate(
+        &mut self,
+        job: &ImageJob,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
         if self.cfg.panic_prompt.as_deref() == Some(job.prompt.as_str()) {
             panic!("fake pipeline asked to panic");
         }
         if self.cfg.fail_prompt.as_deref() == Some(job.prompt.as_str()) {
             return Err(EngineError::Failed("fake pipeline asked to fail".into()));
         }
-        let (w, h) = self.cfg.family.native_size().unwrap_or((job.width, job.height));
+        let (w, h) = self
+            .cfg
+            .family
+            .native_size()
+            .unwrap_or((job.width, job.height));
         let total = job.steps.unwrap_or(self.cfg.default_steps).max(1);
         let previews = job.preview_steps(total);
         for step in 1..=total {
             std::thread::sleep(self.cfg.step_delay);
-            let preview = previews.contains(&step).then(|| Self::render(job.seed, w, h, step as f32 / total as f32));
-            if !progress(Progress { step, total, preview }) {
+            let preview = previews
+                .contains(&step)
+                .then(|| Self::render(job.seed, w, h, step as f32 / total as f32));
+            if !progress(Progress {
+                step,
+                total,
+                preview,
+            }) {
                 return Err(EngineError::Cancelled);
             }
         }
         Ok((0..job.n as u64)
             .map(|k| {
                 let seed = job.seed.wrapping_add(k);
-                GeneratedImage { image: Self::render(seed, w, h, 1.0), seed }
+                GeneratedImage {
+                    image: Self::render(seed, w, h, 1.0),
+                    seed,
+                }
             })
             .collect())
     }

@@ -18,12 +18,14 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc as tmpsc;
 use tracing::info;
 
+pub use crate::schedulers::SchedulerKind;
 pub use dalle::{DallePipeline, dalle_loader};
 pub use fake::{FakeConfig, FakePipeline};
-pub use pipeline::{DalleParams, Family, GeneratedImage, ImageJob, ImagePipeline, InitImage, Progress};
+pub use pipeline::{
+    DalleParams, Family, GeneratedImage, ImageJob, ImagePipeline, InitImage, Progress,
+};
 pub use registry::{DEMO_HELP, Discovery, discover, is_diffusers_folder};
 pub use sd15::{Sd15Pipeline, sd15_loader};
-pub use crate::schedulers::SchedulerKind;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
@@ -32,9 +34,15 @@ pub enum EngineError {
     #[error("the model `{0}` does not exist")]
     UnknownModel(String),
     #[error("{message}")]
-    Invalid { param: Option<String>, message: String },
+    Invalid {
+        param: Option<String>,
+        message: String,
+    },
     #[error("{message}")]
-    Unsupported { param: Option<String>, message: String },
+    Unsupported {
+        param: Option<String>,
+        message: String,
+    },
     #[error("model `{model}` failed to load: {message}")]
     Load { model: String, message: String },
     #[error("generation failed: {0}")]
@@ -50,7 +58,10 @@ pub enum EngineError {
 impl From<crate::Error> for EngineError {
     fn from(e: crate::Error) -> Self {
         match e {
-            crate::Error::InvalidArgument(message) => EngineError::Invalid { param: None, message },
+            crate::Error::InvalidArgument(message) => EngineError::Invalid {
+                param: None,
+                message,
+            },
             crate::Error::Cancelled => EngineError::Cancelled,
             other => EngineError::Failed(other.to_string()),
         }
@@ -78,7 +89,12 @@ pub struct ModelSpec {
 
 impl std::fmt::Debug for ModelSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ModelSpec").field("id", &self.id).field("family", &self.family).field("device", &self.device).field("source", &self.source).finish()
+        f.debug_struct("ModelSpec")
+            .field("id", &self.id)
+            .field("family", &self.family)
+            .field("device", &self.device)
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -121,7 +137,10 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { max_queue: 16, preload: false }
+        Self {
+            max_queue: 16,
+            preload: false,
+        }
     }
 }
 
@@ -221,7 +240,10 @@ impl EngineHandle {
     pub fn start(models: Vec<ModelSpec>, config: EngineConfig) -> Result<Self, EngineError> {
         let mut seen = std::collections::HashSet::new();
         if let Some(dup) = models.iter().find(|m| !seen.insert(m.id.clone())) {
-            return Err(EngineError::Invalid { param: None, message: format!("model id `{}` is given twice", dup.id) });
+            return Err(EngineError::Invalid {
+                param: None,
+                message: format!("model id `{}` is given twice", dup.id),
+            });
         }
         let states = Arc::new(Mutex::new(vec![ModelState::Unloaded; models.len()]));
         let stop = Arc::new(AtomicBool::new(false));
@@ -234,8 +256,17 @@ impl EngineHandle {
         let (mut workers, mut threads) = (Vec::new(), Vec::new());
         for (w, (device, idx)) in by_device.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
-            let loaders = idx.iter().map(|&i| (i, models[i].id.clone(), models[i].loader.clone())).collect();
-            let ctx = worker::Context { rx, loaders, states: states.clone(), stop: stop.clone(), counters: counters.clone() };
+            let loaders = idx
+                .iter()
+                .map(|&i| (i, models[i].id.clone(), models[i].loader.clone()))
+                .collect();
+            let ctx = worker::Context {
+                rx,
+                loaders,
+                states: states.clone(),
+                stop: stop.clone(),
+                counters: counters.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("kiln-worker-{device}"))
                 .spawn(move || worker::run(ctx))
@@ -257,18 +288,27 @@ impl EngineHandle {
             stop,
             counters,
         };
-        let engine = Self { inner: Arc::new(inner) };
+        let engine = Self {
+            inner: Arc::new(inner),
+        };
         if config.preload {
             for (i, (_, w)) in engine.inner.models.iter().enumerate() {
                 engine.send(*w, worker::Msg::Load(i));
             }
         }
-        info!(models = engine.inner.models.len(), workers = engine.inner.workers.len(), max_queue = engine.inner.max_queue, "engine started");
+        info!(
+            models = engine.inner.models.len(),
+            workers = engine.inner.workers.len(),
+            max_queue = engine.inner.max_queue,
+            "engine started"
+        );
         Ok(engine)
     }
 
     fn send(&self, worker: usize, msg: worker::Msg) -> bool {
-        let guard = self.inner.workers[worker].lock().unwrap_or_else(|p| p.into_inner());
+        let guard = self.inner.workers[worker]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         guard.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
     }
 
@@ -277,7 +317,12 @@ impl EngineHandle {
     }
 
     pub fn models(&self) -> Vec<ModelInfo> {
-        let states = self.inner.states.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let states = self
+            .inner
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         self.inner
             .models
             .iter()
@@ -313,16 +358,26 @@ impl EngineHandle {
         if self.inner.stop.load(Ordering::Acquire) {
             return Err(EngineError::ShuttingDown);
         }
-        let idx = self.index(model).ok_or_else(|| EngineError::UnknownModel(model.to_string()))?;
+        let idx = self
+            .index(model)
+            .ok_or_else(|| EngineError::UnknownModel(model.to_string()))?;
         let max = self.inner.max_queue;
         self.inner
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .map_err(|_| EngineError::QueueFull(max))?;
         let slot = Slot(self.inner.in_flight.clone());
         let (tx, rx) = tmpsc::unbounded_channel();
         let cancel = Arc::new(AtomicBool::new(false));
-        let queued = Queued { model: idx, job, events: tx, cancel: cancel.clone(), _slot: slot };
+        let queued = Queued {
+            model: idx,
+            job,
+            events: tx,
+            cancel: cancel.clone(),
+            _slot: slot,
+        };
         if !self.send(self.inner.models[idx].1, worker::Msg::Job(Box::new(queued))) {
             return Err(EngineError::ShuttingDown);
         }
@@ -343,7 +398,13 @@ impl EngineHandle {
     /// [`Self::begin_shutdown`], then waits for the workers to exit. Idempotent.
     pub fn shutdown(&self) {
         self.begin_shutdown();
-        let threads: Vec<_> = self.inner.threads.lock().unwrap_or_else(|p| p.into_inner()).drain(..).collect();
+        let threads: Vec<_> = self
+            .inner
+            .threads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
         for t in threads {
             let _ = t.join();
         }

@@ -123,5 +123,9 @@ pub struct GeneratedImage {
 /// leaves it, so device handles that are not thread-safe are fine.
 pub trait ImagePipeline {
     fn family(&self) -> Family;
-    fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError>;
+    fn generate(
+        &mut self,
+        job: &ImageJob,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Vec<GeneratedImage>, EngineError>;
 }

@@ -28,7 +28,11 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         Family::Sd15
     }
 
-    fn generate(&mut self, job: &ImageJob, progress: &mut dyn FnMut(Progress) -> bool) -> Result<Vec<GeneratedImage>, EngineError> {
+    fn generate(
+        &mut self,
+        job: &ImageJob,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
         let defaults = GenerateRequest::default();
         // Edits: img2img, or inpainting with a mask (white = repaint; the server converts
         // OpenAI's transparent-means-edit masks). diffusers defaults strength to 0.8 for img2img
@@ -36,11 +40,22 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         let condition = match &job.init {
             Some(init) => {
                 let img = image::DynamicImage::ImageRgb8(init.image.clone());
-                Some(img2img::prepare(&img, init.mask.as_ref(), job.width as usize, job.height as usize)?)
+                Some(img2img::prepare(
+                    &img,
+                    init.mask.as_ref(),
+                    job.width as usize,
+                    job.height as usize,
+                )?)
             }
             None => None,
         };
-        let strength = job.strength.unwrap_or(if job.init.as_ref().is_some_and(|i| i.mask.is_some()) { 1.0 } else { defaults.strength });
+        let strength =
+            job.strength
+                .unwrap_or(if job.init.as_ref().is_some_and(|i| i.mask.is_some()) {
+                    1.0
+                } else {
+                    defaults.strength
+                });
         let req = GenerateRequest {
             prompt: job.prompt.clone(),
             negative_prompt: job.negative_prompt.clone(),
@@ -58,13 +73,27 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
             ..defaults
         };
         let scale = self.model.parts.vae_config.scale_factor() as u32;
-        let out = self.model.generate_observed(&req, &mut |step, total, latents| {
-            // Streaming previews come from the latents (no VAE), for image 0.
-            let preview = job.preview_steps(total).contains(&step).then(|| latent_preview(latents, 0, scale).ok()).flatten();
-            progress(Progress { step, total, preview })
-        })?;
+        let out = self
+            .model
+            .generate_observed(&req, &mut |step, total, latents| {
+                // Streaming previews come from the latents (no VAE), for image 0.
+                let preview = job
+                    .preview_steps(total)
+                    .contains(&step)
+                    .then(|| latent_preview(latents, 0, scale).ok())
+                    .flatten();
+                progress(Progress {
+                    step,
+                    total,
+                    preview,
+                })
+            })?;
         let images = image_io::to_rgb8(out.images)?;
-        Ok(images.into_iter().zip(out.seeds).map(|(image, seed)| GeneratedImage { image, seed }).collect())
+        Ok(images
+            .into_iter()
+            .zip(out.seeds)
+            .map(|(image, seed)| GeneratedImage { image, seed })
+            .collect())
     }
 }
 

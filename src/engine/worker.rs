@@ -9,7 +9,9 @@ use std::time::Instant;
 use image::imageops::FilterType;
 use tracing::{error, info, warn};
 
-use super::{Counters, EngineError, GeneratedImage, ImagePipeline, JobEvent, Loader, ModelState, Queued};
+use super::{
+    Counters, EngineError, GeneratedImage, ImagePipeline, JobEvent, Loader, ModelState, Queued,
+};
 
 pub(crate) enum Msg {
     Job(Box<Queued>),
@@ -32,7 +34,10 @@ struct Worker {
 }
 
 pub(crate) fn run(ctx: Context) {
-    let mut w = Worker { ctx, loaded: HashMap::new() };
+    let mut w = Worker {
+        ctx,
+        loaded: HashMap::new(),
+    };
     while let Ok(msg) = w.ctx.rx.recv() {
         match msg {
             Msg::Stop => break,
@@ -46,12 +51,21 @@ pub(crate) fn run(ctx: Context) {
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 impl Worker {
     fn set_state(&self, i: usize, s: ModelState) {
-        if let Some(slot) = self.ctx.states.lock().unwrap_or_else(|p| p.into_inner()).get_mut(i) {
+        if let Some(slot) = self
+            .ctx
+            .states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(i)
+        {
             *slot = s;
         }
     }
@@ -60,14 +74,16 @@ impl Worker {
         if self.loaded.contains_key(&i) {
             return Ok(());
         }
-        let Some((_, id, loader)) = self.ctx.loaders.iter().find(|(k, _, _)| *k == i).cloned() else {
+        let Some((_, id, loader)) = self.ctx.loaders.iter().find(|(k, _, _)| *k == i).cloned()
+        else {
             return Err(EngineError::UnknownModel(format!("#{i}")));
         };
         self.set_state(i, ModelState::Loading);
         let t0 = Instant::now();
         info!(model = %id, "loading model");
         // A panicking loader must not take the worker down with it.
-        let result = catch_unwind(AssertUnwindSafe(|| loader())).unwrap_or_else(|p| Err(EngineError::Panicked(panic_message(&*p))));
+        let result = catch_unwind(AssertUnwindSafe(|| loader()))
+            .unwrap_or_else(|p| Err(EngineError::Panicked(panic_message(&*p))));
         match result {
             Ok(p) => {
                 info!(model = %id, secs = t0.elapsed().as_secs_f32(), "model ready");
@@ -78,13 +94,22 @@ impl Worker {
             Err(e) => {
                 error!(model = %id, error = %e, "model failed to load");
                 self.set_state(i, ModelState::Failed(e.to_string()));
-                Err(EngineError::Load { model: id, message: e.to_string() })
+                Err(EngineError::Load {
+                    model: id,
+                    message: e.to_string(),
+                })
             }
         }
     }
 
     fn run_job(&mut self, q: Queued) {
-        let Queued { model, job, events, cancel, _slot } = q;
+        let Queued {
+            model,
+            job,
+            events,
+            cancel,
+            _slot,
+        } = q;
         let stop = self.ctx.stop.clone();
         let cancelled = || cancel.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
         let counters = self.ctx.counters.clone();
@@ -106,7 +131,14 @@ impl Worker {
             let r = catch_unwind(AssertUnwindSafe(|| pipeline.generate(&job, &mut progress)));
             match r {
                 Ok(r) => {
-                    info!(n = job.n, width = job.width, height = job.height, secs = t0.elapsed().as_secs_f32(), ok = r.is_ok(), "job finished");
+                    info!(
+                        n = job.n,
+                        width = job.width,
+                        height = job.height,
+                        secs = t0.elapsed().as_secs_f32(),
+                        ok = r.is_ok(),
+                        "job finished"
+                    );
                     r
                 }
                 Err(p) => {
@@ -140,7 +172,10 @@ fn resize_to(images: Vec<GeneratedImage>, width: u32, height: u32) -> Vec<Genera
             if g.image.dimensions() == (width, height) {
                 g
             } else {
-                GeneratedImage { image: image::imageops::resize(&g.image, width, height, FilterType::Lanczos3), seed: g.seed }
+                GeneratedImage {
+                    image: image::imageops::resize(&g.image, width, height, FilterType::Lanczos3),
+                    seed: g.seed,
+                }
             }
         })
         .collect()

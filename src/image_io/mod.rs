@@ -19,9 +19,13 @@ pub fn to_rgb8<B: Backend>(images: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
         return Err(Error::Image(format!("expected 3 channels, got {c}")));
     }
     let data = images.into_data().convert_dtype(DType::F32);
-    let v = data.as_slice::<f32>().map_err(|e| Error::Image(format!("{e:?}")))?;
+    let v = data
+        .as_slice::<f32>()
+        .map_err(|e| Error::Image(format!("{e:?}")))?;
     if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
-        return Err(Error::Numerical(format!("the decoded image contains {bad}; the model produced NaN/inf (try f32 or another seed)")));
+        return Err(Error::Numerical(format!(
+            "the decoded image contains {bad}; the model produced NaN/inf (try f32 or another seed)"
+        )));
     }
     let plane = h * w;
     Ok((0..n)
@@ -67,7 +71,9 @@ impl std::str::FromStr for ImageFormat {
             "png" => Ok(Self::Png),
             "jpeg" | "jpg" => Ok(Self::Jpeg),
             "webp" => Ok(Self::Webp),
-            _ => Err(Error::invalid(format!("unknown image format `{s}`; use png, jpeg or webp"))),
+            _ => Err(Error::invalid(format!(
+                "unknown image format `{s}`; use png, jpeg or webp"
+            ))),
         }
     }
 }
@@ -75,7 +81,9 @@ impl std::str::FromStr for ImageFormat {
 impl ImageFormat {
     /// From a file name's extension.
     pub fn from_path(path: &Path) -> Option<Self> {
-        path.extension().and_then(|e| e.to_str()).and_then(|e| e.parse().ok())
+        path.extension()
+            .and_then(|e| e.to_str())
+            .and_then(|e| e.parse().ok())
     }
 
     pub fn extension(self) -> &'static str {
@@ -97,12 +105,20 @@ impl ImageFormat {
 
 /// Encodes `img`. `quality` (1–100, default 90) is JPEG's; lossless formats refuse it rather
 /// than ignore it. `params` goes into PNG files as the `parameters` text chunk.
-pub fn encode(img: &RgbImage, format: ImageFormat, quality: Option<u8>, params: Option<&params::Parameters>) -> Result<Vec<u8>> {
+pub fn encode(
+    img: &RgbImage,
+    format: ImageFormat,
+    quality: Option<u8>,
+    params: Option<&params::Parameters>,
+) -> Result<Vec<u8>> {
     use image::ImageEncoder;
     let (w, h) = img.dimensions();
     let err = |e: &dyn std::fmt::Display| Error::Image(e.to_string());
     if quality.is_some() && format != ImageFormat::Jpeg {
-        return Err(Error::invalid(format!("quality applies to JPEG only; {} output is lossless", format.extension())));
+        return Err(Error::invalid(format!(
+            "quality applies to JPEG only; {} output is lossless",
+            format.extension()
+        )));
     }
     let mut out = Vec::new();
     match format {
@@ -115,7 +131,11 @@ pub fn encode(img: &RgbImage, format: ImageFormat, quality: Option<u8>, params: 
                 // tEXt is Latin-1 only; prompts with other characters go in an iTXt chunk (UTF-8),
                 // as PIL does for A1111.
                 let latin1 = text.chars().all(|c| (c as u32) < 256);
-                let added = if latin1 { enc.add_text_chunk("parameters".into(), text) } else { enc.add_itxt_chunk("parameters".into(), text) };
+                let added = if latin1 {
+                    enc.add_text_chunk("parameters".into(), text)
+                } else {
+                    enc.add_itxt_chunk("parameters".into(), text)
+                };
                 added.map_err(|e| err(&e))?;
             }
             let mut writer = enc.write_header().map_err(|e| err(&e))?;
@@ -125,7 +145,9 @@ pub fn encode(img: &RgbImage, format: ImageFormat, quality: Option<u8>, params: 
         ImageFormat::Jpeg => {
             let q = quality.unwrap_or(90);
             if !(1..=100).contains(&q) {
-                return Err(Error::invalid(format!("JPEG quality must be 1–100, got {q}")));
+                return Err(Error::invalid(format!(
+                    "JPEG quality must be 1–100, got {q}"
+                )));
             }
             image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, q)
                 .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
@@ -141,14 +163,21 @@ pub fn encode(img: &RgbImage, format: ImageFormat, quality: Option<u8>, params: 
 /// The `parameters` chunk of a PNG file, if it has one.
 pub fn read_parameters(png_bytes: &[u8]) -> Result<Option<params::Parameters>> {
     let decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
-    let reader = decoder.read_info().map_err(|e| Error::Image(e.to_string()))?;
+    let reader = decoder
+        .read_info()
+        .map_err(|e| Error::Image(e.to_string()))?;
     let info = reader.info();
     let text = info
         .uncompressed_latin1_text
         .iter()
         .find(|t| t.keyword == "parameters")
         .map(|t| t.text.clone())
-        .or_else(|| info.utf8_text.iter().find(|t| t.keyword == "parameters").and_then(|t| t.get_text().ok()));
+        .or_else(|| {
+            info.utf8_text
+                .iter()
+                .find(|t| t.keyword == "parameters")
+                .and_then(|t| t.get_text().ok())
+        });
     text.map(|t| params::Parameters::parse(&t)).transpose()
 }
 
@@ -157,7 +186,12 @@ pub fn save(img: &RgbImage, path: &Path) -> Result<()> {
 }
 
 /// Writes `img` in the format of `path`'s extension (PNG when unknown).
-pub fn save_with(img: &RgbImage, path: &Path, quality: Option<u8>, params: Option<&params::Parameters>) -> Result<()> {
+pub fn save_with(
+    img: &RgbImage,
+    path: &Path,
+    quality: Option<u8>,
+    params: Option<&params::Parameters>,
+) -> Result<()> {
     let format = ImageFormat::from_path(path).unwrap_or(ImageFormat::Png);
     let bytes = encode(img, format, quality, params)?;
     std::fs::write(path, bytes).map_err(|e| Error::io(path, e))

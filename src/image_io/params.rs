@@ -31,7 +31,11 @@ pub struct Parameters {
 
 /// A1111 quotes values that contain `,`, `:` or `"` with JSON string syntax.
 fn quote(v: &str) -> String {
-    if v.contains([',', ':', '"', '\n']) { serde_json::Value::String(v.to_string()).to_string() } else { v.to_string() }
+    if v.contains([',', ':', '"', '\n']) {
+        serde_json::Value::String(v.to_string()).to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 impl Parameters {
@@ -63,7 +67,9 @@ impl Parameters {
     /// with `Negative prompt:` begins the negative prompt, everything before is the prompt.
     pub fn parse(text: &str) -> Result<Self> {
         let bad = |m: &str| Error::Image(format!("parameters text: {m}"));
-        let (body, last) = text.rsplit_once('\n').ok_or_else(|| bad("no parameter line"))?;
+        let (body, last) = text
+            .rsplit_once('\n')
+            .ok_or_else(|| bad("no parameter line"))?;
         let fields = parse_fields(last);
         let (prompt, negative) = match body.split_once("\nNegative prompt: ") {
             Some((p, n)) => (p.to_string(), n.to_string()),
@@ -72,8 +78,17 @@ impl Parameters {
                 None => (body.to_string(), String::new()),
             },
         };
-        let get = |k: &str| fields.get(k).cloned().ok_or_else(|| bad(&format!("no `{k}`")));
-        let num = |k: &str| -> Result<f64> { get(k)?.parse::<f64>().map_err(|_| bad(&format!("`{k}` is not a number"))) };
+        let get = |k: &str| {
+            fields
+                .get(k)
+                .cloned()
+                .ok_or_else(|| bad(&format!("no `{k}`")))
+        };
+        let num = |k: &str| -> Result<f64> {
+            get(k)?
+                .parse::<f64>()
+                .map_err(|_| bad(&format!("`{k}` is not a number")))
+        };
         let size = get("Size")?;
         let (w, h) = size.split_once('x').ok_or_else(|| bad("bad Size"))?;
         Ok(Self {
@@ -86,8 +101,13 @@ impl Parameters {
             width: w.trim().parse().map_err(|_| bad("bad Size"))?,
             height: h.trim().parse().map_err(|_| bad("bad Size"))?,
             model: fields.get("Model").cloned().unwrap_or_default(),
-            clip_skip: fields.get("Clip skip").and_then(|v| v.parse().ok()).unwrap_or(1),
-            denoising_strength: fields.get("Denoising strength").and_then(|v| v.parse().ok()),
+            clip_skip: fields
+                .get("Clip skip")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            denoising_strength: fields
+                .get("Denoising strength")
+                .and_then(|v| v.parse().ok()),
         })
     }
 }
@@ -115,7 +135,8 @@ fn parse_fields(line: &str) -> BTreeMap<String, String> {
             }
             let end = end.unwrap_or(after.len() - 1);
             let raw = &after[..=end];
-            let v = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.trim_matches('"').to_string());
+            let v = serde_json::from_str::<String>(raw)
+                .unwrap_or_else(|_| raw.trim_matches('"').to_string());
             (v, after[end + 1..].trim_start_matches(',').trim_start())
         } else {
             match after.split_once(", ") {

@@ -32,8 +32,13 @@ fn transposed_copy<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
 
 impl<B: Backend> Linear<B> {
     pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        let weight = zeros([d_out, d_in], device).init_mapper(|t| t.transpose()).load_mapper(transposed_copy);
-        Self { weight, bias: bias.then(|| zeros([d_out], device)) }
+        let weight = zeros([d_out, d_in], device)
+            .init_mapper(|t| t.transpose())
+            .load_mapper(transposed_copy);
+        Self {
+            weight,
+            bias: bias.then(|| zeros([d_out], device)),
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -56,7 +61,12 @@ pub struct GroupNorm<B: Backend> {
 
 impl<B: Backend> GroupNorm<B> {
     pub fn new(num_groups: usize, channels: usize, eps: f64, device: &B::Device) -> Self {
-        Self { weight: zeros([channels], device), bias: zeros([channels], device), num_groups, eps }
+        Self {
+            weight: zeros([channels], device),
+            bias: zeros([channels], device),
+            num_groups,
+            eps,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -79,7 +89,11 @@ pub struct LayerNorm<B: Backend> {
 
 impl<B: Backend> LayerNorm<B> {
     pub fn new(d: usize, eps: f64, bias: bool, device: &B::Device) -> Self {
-        Self { weight: zeros([d], device), bias: bias.then(|| zeros([d], device)), eps }
+        Self {
+            weight: zeros([d], device),
+            bias: bias.then(|| zeros([d], device)),
+            eps,
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -101,7 +115,9 @@ pub struct Embedding<B: Backend> {
 
 impl<B: Backend> Embedding<B> {
     pub fn new(n: usize, d: usize, device: &B::Device) -> Self {
-        Self { weight: zeros([n, d], device) }
+        Self {
+            weight: zeros([n, d], device),
+        }
     }
 
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
@@ -127,7 +143,14 @@ pub fn conv2d<B: Backend>(
 
 /// 3×3 convolution, stride 1, padding 1: the workhorse of UNet and VAE.
 pub fn conv3x3<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> Conv2d<B> {
-    conv2d(c_in, c_out, 3, 1, PaddingConfig2d::Explicit(1, 1, 1, 1), device)
+    conv2d(
+        c_in,
+        c_out,
+        3,
+        1,
+        PaddingConfig2d::Explicit(1, 1, 1, 1),
+        device,
+    )
 }
 
 /// 1×1 convolution.
@@ -163,8 +186,17 @@ pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
 
 /// Scaled dot-product attention with the default `1/√d` scale (keeps the fused kernels on
 /// GPU backends, which fall back to the unfused path for a custom scale).
-pub fn sdpa<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>, causal: bool) -> Tensor<B, 4> {
+pub fn sdpa<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+) -> Tensor<B, 4> {
     use burn::tensor::ops::AttentionModuleOptions;
-    let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+    let opts = AttentionModuleOptions {
+        scale: None,
+        softcap: None,
+        is_causal: causal,
+    };
     burn::tensor::module::attention(q, k, v, None, None, opts)
 }

@@ -1,14 +1,23 @@
 //! DDIM (diffusers `DDIMScheduler`): deterministic at `eta = 0` (the pipelines' default); with
 //! `eta > 0` each step adds fresh noise of standard deviation `η·√variance`.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, spaced_timesteps};
+use super::{
+    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing,
+    spaced_timesteps,
+};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, opts: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0))))
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    opts: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(
+        Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0)),
+    ))
 }
 
 pub struct Ddim {
@@ -24,9 +33,17 @@ pub struct Ddim {
 impl Ddim {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
         let alphas_cumprod = cfg.alphas_cumprod();
-        let final_alpha_cumprod = if cfg.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if cfg.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         Self {
-            timesteps: spaced_timesteps(cfg, steps, cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading)),
+            timesteps: spaced_timesteps(
+                cfg,
+                steps,
+                cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
+            ),
             alphas_cumprod,
             final_alpha_cumprod,
             step_ratio: cfg.num_train_timesteps / steps,
@@ -56,11 +73,21 @@ impl<B: Backend> Scheduler<B> for Ddim {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let t = self.timesteps[i] as i64;
         let prev = t - self.step_ratio as i64;
         let a_t = self.alphas_cumprod[t as usize];
-        let a_prev = if prev >= 0 { self.alphas_cumprod[prev as usize] } else { self.final_alpha_cumprod };
+        let a_prev = if prev >= 0 {
+            self.alphas_cumprod[prev as usize]
+        } else {
+            self.final_alpha_cumprod
+        };
         let b_t = 1.0 - a_t;
         let (x0, eps) = match self.prediction {
             PredictionType::Epsilon => ((sample - out.clone() * b_t.sqrt()) / a_t.sqrt(), out),
@@ -70,11 +97,19 @@ impl<B: Backend> Scheduler<B> for Ddim {
             ),
         };
         // Like diffusers, the direction term keeps the unclipped ε.
-        let x0 = if self.clip_sample { x0.clamp(-1.0, 1.0) } else { x0 };
+        let x0 = if self.clip_sample {
+            x0.clamp(-1.0, 1.0)
+        } else {
+            x0
+        };
         // Formula (16) of the DDIM paper: σ_t = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1−ᾱ_t/ᾱ_prev)).
         let variance = (1.0 - a_prev) / b_t * (1.0 - a_t / a_prev);
         let std = self.eta * variance.sqrt();
         let prev_sample = x0 * a_prev.sqrt() + eps * (1.0 - a_prev - std * std).sqrt();
-        if self.eta > 0.0 { prev_sample + noise() * std } else { prev_sample }
+        if self.eta > 0.0 {
+            prev_sample + noise() * std
+        } else {
+            prev_sample
+        }
     }
 }

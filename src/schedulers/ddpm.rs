@@ -1,13 +1,20 @@
 //! DDPM (diffusers `DDPMScheduler`, `variance_type = "fixed_small"`): ancestral sampling of the
 //! posterior q(x_{t−1} | x_t, x₀) at the inference timesteps, fresh noise on every step with t > 0.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, spaced_timesteps};
+use super::{
+    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing,
+    spaced_timesteps,
+};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(Ddpm::new(cfg, steps)))
 }
 
@@ -43,11 +50,20 @@ impl<B: Backend> Scheduler<B> for Ddpm {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let t = self.timesteps[i] as usize;
         // The previous timestep is the next one in the list; after the last, ᾱ = 1.
         let a_t = self.alphas_cumprod[t];
-        let a_prev = self.timesteps.get(i + 1).map_or(1.0, |&p| self.alphas_cumprod[p as usize]);
+        let a_prev = self
+            .timesteps
+            .get(i + 1)
+            .map_or(1.0, |&p| self.alphas_cumprod[p as usize]);
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
         let alpha = a_t / a_prev;
         let beta = 1.0 - alpha;
@@ -55,7 +71,11 @@ impl<B: Backend> Scheduler<B> for Ddpm {
             PredictionType::Epsilon => (sample.clone() - out * b_t.sqrt()) / a_t.sqrt(),
             PredictionType::VPrediction => sample.clone() * a_t.sqrt() - out * b_t.sqrt(),
         };
-        let x0 = if self.clip_sample { x0.clamp(-1.0, 1.0) } else { x0 };
+        let x0 = if self.clip_sample {
+            x0.clamp(-1.0, 1.0)
+        } else {
+            x0
+        };
         // Formula (7) of the DDPM paper: the posterior mean.
         let mean = x0 * (a_prev.sqrt() * beta / b_t) + sample * (alpha.sqrt() * b_prev / b_t);
         if t == 0 {

@@ -3,23 +3,43 @@
 //! Karras" (`algorithm_type = "sde-dpmsolver++"`, which adds noise every step). The solver works
 //! on x₀ predictions in log-SNR time λ; the first step and the last (onto σ = 0) are first order.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
-use super::sigmas::{alpha_sigma_lambda, interp, karras, log_sigmas, multistep_timesteps, sigma_to_t, train_sigmas};
+use super::sigmas::{
+    alpha_sigma_lambda, interp, karras, log_sigmas, multistep_timesteps, sigma_to_t, train_sigmas,
+};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
-pub(super) fn build_2m<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(DpmSolverMultistep::<B>::new(cfg, steps, false, false)))
+pub(super) fn build_2m<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(DpmSolverMultistep::<B>::new(
+        cfg, steps, false, false,
+    )))
 }
 
-pub(super) fn build_2m_karras<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(DpmSolverMultistep::<B>::new(cfg, steps, true, false)))
+pub(super) fn build_2m_karras<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(DpmSolverMultistep::<B>::new(
+        cfg, steps, true, false,
+    )))
 }
 
-pub(super) fn build_2m_sde_karras<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(DpmSolverMultistep::<B>::new(cfg, steps, true, true)))
+pub(super) fn build_2m_sde_karras<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(DpmSolverMultistep::<B>::new(
+        cfg, steps, true, true,
+    )))
 }
 
 pub struct DpmSolverMultistep<B: Backend> {
@@ -39,15 +59,37 @@ impl<B: Backend> DpmSolverMultistep<B> {
             // Karras sigmas, each mapped back to the nearest (rounded) train timestep for the UNet.
             let sigmas = karras(&train, steps);
             let logs = log_sigmas(&train);
-            let ts = sigmas.iter().map(|&s| sigma_to_t(s, &logs).round_ties_even()).collect();
-            (ts, sigmas.into_iter().map(|s| s as f32 as f64).collect::<Vec<_>>())
+            let ts = sigmas
+                .iter()
+                .map(|&s| sigma_to_t(s, &logs).round_ties_even())
+                .collect();
+            (
+                ts,
+                sigmas
+                    .into_iter()
+                    .map(|s| s as f32 as f64)
+                    .collect::<Vec<_>>(),
+            )
         } else {
-            let ts = multistep_timesteps(cfg, steps, cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace));
-            let sigmas = ts.iter().map(|&t| interp(t, &train) as f32 as f64).collect();
+            let ts = multistep_timesteps(
+                cfg,
+                steps,
+                cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+            );
+            let sigmas = ts
+                .iter()
+                .map(|&t| interp(t, &train) as f32 as f64)
+                .collect();
             (ts, sigmas)
         };
         sigmas.push(0.0);
-        Self { timesteps, sigmas, prediction: cfg.prediction_type, sde, prev_x0: None }
+        Self {
+            timesteps,
+            sigmas,
+            prediction: cfg.prediction_type,
+            sde,
+            prev_x0: None,
+        }
     }
 
     pub fn sigmas(&self) -> &[f64] {
@@ -68,7 +110,13 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistep<B> {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let (alpha_s, sigma_s, lambda_s) = alpha_sigma_lambda(self.sigmas[i]);
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
         // convert_model_output: the data prediction x₀.
@@ -92,7 +140,9 @@ impl<B: Backend> Scheduler<B> for DpmSolverMultistep<B> {
             // diffusers draws the noise every step; at σ = 0 its weight is 0.
             let z = noise();
             let e2h = (-2.0 * h).exp();
-            sample * (sigma_t / sigma_s * (-h).exp()) + d * (alpha_t * (1.0 - e2h)) + z * (sigma_t * (1.0 - e2h).sqrt())
+            sample * (sigma_t / sigma_s * (-h).exp())
+                + d * (alpha_t * (1.0 - e2h))
+                + z * (sigma_t * (1.0 - e2h).sqrt())
         } else {
             sample * (sigma_t / sigma_s) - d * (alpha_t * ((-h).exp() - 1.0))
         }

@@ -1,14 +1,18 @@
 //! Euler ancestral (diffusers `EulerAncestralDiscreteScheduler`, A1111 "Euler a"): an Euler step
 //! down to `σ_down`, then fresh noise of standard deviation `σ_up`, with `σ_down² + σ_up² = σ_next²`.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::sigmas::{discrete_timesteps, sigmas_at, train_sigmas};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(EulerAncestral::new(cfg, steps)))
 }
 
@@ -30,7 +34,12 @@ impl EulerAncestral {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
             TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
         };
-        Self { timesteps, sigmas, init_noise_sigma, prediction: cfg.prediction_type }
+        Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+            prediction: cfg.prediction_type,
+        }
     }
 
     pub fn sigmas(&self) -> &[f64] {
@@ -56,7 +65,13 @@ impl<B: Backend> Scheduler<B> for EulerAncestral {
         sample / (s * s + 1.0).sqrt()
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
         let sigma_up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
         let sigma_down = (next * next - sigma_up * sigma_up).sqrt();

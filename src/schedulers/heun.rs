@@ -3,14 +3,18 @@
 //! expresses that as a longer timestep list `[t0, t1, t1, t2, t2, …]` (2n−1 entries; the last
 //! step is a plain Euler step onto σ = 0), and the loop simply visits every entry.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::sigmas::{discrete_timesteps, sigmas_at, train_sigmas};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(Heun::<B>::new(cfg, steps)))
 }
 
@@ -42,7 +46,13 @@ impl<B: Backend> Heun<B> {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
             TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
         };
-        Self { timesteps, sigmas, init_noise_sigma, prediction: cfg.prediction_type, first: None }
+        Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+            prediction: cfg.prediction_type,
+            first: None,
+        }
     }
 
     pub fn sigmas(&self) -> &[f64] {
@@ -83,7 +93,13 @@ impl<B: Backend> Scheduler<B> for Heun<B> {
         sample / (s * s + 1.0).sqrt()
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, _noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        _noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         match self.first.take() {
             None => {
                 // Predictor: Euler from σ_i to σ_{i+1}; remember it for the corrector.

@@ -2,13 +2,17 @@
 //! each step maps the sample straight to a denoised estimate (with the consistency boundary
 //! scalings), then re-noises it to the next timestep with fresh noise, except on the last step.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions};
 use crate::error::{Error, Result};
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(Lcm::new(cfg, steps)?))
 }
 
@@ -27,14 +31,18 @@ impl Lcm {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Result<Self> {
         let original = ORIGINAL_STEPS.min(cfg.num_train_timesteps);
         if steps > original {
-            return Err(Error::invalid(format!("the LCM scheduler takes at most {original} steps, got {steps}")));
+            return Err(Error::invalid(format!(
+                "the LCM scheduler takes at most {original} steps, got {steps}"
+            )));
         }
         // The distillation schedule k−1, 2k−1, …, T−1 (descending), sampled at `steps` evenly
         // spaced positions, floored as numpy floors `linspace(0, original, steps, endpoint=False)`.
         let k = cfg.num_train_timesteps / original;
         let origin: Vec<usize> = (1..=original).rev().map(|j| j * k - 1).collect();
         let stride = original as f64 / steps as f64;
-        let timesteps = (0..steps).map(|j| origin[((j as f64 * stride).floor() as usize).min(original - 1)] as f64).collect();
+        let timesteps = (0..steps)
+            .map(|j| origin[((j as f64 * stride).floor() as usize).min(original - 1)] as f64)
+            .collect();
         Ok(Self {
             timesteps,
             alphas_cumprod: cfg.alphas_cumprod(),
@@ -57,7 +65,13 @@ impl<B: Backend> Scheduler<B> for Lcm {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let t = self.timesteps[i];
         let a_t = self.alphas_cumprod[t as usize];
         let b_t = 1.0 - a_t;
@@ -69,7 +83,11 @@ impl<B: Backend> Scheduler<B> for Lcm {
             PredictionType::Epsilon => (sample.clone() - out * b_t.sqrt()) / a_t.sqrt(),
             PredictionType::VPrediction => sample.clone() * a_t.sqrt() - out * b_t.sqrt(),
         };
-        let x0 = if self.clip_sample { x0.clamp(-1.0, 1.0) } else { x0 };
+        let x0 = if self.clip_sample {
+            x0.clamp(-1.0, 1.0)
+        } else {
+            x0
+        };
         let denoised = x0 * c_out + sample * c_skip;
         match self.timesteps.get(i + 1) {
             Some(&prev) => {

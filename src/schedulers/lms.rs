@@ -4,14 +4,18 @@
 //! polynomials of degree ≤ 3, so Gauss–Legendre quadrature with 5 nodes (exact up to degree 9)
 //! gives the same values to rounding, deterministically.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::sigmas::{discrete_timesteps, sigmas_at, train_sigmas};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(Lms::<B>::new(cfg, steps)))
 }
 
@@ -38,7 +42,13 @@ impl<B: Backend> Lms<B> {
             TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
             TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
         };
-        Self { timesteps, sigmas, init_noise_sigma, prediction: cfg.prediction_type, derivatives: Vec::new() }
+        Self {
+            timesteps,
+            sigmas,
+            init_noise_sigma,
+            prediction: cfg.prediction_type,
+            derivatives: Vec::new(),
+        }
     }
 
     pub fn sigmas(&self) -> &[f64] {
@@ -50,7 +60,10 @@ impl<B: Backend> Lms<B> {
     pub fn coefficient(&self, order: usize, i: usize, j: usize) -> f64 {
         let s = &self.sigmas;
         let basis = |tau: f64| {
-            (0..order).filter(|&k| k != j).map(|k| (tau - s[i - k]) / (s[i - j] - s[i - k])).product::<f64>()
+            (0..order)
+                .filter(|&k| k != j)
+                .map(|k| (tau - s[i - k]) / (s[i - j] - s[i - k]))
+                .product::<f64>()
         };
         gauss_legendre(basis, s[i], s[i + 1])
     }
@@ -75,7 +88,9 @@ mod tests {
     #[test]
     fn quadrature_is_exact_for_degree_9() {
         let got = gauss_legendre(|x| x.powi(9) - 3.0 * x.powi(3) + 2.0, -0.5, 2.0);
-        let want = (2f64.powi(10) - 0.5f64.powi(10)) / 10.0 - 0.75 * (2f64.powi(4) - 0.5f64.powi(4)) + 2.0 * 2.5;
+        let want = (2f64.powi(10) - 0.5f64.powi(10)) / 10.0
+            - 0.75 * (2f64.powi(4) - 0.5f64.powi(4))
+            + 2.0 * 2.5;
         assert!((got - want).abs() < 1e-12 * want.abs(), "{got} vs {want}");
         // Reversed bounds (LMS integrates from σ_i down to σ_{i+1}) flip the sign.
         let back = gauss_legendre(|x| x * x, 1.0, 0.0);
@@ -101,7 +116,13 @@ impl<B: Backend> Scheduler<B> for Lms<B> {
         sample / (s * s + 1.0).sqrt()
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, _noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        _noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let sigma = self.sigmas[i];
         // (x − x₀)/σ: ε itself for ε-prediction.
         let derivative = match self.prediction {

@@ -18,8 +18,8 @@ mod unipc;
 
 use std::path::Path;
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -46,7 +46,13 @@ pub trait Scheduler<B: Backend>: Send {
     /// Advances `sample` with the (guided) model output; returns the previous sample.
     /// Stochastic samplers call `noise` for a standard-normal tensor shaped like `sample`;
     /// deterministic ones never do.
-    fn step(&mut self, model_output: Tensor<B, 4>, step_index: usize, sample: Tensor<B, 4>, noise: &mut Noise<'_, B>) -> Tensor<B, 4>;
+    fn step(
+        &mut self,
+        model_output: Tensor<B, 4>,
+        step_index: usize,
+        sample: Tensor<B, 4>,
+        noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4>;
     /// Model calls per step (2 for Heun).
     fn order(&self) -> usize {
         1
@@ -145,7 +151,10 @@ pub struct SchedulerOptions {
 }
 
 fn canonical(s: &str) -> String {
-    s.chars().filter(|c| !matches!(c, ' ' | '-' | '_')).flat_map(char::to_lowercase).collect()
+    s.chars()
+        .filter(|c| !matches!(c, ' ' | '-' | '_'))
+        .flat_map(char::to_lowercase)
+        .collect()
 }
 
 impl std::str::FromStr for SchedulerKind {
@@ -157,18 +166,31 @@ impl std::str::FromStr for SchedulerKind {
             .iter()
             .find(|(_, names)| names.iter().any(|n| canonical(n) == want))
             .map(|(k, _)| *k)
-            .ok_or_else(|| Error::invalid(format!("unknown scheduler `{s}`; known: {}", Self::ids().join(", "))))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "unknown scheduler `{s}`; known: {}",
+                    Self::ids().join(", ")
+                ))
+            })
     }
 }
 
 impl SchedulerKind {
     pub fn id(self) -> &'static str {
-        REGISTRY.iter().find(|(k, _)| *k == self).map(|(_, n)| n[0]).unwrap_or("?")
+        REGISTRY
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| n[0])
+            .unwrap_or("?")
     }
 
     /// A1111's label ("Euler a", "DPM++ 2M Karras", …), for PNG infotext.
     pub fn a1111_label(self) -> &'static str {
-        let names = REGISTRY.iter().find(|(k, _)| *k == self).map(|(_, n)| *n).unwrap_or(&[]);
+        let names = REGISTRY
+            .iter()
+            .find(|(k, _)| *k == self)
+            .map(|(_, n)| *n)
+            .unwrap_or(&[]);
         names
             .iter()
             .skip(1)
@@ -182,22 +204,39 @@ impl SchedulerKind {
     }
 
     /// Builds the scheduler for `steps` inference steps.
-    pub fn build<B: Backend>(self, cfg: &SchedulerConfig, steps: usize) -> Result<Box<dyn Scheduler<B>>> {
+    pub fn build<B: Backend>(
+        self,
+        cfg: &SchedulerConfig,
+        steps: usize,
+    ) -> Result<Box<dyn Scheduler<B>>> {
         self.build_with(cfg, steps, &SchedulerOptions::default())
     }
 
     /// [`Self::build`] with per-request options (`eta`).
-    pub fn build_with<B: Backend>(self, cfg: &SchedulerConfig, steps: usize, opts: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+    pub fn build_with<B: Backend>(
+        self,
+        cfg: &SchedulerConfig,
+        steps: usize,
+        opts: &SchedulerOptions,
+    ) -> Result<Box<dyn Scheduler<B>>> {
         if steps == 0 || steps > cfg.num_train_timesteps {
-            return Err(Error::invalid(format!("steps must be between 1 and {}, got {steps}", cfg.num_train_timesteps)));
+            return Err(Error::invalid(format!(
+                "steps must be between 1 and {}, got {steps}",
+                cfg.num_train_timesteps
+            )));
         }
         if let Some(eta) = opts.eta {
             if self != SchedulerKind::Ddim {
-                return Err(Error::invalid(format!("eta applies to the DDIM scheduler only, not `{}`", self.id())));
+                return Err(Error::invalid(format!(
+                    "eta applies to the DDIM scheduler only, not `{}`",
+                    self.id()
+                )));
             }
             // Beyond 1 the DDIM direction term takes the square root of a negative number.
             if !(0.0..=1.0).contains(&eta) {
-                return Err(Error::invalid(format!("eta must be between 0 and 1, got {eta}")));
+                return Err(Error::invalid(format!(
+                    "eta must be between 0 and 1, got {eta}"
+                )));
             }
         }
         builder::<B>(self)(cfg, steps, opts)
@@ -258,9 +297,15 @@ impl Default for SchedulerConfig {
 impl SchedulerConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config { path: path.into(), message: e.to_string() })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         if !matches!(cfg.beta_schedule.as_str(), "scaled_linear" | "linear") {
-            return Err(Error::Config { path: path.into(), message: format!("beta_schedule `{}` not supported", cfg.beta_schedule) });
+            return Err(Error::Config {
+                path: path.into(),
+                message: format!("beta_schedule `{}` not supported", cfg.beta_schedule),
+            });
         }
         Ok(cfg)
     }
@@ -271,7 +316,14 @@ impl SchedulerConfig {
         let n = self.num_train_timesteps;
         let betas: Vec<f32> = match self.beta_schedule.as_str() {
             "linear" => linspace_f32(self.beta_start as f32, self.beta_end as f32, n),
-            _ => linspace_f32((self.beta_start as f32).sqrt(), (self.beta_end as f32).sqrt(), n).into_iter().map(|b| b * b).collect(),
+            _ => linspace_f32(
+                (self.beta_start as f32).sqrt(),
+                (self.beta_end as f32).sqrt(),
+                n,
+            )
+            .into_iter()
+            .map(|b| b * b)
+            .collect(),
         };
         let mut acc = 1f64;
         betas
@@ -291,7 +343,15 @@ pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
     }
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 }).collect()
+    (0..n)
+        .map(|i| {
+            if i < half {
+                start + step * i as f32
+            } else {
+                end - step * (n - 1 - i) as f32
+            }
+        })
+        .collect()
 }
 
 /// `np.linspace` in f64.
@@ -299,7 +359,9 @@ pub fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
     if n == 1 {
         return vec![start];
     }
-    (0..n).map(|i| start + (end - start) * i as f64 / (n - 1) as f64).collect()
+    (0..n)
+        .map(|i| start + (end - start) * i as f64 / (n - 1) as f64)
+        .collect()
 }
 
 /// Integer timesteps for `steps` steps, descending, per diffusers' `timestep_spacing`.
@@ -308,12 +370,21 @@ pub fn spaced_timesteps(cfg: &SchedulerConfig, steps: usize, spacing: TimestepSp
     match spacing {
         TimestepSpacing::Leading => {
             let ratio = t / steps;
-            (0..steps).rev().map(|i| (i * ratio + cfg.steps_offset) as f64).collect()
+            (0..steps)
+                .rev()
+                .map(|i| (i * ratio + cfg.steps_offset) as f64)
+                .collect()
         }
-        TimestepSpacing::Linspace => linspace_f64(0.0, (t - 1) as f64, steps).into_iter().rev().map(f64::round_ties_even).collect(),
+        TimestepSpacing::Linspace => linspace_f64(0.0, (t - 1) as f64, steps)
+            .into_iter()
+            .rev()
+            .map(f64::round_ties_even)
+            .collect(),
         TimestepSpacing::Trailing => {
             let ratio = t as f64 / steps as f64;
-            (0..steps).map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0).collect()
+            (0..steps)
+                .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0)
+                .collect()
         }
     }
 }

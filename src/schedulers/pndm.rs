@@ -1,13 +1,20 @@
 //! PNDM in its PLMS form (diffusers `PNDMScheduler` with `skip_prk_steps = true`, SD 1.5's
 //! default): a linear multistep method over the last four model outputs.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, spaced_timesteps};
+use super::{
+    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing,
+    spaced_timesteps,
+};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(Pndm::<B>::new(cfg, steps)))
 }
 
@@ -26,7 +33,11 @@ impl<B: Backend> Pndm<B> {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
         // diffusers visits the second-lowest timestep twice: [..., t2, t1, t1, t0] ascending
         // becomes the PLMS schedule, reversed.
-        let mut asc = spaced_timesteps(cfg, steps, cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading));
+        let mut asc = spaced_timesteps(
+            cfg,
+            steps,
+            cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
+        );
         asc.reverse();
         let mut plms = asc[..asc.len() - 1].to_vec();
         if asc.len() >= 2 {
@@ -35,7 +46,11 @@ impl<B: Backend> Pndm<B> {
         plms.push(asc[asc.len() - 1]);
         plms.reverse();
         let alphas_cumprod = cfg.alphas_cumprod();
-        let final_alpha_cumprod = if cfg.set_alpha_to_one { 1.0 } else { alphas_cumprod[0] };
+        let final_alpha_cumprod = if cfg.set_alpha_to_one {
+            1.0
+        } else {
+            alphas_cumprod[0]
+        };
         Self {
             timesteps: plms,
             alphas_cumprod,
@@ -49,11 +64,21 @@ impl<B: Backend> Pndm<B> {
     }
 
     fn alpha(&self, t: i64) -> f64 {
-        if t >= 0 { self.alphas_cumprod[t as usize] } else { self.final_alpha_cumprod }
+        if t >= 0 {
+            self.alphas_cumprod[t as usize]
+        } else {
+            self.final_alpha_cumprod
+        }
     }
 
     /// Formula (9) of the PNDM paper, as `_get_prev_sample`.
-    fn prev_sample(&self, sample: Tensor<B, 4>, t: i64, prev: i64, out: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn prev_sample(
+        &self,
+        sample: Tensor<B, 4>,
+        t: i64,
+        prev: i64,
+        out: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
         let (a_t, a_prev) = (self.alpha(t), self.alpha(prev));
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
         let out = match self.prediction {
@@ -79,7 +104,13 @@ impl<B: Backend> Scheduler<B> for Pndm<B> {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, _noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        _noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let mut t = self.timesteps[i] as i64;
         let mut prev = t - self.step_ratio;
         if self.counter != 1 {

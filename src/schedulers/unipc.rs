@@ -3,14 +3,18 @@
 //! just computed at it), then predicts the next one (UniP). Orders warm up from 1 and the last
 //! predictor step is first order (`lower_order_final`).
 
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::sigmas::{alpha_sigma_lambda, interp, multistep_timesteps, train_sigmas};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
-pub(super) fn build<B: Backend>(cfg: &SchedulerConfig, steps: usize, _: &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>> {
+pub(super) fn build<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
     Ok(Box::new(UniPc::<B>::new(cfg, steps)))
 }
 
@@ -36,7 +40,10 @@ struct Phi {
 impl Phi {
     fn new(h: f64) -> Self {
         let hh = -h;
-        Self { hh, h_phi_1: hh.exp_m1() }
+        Self {
+            hh,
+            h_phi_1: hh.exp_m1(),
+        }
     }
 
     /// `b` of the order-2 linear system: `[h_phi_k·k! / B_h]` for k = 1, 2.
@@ -51,10 +58,23 @@ impl Phi {
 impl<B: Backend> UniPc<B> {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
         let train = train_sigmas(cfg);
-        let timesteps = multistep_timesteps(cfg, steps, cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace));
-        let mut sigmas: Vec<f64> = timesteps.iter().map(|&t| interp(t, &train) as f32 as f64).collect();
+        let timesteps = multistep_timesteps(
+            cfg,
+            steps,
+            cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
+        );
+        let mut sigmas: Vec<f64> = timesteps
+            .iter()
+            .map(|&t| interp(t, &train) as f32 as f64)
+            .collect();
         sigmas.push(0.0);
-        Self { timesteps, sigmas, prediction: cfg.prediction_type, model_outputs: Vec::new(), last: None }
+        Self {
+            timesteps,
+            sigmas,
+            prediction: cfg.prediction_type,
+            model_outputs: Vec::new(),
+            last: None,
+        }
     }
 
     pub fn sigmas(&self) -> &[f64] {
@@ -67,7 +87,13 @@ impl<B: Backend> UniPc<B> {
 
     /// UniC (`multistep_uni_c_bh_update`): refines `this_sample` (at step `i`) from the previous
     /// sample `x` and the x₀ predictions at both ends.
-    fn correct(&self, i: usize, x: Tensor<B, 4>, model_t: Tensor<B, 4>, order: usize) -> Tensor<B, 4> {
+    fn correct(
+        &self,
+        i: usize,
+        x: Tensor<B, 4>,
+        model_t: Tensor<B, 4>,
+        order: usize,
+    ) -> Tensor<B, 4> {
         let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i]);
         let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i - 1]);
         let h = lambda_t - lambda_s0;
@@ -120,7 +146,13 @@ impl<B: Backend> Scheduler<B> for UniPc<B> {
         sample
     }
 
-    fn step(&mut self, out: Tensor<B, 4>, i: usize, sample: Tensor<B, 4>, _noise: &mut Noise<'_, B>) -> Tensor<B, 4> {
+    fn step(
+        &mut self,
+        out: Tensor<B, 4>,
+        i: usize,
+        sample: Tensor<B, 4>,
+        _noise: &mut Noise<'_, B>,
+    ) -> Tensor<B, 4> {
         let (alpha, sigma, _) = alpha_sigma_lambda(self.sigmas[i]);
         let x0 = match self.prediction {
             PredictionType::Epsilon => (sample.clone() - out * sigma) / alpha,
@@ -135,7 +167,9 @@ impl<B: Backend> Scheduler<B> for UniPc<B> {
         }
         self.model_outputs.push(x0);
         // Warm-up (history length) and lower_order_final both cap the order.
-        let order = SOLVER_ORDER.min(self.timesteps.len() - i).min(self.model_outputs.len());
+        let order = SOLVER_ORDER
+            .min(self.timesteps.len() - i)
+            .min(self.model_outputs.len());
         self.last = Some((sample.clone(), order));
         self.predict(i, sample, order)
     }

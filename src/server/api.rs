@@ -84,12 +84,24 @@ macro_rules! api_response {
     };
 }
 
-api_response!(ImagesResult, ImagesContent, "Images (JSON), or Server-Sent Events when `stream` is true.");
-api_response!(ModelsResult, Json<ModelList>, "The models this server serves.");
+api_response!(
+    ImagesResult,
+    ImagesContent,
+    "Images (JSON), or Server-Sent Events when `stream` is true."
+);
+api_response!(
+    ModelsResult,
+    Json<ModelList>,
+    "The models this server serves."
+);
 api_response!(ModelResult, Json<Model>, "One model.");
 api_response!(FileResult, FileContent, "A generated image.");
 api_response!(HealthResult, Json<HealthResponse>, "Ready to serve.");
-api_response!(StatusResult, Json<StatusResponse>, "Always `{\"status\": true}`.");
+api_response!(
+    StatusResult,
+    Json<StatusResponse>,
+    "Always `{\"status\": true}`."
+);
 
 pub struct Api;
 
@@ -102,44 +114,99 @@ fn model_object(m: ModelInfo, notice: Option<&str>) -> Model {
         family: m.family.id().into(),
         state: m.state.label().into(),
         demo: m.demo,
-        notice: if m.demo { notice.map(str::to_string) } else { None },
+        notice: if m.demo {
+            notice.map(str::to_string)
+        } else {
+            None
+        },
     }
 }
 
 /// Encodes the finished images and delivers them inline (b64) or through the URL store.
-async fn respond(state: &AppState, req: &poem::Request, p: &Prepared, images: Vec<GeneratedImage>) -> Result<ImagesResponse, ApiError> {
+async fn respond(
+    state: &AppState,
+    req: &poem::Request,
+    p: &Prepared,
+    images: Vec<GeneratedImage>,
+) -> Result<ImagesResponse, ApiError> {
     let (fmt, q) = (p.output_format, p.quality);
-    let encoded = tokio::task::spawn_blocking(move || images.into_iter().map(|g| encode(&g.image, fmt, q).map(|b| (b, g.seed))).collect::<Result<Vec<_>, _>>())
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")))?;
+    let encoded = tokio::task::spawn_blocking(move || {
+        images
+            .into_iter()
+            .map(|g| encode(&g.image, fmt, q).map(|b| (b, g.seed)))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}"),
+        )
+    })?
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding failed: {e}"),
+        )
+    })?;
     let base = state.public_base(req);
     let data = encoded
         .into_iter()
         .map(|(bytes, seed)| match p.response_format {
-            ResponseFormat::B64Json => ImageData { b64_json: Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes)), url: None, revised_prompt: None, seed },
+            ResponseFormat::B64Json => ImageData {
+                b64_json: Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    bytes,
+                )),
+                url: None,
+                revised_prompt: None,
+                seed,
+            },
             ResponseFormat::Url => {
                 let id = state.store.put(bytes, fmt.content_type(), fmt.extension());
-                ImageData { b64_json: None, url: Some(format!("{base}/v1/images/files/{id}")), revised_prompt: None, seed }
+                ImageData {
+                    b64_json: None,
+                    url: Some(format!("{base}/v1/images/files/{id}")),
+                    revised_prompt: None,
+                    seed,
+                }
             }
         })
         .collect();
-    Ok(ImagesResponse { created: unix_now(), data, output_format: fmt, size: p.size() })
+    Ok(ImagesResponse {
+        created: unix_now(),
+        data,
+        output_format: fmt,
+        size: p.size(),
+    })
 }
 
-async fn run_job(state: &AppState, req: &poem::Request, p: Prepared, prefix: &'static str) -> Result<ImagesContent, ApiError> {
+async fn run_job(
+    state: &AppState,
+    req: &poem::Request,
+    p: Prepared,
+    prefix: &'static str,
+) -> Result<ImagesContent, ApiError> {
     let ticket = state.engine.submit(&p.model.id, p.job.clone())?;
     // A client that hangs up drops its ticket (here or in the event stream): the job is cancelled.
     let gone = super::disconnect::closed(req);
     if p.stream {
-        let meta = StreamMeta { prefix, size: p.size(), output_format: p.output_format, quality: p.quality, progress: p.stream_progress };
+        let meta = StreamMeta {
+            prefix,
+            size: p.size(),
+            output_format: p.output_format,
+            quality: p.quality,
+            progress: p.stream_progress,
+        };
         return Ok(ImagesContent::EventStream(events(ticket, meta, gone)));
     }
     let images = tokio::select! {
         r = ticket.wait() => r?,
         () = gone => return Err(ApiError::new(StatusCode::BAD_REQUEST, "the client closed the connection").code("client_closed")),
     };
-    Ok(ImagesContent::Json(Json(respond(state, req, &p, images).await?)))
+    Ok(ImagesContent::Json(Json(
+        respond(state, req, &p, images).await?,
+    )))
 }
 
 #[OpenApi]
@@ -149,21 +216,43 @@ impl Api {
     /// OpenAI-compatible. Extensions (`negative_prompt`, `seed`, `guidance_scale`,
     /// `num_inference_steps`, `scheduler`, DALL·E `cond_scale`/`temperature`/`top_k`/`top_p`) are
     /// top-level fields, as `extra_body` (openai 1.x) and keyword arguments (0.28) send them.
-    #[oai(path = "/v1/images/generations", method = "post", operation_id = "createImage", tag = "ApiTags::Images")]
-    async fn create_image(&self, state: Data<&Arc<AppState>>, req: &poem::Request, body: Json<CreateImageRequest>) -> ImagesResult {
+    #[oai(
+        path = "/v1/images/generations",
+        method = "post",
+        operation_id = "createImage",
+        tag = "ApiTags::Images"
+    )]
+    async fn create_image(
+        &self,
+        state: Data<&Arc<AppState>>,
+        req: &poem::Request,
+        body: Json<CreateImageRequest>,
+    ) -> ImagesResult {
         let result = async {
             let p = prepare(&state, GenParams::from(body.0))?;
             run_job(&state, req, p, "image_generation").await
         };
-        result.await.map_or_else(ImagesResult::from, ImagesResult::Ok)
+        result
+            .await
+            .map_or_else(ImagesResult::from, ImagesResult::Ok)
     }
 
     /// Edit an image
     ///
     /// multipart/form-data with `image` (or repeated `image[]`), optional `mask` (transparent
     /// pixels = area to repaint), and the text fields of generations (numbers as text).
-    #[oai(path = "/v1/images/edits", method = "post", operation_id = "createImageEdit", tag = "ApiTags::Images")]
-    async fn create_image_edit(&self, state: Data<&Arc<AppState>>, req: &poem::Request, body: CreateImageEditRequest) -> ImagesResult {
+    #[oai(
+        path = "/v1/images/edits",
+        method = "post",
+        operation_id = "createImageEdit",
+        tag = "ApiTags::Images"
+    )]
+    async fn create_image_edit(
+        &self,
+        state: Data<&Arc<AppState>>,
+        req: &poem::Request,
+        body: CreateImageEditRequest,
+    ) -> ImagesResult {
         let result = async {
             let params = GenParams::from_edit(&body);
             let mut p = prepare(&state, params)?;
@@ -172,72 +261,140 @@ impl Api {
                 uploads.insert(0, first);
             }
             let Some(first) = uploads.into_iter().next() else {
-                return Err(ApiError::invalid("image", "an image is required: send it as `image` (or `image[]`)"));
+                return Err(ApiError::invalid(
+                    "image",
+                    "an image is required: send it as `image` (or `image[]`)",
+                ));
             };
             let max = state.config.max_upload_side;
-            let bytes = first.into_vec().await.map_err(|e| ApiError::invalid("image", format!("cannot read `image`: {e}")))?;
+            let bytes = first
+                .into_vec()
+                .await
+                .map_err(|e| ApiError::invalid("image", format!("cannot read `image`: {e}")))?;
             let image = decode_image(&bytes, "image", max)?.to_rgb8();
             let mask = match body.mask {
                 None => None,
                 Some(m) => {
-                    let bytes = m.into_vec().await.map_err(|e| ApiError::invalid("mask", format!("cannot read `mask`: {e}")))?;
+                    let bytes = m.into_vec().await.map_err(|e| {
+                        ApiError::invalid("mask", format!("cannot read `mask`: {e}"))
+                    })?;
                     let mask = mask_from_upload(&decode_image(&bytes, "mask", max)?);
                     if mask.dimensions() != image.dimensions() {
                         let ((mw, mh), (iw, ih)) = (mask.dimensions(), image.dimensions());
-                        return Err(ApiError::invalid("mask", format!("`mask` is {mw}x{mh} but `image` is {iw}x{ih}; they must match")));
+                        return Err(ApiError::invalid(
+                            "mask",
+                            format!(
+                                "`mask` is {mw}x{mh} but `image` is {iw}x{ih}; they must match"
+                            ),
+                        ));
                     }
                     Some(mask)
                 }
             };
             if let Some(why) = &p.model.edits_unsupported {
-                return Err(ApiError::invalid("model", format!("model `{}`: {why}", p.model.id)).code("unsupported"));
+                return Err(
+                    ApiError::invalid("model", format!("model `{}`: {why}", p.model.id))
+                        .code("unsupported"),
+                );
             }
             p.job.init = Some(InitImage { image, mask });
             run_job(&state, req, p, "image_edit").await
         };
-        result.await.map_or_else(ImagesResult::from, ImagesResult::Ok)
+        result
+            .await
+            .map_or_else(ImagesResult::from, ImagesResult::Ok)
     }
 
     /// Download an image created with `response_format=url`
-    #[oai(path = "/v1/images/files/:id", method = "get", operation_id = "getImageFile", tag = "ApiTags::Images")]
+    #[oai(
+        path = "/v1/images/files/:id",
+        method = "get",
+        operation_id = "getImageFile",
+        tag = "ApiTags::Images"
+    )]
     async fn image_file(&self, state: Data<&Arc<AppState>>, id: Path<String>) -> FileResult {
         match state.store.get(&id.0) {
             Some((bytes, "image/jpeg")) => FileResult::Ok(FileContent::Jpeg(Binary(bytes))),
             Some((bytes, "image/webp")) => FileResult::Ok(FileContent::Webp(Binary(bytes))),
             Some((bytes, _)) => FileResult::Ok(FileContent::Png(Binary(bytes))),
-            None => ApiError::new(StatusCode::NOT_FOUND, "no such image (image links expire)").param("id").code("not_found").into(),
+            None => ApiError::new(StatusCode::NOT_FOUND, "no such image (image links expire)")
+                .param("id")
+                .code("not_found")
+                .into(),
         }
     }
 
     /// List models
-    #[oai(path = "/v1/models", method = "get", operation_id = "listModels", tag = "ApiTags::Models")]
+    #[oai(
+        path = "/v1/models",
+        method = "get",
+        operation_id = "listModels",
+        tag = "ApiTags::Models"
+    )]
     async fn list_models(&self, state: Data<&Arc<AppState>>) -> ModelsResult {
-        let data = state.engine.models().into_iter().map(|m| model_object(m, state.demo_notice.as_deref())).collect();
-        ModelsResult::Ok(Json(ModelList { object: "list".into(), data }))
+        let data = state
+            .engine
+            .models()
+            .into_iter()
+            .map(|m| model_object(m, state.demo_notice.as_deref()))
+            .collect();
+        ModelsResult::Ok(Json(ModelList {
+            object: "list".into(),
+            data,
+        }))
     }
 
     /// Retrieve a model
-    #[oai(path = "/v1/models/:model", method = "get", operation_id = "retrieveModel", tag = "ApiTags::Models")]
-    async fn retrieve_model(&self, state: Data<&Arc<AppState>>, model: Path<String>) -> ModelResult {
+    #[oai(
+        path = "/v1/models/:model",
+        method = "get",
+        operation_id = "retrieveModel",
+        tag = "ApiTags::Models"
+    )]
+    async fn retrieve_model(
+        &self,
+        state: Data<&Arc<AppState>>,
+        model: Path<String>,
+    ) -> ModelResult {
         match state.engine.model(&model.0) {
             Some(m) => ModelResult::Ok(Json(model_object(m, state.demo_notice.as_deref()))),
-            None => ApiError::new(StatusCode::NOT_FOUND, format!("the model `{}` does not exist", model.0)).param("model").code("model_not_found").into(),
+            None => ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("the model `{}` does not exist", model.0),
+            )
+            .param("model")
+            .code("model_not_found")
+            .into(),
         }
     }
 
     /// Service status (the Prem services' health check, also at `/v1/`)
-    #[oai(path = "/v1", method = "get", operation_id = "status", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/v1",
+        method = "get",
+        operation_id = "status",
+        tag = "ApiTags::Health"
+    )]
     async fn status(&self) -> StatusResult {
         StatusResult::Ok(Json(StatusResponse { status: true }))
     }
 
     /// Readiness: 200 when no model is loading, else 503
-    #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/health",
+        method = "get",
+        operation_id = "health",
+        tag = "ApiTags::Health"
+    )]
     async fn health(&self, state: Data<&Arc<AppState>>) -> HealthResult {
         let models = state.engine.models();
         let stats = state.engine.stats();
         if let Some(m) = models.iter().find(|m| m.state == ModelState::Loading) {
-            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("model `{}` is loading", m.id)).code("loading");
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("model `{}` is loading", m.id),
+            )
+            .code("loading");
             e.retry_after = Some(5);
             return e.into();
         }
@@ -252,6 +409,11 @@ impl Api {
                 },
             })
             .collect();
-        HealthResult::Ok(Json(HealthResponse { status: "ready".into(), models, queue: stats.in_flight as u32, queue_capacity: stats.capacity as u32 }))
+        HealthResult::Ok(Json(HealthResponse {
+            status: "ready".into(),
+            models,
+            queue: stats.in_flight as u32,
+            queue_capacity: stats.capacity as u32,
+        }))
     }
 }

@@ -13,9 +13,9 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::web::{LocalAddr, RemoteAddr};
-use poem::http::uri::Scheme;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -31,11 +31,20 @@ fn registry() -> &'static Mutex<HashMap<Key, watch::Receiver<bool>>> {
 /// A future that resolves when the client of `req` has closed its connection; it never does for
 /// connections not accepted by a [`WatchedAcceptor`] (tests, other listeners).
 pub fn closed(req: &poem::Request) -> impl Future<Output = ()> + Send + 'static {
-    let key = match (req.local_addr().as_socket_addr(), req.remote_addr().as_socket_addr()) {
+    let key = match (
+        req.local_addr().as_socket_addr(),
+        req.remote_addr().as_socket_addr(),
+    ) {
         (Some(l), Some(r)) => Some((*l, *r)),
         _ => None,
     };
-    let rx = key.and_then(|k| registry().lock().unwrap_or_else(|p| p.into_inner()).get(&k).cloned());
+    let rx = key.and_then(|k| {
+        registry()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&k)
+            .cloned()
+    });
     async move {
         match rx {
             Some(mut rx) => {
@@ -53,7 +62,11 @@ pub fn closed(req: &poem::Request) -> impl Future<Output = ()> + Send + 'static 
 pub struct SharedTcp(Arc<TcpStream>);
 
 impl AsyncRead for SharedTcp {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         loop {
             ready!(self.0.poll_read_ready(cx))?;
             match self.0.try_read(buf.initialize_unfilled()) {
@@ -69,7 +82,11 @@ impl AsyncRead for SharedTcp {
 }
 
 impl AsyncWrite for SharedTcp {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             ready!(self.0.poll_write_ready(cx))?;
             match self.0.try_write(data) {
@@ -108,7 +125,10 @@ async fn watch_connection(stream: Weak<TcpStream>, key: Key, tx: watch::Sender<b
             Err(_) => {}
         }
     }
-    registry().lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+    registry()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&key);
 }
 
 pub struct WatchedAcceptor(pub TcpAcceptor);
@@ -126,7 +146,10 @@ impl Acceptor for WatchedAcceptor {
         if let (Some(l), Some(r)) = (local.as_socket_addr(), remote.as_socket_addr()) {
             let key = (*l, *r);
             let (tx, rx) = watch::channel(false);
-            registry().lock().unwrap_or_else(|p| p.into_inner()).insert(key, rx);
+            registry()
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, rx);
             tokio::spawn(watch_connection(Arc::downgrade(&io), key, tx));
         }
         Ok((SharedTcp(io), local, remote, scheme))

@@ -25,13 +25,25 @@ impl OutputFormat {
     }
 }
 
-pub fn encode(img: &RgbImage, format: OutputFormat, quality: u8) -> Result<Vec<u8>, image::ImageError> {
+pub fn encode(
+    img: &RgbImage,
+    format: OutputFormat,
+    quality: u8,
+) -> Result<Vec<u8>, image::ImageError> {
     let mut out = Vec::new();
     let (w, h) = img.dimensions();
     match format {
-        OutputFormat::Png => PngEncoder::new(&mut out).write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)?,
-        OutputFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100)).write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)?,
-        OutputFormat::Webp => WebPEncoder::new_lossless(&mut out).write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)?,
+        OutputFormat::Png => {
+            PngEncoder::new(&mut out).write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)?
+        }
+        OutputFormat::Jpeg => JpegEncoder::new_with_quality(&mut out, quality.clamp(1, 100))
+            .write_image(img.as_raw(), w, h, ExtendedColorType::Rgb8)?,
+        OutputFormat::Webp => WebPEncoder::new_lossless(&mut out).write_image(
+            img.as_raw(),
+            w,
+            h,
+            ExtendedColorType::Rgb8,
+        )?,
     }
     Ok(out)
 }

@@ -28,12 +28,21 @@ impl ApiError {
             s if s >= 500 => "server_error",
             _ => "invalid_request_error",
         };
-        Self { status, ty, message: message.into(), param: None, code: None, retry_after: None }
+        Self {
+            status,
+            ty,
+            message: message.into(),
+            param: None,
+            code: None,
+            retry_after: None,
+        }
     }
 
     /// 400 naming the offending request field.
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message).param(param).code("invalid_value")
+        Self::new(StatusCode::BAD_REQUEST, message)
+            .param(param)
+            .code("invalid_value")
     }
 
     pub fn param(mut self, p: &str) -> Self {
@@ -47,13 +56,24 @@ impl ApiError {
     }
 
     pub fn body(&self) -> ErrorResponse {
-        ErrorResponse { error: ErrorBody { message: self.message.clone(), ty: self.ty.to_string(), param: self.param.clone(), code: self.code.clone() } }
+        ErrorResponse {
+            error: ErrorBody {
+                message: self.message.clone(),
+                ty: self.ty.to_string(),
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        }
     }
 
     /// From a poem / poem-openapi error (request parsing, routing, limits).
     pub fn from_poem(err: &poem::Error) -> Self {
         let status = err.status();
-        let status = if status.is_client_error() || status.is_server_error() { status } else { StatusCode::BAD_REQUEST };
+        let status = if status.is_client_error() || status.is_server_error() {
+            status
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         let message = err.to_string();
         let mut e = Self::new(status, message.clone());
         e.param = param_in_message(&message);
@@ -63,10 +83,12 @@ impl ApiError {
 
 /// poem-openapi names fields as "field `n` ...", "parameter `id`", "path `id`".
 fn param_in_message(msg: &str) -> Option<String> {
-    ["field `", "parameter `", "path `"].iter().find_map(|start| {
-        let rest = &msg[msg.find(start)? + start.len()..];
-        Some(rest[..rest.find('`')?].to_string())
-    })
+    ["field `", "parameter `", "path `"]
+        .iter()
+        .find_map(|start| {
+            let rest = &msg[msg.find(start)? + start.len()..];
+            Some(rest[..rest.find('`')?].to_string())
+        })
 }
 
 impl From<EngineError> for ApiError {
@@ -78,27 +100,47 @@ impl From<EngineError> for ApiError {
                 a.retry_after = Some(2);
                 a
             }
-            EngineError::UnknownModel(_) => ApiError::new(StatusCode::NOT_FOUND, msg).param("model").code("model_not_found"),
-            EngineError::Invalid { param, .. } => ApiError { param, ..ApiError::new(StatusCode::BAD_REQUEST, msg).code("invalid_value") },
-            EngineError::Unsupported { param, .. } => ApiError { param, ..ApiError::new(StatusCode::BAD_REQUEST, msg).code("unsupported") },
-            EngineError::Cancelled => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).code("cancelled"),
+            EngineError::UnknownModel(_) => ApiError::new(StatusCode::NOT_FOUND, msg)
+                .param("model")
+                .code("model_not_found"),
+            EngineError::Invalid { param, .. } => ApiError {
+                param,
+                ..ApiError::new(StatusCode::BAD_REQUEST, msg).code("invalid_value")
+            },
+            EngineError::Unsupported { param, .. } => ApiError {
+                param,
+                ..ApiError::new(StatusCode::BAD_REQUEST, msg).code("unsupported")
+            },
+            EngineError::Cancelled => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).code("cancelled")
+            }
             EngineError::ShuttingDown => {
-                let mut a = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).code("shutting_down");
+                let mut a =
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, msg).code("shutting_down");
                 a.retry_after = Some(5);
                 a
             }
-            EngineError::Load { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg).code("model_load_failed"),
-            EngineError::Failed(_) | EngineError::Panicked(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg).code("generation_failed"),
+            EngineError::Load { .. } => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg).code("model_load_failed")
+            }
+            EngineError::Failed(_) | EngineError::Panicked(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg).code("generation_failed")
+            }
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_string(&poem_openapi::types::ToJSON::to_json(&self.body())).unwrap_or_default();
-        let mut resp = Response::builder().status(self.status).content_type("application/json; charset=utf-8").body(body);
+        let body = serde_json::to_string(&poem_openapi::types::ToJSON::to_json(&self.body()))
+            .unwrap_or_default();
+        let mut resp = Response::builder()
+            .status(self.status)
+            .content_type("application/json; charset=utf-8")
+            .body(body);
         if let Some(s) = self.retry_after {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(s));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
         }
         resp
     }
@@ -140,10 +182,16 @@ pub async fn finalize<E: Endpoint>(ep: &E, req: Request) -> poem::Result<Respons
     if !(status.is_client_error() || status.is_server_error()) {
         return Ok(resp);
     }
-    let is_json = resp.content_type().is_some_and(|c| c.starts_with("application/json"));
+    let is_json = resp
+        .content_type()
+        .is_some_and(|c| c.starts_with("application/json"));
     if !is_json {
         let text = resp.take_body().into_string().await.unwrap_or_default();
-        let message = if text.trim().is_empty() { status.canonical_reason().unwrap_or("error").to_string() } else { text };
+        let message = if text.trim().is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        };
         let mut fixed = ApiError::new(status, message).into_response();
         for (k, v) in resp.headers() {
             if k != header::CONTENT_TYPE && k != header::CONTENT_LENGTH {
@@ -153,14 +201,24 @@ pub async fn finalize<E: Endpoint>(ep: &E, req: Request) -> poem::Result<Respons
         resp = fixed;
     }
     if !retryable(status) {
-        resp.headers_mut().insert("x-should-retry", HeaderValue::from_static("false"));
+        resp.headers_mut()
+            .insert("x-should-retry", HeaderValue::from_static("false"));
     }
     Ok(resp)
 }
 
 /// `CatchPanic` handler: the server stays up and answers 500 with the envelope.
 pub fn panic_response(p: Box<dyn std::any::Any + Send + 'static>) -> Response {
-    let msg = p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_default();
+    let msg = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default();
     warn!(panic = %msg, "handler panicked");
-    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal server error (a handler panicked; see the server log)").code("panic").into_response()
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal server error (a handler panicked; see the server log)",
+    )
+    .code("panic")
+    .into_response()
 }

@@ -21,25 +21,57 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn authorized(req: &Request, key: &str) -> bool {
-    let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
-    let token = value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).unwrap_or("");
+    let Some(value) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or("");
     same(token.trim().as_bytes(), key.as_bytes())
 }
 
-pub async fn guard<E: Endpoint>(ep: &E, mut req: Request, state: Arc<AppState>) -> poem::Result<Response> {
+pub async fn guard<E: Endpoint>(
+    ep: &E,
+    mut req: Request,
+    state: Arc<AppState>,
+) -> poem::Result<Response> {
     let path = req.uri().path().to_string();
     if let Some(key) = state.config.api_key.as_deref()
         && protected(&path)
         && req.method() != Method::OPTIONS
         && !authorized(&req, key)
     {
-        let e = ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API key: send `Authorization: Bearer <key>`").code("invalid_api_key");
+        let e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong API key: send `Authorization: Bearer <key>`",
+        )
+        .code("invalid_api_key");
         return Ok(e.into_response());
     }
     if req.method() == Method::POST && path.starts_with("/v1/images/") {
-        let limit = if path.ends_with("/edits") { state.config.max_upload_bytes } else { state.config.max_json_bytes };
-        let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body is larger than {limit} bytes")).code("request_too_large").into_response();
-        let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        let limit = if path.ends_with("/edits") {
+            state.config.max_upload_bytes
+        } else {
+            state.config.max_json_bytes
+        };
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body is larger than {limit} bytes"),
+            )
+            .code("request_too_large")
+            .into_response()
+        };
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > limit) {
             return Ok(too_large());
         }
@@ -47,10 +79,19 @@ pub async fn guard<E: Endpoint>(ep: &E, mut req: Request, state: Arc<AppState>) 
         let body = match req.take_body().into_bytes_limit(limit).await {
             Ok(b) => b,
             Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
-            Err(e) => return Ok(ApiError::new(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")).into_response()),
+            Err(e) => {
+                return Ok(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+                .into_response());
+            }
         };
-        let is_json = req.content_type().is_some_and(|c| c.starts_with("application/json"));
-        if path == "/v1/images/generations" && is_json
+        let is_json = req
+            .content_type()
+            .is_some_and(|c| c.starts_with("application/json"));
+        if path == "/v1/images/generations"
+            && is_json
             && let Err(e) = state.generation_schema.check(&body)
         {
             return Ok(e.into_response());

@@ -89,19 +89,27 @@ impl AppState {
         if let Some(u) = &self.config.public_url {
             return u.trim_end_matches('/').to_string();
         }
-        let host = req.headers().get(poem::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("127.0.0.1");
+        let host = req
+            .headers()
+            .get(poem::http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("127.0.0.1");
         format!("http://{host}")
     }
 }
 
 pub(crate) fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// The OpenAPI service; `openapi.json` is `service().spec()`.
 pub fn service() -> OpenApiService<Api, ()> {
-    OpenApiService::new(Api, "kiln", env!("CARGO_PKG_VERSION"))
-        .description("OpenAI-compatible image generation (Stable Diffusion 1.5, DALL·E Mini) served by kiln.")
+    OpenApiService::new(Api, "kiln", env!("CARGO_PKG_VERSION")).description(
+        "OpenAI-compatible image generation (Stable Diffusion 1.5, DALL·E Mini) served by kiln.",
+    )
 }
 
 /// The spec as committed in `openapi.json` (with a trailing newline).
@@ -118,7 +126,10 @@ pub enum ServerError {
     #[error("no models to serve")]
     NoModels,
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: String, source: std::io::Error },
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -142,14 +153,21 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
     let api = service();
     let cors = (!state.config.cors_origins.is_empty()).then(|| {
         let origins = &state.config.cors_origins;
-        if origins.iter().any(|o| o == "*") { Cors::new() } else { Cors::new().allow_origins(origins.iter().map(String::as_str)) }
+        if origins.iter().any(|o| o == "*") {
+            Cors::new()
+        } else {
+            Cors::new().allow_origins(origins.iter().map(String::as_str))
+        }
     });
     let guard_state = state.clone();
     let app = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
         // The spec normalises `/v1/` to `/v1`; the Prem app calls `/v1/` literally.
-        .at("/v1/", poem::endpoint::make_sync(|_| poem::web::Json(serde_json::json!({"status": true}))))
+        .at(
+            "/v1/",
+            poem::endpoint::make_sync(|_| poem::web::Json(serde_json::json!({"status": true}))),
+        )
         .nest("/", api)
         .with(CatchPanic::new().with_handler(error::panic_response))
         .around(move |ep, req| {
@@ -172,11 +190,23 @@ pub async fn serve(
     grace: Duration,
 ) -> Result<(), ServerError> {
     use poem::listener::{Acceptor, Listener, TcpListener};
-    let acceptor = TcpListener::bind(addr).into_acceptor().await.map_err(|source| ServerError::Bind { addr: addr.to_string(), source })?;
+    let acceptor = TcpListener::bind(addr)
+        .into_acceptor()
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: addr.to_string(),
+            source,
+        })?;
     let acceptor = disconnect::WatchedAcceptor(acceptor);
-    for a in acceptor.local_addr().iter().filter_map(|a| a.as_socket_addr().copied()) {
+    for a in acceptor
+        .local_addr()
+        .iter()
+        .filter_map(|a| a.as_socket_addr().copied())
+    {
         tracing::info!("listening on http://{a} (docs: http://{a}/docs)");
     }
-    poem::Server::new_with_acceptor(acceptor).run_with_graceful_shutdown(app, shutdown, Some(grace)).await?;
+    poem::Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, shutdown, Some(grace))
+        .await?;
     Ok(())
 }

@@ -24,7 +24,11 @@ pub struct ImageStore {
 
 impl ImageStore {
     pub fn new(ttl: Duration, max_entries: usize) -> Self {
-        Self { inner: Mutex::new(Inner::default()), ttl, max_entries: max_entries.max(1) }
+        Self {
+            inner: Mutex::new(Inner::default()),
+            ttl,
+            max_entries: max_entries.max(1),
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -46,18 +50,32 @@ impl ImageStore {
                 break;
             }
         }
-        g.map.insert(id.clone(), Entry { bytes, content_type, expires: now + self.ttl });
+        g.map.insert(
+            id.clone(),
+            Entry {
+                bytes,
+                content_type,
+                expires: now + self.ttl,
+            },
+        );
         g.order.push_back(id.clone());
         id
     }
 
     pub fn get(&self, id: &str) -> Option<(Vec<u8>, &'static str)> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.map.get(id).filter(|e| e.expires > Instant::now()).map(|e| (e.bytes.clone(), e.content_type))
+        g.map
+            .get(id)
+            .filter(|e| e.expires > Instant::now())
+            .map(|e| (e.bytes.clone(), e.content_type))
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner()).map.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -7,10 +7,10 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 use poem::web::sse::{Event, SSE};
 use poem::{IntoResponse, Response};
+use poem_openapi::Object;
 use poem_openapi::payload::Payload;
 use poem_openapi::registry::{MetaSchemaRef, Registry};
 use poem_openapi::types::{ToJSON, Type};
-use poem_openapi::Object;
 
 use super::encode::encode;
 use super::error::ApiError;
@@ -48,7 +48,9 @@ impl IntoResponse for ImageEvents {
             let data = serde_json::to_string(&ev.to_json()).unwrap_or_default();
             Event::message(data).event_type(ev.ty.clone())
         });
-        SSE::new(events).keep_alive(std::time::Duration::from_secs(15)).into_response()
+        SSE::new(events)
+            .keep_alive(std::time::Duration::from_secs(15))
+            .into_response()
     }
 }
 
@@ -85,7 +87,15 @@ impl StreamMeta {
 
     fn error(&self, e: ApiError) -> ImageStreamEvent {
         let body = e.body().error;
-        ImageStreamEvent { ty: "error".into(), size: None, quality: None, background: None, output_format: None, error: Some(body), ..self.event("error") }
+        ImageStreamEvent {
+            ty: "error".into(),
+            size: None,
+            quality: None,
+            background: None,
+            output_format: None,
+            error: Some(body),
+            ..self.event("error")
+        }
     }
 }
 
@@ -100,25 +110,48 @@ async fn b64(img: image::RgbImage, meta: &StreamMeta) -> Result<String, ApiError
     let (fmt, q) = (meta.output_format, meta.quality);
     let bytes = tokio::task::spawn_blocking(move || encode(&img, fmt, q))
         .await
-        .map_err(|e| ApiError::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")))?
-        .map_err(|e| ApiError::new(poem::http::StatusCode::INTERNAL_SERVER_ERROR, format!("encoding failed: {e}")))?;
-    Ok(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes))
+        .map_err(|e| {
+            ApiError::new(
+                poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding failed: {e}"),
+            )
+        })?
+        .map_err(|e| {
+            ApiError::new(
+                poem::http::StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding failed: {e}"),
+            )
+        })?;
+    Ok(base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        bytes,
+    ))
 }
 
 impl State {
     /// Turns the next engine event into zero or more SSE events; `false` at the end.
     async fn advance(&mut self) -> bool {
-        let Some(ticket) = self.ticket.as_mut() else { return false };
+        let Some(ticket) = self.ticket.as_mut() else {
+            return false;
+        };
         match ticket.next().await {
             Some(JobEvent::Started) => {}
             Some(JobEvent::Progress(p)) => {
                 if self.meta.progress {
-                    self.pending.push_back(ImageStreamEvent { step: Some(p.step as u32), total: Some(p.total as u32), ..self.meta.event("progress") });
+                    self.pending.push_back(ImageStreamEvent {
+                        step: Some(p.step as u32),
+                        total: Some(p.total as u32),
+                        ..self.meta.event("progress")
+                    });
                 }
                 if let Some(img) = p.preview {
                     match b64(img, &self.meta).await {
                         Ok(b) => {
-                            let ev = ImageStreamEvent { b64_json: Some(b), partial_image_index: Some(self.partial_index), ..self.meta.event("partial_image") };
+                            let ev = ImageStreamEvent {
+                                b64_json: Some(b),
+                                partial_image_index: Some(self.partial_index),
+                                ..self.meta.event("partial_image")
+                            };
                             self.partial_index += 1;
                             self.pending.push_back(ev);
                         }
@@ -157,8 +190,17 @@ impl State {
 }
 
 /// The SSE response for a submitted job.
-pub fn events(ticket: JobTicket, meta: StreamMeta, gone: impl Future<Output = ()> + Send + 'static) -> ImageEvents {
-    let state = State { ticket: Some(ticket), pending: VecDeque::new(), partial_index: 0, meta };
+pub fn events(
+    ticket: JobTicket,
+    meta: StreamMeta,
+    gone: impl Future<Output = ()> + Send + 'static,
+) -> ImageEvents {
+    let state = State {
+        ticket: Some(ticket),
+        pending: VecDeque::new(),
+        partial_index: 0,
+        meta,
+    };
     let stream = futures_util::stream::unfold(state, |mut s| async move {
         loop {
             if let Some(ev) = s.pending.pop_front() {

@@ -79,7 +79,10 @@ pub struct CreateImageRequest {
     #[oai(nullable)]
     pub negative_prompt: Option<String>,
     /// Extension: seed of image 0 (image k uses seed + k); 0 or absent = random.
-    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "4294967295")))]
+    #[oai(
+        nullable,
+        validator(minimum(value = "0"), maximum(value = "4294967295"))
+    )]
     pub seed: Option<u64>,
     /// Extension: classifier-free guidance scale (SD, default 7.5).
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "50")))]

@@ -31,7 +31,9 @@ impl Type for UploadList {
         Some(self)
     }
 
-    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
         Box::new(self.0.iter())
     }
 }
@@ -39,13 +41,21 @@ impl Type for UploadList {
 impl ParseFromMultipartField for UploadList {
     async fn parse_from_multipart(field: Option<poem::web::Field>) -> ParseResult<Self> {
         match field {
-            Some(f) => Ok(Self(vec![Upload::parse_from_multipart(Some(f)).await.map_err(ParseError::propagate)?])),
+            Some(f) => Ok(Self(vec![
+                Upload::parse_from_multipart(Some(f))
+                    .await
+                    .map_err(ParseError::propagate)?,
+            ])),
             None => Ok(Self(Vec::new())),
         }
     }
 
     async fn parse_from_repeated_field(mut self, field: poem::web::Field) -> ParseResult<Self> {
-        self.0.push(Upload::parse_from_multipart(Some(field)).await.map_err(ParseError::propagate)?);
+        self.0.push(
+            Upload::parse_from_multipart(Some(field))
+                .await
+                .map_err(ParseError::propagate)?,
+        );
         Ok(self)
     }
 }
@@ -54,14 +64,22 @@ impl ParseFromMultipartField for UploadList {
 /// alone that it is at most `max_side` pixels on each side.
 pub fn decode_image(bytes: &[u8], param: &str, max_side: u32) -> Result<DynamicImage, ApiError> {
     let bad = |msg: String| ApiError::invalid(param, msg);
-    let reader = || ImageReader::new(Cursor::new(bytes)).with_guessed_format().map_err(|e| bad(format!("cannot read `{param}`: {e}")));
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| bad(format!("cannot read `{param}`: {e}")))
+    };
     let r = reader()?;
     if r.format().is_none() {
         return Err(bad(format!("`{param}` is not a PNG, JPEG or WebP image")));
     }
-    let (w, h) = r.into_dimensions().map_err(|e| bad(format!("`{param}` is not a readable image: {e}")))?;
+    let (w, h) = r
+        .into_dimensions()
+        .map_err(|e| bad(format!("`{param}` is not a readable image: {e}")))?;
     if w == 0 || h == 0 || w > max_side || h > max_side {
-        return Err(bad(format!("`{param}` is {w}x{h}; each side must be between 1 and {max_side} pixels")));
+        return Err(bad(format!(
+            "`{param}` is {w}x{h}; each side must be between 1 and {max_side} pixels"
+        )));
     }
     let mut r = reader()?;
     let mut limits = Limits::default();
@@ -69,7 +87,8 @@ pub fn decode_image(bytes: &[u8], param: &str, max_side: u32) -> Result<DynamicI
     limits.max_image_height = Some(max_side);
     limits.max_alloc = Some(u64::from(max_side) * u64::from(max_side) * 16);
     r.limits(limits);
-    r.decode().map_err(|e| bad(format!("`{param}` could not be decoded: {e}")))
+    r.decode()
+        .map_err(|e| bad(format!("`{param}` could not be decoded: {e}")))
 }
 
 /// OpenAI masks mark the area to edit with alpha 0; diffusers wants white = repaint.
@@ -77,9 +96,13 @@ pub fn decode_image(bytes: &[u8], param: &str, max_side: u32) -> Result<DynamicI
 pub fn mask_from_upload(mask: &DynamicImage) -> GrayImage {
     if mask.color().has_alpha() {
         let rgba = mask.to_rgba8();
-        GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| Luma([if rgba.get_pixel(x, y)[3] == 0 { 255 } else { 0 }]))
+        GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+            Luma([if rgba.get_pixel(x, y)[3] == 0 { 255 } else { 0 }])
+        })
     } else {
         let g = mask.to_luma8();
-        GrayImage::from_fn(g.width(), g.height(), |x, y| Luma([if g.get_pixel(x, y)[0] > 127 { 255 } else { 0 }]))
+        GrayImage::from_fn(g.width(), g.height(), |x, y| {
+            Luma([if g.get_pixel(x, y)[0] > 127 { 255 } else { 0 }])
+        })
     }
 }

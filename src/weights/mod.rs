@@ -28,8 +28,15 @@ impl TensorFile {
         if !path.is_file() {
             return Err(Error::io(path, "no such file"));
         }
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
-        let bad = |e: &dyn std::fmt::Display| Error::WeightFile { path: path.into(), message: e.to_string() };
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let bad = |e: &dyn std::fmt::Display| Error::WeightFile {
+            path: path.into(),
+            message: e.to_string(),
+        };
         let tensors = match ext.as_str() {
             "safetensors" => {
                 let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
@@ -48,12 +55,19 @@ impl TensorFile {
                     _ => open(None).map_err(|e| bad(&e))?,
                 }
             }
-            _ => return Err(bad(&format!("unknown weight file extension `.{ext}` (expected .safetensors, .bin, .ckpt, .pt or .pth)"))),
+            _ => {
+                return Err(bad(&format!(
+                    "unknown weight file extension `.{ext}` (expected .safetensors, .bin, .ckpt, .pt or .pth)"
+                )));
+            }
         };
         if tensors.is_empty() {
             return Err(bad(&"the file holds no tensors"));
         }
-        Ok(Self { path: path.to_path_buf(), tensors })
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &str> {
@@ -67,13 +81,22 @@ impl TensorFile {
             key: key.into(),
             message: "not in the file".into(),
         })?;
-        let data = snap.to_data().map_err(|e| self.tensor_err(key, e))?.convert_dtype(DType::F32);
-        let values = data.to_vec::<f32>().map_err(|e| self.tensor_err(key, format!("{e:?}")))?;
+        let data = snap
+            .to_data()
+            .map_err(|e| self.tensor_err(key, e))?
+            .convert_dtype(DType::F32);
+        let values = data
+            .to_vec::<f32>()
+            .map_err(|e| self.tensor_err(key, format!("{e:?}")))?;
         Ok((data.shape.to_vec(), values))
     }
 
     fn tensor_err(&self, key: &str, e: impl std::fmt::Display) -> Error {
-        Error::Tensor { path: self.path.clone(), key: key.into(), message: e.to_string() }
+        Error::Tensor {
+            path: self.path.clone(),
+            key: key.into(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -126,7 +149,10 @@ pub fn load_into<B: Backend, M: Module<B>>(
 ) -> Result<(M, LoadReport)> {
     let expected = param_shapes(&module);
 
-    let mut report = LoadReport { files: vec![file.path.clone()], ..Default::default() };
+    let mut report = LoadReport {
+        files: vec![file.path.clone()],
+        ..Default::default()
+    };
     let mut snapshots = Vec::new();
     let mut taken = BTreeSet::new();
     for (key, snap) in &file.tensors {
@@ -143,7 +169,9 @@ pub fn load_into<B: Backend, M: Module<B>>(
             continue;
         };
         if !taken.insert(path.clone()) {
-            return Err(file.tensor_err(key, format!("a second tensor maps onto parameter `{path}`")));
+            return Err(
+                file.tensor_err(key, format!("a second tensor maps onto parameter `{path}`"))
+            );
         }
         let found = &snap.shape;
         let reshape = if found == shape {
@@ -151,9 +179,19 @@ pub fn load_into<B: Backend, M: Module<B>>(
         } else if found.num_elements() == shape.num_elements() && is_pointwise_conv(found, shape) {
             Some(shape.clone())
         } else {
-            return Err(file.tensor_err(key, format!("shape {:?} in the file, the model needs {:?}", found.as_slice(), shape.as_slice())));
+            return Err(file.tensor_err(
+                key,
+                format!(
+                    "shape {:?} in the file, the model needs {:?}",
+                    found.as_slice(),
+                    shape.as_slice()
+                ),
+            ));
         };
-        if !matches!(snap.dtype, DType::F64 | DType::F32 | DType::F16 | DType::BF16) {
+        if !matches!(
+            snap.dtype,
+            DType::F64 | DType::F32 | DType::F16 | DType::BF16
+        ) {
             return Err(file.tensor_err(key, format!("dtype {:?} is not a float type", snap.dtype)));
         }
         snapshots.push(retarget(snap, &path, float_dtype::<B>(), reshape));
@@ -162,7 +200,10 @@ pub fn load_into<B: Backend, M: Module<B>>(
     let mut module = module;
     let result = module.apply(snapshots, None, None, false);
     if let Some(err) = result.errors.first() {
-        return Err(Error::WeightFile { path: file.path.clone(), message: err.to_string() });
+        return Err(Error::WeightFile {
+            path: file.path.clone(),
+            message: err.to_string(),
+        });
     }
     report.applied = result.applied.len();
     report.missing = result.missing.into_iter().map(|(p, _)| p).collect();
@@ -193,7 +234,10 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> HashMap<String, Sha
             self.out.insert(self.path.join("."), param.lazy_shape());
         }
     }
-    let mut v = Shapes { path: Vec::new(), out: HashMap::new() };
+    let mut v = Shapes {
+        path: Vec::new(),
+        out: HashMap::new(),
+    };
     module.visit(&mut v);
     v.out
 }
@@ -203,7 +247,12 @@ fn is_pointwise_conv(found: &Shape, want: &Shape) -> bool {
 }
 
 /// A snapshot under a new path whose data is cast (and reshaped) on demand.
-fn retarget(snap: &TensorSnapshot, path: &str, dtype: DType, reshape: Option<Shape>) -> TensorSnapshot {
+fn retarget(
+    snap: &TensorSnapshot,
+    path: &str,
+    dtype: DType,
+    reshape: Option<Shape>,
+) -> TensorSnapshot {
     let inner = snap.clone_data_fn();
     let shape = reshape.clone().unwrap_or_else(|| snap.shape.clone());
     let data_fn = Rc::new(move || {
@@ -217,7 +266,14 @@ fn retarget(snap: &TensorSnapshot, path: &str, dtype: DType, reshape: Option<Sha
         Ok(data)
     });
     let path_stack = path.split('.').map(str::to_string).collect();
-    TensorSnapshot::from_closure(data_fn, dtype, shape, path_stack, Vec::new(), ParamId::new())
+    TensorSnapshot::from_closure(
+        data_fn,
+        dtype,
+        shape,
+        path_stack,
+        Vec::new(),
+        ParamId::new(),
+    )
 }
 
 /// Fails when a load left module parameters without weights.
@@ -225,15 +281,26 @@ pub fn require_complete(report: &LoadReport, file: &Path) -> Result<()> {
     if report.missing.is_empty() {
         return Ok(());
     }
-    let examples = report.missing.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
-    Err(Error::MissingTensors { path: file.to_path_buf(), count: report.missing.len(), examples })
+    let examples = report
+        .missing
+        .iter()
+        .take(5)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(Error::MissingTensors {
+        path: file.to_path_buf(),
+        count: report.missing.len(),
+        examples,
+    })
 }
 
 /// Writes one f32 tensor as a safetensors file (used for `--save-latents`).
 pub fn write_f32(path: &Path, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
     let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
-        .map_err(|e| Error::io(path, e))?;
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.to_vec(), &bytes)
+            .map_err(|e| Error::io(path, e))?;
     let out = safetensors::serialize([(name, view)], None).map_err(|e| Error::io(path, e))?;
     std::fs::write(path, out).map_err(|e| Error::io(path, e))
 }

@@ -16,18 +16,30 @@ pub fn device() -> burn::tensor::Device<B> {
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(rel)
 }
 
 pub fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
-    t.into_data().convert_dtype(DType::F32).to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert_dtype(DType::F32)
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
 /// Fails with the size of the error when `got` is not within `tol` of the reference.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length mismatch");
-    let d = got.iter().zip(want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
-    assert!(d.is_finite() && d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+    let d = got
+        .iter()
+        .zip(want)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    assert!(
+        d.is_finite() && d <= tol,
+        "{what}: max |diff| = {d:e} > {tol:e}"
+    );
     eprintln!("{what}: max |diff| = {d:e}");
 }
 
@@ -62,7 +74,10 @@ pub fn ref_f32(key: &str) -> (Vec<usize>, Vec<f32>) {
 
 pub fn ref_f64(key: &str) -> Vec<f64> {
     let f = refs();
-    let data = f.tensors[key].to_data().expect("data").convert_dtype(DType::F64);
+    let data = f.tensors[key]
+        .to_data()
+        .expect("data")
+        .convert_dtype(DType::F64);
     data.to_vec::<f64>().expect("f64")
 }
 
@@ -70,14 +85,25 @@ pub fn ref_u32(key: &str) -> Vec<u32> {
     let f = refs();
     let data = f.tensors[key].to_data().expect("data");
     match data.dtype {
-        DType::I64 => data.to_vec::<i64>().expect("i64").into_iter().map(|x| x as u32).collect(),
-        DType::U8 => data.to_vec::<u8>().expect("u8").into_iter().map(u32::from).collect(),
+        DType::I64 => data
+            .to_vec::<i64>()
+            .expect("i64")
+            .into_iter()
+            .map(|x| x as u32)
+            .collect(),
+        DType::U8 => data
+            .to_vec::<u8>()
+            .expect("u8")
+            .into_iter()
+            .map(u32::from)
+            .collect(),
         other => panic!("{key}: unexpected dtype {other:?}"),
     }
 }
 
 pub fn refs_json() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(tiny().join("refs.json")).expect("refs.json")).expect("json")
+    serde_json::from_str(&std::fs::read_to_string(tiny().join("refs.json")).expect("refs.json"))
+        .expect("json")
 }
 
 /// A fresh scratch folder under the system temp dir.

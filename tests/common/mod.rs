@@ -13,7 +13,9 @@ pub fn device() -> burn::backend::flex::FlexDevice {
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(rel)
 }
 
 pub fn sd_tiny() -> PathBuf {
@@ -31,18 +33,27 @@ pub fn tensor<const D: usize>(shape: &[usize], values: Vec<f32>) -> Tensor<B, D>
 }
 
 pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().convert_dtype(DType::F32).to_vec::<f32>().expect("f32 data")
+    t.into_data()
+        .convert_dtype(DType::F32)
+        .to_vec::<f32>()
+        .expect("f32 data")
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 /// Fails with the size of the error when `got` is not within `tol` of the reference.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let d = max_abs_diff(got, want);
-    assert!(d.is_finite() && d <= tol, "{what}: max |diff| = {d:e} > {tol:e}");
+    assert!(
+        d.is_finite() && d <= tol,
+        "{what}: max |diff| = {d:e} > {tol:e}"
+    );
     eprintln!("{what}: max |diff| = {d:e}");
 }
 
@@ -52,6 +63,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
 pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], tol: f32) {
     let scale = want.iter().fold(1f32, |m, x| m.max(x.abs()));
     let d = max_abs_diff(got, want);
-    assert!(d.is_finite() && d / scale <= tol, "{what}: max |diff| = {d:e} (scale {scale}) > {tol:e} relative");
+    assert!(
+        d.is_finite() && d / scale <= tol,
+        "{what}: max |diff| = {d:e} (scale {scale}) > {tol:e} relative"
+    );
     eprintln!("{what}: max |diff| = {d:e}, scale {scale}");
 }

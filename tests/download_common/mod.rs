@@ -16,11 +16,16 @@ use sha2::{Digest, Sha256};
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/fixtures").join(rel)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(rel)
 }
 
 #[derive(Default)]
@@ -64,7 +69,12 @@ impl MockHub {
     /// Serves every file of `spec` at each of its revisions, content from `content(remote path)`.
     pub fn serve_spec(&self, spec: &ModelSpec, content: impl Fn(&str, &str) -> Vec<u8>) {
         for (rs, f) in spec.files() {
-            self.add(&rs.repo, &rs.revision, &f.remote, content(&rs.repo, &f.remote));
+            self.add(
+                &rs.repo,
+                &rs.revision,
+                &f.remote,
+                content(&rs.repo, &f.remote),
+            );
         }
     }
 
@@ -93,8 +103,13 @@ impl MockHub {
     }
 
     pub fn config(&self) -> HubConfig {
-        HubConfig { progress: false, retry_delay: Duration::from_millis(10), read_timeout: Duration::from_secs(10), ..HubConfig::default() }
-            .with_endpoint(self.endpoint.clone())
+        HubConfig {
+            progress: false,
+            retry_delay: Duration::from_millis(10),
+            read_timeout: Duration::from_secs(10),
+            ..HubConfig::default()
+        }
+        .with_endpoint(self.endpoint.clone())
     }
 
     fn handle(&self, stream: TcpStream) {
@@ -104,7 +119,10 @@ impl MockHub {
             return;
         }
         let mut parts = line.split_whitespace();
-        let (method, target) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+        let (method, target) = (
+            parts.next().unwrap_or("").to_string(),
+            parts.next().unwrap_or("").to_string(),
+        );
         let mut headers = HashMap::new();
         loop {
             let mut h = String::new();
@@ -116,35 +134,78 @@ impl MockHub {
             }
         }
         let range = headers.get("range").cloned();
-        self.state.lock().unwrap().log.push(format!("{method} {target}{}", range.as_ref().map(|r| format!(" {r}")).unwrap_or_default()));
+        self.state.lock().unwrap().log.push(format!(
+            "{method} {target}{}",
+            range.as_ref().map(|r| format!(" {r}")).unwrap_or_default()
+        ));
         let mut out = stream;
-        let _ = self.respond(&mut out, &method, &target, range.as_deref(), headers.get("authorization").map(String::as_str));
+        let _ = self.respond(
+            &mut out,
+            &method,
+            &target,
+            range.as_deref(),
+            headers.get("authorization").map(String::as_str),
+        );
         let _ = out.flush();
     }
 
-    fn respond(&self, out: &mut TcpStream, method: &str, target: &str, range: Option<&str>, auth: Option<&str>) -> std::io::Result<()> {
+    fn respond(
+        &self,
+        out: &mut TcpStream,
+        method: &str,
+        target: &str,
+        range: Option<&str>,
+        auth: Option<&str>,
+    ) -> std::io::Result<()> {
         let head = method == "HEAD";
         // CDN: /cdn/<repo>/<path>, no auth, content by sha
         if let Some(rest) = target.strip_prefix("/cdn/") {
             let found = {
                 let s = self.state.lock().unwrap();
-                s.files.iter().find(|((r, p), _)| format!("{r}/{p}") == rest).map(|((_, p), b)| (p.clone(), b.clone()))
+                s.files
+                    .iter()
+                    .find(|((r, p), _)| format!("{r}/{p}") == rest)
+                    .map(|((_, p), b)| (p.clone(), b.clone()))
             };
-            let Some((path, body)) = found else { return simple(out, 404, &[], head) };
+            let Some((path, body)) = found else {
+                return simple(out, 404, &[], head);
+            };
             return self.send_body(out, &path, body, range, head, &[]);
         }
-        let Some((repo, rev, path)) = parse_resolve(target) else { return simple(out, 404, &[("X-Error-Code", "RepoNotFound".into())], head) };
+        let Some((repo, rev, path)) = parse_resolve(target) else {
+            return simple(out, 404, &[("X-Error-Code", "RepoNotFound".into())], head);
+        };
         let (required, known_rev, body) = {
             let s = self.state.lock().unwrap();
-            (s.token.clone(), s.revisions.contains(&rev), s.files.get(&(repo.clone(), path.clone())).cloned())
+            (
+                s.token.clone(),
+                s.revisions.contains(&rev),
+                s.files.get(&(repo.clone(), path.clone())).cloned(),
+            )
         };
         if let Some(t) = required
             && auth != Some(&format!("Bearer {t}"))
         {
-            return simple(out, 401, &[("X-Error-Message", "Access to this repository is restricted".into())], head);
+            return simple(
+                out,
+                401,
+                &[(
+                    "X-Error-Message",
+                    "Access to this repository is restricted".into(),
+                )],
+                head,
+            );
         }
         let Some(body) = body.filter(|_| known_rev) else {
-            return simple(out, 404, &[("X-Error-Code", "EntryNotFound".into()), ("X-Error-Message", "Entry not found".into())], head);
+            return simple(
+                out,
+                404,
+                &[
+                    ("X-Error-Code", "EntryNotFound".into()),
+                    ("X-Error-Message", "Entry not found".into()),
+                ],
+                head,
+            );
         };
         let commit = ("X-Repo-Commit", COMMIT.to_string());
         if is_lfs(&path) {
@@ -155,7 +216,10 @@ impl MockHub {
                 ("X-Linked-Etag", format!("\"{sha}\"")),
                 ("X-Linked-Size", body.len().to_string()),
                 ("ETag", "\"0000aaaa\"".into()),
-                ("Location", format!("http://127.0.0.1:{port}/cdn/{repo}/{path}")),
+                (
+                    "Location",
+                    format!("http://127.0.0.1:{port}/cdn/{repo}/{path}"),
+                ),
             ];
             return simple(out, 302, &hdrs, head);
         }
@@ -164,7 +228,15 @@ impl MockHub {
         self.send_body(out, &path, body, range, head, &[commit, etag])
     }
 
-    fn send_body(&self, out: &mut TcpStream, path: &str, mut body: Vec<u8>, range: Option<&str>, head: bool, extra: &[(&str, String)]) -> std::io::Result<()> {
+    fn send_body(
+        &self,
+        out: &mut TcpStream,
+        path: &str,
+        mut body: Vec<u8>,
+        range: Option<&str>,
+        head: bool,
+        extra: &[(&str, String)],
+    ) -> std::io::Result<()> {
         let total = body.len();
         let (cut, corrupt) = {
             let mut s = self.state.lock().unwrap();
@@ -175,10 +247,22 @@ impl MockHub {
             let mid = body.len() / 2;
             body[mid] ^= 0xff;
         }
-        let start = range.and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse::<usize>().ok());
+        let start = range.and_then(|r| {
+            r.strip_prefix("bytes=")?
+                .strip_suffix('-')?
+                .parse::<usize>()
+                .ok()
+        });
         let mut hdrs: Vec<(&str, String)> = extra.to_vec();
         let (status, slice) = match start {
-            Some(s) if s >= total => return simple(out, 416, &[("Content-Range", format!("bytes */{total}"))], head),
+            Some(s) if s >= total => {
+                return simple(
+                    out,
+                    416,
+                    &[("Content-Range", format!("bytes */{total}"))],
+                    head,
+                );
+            }
             Some(s) => {
                 hdrs.push(("Content-Range", format!("bytes {s}-{}/{total}", total - 1)));
                 (206, &body[s..])
@@ -205,7 +289,12 @@ fn parse_resolve(target: &str) -> Option<(String, String, String)> {
     (kw == "resolve").then(|| (format!("{org}/{name}"), rev.to_string(), path.to_string()))
 }
 
-fn write_head(out: &mut TcpStream, status: u16, headers: &[(&str, String)], len: usize) -> std::io::Result<()> {
+fn write_head(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    len: usize,
+) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
         206 => "Partial Content",
@@ -215,7 +304,9 @@ fn write_head(out: &mut TcpStream, status: u16, headers: &[(&str, String)], len:
         416 => "Range Not Satisfiable",
         _ => "Other",
     };
-    let mut s = format!("HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nConnection: close\r\nAccept-Ranges: bytes\r\n");
+    let mut s = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Length: {len}\r\nConnection: close\r\nAccept-Ranges: bytes\r\n"
+    );
     for (k, v) in headers {
         s.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -223,7 +314,12 @@ fn write_head(out: &mut TcpStream, status: u16, headers: &[(&str, String)], len:
     out.write_all(s.as_bytes())
 }
 
-fn simple(out: &mut TcpStream, status: u16, headers: &[(&str, String)], _head: bool) -> std::io::Result<()> {
+fn simple(
+    out: &mut TcpStream,
+    status: u16,
+    headers: &[(&str, String)],
+    _head: bool,
+) -> std::io::Result<()> {
     write_head(out, status, headers, 0)
 }
 
@@ -239,7 +335,11 @@ pub fn dalle_fixture_content(repo: &str, remote: &str) -> Vec<u8> {
     if remote == "enwiki-words-frequency.txt" {
         return b"the 1000\ncat 500\nsmall 200\n".to_vec();
     }
-    let dir = if repo.ends_with("vqgan_imagenet_f16_16384") { fixture("dalle-tiny/flax/vqgan") } else { fixture("dalle-tiny/flax") };
+    let dir = if repo.ends_with("vqgan_imagenet_f16_16384") {
+        fixture("dalle-tiny/flax/vqgan")
+    } else {
+        fixture("dalle-tiny/flax")
+    };
     std::fs::read(dir.join(remote)).expect("fixture file")
 }
 

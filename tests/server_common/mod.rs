@@ -19,25 +19,54 @@ pub struct TestApp {
 }
 
 pub fn fake(id: &str) -> ModelSpec {
-    FakePipeline::spec(id, FakeConfig { panic_prompt: Some("__panic__".into()), fail_prompt: Some("__fail__".into()), ..FakeConfig::default() })
+    FakePipeline::spec(
+        id,
+        FakeConfig {
+            panic_prompt: Some("__panic__".into()),
+            fail_prompt: Some("__fail__".into()),
+            ..FakeConfig::default()
+        },
+    )
 }
 
 pub fn slow(id: &str, step_ms: u64) -> ModelSpec {
-    FakePipeline::spec(id, FakeConfig { step_delay: Duration::from_millis(step_ms), ..FakeConfig::default() })
+    FakePipeline::spec(
+        id,
+        FakeConfig {
+            step_delay: Duration::from_millis(step_ms),
+            ..FakeConfig::default()
+        },
+    )
 }
 
 pub fn dalle(id: &str) -> ModelSpec {
-    FakePipeline::spec(id, FakeConfig { family: Family::DalleMini, ..FakeConfig::default() })
+    FakePipeline::spec(
+        id,
+        FakeConfig {
+            family: Family::DalleMini,
+            ..FakeConfig::default()
+        },
+    )
 }
 
 pub fn start_with(models: Vec<ModelSpec>, engine: EngineConfig, config: ServerConfig) -> TestApp {
     let engine = EngineHandle::start(models, engine).expect("engine");
-    let app: App = build_app(config, engine.clone()).expect("app").map_to_response().boxed();
-    TestApp { client: TestClient::new(app), engine }
+    let app: App = build_app(config, engine.clone())
+        .expect("app")
+        .map_to_response()
+        .boxed();
+    TestApp {
+        client: TestClient::new(app),
+        engine,
+    }
 }
 
 pub fn start() -> TestApp {
-    start_with(vec![fake("fake-sd"), dalle("fake-dalle")], EngineConfig::default(), ServerConfig::default())
+    start_with(
+        vec![fake("fake-sd"), dalle("fake-dalle")],
+        EngineConfig::default(),
+        ServerConfig::default(),
+    )
 }
 
 pub struct Reply {
@@ -48,7 +77,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.bytes)))
+        serde_json::from_slice(&self.bytes)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.bytes)))
     }
 
     pub fn text(&self) -> String {
@@ -60,9 +90,15 @@ impl Reply {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
         let v = self.json();
         let e = &v["error"];
-        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "no message: {v}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "no message: {v}"
+        );
         assert!(e["type"].as_str().is_some(), "no type: {v}");
-        assert!(e.get("param").is_some() && e.get("code").is_some(), "param/code keys missing: {v}");
+        assert!(
+            e.get("param").is_some() && e.get("code").is_some(),
+            "param/code keys missing: {v}"
+        );
         assert_eq!(e["param"].as_str(), param, "param in {v}");
         e.clone()
     }
@@ -73,7 +109,11 @@ pub async fn send(req: TestRequestBuilder<'_, App>) -> Reply {
     let status = resp.status();
     let headers = resp.headers().clone();
     let bytes = resp.into_body().into_vec().await.expect("body");
-    Reply { status, headers, bytes }
+    Reply {
+        status,
+        headers,
+        bytes,
+    }
 }
 
 pub async fn generate(t: &TestApp, body: Value) -> Reply {
@@ -81,16 +121,24 @@ pub async fn generate(t: &TestApp, body: Value) -> Reply {
 }
 
 pub fn b64_image(v: &Value) -> image::DynamicImage {
-    let bytes = base64::engine::general_purpose::STANDARD.decode(v.as_str().expect("b64 string")).expect("base64");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(v.as_str().expect("b64 string"))
+        .expect("base64");
     image::load_from_memory(&bytes).expect("decodable image")
 }
 
 pub fn png_bytes(w: u32, h: u32, alpha: bool) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
     if alpha {
-        image::RgbaImage::from_fn(w, h, |x, _| image::Rgba([10, 20, 30, if x < w / 2 { 0 } else { 255 }])).write_to(&mut out, image::ImageFormat::Png).expect("png");
+        image::RgbaImage::from_fn(w, h, |x, _| {
+            image::Rgba([10, 20, 30, if x < w / 2 { 0 } else { 255 }])
+        })
+        .write_to(&mut out, image::ImageFormat::Png)
+        .expect("png");
     } else {
-        image::RgbImage::from_pixel(w, h, image::Rgb([200, 100, 50])).write_to(&mut out, image::ImageFormat::Png).expect("png");
+        image::RgbImage::from_pixel(w, h, image::Rgb([200, 100, 50]))
+            .write_to(&mut out, image::ImageFormat::Png)
+            .expect("png");
     }
     out.into_inner()
 }

@@ -41,8 +41,16 @@ impl<B: Backend> DecoderLayer<B> {
     }
 
     /// Cross-attention and feed-forward halves, shared by the cached and uncached paths.
-    fn cross_and_glu(&self, x: Tensor<B, 3>, k: Tensor<B, 4>, v: Tensor<B, 4>, pad: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
-        let q = self.encoder_attn.queries(self.pre_encoder_attn_layer_norm.forward(x.clone()));
+    fn cross_and_glu(
+        &self,
+        x: Tensor<B, 3>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        pad: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        let q = self
+            .encoder_attn
+            .queries(self.pre_encoder_attn_layer_norm.forward(x.clone()));
         let c = self.encoder_attn.attend(q, k, v, Some(pad), false);
         let x = x + self.encoder_attn_layer_norm.forward(c);
         x.clone() + self.glu.forward(x)
@@ -51,26 +59,58 @@ impl<B: Backend> DecoderLayer<B> {
     /// One position for every row: writes this step's key/value into slot `t` of the cache and
     /// attends over slots `0..=t`. The cache is moved through so that the write can happen in
     /// place (a second handle would force backends to copy the buffer).
-    fn step(&self, x: Tensor<B, 3>, cache: LayerCache<B>, t: usize, pad: Tensor<B, 4, Bool>) -> (Tensor<B, 3>, LayerCache<B>) {
+    fn step(
+        &self,
+        x: Tensor<B, 3>,
+        cache: LayerCache<B>,
+        t: usize,
+        pad: Tensor<B, 4, Bool>,
+    ) -> (Tensor<B, 3>, LayerCache<B>) {
         let h = self.pre_self_attn_layer_norm.forward(x.clone());
         let (k, v) = self.self_attn.keys_values(h.clone());
         let q = self.self_attn.queries(h);
         let [r, heads, _, dh] = k.dims();
         let slot = [0..r, 0..heads, t..t + 1, 0..dh];
         let seen = [0..r, 0..heads, 0..t + 1, 0..dh];
-        let LayerCache { keys, values, cross_keys, cross_values } = cache;
+        let LayerCache {
+            keys,
+            values,
+            cross_keys,
+            cross_values,
+        } = cache;
         let keys = keys.slice_assign(slot.clone(), k);
         let values = values.slice_assign(slot, v);
-        let a = self.self_attn.attend(q, keys.clone().slice(seen.clone()), values.clone().slice(seen), None, false);
+        let a = self.self_attn.attend(
+            q,
+            keys.clone().slice(seen.clone()),
+            values.clone().slice(seen),
+            None,
+            false,
+        );
         let x = x + self.self_attn_layer_norm.forward(a);
         let x = self.cross_and_glu(x, cross_keys.clone(), cross_values.clone(), pad);
-        (x, LayerCache { keys, values, cross_keys, cross_values })
+        (
+            x,
+            LayerCache {
+                keys,
+                values,
+                cross_keys,
+                cross_values,
+            },
+        )
     }
 
-    fn forward_full(&self, x: Tensor<B, 3>, enc: Tensor<B, 3>, pad: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    fn forward_full(
+        &self,
+        x: Tensor<B, 3>,
+        enc: Tensor<B, 3>,
+        pad: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
         let h = self.pre_self_attn_layer_norm.forward(x.clone());
         let (k, v) = self.self_attn.keys_values(h.clone());
-        let a = self.self_attn.attend(self.self_attn.queries(h), k, v, None, true);
+        let a = self
+            .self_attn
+            .attend(self.self_attn.queries(h), k, v, None, true);
         let x = x + self.self_attn_layer_norm.forward(a);
         let (ck, cv) = self.encoder_attn.keys_values(enc);
         self.cross_and_glu(x, ck, cv, pad)
@@ -113,7 +153,9 @@ impl<B: Backend> BartDecoder<B> {
             embed_tokens: Embedding::new(cfg.image_rows(), d, device),
             embed_positions: Embedding::new(cfg.image_length, d, device),
             layernorm_embedding: layer_norm(d, device),
-            layers: (0..cfg.decoder_layers).map(|_| DecoderLayer::new(cfg, device)).collect(),
+            layers: (0..cfg.decoder_layers)
+                .map(|_| DecoderLayer::new(cfg, device))
+                .collect(),
             final_ln: BiasLayerNorm::new(d, device),
             lm_head: Dense::new(d, cfg.image_rows(), false, device),
         }
@@ -127,7 +169,12 @@ impl<B: Backend> BartDecoder<B> {
     /// Prepares decoding of `rows.len()` sequences; decoder row `i` attends to encoder row
     /// `rows[i]` of `enc` `[E, S, d]` (with its padding mask `pad` `[E, 1, 1, S]`). The cross
     /// K/V are projected on the E encoder rows once, then gathered per decoder row.
-    pub fn start(&self, enc: Tensor<B, 3>, pad: Tensor<B, 4, Bool>, rows: &[usize]) -> DecoderCache<B> {
+    pub fn start(
+        &self,
+        enc: Tensor<B, 3>,
+        pad: Tensor<B, 4, Bool>,
+        rows: &[usize],
+    ) -> DecoderCache<B> {
         let device = enc.device();
         let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [rows.len()]), &device);
@@ -147,20 +194,35 @@ impl<B: Backend> BartDecoder<B> {
                 }
             })
             .collect();
-        DecoderCache { layers, pad: pad.select(0, idx), position: 0 }
+        DecoderCache {
+            layers,
+            pad: pad.select(0, idx),
+            position: 0,
+        }
     }
 
     /// Feeds one token per row (`tokens.len()` = rows of the cache) at the next position and
     /// returns the logits `[R, image rows]` for the position after it.
     pub fn step(&self, tokens: &[u32], cache: &mut DecoderCache<B>) -> Tensor<B, 2> {
         let t = cache.position;
-        assert!(t < self.max_positions(), "decoded past the {} image positions", self.max_positions());
+        assert!(
+            t < self.max_positions(),
+            "decoded past the {} image positions",
+            self.max_positions()
+        );
         let device = cache.pad.device();
         let r = tokens.len();
         let ids: Vec<i64> = tokens.iter().map(|&x| i64::from(x)).collect();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [r, 1]), &device);
-        let pos = self.embed_positions.weight.val().narrow(0, t, 1).unsqueeze::<3>();
-        let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(ids) + pos);
+        let pos = self
+            .embed_positions
+            .weight
+            .val()
+            .narrow(0, t, 1)
+            .unsqueeze::<3>();
+        let mut x = self
+            .layernorm_embedding
+            .forward(self.embed_tokens.forward(ids) + pos);
         let old = std::mem::take(&mut cache.layers);
         for (layer, lc) in self.layers.iter().zip(old) {
             let (y, lc) = layer.step(x, lc, t, cache.pad.clone());
@@ -175,10 +237,22 @@ impl<B: Backend> BartDecoder<B> {
 
     /// Uncached teacher-forced pass: `tokens` `[R, T]` (start token first) against encoder
     /// states `enc` `[R, S, d]`; returns logits `[R, T, image rows]`.
-    pub fn forward_full(&self, tokens: Tensor<B, 2, Int>, enc: Tensor<B, 3>, pad: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
+    pub fn forward_full(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        enc: Tensor<B, 3>,
+        pad: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
         let t = tokens.dims()[1];
-        let pos = self.embed_positions.weight.val().narrow(0, 0, t).unsqueeze::<3>();
-        let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(tokens) + pos);
+        let pos = self
+            .embed_positions
+            .weight
+            .val()
+            .narrow(0, 0, t)
+            .unsqueeze::<3>();
+        let mut x = self
+            .layernorm_embedding
+            .forward(self.embed_tokens.forward(tokens) + pos);
         for layer in &self.layers {
             x = layer.forward_full(x, enc.clone(), pad.clone());
         }

@@ -21,7 +21,9 @@ pub struct BiasLayerNorm<B: Backend> {
 
 impl<B: Backend> BiasLayerNorm<B> {
     pub fn new(d: usize, device: &B::Device) -> Self {
-        Self { bias: Initializer::Zeros.init([d], device) }
+        Self {
+            bias: Initializer::Zeros.init([d], device),
+        }
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
@@ -47,12 +49,21 @@ pub struct Attention<B: Backend> {
 impl<B: Backend> Attention<B> {
     pub fn new(d: usize, heads: usize, device: &B::Device) -> Self {
         let lin = || Dense::new(d, d, false, device);
-        Self { k_proj: lin(), v_proj: lin(), q_proj: lin(), out_proj: lin(), heads }
+        Self {
+            k_proj: lin(),
+            v_proj: lin(),
+            q_proj: lin(),
+            out_proj: lin(),
+            heads,
+        }
     }
 
     /// Keys and values of `x` split into heads: `[B, H, S, Dh]` each.
     pub fn keys_values(&self, x: Tensor<B, 3>) -> (Tensor<B, 4>, Tensor<B, 4>) {
-        (split_heads(self.k_proj.forward(x.clone()), self.heads), split_heads(self.v_proj.forward(x), self.heads))
+        (
+            split_heads(self.k_proj.forward(x.clone()), self.heads),
+            split_heads(self.v_proj.forward(x), self.heads),
+        )
     }
 
     pub fn queries(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
@@ -74,7 +85,11 @@ impl<B: Backend> Attention<B> {
         let sk = k.dims()[2];
         // expanded to the full shape: not every backend broadcasts attention masks
         let masked = masked.map(|m| m.expand([b, h, sq, sk]));
-        let opts = AttentionModuleOptions { scale: None, softcap: None, is_causal: causal };
+        let opts = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: causal,
+        };
         let out = burn::tensor::module::attention(q, k, v, masked, None, opts);
         self.out_proj.forward(merge_heads(out))
     }
@@ -131,7 +146,9 @@ impl<B: Backend> EncoderLayer<B> {
     pub fn forward(&self, x: Tensor<B, 3>, pad: Tensor<B, 4, Bool>) -> Tensor<B, 3> {
         let h = self.pre_self_attn_layer_norm.forward(x.clone());
         let (k, v) = self.self_attn.keys_values(h.clone());
-        let h = self.self_attn.attend(self.self_attn.queries(h), k, v, Some(pad), false);
+        let h = self
+            .self_attn
+            .attend(self.self_attn.queries(h), k, v, Some(pad), false);
         let x = x + self.self_attn_layer_norm.forward(h);
         x.clone() + self.glu.forward(x)
     }
@@ -154,7 +171,9 @@ impl<B: Backend> BartEncoder<B> {
             embed_tokens: Embedding::new(cfg.encoder_vocab_size, d, device),
             embed_positions: Embedding::new(cfg.max_text_length, d, device),
             layernorm_embedding: layer_norm(d, device),
-            layers: (0..cfg.encoder_layers).map(|_| EncoderLayer::new(cfg, device)).collect(),
+            layers: (0..cfg.encoder_layers)
+                .map(|_| EncoderLayer::new(cfg, device))
+                .collect(),
             final_ln: BiasLayerNorm::new(d, device),
         }
     }
@@ -164,8 +183,15 @@ impl<B: Backend> BartEncoder<B> {
     pub fn forward(&self, ids: Tensor<B, 2, Int>) -> (Tensor<B, 3>, Tensor<B, 4, Bool>) {
         let [b, s] = ids.dims();
         let pad = ids.clone().equal_elem(1).reshape([b, 1, 1, s]);
-        let pos = self.embed_positions.weight.val().narrow(0, 0, s).unsqueeze::<3>();
-        let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(ids) + pos);
+        let pos = self
+            .embed_positions
+            .weight
+            .val()
+            .narrow(0, 0, s)
+            .unsqueeze::<3>();
+        let mut x = self
+            .layernorm_embedding
+            .forward(self.embed_tokens.forward(ids) + pos);
         for layer in &self.layers {
             x = layer.forward(x, pad.clone());
         }
@@ -176,8 +202,15 @@ impl<B: Backend> BartEncoder<B> {
     pub fn forward_traced(&self, ids: Tensor<B, 2, Int>) -> Vec<Tensor<B, 3>> {
         let [b, s] = ids.dims();
         let pad = ids.clone().equal_elem(1).reshape([b, 1, 1, s]);
-        let pos = self.embed_positions.weight.val().narrow(0, 0, s).unsqueeze::<3>();
-        let mut x = self.layernorm_embedding.forward(self.embed_tokens.forward(ids) + pos);
+        let pos = self
+            .embed_positions
+            .weight
+            .val()
+            .narrow(0, 0, s)
+            .unsqueeze::<3>();
+        let mut x = self
+            .layernorm_embedding
+            .forward(self.embed_tokens.forward(ids) + pos);
         let mut out = vec![x.clone()];
         for layer in &self.layers {
             x = layer.forward(x, pad.clone());

@@ -102,7 +102,14 @@ impl DalleBartConfig {
         Self::published(2048, 24, 32, 4096, 50272, 16415)
     }
 
-    fn published(d: usize, layers: usize, heads: usize, ffn: usize, text: usize, image: usize) -> Self {
+    fn published(
+        d: usize,
+        layers: usize,
+        heads: usize,
+        ffn: usize,
+        text: usize,
+        image: usize,
+    ) -> Self {
         let json = serde_json::json!({
             "d_model": d, "encoder_layers": layers, "decoder_layers": layers,
             "encoder_attention_heads": heads, "decoder_attention_heads": heads,
@@ -114,8 +121,14 @@ impl DalleBartConfig {
 
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config { path: path.into(), message: e.to_string() })?;
-        cfg.validate().map_err(|message| Error::Config { path: path.into(), message })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| Error::Config {
+            path: path.into(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -132,27 +145,48 @@ impl DalleBartConfig {
             (!self.use_glu, "use_glu=false"),
             (self.use_bias, "use_bias=true"),
             (self.force_ln_scale, "force_ln_scale=true"),
-            (!self.use_final_ln_encoder || !self.use_final_ln_decoder, "use_final_ln_*=false"),
+            (
+                !self.use_final_ln_encoder || !self.use_final_ln_decoder,
+                "use_final_ln_*=false",
+            ),
             (self.use_head_scale, "use_head_scale"),
             (self.use_cosine_attention, "use_cosine_attention"),
             (self.use_deepnet_scaling, "use_deepnet_scaling"),
             (self.use_alibi, "use_alibi"),
-            (self.use_swin_position_embeddings, "use_swin_position_embeddings"),
-            (!self.use_absolute_position_embeddings, "use_absolute_position_embeddings=false"),
+            (
+                self.use_swin_position_embeddings,
+                "use_swin_position_embeddings",
+            ),
+            (
+                !self.use_absolute_position_embeddings,
+                "use_absolute_position_embeddings=false",
+            ),
             (self.scale_embedding, "scale_embedding"),
             (self.sinkhorn_iters != 1, "sinkhorn_iters"),
             (self.activation_function != "gelu", "activation_function"),
         ];
         if let Some((_, what)) = unsupported.iter().find(|(bad, _)| *bad) {
-            return Err(format!("`{what}` is not supported (only the published normformer + GLU DalleBart is)"));
+            return Err(format!(
+                "`{what}` is not supported (only the published normformer + GLU DalleBart is)"
+            ));
         }
-        for (heads, name) in [(self.encoder_attention_heads, "encoder"), (self.decoder_attention_heads, "decoder")] {
+        for (heads, name) in [
+            (self.encoder_attention_heads, "encoder"),
+            (self.decoder_attention_heads, "decoder"),
+        ] {
             if heads == 0 || !self.d_model.is_multiple_of(heads) {
-                return Err(format!("d_model {} is not divisible by {name}_attention_heads {heads}", self.d_model));
+                return Err(format!(
+                    "d_model {} is not divisible by {name}_attention_heads {heads}",
+                    self.d_model
+                ));
             }
         }
         if self.decoder_start_token_id as usize >= self.image_rows() {
-            return Err(format!("decoder_start_token_id {} is outside the {} image rows", self.decoder_start_token_id, self.image_rows()));
+            return Err(format!(
+                "decoder_start_token_id {} is outside the {} image rows",
+                self.decoder_start_token_id,
+                self.image_rows()
+            ));
         }
         Ok(())
     }
@@ -224,8 +258,14 @@ impl Default for VqganConfig {
 impl VqganConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config { path: path.into(), message: e.to_string() })?;
-        cfg.validate().map_err(|message| Error::Config { path: path.into(), message })?;
+        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        cfg.validate().map_err(|message| Error::Config {
+            path: path.into(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -233,10 +273,18 @@ impl VqganConfig {
         if self.ch_mult.is_empty() {
             return Err("ch_mult is empty".into());
         }
-        if let Some(c) = self.ch_mult.iter().map(|m| m * self.ch).find(|c| c % GROUPS != 0) {
+        if let Some(c) = self
+            .ch_mult
+            .iter()
+            .map(|m| m * self.ch)
+            .find(|c| c % GROUPS != 0)
+        {
             return Err(format!("{c} channels cannot be split into {GROUPS} groups"));
         }
-        if !self.resolution.is_multiple_of(1 << (self.ch_mult.len() - 1)) {
+        if !self
+            .resolution
+            .is_multiple_of(1 << (self.ch_mult.len() - 1))
+        {
             return Err("resolution is not divisible by the upsampling factor".into());
         }
         Ok(())

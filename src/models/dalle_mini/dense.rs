@@ -19,7 +19,10 @@ pub struct Dense<B: Backend> {
 impl<B: Backend> Dense<B> {
     /// Lazily zero-initialised (the loader replaces every parameter).
     pub fn new(d_in: usize, d_out: usize, bias: bool, device: &B::Device) -> Self {
-        Self { weight: Initializer::Zeros.init([d_out, d_in], device), bias: bias.then(|| Initializer::Zeros.init([d_out], device)) }
+        Self {
+            weight: Initializer::Zeros.init([d_out, d_in], device),
+            bias: bias.then(|| Initializer::Zeros.init([d_out], device)),
+        }
     }
 
     /// `x` `[B, S, in]` → `[B, S, out]`.
@@ -28,7 +31,11 @@ impl<B: Backend> Dense<B> {
         let w = self.weight.val();
         let d_out = w.dims()[0];
         let xt = x.reshape([1, b * s, d_in]).swap_dims(1, 2); // [1, in, B·S]
-        let y = w.unsqueeze::<3>().matmul(xt).swap_dims(1, 2).reshape([b, s, d_out]);
+        let y = w
+            .unsqueeze::<3>()
+            .matmul(xt)
+            .swap_dims(1, 2)
+            .reshape([b, s, d_out]);
         match &self.bias {
             Some(bias) => y + bias.val().unsqueeze::<3>(),
             None => y,

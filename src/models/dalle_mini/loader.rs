@@ -39,7 +39,10 @@ pub fn detect(path: &Path) -> Option<Layout> {
 /// `encoder.pt` / `decoder.pt`, or the `.safetensors` copies the reference tools write.
 fn min_dalle_files(path: &Path) -> Option<(PathBuf, PathBuf)> {
     ["pt", "safetensors"].iter().find_map(|ext| {
-        let (e, d) = (path.join(format!("encoder.{ext}")), path.join(format!("decoder.{ext}")));
+        let (e, d) = (
+            path.join(format!("encoder.{ext}")),
+            path.join(format!("decoder.{ext}")),
+        );
         (e.is_file() && d.is_file()).then_some((e, d))
     })
 }
@@ -51,11 +54,22 @@ fn find_vqgan(path: &Path, given: Option<&Path>) -> Result<PathBuf> {
         Some(p) => vec![p.to_path_buf()],
         None => {
             let parent = path.parent().unwrap_or(path);
-            vec![path.join("vqgan"), parent.join("vqgan"), parent.join("vqgan_imagenet_f16_16384"), path.to_path_buf()]
+            vec![
+                path.join("vqgan"),
+                parent.join("vqgan"),
+                parent.join("vqgan_imagenet_f16_16384"),
+                path.to_path_buf(),
+            ]
         }
     };
     for dir in &dirs {
-        for name in [FLAX_FILE, "detoker.pt", "detoker.safetensors", "last.ckpt", "model.ckpt"] {
+        for name in [
+            FLAX_FILE,
+            "detoker.pt",
+            "detoker.safetensors",
+            "last.ckpt",
+            "model.ckpt",
+        ] {
             let f = dir.join(name);
             // the DalleBart folder's own flax file is not a VQGAN
             if f.is_file() && !(dir == path && name == FLAX_FILE) {
@@ -63,24 +77,42 @@ fn find_vqgan(path: &Path, given: Option<&Path>) -> Result<PathBuf> {
             }
         }
     }
-    let looked = dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(", ");
+    let looked = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
     Err(Error::UnknownModel {
         path: path.into(),
-        message: format!("no VQGAN found (flax_model.msgpack, detoker.pt or a taming .ckpt in: {looked})"),
+        message: format!(
+            "no VQGAN found (flax_model.msgpack, detoker.pt or a taming .ckpt in: {looked})"
+        ),
     })
 }
 
 /// Shapes decide the config of a min-dalle folder without `config.json` (heads of 64 dims).
 fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
     let dims = |f: &TensorFile, key: &str| -> Result<Vec<usize>> {
-        f.tensors.get(key).map(|s| s.shape.to_vec()).ok_or_else(|| Error::Tensor {
-            path: f.path.clone(),
-            key: key.into(),
-            message: "not in the file (needed to infer the config; add a config.json)".into(),
-        })
+        f.tensors
+            .get(key)
+            .map(|s| s.shape.to_vec())
+            .ok_or_else(|| Error::Tensor {
+                path: f.path.clone(),
+                key: key.into(),
+                message: "not in the file (needed to infer the config; add a config.json)".into(),
+            })
     };
     let layers = |f: &TensorFile| {
-        f.keys().filter_map(|k| k.strip_prefix("layers.")?.split('.').next()?.parse::<usize>().ok()).max().map_or(0, |m| m + 1)
+        f.keys()
+            .filter_map(|k| {
+                k.strip_prefix("layers.")?
+                    .split('.')
+                    .next()?
+                    .parse::<usize>()
+                    .ok()
+            })
+            .max()
+            .map_or(0, |m| m + 1)
     };
     let text = dims(enc, "embed_tokens.weight")?;
     let image = dims(dec, "embed_tokens.weight")?;
@@ -96,14 +128,27 @@ fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
         // dalle-mini's start token is the codebook size, 16384, also for mega's padded rows
         "decoder_start_token_id": (image[0] - 1).min(16384),
     });
-    let cfg: DalleBartConfig =
-        serde_json::from_value(json).map_err(|e| Error::Config { path: enc.path.clone(), message: e.to_string() })?;
-    cfg.validate().map_err(|message| Error::Config { path: enc.path.clone(), message })?;
-    tracing::info!(d_model = d, heads, "no config.json: DalleBart config inferred from tensor shapes");
+    let cfg: DalleBartConfig = serde_json::from_value(json).map_err(|e| Error::Config {
+        path: enc.path.clone(),
+        message: e.to_string(),
+    })?;
+    cfg.validate().map_err(|message| Error::Config {
+        path: enc.path.clone(),
+        message,
+    })?;
+    tracing::info!(
+        d_model = d,
+        heads,
+        "no config.json: DalleBart config inferred from tensor shapes"
+    );
     Ok(cfg)
 }
 
-fn load_part<B: Backend, M: Module<B>>(module: M, file: &TensorFile, map: &dyn Fn(&str) -> KeyTarget) -> Result<(M, LoadReport)> {
+fn load_part<B: Backend, M: Module<B>>(
+    module: M,
+    file: &TensorFile,
+    map: &dyn Fn(&str) -> KeyTarget,
+) -> Result<(M, LoadReport)> {
     let (module, report) = load_into(module, file, map)?;
     require_complete(&report, &file.path)?;
     if !report.unused.is_empty() {
@@ -112,7 +157,11 @@ fn load_part<B: Backend, M: Module<B>>(module: M, file: &TensorFile, map: &dyn F
     Ok((module, report))
 }
 
-pub(super) fn load<B: Backend>(path: &Path, vqgan: Option<&Path>, device: &B::Device) -> Result<DalleMini<B>> {
+pub(super) fn load<B: Backend>(
+    path: &Path,
+    vqgan: Option<&Path>,
+    device: &B::Device,
+) -> Result<DalleMini<B>> {
     let layout = detect(path).ok_or_else(|| Error::UnknownModel {
         path: path.into(),
         message: "not a DALL·E Mini/Mega folder (expected flax_model.msgpack + config.json, or encoder.pt + decoder.pt)".into(),
@@ -122,49 +171,84 @@ pub(super) fn load<B: Backend>(path: &Path, vqgan: Option<&Path>, device: &B::De
     let (config, encoder, decoder) = match layout {
         Layout::Flax => {
             let config = DalleBartConfig::from_file(&config_path)?;
-            let file = weights::flax_bart_file(&path.join(FLAX_FILE), config.encoder_layers, config.decoder_layers)?;
-            let (encoder, r) = load_part(BartEncoder::new(&config, device), &file, &weights::flax_bart_target("encoder"))?;
+            let file = weights::flax_bart_file(
+                &path.join(FLAX_FILE),
+                config.encoder_layers,
+                config.decoder_layers,
+            )?;
+            let (encoder, r) = load_part(
+                BartEncoder::new(&config, device),
+                &file,
+                &weights::flax_bart_target("encoder"),
+            )?;
             report.merge(r);
-            let (decoder, r) = load_part(BartDecoder::new(&config, device), &file, &weights::flax_bart_target("decoder"))?;
+            let (decoder, r) = load_part(
+                BartDecoder::new(&config, device),
+                &file,
+                &weights::flax_bart_target("decoder"),
+            )?;
             report.merge(r);
             (config, encoder, decoder)
         }
         Layout::MinDalle => {
             let (enc_path, dec_path) = min_dalle_files(path).expect("detected");
             let (enc_file, dec_file) = (TensorFile::open(&enc_path)?, TensorFile::open(&dec_path)?);
-            let config =
-                if config_path.is_file() { DalleBartConfig::from_file(&config_path)? } else { infer_config(&enc_file, &dec_file)? };
-            let (encoder, r) = load_part(BartEncoder::new(&config, device), &enc_file, &weights::bart_pt_target)?;
+            let config = if config_path.is_file() {
+                DalleBartConfig::from_file(&config_path)?
+            } else {
+                infer_config(&enc_file, &dec_file)?
+            };
+            let (encoder, r) = load_part(
+                BartEncoder::new(&config, device),
+                &enc_file,
+                &weights::bart_pt_target,
+            )?;
             report.merge(r);
-            let (decoder, r) = load_part(BartDecoder::new(&config, device), &dec_file, &weights::bart_pt_target)?;
+            let (decoder, r) = load_part(
+                BartDecoder::new(&config, device),
+                &dec_file,
+                &weights::bart_pt_target,
+            )?;
             report.merge(r);
             (config, encoder, decoder)
         }
     };
     let vq_path = find_vqgan(path, vqgan)?;
     let vq_cfg_path = vq_path.with_file_name("config.json");
-    let vqgan_config = if vq_cfg_path.is_file() { VqganConfig::from_file(&vq_cfg_path)? } else { VqganConfig::default() };
+    let vqgan_config = if vq_cfg_path.is_file() {
+        VqganConfig::from_file(&vq_cfg_path)?
+    } else {
+        VqganConfig::default()
+    };
     let file = if vq_path.extension().is_some_and(|e| e == "msgpack") {
         weights::flax_vqgan_file(&vq_path)?
     } else {
         TensorFile::open(&vq_path)?
     };
-    let map: &dyn Fn(&str) -> KeyTarget =
-        if vq_path.extension().is_some_and(|e| e == "msgpack") { &weights::flax_vqgan_key } else { &weights::vqgan_pt_target };
+    let map: &dyn Fn(&str) -> KeyTarget = if vq_path.extension().is_some_and(|e| e == "msgpack") {
+        &weights::flax_vqgan_key
+    } else {
+        &weights::vqgan_pt_target
+    };
     let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map)?;
     report.merge(r);
     let grid = vqgan_config.grid();
     if grid * grid != config.image_length {
         return Err(Error::Config {
             path: vq_cfg_path,
-            message: format!("the VQGAN decodes {grid}×{grid} tokens, the DalleBart makes {}", config.image_length),
+            message: format!(
+                "the VQGAN decodes {grid}×{grid} tokens, the DalleBart makes {}",
+                config.image_length
+            ),
         });
     }
     let tokenizer = DalleTokenizer::from_dir(path, config.max_text_length)?;
     // dalle-mini's repos carry the word list its hashtag splitter reads (not shipped with kiln)
     let words = path.join(WORD_LIST);
     let hashtags = match words.is_file() {
-        true => Some(HashtagSplitter::from_word_list(&std::fs::read_to_string(&words).map_err(|e| Error::io(&words, e))?)),
+        true => Some(HashtagSplitter::from_word_list(
+            &std::fs::read_to_string(&words).map_err(|e| Error::io(&words, e))?,
+        )),
         false => None,
     };
     tracing::info!(layout = ?layout, d_model = config.d_model, layers = config.decoder_layers, applied = report.applied, "DALL·E model loaded");
@@ -196,12 +280,16 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> BTreeMap<String, Ve
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.out.insert(self.path.join("."), param.lazy_shape().to_vec());
+            self.out
+                .insert(self.path.join("."), param.lazy_shape().to_vec());
         }
         fn visit_int<const D: usize>(&mut self, _: &Param<Tensor<B, D, Int>>) {}
         fn visit_bool<const D: usize>(&mut self, _: &Param<Tensor<B, D, Bool>>) {}
     }
-    let mut v = Shapes { path: Vec::new(), out: BTreeMap::new() };
+    let mut v = Shapes {
+        path: Vec::new(),
+        out: BTreeMap::new(),
+    };
     module.visit(&mut v);
     v.out
 }
@@ -237,25 +325,36 @@ pub fn coverage(
         for (path, shape) in targets {
             match params.get(&path) {
                 None => cov.unused.push(key.clone()),
-                Some(want) if !same_layout(want, &shape) => cov.shape_errors.push(format!("{key} → {path}: {shape:?} vs {want:?}")),
+                Some(want) if !same_layout(want, &shape) => cov
+                    .shape_errors
+                    .push(format!("{key} → {path}: {shape:?} vs {want:?}")),
                 Some(_) => {
                     seen.insert(path);
                 }
             }
         }
     }
-    cov.missing = params.keys().filter(|p| !seen.contains(*p)).cloned().collect();
+    cov.missing = params
+        .keys()
+        .filter(|p| !seen.contains(*p))
+        .cloned()
+        .collect();
     cov
 }
 
 /// Equal shapes, or a 1×1 conv kernel feeding a `[o, i]` linear.
 fn same_layout(want: &[usize], got: &[usize]) -> bool {
-    want == got || (want.len() == 2 && got.len() == 4 && got[2] == 1 && got[3] == 1 && want == &got[..2])
+    want == got
+        || (want.len() == 2 && got.len() == 4 && got[2] == 1 && got[3] == 1 && want == &got[..2])
 }
 
 /// The shape a flax leaf has after `FlaxTarget`'s slicing and permutation.
 pub fn flax_target_shape(t: &FlaxTarget, shape: &[usize]) -> Vec<usize> {
-    let s = if t.layer.is_some() { &shape[1..] } else { shape };
+    let s = if t.layer.is_some() {
+        &shape[1..]
+    } else {
+        shape
+    };
     match &t.permute {
         Some(p) => p.iter().map(|&a| s[a]).collect(),
         None => s.to_vec(),

@@ -104,7 +104,12 @@ impl Default for DalleRequest {
 
 impl DalleRequest {
     pub fn sampling(&self) -> SamplingConfig {
-        SamplingConfig { cond_scale: self.cond_scale, temperature: self.temperature, top_k: self.top_k, top_p: self.top_p }
+        SamplingConfig {
+            cond_scale: self.cond_scale,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+        }
     }
 }
 
@@ -150,14 +155,25 @@ impl<B: Backend> DalleMini<B> {
 
     /// "dalle-mega" when the config has mega's width, else "dalle-mini".
     pub fn name(&self) -> &'static str {
-        if self.config.d_model >= 2048 { "dalle-mega" } else { "dalle-mini" }
+        if self.config.d_model >= 2048 {
+            "dalle-mega"
+        } else {
+            "dalle-mini"
+        }
     }
 
     /// The unconditional and conditional text rows of `prompt`.
-    pub fn text_rows(&self, prompt: &str, tokenization: Tokenization, seed: u64) -> Result<[Vec<u32>; 2]> {
+    pub fn text_rows(
+        &self,
+        prompt: &str,
+        tokenization: Tokenization,
+        seed: u64,
+    ) -> Result<[Vec<u32>; 2]> {
         let cond = match tokenization {
             Tokenization::Normalized if self.config.normalize_text => {
-                self.tokenizer.encode(&self.normalizer.normalize(prompt, seed))?.0
+                self.tokenizer
+                    .encode(&self.normalizer.normalize(prompt, seed))?
+                    .0
             }
             Tokenization::Normalized => self.tokenizer.encode(prompt)?.0,
             Tokenization::MinDalle => self.tokenizer.min_dalle_row(prompt),
@@ -168,8 +184,12 @@ impl<B: Backend> DalleMini<B> {
     /// Encoder states `[rows, 64, d]` and key-padding mask of the given text rows.
     pub fn encode(&self, rows: &[Vec<u32>]) -> (Tensor<B, 3>, Tensor<B, 4, burn::tensor::Bool>) {
         let s = self.tokenizer.max_len;
-        let ids: Vec<i64> = rows.iter().flat_map(|r| r.iter().map(|&x| i64::from(x))).collect();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), s]), &self.device);
+        let ids: Vec<i64> = rows
+            .iter()
+            .flat_map(|r| r.iter().map(|&x| i64::from(x)))
+            .collect();
+        let ids =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [rows.len(), s]), &self.device);
         self.encoder.forward(ids)
     }
 
@@ -194,9 +214,16 @@ impl<B: Backend> DalleMini<B> {
         for t in 0..steps {
             let logits = self.decoder.step(&feed, &mut cache);
             let width = logits.dims()[1];
-            let host = logits.into_data().convert::<f32>().to_vec::<f32>().map_err(|e| Error::Numerical(format!("{e:?}")))?;
+            let host = logits
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| Error::Numerical(format!("{e:?}")))?;
             for (i, image) in tokens.iter_mut().enumerate() {
-                let (uncond, cond) = (&host[i * width..(i + 1) * width], &host[(n + i) * width..(n + i + 1) * width]);
+                let (uncond, cond) = (
+                    &host[i * width..(i + 1) * width],
+                    &host[(n + i) * width..(n + i + 1) * width],
+                );
                 if !cond[0].is_finite() {
                     return Err(Error::Numerical(format!("non-finite logits at step {t}")));
                 }
@@ -213,19 +240,41 @@ impl<B: Backend> DalleMini<B> {
     }
 
     /// Text → tokens → images.
-    pub fn generate(&self, req: &DalleRequest, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<DalleOutput<B>> {
+    pub fn generate(
+        &self,
+        req: &DalleRequest,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<DalleOutput<B>> {
         if req.n == 0 {
             return Err(Error::invalid("n must be at least 1"));
         }
         let [uncond, cond] = self.text_rows(&req.prompt, req.tokenization, req.seed)?;
         tracing::debug!(ids = ?&cond[..cond.iter().position(|&x| x == tokenizer::PAD).unwrap_or(cond.len())], "dalle text tokens");
         let (enc, pad) = self.encode(&[uncond, cond.clone()]);
-        let seeds: Vec<u64> = (0..req.n as u64).map(|k| req.seed.wrapping_add(k)).collect();
-        let mut rngs: Vec<sampling::TokenRng> = seeds.iter().map(|&s| sampling::TokenRng::new(s)).collect();
-        let tokens = self.decode_tokens(enc, pad, req.n, &req.sampling(), &mut |i, _| rngs[i].uniform(), progress)?;
+        let seeds: Vec<u64> = (0..req.n as u64)
+            .map(|k| req.seed.wrapping_add(k))
+            .collect();
+        let mut rngs: Vec<sampling::TokenRng> =
+            seeds.iter().map(|&s| sampling::TokenRng::new(s)).collect();
+        let tokens = self.decode_tokens(
+            enc,
+            pad,
+            req.n,
+            &req.sampling(),
+            &mut |i, _| rngs[i].uniform(),
+            progress,
+        )?;
         let images = self.vqgan.decode(&tokens, &self.device);
         let [_, _, height, width] = images.dims();
         let rgb8 = vqgan::to_rgb8(images.clone());
-        Ok(DalleOutput { images, rgb8, width, height, tokens, seeds, text_ids: cond })
+        Ok(DalleOutput {
+            images,
+            rgb8,
+            width,
+            height,
+            tokens,
+            seeds,
+            text_ids: cond,
+        })
     }
 }

@@ -47,15 +47,32 @@ impl MsgpackFile {
         // user's problem in every loader (safetensors is mapped the same way).
         let bytes = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let mut arrays = BTreeMap::new();
-        let mut parser = Parser { data: &bytes, pos: 0, path };
+        let mut parser = Parser {
+            data: &bytes,
+            pos: 0,
+            path,
+        };
         parser.value("", &mut arrays)?;
         if parser.pos != bytes.len() {
-            return Err(parser.err("", format!("{} trailing bytes after the msgpack tree", bytes.len() - parser.pos)));
+            return Err(parser.err(
+                "",
+                format!(
+                    "{} trailing bytes after the msgpack tree",
+                    bytes.len() - parser.pos
+                ),
+            ));
         }
         if arrays.is_empty() {
-            return Err(Error::WeightFile { path: path.into(), message: "the msgpack tree holds no arrays".into() });
+            return Err(Error::WeightFile {
+                path: path.into(),
+                message: "the msgpack tree holds no arrays".into(),
+            });
         }
-        Ok(Self { path: path.to_path_buf(), arrays, bytes: Arc::new(bytes) })
+        Ok(Self {
+            path: path.to_path_buf(),
+            arrays,
+            bytes: Arc::new(bytes),
+        })
     }
 
     /// The raw little-endian bytes of an array.
@@ -73,18 +90,36 @@ struct Parser<'a> {
 impl<'a> Parser<'a> {
     fn err(&self, key: &str, message: impl std::fmt::Display) -> Error {
         if key.is_empty() {
-            Error::WeightFile { path: self.path.into(), message: format!("msgpack: {message}") }
+            Error::WeightFile {
+                path: self.path.into(),
+                message: format!("msgpack: {message}"),
+            }
         } else {
-            Error::Tensor { path: self.path.into(), key: key.into(), message: format!("msgpack: {message}") }
+            Error::Tensor {
+                path: self.path.into(),
+                key: key.into(),
+                message: format!("msgpack: {message}"),
+            }
         }
     }
 
     fn truncated(&self, key: &str) -> Error {
-        self.err(key, format!("truncated or malformed at byte {} of {}", self.pos, self.data.len()))
+        self.err(
+            key,
+            format!(
+                "truncated or malformed at byte {} of {}",
+                self.pos,
+                self.data.len()
+            ),
+        )
     }
 
     /// Runs an rmp decoder on the remaining bytes and advances past what it read.
-    fn read<T, E>(&mut self, key: &str, f: impl FnOnce(&mut &'a [u8]) -> std::result::Result<T, E>) -> Result<T> {
+    fn read<T, E>(
+        &mut self,
+        key: &str,
+        f: impl FnOnce(&mut &'a [u8]) -> std::result::Result<T, E>,
+    ) -> Result<T> {
         let mut rest = &self.data[self.pos.min(self.data.len())..];
         let before = rest.len();
         let out = f(&mut rest).map_err(|_| self.truncated(key))?;
@@ -104,11 +139,14 @@ impl<'a> Parser<'a> {
     fn string(&mut self, key: &str) -> Result<String> {
         let n = self.read(key, decode::read_str_len)? as usize;
         let (s, n) = self.take(key, n)?;
-        String::from_utf8(self.data[s..s + n].to_vec()).map_err(|_| self.err(key, "a key is not UTF-8"))
+        String::from_utf8(self.data[s..s + n].to_vec())
+            .map_err(|_| self.err(key, "a key is not UTF-8"))
     }
 
     fn value(&mut self, key: &str, out: &mut BTreeMap<String, ArrayRef>) -> Result<()> {
-        let Some(&first) = self.data.get(self.pos) else { return Err(self.truncated(key)) };
+        let Some(&first) = self.data.get(self.pos) else {
+            return Err(self.truncated(key));
+        };
         match Marker::from_u8(first) {
             Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
                 let n = self.read(key, decode::read_map_len)?;
@@ -117,7 +155,11 @@ impl<'a> Parser<'a> {
                     if name == "__msgpack_chunked_array__" {
                         return Err(self.err(key, "chunked arrays (> 1 GiB) are not supported"));
                     }
-                    let child = if key.is_empty() { name } else { format!("{key}.{name}") };
+                    let child = if key.is_empty() {
+                        name
+                    } else {
+                        format!("{key}.{name}")
+                    };
                     self.value(&child, out)?;
                 }
                 Ok(())
@@ -132,7 +174,13 @@ impl<'a> Parser<'a> {
             | Marker::Ext32 => {
                 let meta = self.read(key, decode::read_ext_meta)?;
                 if meta.typeid != EXT_NDARRAY {
-                    return Err(self.err(key, format!("ext type {} is not an array (numpy scalars are not supported)", meta.typeid)));
+                    return Err(self.err(
+                        key,
+                        format!(
+                            "ext type {} is not an array (numpy scalars are not supported)",
+                            meta.typeid
+                        ),
+                    ));
                 }
                 let end = self.pos + meta.size as usize;
                 let array = self.array(key)?;
@@ -142,7 +190,10 @@ impl<'a> Parser<'a> {
                 out.insert(key.to_string(), array);
                 Ok(())
             }
-            other => Err(self.err(key, format!("unexpected msgpack value {other:?} (expected a map or an array)"))),
+            other => Err(self.err(
+                key,
+                format!("unexpected msgpack value {other:?} (expected a map or an array)"),
+            )),
         }
     }
 
@@ -167,9 +218,17 @@ impl<'a> Parser<'a> {
         let n = self.read(key, decode::read_bin_len)? as usize;
         let elements: usize = shape.iter().product();
         if n != elements * size {
-            return Err(self.err(key, format!("{n} data bytes for shape {shape:?} of {dtype_name}")));
+            return Err(self.err(
+                key,
+                format!("{n} data bytes for shape {shape:?} of {dtype_name}"),
+            ));
         }
         let (offset, len) = self.take(key, n)?;
-        Ok(ArrayRef { shape, dtype, offset, len })
+        Ok(ArrayRef {
+            shape,
+            dtype,
+            offset,
+            len,
+        })
     }
 }

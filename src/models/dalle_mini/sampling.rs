@@ -32,10 +32,16 @@ pub struct SamplingConfig {
 impl SamplingConfig {
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            return Err(Error::invalid(format!("temperature must be > 0, got {}", self.temperature)));
+            return Err(Error::invalid(format!(
+                "temperature must be > 0, got {}",
+                self.temperature
+            )));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(Error::invalid(format!("top_p must be in (0, 1], got {}", self.top_p)));
+            return Err(Error::invalid(format!(
+                "top_p must be in (0, 1], got {}",
+                self.top_p
+            )));
         }
         if !self.cond_scale.is_finite() {
             return Err(Error::invalid("cond_scale must be finite"));
@@ -58,10 +64,18 @@ impl TokenRng {
 }
 
 /// Picks a token from one image's unconditional and conditional logit rows with uniform `u`.
-pub fn sample_token(uncond: &[f32], cond: &[f32], codebook: usize, cfg: &SamplingConfig, u: f64) -> u32 {
+pub fn sample_token(
+    uncond: &[f32],
+    cond: &[f32],
+    codebook: usize,
+    cfg: &SamplingConfig,
+    u: f64,
+) -> u32 {
     let n = codebook.min(uncond.len()).min(cond.len());
     let s = f64::from(cfg.cond_scale);
-    let l: Vec<f64> = (0..n).map(|i| (1.0 - s) * f64::from(uncond[i]) + s * f64::from(cond[i])).collect();
+    let l: Vec<f64> = (0..n)
+        .map(|i| (1.0 - s) * f64::from(uncond[i]) + s * f64::from(cond[i]))
+        .collect();
     let max = l.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let k = if cfg.top_k == 0 { n } else { cfg.top_k.min(n) };
     if k == 1 {
@@ -76,7 +90,10 @@ pub fn sample_token(uncond: &[f32], cond: &[f32], codebook: usize, cfg: &Samplin
         *kth
     };
     let t = f64::from(cfg.temperature);
-    let mut p: Vec<f64> = l.iter().map(|&x| if x >= kth { ((x - max) / t).exp() } else { 0.0 }).collect();
+    let mut p: Vec<f64> = l
+        .iter()
+        .map(|&x| if x >= kth { ((x - max) / t).exp() } else { 0.0 })
+        .collect();
     if cfg.top_p < 1.0 {
         nucleus(&mut p, f64::from(cfg.top_p));
     }
@@ -118,7 +135,12 @@ mod tests {
     use super::*;
 
     fn cfg(top_k: usize, top_p: f32) -> SamplingConfig {
-        SamplingConfig { cond_scale: 1.0, temperature: 1.0, top_k, top_p }
+        SamplingConfig {
+            cond_scale: 1.0,
+            temperature: 1.0,
+            top_k,
+            top_p,
+        }
     }
 
     #[test]
@@ -126,7 +148,10 @@ mod tests {
         let uncond = [0.0, 1.0, 0.0];
         let cond = [0.5, 1.0, 0.0];
         // s = 3: l = uncond + 3 (cond − uncond) = [1.5, 1.0, 0.0]
-        let c = SamplingConfig { cond_scale: 3.0, ..cfg(1, 1.0) };
+        let c = SamplingConfig {
+            cond_scale: 3.0,
+            ..cfg(1, 1.0)
+        };
         assert_eq!(sample_token(&uncond, &cond, 3, &c, 0.99), 0);
     }
 
@@ -156,10 +181,12 @@ mod tests {
 
     #[test]
     fn streams_are_seeded() {
-        let a: Vec<f64> = (0..4).map({
-            let mut r = TokenRng::new(7);
-            move |_| r.uniform()
-        }).collect();
+        let a: Vec<f64> = (0..4)
+            .map({
+                let mut r = TokenRng::new(7);
+                move |_| r.uniform()
+            })
+            .collect();
         let mut r = TokenRng::new(7);
         assert_eq!(a, (0..4).map(|_| r.uniform()).collect::<Vec<_>>());
         assert_ne!(a[0], TokenRng::new(8).uniform());

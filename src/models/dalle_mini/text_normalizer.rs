@@ -126,7 +126,9 @@ impl TextNormalizer {
             "ignore_chars" => sub(&self.ignore, t, " "),
             "simplify_quotes" => sub(&self.quotes, t, " \" "),
             "replace_punctuation_with_commas" => sub(&self.punctuation, t, ","),
-            "post_process_dot_numbers" | "post_process_quotes" | "post_process_dates" => post_process(t),
+            "post_process_dot_numbers" | "post_process_quotes" | "post_process_dates" => {
+                post_process(t)
+            }
             "remove_repeating_chars" => sub(&self.repeat, t, "$1"),
             "merge_quotes" => sub(&self.merge_quotes, t, " \" "),
             "merge_commas" => sub(&self.merge_commas, t, ", "),
@@ -141,11 +143,23 @@ impl TextNormalizer {
     fn replace_person_token(&self, t: &str, seed: u64) -> String {
         let mut t = sub(&self.person_group, t, " people ");
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
-        const CHOICES: [(&str, u32); 3] = [("a person", 282_265), ("someone", 121_194), ("somebody", 12_219)];
+        const CHOICES: [(&str, u32); 3] = [
+            ("a person", 282_265),
+            ("someone", 121_194),
+            ("somebody", 12_219),
+        ];
         let total: u32 = CHOICES.iter().map(|c| c.1).sum();
         while let Some(at) = t.find("<person>") {
             let mut r = rng.random_range(0..total);
-            let word = CHOICES.iter().find(|c| r < c.1 || { r -= c.1; false }).map_or("someone", |c| c.0);
+            let word = CHOICES
+                .iter()
+                .find(|c| {
+                    r < c.1 || {
+                        r -= c.1;
+                        false
+                    }
+                })
+                .map_or("someone", |c| c.0);
             t.replace_range(at..at + "<person>".len(), &format!(" {word} "));
         }
         t
@@ -156,7 +170,11 @@ impl TextNormalizer {
     }
 
     fn remove_comma_numbers(&self, t: &str) -> String {
-        sub(&self.comma_number, &sub(&self.comma_number, t, "$1$2"), "$1$2")
+        sub(
+            &self.comma_number,
+            &sub(&self.comma_number, t, "$1$2"),
+            "$1$2",
+        )
     }
 
     fn pre_process(&self, t: &str) -> String {
@@ -180,7 +198,9 @@ impl TextNormalizer {
 }
 
 fn post_process(t: &str) -> String {
-    t.replace(&format!("{TEMP}dot{TEMP}"), ".").replace(&format!("{TEMP}quote{TEMP}"), "'").replace(&format!("{TEMP}slash{TEMP}"), "/")
+    t.replace(&format!("{TEMP}dot{TEMP}"), ".")
+        .replace(&format!("{TEMP}quote{TEMP}"), "'")
+        .replace(&format!("{TEMP}slash{TEMP}"), "/")
 }
 
 fn remove_first_last_commas(t: &str) -> String {
@@ -210,10 +230,30 @@ pub fn fix_html(t: &str) -> String {
 }
 
 const ENTITIES: [(&str, &str); 24] = [
-    ("amp", "&"), ("lt", "<"), ("gt", ">"), ("quot", "\""), ("apos", "'"), ("nbsp", "\u{a0}"),
-    ("copy", "©"), ("reg", "®"), ("trade", "™"), ("hellip", "…"), ("mdash", "—"), ("ndash", "–"),
-    ("lsquo", "‘"), ("rsquo", "’"), ("ldquo", "“"), ("rdquo", "”"), ("laquo", "«"), ("raquo", "»"),
-    ("deg", "°"), ("eacute", "é"), ("egrave", "è"), ("times", "×"), ("euro", "€"), ("pound", "£"),
+    ("amp", "&"),
+    ("lt", "<"),
+    ("gt", ">"),
+    ("quot", "\""),
+    ("apos", "'"),
+    ("nbsp", "\u{a0}"),
+    ("copy", "©"),
+    ("reg", "®"),
+    ("trade", "™"),
+    ("hellip", "…"),
+    ("mdash", "—"),
+    ("ndash", "–"),
+    ("lsquo", "‘"),
+    ("rsquo", "’"),
+    ("ldquo", "“"),
+    ("rdquo", "”"),
+    ("laquo", "«"),
+    ("raquo", "»"),
+    ("deg", "°"),
+    ("eacute", "é"),
+    ("egrave", "è"),
+    ("times", "×"),
+    ("euro", "€"),
+    ("pound", "£"),
 ];
 
 fn unescape(t: &str) -> String {
@@ -232,7 +272,9 @@ fn unescape(t: &str) -> String {
 
 /// The entity at the start of `s` (which begins with `&`): its text and its length.
 fn entity(s: &str) -> Option<(String, usize)> {
-    let end = s[1..].find(|c: char| !(c.is_ascii_alphanumeric() || c == '#')).map_or(s.len(), |e| e + 1);
+    let end = s[1..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+        .map_or(s.len(), |e| e + 1);
     let name = &s[1..end];
     let semi = s[end..].starts_with(';');
     let used = end + usize::from(semi);
@@ -244,7 +286,9 @@ fn entity(s: &str) -> Option<(String, usize)> {
         return Some((char::from_u32(code).unwrap_or('\u{fffd}').to_string(), used));
     }
     let legacy = ["amp", "lt", "gt", "quot"]; // accepted without ';' like Python's html module
-    let (_, text) = ENTITIES.iter().find(|(n, _)| *n == name && (semi || legacy.contains(n)))?;
+    let (_, text) = ENTITIES
+        .iter()
+        .find(|(n, _)| *n == name && (semi || legacy.contains(n)))?;
     Some((text.to_string(), used))
 }
 
@@ -286,7 +330,11 @@ impl HashtagSplitter {
     /// From a list with one word per line (first column), most frequent first.
     pub fn from_word_list(text: &str) -> Self {
         let mut cost = HashMap::new();
-        for (i, w) in text.lines().filter_map(|l| l.split_whitespace().next()).enumerate() {
+        for (i, w) in text
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .enumerate()
+        {
             cost.entry(w.to_string()).or_insert(((i + 1) as f64).ln());
         }
         let max_len = cost.keys().map(|k| k.chars().count()).max().unwrap_or(1);
@@ -294,8 +342,10 @@ impl HashtagSplitter {
     }
 
     pub fn split(&self, s: &str) -> String {
-        let parts: Vec<String> =
-            s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '\'')).flat_map(|w| self.split_word(w)).collect();
+        let parts: Vec<String> = s
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '\''))
+            .flat_map(|w| self.split_word(w))
+            .collect();
         parts.join(" ")
     }
 
@@ -305,7 +355,10 @@ impl HashtagSplitter {
             .rev()
             .map(|j| {
                 let word: String = chars[j..i].iter().collect::<String>().to_lowercase();
-                (cost[j] + self.cost.get(&word).copied().unwrap_or(f64::INFINITY), i - j)
+                (
+                    cost[j] + self.cost.get(&word).copied().unwrap_or(f64::INFINITY),
+                    i - j,
+                )
             })
             .fold((f64::INFINITY, 1), |a, b| if b.0 < a.0 { b } else { a })
     }
@@ -327,7 +380,8 @@ impl HashtagSplitter {
             if token != "'"
                 && let Some(last) = out.last_mut()
             {
-                let digits = chars[i - 1].is_ascii_digit() && last.starts_with(|c: char| c.is_ascii_digit());
+                let digits =
+                    chars[i - 1].is_ascii_digit() && last.starts_with(|c: char| c.is_ascii_digit());
                 if last == "'s" || digits {
                     *last = format!("{token}{last}");
                     new_token = false;

@@ -34,32 +34,61 @@ impl DalleTokenizer {
         let vocab_path = dir.join("vocab.json");
         let merges_path = dir.join("merges.txt");
         let vocab = std::fs::read(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
-        let vocab: HashMap<String, u32> =
-            serde_json::from_slice(&vocab).map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab_path.display())))?;
-        let merges = std::fs::read_to_string(&merges_path).map_err(|e| Error::io(&merges_path, e))?;
+        let vocab: HashMap<String, u32> = serde_json::from_slice(&vocab)
+            .map_err(|e| Error::Tokenizer(format!("{}: {e}", vocab_path.display())))?;
+        let merges =
+            std::fs::read_to_string(&merges_path).map_err(|e| Error::io(&merges_path, e))?;
         let merges: Vec<(String, String)> = merges
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
-            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
             .collect();
         for (token, id) in [("<s>", BOS), ("<pad>", PAD), ("</s>", EOS)] {
             if vocab.get(token) != Some(&id) {
-                return Err(Error::Tokenizer(format!("{}: `{token}` must have id {id}", vocab_path.display())));
+                return Err(Error::Tokenizer(format!(
+                    "{}: `{token}` must have id {id}",
+                    vocab_path.display()
+                )));
             }
         }
-        let unk = *vocab.get("<unk>").ok_or_else(|| Error::Tokenizer(format!("{}: no `<unk>` token", vocab_path.display())))?;
-        let ranks = merges.iter().cloned().enumerate().map(|(i, m)| (m, i)).collect();
-        let (v, m) = (vocab_path.to_string_lossy().into_owned(), merges_path.to_string_lossy().into_owned());
-        let bpe = BPE::from_file(&v, &m).unk_token("<unk>".into()).build().map_err(|e| Error::Tokenizer(format!("{v}: {e}")))?;
+        let unk = *vocab.get("<unk>").ok_or_else(|| {
+            Error::Tokenizer(format!("{}: no `<unk>` token", vocab_path.display()))
+        })?;
+        let ranks = merges
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, m)| (m, i))
+            .collect();
+        let (v, m) = (
+            vocab_path.to_string_lossy().into_owned(),
+            merges_path.to_string_lossy().into_owned(),
+        );
+        let bpe = BPE::from_file(&v, &m)
+            .unk_token("<unk>".into())
+            .build()
+            .map_err(|e| Error::Tokenizer(format!("{v}: {e}")))?;
         let mut hf = Tokenizer::new(bpe);
         // add_prefix_space=false, trim_offsets=true, GPT-2 regex split: BartTokenizerFast's setup
         hf.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        Ok(Self { hf, vocab, ranks, unk, max_len })
+        Ok(Self {
+            hf,
+            vocab,
+            ranks,
+            unk,
+            max_len,
+        })
     }
 
     /// dalle-mini's ids for already-normalised text: `max_len` ids and the count of real tokens.
     pub fn encode(&self, normalized: &str) -> Result<(Vec<u32>, usize)> {
-        let enc = self.hf.encode(normalized, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .hf
+            .encode(normalized, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut ids = Vec::with_capacity(self.max_len);
         ids.push(BOS);
         ids.extend(enc.get_ids().iter().take(self.max_len - 2));
@@ -71,10 +100,18 @@ impl DalleTokenizer {
 
     /// min-dalle's ids: `<s>` words `</s>`, untruncated.
     pub fn encode_min_dalle(&self, text: &str) -> Vec<u32> {
-        let text: String = demojize(text, "", "").to_lowercase().chars().filter(char::is_ascii).collect();
+        let text: String = demojize(text, "", "")
+            .to_lowercase()
+            .chars()
+            .filter(char::is_ascii)
+            .collect();
         let mut ids = vec![BOS];
         for word in text.split(' ').filter(|w| !w.is_empty()) {
-            ids.extend(self.bpe_word(word).iter().map(|s| self.vocab.get(s).copied().unwrap_or(self.unk)));
+            ids.extend(
+                self.bpe_word(word)
+                    .iter()
+                    .map(|s| self.vocab.get(s).copied().unwrap_or(self.unk)),
+            );
         }
         ids.push(EOS);
         ids
@@ -97,10 +134,16 @@ impl DalleTokenizer {
 
     /// Greedy lowest-rank merging of `Ġ` + the word's characters (min-dalle's loop).
     fn bpe_word(&self, word: &str) -> Vec<String> {
-        let mut parts: Vec<String> = std::iter::once("\u{120}".to_string()).chain(word.chars().map(String::from)).collect();
+        let mut parts: Vec<String> = std::iter::once("\u{120}".to_string())
+            .chain(word.chars().map(String::from))
+            .collect();
         while parts.len() > 1 {
             let best = (0..parts.len() - 1)
-                .filter_map(|i| self.ranks.get(&(parts[i].clone(), parts[i + 1].clone())).map(|&r| (r, i)))
+                .filter_map(|i| {
+                    self.ranks
+                        .get(&(parts[i].clone(), parts[i + 1].clone()))
+                        .map(|&r| (r, i))
+                })
                 .min();
             let Some((_, i)) = best else { break };
             let merged = format!("{}{}", parts[i], parts[i + 1]);

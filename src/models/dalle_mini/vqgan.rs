@@ -61,13 +61,23 @@ pub struct AttnBlock<B: Backend> {
 impl<B: Backend> AttnBlock<B> {
     pub fn new(c: usize, eps: f64, device: &B::Device) -> Self {
         let lin = || Dense::new(c, c, true, device);
-        Self { norm: GroupNorm::new(GROUPS, c, eps, device), q: lin(), k: lin(), v: lin(), proj_out: lin() }
+        Self {
+            norm: GroupNorm::new(GROUPS, c, eps, device),
+            q: lin(),
+            k: lin(),
+            v: lin(),
+            proj_out: lin(),
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
         // [N, C, H, W] → [N, HW, C]: one token per pixel
-        let tokens = self.norm.forward(x.clone()).reshape([n, c, h * w]).swap_dims(1, 2);
+        let tokens = self
+            .norm
+            .forward(x.clone())
+            .reshape([n, c, h * w])
+            .swap_dims(1, 2);
         let heads = |t: Tensor<B, 3>| t.unsqueeze_dim::<4>(1);
         let out = sdpa(
             heads(self.q.forward(tokens.clone())),
@@ -88,7 +98,11 @@ pub struct Upsample<B: Backend> {
 impl<B: Backend> Upsample<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
-        let x = interpolate(x, [2 * h, 2 * w], InterpolateOptions::new(InterpolateMode::Nearest));
+        let x = interpolate(
+            x,
+            [2 * h, 2 * w],
+            InterpolateOptions::new(InterpolateMode::Nearest),
+        );
         self.conv.forward(x)
     }
 }
@@ -149,14 +163,22 @@ impl<B: Backend> Decoder<B> {
         for i in (0..levels).rev() {
             let cout = cfg.ch * cfg.ch_mult[i];
             let n = cfg.num_res_blocks + 1;
-            let block = (0..n).map(|j| ResnetBlock::new(if j == 0 { block_in } else { cout }, cout, eps, device)).collect();
+            let block = (0..n)
+                .map(|j| ResnetBlock::new(if j == 0 { block_in } else { cout }, cout, eps, device))
+                .collect();
             let attn = if cfg.attn_resolutions.contains(&res) {
                 (0..n).map(|_| AttnBlock::new(cout, eps, device)).collect()
             } else {
                 Vec::new()
             };
-            let upsample = (i != 0).then(|| Upsample { conv: conv3x3(cout, cout, device) });
-            up[i] = Some(UpLevel { block, attn, upsample });
+            let upsample = (i != 0).then(|| Upsample {
+                conv: conv3x3(cout, cout, device),
+            });
+            up[i] = Some(UpLevel {
+                block,
+                attn,
+                upsample,
+            });
             block_in = cout;
             if i != 0 {
                 res *= 2;
@@ -173,7 +195,10 @@ impl<B: Backend> Decoder<B> {
 
     pub fn forward(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
         let h = self.conv_in.forward(z);
-        let h = self.mid.block_2.forward(self.mid.attn_1.forward(self.mid.block_1.forward(h)));
+        let h = self
+            .mid
+            .block_2
+            .forward(self.mid.attn_1.forward(self.mid.block_1.forward(h)));
         let h = self.up.iter().rev().fold(h, |h, level| level.forward(h));
         self.conv_out.forward(silu(self.norm_out.forward(h)))
     }
@@ -215,7 +240,8 @@ impl<B: Backend> Vqgan<B> {
 
     /// Raw decoder output `[n, 3, H, W]` (roughly [0, 1], not clipped).
     pub fn decode_raw(&self, tokens: &[Vec<u32>], device: &B::Device) -> Tensor<B, 4> {
-        self.decoder.forward(self.post_quant_conv.forward(self.codes(tokens, device)))
+        self.decoder
+            .forward(self.post_quant_conv.forward(self.codes(tokens, device)))
     }
 
     /// Images `[n, 3, H, W]` clipped to [0, 1].
@@ -229,6 +255,17 @@ impl<B: Backend> Vqgan<B> {
 pub fn to_rgb8<B: Backend>(images: Tensor<B, 4>) -> Vec<Vec<u8>> {
     let [n, c, h, w] = images.dims();
     let hwc = images.permute([0, 2, 3, 1]).reshape([n, h * w * c]);
-    let values = hwc.into_data().convert::<f32>().to_vec::<f32>().unwrap_or_default();
-    values.chunks(h * w * c).map(|img| img.iter().map(|&x| (x.clamp(0.0, 1.0) * 255.0) as u8).collect()).collect()
+    let values = hwc
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .unwrap_or_default();
+    values
+        .chunks(h * w * c)
+        .map(|img| {
+            img.iter()
+                .map(|&x| (x.clamp(0.0, 1.0) * 255.0) as u8)
+                .collect()
+        })
+        .collect()
 }

@@ -23,12 +23,21 @@ use crate::error::{Error, Result};
 use crate::weights::{KeyTarget, TensorFile};
 
 /// min-dalle LayerNorm weights that are fixed at 1 (absent from its files; ignored if present).
-const SCALELESS: [&str; 5] =
-    ["pre_self_attn_layer_norm.weight", "pre_encoder_attn_layer_norm.weight", "glu.ln0.weight", "glu.ln1.weight", "final_ln.weight"];
+const SCALELESS: [&str; 5] = [
+    "pre_self_attn_layer_norm.weight",
+    "pre_encoder_attn_layer_norm.weight",
+    "glu.ln0.weight",
+    "glu.ln1.weight",
+    "final_ln.weight",
+];
 
 /// `encoder.pt` / `decoder.pt` keys → module paths (identity).
 pub fn bart_pt_target(key: &str) -> KeyTarget {
-    if SCALELESS.iter().any(|s| key.ends_with(s)) { KeyTarget::Ignore } else { KeyTarget::Param(key.to_string()) }
+    if SCALELESS.iter().any(|s| key.ends_with(s)) {
+        KeyTarget::Ignore
+    } else {
+        KeyTarget::Param(key.to_string())
+    }
 }
 
 /// `detoker.pt` or taming `.ckpt` keys → VQGAN module paths.
@@ -36,7 +45,10 @@ pub fn vqgan_pt_target(key: &str) -> KeyTarget {
     if key == "quantize.embedding.weight" {
         return KeyTarget::Param("embedding.weight".into());
     }
-    if ["encoder.", "quant_conv.", "loss.", "quantize."].iter().any(|p| key.starts_with(p)) {
+    if ["encoder.", "quant_conv.", "loss.", "quantize."]
+        .iter()
+        .any(|p| key.starts_with(p))
+    {
         return KeyTarget::Ignore;
     }
     KeyTarget::Param(key.to_string())
@@ -81,7 +93,11 @@ fn flax_leaf(leaf: &str, rank: usize) -> Option<(&'static str, Option<Vec<usize>
 /// key is not part of the published layout. `rank` is the leaf's rank.
 pub fn flax_bart_targets(key: &str, rank: usize, layers: usize) -> Option<Vec<FlaxTarget>> {
     if key == "lm_head.kernel" {
-        return Some(vec![FlaxTarget { path: "decoder.lm_head.weight".into(), layer: None, permute: Some(vec![1, 0]) }]);
+        return Some(vec![FlaxTarget {
+            path: "decoder.lm_head.weight".into(),
+            layer: None,
+            permute: Some(vec![1, 0]),
+        }]);
     }
     let rest = key.strip_prefix("model.")?;
     let (side, rest) = rest.split_once('.')?;
@@ -91,8 +107,22 @@ pub fn flax_bart_targets(key: &str, rank: usize, layers: usize) -> Option<Vec<Fl
     let (module, leaf) = rest.rsplit_once('.')?;
     if let Some(stack) = module.strip_prefix("layers.") {
         let (stack_name, sub) = stack.split_once('.')?;
-        let scanned = format!("FlaxBart{}Layers", if side == "encoder" { "Encoder" } else { "Decoder" });
-        let single = format!("FlaxBart{}Layer_", if side == "encoder" { "Encoder" } else { "Decoder" });
+        let scanned = format!(
+            "FlaxBart{}Layers",
+            if side == "encoder" {
+                "Encoder"
+            } else {
+                "Decoder"
+            }
+        );
+        let single = format!(
+            "FlaxBart{}Layer_",
+            if side == "encoder" {
+                "Encoder"
+            } else {
+                "Decoder"
+            }
+        );
         // attention sub-modules keep their projection name: FlaxBartAttention_0.q_proj
         let (sub_mod, proj) = match sub.split_once('.') {
             Some((a, p)) if a.starts_with("FlaxBartAttention_") => (a, Some(p)),
@@ -100,7 +130,9 @@ pub fn flax_bart_targets(key: &str, rank: usize, layers: usize) -> Option<Vec<Fl
         };
         let ours = FLAX_LAYER_MODULES.iter().find(|(f, _)| *f == sub_mod)?.1;
         let ours = match proj {
-            Some(p) if ["q_proj", "k_proj", "v_proj", "out_proj"].contains(&p) => format!("{ours}.{p}"),
+            Some(p) if ["q_proj", "k_proj", "v_proj", "out_proj"].contains(&p) => {
+                format!("{ours}.{p}")
+            }
             Some(_) => return None,
             None => ours.to_string(),
         };
@@ -109,19 +141,38 @@ pub fn flax_bart_targets(key: &str, rank: usize, layers: usize) -> Option<Vec<Fl
             let (name, permute) = flax_leaf(leaf, rank.checked_sub(1)?)?;
             return Some(
                 (0..layers)
-                    .map(|i| FlaxTarget { path: format!("{side}.layers.{i}.{ours}.{name}"), layer: Some(i), permute: permute.clone() })
+                    .map(|i| FlaxTarget {
+                        path: format!("{side}.layers.{i}.{ours}.{name}"),
+                        layer: Some(i),
+                        permute: permute.clone(),
+                    })
                     .collect(),
             );
         }
         let i: usize = stack_name.strip_prefix(&single)?.parse().ok()?;
         let (name, permute) = flax_leaf(leaf, rank)?;
-        return Some(vec![FlaxTarget { path: format!("{side}.layers.{i}.{ours}.{name}"), layer: None, permute }]);
+        return Some(vec![FlaxTarget {
+            path: format!("{side}.layers.{i}.{ours}.{name}"),
+            layer: None,
+            permute,
+        }]);
     }
-    if !["embed_tokens", "embed_positions", "layernorm_embedding", "final_ln"].contains(&module) {
+    if ![
+        "embed_tokens",
+        "embed_positions",
+        "layernorm_embedding",
+        "final_ln",
+    ]
+    .contains(&module)
+    {
         return None;
     }
     let (name, permute) = flax_leaf(leaf, rank)?;
-    Some(vec![FlaxTarget { path: format!("{side}.{module}.{name}"), layer: None, permute }])
+    Some(vec![FlaxTarget {
+        path: format!("{side}.{module}.{name}"),
+        layer: None,
+        permute,
+    }])
 }
 
 /// Where a VQGAN flax leaf goes.
@@ -141,9 +192,14 @@ pub fn flax_vqgan_target(key: &str, rank: usize) -> VqganLeaf {
 
 fn flax_vqgan_target_inner(key: &str, rank: usize) -> Option<VqganLeaf> {
     if key == "quantize.embedding.embedding" {
-        return Some(VqganLeaf::Param(FlaxTarget { path: "embedding.weight".into(), layer: None, permute: None }));
+        return Some(VqganLeaf::Param(FlaxTarget {
+            path: "embedding.weight".into(),
+            layer: None,
+            permute: None,
+        }));
     }
-    if key.starts_with("encoder.") || key.starts_with("quant_conv.") || key.starts_with("quantize.") {
+    if key.starts_with("encoder.") || key.starts_with("quant_conv.") || key.starts_with("quantize.")
+    {
         return Some(VqganLeaf::Ignored);
     }
     if !key.starts_with("decoder.") && !key.starts_with("post_quant_conv.") {
@@ -154,7 +210,9 @@ fn flax_vqgan_target_inner(key: &str, rank: usize) -> Option<VqganLeaf> {
     for (i, part) in parts[..parts.len() - 1].iter().enumerate() {
         let in_mid = i > 0 && parts[i - 1] == "mid";
         match part.rsplit_once('_') {
-            Some((name @ ("up" | "block" | "attn"), idx)) if !in_mid && idx.parse::<usize>().is_ok() => {
+            Some((name @ ("up" | "block" | "attn"), idx))
+                if !in_mid && idx.parse::<usize>().is_ok() =>
+            {
                 out.push(name.to_string());
                 out.push(idx.to_string());
             }
@@ -163,7 +221,11 @@ fn flax_vqgan_target_inner(key: &str, rank: usize) -> Option<VqganLeaf> {
     }
     let (name, permute) = flax_leaf(parts[parts.len() - 1], rank)?;
     out.push(name.to_string());
-    Some(VqganLeaf::Param(FlaxTarget { path: out.join("."), layer: None, permute }))
+    Some(VqganLeaf::Param(FlaxTarget {
+        path: out.join("."),
+        layer: None,
+        permute,
+    }))
 }
 
 /// Lazily materialised snapshot of (a slice of) a msgpack array.
@@ -179,22 +241,37 @@ fn snapshot(file: &Arc<MsgpackFile>, array: &ArrayRef, target: &FlaxTarget) -> T
     let (file, array, target2, dtype) = (file.clone(), array.clone(), target.clone(), array.dtype);
     let src_shape = shape;
     let result_shape = out_shape.clone();
-    let data_fn = Rc::new(move || -> std::result::Result<TensorData, TensorSnapshotError> {
-        let bytes = file.data(&array);
-        let esize = dtype.size();
-        let per: usize = src_shape.iter().product::<usize>() * esize;
-        let bytes = match target2.layer {
-            Some(i) => bytes.get(i * per..(i + 1) * per).ok_or_else(|| TensorSnapshotError::DataError("layer out of range".into()))?,
-            None => bytes,
-        };
-        let data = match &target2.permute {
-            Some(p) => permute_bytes(bytes, &src_shape, p, esize),
-            None => bytes.to_vec(),
-        };
-        Ok(TensorData::from_bytes_vec(data, result_shape.clone(), dtype))
-    });
+    let data_fn = Rc::new(
+        move || -> std::result::Result<TensorData, TensorSnapshotError> {
+            let bytes = file.data(&array);
+            let esize = dtype.size();
+            let per: usize = src_shape.iter().product::<usize>() * esize;
+            let bytes = match target2.layer {
+                Some(i) => bytes
+                    .get(i * per..(i + 1) * per)
+                    .ok_or_else(|| TensorSnapshotError::DataError("layer out of range".into()))?,
+                None => bytes,
+            };
+            let data = match &target2.permute {
+                Some(p) => permute_bytes(bytes, &src_shape, p, esize),
+                None => bytes.to_vec(),
+            };
+            Ok(TensorData::from_bytes_vec(
+                data,
+                result_shape.clone(),
+                dtype,
+            ))
+        },
+    );
     let path_stack = target.path.split('.').map(str::to_string).collect();
-    TensorSnapshot::from_closure(data_fn, dtype, Shape::from(out_shape), path_stack, Vec::new(), ParamId::new())
+    TensorSnapshot::from_closure(
+        data_fn,
+        dtype,
+        Shape::from(out_shape),
+        path_stack,
+        Vec::new(),
+        ParamId::new(),
+    )
 }
 
 /// Row-major axis permutation of raw elements of `esize` bytes: output axis j = input axis p[j].
@@ -230,12 +307,27 @@ pub fn flax_bart_file(path: &Path, layers_enc: usize, layers_dec: usize) -> Resu
     let file = Arc::new(MsgpackFile::open(path)?);
     let mut tensors = BTreeMap::new();
     for (key, array) in &file.arrays {
-        let layers = if key.contains(".decoder.") { layers_dec } else { layers_enc };
+        let layers = if key.contains(".decoder.") {
+            layers_dec
+        } else {
+            layers_enc
+        };
         let targets = flax_bart_targets(key, array.shape.len(), layers);
-        let scanned = targets.as_ref().and_then(|t| t.first()).is_some_and(|t| t.layer.is_some());
+        let scanned = targets
+            .as_ref()
+            .and_then(|t| t.first())
+            .is_some_and(|t| t.layer.is_some());
         if scanned && array.shape.first() != Some(&layers) {
-            let message = format!("shape {:?}: scanned over {:?} layers, the config has {layers}", array.shape, array.shape.first());
-            return Err(Error::Tensor { path: path.into(), key: key.clone(), message });
+            let message = format!(
+                "shape {:?}: scanned over {:?} layers, the config has {layers}",
+                array.shape,
+                array.shape.first()
+            );
+            return Err(Error::Tensor {
+                path: path.into(),
+                key: key.clone(),
+                message,
+            });
         }
         match targets {
             Some(targets) => {
@@ -244,12 +336,19 @@ pub fn flax_bart_file(path: &Path, layers_enc: usize, layers_dec: usize) -> Resu
                 }
             }
             None => {
-                let t = FlaxTarget { path: key.clone(), layer: None, permute: None };
+                let t = FlaxTarget {
+                    path: key.clone(),
+                    layer: None,
+                    permute: None,
+                };
                 tensors.insert(key.clone(), snapshot(&file, array, &t));
             }
         }
     }
-    Ok(TensorFile { path: path.to_path_buf(), tensors })
+    Ok(TensorFile {
+        path: path.to_path_buf(),
+        tensors,
+    })
 }
 
 /// A flax VQGAN checkpoint as a `TensorFile` keyed by module paths; the encoder half is kept
@@ -260,12 +359,23 @@ pub fn flax_vqgan_file(path: &Path) -> Result<TensorFile> {
     for (key, array) in &file.arrays {
         let t = match flax_vqgan_target(key, array.shape.len()) {
             VqganLeaf::Param(t) => t,
-            VqganLeaf::Ignored => FlaxTarget { path: format!("ignored.{key}"), layer: None, permute: None },
-            VqganLeaf::Unknown => FlaxTarget { path: key.clone(), layer: None, permute: None },
+            VqganLeaf::Ignored => FlaxTarget {
+                path: format!("ignored.{key}"),
+                layer: None,
+                permute: None,
+            },
+            VqganLeaf::Unknown => FlaxTarget {
+                path: key.clone(),
+                layer: None,
+                permute: None,
+            },
         };
         tensors.insert(t.path.clone(), snapshot(&file, array, &t));
     }
-    Ok(TensorFile { path: path.to_path_buf(), tensors })
+    Ok(TensorFile {
+        path: path.to_path_buf(),
+        tensors,
+    })
 }
 
 /// Key targets for a DalleBart `TensorFile` from `flax_bart_file`, for the `side` module.
@@ -276,13 +386,21 @@ pub fn flax_bart_target(side: &'static str) -> impl Fn(&str) -> KeyTarget {
         }
         let ours = key.starts_with("encoder.") || key.starts_with("decoder.");
         // unrecognised flax keys are reported once, with the encoder
-        if !ours && side == "encoder" { KeyTarget::Param(key.to_string()) } else { KeyTarget::Other }
+        if !ours && side == "encoder" {
+            KeyTarget::Param(key.to_string())
+        } else {
+            KeyTarget::Other
+        }
     }
 }
 
 /// Key targets for a VQGAN `TensorFile` from `flax_vqgan_file`.
 pub fn flax_vqgan_key(key: &str) -> KeyTarget {
-    if key.starts_with("ignored.") { KeyTarget::Ignore } else { KeyTarget::Param(key.to_string()) }
+    if key.starts_with("ignored.") {
+        KeyTarget::Ignore
+    } else {
+        KeyTarget::Param(key.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -292,29 +410,69 @@ mod tests {
     #[test]
     fn permute_transposes_and_reorders_conv_kernels() {
         let src: Vec<u8> = (0..6).collect(); // [2, 3]
-        assert_eq!(permute_bytes(&src, &[2, 3], &[1, 0], 1), vec![0, 3, 1, 4, 2, 5]);
+        assert_eq!(
+            permute_bytes(&src, &[2, 3], &[1, 0], 1),
+            vec![0, 3, 1, 4, 2, 5]
+        );
         // HWIO [1, 1, 2, 3] → OIHW [3, 2, 1, 1]: element (o, i) = src[i * 3 + o]
-        assert_eq!(permute_bytes(&src, &[1, 1, 2, 3], &[3, 2, 0, 1], 1), vec![0, 3, 1, 4, 2, 5]);
+        assert_eq!(
+            permute_bytes(&src, &[1, 1, 2, 3], &[3, 2, 0, 1], 1),
+            vec![0, 3, 1, 4, 2, 5]
+        );
     }
 
     #[test]
     fn flax_names_map_to_min_dalle_names() {
-        let t = flax_bart_targets("model.decoder.layers.FlaxBartDecoderLayers.FlaxBartAttention_1.k_proj.kernel", 3, 2).unwrap();
-        assert_eq!(t[1], FlaxTarget { path: "decoder.layers.1.encoder_attn.k_proj.weight".into(), layer: Some(1), permute: Some(vec![1, 0]) });
-        let t = flax_bart_targets("model.encoder.layers.FlaxBartEncoderLayers.GLU_0.LayerNorm_1.bias", 2, 2).unwrap();
+        let t = flax_bart_targets(
+            "model.decoder.layers.FlaxBartDecoderLayers.FlaxBartAttention_1.k_proj.kernel",
+            3,
+            2,
+        )
+        .unwrap();
+        assert_eq!(
+            t[1],
+            FlaxTarget {
+                path: "decoder.layers.1.encoder_attn.k_proj.weight".into(),
+                layer: Some(1),
+                permute: Some(vec![1, 0])
+            }
+        );
+        let t = flax_bart_targets(
+            "model.encoder.layers.FlaxBartEncoderLayers.GLU_0.LayerNorm_1.bias",
+            2,
+            2,
+        )
+        .unwrap();
         assert_eq!(t[0].path, "encoder.layers.0.glu.ln1.bias");
         assert_eq!(t[0].permute, None);
-        let t = flax_bart_targets("model.encoder.layers.FlaxBartEncoderLayer_3.LayerNorm_1.scale", 1, 12).unwrap();
+        let t = flax_bart_targets(
+            "model.encoder.layers.FlaxBartEncoderLayer_3.LayerNorm_1.scale",
+            1,
+            12,
+        )
+        .unwrap();
         assert_eq!(t[0].path, "encoder.layers.3.self_attn_layer_norm.weight");
-        assert_eq!(flax_bart_targets("model.encoder.embed_tokens.embedding", 2, 2).unwrap()[0].path, "encoder.embed_tokens.weight");
+        assert_eq!(
+            flax_bart_targets("model.encoder.embed_tokens.embedding", 2, 2).unwrap()[0].path,
+            "encoder.embed_tokens.weight"
+        );
         assert!(flax_bart_targets("model.encoder.something.kernel", 2, 2).is_none());
         let path = |k: &str, rank| match flax_vqgan_target(k, rank) {
             VqganLeaf::Param(t) => t.path,
             other => panic!("{k}: {other:?}"),
         };
-        assert_eq!(path("decoder.up_4.attn_2.q.kernel", 4), "decoder.up.4.attn.2.q.weight");
-        assert_eq!(path("decoder.mid.block_1.norm1.scale", 1), "decoder.mid.block_1.norm1.weight");
-        assert_eq!(flax_vqgan_target("encoder.conv_in.kernel", 4), VqganLeaf::Ignored);
+        assert_eq!(
+            path("decoder.up_4.attn_2.q.kernel", 4),
+            "decoder.up.4.attn.2.q.weight"
+        );
+        assert_eq!(
+            path("decoder.mid.block_1.norm1.scale", 1),
+            "decoder.mid.block_1.norm1.weight"
+        );
+        assert_eq!(
+            flax_vqgan_target("encoder.conv_in.kernel", 4),
+            VqganLeaf::Ignored
+        );
         assert_eq!(flax_vqgan_target("foo.bar", 1), VqganLeaf::Unknown);
     }
 }

@@ -3,10 +3,12 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
-use crate::nn::{GroupNorm, LayerNorm, Linear, conv1x1, gelu_exact, merge_heads, sdpa, split_heads};
+use crate::nn::{
+    GroupNorm, LayerNorm, Linear, conv1x1, gelu_exact, merge_heads, sdpa, split_heads,
+};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -19,7 +21,13 @@ pub struct Attention<B: Backend> {
 }
 
 impl<B: Backend> Attention<B> {
-    pub fn new(query_dim: usize, context_dim: usize, heads: usize, bias: bool, device: &B::Device) -> Self {
+    pub fn new(
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        bias: bool,
+        device: &B::Device,
+    ) -> Self {
         Self {
             to_q: Linear::new(query_dim, query_dim, bias, device),
             to_k: Linear::new(context_dim, query_dim, bias, device),
@@ -57,7 +65,9 @@ impl<B: Backend> FeedForward<B> {
     pub fn new(dim: usize, device: &B::Device) -> Self {
         let inner = dim * 4;
         Self {
-            net_0: GeGlu { proj: Linear::new(dim, inner * 2, true, device) },
+            net_0: GeGlu {
+                proj: Linear::new(dim, inner * 2, true, device),
+            },
             net_2: Linear::new(inner, dim, true, device),
         }
     }
@@ -112,11 +122,20 @@ pub struct Transformer2DModel<B: Backend> {
 }
 
 impl<B: Backend> Transformer2DModel<B> {
-    pub fn new(c: usize, context_dim: usize, heads: usize, layers: usize, groups: usize, device: &B::Device) -> Self {
+    pub fn new(
+        c: usize,
+        context_dim: usize,
+        heads: usize,
+        layers: usize,
+        groups: usize,
+        device: &B::Device,
+    ) -> Self {
         Self {
             norm: GroupNorm::new(groups, c, 1e-6, device),
             proj_in: conv1x1(c, c, device),
-            transformer_blocks: (0..layers).map(|_| BasicTransformerBlock::new(c, context_dim, heads, device)).collect(),
+            transformer_blocks: (0..layers)
+                .map(|_| BasicTransformerBlock::new(c, context_dim, heads, device))
+                .collect(),
             proj_out: conv1x1(c, c, device),
         }
     }

@@ -7,7 +7,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::ClipConfig;
-use crate::nn::{Embedding, LayerNorm, Linear, gelu_exact, merge_heads, quick_gelu, sdpa, split_heads};
+use crate::nn::{
+    Embedding, LayerNorm, Linear, gelu_exact, merge_heads, quick_gelu, sdpa, split_heads,
+};
 
 #[derive(Module, Debug)]
 pub struct ClipTextModel<B: Backend> {
@@ -98,10 +100,14 @@ impl<B: Backend> ClipTextModel<B> {
         let m = &self.text_model;
         let [b, s] = ids.dims();
         let device = ids.device();
-        let pos = Tensor::<B, 1, Int>::from_data(TensorData::new((0..s as i64).collect::<Vec<_>>(), [s]), &device)
-            .reshape([1, s])
-            .expand([b, s]);
-        let mut h = m.embeddings.token_embedding.forward(ids) + m.embeddings.position_embedding.forward(pos);
+        let pos = Tensor::<B, 1, Int>::from_data(
+            TensorData::new((0..s as i64).collect::<Vec<_>>(), [s]),
+            &device,
+        )
+        .reshape([1, s])
+        .expand([b, s]);
+        let mut h = m.embeddings.token_embedding.forward(ids)
+            + m.embeddings.position_embedding.forward(pos);
         let n = m.encoder.layers.len().saturating_sub(clip_skip.max(1) - 1);
         for layer in &m.encoder.layers[..n] {
             h = layer.forward(h);
@@ -114,7 +120,11 @@ impl<B: Backend> ClipEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
         let m = self.mlp.fc1.forward(self.layer_norm2.forward(h.clone()));
-        let m = if self.mlp.quick { quick_gelu(m) } else { gelu_exact(m) };
+        let m = if self.mlp.quick {
+            quick_gelu(m)
+        } else {
+            gelu_exact(m)
+        };
         h + self.mlp.fc2.forward(m)
     }
 }

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.into(), message: e.to_string() })
+    serde_json::from_str(&text).map_err(|e| Error::Config {
+        path: path.into(),
+        message: e.to_string(),
+    })
 }
 
 /// `unet/config.json` (UNet2DConditionModel).
@@ -41,12 +44,22 @@ impl Default for UNetConfig {
             in_channels: 4,
             out_channels: 4,
             block_out_channels: vec![320, 640, 1280, 1280],
-            down_block_types: ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
-                .map(String::from)
-                .to_vec(),
-            up_block_types: ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]
-                .map(String::from)
-                .to_vec(),
+            down_block_types: [
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "CrossAttnDownBlock2D",
+                "DownBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
+            up_block_types: [
+                "UpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+                "CrossAttnUpBlock2D",
+            ]
+            .map(String::from)
+            .to_vec(),
             layers_per_block: 2,
             attention_head_dim: 8,
             num_attention_heads: None,
@@ -76,7 +89,10 @@ impl UNetConfig {
 
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        cfg.validate().map_err(|message| Error::Config { path: path.into(), message })?;
+        cfg.validate().map_err(|message| Error::Config {
+            path: path.into(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -86,12 +102,21 @@ impl UNetConfig {
             return Err("block_out_channels, down_block_types and up_block_types must have the same non-zero length".into());
         }
         for t in self.down_block_types.iter().chain(&self.up_block_types) {
-            if !matches!(t.as_str(), "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D") {
+            if !matches!(
+                t.as_str(),
+                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
+            ) {
                 return Err(format!("block type `{t}` is not part of the SD 1.x UNet"));
             }
         }
-        if self.block_out_channels.iter().any(|c| c % self.norm_num_groups != 0 || c % self.heads() != 0) {
-            return Err("every block width must divide by norm_num_groups and the head count".into());
+        if self
+            .block_out_channels
+            .iter()
+            .any(|c| c % self.norm_num_groups != 0 || c % self.heads() != 0)
+        {
+            return Err(
+                "every block width must divide by norm_num_groups and the head count".into(),
+            );
         }
         Ok(())
     }
@@ -127,8 +152,16 @@ impl Default for VaeConfig {
 impl VaeConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        if cfg.block_out_channels.is_empty() || cfg.block_out_channels.iter().any(|c| c % cfg.norm_num_groups != 0) {
-            return Err(Error::Config { path: path.into(), message: "bad block_out_channels / norm_num_groups".into() });
+        if cfg.block_out_channels.is_empty()
+            || cfg
+                .block_out_channels
+                .iter()
+                .any(|c| c % cfg.norm_num_groups != 0)
+        {
+            return Err(Error::Config {
+                path: path.into(),
+                message: "bad block_out_channels / norm_num_groups".into(),
+            });
         }
         Ok(cfg)
     }
@@ -172,10 +205,16 @@ impl ClipConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
         if !matches!(cfg.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(Error::Config { path: path.into(), message: format!("hidden_act `{}` not supported", cfg.hidden_act) });
+            return Err(Error::Config {
+                path: path.into(),
+                message: format!("hidden_act `{}` not supported", cfg.hidden_act),
+            });
         }
         if cfg.hidden_size % cfg.num_attention_heads != 0 {
-            return Err(Error::Config { path: path.into(), message: "hidden_size must divide by num_attention_heads".into() });
+            return Err(Error::Config {
+                path: path.into(),
+                message: "hidden_size must divide by num_attention_heads".into(),
+            });
         }
         Ok(cfg)
     }

@@ -48,7 +48,10 @@ pub struct TimestepEmbedding<B: Backend> {
 
 impl<B: Backend> TimestepEmbedding<B> {
     pub fn new(d_in: usize, d: usize, device: &B::Device) -> Self {
-        Self { linear_1: Linear::new(d_in, d, true, device), linear_2: Linear::new(d, d, true, device) }
+        Self {
+            linear_1: Linear::new(d_in, d, true, device),
+            linear_2: Linear::new(d, d, true, device),
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {

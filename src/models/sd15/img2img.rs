@@ -51,24 +51,44 @@ pub fn mask_from_transparency(img: &DynamicImage) -> Option<GrayImage> {
 
 fn alpha_mask(img: &DynamicImage) -> GrayImage {
     let rgba = img.to_rgba8();
-    GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| image::Luma([if rgba.get_pixel(x, y)[3] == 0 { 255 } else { 0 }]))
+    GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
+        image::Luma([if rgba.get_pixel(x, y)[3] == 0 { 255 } else { 0 }])
+    })
 }
 
 /// The default generation size for an init image: its size rounded down to multiples of 8.
 pub fn default_size(img: &DynamicImage) -> (usize, usize) {
-    ((img.width() as usize / 8) * 8, (img.height() as usize / 8) * 8)
+    (
+        (img.width() as usize / 8) * 8,
+        (img.height() as usize / 8) * 8,
+    )
 }
 
 /// Converts any mode (RGB, RGBA, gray, palette) to RGB and resizes to `width × height`
 /// (Lanczos, as diffusers' image processor).
-pub fn prepare(img: &DynamicImage, mask: Option<&GrayImage>, width: usize, height: usize) -> Result<ImageCondition> {
+pub fn prepare(
+    img: &DynamicImage,
+    mask: Option<&GrayImage>,
+    width: usize,
+    height: usize,
+) -> Result<ImageCondition> {
     if width == 0 || height == 0 {
         return Err(Error::Image("the image has no pixels".into()));
     }
     let (w, h) = (width as u32, height as u32);
     let rgb = img.to_rgb8();
-    let image = if rgb.dimensions() == (w, h) { rgb } else { image::imageops::resize(&rgb, w, h, FilterType::Lanczos3) };
-    let mask = mask.map(|m| if m.dimensions() == (w, h) { m.clone() } else { image::imageops::resize(m, w, h, FilterType::Lanczos3) });
+    let image = if rgb.dimensions() == (w, h) {
+        rgb
+    } else {
+        image::imageops::resize(&rgb, w, h, FilterType::Lanczos3)
+    };
+    let mask = mask.map(|m| {
+        if m.dimensions() == (w, h) {
+            m.clone()
+        } else {
+            image::imageops::resize(m, w, h, FilterType::Lanczos3)
+        }
+    });
     Ok(ImageCondition { image, mask })
 }
 
@@ -87,14 +107,27 @@ pub fn image_tensor<B: Backend>(img: &RgbImage, device: &B::Device) -> Tensor<B,
 /// Binarised mask `[1, 1, H, W]`: 1 where the mask is ≥ 0.5 (repaint), else 0.
 pub fn mask_tensor<B: Backend>(mask: &GrayImage, device: &B::Device) -> Tensor<B, 4> {
     let (w, h) = (mask.width() as usize, mask.height() as usize);
-    let v: Vec<f32> = mask.pixels().map(|p| if f32::from(p[0]) / 255.0 >= 0.5 { 1.0 } else { 0.0 }).collect();
+    let v: Vec<f32> = mask
+        .pixels()
+        .map(|p| {
+            if f32::from(p[0]) / 255.0 >= 0.5 {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
     Tensor::from_data(TensorData::new(v, [1, 1, h, w]), device)
 }
 
 /// The mask at latent resolution: nearest neighbour, i.e. latent cell (i, j) takes pixel
 /// (f·i, f·j), as `F.interpolate(mode="nearest")`.
 pub fn latent_mask<B: Backend>(mask: Tensor<B, 4>, h: usize, w: usize) -> Tensor<B, 4> {
-    interpolate(mask, [h, w], InterpolateOptions::new(InterpolateMode::Nearest))
+    interpolate(
+        mask,
+        [h, w],
+        InterpolateOptions::new(InterpolateMode::Nearest),
+    )
 }
 
 /// Index of the first timestep img2img runs: `N − min(⌊N·strength⌋, N)` steps are skipped
@@ -126,10 +159,22 @@ pub struct Blend<B: Backend> {
 impl<B: Backend> super::StableDiffusion<B> {
     /// VAE latents of `image` for `n` images: the posterior mean, or (diffusers' default) a sample
     /// `mean + std·z` with `z` from `draw`, times the scaling factor.
-    pub(super) fn image_latents(&self, image: Tensor<B, 4>, n: usize, sample: bool, draw: &mut dyn FnMut() -> Tensor<B, 4>) -> Result<Tensor<B, 4>> {
-        let (mean, logvar) = self.parts.vae.encode(image).ok_or_else(|| Error::invalid("this model was loaded without the VAE encoder, which image inputs need"))?;
+    pub(super) fn image_latents(
+        &self,
+        image: Tensor<B, 4>,
+        n: usize,
+        sample: bool,
+        draw: &mut dyn FnMut() -> Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>> {
+        let (mean, logvar) = self.parts.vae.encode(image).ok_or_else(|| {
+            Error::invalid("this model was loaded without the VAE encoder, which image inputs need")
+        })?;
         let mean = mean.repeat_dim(0, n);
-        let lat = if sample { mean + (logvar.repeat_dim(0, n) * 0.5).exp() * draw() } else { mean };
+        let lat = if sample {
+            mean + (logvar.repeat_dim(0, n) * 0.5).exp() * draw()
+        } else {
+            mean
+        };
         Ok(lat * self.parts.vae_config.scaling_factor)
     }
 }
@@ -146,19 +191,31 @@ impl<B: Backend> super::StableDiffusion<B> {
         let n = req.n;
         let [c, h, w] = self.latent_shape(req.width, req.height);
         let dev = self.device().clone();
-        let shaped = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [n, c, h, w]), &dev);
+        let shaped =
+            |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [n, c, h, w]), &dev);
         let mut injected_vae = req.vae_noise.clone().unwrap_or_default().into_iter();
-        let noise_values = |rng: &mut BatchNoise| req.init_latents.clone().unwrap_or_else(|| rng.draw(c * h * w));
+        let noise_values = |rng: &mut BatchNoise| {
+            req.init_latents
+                .clone()
+                .unwrap_or_else(|| rng.draw(c * h * w))
+        };
 
         let Some(cond) = &req.condition else {
             let latents = shaped(noise_values(rng)) * scheduler.init_noise_sigma();
-            return Ok(Prepared { latents, begin: 0, blend: None, extra_channels: None });
+            return Ok(Prepared {
+                latents,
+                begin: 0,
+                blend: None,
+                extra_channels: None,
+            });
         };
         let begin = begin_index(req.steps, req.strength, scheduler.order());
         let nine = self.parts.unet_config.in_channels == 2 * c + 1;
         let strength_max = req.strength >= 1.0;
         let image = image_tensor::<B>(&cond.image, &dev);
-        let mut vae_draw = |rng: &mut BatchNoise| shaped(injected_vae.next().unwrap_or_else(|| rng.draw(c * h * w)));
+        let mut vae_draw = |rng: &mut BatchNoise| {
+            shaped(injected_vae.next().unwrap_or_else(|| rng.draw(c * h * w)))
+        };
 
         // diffusers encodes the image unless pure noise suffices (full-strength 9-channel inpainting).
         let need_image = !(strength_max && cond.mask.is_some() && nine);
@@ -169,23 +226,54 @@ impl<B: Backend> super::StableDiffusion<B> {
         };
         let noise = shaped(noise_values(rng));
         let latents = match (&image_latents, cond.mask.is_some() && strength_max) {
-            (Some(x0), false) => add_noise(scheduler, &self.parts.scheduler_config, x0.clone(), noise.clone(), begin),
+            (Some(x0), false) => add_noise(
+                scheduler,
+                &self.parts.scheduler_config,
+                x0.clone(),
+                noise.clone(),
+                begin,
+            ),
             _ => noise.clone() * scheduler.init_noise_sigma(),
         };
         let Some(mask) = &cond.mask else {
-            return Ok(Prepared { latents, begin, blend: None, extra_channels: None });
+            return Ok(Prepared {
+                latents,
+                begin,
+                blend: None,
+                extra_channels: None,
+            });
         };
 
         let full = mask_tensor::<B>(mask, &dev);
         let lat_mask = latent_mask(full.clone(), h, w).repeat_dim(0, n);
         if nine {
             let keep = full.lower_elem(0.5).float();
-            let masked = self.image_latents(image * keep, n, req.sample_vae, &mut || vae_draw(rng))?;
+            let masked =
+                self.image_latents(image * keep, n, req.sample_vae, &mut || vae_draw(rng))?;
             let extra = Tensor::cat(vec![lat_mask, masked], 1);
-            let extra = if req.guidance_scale > 1.0 { Tensor::cat(vec![extra.clone(), extra], 0) } else { extra };
-            return Ok(Prepared { latents, begin, blend: None, extra_channels: Some(extra) });
+            let extra = if req.guidance_scale > 1.0 {
+                Tensor::cat(vec![extra.clone(), extra], 0)
+            } else {
+                extra
+            };
+            return Ok(Prepared {
+                latents,
+                begin,
+                blend: None,
+                extra_channels: Some(extra),
+            });
         }
-        let image_latents = image_latents.ok_or_else(|| Error::invalid("internal: inpainting without image latents"))?;
-        Ok(Prepared { latents, begin, blend: Some(Blend { image_latents, noise, mask: lat_mask }), extra_channels: None })
+        let image_latents = image_latents
+            .ok_or_else(|| Error::invalid("internal: inpainting without image latents"))?;
+        Ok(Prepared {
+            latents,
+            begin,
+            blend: Some(Blend {
+                image_latents,
+                noise,
+                mask: lat_mask,
+            }),
+            extra_channels: None,
+        })
     }
 }

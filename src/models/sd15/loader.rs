@@ -23,7 +23,10 @@ pub enum Sd15Layout {
     Diffusers { root: PathBuf },
     /// One ldm checkpoint; `config_dir` is a diffusers folder whose configs describe it (as
     /// diffusers' `from_single_file(config=…)`), else SD 1.5's.
-    SingleFile { file: PathBuf, config_dir: Option<PathBuf> },
+    SingleFile {
+        file: PathBuf,
+        config_dir: Option<PathBuf>,
+    },
 }
 
 const WEIGHT_EXTS: [&str; 5] = ["safetensors", "ckpt", "bin", "pt", "pth"];
@@ -31,37 +34,60 @@ const WEIGHT_EXTS: [&str; 5] = ["safetensors", "ckpt", "bin", "pt", "pth"];
 impl Sd15Layout {
     pub fn detect(path: &Path) -> Result<Self> {
         if path.is_file() {
-            let config_dir = path.parent().filter(|d| d.join("unet").join("config.json").is_file()).map(Path::to_path_buf);
-            return Ok(Sd15Layout::SingleFile { file: path.to_path_buf(), config_dir });
+            let config_dir = path
+                .parent()
+                .filter(|d| d.join("unet").join("config.json").is_file())
+                .map(Path::to_path_buf);
+            return Ok(Sd15Layout::SingleFile {
+                file: path.to_path_buf(),
+                config_dir,
+            });
         }
         if !path.is_dir() {
             return Err(Error::io(path, "no such file or folder"));
         }
         if path.join("unet").is_dir() {
-            return Ok(Sd15Layout::Diffusers { root: path.to_path_buf() });
+            return Ok(Sd15Layout::Diffusers {
+                root: path.to_path_buf(),
+            });
         }
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| Error::io(path, e))?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().and_then(|e| e.to_str()).is_some_and(|e| WEIGHT_EXTS.contains(&e)))
+            .filter(|p| {
+                p.extension()
+                    .and_then(|e| e.to_str())
+                    .is_some_and(|e| WEIGHT_EXTS.contains(&e))
+            })
             .collect();
         files.sort();
         match files.len() {
-            1 => Ok(Sd15Layout::SingleFile { file: files.remove(0), config_dir: None }),
+            1 => Ok(Sd15Layout::SingleFile {
+                file: files.remove(0),
+                config_dir: None,
+            }),
             0 => Err(Error::UnknownModel {
                 path: path.into(),
-                message: "no `unet/` folder (diffusers layout) and no .safetensors/.ckpt file".into(),
+                message: "no `unet/` folder (diffusers layout) and no .safetensors/.ckpt file"
+                    .into(),
             }),
             _ => Err(Error::UnknownModel {
                 path: path.into(),
-                message: format!("several checkpoint files; pass one of them: {}", list(&files)),
+                message: format!(
+                    "several checkpoint files; pass one of them: {}",
+                    list(&files)
+                ),
             }),
         }
     }
 }
 
 fn list(files: &[PathBuf]) -> String {
-    files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")
+    files
+        .iter()
+        .map(|f| f.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The first existing weight file of a diffusers component folder, preferring safetensors and
@@ -79,7 +105,13 @@ fn component_file(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
             }
         }
     }
-    Err(Error::io(dir, format!("no weight file; looked for {}", list(&tried[..3.min(tried.len())]))))
+    Err(Error::io(
+        dir,
+        format!(
+            "no weight file; looked for {}",
+            list(&tried[..3.min(tried.len())])
+        ),
+    ))
 }
 
 pub struct Components<B: Backend> {
@@ -95,10 +127,19 @@ pub struct Components<B: Backend> {
 }
 
 fn config_or_default<T: Default>(path: &Path, load: fn(&Path) -> Result<T>) -> Result<T> {
-    if path.is_file() { load(path) } else { Ok(T::default()) }
+    if path.is_file() {
+        load(path)
+    } else {
+        Ok(T::default())
+    }
 }
 
-fn finish<M>(loaded: Result<(M, LoadReport)>, file: &Path, what: &str, report: &mut LoadReport) -> Result<M> {
+fn finish<M>(
+    loaded: Result<(M, LoadReport)>,
+    file: &Path,
+    what: &str,
+    report: &mut LoadReport,
+) -> Result<M> {
     let (module, r) = loaded?;
     require_complete(&r, file)?;
     if !r.unused.is_empty() {
@@ -110,42 +151,108 @@ fn finish<M>(loaded: Result<(M, LoadReport)>, file: &Path, what: &str, report: &
 }
 
 /// Loads tokenizer, text encoder, UNet and VAE. `with_encoder` keeps the VAE encoder (img2img).
-pub fn load<B: Backend>(layout: &Sd15Layout, with_encoder: bool, device: &B::Device) -> Result<Components<B>> {
+pub fn load<B: Backend>(
+    layout: &Sd15Layout,
+    with_encoder: bool,
+    device: &B::Device,
+) -> Result<Components<B>> {
     let mut report = LoadReport::default();
     match layout {
         Sd15Layout::Diffusers { root } => {
-            let clip_config = config_or_default(&root.join("text_encoder/config.json"), ClipConfig::load)?;
+            let clip_config =
+                config_or_default(&root.join("text_encoder/config.json"), ClipConfig::load)?;
             let unet_config = config_or_default(&root.join("unet/config.json"), UNetConfig::load)?;
             let vae_config = config_or_default(&root.join("vae/config.json"), VaeConfig::load)?;
-            let scheduler_config = config_or_default(&root.join("scheduler/scheduler_config.json"), SchedulerConfig::load)?;
-            let tokenizer = if root.join("tokenizer").is_dir() { ClipTokenizer::from_dir(&root.join("tokenizer"))? } else { ClipTokenizer::builtin()? };
+            let scheduler_config = config_or_default(
+                &root.join("scheduler/scheduler_config.json"),
+                SchedulerConfig::load,
+            )?;
+            let tokenizer = if root.join("tokenizer").is_dir() {
+                ClipTokenizer::from_dir(&root.join("tokenizer"))?
+            } else {
+                ClipTokenizer::builtin()?
+            };
 
             let f = component_file(&root.join("text_encoder"), &["model", "pytorch_model"])?;
             let file = TensorFile::open(&f)?;
-            let text_encoder = finish(load_into(ClipTextModel::new(&clip_config, device), &file, &weights::clip_key), &f, "text encoder", &mut report)?;
+            let text_encoder = finish(
+                load_into(
+                    ClipTextModel::new(&clip_config, device),
+                    &file,
+                    &weights::clip_key,
+                ),
+                &f,
+                "text encoder",
+                &mut report,
+            )?;
 
             let f = component_file(&root.join("unet"), &["diffusion_pytorch_model"])?;
             let file = TensorFile::open(&f)?;
-            let unet = finish(load_into(UNet2DConditionModel::new(&unet_config, device), &file, &weights::unet_key), &f, "unet", &mut report)?;
+            let unet = finish(
+                load_into(
+                    UNet2DConditionModel::new(&unet_config, device),
+                    &file,
+                    &weights::unet_key,
+                ),
+                &f,
+                "unet",
+                &mut report,
+            )?;
 
             let f = component_file(&root.join("vae"), &["diffusion_pytorch_model"])?;
             let file = TensorFile::open(&f)?;
             // The encoder's keys are expected in the file even when it is not built.
-            let vae_map = |k: &str| if !with_encoder && (k.starts_with("encoder.") || k.starts_with("quant_conv.")) { KeyTarget::Ignore } else { weights::vae_key(k) };
-            let vae = finish(load_into(AutoencoderKL::new(&vae_config, with_encoder, device), &file, &vae_map), &f, "vae", &mut report)?;
-            Ok(Components { tokenizer, text_encoder, unet, vae, unet_config, vae_config, clip_config, scheduler_config, report })
+            let vae_map = |k: &str| {
+                if !with_encoder && (k.starts_with("encoder.") || k.starts_with("quant_conv.")) {
+                    KeyTarget::Ignore
+                } else {
+                    weights::vae_key(k)
+                }
+            };
+            let vae = finish(
+                load_into(
+                    AutoencoderKL::new(&vae_config, with_encoder, device),
+                    &file,
+                    &vae_map,
+                ),
+                &f,
+                "vae",
+                &mut report,
+            )?;
+            Ok(Components {
+                tokenizer,
+                text_encoder,
+                unet,
+                vae,
+                unet_config,
+                vae_config,
+                clip_config,
+                scheduler_config,
+                report,
+            })
         }
-        Sd15Layout::SingleFile { file: f, config_dir } => {
+        Sd15Layout::SingleFile {
+            file: f,
+            config_dir,
+        } => {
             let file = TensorFile::open(f)?;
             let dir = config_dir.as_deref();
             let cfg_path = |rel: &str| dir.map(|d| d.join(rel)).unwrap_or_default();
-            let clip_config = config_or_default(&cfg_path("text_encoder/config.json"), ClipConfig::load)?;
-            let mut unet_config = config_or_default(&cfg_path("unet/config.json"), UNetConfig::load)?;
+            let clip_config =
+                config_or_default(&cfg_path("text_encoder/config.json"), ClipConfig::load)?;
+            let mut unet_config =
+                config_or_default(&cfg_path("unet/config.json"), UNetConfig::load)?;
             let vae_config = config_or_default(&cfg_path("vae/config.json"), VaeConfig::load)?;
-            let scheduler_config = config_or_default(&cfg_path("scheduler/scheduler_config.json"), SchedulerConfig::load)?;
+            let scheduler_config = config_or_default(
+                &cfg_path("scheduler/scheduler_config.json"),
+                SchedulerConfig::load,
+            )?;
             if dir.is_none() {
                 // Inpainting checkpoints have a 9-channel conv_in; read it off the file.
-                if let Some(s) = file.tensors.get("model.diffusion_model.input_blocks.0.0.weight") {
+                if let Some(s) = file
+                    .tensors
+                    .get("model.diffusion_model.input_blocks.0.0.weight")
+                {
                     unet_config.in_channels = s.shape[1];
                 }
             }
@@ -157,12 +264,44 @@ pub fn load<B: Backend>(layout: &Sd15Layout, with_encoder: bool, device: &B::Dev
             let unet_map = weights::ldm_unet_key(&unet_cfg);
             let vae_full = weights::ldm_vae_key(&vae_cfg);
             let vae_map = |k: &str| match vae_full(k) {
-                KeyTarget::Param(p) if !with_encoder && (p.starts_with("encoder.") || p.starts_with("quant_conv.")) => KeyTarget::Ignore,
+                KeyTarget::Param(p)
+                    if !with_encoder
+                        && (p.starts_with("encoder.") || p.starts_with("quant_conv.")) =>
+                {
+                    KeyTarget::Ignore
+                }
                 t => t,
             };
-            let text_encoder = finish(load_into(ClipTextModel::new(&clip_config, device), &file, &weights::ldm_clip_key), f, "text encoder", &mut report)?;
-            let unet = finish(load_into(UNet2DConditionModel::new(&unet_config, device), &file, &unet_map), f, "unet", &mut report)?;
-            let vae = finish(load_into(AutoencoderKL::new(&vae_config, with_encoder, device), &file, &vae_map), f, "vae", &mut report)?;
+            let text_encoder = finish(
+                load_into(
+                    ClipTextModel::new(&clip_config, device),
+                    &file,
+                    &weights::ldm_clip_key,
+                ),
+                f,
+                "text encoder",
+                &mut report,
+            )?;
+            let unet = finish(
+                load_into(
+                    UNet2DConditionModel::new(&unet_config, device),
+                    &file,
+                    &unet_map,
+                ),
+                f,
+                "unet",
+                &mut report,
+            )?;
+            let vae = finish(
+                load_into(
+                    AutoencoderKL::new(&vae_config, with_encoder, device),
+                    &file,
+                    &vae_map,
+                ),
+                f,
+                "vae",
+                &mut report,
+            )?;
             // Keys no component claimed (and that are not known extras) are unused.
             for key in file.keys() {
                 let claimed = [weights::ldm_clip_key(key), unet_map(key), vae_full(key)]
@@ -175,7 +314,17 @@ pub fn load<B: Backend>(layout: &Sd15Layout, with_encoder: bool, device: &B::Dev
             if !report.unused.is_empty() {
                 warn!(file = %f.display(), "{} unused tensor(s), e.g. {}", report.unused.len(), report.unused.iter().take(3).cloned().collect::<Vec<_>>().join(", "));
             }
-            Ok(Components { tokenizer, text_encoder, unet, vae, unet_config, vae_config, clip_config, scheduler_config, report })
+            Ok(Components {
+                tokenizer,
+                text_encoder,
+                unet,
+                vae,
+                unet_config,
+                vae_config,
+                clip_config,
+                scheduler_config,
+                report,
+            })
         }
     }
 }

@@ -15,6 +15,6 @@ pub mod unet_2d_blocks;
 pub mod vae;
 pub mod weights;
 
-pub use loader::Sd15Layout;
 pub use img2img::{ImageCondition, MaskConvention};
+pub use loader::Sd15Layout;
 pub use pipeline::{GenerateOutput, GenerateRequest, StableDiffusion, latent_preview};

@@ -90,7 +90,10 @@ impl<B: Backend> StableDiffusion<B> {
         let layout = Sd15Layout::detect(path)?;
         let parts = load(&layout, with_encoder, device)?;
         info!(path = %path.display(), secs = t0.elapsed().as_secs_f32(), "SD 1.5 loaded");
-        Ok(Self { parts, device: device.clone() })
+        Ok(Self {
+            parts,
+            device: device.clone(),
+        })
     }
 
     pub fn device(&self) -> &B::Device {
@@ -107,7 +110,11 @@ impl<B: Backend> StableDiffusion<B> {
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
         let tokens = self.parts.tokenizer.encode(text)?;
         if tokens.dropped > 0 {
-            warn!(dropped = tokens.dropped, "prompt longer than {} tokens; the end was cut", self.parts.tokenizer.max_len - 2);
+            warn!(
+                dropped = tokens.dropped,
+                "prompt longer than {} tokens; the end was cut",
+                self.parts.tokenizer.max_len - 2
+            );
         }
         let ids: Vec<i64> = tokens.ids.iter().map(|&i| i64::from(i)).collect();
         let len = ids.len();
@@ -118,32 +125,58 @@ impl<B: Backend> StableDiffusion<B> {
     pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
         let f = self.parts.vae_config.scale_factor();
         if req.width == 0 || req.height == 0 || req.width % f != 0 || req.height % f != 0 {
-            return Err(Error::invalid(format!("width and height must be positive multiples of {f}, got {}x{}", req.width, req.height)));
+            return Err(Error::invalid(format!(
+                "width and height must be positive multiples of {f}, got {}x{}",
+                req.width, req.height
+            )));
         }
         if req.n == 0 {
             return Err(Error::invalid("n must be at least 1"));
         }
         if !(1..=2).contains(&req.clip_skip) {
-            return Err(Error::invalid(format!("clip_skip must be 1 or 2, got {}", req.clip_skip)));
+            return Err(Error::invalid(format!(
+                "clip_skip must be 1 or 2, got {}",
+                req.clip_skip
+            )));
         }
         if !req.guidance_scale.is_finite() {
             return Err(Error::invalid("guidance_scale must be a finite number"));
         }
-        let inpaint_unet = self.parts.unet_config.in_channels != self.parts.unet_config.out_channels;
+        let inpaint_unet =
+            self.parts.unet_config.in_channels != self.parts.unet_config.out_channels;
         match &req.condition {
-            None if inpaint_unet => return Err(Error::invalid("this is an inpainting checkpoint (9-channel UNet): it needs an image and a mask")),
-            Some(c) if inpaint_unet && c.mask.is_none() => return Err(Error::invalid("this is an inpainting checkpoint (9-channel UNet): it needs a mask")),
+            None if inpaint_unet => {
+                return Err(Error::invalid(
+                    "this is an inpainting checkpoint (9-channel UNet): it needs an image and a mask",
+                ));
+            }
+            Some(c) if inpaint_unet && c.mask.is_none() => {
+                return Err(Error::invalid(
+                    "this is an inpainting checkpoint (9-channel UNet): it needs a mask",
+                ));
+            }
             Some(c) => {
                 if (c.image.width() as usize, c.image.height() as usize) != (req.width, req.height)
-                    || c.mask.as_ref().is_some_and(|m| (m.width() as usize, m.height() as usize) != (req.width, req.height))
+                    || c.mask.as_ref().is_some_and(|m| {
+                        (m.width() as usize, m.height() as usize) != (req.width, req.height)
+                    })
                 {
-                    return Err(Error::invalid(format!("the init image and mask must be {}x{} (resize them first)", req.width, req.height)));
+                    return Err(Error::invalid(format!(
+                        "the init image and mask must be {}x{} (resize them first)",
+                        req.width, req.height
+                    )));
                 }
                 if !(req.strength > 0.0 && req.strength <= 1.0) {
-                    return Err(Error::invalid(format!("strength must be in (0, 1], got {}", req.strength)));
+                    return Err(Error::invalid(format!(
+                        "strength must be in (0, 1], got {}",
+                        req.strength
+                    )));
                 }
                 if ((req.steps as f64 * req.strength) as usize) < 1 {
-                    return Err(Error::invalid(format!("strength {} × steps {} leaves no denoising step", req.strength, req.steps)));
+                    return Err(Error::invalid(format!(
+                        "strength {} × steps {} leaves no denoising step",
+                        req.strength, req.steps
+                    )));
                 }
             }
             None => {}
@@ -151,13 +184,23 @@ impl<B: Backend> StableDiffusion<B> {
         if let Some(l) = &req.init_latents {
             let [c, h, w] = self.latent_shape(req.width, req.height);
             if l.len() != req.n * c * h * w {
-                return Err(Error::invalid(format!("init latents have {} values; [n={}, {c}, {h}, {w}] needs {}", l.len(), req.n, req.n * c * h * w)));
+                return Err(Error::invalid(format!(
+                    "init latents have {} values; [n={}, {c}, {h}, {w}] needs {}",
+                    l.len(),
+                    req.n,
+                    req.n * c * h * w
+                )));
             }
         }
         if let Some(noise) = &req.step_noise {
             let [c, h, w] = self.latent_shape(req.width, req.height);
             if let Some(bad) = noise.iter().find(|v| v.len() != req.n * c * h * w) {
-                return Err(Error::invalid(format!("step noise has {} values; [n={}, {c}, {h}, {w}] needs {}", bad.len(), req.n, req.n * c * h * w)));
+                return Err(Error::invalid(format!(
+                    "step noise has {} values; [n={}, {c}, {h}, {w}] needs {}",
+                    bad.len(),
+                    req.n,
+                    req.n * c * h * w
+                )));
             }
         }
         Ok(())
@@ -165,7 +208,11 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// Denoises from seeded noise (or `init_latents`) and decodes. `progress(step, total)` is
     /// called after every step; returning `false` cancels.
-    pub fn generate(&self, req: &GenerateRequest, progress: &mut dyn FnMut(usize, usize) -> bool) -> Result<GenerateOutput<B>> {
+    pub fn generate(
+        &self,
+        req: &GenerateRequest,
+        progress: &mut dyn FnMut(usize, usize) -> bool,
+    ) -> Result<GenerateOutput<B>> {
         self.generate_observed(req, &mut |step, total, _| progress(step, total))
     }
 
@@ -180,7 +227,9 @@ impl<B: Backend> StableDiffusion<B> {
         let n = req.n;
         let [c, h, w] = self.latent_shape(req.width, req.height);
         let opts = SchedulerOptions { eta: req.eta };
-        let mut scheduler = req.scheduler.build_with::<B>(&self.parts.scheduler_config, req.steps, &opts)?;
+        let mut scheduler =
+            req.scheduler
+                .build_with::<B>(&self.parts.scheduler_config, req.steps, &opts)?;
 
         let t0 = Instant::now();
         let cond = self.encode_prompt(&req.prompt, req.clip_skip)?;
@@ -195,7 +244,12 @@ impl<B: Backend> StableDiffusion<B> {
 
         let mut rng = noise::BatchNoise::new(req.seed, n);
         let prepared = self.prepare_latents(req, scheduler.as_ref(), &mut rng)?;
-        let (mut latents, begin, blend, extra) = (prepared.latents, prepared.begin, prepared.blend, prepared.extra_channels);
+        let (mut latents, begin, blend, extra) = (
+            prepared.latents,
+            prepared.begin,
+            prepared.blend,
+            prepared.extra_channels,
+        );
         let device = self.device.clone();
         let mut given = req.step_noise.clone().unwrap_or_default().into_iter();
         let mut step_noise = move || {
@@ -208,7 +262,11 @@ impl<B: Backend> StableDiffusion<B> {
         let t_loop = Instant::now();
         for (i, &t) in timesteps.iter().enumerate().skip(begin) {
             let ts = Instant::now();
-            let input = if guided { Tensor::cat(vec![latents.clone(), latents.clone()], 0) } else { latents.clone() };
+            let input = if guided {
+                Tensor::cat(vec![latents.clone(), latents.clone()], 0)
+            } else {
+                latents.clone()
+            };
             let input = scheduler.scale_model_input(input, i);
             let input = match &extra {
                 Some(e) => Tensor::cat(vec![input, e.clone()], 1),
@@ -226,22 +284,42 @@ impl<B: Backend> StableDiffusion<B> {
             if let Some(b) = &blend {
                 // Outside the mask, keep the init image noised to the next step's level.
                 let known = if i + 1 < total {
-                    add_noise(scheduler.as_ref(), &self.parts.scheduler_config, b.image_latents.clone(), b.noise.clone(), i + 1)
+                    add_noise(
+                        scheduler.as_ref(),
+                        &self.parts.scheduler_config,
+                        b.image_latents.clone(),
+                        b.noise.clone(),
+                        i + 1,
+                    )
                 } else {
                     b.image_latents.clone()
                 };
                 latents = known * (b.mask.clone().neg() + 1.0) + latents * b.mask.clone();
             }
-            debug!(step = i + 1, total, timestep = t, secs = ts.elapsed().as_secs_f32(), "denoising step");
+            debug!(
+                step = i + 1,
+                total,
+                timestep = t,
+                secs = ts.elapsed().as_secs_f32(),
+                "denoising step"
+            );
             if !progress(i + 1 - begin, total - begin, &latents) {
                 return Err(Error::Cancelled);
             }
         }
-        info!(steps = total, secs = t_loop.elapsed().as_secs_f32(), "denoised");
+        info!(
+            steps = total,
+            secs = t_loop.elapsed().as_secs_f32(),
+            "denoised"
+        );
 
         let images = self.decode(latents.clone());
         let seeds = (0..n as u64).map(|k| req.seed.wrapping_add(k)).collect();
-        Ok(GenerateOutput { images, latents, seeds })
+        Ok(GenerateOutput {
+            images,
+            latents,
+            seeds,
+        })
     }
 
     /// Latents → images, one image at a time to bound the VAE's activation memory.
@@ -249,7 +327,13 @@ impl<B: Backend> StableDiffusion<B> {
         let t0 = Instant::now();
         let n = latents.dims()[0];
         let scale = self.parts.vae_config.scaling_factor;
-        let images: Vec<Tensor<B, 4>> = (0..n).map(|k| self.parts.vae.decode(latents.clone().narrow(0, k, 1) / scale)).collect();
+        let images: Vec<Tensor<B, 4>> = (0..n)
+            .map(|k| {
+                self.parts
+                    .vae
+                    .decode(latents.clone().narrow(0, k, 1) / scale)
+            })
+            .collect();
         info!(images = n, secs = t0.elapsed().as_secs_f32(), "decoded");
         Tensor::cat(images, 0)
     }
@@ -257,16 +341,33 @@ impl<B: Backend> StableDiffusion<B> {
 
 /// SD 1.x latent → RGB linear map (the "approximate cheap" preview A1111 uses): no VAE, so a
 /// preview costs a few multiply-adds per latent cell.
-const LATENT_RGB: [[f32; 3]; 4] = [[0.3512, 0.2297, 0.3227], [0.3250, 0.4974, 0.2350], [-0.2829, 0.1762, 0.2721], [-0.2120, -0.2616, -0.7177]];
+const LATENT_RGB: [[f32; 3]; 4] = [
+    [0.3512, 0.2297, 0.3227],
+    [0.3250, 0.4974, 0.2350],
+    [-0.2829, 0.1762, 0.2721],
+    [-0.2120, -0.2616, -0.7177],
+];
 
 /// A rough picture of image `k` of `latents` `[n, 4, h, w]`, upscaled ×`scale` (nearest).
-pub fn latent_preview<B: Backend>(latents: &Tensor<B, 4>, k: usize, scale: u32) -> Result<image::RgbImage> {
+pub fn latent_preview<B: Backend>(
+    latents: &Tensor<B, 4>,
+    k: usize,
+    scale: u32,
+) -> Result<image::RgbImage> {
     let [n, c, h, w] = latents.dims();
     if k >= n || c != 4 {
-        return Err(Error::invalid(format!("no preview for image {k} of latents shaped [{n}, {c}, {h}, {w}]")));
+        return Err(Error::invalid(format!(
+            "no preview for image {k} of latents shaped [{n}, {c}, {h}, {w}]"
+        )));
     }
-    let data = latents.clone().narrow(0, k, 1).into_data().convert_dtype(burn::tensor::DType::F32);
-    let v = data.as_slice::<f32>().map_err(|e| Error::Image(format!("{e:?}")))?;
+    let data = latents
+        .clone()
+        .narrow(0, k, 1)
+        .into_data()
+        .convert_dtype(burn::tensor::DType::F32);
+    let v = data
+        .as_slice::<f32>()
+        .map_err(|e| Error::Image(format!("{e:?}")))?;
     let small = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let p = y as usize * w + x as usize;
         let mut rgb = [0f32; 3];
@@ -277,5 +378,10 @@ pub fn latent_preview<B: Backend>(latents: &Tensor<B, 4>, k: usize, scale: u32) 
         }
         image::Rgb(rgb.map(|x| (((x + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8))
     });
-    Ok(image::imageops::resize(&small, w as u32 * scale, h as u32 * scale, image::imageops::FilterType::Nearest))
+    Ok(image::imageops::resize(
+        &small,
+        w as u32 * scale,
+        h as u32 * scale,
+        image::imageops::FilterType::Nearest,
+    ))
 }

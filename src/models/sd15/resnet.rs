@@ -4,10 +4,10 @@
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::Tensor;
 
 use crate::nn::{GroupNorm, Linear, conv1x1, conv2d, conv3x3, silu};
 
@@ -24,7 +24,14 @@ pub struct ResnetBlock2D<B: Backend> {
 }
 
 impl<B: Backend> ResnetBlock2D<B> {
-    pub fn new(c_in: usize, c_out: usize, temb: Option<usize>, groups: usize, eps: f64, device: &B::Device) -> Self {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        temb: Option<usize>,
+        groups: usize,
+        eps: f64,
+        device: &B::Device,
+    ) -> Self {
         Self {
             norm1: GroupNorm::new(groups, c_in, eps, device),
             conv1: conv3x3(c_in, c_out, device),
@@ -59,8 +66,14 @@ impl<B: Backend> Downsample2D<B> {
     /// The UNet pads 1 on every side; the VAE encoder pads only right and bottom (`padding=0`
     /// in diffusers, which then pads (0, 1, 0, 1) by hand).
     pub fn new(c: usize, symmetric: bool, device: &B::Device) -> Self {
-        let pad = if symmetric { PaddingConfig2d::Explicit(1, 1, 1, 1) } else { PaddingConfig2d::Explicit(0, 0, 1, 1) };
-        Self { conv: conv2d(c, c, 3, 2, pad, device) }
+        let pad = if symmetric {
+            PaddingConfig2d::Explicit(1, 1, 1, 1)
+        } else {
+            PaddingConfig2d::Explicit(0, 0, 1, 1)
+        };
+        Self {
+            conv: conv2d(c, c, 3, 2, pad, device),
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -75,13 +88,19 @@ pub struct Upsample2D<B: Backend> {
 
 impl<B: Backend> Upsample2D<B> {
     pub fn new(c: usize, device: &B::Device) -> Self {
-        Self { conv: conv3x3(c, c, device) }
+        Self {
+            conv: conv3x3(c, c, device),
+        }
     }
 
     /// Nearest-neighbour ×2, or to `size` when given.
     pub fn forward(&self, x: Tensor<B, 4>, size: Option<[usize; 2]>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
-        let up = interpolate(x, size.unwrap_or([h * 2, w * 2]), InterpolateOptions::new(InterpolateMode::Nearest));
+        let up = interpolate(
+            x,
+            size.unwrap_or([h * 2, w * 2]),
+            InterpolateOptions::new(InterpolateMode::Nearest),
+        );
         self.conv.forward(up)
     }
 }

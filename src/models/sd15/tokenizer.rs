@@ -10,7 +10,9 @@ use tokenizers::normalizers::{Lowercase, NFC, Replace, Sequence as NormSeq};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSeq;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 use crate::error::{Error, Result};
 
@@ -20,8 +22,10 @@ const EOS: &str = "<|endoftext|>";
 const PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+";
 
 /// The real CLIP ViT-L/14 vocabulary, built in so a lone single-file checkpoint works.
-const BUILTIN_VOCAB: &[u8] = include_bytes!("../../../models/fixtures/sd15-tiny/tokenizer/vocab.json");
-const BUILTIN_MERGES: &str = include_str!("../../../models/fixtures/sd15-tiny/tokenizer/merges.txt");
+const BUILTIN_VOCAB: &[u8] =
+    include_bytes!("../../../models/fixtures/sd15-tiny/tokenizer/vocab.json");
+const BUILTIN_MERGES: &str =
+    include_str!("../../../models/fixtures/sd15-tiny/tokenizer/merges.txt");
 
 pub struct ClipTokenizer {
     tok: Tokenizer,
@@ -44,13 +48,15 @@ impl ClipTokenizer {
         let pad_name = read_pad_token(dir).unwrap_or_else(|| EOS.to_string());
         let json = dir.join("tokenizer.json");
         if json.is_file() {
-            let tok = Tokenizer::from_file(&json).map_err(|e| Error::Tokenizer(format!("{}: {e}", json.display())))?;
+            let tok = Tokenizer::from_file(&json)
+                .map_err(|e| Error::Tokenizer(format!("{}: {e}", json.display())))?;
             return Self::framed(tok, &pad_name);
         }
         let vocab_path = dir.join("vocab.json");
         let merges_path = dir.join("merges.txt");
         let vocab = std::fs::read(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
-        let merges = std::fs::read_to_string(&merges_path).map_err(|e| Error::io(&merges_path, e))?;
+        let merges =
+            std::fs::read_to_string(&merges_path).map_err(|e| Error::io(&merges_path, e))?;
         Self::from_vocab_merges(&vocab, &merges, &pad_name)
     }
 
@@ -60,13 +66,16 @@ impl ClipTokenizer {
     }
 
     fn from_vocab_merges(vocab: &[u8], merges: &str, pad: &str) -> Result<Self> {
-        let vocab: HashMap<String, u32> =
-            serde_json::from_slice(vocab).map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
+        let vocab: HashMap<String, u32> = serde_json::from_slice(vocab)
+            .map_err(|e| Error::Tokenizer(format!("vocab.json: {e}")))?;
         let vocab: tokenizers::models::bpe::Vocab = vocab.into_iter().collect();
         let merges: Vec<(String, String)> = merges
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
-            .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
+            .filter_map(|l| {
+                l.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+            })
             .collect();
         let bpe = BPE::builder()
             .vocab_and_merges(vocab, merges)
@@ -75,15 +84,22 @@ impl ClipTokenizer {
             .build()
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let mut tok = Tokenizer::new(bpe);
-        let replace = Replace::new(tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()), " ")
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let replace = Replace::new(
+            tokenizers::normalizers::replace::ReplacePattern::Regex(r"\s+".into()),
+            " ",
+        )
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let _ = tok.with_normalizer(Some(NormalizerWrapper::Sequence(NormSeq::new(vec![
             NFC.into(),
             replace.into(),
             Lowercase.into(),
         ]))));
-        let split = Split::new(SplitPattern::Regex(PATTERN.into()), SplitDelimiterBehavior::Removed, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let split = Split::new(
+            SplitPattern::Regex(PATTERN.into()),
+            SplitDelimiterBehavior::Removed,
+            true,
+        )
+        .map_err(|e| Error::Tokenizer(e.to_string()))?;
         let _ = tok.with_pre_tokenizer(Some(PreTokenizerWrapper::Sequence(PreSeq::new(vec![
             split.into(),
             ByteLevel::new(false, true, false).into(),
@@ -93,14 +109,27 @@ impl ClipTokenizer {
 
     fn framed(mut tok: Tokenizer, pad: &str) -> Result<Self> {
         // transformers matches the special tokens when they appear literally in a prompt.
-        tok.add_special_tokens([AddedToken::from(BOS, true), AddedToken::from(EOS, true)]).map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let id = |t: &str| tok.token_to_id(t).ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{t}` token")));
-        Ok(Self { bos: id(BOS)?, eos: id(EOS)?, pad: id(pad)?, tok, max_len: 77 })
+        tok.add_special_tokens([AddedToken::from(BOS, true), AddedToken::from(EOS, true)])
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let id = |t: &str| {
+            tok.token_to_id(t)
+                .ok_or_else(|| Error::Tokenizer(format!("the vocabulary has no `{t}` token")))
+        };
+        Ok(Self {
+            bos: id(BOS)?,
+            eos: id(EOS)?,
+            pad: id(pad)?,
+            tok,
+            max_len: 77,
+        })
     }
 
     /// Ids without framing or padding.
     pub fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tok.encode(text, false).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
@@ -122,11 +151,20 @@ impl ClipTokenizer {
 /// `!`, SD 1.x with `<|endoftext|>`).
 fn read_pad_token(dir: &Path) -> Option<String> {
     for name in ["tokenizer_config.json", "special_tokens_map.json"] {
-        let Ok(text) = std::fs::read_to_string(dir.join(name)) else { continue };
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { continue };
+        let Ok(text) = std::fs::read_to_string(dir.join(name)) else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+            continue;
+        };
         match v.get("pad_token") {
             Some(serde_json::Value::String(s)) => return Some(s.clone()),
-            Some(serde_json::Value::Object(o)) => return o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            Some(serde_json::Value::Object(o)) => {
+                return o
+                    .get("content")
+                    .and_then(|c| c.as_str())
+                    .map(str::to_string);
+            }
             _ => {}
         }
     }

@@ -2,8 +2,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::config::UNetConfig;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
@@ -40,7 +40,15 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let down_blocks = (0..n)
             .map(|i| {
                 let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
-                DownBlock::new(c_in, ch[i], cfg.layers_per_block, cfg.down_has_attention(i), i + 1 < n, &spec, device)
+                DownBlock::new(
+                    c_in,
+                    ch[i],
+                    cfg.layers_per_block,
+                    cfg.down_has_attention(i),
+                    i + 1 < n,
+                    &spec,
+                    device,
+                )
             })
             .collect();
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
@@ -48,7 +56,16 @@ impl<B: Backend> UNet2DConditionModel<B> {
             .map(|i| {
                 let c_prev = if i == 0 { rev[0] } else { rev[i - 1] };
                 let c_skip = rev[(i + 1).min(n - 1)];
-                UpBlock::new(c_prev, rev[i], c_skip, cfg.layers_per_block + 1, cfg.up_has_attention(i), i + 1 < n, &spec, device)
+                UpBlock::new(
+                    c_prev,
+                    rev[i],
+                    c_skip,
+                    cfg.layers_per_block + 1,
+                    cfg.up_has_attention(i),
+                    i + 1 < n,
+                    &spec,
+                    device,
+                )
             })
             .collect();
         Self {
@@ -67,10 +84,21 @@ impl<B: Backend> UNet2DConditionModel<B> {
 
     /// Noise prediction for `sample` `[B, C, h, w]` at `timestep` (the same for the whole batch,
     /// as in the pipelines) given `context` `[B, T, D]`.
-    pub fn forward(&self, sample: Tensor<B, 4>, timestep: f64, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(
+        &self,
+        sample: Tensor<B, 4>,
+        timestep: f64,
+        context: &Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
         let batch = sample.dims()[0];
         let device = sample.device();
-        let t = timestep_embedding::<B>(&vec![timestep; batch], self.time_proj_dim, self.flip_sin_to_cos, self.freq_shift, &device);
+        let t = timestep_embedding::<B>(
+            &vec![timestep; batch],
+            self.time_proj_dim,
+            self.flip_sin_to_cos,
+            self.freq_shift,
+            &device,
+        );
         let temb = self.time_embedding.forward(t);
 
         let mut x = self.conv_in.forward(sample);

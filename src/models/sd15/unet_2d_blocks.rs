@@ -3,8 +3,8 @@
 //! blocks, so parameter paths carry no enum variant names.
 
 use burn::module::Module;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::attention::Transformer2DModel;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
@@ -21,12 +21,24 @@ pub struct BlockSpec {
 }
 
 impl BlockSpec {
-    fn resnet<B: Backend>(&self, c_in: usize, c_out: usize, device: &B::Device) -> ResnetBlock2D<B> {
+    fn resnet<B: Backend>(
+        &self,
+        c_in: usize,
+        c_out: usize,
+        device: &B::Device,
+    ) -> ResnetBlock2D<B> {
         ResnetBlock2D::new(c_in, c_out, Some(self.temb), self.groups, self.eps, device)
     }
 
     fn transformer<B: Backend>(&self, c: usize, device: &B::Device) -> Transformer2DModel<B> {
-        Transformer2DModel::new(c, self.context_dim, self.heads, self.transformer_layers, self.groups, device)
+        Transformer2DModel::new(
+            c,
+            self.context_dim,
+            self.heads,
+            self.transformer_layers,
+            self.groups,
+            device,
+        )
     }
 }
 
@@ -39,16 +51,41 @@ pub struct DownBlock<B: Backend> {
 
 impl<B: Backend> DownBlock<B> {
     #[allow(clippy::too_many_arguments)]
-    pub fn new(c_in: usize, c_out: usize, layers: usize, attn: bool, downsample: bool, spec: &BlockSpec, device: &B::Device) -> Self {
+    pub fn new(
+        c_in: usize,
+        c_out: usize,
+        layers: usize,
+        attn: bool,
+        downsample: bool,
+        spec: &BlockSpec,
+        device: &B::Device,
+    ) -> Self {
         Self {
-            resnets: (0..layers).map(|j| spec.resnet(if j == 0 { c_in } else { c_out }, c_out, device)).collect(),
-            attentions: if attn { (0..layers).map(|_| spec.transformer(c_out, device)).collect() } else { Vec::new() },
-            downsamplers: if downsample { vec![Downsample2D::new(c_out, true, device)] } else { Vec::new() },
+            resnets: (0..layers)
+                .map(|j| spec.resnet(if j == 0 { c_in } else { c_out }, c_out, device))
+                .collect(),
+            attentions: if attn {
+                (0..layers)
+                    .map(|_| spec.transformer(c_out, device))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            downsamplers: if downsample {
+                vec![Downsample2D::new(c_out, true, device)]
+            } else {
+                Vec::new()
+            },
         }
     }
 
     /// Returns the block output and the skip states the up path consumes.
-    pub fn forward(&self, mut x: Tensor<B, 4>, temb: &Tensor<B, 2>, ctx: &Tensor<B, 3>) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
+    pub fn forward(
+        &self,
+        mut x: Tensor<B, 4>,
+        temb: &Tensor<B, 2>,
+        ctx: &Tensor<B, 3>,
+    ) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (j, resnet) in self.resnets.iter().enumerate() {
             x = resnet.forward(x, Some(temb));
@@ -79,7 +116,12 @@ impl<B: Backend> MidBlock<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>, temb: &Tensor<B, 2>, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(
+        &self,
+        x: Tensor<B, 4>,
+        temb: &Tensor<B, 2>,
+        ctx: &Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
         let x = self.resnets[0].forward(x, Some(temb));
         let x = self.attentions[0].forward(x, ctx);
         self.resnets[1].forward(x, Some(temb))
@@ -116,12 +158,28 @@ impl<B: Backend> UpBlock<B> {
             .collect();
         Self {
             resnets,
-            attentions: if attn { (0..layers).map(|_| spec.transformer(c_out, device)).collect() } else { Vec::new() },
-            upsamplers: if upsample { vec![Upsample2D::new(c_out, device)] } else { Vec::new() },
+            attentions: if attn {
+                (0..layers)
+                    .map(|_| spec.transformer(c_out, device))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            upsamplers: if upsample {
+                vec![Upsample2D::new(c_out, device)]
+            } else {
+                Vec::new()
+            },
         }
     }
 
-    pub fn forward(&self, mut x: Tensor<B, 4>, skips: &mut Vec<Tensor<B, 4>>, temb: &Tensor<B, 2>, ctx: &Tensor<B, 3>) -> Tensor<B, 4> {
+    pub fn forward(
+        &self,
+        mut x: Tensor<B, 4>,
+        skips: &mut Vec<Tensor<B, 4>>,
+        temb: &Tensor<B, 2>,
+        ctx: &Tensor<B, 3>,
+    ) -> Tensor<B, 4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             if let Some(skip) = skips.pop() {
                 x = Tensor::cat(vec![x, skip], 1);

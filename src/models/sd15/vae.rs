@@ -3,8 +3,8 @@
 
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
 
 use super::config::VaeConfig;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
@@ -35,7 +35,11 @@ impl<B: Backend> VaeAttention<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [b, c, h, w] = x.dims();
-        let t = self.group_norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2);
+        let t = self
+            .group_norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2);
         let q = split_heads(self.to_q.forward(t.clone()), 1);
         let k = split_heads(self.to_k.forward(t.clone()), 1);
         let v = split_heads(self.to_v.forward(t), 1);
@@ -53,7 +57,9 @@ pub struct VaeMidBlock<B: Backend> {
 impl<B: Backend> VaeMidBlock<B> {
     fn new(c: usize, groups: usize, device: &B::Device) -> Self {
         Self {
-            resnets: (0..2).map(|_| ResnetBlock2D::new(c, c, None, groups, EPS, device)).collect(),
+            resnets: (0..2)
+                .map(|_| ResnetBlock2D::new(c, c, None, groups, EPS, device))
+                .collect(),
             attentions: vec![VaeAttention::new(c, groups, device)],
         }
     }
@@ -117,8 +123,23 @@ impl<B: Backend> AutoencoderKL<B> {
                 .map(|i| {
                     let c_in = if i == 0 { ch[0] } else { ch[i - 1] };
                     DownEncoderBlock2D {
-                        resnets: (0..l).map(|j| ResnetBlock2D::new(if j == 0 { c_in } else { ch[i] }, ch[i], None, g, EPS, device)).collect(),
-                        downsamplers: if i + 1 < n { vec![Downsample2D::new(ch[i], false, device)] } else { Vec::new() },
+                        resnets: (0..l)
+                            .map(|j| {
+                                ResnetBlock2D::new(
+                                    if j == 0 { c_in } else { ch[i] },
+                                    ch[i],
+                                    None,
+                                    g,
+                                    EPS,
+                                    device,
+                                )
+                            })
+                            .collect(),
+                        downsamplers: if i + 1 < n {
+                            vec![Downsample2D::new(ch[i], false, device)]
+                        } else {
+                            Vec::new()
+                        },
                     }
                 })
                 .collect(),
@@ -134,8 +155,23 @@ impl<B: Backend> AutoencoderKL<B> {
                 .map(|i| {
                     let c_in = if i == 0 { rev[0] } else { rev[i - 1] };
                     UpDecoderBlock2D {
-                        resnets: (0..=l).map(|j| ResnetBlock2D::new(if j == 0 { c_in } else { rev[i] }, rev[i], None, g, EPS, device)).collect(),
-                        upsamplers: if i + 1 < n { vec![Upsample2D::new(rev[i], device)] } else { Vec::new() },
+                        resnets: (0..=l)
+                            .map(|j| {
+                                ResnetBlock2D::new(
+                                    if j == 0 { c_in } else { rev[i] },
+                                    rev[i],
+                                    None,
+                                    g,
+                                    EPS,
+                                    device,
+                                )
+                            })
+                            .collect(),
+                        upsamplers: if i + 1 < n {
+                            vec![Upsample2D::new(rev[i], device)]
+                        } else {
+                            Vec::new()
+                        },
                     }
                 })
                 .collect(),

@@ -48,7 +48,9 @@ pub fn ldm_ignored(key: &str) -> bool {
 /// diffusers key → module path: the only renames are `ff.net.0`/`ff.net.2` (Rust fields cannot
 /// be numbers) and the pre-0.14 diffusers VAE attention names.
 pub fn diffusers_to_path(key: &str) -> String {
-    let k = key.replace(".ff.net.0.", ".ff.net_0.").replace(".ff.net.2.", ".ff.net_2.");
+    let k = key
+        .replace(".ff.net.0.", ".ff.net_0.")
+        .replace(".ff.net.2.", ".ff.net_2.");
     let k = k
         .replace(".attentions.0.query.", ".attentions.0.to_q.")
         .replace(".attentions.0.key.", ".attentions.0.to_k.")
@@ -65,7 +67,10 @@ pub fn clip_key(key: &str) -> KeyTarget {
     }
     if key.starts_with("text_model.") {
         KeyTarget::Param(key.to_string())
-    } else if ["embeddings.", "encoder.", "final_layer_norm."].iter().any(|p| key.starts_with(p)) {
+    } else if ["embeddings.", "encoder.", "final_layer_norm."]
+        .iter()
+        .any(|p| key.starts_with(p))
+    {
         KeyTarget::Param(format!("text_model.{key}"))
     } else {
         KeyTarget::Param(key.to_string())
@@ -146,7 +151,9 @@ pub fn ldm_unet_to_diffusers(key: &str, cfg: &UNetConfig) -> Option<String> {
     }
     let per = cfg.layers_per_block + 1;
     let parts: Vec<&str> = key.splitn(4, '.').collect();
-    let [group, idx, sub_idx, rest] = parts[..] else { return None };
+    let [group, idx, sub_idx, rest] = parts[..] else {
+        return None;
+    };
     let idx: usize = idx.parse().ok()?;
     match group {
         "input_blocks" => {
@@ -156,13 +163,20 @@ pub fn ldm_unet_to_diffusers(key: &str, cfg: &UNetConfig) -> Option<String> {
                 return Some(format!("down_blocks.{i}.downsamplers.0.conv.{rest}"));
             }
             match sub_idx {
-                "0" => Some(format!("down_blocks.{i}.resnets.{j}.{}", sub(rest, RESNET_LDM))),
+                "0" => Some(format!(
+                    "down_blocks.{i}.resnets.{j}.{}",
+                    sub(rest, RESNET_LDM)
+                )),
                 "1" => Some(format!("down_blocks.{i}.attentions.{j}.{rest}")),
                 _ => None,
             }
         }
         "middle_block" => match idx {
-            0 | 2 => Some(format!("mid_block.resnets.{}.{}", idx / 2, sub(&format!("{sub_idx}.{rest}"), RESNET_LDM))),
+            0 | 2 => Some(format!(
+                "mid_block.resnets.{}.{}",
+                idx / 2,
+                sub(&format!("{sub_idx}.{rest}"), RESNET_LDM)
+            )),
             1 => Some(format!("mid_block.attentions.0.{sub_idx}.{rest}")),
             _ => None,
         },
@@ -170,7 +184,10 @@ pub fn ldm_unet_to_diffusers(key: &str, cfg: &UNetConfig) -> Option<String> {
             let (i, j) = (idx / per, idx % per);
             let attn = cfg.up_block_types.get(i)?.starts_with("CrossAttn");
             match (sub_idx, attn) {
-                ("0", _) => Some(format!("up_blocks.{i}.resnets.{j}.{}", sub(rest, RESNET_LDM))),
+                ("0", _) => Some(format!(
+                    "up_blocks.{i}.resnets.{j}.{}",
+                    sub(rest, RESNET_LDM)
+                )),
                 ("1", true) => Some(format!("up_blocks.{i}.attentions.{j}.{rest}")),
                 ("1", false) | ("2", true) => Some(format!("up_blocks.{i}.upsamplers.0.{rest}")),
                 _ => None,
@@ -190,8 +207,13 @@ pub fn ldm_vae_to_diffusers(key: &str, levels: usize) -> Option<String> {
         return None;
     }
     const RES: &[(&str, &str)] = &[("nin_shortcut", "conv_shortcut")];
-    const ATTN: &[(&str, &str)] =
-        &[("norm", "group_norm"), ("q", "to_q"), ("k", "to_k"), ("v", "to_v"), ("proj_out", "to_out.0")];
+    const ATTN: &[(&str, &str)] = &[
+        ("norm", "group_norm"),
+        ("q", "to_q"),
+        ("k", "to_k"),
+        ("v", "to_v"),
+        ("proj_out", "to_out.0"),
+    ];
     if rest.starts_with("conv_in.") || rest.starts_with("conv_out.") {
         return Some(key.to_string());
     }
@@ -219,8 +241,15 @@ pub fn ldm_vae_to_diffusers(key: &str, levels: usize) -> Option<String> {
         let (j, r) = r.split_once('.')?;
         return Some(format!("{part}.{name}.{i}.resnets.{j}.{}", sub(r, RES)));
     }
-    if let Some(r) = r.strip_prefix("downsample.").or_else(|| r.strip_prefix("upsample.")) {
-        let sampler = if dir == "down" { "downsamplers" } else { "upsamplers" };
+    if let Some(r) = r
+        .strip_prefix("downsample.")
+        .or_else(|| r.strip_prefix("upsample."))
+    {
+        let sampler = if dir == "down" {
+            "downsamplers"
+        } else {
+            "upsamplers"
+        };
         return Some(format!("{part}.{name}.{i}.{sampler}.0.{r}"));
     }
     None
