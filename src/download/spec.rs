@@ -1,23 +1,35 @@
 //! Which files kiln fetches for each model id, from which Hub repository and revision, and where
 //! they land under `models/<id>/` (the layout the loaders read).
 //!
-//! Revisions: SD 1.5 is pinned to a commit of `stable-diffusion-v1-5/stable-diffusion-v1-5` that
-//! several independent projects pin (the repository kept the history of the original
-//! `runwayml/stable-diffusion-v1-5`); it was not checked against the live Hub from here. The
-//! DALL·E repositories are pinned to `main` because no commit hash could be verified offline;
-//! the commit actually served (`X-Repo-Commit`) is recorded in `kiln-source.json`, and
+//! Revisions (found offline, in public code; not checked against the live Hub from here):
+//! - SD 1.5 is pinned to the commit that `main` of `stable-diffusion-v1-5/stable-diffusion-v1-5`
+//!   pointed to in an Aug 2025 `huggingface_hub` cache scan (the repository kept the history of
+//!   the original `runwayml/stable-diffusion-v1-5`, whose cache snapshots carry the same hash).
+//!   That scan and other projects' pins show the configs, the tokenizer files, the three
+//!   `*.fp16.safetensors` and `vae/diffusion_pytorch_model.safetensors` at it; the fp32
+//!   `text_encoder/model.safetensors` and `unet/diffusion_pytorch_model.safetensors` were not
+//!   seen listed there.
+//! - The VQGAN is pinned to the commit dalle-mini's own inference code loads.
+//! - `dalle-mini/dalle-mini` and `dalle-mini/dalle-mega` follow `main`: no public pin of a commit
+//!   of these model repositories was found (dalle-mini's code loads them from W&B artifacts with
+//!   `DALLE_COMMIT_ID = None`; the only hash seen, `5570ace…`, is a model-card-only commit of
+//!   dalle-mini/dalle-mini with no evidence that the weights exist there).
+//!
+//! The commit actually served (`X-Repo-Commit`) is recorded in `kiln-source.json`, and
 //! `kiln download --revision` overrides the main repository's revision.
 
 use super::error::{DownloadError, Result};
 
 pub const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
-/// Unverified against the live Hub (see the module docs).
+/// `refs/main` in darkshapes/nnll tests/test_model_identity_precision.py (cache scan, Aug 2025).
 pub const SD15_REVISION: &str = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14";
 pub const DALLE_MINI_REPO: &str = "dalle-mini/dalle-mini";
 pub const DALLE_MEGA_REPO: &str = "dalle-mini/dalle-mega";
 pub const VQGAN_REPO: &str = "dalle-mini/vqgan_imagenet_f16_16384";
-/// No verified commit hash for the DALL·E repositories: follow `main`.
+/// No public pin of a commit of the DalleBart repositories: follow `main` (see the module docs).
 pub const DALLE_REVISION: &str = "main";
+/// `VQGAN_COMMIT_ID` in borisdayma/dalle-mini tools/inference/inference_pipeline.ipynb (also HELM).
+pub const VQGAN_REVISION: &str = "e93a26e7707683d349bf5d5c41c5b0ef69b677a9";
 
 /// The ids `kiln download` knows, in the order `all` fetches them.
 pub const MODEL_IDS: [&str; 3] = ["sd15", "dalle-mini", "dalle-mega"];
@@ -157,7 +169,7 @@ fn dalle(id: &str, family: Family, main_repo: &str) -> ModelSpec {
             local: format!("vqgan/{n}"),
         })
         .collect();
-    sources.push(repo(VQGAN_REPO, DALLE_REVISION, vq));
+    sources.push(repo(VQGAN_REPO, VQGAN_REVISION, vq));
     ModelSpec {
         id: id.into(),
         family,
