@@ -121,7 +121,7 @@ fn main() {
         bytes,
         "GB/s",
         || {
-            let _ = silu(gn.forward(x.clone()));
+            let _ = gn.forward_silu(x.clone());
             sync(&d);
         },
     );

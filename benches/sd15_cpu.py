@@ -18,6 +18,8 @@ What it does:
        clip  CLIP text encode 1x77
        unet  one UNet forward at batch 2 (CFG), latent 64x64 (512x512 image), context 2x77x768
        vae   VAE decode 1x4x64x64 -> 1x3x512x512
+       image the whole text-to-image pipeline, 512x512, CFG 7.5, DDIM, BENCH_IMAGE_STEPS steps
+             (default 20): its peak RSS is the pipeline's (not in the default --only)
   5. prints a table of medians (over every timed run of every round), ratio kiln/diffusers, peak
      RSS and CPU% of each process, and writes `.cache/bench/sd15_cpu.json`.
 Inputs are random tensors of the right shapes (same shapes for both; values differ, which does
@@ -44,8 +46,9 @@ VPY = VENV / "bin" / "python"
 MODEL = REPO / ".cache" / "sd15-random"
 OUT = REPO / ".cache" / "bench" / "sd15_cpu.json"
 KILN_BIN = REPO / "target" / "release" / "examples" / "sd15_bench"
-COUNTS = {"clip": (5, 1), "unet": (2, 1), "vae": (2, 1)}  # (timed, warm-up) per process
-LABEL = {"clip": "CLIP encode 1x77", "unet": "UNet step b2 64x64", "vae": "VAE decode 512x512"}
+COUNTS = {"clip": (5, 1), "unet": (2, 1), "vae": (2, 1), "image": (1, 0)}  # (timed, warm-up) per process
+LABEL = {"clip": "CLIP encode 1x77", "unet": "UNet step b2 64x64", "vae": "VAE decode 512x512",
+         "image": "whole image 512x512"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,6 +72,15 @@ def worker(component: str, model: Path, timed: int, warmup: int, threads: int) -
             t = torch.tensor([981, 981])
             ctx = torch.randn(2, 77, 768, generator=g)
             fn = lambda: m(x, t, encoder_hidden_states=ctx).sample
+        elif component == "image":
+            from diffusers import DDIMScheduler, StableDiffusionPipeline
+            steps = int(os.environ.get("BENCH_IMAGE_STEPS", "20"))
+            pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
+                                                           requires_safety_checker=False)
+            pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+            fn = lambda: pipe("a photograph of an astronaut riding a horse", num_inference_steps=steps,
+                              guidance_scale=7.5, height=512, width=512, generator=g, output_type="np").images
         elif component == "vae":
             m = AutoencoderKL.from_pretrained(str(model / "vae")).eval()
             z = torch.randn(1, 4, 64, 64, generator=g)

@@ -24,7 +24,9 @@ use kiln::models::sd15::resnet::ResnetBlock2D;
 use kiln::models::sd15::unet_2d::UNet2DConditionModel;
 use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::weights;
-use kiln::nn::{gelu_exact, merge_heads, sdpa, silu, split_heads};
+use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::nn::{geglu, merge_heads, sdpa, silu, split_heads};
+use kiln::schedulers::SchedulerKind;
 use kiln::weights::{KeyTarget, TensorFile, load_into, require_complete};
 
 type B = burn::backend::Flex;
@@ -80,8 +82,7 @@ fn p_resnet(
     x: Tensor<B, 4>,
     temb: &Tensor<B, 2>,
 ) -> Tensor<B, 4> {
-    let h = p.t("groupnorm", || r.norm1.forward(x.clone()));
-    let h = p.t("silu", || silu(h));
+    let h = p.t("groupnorm+silu", || r.norm1.forward_silu(x.clone()));
     let h = p.t("conv3x3", || r.conv1.forward(h));
     let t = p.t("linear(temb)", || {
         r.time_emb_proj
@@ -90,8 +91,7 @@ fn p_resnet(
             .forward(silu(temb.clone()))
     });
     let h = p.t("elementwise(add)", || h + t.unsqueeze_dims::<4>(&[2, 3]));
-    let h = p.t("groupnorm", || r.norm2.forward(h));
-    let h = p.t("silu", || silu(h));
+    let h = p.t("groupnorm+silu", || r.norm2.forward_silu(h));
     let h = p.t("conv3x3", || r.conv2.forward(h));
     let x = match &r.conv_shortcut {
         Some(c) => p.t("conv1x1", || c.forward(x)),
@@ -145,12 +145,7 @@ fn p_transformer(
         t = p.t("elementwise(add)", || t + a);
         let n = p.t("layernorm", || blk.norm3.forward(t.clone()));
         let hh = p.t("linear(ff)", || blk.ff.net_0.proj.forward(n));
-        let inner = hh.dims()[2] / 2;
-        let g = p.t("geglu(narrow,gelu,mul)", || {
-            let value = hh.clone().narrow(2, 0, inner);
-            let gate = hh.narrow(2, inner, inner);
-            value * gelu_exact(gate)
-        });
+        let g = p.t("geglu", || geglu(hh));
         let f = p.t("linear(ff)", || blk.ff.net_2.forward(g));
         t = p.t("elementwise(add)", || t + f);
     }
@@ -225,8 +220,7 @@ fn p_unet(
             x = p.t("conv3x3", || up.conv.forward(y));
         }
     }
-    let x = p.t("groupnorm", || u.conv_norm_out.forward(x));
-    let x = p.t("silu", || silu(x));
+    let x = p.t("groupnorm+silu", || u.conv_norm_out.forward_silu(x));
     p.t("conv3x3", || u.conv_out.forward(x))
 }
 
@@ -318,6 +312,29 @@ fn main() {
                     let _ = clip.forward(ids.clone(), 1).into_data();
                 }),
                 String::new(),
+            )
+        }
+        "image" => {
+            // The whole text-to-image pipeline (CLIP, `BENCH_IMAGE_STEPS` DDIM steps with CFG,
+            // VAE decode) at 512x512: its process's peak RSS is the pipeline's.
+            let steps = std::env::var("BENCH_IMAGE_STEPS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(20);
+            let sd = StableDiffusion::<B>::load(root, false, &device).expect("SD 1.5 loads");
+            eprintln!("loaded pipeline in {:.2}s", t0.elapsed().as_secs_f64());
+            let req = GenerateRequest {
+                prompt: "a photograph of an astronaut riding a horse".into(),
+                steps,
+                scheduler: SchedulerKind::Ddim,
+                ..Default::default()
+            };
+            (
+                time_runs(timed, warmup, || {
+                    let out = sd.generate(&req, &mut |_, _| true).expect("generates");
+                    let _ = out.images.into_data();
+                }),
+                format!(",\"steps\":{steps}"),
             )
         }
         other => panic!("unknown component {other}"),

@@ -9,7 +9,10 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{DType, Int, Tensor};
+
+#[cfg(feature = "cpu")]
+mod cpu;
 
 fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
     Initializer::Zeros.init(shape, device)
@@ -26,8 +29,8 @@ pub struct Linear<B: Backend> {
 
 /// A contiguous copy of `t` transposed (once, at load time).
 fn transposed_copy<B: Backend>(t: Tensor<B, 2>) -> Tensor<B, 2> {
-    let device = t.device();
-    Tensor::from_data(t.transpose().into_data(), &device)
+    let (device, dtype) = (t.device(), t.dtype());
+    Tensor::from_data(t.transpose().into_data(), (&device, dtype))
 }
 
 impl<B: Backend> Linear<B> {
@@ -42,6 +45,13 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        #[cfg(feature = "cpu")]
+        if let (Some(fx), Some(w)) = (cpu::to_flex(&x), cpu::to_flex(&self.weight.val())) {
+            let b = self.bias.as_ref().and_then(|b| cpu::to_flex(&b.val()));
+            if b.is_some() == self.bias.is_some() {
+                return cpu::from_flex(cpu::linear(&fx, &w, b.as_ref()));
+            }
+        }
         let y = x.matmul(self.weight.val().unsqueeze::<D>());
         match &self.bias {
             Some(b) => y + b.val().unsqueeze::<D>(),
@@ -70,11 +80,38 @@ impl<B: Backend> GroupNorm<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(x, false)
+    }
+
+    /// `silu(self.forward(x))`, fused on the CPU backend.
+    pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: Tensor<B, 4>, act: bool) -> Tensor<B, 4> {
+        #[cfg(feature = "cpu")]
+        if let (Some(fx), Some(g), Some(b)) = (
+            cpu::to_flex(&x),
+            cpu::to_flex(&self.weight.val()),
+            cpu::to_flex(&self.bias.val()),
+        ) {
+            let y = cpu::group_norm(&fx, self.num_groups, self.eps, &g, &b, act);
+            return cpu::from_flex(y);
+        }
+        let y = self.forward_generic(x);
+        if act { silu(y) } else { y }
+    }
+
+    fn forward_generic(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let xg = x.reshape([n, self.num_groups, (c / self.num_groups) * h * w]);
+        // Statistics in f32 even for f16 models: f16 sums over 40k values lose the mean.
+        let dtype = x.dtype();
+        let xg = x
+            .cast(DType::F32)
+            .reshape([n, self.num_groups, (c / self.num_groups) * h * w]);
         let (var, mean) = xg.clone().var_mean_bias(2);
         let xg = (xg - mean) / (var + self.eps).sqrt();
-        let x = xg.reshape([n, c, h, w]);
+        let x = xg.reshape([n, c, h, w]).cast(dtype);
         x * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
     }
 }
@@ -97,8 +134,17 @@ impl<B: Backend> LayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        #[cfg(feature = "cpu")]
+        if let (Some(fx), Some(g)) = (cpu::to_flex(&x), cpu::to_flex(&self.weight.val())) {
+            let b = self.bias.as_ref().and_then(|b| cpu::to_flex(&b.val()));
+            if b.is_some() == self.bias.is_some() {
+                return cpu::from_flex(cpu::layer_norm(&fx, &g, b.as_ref(), self.eps));
+            }
+        }
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
-        let x = (x - mean) / (var + self.eps).sqrt();
+        let x = ((x - mean) / (var + self.eps).sqrt()).cast(dtype);
         let x = x * self.weight.val().unsqueeze::<D>();
         match &self.bias {
             Some(b) => x + b.val().unsqueeze::<D>(),
@@ -172,6 +218,18 @@ pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     gelu(x)
 }
 
+/// GEGLU's gating: `h` `[…, 2I]` → `value · gelu(gate)` `[…, I]`, value first (diffusers).
+pub fn geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cpu")]
+    if let Some(fh) = cpu::to_flex(&h) {
+        return cpu::from_flex(cpu::geglu(&fh));
+    }
+    let inner = h.dims()[D - 1] / 2;
+    let value = h.clone().narrow(D - 1, 0, inner);
+    let gate = h.narrow(D - 1, inner, inner);
+    value * gelu_exact(gate)
+}
+
 /// `[B, S, H·Dh]` → `[B, H, S, Dh]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [b, s, d] = x.dims();
@@ -193,6 +251,12 @@ pub fn sdpa<B: Backend>(
     causal: bool,
 ) -> Tensor<B, 4> {
     use burn::tensor::ops::AttentionModuleOptions;
+    #[cfg(feature = "cpu")]
+    if let (Some(fq), Some(fk), Some(fv)) = (cpu::to_flex(&q), cpu::to_flex(&k), cpu::to_flex(&v))
+        && let Some(out) = cpu::attention(&fq, &fk, &fv, causal)
+    {
+        return cpu::from_flex(out);
+    }
     let opts = AttentionModuleOptions {
         scale: None,
         softcap: None,

@@ -1,8 +1,9 @@
 //! Reading checkpoint files (safetensors, PyTorch pickles) and applying their tensors to a
 //! module under a key mapping, with a report of what was missing and what was left unused.
 //!
-//! Files are opened lazily through burn-store: safetensors are memory-mapped and pickles are
-//! read tensor by tensor, so only the tensors a module takes are ever copied.
+//! Files are opened lazily: safetensors are memory-mapped (`mapped`, which hands each tensor's
+//! pages back once copied) and pickles are read tensor by tensor through burn-store, so only
+//! the tensors a module takes are ever copied.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,9 @@ use std::rc::Rc;
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
-use burn_store::{ModuleSnapshot, ModuleStore, PytorchStore, SafetensorsStore, TensorSnapshot};
+use burn_store::{ModuleSnapshot, ModuleStore, PytorchStore, TensorSnapshot};
+
+mod mapped;
 
 use crate::error::{Error, Result};
 
@@ -38,10 +41,7 @@ impl TensorFile {
             message: e.to_string(),
         };
         let tensors = match ext.as_str() {
-            "safetensors" => {
-                let mut store = SafetensorsStore::from_file(path).map_indices_contiguous(false);
-                store.get_all_snapshots().map_err(|e| bad(&e))?.clone()
-            }
+            "safetensors" => mapped::open(path)?,
             "bin" | "ckpt" | "pt" | "pth" => {
                 let open = |key: Option<&str>| {
                     let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
@@ -147,6 +147,17 @@ pub fn load_into<B: Backend, M: Module<B>>(
     file: &TensorFile,
     map: &dyn Fn(&str) -> KeyTarget,
 ) -> Result<(M, LoadReport)> {
+    load_into_as(module, file, map, float_dtype::<B>())
+}
+
+/// [`load_into`] with the parameters stored as `dtype` (f16 models load straight to f16,
+/// without an f32 copy on the device).
+pub fn load_into_as<B: Backend, M: Module<B>>(
+    module: M,
+    file: &TensorFile,
+    map: &dyn Fn(&str) -> KeyTarget,
+    dtype: DType,
+) -> Result<(M, LoadReport)> {
     let expected = param_shapes(&module);
 
     let mut report = LoadReport {
@@ -194,7 +205,7 @@ pub fn load_into<B: Backend, M: Module<B>>(
         ) {
             return Err(file.tensor_err(key, format!("dtype {:?} is not a float type", snap.dtype)));
         }
-        snapshots.push(retarget(snap, &path, float_dtype::<B>(), reshape));
+        snapshots.push(retarget(snap, &path, dtype, reshape));
     }
 
     let mut module = module;

@@ -13,7 +13,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::{GROUPS, VqganConfig};
 use super::dense::Dense;
-use crate::nn::{Embedding, GroupNorm, conv1x1, conv3x3, sdpa, silu};
+use crate::nn::{Embedding, GroupNorm, conv1x1, conv3x3, sdpa};
 
 #[derive(Module, Debug)]
 pub struct ResnetBlock<B: Backend> {
@@ -37,8 +37,8 @@ impl<B: Backend> ResnetBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
-        let h = self.conv2.forward(silu(self.norm2.forward(h)));
+        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -200,7 +200,7 @@ impl<B: Backend> Decoder<B> {
             .block_2
             .forward(self.mid.attn_1.forward(self.mid.block_1.forward(h)));
         let h = self.up.iter().rev().fold(h, |h, level| level.forward(h));
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        self.conv_out.forward(self.norm_out.forward_silu(h))
     }
 }
 

@@ -6,9 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::nn::{
-    GroupNorm, LayerNorm, Linear, conv1x1, gelu_exact, merge_heads, sdpa, split_heads,
-};
+use crate::nn::{GroupNorm, LayerNorm, Linear, conv1x1, geglu, merge_heads, sdpa, split_heads};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -73,11 +71,7 @@ impl<B: Backend> FeedForward<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = self.net_0.proj.forward(x);
-        let inner = h.dims()[2] / 2;
-        let value = h.clone().narrow(2, 0, inner);
-        let gate = h.narrow(2, inner, inner);
-        self.net_2.forward(value * gelu_exact(gate))
+        self.net_2.forward(geglu(self.net_0.proj.forward(x)))
     }
 }
 

@@ -1,0 +1,101 @@
+//! Fused, multi-threaded f32 kernels for the CPU (Flex) backend.
+//!
+//! Flex runs element-wise ops on one thread with scalar `libm` math and its attention on one
+//! thread too; in the UNet that left half of a step single-threaded. The layers in `nn` call
+//! these kernels when the backend is Flex and the tensor is f32, and fall back to plain Burn
+//! ops everywhere else (wgpu, cuda, f16), so model code stays generic over `B: Backend`.
+//!
+//! Each kernel does the same arithmetic as the Burn-op path (statistics accumulate in f64
+//! lanes, `exp`/`erf` are ~1 ulp / 1.5e-7 polynomials); the parity tests run through them.
+
+mod attention;
+mod math;
+mod rows;
+
+use std::any::{Any, TypeId};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
+use burn_flex::{FlexTensor, Layout};
+
+pub(crate) use attention::attention;
+pub(crate) use rows::{geglu, group_norm, layer_norm, linear};
+
+/// `t` as a Flex tensor when `B` is Flex and `t` is f32; `None` sends the caller down the
+/// generic path. Cheap: Flex tensors share their storage.
+pub(crate) fn to_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
+    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<FlexTensor>()
+        || t.dtype() != DType::F32
+    {
+        return None;
+    }
+    let mut slot = Some(t.clone().into_primitive().tensor());
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()?
+        .take()
+}
+
+/// The inverse of [`to_flex`]; only called with tensors `to_flex` accepted, so `B` is Flex.
+pub(crate) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
+    let mut slot = Some(t);
+    let prim = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<B::FloatTensorPrimitive>>()
+        .and_then(Option::take)
+        .expect("from_flex is only called when B is Flex");
+    Tensor::from_primitive(TensorPrimitive::Float(prim))
+}
+
+/// A contiguous f32 view: the storage slice from the tensor's start offset.
+pub(crate) fn contiguous(t: &FlexTensor) -> FlexTensor {
+    if t.is_contiguous() {
+        t.clone()
+    } else {
+        t.to_contiguous()
+    }
+}
+
+pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
+    let start = t.layout().start_offset();
+    &t.storage::<f32>()[start..start + t.layout().num_elements()]
+}
+
+/// A new contiguous f32 tensor owning `data`.
+pub(crate) fn new_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(Shape::from(shape)),
+        DType::F32,
+    )
+}
+
+/// A raw pointer that may cross threads: each task writes a disjoint set of elements.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Declares `pub(crate) fn $name` that runs `$body` compiled for AVX2+FMA when the CPU has
+/// them (release builds target baseline x86-64, so without this the loops stay SSE2 scalar
+/// math), and the baseline version otherwise.
+macro_rules! simd_dispatch {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$m])*
+        pub(crate) fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn imp($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the features were detected just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            imp($($arg),*)
+        }
+    };
+}
+pub(crate) use simd_dispatch;
