@@ -12,6 +12,7 @@ pub mod image_io;
 pub mod models;
 pub mod nn;
 pub mod noise;
+pub mod precision;
 pub mod schedulers;
 pub mod server;
 pub mod weights;

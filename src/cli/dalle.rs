@@ -5,10 +5,11 @@ use burn::tensor::backend::Backend;
 use kiln::backend::{BackendTask, DeviceSpec, dispatch};
 use kiln::image_io;
 use kiln::models::dalle_mini::{DalleMini, DalleRequest, Tokenization};
+use kiln::precision::Precision;
 
 use super::generate::{GenerateArgs, output_format, progress_bar};
 
-pub fn run(args: GenerateArgs, spec: DeviceSpec) -> anyhow::Result<()> {
+pub fn run(args: GenerateArgs, spec: DeviceSpec, precision: Precision) -> anyhow::Result<()> {
     // Stable Diffusion's knobs mean nothing here: refuse them rather than ignore them.
     let sd_only = [
         ("--negative-prompt", !args.negative_prompt.is_empty()),
@@ -29,16 +30,27 @@ pub fn run(args: GenerateArgs, spec: DeviceSpec) -> anyhow::Result<()> {
             args.model_path.display()
         );
     }
-    dispatch(spec, Job(args))?
+    dispatch(
+        spec,
+        Job {
+            args,
+            spec,
+            precision,
+        },
+    )?
 }
 
-struct Job(GenerateArgs);
+struct Job {
+    args: GenerateArgs,
+    spec: DeviceSpec,
+    precision: Precision,
+}
 
 impl BackendTask for Job {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let a = self.0;
+        let a = self.args;
         let format = output_format(&a)?;
         let defaults = DalleRequest::default();
         let req = DalleRequest {
@@ -54,7 +66,8 @@ impl BackendTask for Job {
                 _ => Tokenization::Normalized,
             },
         };
-        let model = DalleMini::<B>::load(&a.model_path, &device)?;
+        let dtype = self.precision.resolve::<B>(self.spec, &device)?;
+        let model = DalleMini::<B>::load_as(&a.model_path, None, &device, dtype)?;
         if let Some(want) = &a.model {
             if want != model.name() {
                 anyhow::bail!(

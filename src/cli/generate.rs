@@ -12,6 +12,7 @@ use kiln::image_io::{self, ImageFormat, params::Parameters};
 use kiln::models::sd15::{
     GenerateRequest, ImageCondition, MaskConvention, StableDiffusion, img2img,
 };
+use kiln::precision::Precision;
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{TensorFile, write_f32};
 
@@ -74,6 +75,10 @@ pub struct GenerateArgs {
     /// cpu, wgpu[:N] or cuda[:N].
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// auto (f16 on wgpu/cuda, f32 on cpu), f32 or f16. The VAE stays f32 when its config
+    /// says `force_upcast` (SD 1.5's does), as diffusers does.
+    #[arg(long, env = "KILN_PRECISION", default_value = "auto")]
+    pub precision: String,
     /// Output file (PNG, or JPEG/WebP by extension or --format); with n > 1, out-0.png, out-1.png, …
     #[arg(long, short)]
     pub output: PathBuf,
@@ -115,12 +120,13 @@ pub struct GenerateArgs {
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let spec: DeviceSpec = args.device.parse()?;
+    let precision: Precision = args.precision.parse()?;
     let dalle = match args.model.as_deref() {
         Some(m) => m.starts_with("dalle"),
         None => kiln::models::dalle_mini::detect(&args.model_path).is_some(),
     };
     if dalle {
-        return super::dalle::run(args, spec);
+        return super::dalle::run(args, spec, precision);
     }
     let dalle_only = [
         ("--cond-scale", args.cond_scale.is_some()),
@@ -136,16 +142,28 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             args.model_path.display()
         );
     }
-    dispatch(spec, Job(args))?
+    dispatch(
+        spec,
+        Job {
+            args,
+            spec,
+            precision,
+        },
+    )?
 }
 
-struct Job(GenerateArgs);
+struct Job {
+    args: GenerateArgs,
+    spec: DeviceSpec,
+    precision: Precision,
+}
 
 impl BackendTask for Job {
     type Output = anyhow::Result<()>;
 
     fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let a = self.0;
+        let a = self.args;
+        let dtype = self.precision.resolve::<B>(self.spec, &device)?;
         let scheduler: SchedulerKind = a.scheduler.as_deref().unwrap_or("pndm").parse()?;
         let init_latents = match &a.init_latents {
             Some(p) => {
@@ -175,7 +193,8 @@ impl BackendTask for Job {
             condition,
             ..Default::default()
         };
-        let model = StableDiffusion::<B>::load(&a.model_path, req.condition.is_some(), &device)?;
+        let with_encoder = req.condition.is_some();
+        let model = StableDiffusion::<B>::load_as(&a.model_path, with_encoder, &device, dtype)?;
         model.validate(&req)?;
 
         let bar = progress_bar("step");

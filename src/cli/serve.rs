@@ -29,6 +29,10 @@ pub struct ServeArgs {
     /// cpu, wgpu[:N] or cuda[:N].
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
+    /// auto (f16 on wgpu/cuda, f32 on cpu), f32 or f16. The VAE stays f32 when its config
+    /// says `force_upcast` (SD 1.5's does), as diffusers does.
+    #[arg(long, env = "KILN_PRECISION", default_value = "auto")]
+    pub precision: String,
     /// Require `Authorization: Bearer KEY` on /v1 endpoints.
     #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -109,7 +113,10 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let device: DeviceSpec = args.device.parse()?;
+    let device = kiln::backend::Placement {
+        device: args.device.parse::<DeviceSpec>()?,
+        precision: args.precision.parse()?,
+    };
     let mut found = discover(&args.models_dir, &args.models, device)?;
     if found.demo && args.models.is_empty() {
         // First run: fetch the default model when the Hub is reachable (unless --offline);

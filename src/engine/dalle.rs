@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use image::RgbImage;
 
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
-use crate::backend::{BackendTask, DeviceSpec, dispatch};
+use crate::backend::{BackendTask, Placement, dispatch};
 use crate::models::dalle_mini::{DalleMini, DalleRequest};
 
 pub struct DallePipeline<B: Backend> {
@@ -61,19 +61,30 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
 
 struct LoadDalle {
     path: PathBuf,
+    place: Placement,
 }
 
 impl BackendTask for LoadDalle {
     type Output = Result<Box<dyn ImagePipeline>, EngineError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
+        let dtype = self
+            .place
+            .precision
+            .resolve::<B>(self.place.device, &device)?;
         Ok(Box::new(DallePipeline {
-            model: DalleMini::<B>::load(&self.path, &device)?,
+            model: DalleMini::<B>::load_as(&self.path, None, &device, dtype)?,
         }))
     }
 }
 
 /// Loads the DALL·E Mini/Mega folder at `path` on `device`.
-pub fn dalle_loader(path: PathBuf, device: DeviceSpec) -> Loader {
-    Arc::new(move || dispatch(device, LoadDalle { path: path.clone() })?)
+pub fn dalle_loader(path: PathBuf, place: Placement) -> Loader {
+    Arc::new(move || {
+        let task = LoadDalle {
+            path: path.clone(),
+            place,
+        };
+        dispatch(place.device, task)?
+    })
 }

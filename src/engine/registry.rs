@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::{EngineError, Family, ModelSpec, dalle_loader, sd15_loader};
-use crate::backend::DeviceSpec;
+use crate::backend::Placement;
 use crate::models::dalle_mini;
 
 /// Printed when only demo models are served.
@@ -28,7 +28,7 @@ pub fn is_diffusers_folder(p: &Path) -> bool {
     p.join("model_index.json").is_file() && p.join("unet").is_dir()
 }
 
-fn sd15_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec {
+fn sd15_spec(id: &str, path: &Path, device: Placement, demo: bool) -> ModelSpec {
     ModelSpec {
         id: id.to_string(),
         family: Family::Sd15,
@@ -43,7 +43,7 @@ fn sd15_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec
 const DALLE_EDITS: &str =
     "DALL·E models cannot edit images; use a Stable Diffusion model for /v1/images/edits";
 
-fn dalle_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec {
+fn dalle_spec(id: &str, path: &Path, device: Placement, demo: bool) -> ModelSpec {
     ModelSpec {
         id: id.to_string(),
         family: Family::DalleMini,
@@ -56,7 +56,7 @@ fn dalle_spec(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpe
 }
 
 /// The spec for `path`: DALL·E when its files say so, else Stable Diffusion.
-fn spec_for(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec {
+fn spec_for(id: &str, path: &Path, device: Placement, demo: bool) -> ModelSpec {
     if path.is_dir() && dalle_mini::detect(path).is_some() {
         dalle_spec(id, path, device, demo)
     } else {
@@ -69,8 +69,9 @@ fn spec_for(id: &str, path: &Path, device: DeviceSpec, demo: bool) -> ModelSpec 
 pub fn discover(
     models_dir: &Path,
     explicit: &[(String, PathBuf)],
-    device: DeviceSpec,
+    device: impl Into<Placement>,
 ) -> Result<Discovery, EngineError> {
+    let device = device.into();
     let mut specs = Vec::new();
     for (id, path) in explicit {
         if !path.exists() {

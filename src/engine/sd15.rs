@@ -6,7 +6,7 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
-use crate::backend::{BackendTask, DeviceSpec, dispatch};
+use crate::backend::{BackendTask, Placement, dispatch};
 use crate::image_io;
 use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img, latent_preview};
 
@@ -99,6 +99,7 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
 
 struct LoadSd15 {
     path: PathBuf,
+    place: Placement,
 }
 
 impl BackendTask for LoadSd15 {
@@ -106,12 +107,22 @@ impl BackendTask for LoadSd15 {
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
         // The VAE encoder is kept for edits (img2img/inpainting).
-        let model = StableDiffusion::<B>::load(&self.path, true, &device)?;
+        let dtype = self
+            .place
+            .precision
+            .resolve::<B>(self.place.device, &device)?;
+        let model = StableDiffusion::<B>::load_as(&self.path, true, &device, dtype)?;
         Ok(Box::new(Sd15Pipeline::new(model)))
     }
 }
 
 /// Loads the SD 1.5 model at `path` (diffusers folder or single file) on `device`.
-pub fn sd15_loader(path: PathBuf, device: DeviceSpec) -> Loader {
-    Arc::new(move || dispatch(device, LoadSd15 { path: path.clone() })?)
+pub fn sd15_loader(path: PathBuf, place: Placement) -> Loader {
+    Arc::new(move || {
+        let task = LoadSd15 {
+            path: path.clone(),
+            place,
+        };
+        dispatch(place.device, task)?
+    })
 }

@@ -8,7 +8,7 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::bart_encoder::{Attention, BiasLayerNorm, Glu, layer_norm};
 use super::config::DalleBartConfig;
@@ -185,7 +185,8 @@ impl<B: Backend> BartDecoder<B> {
             .map(|layer| {
                 let (ck, cv) = layer.encoder_attn.keys_values(enc.clone());
                 let [_, heads, _, dh] = ck.dims();
-                let empty = || Tensor::zeros([rows.len(), heads, positions, dh], &device);
+                let shape = [rows.len(), heads, positions, dh];
+                let empty = || Tensor::zeros(shape, (&device, ck.dtype()));
                 LayerCache {
                     keys: empty(),
                     values: empty(),
@@ -230,9 +231,10 @@ impl<B: Backend> BartDecoder<B> {
             cache.layers.push(lc);
         }
         cache.position += 1;
+        // Logits go to the host sampler in f32 whatever the weights' dtype.
         let logits = self.lm_head.forward(self.final_ln.forward(x));
         let rows = logits.dims()[2];
-        logits.reshape([r, rows])
+        logits.reshape([r, rows]).cast(DType::F32)
     }
 
     /// Uncached teacher-forced pass: `tokens` `[R, T]` (start token first) against encoder
@@ -256,6 +258,8 @@ impl<B: Backend> BartDecoder<B> {
         for layer in &self.layers {
             x = layer.forward_full(x, enc.clone(), pad.clone());
         }
-        self.lm_head.forward(self.final_ln.forward(x))
+        self.lm_head
+            .forward(self.final_ln.forward(x))
+            .cast(DType::F32)
     }
 }

@@ -7,7 +7,7 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, Int, Tensor};
+use burn::tensor::{Bool, DType, Int, Tensor};
 
 use super::config::{DalleBartConfig, LN_EPS};
 use super::dense::Dense;
@@ -27,8 +27,11 @@ impl<B: Backend> BiasLayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        // Statistics in f32 for f16 models, as `nn::LayerNorm` does.
+        let dtype = x.dtype();
+        let x = x.cast(DType::F32);
         let (var, mean) = x.clone().var_mean_bias(D - 1);
-        (x - mean) / (var + LN_EPS).sqrt() + self.bias.val().unsqueeze::<D>()
+        ((x - mean) / (var + LN_EPS).sqrt()).cast(dtype) + self.bias.val().unsqueeze::<D>()
     }
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
@@ -14,7 +15,7 @@ use super::tokenizer::DalleTokenizer;
 use super::weights::{self, FlaxTarget};
 use super::{BartDecoder, BartEncoder, DalleMini, TextNormalizer, Vqgan};
 use crate::error::{Error, Result};
-use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into, require_complete};
+use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_as, require_complete};
 
 /// Which published weight layout a folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,8 +149,9 @@ fn load_part<B: Backend, M: Module<B>>(
     module: M,
     file: &TensorFile,
     map: &dyn Fn(&str) -> KeyTarget,
+    dtype: DType,
 ) -> Result<(M, LoadReport)> {
-    let (module, report) = load_into(module, file, map)?;
+    let (module, report) = load_into_as(module, file, map, dtype)?;
     require_complete(&report, &file.path)?;
     if !report.unused.is_empty() {
         tracing::warn!(file = %file.path.display(), unused = ?report.unused, "tensors the model does not use");
@@ -157,10 +159,12 @@ fn load_part<B: Backend, M: Module<B>>(
     Ok((module, report))
 }
 
+/// BART (encoder, decoder) is stored as `dtype`; the VQGAN always in f32, as the SD VAE.
 pub(super) fn load<B: Backend>(
     path: &Path,
     vqgan: Option<&Path>,
     device: &B::Device,
+    dtype: DType,
 ) -> Result<DalleMini<B>> {
     let layout = detect(path).ok_or_else(|| Error::UnknownModel {
         path: path.into(),
@@ -180,12 +184,14 @@ pub(super) fn load<B: Backend>(
                 BartEncoder::new(&config, device),
                 &file,
                 &weights::flax_bart_target("encoder"),
+                dtype,
             )?;
             report.merge(r);
             let (decoder, r) = load_part(
                 BartDecoder::new(&config, device),
                 &file,
                 &weights::flax_bart_target("decoder"),
+                dtype,
             )?;
             report.merge(r);
             (config, encoder, decoder)
@@ -202,12 +208,14 @@ pub(super) fn load<B: Backend>(
                 BartEncoder::new(&config, device),
                 &enc_file,
                 &weights::bart_pt_target,
+                dtype,
             )?;
             report.merge(r);
             let (decoder, r) = load_part(
                 BartDecoder::new(&config, device),
                 &dec_file,
                 &weights::bart_pt_target,
+                dtype,
             )?;
             report.merge(r);
             (config, encoder, decoder)
@@ -230,7 +238,7 @@ pub(super) fn load<B: Backend>(
     } else {
         &weights::vqgan_pt_target
     };
-    let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map)?;
+    let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map, DType::F32)?;
     report.merge(r);
     let grid = vqgan_config.grid();
     if grid * grid != config.image_length {

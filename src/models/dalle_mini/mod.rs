@@ -150,7 +150,17 @@ impl<B: Backend> DalleMini<B> {
 
     /// Like `load`, with the VQGAN folder or file given explicitly.
     pub fn load_with(path: &Path, vqgan: Option<&Path>, device: &B::Device) -> Result<Self> {
-        loader::load(path, vqgan, device)
+        loader::load(path, vqgan, device, burn::tensor::DType::F32)
+    }
+
+    /// Like `load_with`, with BART computing in `dtype` (f16 on GPUs; the VQGAN stays f32).
+    pub fn load_as(
+        path: &Path,
+        vqgan: Option<&Path>,
+        device: &B::Device,
+        dtype: burn::tensor::DType,
+    ) -> Result<Self> {
+        loader::load(path, vqgan, device, dtype)
     }
 
     /// "dalle-mega" when the config has mega's width, else "dalle-mini".

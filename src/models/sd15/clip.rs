@@ -4,7 +4,7 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use super::config::ClipConfig;
 use crate::nn::{
@@ -112,7 +112,8 @@ impl<B: Backend> ClipTextModel<B> {
         for layer in &m.encoder.layers[..n] {
             h = layer.forward(h);
         }
-        m.final_layer_norm.forward(h)
+        // f32 out whatever the weights' dtype: callers mix it with host-made tensors.
+        m.final_layer_norm.forward(h).cast(DType::F32)
     }
 }
 

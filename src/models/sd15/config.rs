@@ -133,6 +133,9 @@ pub struct VaeConfig {
     pub layers_per_block: usize,
     pub norm_num_groups: usize,
     pub scaling_factor: f64,
+    /// The VAE overflows in f16 (black/NaN images): keep it in f32 when the rest runs in f16,
+    /// as diffusers does for configs with `force_upcast` (default true).
+    pub force_upcast: bool,
 }
 
 impl Default for VaeConfig {
@@ -145,6 +148,7 @@ impl Default for VaeConfig {
             layers_per_block: 2,
             norm_num_groups: 32,
             scaling_factor: 0.18215,
+            force_upcast: true,
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use tracing::{info, warn};
 
@@ -14,7 +15,7 @@ use super::vae::AutoencoderKL;
 use super::weights;
 use crate::error::{Error, Result};
 use crate::schedulers::SchedulerConfig;
-use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into, require_complete};
+use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_as, require_complete};
 
 /// Where the weights of a model are.
 #[derive(Debug, Clone)]
@@ -151,11 +152,15 @@ fn finish<M>(
 }
 
 /// Loads tokenizer, text encoder, UNet and VAE. `with_encoder` keeps the VAE encoder (img2img).
+/// UNet and text encoder are stored as `dtype`; the VAE too unless its config asks for f32
+/// (`force_upcast`).
 pub fn load<B: Backend>(
     layout: &Sd15Layout,
     with_encoder: bool,
     device: &B::Device,
+    dtype: DType,
 ) -> Result<Components<B>> {
+    let vae_dtype = |cfg: &VaeConfig| if cfg.force_upcast { DType::F32 } else { dtype };
     let mut report = LoadReport::default();
     match layout {
         Sd15Layout::Diffusers { root } => {
@@ -176,10 +181,11 @@ pub fn load<B: Backend>(
             let f = component_file(&root.join("text_encoder"), &["model", "pytorch_model"])?;
             let file = TensorFile::open(&f)?;
             let text_encoder = finish(
-                load_into(
+                load_into_as(
                     ClipTextModel::new(&clip_config, device),
                     &file,
                     &weights::clip_key,
+                    dtype,
                 ),
                 &f,
                 "text encoder",
@@ -189,10 +195,11 @@ pub fn load<B: Backend>(
             let f = component_file(&root.join("unet"), &["diffusion_pytorch_model"])?;
             let file = TensorFile::open(&f)?;
             let unet = finish(
-                load_into(
+                load_into_as(
                     UNet2DConditionModel::new(&unet_config, device),
                     &file,
                     &weights::unet_key,
+                    dtype,
                 ),
                 &f,
                 "unet",
@@ -210,10 +217,11 @@ pub fn load<B: Backend>(
                 }
             };
             let vae = finish(
-                load_into(
+                load_into_as(
                     AutoencoderKL::new(&vae_config, with_encoder, device),
                     &file,
                     &vae_map,
+                    vae_dtype(&vae_config),
                 ),
                 &f,
                 "vae",
@@ -273,30 +281,33 @@ pub fn load<B: Backend>(
                 t => t,
             };
             let text_encoder = finish(
-                load_into(
+                load_into_as(
                     ClipTextModel::new(&clip_config, device),
                     &file,
                     &weights::ldm_clip_key,
+                    dtype,
                 ),
                 f,
                 "text encoder",
                 &mut report,
             )?;
             let unet = finish(
-                load_into(
+                load_into_as(
                     UNet2DConditionModel::new(&unet_config, device),
                     &file,
                     &unet_map,
+                    dtype,
                 ),
                 f,
                 "unet",
                 &mut report,
             )?;
             let vae = finish(
-                load_into(
+                load_into_as(
                     AutoencoderKL::new(&vae_config, with_encoder, device),
                     &file,
                     &vae_map,
+                    vae_dtype(&vae_config),
                 ),
                 f,
                 "vae",

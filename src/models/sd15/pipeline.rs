@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{DType, Int, Tensor, TensorData};
 use tracing::{debug, info, warn};
 
 use super::img2img::ImageCondition;
@@ -86,10 +86,20 @@ pub struct StableDiffusion<B: Backend> {
 
 impl<B: Backend> StableDiffusion<B> {
     pub fn load(path: &std::path::Path, with_encoder: bool, device: &B::Device) -> Result<Self> {
+        Self::load_as(path, with_encoder, device, DType::F32)
+    }
+
+    /// Loads with UNet and text encoder computing in `dtype` (see [`crate::precision`]).
+    pub fn load_as(
+        path: &std::path::Path,
+        with_encoder: bool,
+        device: &B::Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         let layout = Sd15Layout::detect(path)?;
-        let parts = load(&layout, with_encoder, device)?;
-        info!(path = %path.display(), secs = t0.elapsed().as_secs_f32(), "SD 1.5 loaded");
+        let parts = load(&layout, with_encoder, device, dtype)?;
+        info!(path = %path.display(), ?dtype, secs = t0.elapsed().as_secs_f32(), "SD 1.5 loaded");
         Ok(Self {
             parts,
             device: device.clone(),

@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 use super::config::UNetConfig;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::unet_2d_blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
-use crate::nn::{GroupNorm, conv3x3, silu};
+use crate::nn::{GroupNorm, conv3x3};
 
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {
@@ -92,13 +92,18 @@ impl<B: Backend> UNet2DConditionModel<B> {
     ) -> Tensor<B, 4> {
         let batch = sample.dims()[0];
         let device = sample.device();
+        // Runs in the dtype of the weights (f16 on GPUs); answers in the caller's dtype.
+        let (dtype, out_dtype) = (self.conv_in.weight.val().dtype(), sample.dtype());
+        let sample = sample.cast(dtype);
+        let context = &context.clone().cast(dtype);
         let t = timestep_embedding::<B>(
             &vec![timestep; batch],
             self.time_proj_dim,
             self.flip_sin_to_cos,
             self.freq_shift,
             &device,
-        );
+        )
+        .cast(dtype);
         let temb = self.time_embedding.forward(t);
 
         let mut x = self.conv_in.forward(sample);
@@ -112,6 +117,8 @@ impl<B: Backend> UNet2DConditionModel<B> {
         for block in &self.up_blocks {
             x = block.forward(x, &mut skips, &temb, context);
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
+        self.conv_out
+            .forward(self.conv_norm_out.forward_silu(x))
+            .cast(out_dtype)
     }
 }

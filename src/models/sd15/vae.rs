@@ -8,7 +8,7 @@ use burn::tensor::backend::Backend;
 
 use super::config::VaeConfig;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{GroupNorm, Linear, conv1x1, conv3x3, merge_heads, sdpa, silu, split_heads};
+use crate::nn::{GroupNorm, Linear, conv1x1, conv3x3, merge_heads, sdpa, split_heads};
 
 const EPS: f64 = 1e-6;
 
@@ -189,7 +189,10 @@ impl<B: Backend> AutoencoderKL<B> {
     /// Latents (already divided by the scaling factor) `[B, z, h, w]` → image in about [-1, 1].
     pub fn decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
         let d = &self.decoder;
-        let mut x = d.conv_in.forward(self.post_quant_conv.forward(z));
+        let (dtype, out_dtype) = (self.post_quant_conv.weight.val().dtype(), z.dtype());
+        let mut x = d
+            .conv_in
+            .forward(self.post_quant_conv.forward(z.cast(dtype)));
         x = d.mid_block.forward(x);
         for block in &d.up_blocks {
             for r in &block.resnets {
@@ -199,14 +202,17 @@ impl<B: Backend> AutoencoderKL<B> {
                 x = u.forward(x, None);
             }
         }
-        d.conv_out.forward(silu(d.conv_norm_out.forward(x)))
+        d.conv_out
+            .forward(d.conv_norm_out.forward_silu(x))
+            .cast(out_dtype)
     }
 
     /// Image `[B, 3, H, W]` in [-1, 1] → (mean, logvar) of the latent distribution, logvar
     /// clamped to [-30, 20] as diffusers does. `None` when built without the encoder.
     pub fn encode(&self, x: Tensor<B, 4>) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
         let (e, quant) = (self.encoder.as_ref()?, self.quant_conv.as_ref()?);
-        let mut h = e.conv_in.forward(x);
+        let (dtype, out_dtype) = (e.conv_in.weight.val().dtype(), x.dtype());
+        let mut h = e.conv_in.forward(x.cast(dtype));
         for block in &e.down_blocks {
             for r in &block.resnets {
                 h = r.forward(h, None);
@@ -216,7 +222,9 @@ impl<B: Backend> AutoencoderKL<B> {
             }
         }
         h = e.mid_block.forward(h);
-        let moments = quant.forward(e.conv_out.forward(silu(e.conv_norm_out.forward(h))));
+        let moments = quant
+            .forward(e.conv_out.forward(e.conv_norm_out.forward_silu(h)))
+            .cast(out_dtype);
         let z = moments.dims()[1] / 2;
         let mean = moments.clone().narrow(1, 0, z);
         let logvar = moments.narrow(1, z, z).clamp(-30.0, 20.0);

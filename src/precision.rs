@@ -1,0 +1,84 @@
+//! Compute precision of the models: f16 on GPU backends, f32 on the CPU, unless asked.
+
+use std::str::FromStr;
+
+use burn::tensor::DType;
+use burn::tensor::backend::Backend;
+
+use crate::backend::DeviceSpec;
+use crate::error::{Error, Result};
+
+/// What the user asked for (`--precision`, `KILN_PRECISION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f16 where the device computes it natively (wgpu, cuda), f32 on the CPU, where f16 has
+    /// no native arithmetic on x86 and is slower than f32.
+    #[default]
+    Auto,
+    F32,
+    F16,
+}
+
+impl FromStr for Precision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "f32" | "fp32" | "float32" | "full" => Ok(Self::F32),
+            "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            other => Err(Error::invalid(format!(
+                "unknown precision `{other}`; use auto, f32 or f16"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+impl Precision {
+    /// The dtype the weights and activations of UNet, text encoder and BART use on `device`.
+    pub fn resolve<B: Backend>(self, spec: DeviceSpec, device: &B::Device) -> Result<DType> {
+        let f16_ok = B::supports_dtype(device, DType::F16);
+        match self {
+            Self::F32 => Ok(DType::F32),
+            Self::F16 if f16_ok => Ok(DType::F16),
+            Self::F16 => Err(Error::Device(format!(
+                "device `{spec}` cannot compute in f16; use --precision f32"
+            ))),
+            Self::Auto if f16_ok && spec != DeviceSpec::Cpu => Ok(DType::F16),
+            Self::Auto => Ok(DType::F32),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_names() {
+        assert_eq!("FP16".parse::<Precision>().unwrap(), Precision::F16);
+        assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
+        assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
+        assert!("f8".parse::<Precision>().is_err());
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn cpu_is_f32_unless_asked() {
+        type B = burn::backend::Flex;
+        let d = burn::backend::flex::FlexDevice;
+        let cpu = DeviceSpec::Cpu;
+        assert_eq!(Precision::Auto.resolve::<B>(cpu, &d).unwrap(), DType::F32);
+        assert_eq!(Precision::F16.resolve::<B>(cpu, &d).unwrap(), DType::F16);
+    }
+}
