@@ -40,6 +40,8 @@ the fp16 single files hold exactly the same numbers):
                                (+ 0.75 with the VAE latent mean), injected VAE-sample and noise tensors
   refs/inpaint_{base,9ch}.safetensors + inpaint_mask.png (L, white = repaint) + inpaint_mask_rgba.png (OpenAI
                                convention: transparent = repaint)   StableDiffusionInpaintPipeline, strength 1, DDIM 4
+  refs/clip_skip.safetensors   prompt embeddings with diffusers clip_skip=1 (= A1111/kiln clip_skip 2) and a 4-step
+                               DDIM txt2img loop using them
   ../sd15-tiny-inpaint/        9-channel tiny inpainting UNet (unet/ in fp16, scheduler/, model_index.json only;
                                text_encoder/tokenizer/vae are sd15-tiny's)
 --more-refs DIR rewrites only those issue-6 files from an existing tiny folder (loaded from disk), then --verify.
@@ -1172,6 +1174,48 @@ def run_inpaint(pipe, unet, pil_image, pil_mask, seed: int, replay=None) -> dict
     return out, draws
 
 
+CLIP_SKIP_DIFFUSERS = 1  # diffusers' clip_skip=1 == A1111's (and kiln's) "Clip skip: 2"
+
+
+def run_clip_skip(pipe, noise: torch.Tensor) -> dict:
+    """Prompt embeddings with diffusers' clip_skip (hidden_states[-(k+1)] + final_layer_norm) and a
+    4-step DDIM txt2img loop that uses them for BOTH prompts, as A1111 does. diffusers' own pipeline
+    skips layers for the positive prompt only (its negative embeddings are always the last layer's),
+    so the loop gets both embeddings passed in."""
+    import types
+
+    from diffusers import StableDiffusionPipeline
+
+    p = StableDiffusionPipeline(**{**_components(pipe), "scheduler": _ddim(pipe)})
+    p.set_progress_bar_config(disable=True)
+    k, te = CLIP_SKIP_DIFFUSERS, p.text_encoder
+    # diffusers 0.42 reads text_encoder.text_model.final_layer_norm, which transformers 5 no longer
+    # has (CLIPTextModel is flat now); a plain attribute (not a submodule) lets its own code run.
+    shim = not hasattr(te, "text_model")
+    if shim:
+        object.__setattr__(te, "text_model", types.SimpleNamespace(final_layer_norm=te.final_layer_norm))
+    try:
+        with torch.inference_mode():
+            out = te(tokens(p.tokenizer, PROMPT), output_hidden_states=True)
+            # hidden_states = [embeddings, layer 1, ..., layer L]: what diffusers' [-(k+1)] indexes
+            assert len(out.hidden_states) == te.config.num_hidden_layers + 1
+            assert torch.equal(te.final_layer_norm(out.hidden_states[-1]), out.last_hidden_state)
+            cond, _ = p.encode_prompt(PROMPT, "cpu", 1, False, clip_skip=k)
+            uncond, _ = p.encode_prompt(NEGATIVE, "cpu", 1, False, clip_skip=k)
+            _, uncond_diffusers = p.encode_prompt(PROMPT, "cpu", 1, True, NEGATIVE, clip_skip=k)
+            plain, _ = p.encode_prompt(PROMPT, "cpu", 1, False, clip_skip=None)
+            assert torch.equal(uncond_diffusers, te(tokens(p.tokenizer, NEGATIVE))[0])
+            lat = p(prompt_embeds=cond, negative_prompt_embeds=uncond, height=noise.shape[2] * 8,
+                    width=noise.shape[3] * 8, num_inference_steps=MORE_STEPS, guidance_scale=GUIDANCE,
+                    latents=noise.clone(), output_type="latent").images
+    finally:
+        if shim:
+            object.__delattr__(te, "text_model")
+    assert (cond - plain).abs().max() > 1e-3, "clip_skip changed nothing"
+    return {"prompt_embeds": cond, "uncond_embeds": uncond, "init_noise": noise,
+            "timesteps": p.scheduler.timesteps.float(), "final_latents": lat}
+
+
 def _save_refs(tensors: dict, path: Path, how: str) -> None:
     from safetensors.torch import save_file
 
@@ -1322,6 +1366,26 @@ def write_more_refs(out: Path, pipe, seed: int, versions: dict, inpaint_dir: Pat
         f"and vae come from sd15-tiny. conv_in.weight [32,9,3,3]: channels 0-3 = sd15-tiny's conv_in, 4-8 = "
         f"torch.randn(32,5,3,3, generator=torch.Generator().manual_seed({seed + 9})) * std(sd15-tiny conv_in), "
         f"rounded to fp16; every other weight = sd15-tiny's UNet.")
+    # 5. clip_skip (A1111 numbering in kiln: 2 = penultimate layer)
+    r = run_clip_skip(pipe, noise)
+    k = CLIP_SKIP_DIFFUSERS
+    how = (f"diffusers clip_skip={k}, i.e. A1111's / kiln's clip_skip={k + 1} (penultimate CLIP layer). "
+           f"p = StableDiffusionPipeline(sd15-tiny components, scheduler=DDIMScheduler.from_config(scheduler_config)); "
+           f"prompt_embeds / uncond_embeds [1,77,{pipe.text_encoder.config.hidden_size}] = p.encode_prompt({PROMPT!r} / "
+           f"'', 'cpu', 1, False, clip_skip={k})[0] (text_encoder(ids, output_hidden_states=True).hidden_states"
+           f"[-({k} + 1)] then text_model.final_layer_norm; the tiny CLIP has "
+           f"{pipe.text_encoder.config.num_hidden_layers} layers, so this is layer 1's output, normed). Both prompts are "
+           f"clip-skipped, as A1111 does; NOTE diffusers' pipeline(clip_skip=k) skips for the positive prompt only (its "
+           f"negative embeddings stay the last layer's = text_encoder.safetensors' uncond_embeds), so the loop is run with "
+           f"the embeddings passed in: final_latents = p(prompt_embeds=prompt_embeds, negative_prompt_embeds="
+           f"uncond_embeds, height={IH}, width={IW}, num_inference_steps={MORE_STEPS}, guidance_scale={GUIDANCE}, "
+           f"latents=init_noise, output_type='latent') (DDIM, eta 0); init_noise = pipeline_<sampler>4's init_noise "
+           f"(torch.randn(1,4,{LAT_H},{LAT_W}, generator=torch.Generator().manual_seed({seed + 400}))); timesteps = the "
+           f"DDIM timesteps.")
+    _save_refs(r, refs / "clip_skip.safetensors", how)
+    readme["files"]["clip_skip.safetensors"] = how
+    print(f"    clip_skip: diffusers clip_skip={k}")
+
     (refs / "README_more.json").write_text(json.dumps(readme, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(f"  more refs written to {refs} and {inpaint_dir}")
 
@@ -1362,6 +1426,9 @@ def verify_more(folder: Path, pipe, cmp, fails: list) -> None:
         if hasattr(sch, "sigmas") and sch.sigmas is not None:
             got["sigmas"] = sch.sigmas.float()
         cmp_all(stem, got, r)
+
+    r = load_file(str(refs / "clip_skip.safetensors"))
+    cmp_all("clip_skip", run_clip_skip(pipe, r["init_noise"]), r)
 
     pil = Image.open(refs / "img2img_input.png").convert("RGB")
     r = load_file(str(refs / "img2img.safetensors"))

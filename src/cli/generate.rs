@@ -69,7 +69,7 @@ pub struct GenerateArgs {
     /// Images per prompt.
     #[arg(long, default_value_t = 1)]
     pub n: usize,
-    /// 1 = last CLIP layer, 2 = the one before (A1111's "Clip skip").
+    /// 1 = last CLIP layer, 2 = the one before (A1111's "Clip skip"; diffusers' clip_skip=1 is 2 here).
     #[arg(long, default_value_t = 1)]
     pub clip_skip: usize,
     /// cpu, wgpu[:N] or cuda[:N].

@@ -94,8 +94,9 @@ impl<B: Backend> ClipTextModel<B> {
 
     /// `last_hidden_state` for token ids `[B, S]`.
     ///
-    /// `clip_skip` = 1 is the last layer; 2 stops one layer earlier (A1111/diffusers
-    /// convention). The final layer norm is applied either way.
+    /// `clip_skip` counts as A1111's "Clip skip": 1 is the last layer, 2 stops one layer earlier.
+    /// diffusers counts layers skipped instead, so its `clip_skip=k` is `k + 1` here. The final
+    /// layer norm is applied either way, as both do.
     pub fn forward(&self, ids: Tensor<B, 2, Int>, clip_skip: usize) -> Tensor<B, 3> {
         let m = &self.text_model;
         let [b, s] = ids.dims();

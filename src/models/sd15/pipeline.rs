@@ -28,6 +28,8 @@ pub struct GenerateRequest {
     /// Starting latents `[n, C, H/8, W/8]` (before the scheduler's sigma scaling), replacing the
     /// seeded noise: what diffusers' `latents=` argument does.
     pub init_latents: Option<Vec<f32>>,
+    /// A1111's "Clip skip": 1 = last CLIP layer, 2 = penultimate (diffusers' `clip_skip=1`).
+    /// Applies to the negative prompt too, as in A1111 (diffusers skips for the prompt only).
     pub clip_skip: usize,
     /// DDIM's η (stochastic when > 0); an error with other schedulers.
     pub eta: Option<f64>,
