@@ -40,6 +40,7 @@ the fp16 single files hold exactly the same numbers):
                                (+ 0.75 with the VAE latent mean), injected VAE-sample and noise tensors
   refs/inpaint_{base,9ch}.safetensors + inpaint_mask.png (L, white = repaint) + inpaint_mask_rgba.png (OpenAI
                                convention: transparent = repaint)   StableDiffusionInpaintPipeline, strength 1, DDIM 4
+  unet/diffusion_pytorch_model.bf16.safetensors   the tiny UNet's weights cast to bfloat16 (diffusers' bf16 variant)
   refs/clip_skip.safetensors   prompt embeddings with diffusers clip_skip=1 (= A1111/kiln clip_skip 2) and a 4-step
                                DDIM txt2img loop using them
   ../sd15-tiny-inpaint/        9-channel tiny inpainting UNet (unet/ in fp16, scheduler/, model_index.json only;
@@ -1216,6 +1217,30 @@ def run_clip_skip(pipe, noise: torch.Tensor) -> dict:
             "timesteps": p.scheduler.timesteps.float(), "final_latents": lat}
 
 
+BF16_UNET = "diffusion_pytorch_model.bf16.safetensors"
+
+
+def write_bf16_unet(folder: Path, unet) -> Path:
+    """The tiny UNet as diffusers' `bf16` variant (what save_pretrained(variant="bf16") names it):
+    every weight rounded to bfloat16 (round to nearest even), safetensors metadata {"format": "pt"}."""
+    from safetensors.torch import save_file
+
+    path = folder / "unet" / BF16_UNET
+    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in unet.state_dict().items()}
+    save_file(sd, str(path), metadata={"format": "pt"})
+    return path
+
+
+def check_bf16_unet(folder: Path, unet) -> bool:
+    """from_pretrained(variant="bf16") finds the file and holds exactly the fp32 weights cast to bf16."""
+    from diffusers import UNet2DConditionModel
+
+    u = UNet2DConditionModel.from_pretrained(str(folder / "unet"), variant="bf16", torch_dtype=torch.bfloat16)
+    got, want = u.state_dict(), unet.state_dict()
+    return set(got) == set(want) and all(
+        got[k].dtype == torch.bfloat16 and torch.equal(got[k], want[k].to(torch.bfloat16)) for k in want)
+
+
 def _save_refs(tensors: dict, path: Path, how: str) -> None:
     from safetensors.torch import save_file
 
@@ -1366,6 +1391,16 @@ def write_more_refs(out: Path, pipe, seed: int, versions: dict, inpaint_dir: Pat
         f"and vae come from sd15-tiny. conv_in.weight [32,9,3,3]: channels 0-3 = sd15-tiny's conv_in, 4-8 = "
         f"torch.randn(32,5,3,3, generator=torch.Generator().manual_seed({seed + 9})) * std(sd15-tiny conv_in), "
         f"rounded to fp16; every other weight = sd15-tiny's UNet.")
+    # 5. bf16 variant of the UNet (loader test: bf16 -> f32 on load)
+    path = write_bf16_unet(out, pipe.unet)
+    assert check_bf16_unet(out, pipe.unet)
+    readme["files"][f"../unet/{BF16_UNET}"] = (
+        "the tiny UNet as diffusers' bf16 variant: {k: v.to(torch.bfloat16) for k, v in unet.state_dict().items()} "
+        "(round to nearest even from the fp32 weights of unet/diffusion_pytorch_model.safetensors), saved with "
+        "safetensors save_file(metadata={'format': 'pt'}); UNet2DConditionModel.from_pretrained(unet/, variant='bf16') "
+        "loads it. Not a reference: the loader test compares a load of it with the fp32 weights rounded the same way.")
+    print(f"    {path.relative_to(out)} ({human(path.stat().st_size)})")
+
     # 5. clip_skip (A1111 numbering in kiln: 2 = penultimate layer)
     r = run_clip_skip(pipe, noise)
     k = CLIP_SKIP_DIFFUSERS
@@ -1429,6 +1464,11 @@ def verify_more(folder: Path, pipe, cmp, fails: list) -> None:
 
     r = load_file(str(refs / "clip_skip.safetensors"))
     cmp_all("clip_skip", run_clip_skip(pipe, r["init_noise"]), r)
+
+    ok = check_bf16_unet(folder, pipe.unet)
+    if not ok:
+        fails.append(f"unet/{BF16_UNET}")
+    print(f"    {'ok  ' if ok else 'FAIL'} unet/{BF16_UNET} == fp32 unet weights .to(bfloat16)")
 
     pil = Image.open(refs / "img2img_input.png").convert("RGB")
     r = load_file(str(refs / "img2img.safetensors"))

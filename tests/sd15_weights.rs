@@ -201,3 +201,121 @@ fn full_size_random_checkpoints_load_cleanly() {
         );
     }
 }
+
+/// A diffusers folder whose UNet is only the bf16 variant (`diffusion_pytorch_model.bf16.safetensors`,
+/// as `save_pretrained(variant="bf16")` names it); the rest links to the tiny fixture.
+fn bf16_folder() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for part in [
+        "text_encoder",
+        "vae",
+        "tokenizer",
+        "scheduler",
+        "model_index.json",
+    ] {
+        std::os::unix::fs::symlink(sd_tiny().join(part), dir.path().join(part)).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("unet")).unwrap();
+    for file in ["config.json", "diffusion_pytorch_model.bf16.safetensors"] {
+        std::os::unix::fs::symlink(
+            sd_tiny().join("unet").join(file),
+            dir.path().join("unet").join(file),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+fn unet_out(m: &StableDiffusion<B>) -> Vec<f32> {
+    let (ss, sample) = reference("unet.safetensors", "sample");
+    let (_, t) = reference("unet.safetensors", "timestep");
+    let (cs, ctx) = reference("unet.safetensors", "encoder_hidden_states");
+    values(m.parts.unet.forward(
+        tensor::<4>(&ss, sample),
+        t[0] as f64,
+        &tensor::<3>(&cs, ctx),
+    ))
+}
+
+#[test]
+fn bf16_variant_loads_as_the_fp32_model_with_bf16_rounded_weights() {
+    use kiln::weights::TensorFile;
+
+    let bf16_dir = bf16_folder();
+    let m =
+        StableDiffusion::<B>::load(bf16_dir.path(), false, &device()).expect("bf16 folder loads");
+    let r = &m.parts.report;
+    assert!(r.is_clean(), "{:?} {:?}", r.missing, r.unused);
+    assert!(
+        r.files
+            .iter()
+            .any(|f| f.ends_with("unet/diffusion_pytorch_model.bf16.safetensors")),
+        "the bf16 variant was not the file loaded: {:?}",
+        r.files
+    );
+
+    // Next to the full-precision file the variant is only a fallback, as diffusers without `variant=`.
+    let full = StableDiffusion::<B>::load(&sd_tiny(), false, &device()).unwrap();
+    assert!(
+        full.parts
+            .report
+            .files
+            .iter()
+            .any(|f| f.ends_with("unet/diffusion_pytorch_model.safetensors")),
+        "{:?}",
+        full.parts.report.files
+    );
+
+    // The file holds exactly the fp32 weights rounded to bf16 (nearest even, as torch's .to()).
+    let bf16 =
+        TensorFile::open(&sd_tiny().join("unet/diffusion_pytorch_model.bf16.safetensors")).unwrap();
+    let fp32 =
+        TensorFile::open(&sd_tiny().join("unet/diffusion_pytorch_model.safetensors")).unwrap();
+    assert_eq!(
+        bf16.keys().collect::<Vec<_>>(),
+        fp32.keys().collect::<Vec<_>>()
+    );
+    let mut rounded = Vec::new();
+    let mut changed = 0usize;
+    for key in fp32.keys() {
+        assert_eq!(bf16.tensors[key].dtype, burn::tensor::DType::BF16, "{key}");
+        let (shape, full) = fp32.read_f32(key).unwrap();
+        let want: Vec<f32> = full
+            .iter()
+            .map(|&x| half::bf16::from_f32(x).to_f32())
+            .collect();
+        changed += full.iter().zip(&want).filter(|(a, b)| a != b).count();
+        assert_eq!(bf16.read_f32(key).unwrap().1, want, "{key}");
+        rounded.push((key.to_string(), shape, want));
+    }
+    assert!(
+        changed > 1000,
+        "bf16 rounding changed only {changed} weights"
+    );
+
+    // Running it equals running the fp32 model loaded from those rounded weights, bit for bit.
+    let fp32_dir = bf16_folder();
+    let unet = fp32_dir.path().join("unet");
+    std::fs::remove_file(unet.join("diffusion_pytorch_model.bf16.safetensors")).unwrap();
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = rounded
+        .into_iter()
+        .map(|(k, s, v)| (k, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
+        .collect();
+    let views = bytes.iter().map(|(k, s, b)| {
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap();
+        (k.as_str(), view)
+    });
+    let file = safetensors::serialize(views, None).unwrap();
+    std::fs::write(unet.join("diffusion_pytorch_model.safetensors"), file).unwrap();
+    let reference_model = StableDiffusion::<B>::load(fp32_dir.path(), false, &device()).unwrap();
+    let got = unet_out(&m);
+    assert_eq!(max_abs_diff(&got, &unet_out(&reference_model)), 0.0);
+
+    // Against the fp32 weights themselves bf16's 8-bit mantissa shows: |out| ≤ 1.45 here and the
+    // error is about 1e-2, i.e. a few bf16 ulps of the output.
+    let (_, want) = reference("unet.safetensors", "out");
+    let d = max_abs_diff(&got, &want);
+    eprintln!("bf16 unet vs fp32 diffusers reference: max |diff| = {d:e}");
+    assert!(d > 0.0 && d < 5e-2, "bf16 unet vs fp32: max |diff| = {d:e}");
+}
