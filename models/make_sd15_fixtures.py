@@ -41,6 +41,8 @@ the fp16 single files hold exactly the same numbers):
   refs/inpaint_{base,9ch}.safetensors + inpaint_mask.png (L, white = repaint) + inpaint_mask_rgba.png (OpenAI
                                convention: transparent = repaint)   StableDiffusionInpaintPipeline, strength 1, DDIM 4
   unet/diffusion_pytorch_model.bf16.safetensors   the tiny UNet's weights cast to bfloat16 (diffusers' bf16 variant)
+  refs/img2img_sigmas.safetensors   img2img (strength 0.6, 8 steps) with DPM++ 2M Karras and Euler Karras: the start
+                               is noised at the scheduler's own sigma
   refs/clip_skip.safetensors   prompt embeddings with diffusers clip_skip=1 (= A1111/kiln clip_skip 2) and a 4-step
                                DDIM txt2img loop using them
   ../sd15-tiny-inpaint/        9-channel tiny inpainting UNet (unet/ in fp16, scheduler/, model_index.json only;
@@ -1030,10 +1032,12 @@ def _ddim(pipe):
     return diffusers.DDIMScheduler.from_config(SD15_SCHEDULER_RESOLVED or strip(SD15_SCHEDULER))
 
 
-def run_img2img(pipe, pil_image, strength: float, seed: int, mean: bool, replay=None) -> dict:
+def run_img2img(pipe, pil_image, strength: float, seed: int, mean: bool, replay=None, scheduler=None,
+                steps: int = MORE_STEPS, noise_seed: int | None = None) -> dict:
+    """StableDiffusionImg2ImgPipeline with injected VAE-sample and start noise; DDIM unless `scheduler`."""
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    p = StableDiffusionImg2ImgPipeline(**{**_components(pipe), "scheduler": _ddim(pipe)})
+    p = StableDiffusionImg2ImgPipeline(**{**_components(pipe), "scheduler": scheduler or _ddim(pipe)})
     p.set_progress_bar_config(disable=True)
     rec: dict = {}
     orig_add_noise = p.scheduler.add_noise
@@ -1052,9 +1056,9 @@ def run_img2img(pipe, pil_image, strength: float, seed: int, mean: bool, replay=
         return kw
 
     mods = [VAE_MODULE, PIPE_MODULES["img2img"], sched_module(p.scheduler)]
-    with torch.inference_mode(), NoiseInjector(mods, generator=torch.Generator().manual_seed(seed + 600 + int(strength * 100)),
-                                               replay=replay, zeros_sites={"vae"} if mean else ()) as inj:
-        lat = p(PROMPT, image=pil_image, strength=strength, num_inference_steps=MORE_STEPS, guidance_scale=GUIDANCE,
+    gen = torch.Generator().manual_seed(noise_seed if noise_seed is not None else seed + 600 + int(strength * 100))
+    with torch.inference_mode(), NoiseInjector(mods, generator=gen, replay=replay, zeros_sites={"vae"} if mean else ()) as inj:
+        lat = p(PROMPT, image=pil_image, strength=strength, num_inference_steps=steps, guidance_scale=GUIDANCE,
                 negative_prompt=NEGATIVE, output_type="latent", callback_on_step_end=cb,
                 callback_on_step_end_tensor_inputs=["latents"]).images
         image = p.vae.decode(lat / p.vae.config.scaling_factor).sample
@@ -1215,6 +1219,41 @@ def run_clip_skip(pipe, noise: torch.Tensor) -> dict:
     assert (cond - plain).abs().max() > 1e-3, "clip_skip changed nothing"
     return {"prompt_embeds": cond, "uncond_embeds": uncond, "init_noise": noise,
             "timesteps": p.scheduler.timesteps.float(), "final_latents": lat}
+
+
+# img2img with sigma-space samplers: add_noise reads the scheduler's own sigmas[begin_index]
+IMG2IMG_SIGMA_RUNS = [("dpmpp_2m_karras", "DPMSolverMultistepScheduler", "DPM++ 2M Karras"),
+                      ("euler_karras", "EulerDiscreteScheduler", "Euler Karras")]
+IMG2IMG_SIGMA_STEPS, IMG2IMG_SIGMA_STRENGTH = 8, 0.6
+IMG2IMG_SHARED = ("init_image", "encode_mean", "encode_std")  # stored once, in img2img.safetensors
+
+
+def run_img2img_sigmas(pipe, pil, seed: int, replay: dict | None = None) -> dict:
+    """img2img.safetensors' setup with Karras-sigma samplers; keys prefixed '<id>.'."""
+    import diffusers
+
+    out = {}
+    for k, (sid, cls, _) in enumerate(IMG2IMG_SIGMA_RUNS):
+        sch = getattr(diffusers, cls).from_config(SD15_SCHEDULER_RESOLVED or strip(SD15_SCHEDULER), use_karras_sigmas=True)
+        rp = [replay[f"{sid}.vae_sample_noise"], replay[f"{sid}.noise"]] if replay else None
+        r = run_img2img(pipe, pil, IMG2IMG_SIGMA_STRENGTH, seed, False, replay=rp, scheduler=sch,
+                        steps=IMG2IMG_SIGMA_STEPS, noise_seed=seed + 800 + k)
+        for key in IMG2IMG_SHARED + ("image",):  # image: size; VAE decode is covered elsewhere
+            del r[key]
+        # the start really is at the scheduler's own sigma, which ᾱ at the rounded timestep is not
+        sigma = float(sch.sigmas[sch.begin_index])
+        a = float(sch.alphas_cumprod[int(r["latent_timestep"][0])])
+        if cls.startswith("Euler"):
+            assert torch.allclose(r["noised_latents"], r["image_latents"] + sigma * r["noise"], atol=1e-5)
+        else:
+            al = 1 / (sigma ** 2 + 1) ** 0.5
+            assert torch.allclose(r["noised_latents"], al * r["image_latents"] + sigma * al * r["noise"], atol=1e-5)
+        print(f"    img2img {sid}: begin_index {sch.begin_index}, sigma {sigma:.6f} vs ᾱ-sigma at t="
+              f"{float(r['latent_timestep'][0])}: {((1 - a) / a) ** 0.5:.6f}")
+        r["sigmas"] = sch.sigmas.float()
+        r["begin_index"] = torch.tensor([sch.begin_index], dtype=torch.int64)
+        out.update({f"{sid}.{key}": v for key, v in r.items()})
+    return out
 
 
 BF16_UNET = "diffusion_pytorch_model.bf16.safetensors"
@@ -1391,7 +1430,25 @@ def write_more_refs(out: Path, pipe, seed: int, versions: dict, inpaint_dir: Pat
         f"and vae come from sd15-tiny. conv_in.weight [32,9,3,3]: channels 0-3 = sd15-tiny's conv_in, 4-8 = "
         f"torch.randn(32,5,3,3, generator=torch.Generator().manual_seed({seed + 9})) * std(sd15-tiny conv_in), "
         f"rounded to fp16; every other weight = sd15-tiny's UNet.")
-    # 5. bf16 variant of the UNet (loader test: bf16 -> f32 on load)
+    # 5. img2img with Karras-sigma samplers
+    tensors = run_img2img_sigmas(pipe, pil, seed)
+    runs = ", ".join(f"{sid}. = {label} ({cls}.from_config(scheduler_config, use_karras_sigmas=True), noise seed "
+                     f"{seed + 800 + k})" for k, (sid, cls, label) in enumerate(IMG2IMG_SIGMA_RUNS))
+    how = (f"img2img.safetensors' pipeline and input (same init_image / encode_mean / encode_std, not repeated here) "
+           f"with sigma-space samplers: {runs}; strength={IMG2IMG_SIGMA_STRENGTH}, num_inference_steps="
+           f"{IMG2IMG_SIGMA_STEPS}, VAE sampled (not the mean). Per prefix: vae_sample_noise, noise (injected, drawn in "
+           f"that order from torch.Generator().manual_seed(<noise seed>)), image_latents = {sf} * (mean + std * "
+           f"vae_sample_noise), timesteps / sigmas = the scheduler's (float32), begin_index = t_start * order "
+           f"(set_begin_index), timesteps_used = timesteps[begin_index:], latent_timestep = timesteps_used[0], "
+           f"noised_latents = scheduler.add_noise(image_latents, noise, latent_timestep): with a begin index set, "
+           f"diffusers reads sigma = sigmas[begin_index] (not the sigma of the rounded timestep): Euler image_latents "
+           f"+ sigma * noise; DPM-Solver alpha_t * image_latents + sigma_t * noise, alpha_t = 1/sqrt(sigma^2+1), sigma_t "
+           f"= sigma * alpha_t. latents_after_step{{i}}, final_latents, pixels (uint8 NHWC of the decoded final "
+           f"latents; the float image is not stored, to keep the repo small).")
+    _save_refs(tensors, refs / "img2img_sigmas.safetensors", how)
+    readme["files"]["img2img_sigmas.safetensors"] = how
+
+    # 6. bf16 variant of the UNet (loader test: bf16 -> f32 on load)
     path = write_bf16_unet(out, pipe.unet)
     assert check_bf16_unet(out, pipe.unet)
     readme["files"][f"../unet/{BF16_UNET}"] = (
@@ -1401,7 +1458,7 @@ def write_more_refs(out: Path, pipe, seed: int, versions: dict, inpaint_dir: Pat
         "loads it. Not a reference: the loader test compares a load of it with the fp32 weights rounded the same way.")
     print(f"    {path.relative_to(out)} ({human(path.stat().st_size)})")
 
-    # 5. clip_skip (A1111 numbering in kiln: 2 = penultimate layer)
+    # 7. clip_skip (A1111 numbering in kiln: 2 = penultimate layer)
     r = run_clip_skip(pipe, noise)
     k = CLIP_SKIP_DIFFUSERS
     how = (f"diffusers clip_skip={k}, i.e. A1111's / kiln's clip_skip={k + 1} (penultimate CLIP layer). "
@@ -1464,6 +1521,8 @@ def verify_more(folder: Path, pipe, cmp, fails: list) -> None:
 
     r = load_file(str(refs / "clip_skip.safetensors"))
     cmp_all("clip_skip", run_clip_skip(pipe, r["init_noise"]), r)
+    r = load_file(str(refs / "img2img_sigmas.safetensors"))
+    cmp_all("img2img_sigmas", run_img2img_sigmas(pipe, Image.open(refs / "img2img_input.png").convert("RGB"), seed, replay=r), r)
 
     ok = check_bf16_unet(folder, pipe.unet)
     if not ok:

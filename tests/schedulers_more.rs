@@ -192,6 +192,10 @@ fn names_people_use_are_accepted() {
             SchedulerKind::EulerAncestral,
         ),
         (
+            &["euler_karras", "Euler Karras"],
+            SchedulerKind::EulerKarras,
+        ),
+        (
             &["heun", "Heun", "HeunDiscreteScheduler"],
             SchedulerKind::Heun,
         ),

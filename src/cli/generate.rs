@@ -35,7 +35,7 @@ pub struct GenerateArgs {
     /// Classifier-free guidance scale (SD; default 7.5; ≤ 1 turns guidance off).
     #[arg(long)]
     pub guidance_scale: Option<f64>,
-    /// pndm (SD 1.5's default), ddim, euler, euler_a, heun, lms, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, ddpm or lcm; diffusers class names and A1111 labels ("Euler a", "DPM++ 2M Karras", …) work too.
+    /// pndm (SD 1.5's default), ddim, euler, euler_karras, euler_a, heun, lms, dpmpp_2m, dpmpp_2m_karras, dpmpp_2m_sde_karras, unipc, ddpm or lcm; diffusers class names and A1111 labels ("Euler a", "DPM++ 2M Karras", …) work too.
     #[arg(long)]
     pub scheduler: Option<String>,
     /// DDIM's eta in [0, 1]: 0 is deterministic, > 0 adds noise each step. DDIM only.

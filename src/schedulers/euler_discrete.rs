@@ -1,9 +1,11 @@
 //! Euler (diffusers `EulerDiscreteScheduler`, Karras et al. Algorithm 2 with `s_churn = 0`):
 //! sigma-space, so the model input is scaled by `1/√(σ²+1)` and the timesteps may be fractional.
+//! "Euler Karras" is the same sampler on Karras sigmas (`use_karras_sigmas=True`).
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use super::sigmas::{add_noise_sigma, karras, log_sigmas, sigma_to_t, train_sigmas};
 use super::{
     Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing, interp,
     linspace_f64,
@@ -18,6 +20,14 @@ pub(super) fn build<B: Backend>(
     Ok(Box::new(EulerDiscrete::new(cfg, steps)))
 }
 
+pub(super) fn build_karras<B: Backend>(
+    cfg: &SchedulerConfig,
+    steps: usize,
+    _: &SchedulerOptions,
+) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(EulerDiscrete::new_karras(cfg, steps)))
+}
+
 pub struct EulerDiscrete {
     timesteps: Vec<f64>,
     /// One per timestep, then a final 0.
@@ -28,9 +38,19 @@ pub struct EulerDiscrete {
 
 impl EulerDiscrete {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
+        Self::with_sigmas(cfg, steps, false)
+    }
+
+    /// Karras sigmas between the σ of the first and last spaced timestep, each mapped back to a
+    /// fractional train timestep (diffusers keeps them unrounded here, unlike DPM-Solver).
+    pub fn new_karras(cfg: &SchedulerConfig, steps: usize) -> Self {
+        Self::with_sigmas(cfg, steps, true)
+    }
+
+    fn with_sigmas(cfg: &SchedulerConfig, steps: usize, karras_sigmas: bool) -> Self {
         let t = cfg.num_train_timesteps;
         let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let timesteps: Vec<f64> = match spacing {
+        let spaced: Vec<f64> = match spacing {
             // Euler keeps linspace timesteps fractional, unlike DDIM/PNDM.
             TimestepSpacing::Linspace => linspace_f64(0.0, (t - 1) as f64, steps)
                 .into_iter()
@@ -38,15 +58,24 @@ impl EulerDiscrete {
                 .collect(),
             _ => super::spaced_timesteps(cfg, steps, spacing),
         };
-        let train_sigmas: Vec<f64> = cfg
-            .alphas_cumprod()
-            .iter()
-            .map(|a| ((1.0 - a) / a).sqrt() as f32 as f64)
-            .collect();
-        let mut sigmas: Vec<f64> = timesteps
-            .iter()
-            .map(|&ts| interp(ts, &train_sigmas) as f32 as f64)
-            .collect();
+        let train = train_sigmas(cfg);
+        let (timesteps, mut sigmas): (Vec<f64>, Vec<f64>) = if karras_sigmas {
+            let (hi, lo) = (interp(spaced[0], &train), interp(spaced[steps - 1], &train));
+            let ks = karras(&[lo, hi], steps);
+            let logs = log_sigmas(&train);
+            (
+                ks.iter()
+                    .map(|&s| sigma_to_t(s, &logs) as f32 as f64)
+                    .collect(),
+                ks.iter().map(|&s| s as f32 as f64).collect(),
+            )
+        } else {
+            let sigmas = spaced
+                .iter()
+                .map(|&ts| interp(ts, &train) as f32 as f64)
+                .collect();
+            (spaced, sigmas)
+        };
         sigmas.push(0.0);
         let max = sigmas.iter().cloned().fold(0.0, f64::max);
         let init_noise_sigma = match spacing {
@@ -75,8 +104,14 @@ impl<B: Backend> Scheduler<B> for EulerDiscrete {
         self.init_noise_sigma
     }
 
-    fn sigma_space(&self) -> bool {
-        true
+    fn add_noise(
+        &self,
+        _: &SchedulerConfig,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        i: usize,
+    ) -> Tensor<B, 4> {
+        add_noise_sigma(original, noise, self.sigmas[i])
     }
 
     fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {

@@ -7,7 +7,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::sigmas::{discrete_timesteps, sigmas_at, train_sigmas};
+use super::sigmas::{add_noise_sigma, discrete_timesteps, sigmas_at, train_sigmas};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
@@ -107,8 +107,14 @@ impl<B: Backend> Scheduler<B> for Lms<B> {
         self.init_noise_sigma
     }
 
-    fn sigma_space(&self) -> bool {
-        true
+    fn add_noise(
+        &self,
+        _: &SchedulerConfig,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        i: usize,
+    ) -> Tensor<B, 4> {
+        add_noise_sigma(original, noise, self.sigmas[i])
     }
 
     fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {

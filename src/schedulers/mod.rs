@@ -57,31 +57,20 @@ pub trait Scheduler<B: Backend>: Send {
     fn order(&self) -> usize {
         1
     }
-    /// Whether samples live in sigma space (`x₀ + σε`, Euler family) rather than
-    /// `√ᾱx₀ + √(1−ᾱ)ε`. Sigma-space samplers are exactly those whose start noise is not
-    /// scaled by 1; they override this anyway.
-    fn sigma_space(&self) -> bool {
-        self.init_noise_sigma() != 1.0
-    }
-}
-
-/// `x₀` noised to the level of timestep index `i`: the starting point of img2img and the blend
-/// target of 4-channel inpainting (diffusers' `add_noise`). Sigma-space samplers (Euler family)
-/// add `σ·ε` to the unscaled sample; the others mix `√ᾱ·x₀ + √(1−ᾱ)·ε`.
-pub fn add_noise<B: Backend>(
-    s: &dyn Scheduler<B>,
-    cfg: &SchedulerConfig,
-    original: Tensor<B, 4>,
-    noise: Tensor<B, 4>,
-    i: usize,
-) -> Tensor<B, 4> {
-    let t = s.timesteps()[i];
-    let ac = cfg.alphas_cumprod();
-    if s.sigma_space() {
-        let sigmas: Vec<f64> = ac.iter().map(|a| ((1.0 - a) / a).sqrt()).collect();
-        original + noise * interp(t, &sigmas)
-    } else {
-        let a = interp(t, &ac);
+    /// `original` (clean latents x₀) noised to the level of timestep index `step_index`: where
+    /// img2img starts and, for 4-channel inpainting, what is blended back outside the mask. As
+    /// diffusers' `scheduler.add_noise` once the pipeline has called `set_begin_index`, which
+    /// makes the sigma-space samplers read their own `sigmas[step_index]` (for Karras sigmas not
+    /// the σ of the rounded timestep). This default, for the ᾱ-indexed schedulers (DDIM, DDPM,
+    /// PNDM, LCM), mixes `√ᾱ·x₀ + √(1−ᾱ)·ε` with ᾱ at the timestep.
+    fn add_noise(
+        &self,
+        cfg: &SchedulerConfig,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        step_index: usize,
+    ) -> Tensor<B, 4> {
+        let a = interp(self.timesteps()[step_index], &cfg.alphas_cumprod());
         original * a.sqrt() + noise * (1.0 - a).sqrt()
     }
 }
@@ -132,6 +121,7 @@ registry! {
     Ddim => ddim::build, ["ddim", "DDIMScheduler", "DDIM"];
     Pndm => pndm::build, ["pndm", "PNDMScheduler", "PLMS"];
     EulerDiscrete => euler_discrete::build, ["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"];
+    EulerKarras => euler_discrete::build_karras, ["euler_karras", "Euler Karras"];
     EulerAncestral => euler_ancestral::build, ["euler_a", "EulerAncestralDiscreteScheduler", "Euler a", "euler_ancestral"];
     Heun => heun::build, ["heun", "HeunDiscreteScheduler", "Heun"];
     Lms => lms::build, ["lms", "LMSDiscreteScheduler", "LMS"];

@@ -2,6 +2,9 @@
 //! the multistep solvers (DPM++, UniPC), following diffusers' `set_timesteps` helpers, including
 //! where they round to f32.
 
+use burn::tensor::Tensor;
+use burn::tensor::backend::Backend;
+
 use super::{SchedulerConfig, TimestepSpacing, linspace_f64, spaced_timesteps};
 
 /// Training sigmas `√((1−ᾱ)/ᾱ)`, one per train timestep, as the f32 values torch computes.
@@ -71,7 +74,8 @@ pub fn sigmas_at(train: &[f64], timesteps: &[f64]) -> Vec<f64> {
 }
 
 /// Karras et al. (2022) noise levels: `n` points evenly spaced in σ^(1/ρ), ρ = 7, from the
-/// largest to the smallest training sigma.
+/// largest to the smallest training sigma (the last and first of the ascending `train`; a
+/// two-element `[min, max]` works too).
 pub fn karras(train: &[f64], n: usize) -> Vec<f64> {
     let (min, max) = (train[0], train[train.len() - 1]);
     let rho = 7.0;
@@ -107,4 +111,25 @@ pub fn alpha_sigma_lambda(sigma: f64) -> (f64, f64, f64) {
     let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
     let s = sigma * alpha;
     (alpha, s, alpha.ln() - s.ln())
+}
+
+/// `add_noise` of the Euler family (Euler, Euler a, Heun, LMS), whose samples live in sigma space:
+/// `x₀ + σ·ε`, unscaled.
+pub(crate) fn add_noise_sigma<B: Backend>(
+    original: Tensor<B, 4>,
+    noise: Tensor<B, 4>,
+    sigma: f64,
+) -> Tensor<B, 4> {
+    original + noise * sigma
+}
+
+/// `add_noise` of the multistep solvers (DPM-Solver, UniPC), whose samples are VP-scaled:
+/// `α·x₀ + σ_vp·ε` with `α = 1/√(σ²+1)`, `σ_vp = σ·α` (diffusers' `_sigma_to_alpha_sigma_t`).
+pub(crate) fn add_noise_vp<B: Backend>(
+    original: Tensor<B, 4>,
+    noise: Tensor<B, 4>,
+    sigma: f64,
+) -> Tensor<B, 4> {
+    let (alpha, sigma_vp, _) = alpha_sigma_lambda(sigma);
+    original * alpha + noise * sigma_vp
 }

@@ -6,7 +6,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::sigmas::{alpha_sigma_lambda, interp, multistep_timesteps, train_sigmas};
+use super::sigmas::{add_noise_vp, alpha_sigma_lambda, interp, multistep_timesteps, train_sigmas};
 use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
 use crate::error::Result;
 
@@ -140,6 +140,16 @@ impl<B: Backend> Scheduler<B> for UniPc<B> {
 
     fn init_noise_sigma(&self) -> f64 {
         1.0
+    }
+
+    fn add_noise(
+        &self,
+        _: &SchedulerConfig,
+        original: Tensor<B, 4>,
+        noise: Tensor<B, 4>,
+        i: usize,
+    ) -> Tensor<B, 4> {
+        add_noise_vp(original, noise, self.sigmas[i])
     }
 
     fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {

@@ -9,7 +9,7 @@ use image::{DynamicImage, GrayImage, RgbImage, imageops::FilterType};
 
 use crate::error::{Error, Result};
 use crate::noise::BatchNoise;
-use crate::schedulers::{Scheduler, add_noise};
+use crate::schedulers::Scheduler;
 
 /// An init image plus an optional repaint mask, both at the generation size.
 #[derive(Debug, Clone)]
@@ -226,8 +226,7 @@ impl<B: Backend> super::StableDiffusion<B> {
         };
         let noise = shaped(noise_values(rng));
         let latents = match (&image_latents, cond.mask.is_some() && strength_max) {
-            (Some(x0), false) => add_noise(
-                scheduler,
+            (Some(x0), false) => scheduler.add_noise(
                 &self.parts.scheduler_config,
                 x0.clone(),
                 noise.clone(),

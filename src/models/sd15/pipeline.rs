@@ -10,7 +10,7 @@ use super::img2img::ImageCondition;
 use super::loader::{Components, Sd15Layout, load};
 use crate::error::{Error, Result};
 use crate::noise;
-use crate::schedulers::{SchedulerKind, SchedulerOptions, add_noise};
+use crate::schedulers::{SchedulerKind, SchedulerOptions};
 
 /// One text-to-image request.
 #[derive(Debug, Clone)]
@@ -296,8 +296,7 @@ impl<B: Backend> StableDiffusion<B> {
             if let Some(b) = &blend {
                 // Outside the mask, keep the init image noised to the next step's level.
                 let known = if i + 1 < total {
-                    add_noise(
-                        scheduler.as_ref(),
+                    scheduler.add_noise(
                         &self.parts.scheduler_config,
                         b.image_latents.clone(),
                         b.noise.clone(),
