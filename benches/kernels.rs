@@ -13,11 +13,12 @@
 use std::time::Instant;
 
 use burn::backend::Flex;
+use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
-use kiln::nn::{GroupNorm, sdpa, silu};
+use kiln::nn::{Conv2d, GroupNorm, Linear, sdpa, silu};
 use kiln::schedulers::{EulerDiscrete, Scheduler, SchedulerConfig};
 
 type B = Flex;
@@ -142,7 +143,7 @@ fn main() {
     let bias = Tensor::<B, 1>::random([320], n, &d);
     let flops = 2.0 * (2 * 320 * 64 * 64 * 320 * 9_u64) as f64;
     bench(
-        "conv3x3 320->320 [2,320,64,64]",
+        "conv3x3 320->320 [2,320,64,64] burn",
         &filter,
         iters,
         flops,
@@ -157,10 +158,71 @@ fn main() {
             sync(&d);
         },
     );
+    // kiln's Conv2d as the loader leaves it (weight relaid out for the CPU kernel).
+    let conv = |w: &Tensor<B, 4>, b: &Tensor<B, 1>| {
+        Conv2d::from_tensors(w.clone(), Some(b.clone()), 1, [w.dims()[2] / 2; 4])
+    };
+    let kconv = conv(&w, &bias);
+    bench(
+        "conv3x3 320->320 [2,320,64,64] kiln",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = kconv.forward(x.clone());
+            sync(&d);
+        },
+    );
+    // The deepest UNet level: 1280 channels on 8x8 (wide rows waste 2 of every 10 columns).
+    let x8 = Tensor::<B, 4>::random([2, 1280, 8, 8], n, &d);
+    let w8 = Tensor::<B, 4>::random([1280, 1280, 3, 3], n, &d);
+    let b8 = Tensor::<B, 1>::random([1280], n, &d);
+    let flops8 = 2.0 * (2 * 1280 * 8 * 8 * 1280 * 9_u64) as f64;
+    bench(
+        "conv3x3 1280->1280 [2,1280,8,8] burn",
+        &filter,
+        iters,
+        flops8,
+        "GFLOP/s",
+        || {
+            let _ = conv2d(
+                x8.clone(),
+                w8.clone(),
+                Some(b8.clone()),
+                ConvOptions::new([1, 1], [1, 1], [1, 1], 1),
+            );
+            sync(&d);
+        },
+    );
+    let kconv8 = conv(&w8, &b8);
+    bench(
+        "conv3x3 1280->1280 [2,1280,8,8] kiln",
+        &filter,
+        iters,
+        flops8,
+        "GFLOP/s",
+        || {
+            let _ = kconv8.forward(x8.clone());
+            sync(&d);
+        },
+    );
     let w1 = Tensor::<B, 4>::random([320, 320, 1, 1], n, &d);
     let flops = 2.0 * (2 * 320 * 64 * 64 * 320_u64) as f64;
+    let kconv1 = conv(&w1, &bias);
     bench(
-        "conv1x1 320->320 [2,320,64,64]",
+        "conv1x1 320->320 [2,320,64,64] kiln",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = kconv1.forward(x.clone());
+            sync(&d);
+        },
+    );
+    bench(
+        "conv1x1 320->320 [2,320,64,64] burn",
         &filter,
         iters,
         flops,
@@ -204,7 +266,37 @@ fn main() {
             sync(&d);
         },
     );
+    // kiln's Linear as loaded: weight stored [in, out], bias added by the GEMM.
+    let lin = |w: &Tensor<B, 2>, b: Option<Tensor<B, 1>>| Linear {
+        weight: Param::from_tensor(w.clone()),
+        bias: b.map(Param::from_tensor),
+    };
+    let klin = lin(&wl, Some(bl.clone()));
+    bench(
+        "linear 320->320 [2,4096,320] kiln",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = klin.forward(xt.clone());
+            sync(&d);
+        },
+    );
     let wf = Tensor::<B, 2>::random([320, 2560], n, &d);
+    let klinf = lin(&wf, None);
+    let flopsf = 2.0 * (2 * 4096 * 320 * 2560_u64) as f64;
+    bench(
+        "linear 320->2560 [2,4096,320] kiln",
+        &filter,
+        iters,
+        flopsf,
+        "GFLOP/s",
+        || {
+            let _ = klinf.forward(xt.clone());
+            sync(&d);
+        },
+    );
     let flops = 2.0 * (2 * 4096 * 320 * 2560_u64) as f64;
     bench(
         "linear 320->2560 [2,4096,320] (GEGLU proj)",

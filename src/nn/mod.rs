@@ -5,14 +5,16 @@
 //! full-size model must not cost its size in RAM twice while loading.
 
 use burn::module::{Module, Param};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{Initializer, PaddingConfig2d};
+use burn::nn::Initializer;
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 
+mod conv;
 #[cfg(feature = "cpu")]
 mod cpu;
+
+pub use conv::Conv2d;
 
 fn zeros<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Param<Tensor<B, D>> {
     Initializer::Zeros.init(shape, device)
@@ -171,37 +173,14 @@ impl<B: Backend> Embedding<B> {
     }
 }
 
-/// A PyTorch `nn.Conv2d` with symmetric padding (asymmetric padding goes through `Explicit`).
-pub fn conv2d<B: Backend>(
-    c_in: usize,
-    c_out: usize,
-    kernel: usize,
-    stride: usize,
-    padding: PaddingConfig2d,
-    device: &B::Device,
-) -> Conv2d<B> {
-    Conv2dConfig::new([c_in, c_out], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(padding)
-        .with_initializer(Initializer::Zeros)
-        .init(device)
-}
-
 /// 3×3 convolution, stride 1, padding 1: the workhorse of UNet and VAE.
 pub fn conv3x3<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> Conv2d<B> {
-    conv2d(
-        c_in,
-        c_out,
-        3,
-        1,
-        PaddingConfig2d::Explicit(1, 1, 1, 1),
-        device,
-    )
+    Conv2d::new(c_in, c_out, 3, 1, [1; 4], device)
 }
 
 /// 1×1 convolution.
 pub fn conv1x1<B: Backend>(c_in: usize, c_out: usize, device: &B::Device) -> Conv2d<B> {
-    conv2d(c_in, c_out, 1, 1, PaddingConfig2d::Valid, device)
+    Conv2d::new(c_in, c_out, 1, 1, [0; 4], device)
 }
 
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {

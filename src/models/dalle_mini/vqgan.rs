@@ -5,7 +5,6 @@
 //! the flax names (`up_4.block_0`, `kernel` HWIO) are mapped in `weights.rs`.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
@@ -13,7 +12,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::{GROUPS, VqganConfig};
 use super::dense::Dense;
-use crate::nn::{Embedding, GroupNorm, conv1x1, conv3x3, sdpa};
+use crate::nn::{Conv2d, Embedding, GroupNorm, conv1x1, conv3x3, sdpa};
 
 #[derive(Module, Debug)]
 pub struct ResnetBlock<B: Backend> {

@@ -2,11 +2,12 @@
 //! `attention.BasicTransformerBlock`, `transformers/transformer_2d.Transformer2DModel`).
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::nn::{GroupNorm, LayerNorm, Linear, conv1x1, geglu, merge_heads, sdpa, split_heads};
+use crate::nn::{
+    Conv2d, GroupNorm, LayerNorm, Linear, conv1x1, geglu, merge_heads, sdpa, split_heads,
+};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {

@@ -2,14 +2,12 @@
 //! `upsampling.py`), shared by the UNet and the VAE.
 
 use burn::module::Module;
-use burn::nn::PaddingConfig2d;
-use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-use crate::nn::{GroupNorm, Linear, conv1x1, conv2d, conv3x3, silu};
+use crate::nn::{Conv2d, GroupNorm, Linear, conv1x1, conv3x3, silu};
 
 #[derive(Module, Debug)]
 pub struct ResnetBlock2D<B: Backend> {
@@ -66,13 +64,9 @@ impl<B: Backend> Downsample2D<B> {
     /// The UNet pads 1 on every side; the VAE encoder pads only right and bottom (`padding=0`
     /// in diffusers, which then pads (0, 1, 0, 1) by hand).
     pub fn new(c: usize, symmetric: bool, device: &B::Device) -> Self {
-        let pad = if symmetric {
-            PaddingConfig2d::Explicit(1, 1, 1, 1)
-        } else {
-            PaddingConfig2d::Explicit(0, 0, 1, 1)
-        };
+        let pad = if symmetric { [1; 4] } else { [0, 0, 1, 1] };
         Self {
-            conv: conv2d(c, c, 3, 2, pad, device),
+            conv: Conv2d::new(c, c, 3, 2, pad, device),
         }
     }
 

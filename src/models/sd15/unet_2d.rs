@@ -1,14 +1,13 @@
 //! `UNet2DConditionModel` (diffusers `unets/unet_2d_condition.py`) with the SD 1.x block layout.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::config::UNetConfig;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::unet_2d_blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
-use crate::nn::{GroupNorm, conv3x3};
+use crate::nn::{Conv2d, GroupNorm, conv3x3};
 
 #[derive(Module, Debug)]
 pub struct UNet2DConditionModel<B: Backend> {

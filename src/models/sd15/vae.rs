@@ -2,13 +2,12 @@
 //! img2img and the decoder that turns latents into pixels.
 
 use burn::module::Module;
-use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::config::VaeConfig;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{GroupNorm, Linear, conv1x1, conv3x3, merge_heads, sdpa, split_heads};
+use crate::nn::{Conv2d, GroupNorm, Linear, conv1x1, conv3x3, merge_heads, sdpa, split_heads};
 
 const EPS: f64 = 1e-6;
 

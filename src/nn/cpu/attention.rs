@@ -1,8 +1,8 @@
 //! Scaled dot-product attention, parallel over (batch, head, block of 64 queries).
 //!
-//! Each task computes its `64 × S_kv` score block with one GEMM, a softmax over full rows
-//! (same arithmetic as the unfused softmax, so results match diffusers to rounding), and one
-//! GEMM into the output. The scores never exist for more than one block per thread, inputs
+//! Each task walks the keys in blocks (flash-attention style): a score GEMM, an online softmax
+//! (running max and sum, earlier partial outputs rescaled when the max grows), and a GEMM
+//! accumulating into the task's `64 × Dv` output. The scores never leave L2, inputs
 //! are read through their strides (no copies after `split_heads`) and the output is written
 //! as `[B, S, H, Dv]`, which makes the following `merge_heads` free.
 
@@ -13,6 +13,9 @@ use rayon::prelude::*;
 use super::{SendPtr, math, simd_dispatch};
 
 const BLOCK_Q: usize = 64;
+/// Keys per block: a 64×512 f32 score block (128 KiB) stays in L2 through the softmax and
+/// the PV GEMM; full 4096-key rows (1 MiB) did not.
+const BLOCK_KV: usize = 512;
 
 /// A 4-D strided view `[B, H, S, D]` into a tensor's storage.
 struct View {
@@ -52,24 +55,51 @@ impl View {
 unsafe impl Sync for View {}
 
 simd_dispatch! {
-    /// Softmax of each `skv`-long row of `scores` in place (keys past `limit(row)` masked),
-    /// returning 1/Σ per row in `inv`.
-    fn softmax_rows(scores: &mut [f32], skv: usize, first_row: usize, causal: Option<isize>, inv: &mut [f32]) {
-        for (i, row) in scores.chunks_exact_mut(skv).enumerate() {
+    /// One key block of an online softmax: exponentiates each `kb`-long row of `scores` in
+    /// place against the running row maximum `m` (updated), adds its sum to `l`, and returns
+    /// in `corr` the factor exp(m_old − m_new) that rescales what was accumulated before.
+    /// Keys at or past `limit(row)` (causal) are masked to zero.
+    #[allow(clippy::too_many_arguments)]
+    fn softmax_block(
+        scores: &mut [f32],
+        kb: usize,
+        first_row: usize,
+        k0: usize,
+        causal: Option<isize>,
+        m: &mut [f32],
+        l: &mut [f64],
+        corr: &mut [f32],
+    ) {
+        for (i, row) in scores.chunks_exact_mut(kb).enumerate() {
             let valid = match causal {
-                Some(off) => ((first_row + i) as isize + off + 1).clamp(0, skv as isize) as usize,
-                None => skv,
+                Some(off) => ((first_row + i) as isize + off + 1 - k0 as isize).clamp(0, kb as isize) as usize,
+                None => kb,
             };
             let (live, masked) = row.split_at_mut(valid);
             masked.fill(0.0);
-            let m = math::max(live);
-            for v in live.iter_mut() {
-                *v = math::exp(*v - m);
+            if live.is_empty() {
+                corr[i] = 1.0;
+                continue;
             }
-            let sum = math::sum_map(live, |v| v);
-            inv[i] = if sum > 0.0 { (1.0 / sum) as f32 } else { 0.0 };
+            let m_new = math::max(live).max(m[i]);
+            corr[i] = if m[i] == f32::NEG_INFINITY { 0.0 } else { math::exp(m[i] - m_new) };
+            for v in live.iter_mut() {
+                *v = math::exp(*v - m_new);
+            }
+            l[i] = l[i] * corr[i] as f64 + math::sum_map(live, |v| v);
+            m[i] = m_new;
         }
     }
+}
+
+/// Scratch of one worker: score block, running max / sum / correction, output accumulator.
+#[derive(Default)]
+struct Scratch {
+    scores: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f64>,
+    corr: Vec<f32>,
+    acc: Vec<f32>,
 }
 
 /// `softmax(q kᵀ/√D) v` for `[B, H, S, D]` views; `None` for layouts it does not handle
@@ -92,71 +122,102 @@ pub(crate) fn attention(
     let mut out = vec![0.0f32; b * sq * h * dv];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let blocks = sq.div_ceil(BLOCK_Q);
-    (0..b * h * blocks).into_par_iter().for_each_init(
-        || (Vec::<f32>::new(), Vec::<f32>::new()),
-        |(scores, inv), task| {
+    (0..b * h * blocks)
+        .into_par_iter()
+        .for_each_init(Scratch::default, |sc, task| {
             let (bh, blk) = (task / blocks, task % blocks);
             let (bi, hi) = (bh / h, bh % h);
             let q0 = blk * BLOCK_Q;
             let rows = BLOCK_Q.min(sq - q0);
-            scores.resize(rows * skv, 0.0);
-            inv.resize(rows, 0.0);
+            sc.m.clear();
+            sc.m.resize(rows, f32::NEG_INFINITY);
+            sc.l.clear();
+            sc.l.resize(rows, 0.0);
+            sc.corr.resize(rows, 0.0);
+            sc.acc.resize(rows * dv, 0.0);
             let out_ptr = out_ptr;
-            // SAFETY: all views are in bounds for these sizes; this task alone writes output
-            // rows q0..q0+rows of head hi in batch bi.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    skv,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    skv as isize,
-                    false,
-                    qv.at(bi, hi, q0),
-                    qv.strides[3],
-                    qv.strides[2],
-                    kv.at(bi, hi, 0),
-                    kv.strides[2],
-                    kv.strides[3],
-                    0.0f32,
-                    scale,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+            for k0 in (0..skv).step_by(BLOCK_KV) {
+                let kb = BLOCK_KV.min(skv - k0);
+                sc.scores.resize(rows * kb, 0.0);
+                // SAFETY: the views are in bounds for these sizes; scores is rows×kb and acc
+                // rows×dv, both row-major.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        kb,
+                        d,
+                        sc.scores.as_mut_ptr(),
+                        1,
+                        kb as isize,
+                        false,
+                        qv.at(bi, hi, q0),
+                        qv.strides[3],
+                        qv.strides[2],
+                        kv.at(bi, hi, k0),
+                        kv.strides[2],
+                        kv.strides[3],
+                        0.0f32,
+                        scale,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                softmax_block(
+                    &mut sc.scores,
+                    kb,
+                    q0,
+                    k0,
+                    causal,
+                    &mut sc.m,
+                    &mut sc.l,
+                    &mut sc.corr,
                 );
-                softmax_rows(scores, skv, q0, causal, inv);
-                let dst = out_ptr.0.add(((bi * sq + q0) * h + hi) * dv);
-                let dst_rs = (h * dv) as isize;
-                gemm::gemm(
-                    rows,
-                    dv,
-                    skv,
-                    dst,
-                    1,
-                    dst_rs,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    skv as isize,
-                    vv.at(bi, hi, 0),
-                    vv.strides[3],
-                    vv.strides[2],
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-                for (i, &s) in inv.iter().enumerate() {
-                    let row = std::slice::from_raw_parts_mut(dst.offset(i as isize * dst_rs), dv);
-                    row.iter_mut().for_each(|x| *x *= s);
+                if k0 > 0 {
+                    for (row, &c) in sc.acc.chunks_exact_mut(dv).zip(&sc.corr) {
+                        row.iter_mut().for_each(|x| *x *= c);
+                    }
+                }
+                // SAFETY: as above.
+                unsafe {
+                    gemm::gemm(
+                        rows,
+                        dv,
+                        kb,
+                        sc.acc.as_mut_ptr(),
+                        1,
+                        dv as isize,
+                        k0 > 0,
+                        sc.scores.as_ptr(),
+                        1,
+                        kb as isize,
+                        vv.at(bi, hi, k0),
+                        vv.strides[3],
+                        vv.strides[2],
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
                 }
             }
-        },
-    );
+            for (i, (row, &l)) in sc.acc.chunks_exact(dv).zip(&sc.l).enumerate() {
+                let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
+                // SAFETY: this task alone writes output rows q0..q0+rows of head hi in batch bi.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out_ptr.0.add(((bi * sq + q0 + i) * h + hi) * dv),
+                        dv,
+                    )
+                };
+                for (o, &x) in dst.iter_mut().zip(row) {
+                    *o = x * inv;
+                }
+            }
+        });
     // Physically [B, S, H, Dv]; presented as [B, H, S, Dv].
     let layout = Layout::new(
         Shape::from(vec![b, h, sq, dv]),

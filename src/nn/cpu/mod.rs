@@ -9,6 +9,7 @@
 //! lanes, `exp`/`erf` are ~1 ulp / 1.5e-7 polynomials); the parity tests run through them.
 
 mod attention;
+mod conv;
 mod math;
 mod rows;
 
@@ -19,14 +20,18 @@ use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
+pub(crate) use conv::conv_same;
 pub(crate) use rows::{geglu, group_norm, layer_norm, linear};
+
+/// Whether `B` is the Flex backend (whose f32 tensors these kernels take).
+pub(crate) fn is_flex<B: Backend>() -> bool {
+    TypeId::of::<B::FloatTensorPrimitive>() == TypeId::of::<FlexTensor>()
+}
 
 /// `t` as a Flex tensor when `B` is Flex and `t` is f32; `None` sends the caller down the
 /// generic path. Cheap: Flex tensors share their storage.
 pub(crate) fn to_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
-    if TypeId::of::<B::FloatTensorPrimitive>() != TypeId::of::<FlexTensor>()
-        || t.dtype() != DType::F32
-    {
+    if !is_flex::<B>() || t.dtype() != DType::F32 {
         return None;
     }
     let mut slot = Some(t.clone().into_primitive().tensor());

@@ -1,0 +1,133 @@
+//! Stride-1 "same" convolutions (odd kernel k, padding k/2) as k² shifted GEMMs.
+//!
+//! Flex lowers convolutions through a single-threaded NCHW→NHWC copy and a 512-pixel im2col
+//! tile of `C·k²` rows that falls out of L2. Here the input is zero-padded once (rows of
+//! `W+2p`), and in that padded plane the window offset (kh, kw) is a constant shift, so
+//! `out[:, j] += W[:, :, kh, kw] · x_pad[:, j + kh·(W+2p) + kw]` is a plain strided GEMM over
+//! "wide" output columns `j` (the 2p columns per row that wrap around are computed and
+//! dropped). Tasks are (image, band of output rows, block of output channels); each keeps its
+//! accumulator in cache across the k² GEMMs.
+
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::{SendPtr, contiguous, new_tensor, slice};
+
+/// Wide output columns a task aims for: accumulator `C_out × ~512` stays in L2.
+const COLS_PER_TASK: usize = 512;
+
+fn dims4(t: &FlexTensor) -> [usize; 4] {
+    let s = t.layout().shape();
+    [s[0], s[1], s[2], s[3]]
+}
+
+/// `x` `[N, C, H, W]`, `w` `[O, C, k, k]` (PyTorch layout), optional bias `[O]`; stride 1,
+/// padding `k/2` on every side. `None` when the shapes are not that case.
+pub(crate) fn conv_same(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let [n, c, h, wd] = dims4(x);
+    let [o, wc, k, k2] = dims4(w);
+    if wc != c || k != k2 || k % 2 == 0 || n * c * h * wd == 0 || o == 0 {
+        return None;
+    }
+    let x = contiguous(x);
+    // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
+    // keeps it as [k, k, O, C] in memory (see `nn::conv`), which spares gemm a repack.
+    let w = if w.layout().has_positive_strides() {
+        w.clone()
+    } else {
+        contiguous(w)
+    };
+    let ws_ = w.layout().strides();
+    let (so, sc, sh, sw) = (ws_[0], ws_[1], ws_[2], ws_[3]);
+    let w0 = w.layout().start_offset();
+    let bias = bias.map(contiguous);
+    let p = k / 2;
+    let wp = wd + 2 * p;
+    // Slack of k-1 so the last row's rightmost shifted view stays inside the plane.
+    let plane = (h + 2 * p) * wp + k - 1;
+    let mut xp = vec![0.0f32; n * c * plane];
+    xp.par_chunks_mut(plane)
+        .zip(slice(&x).par_chunks(h * wd))
+        .for_each(|(dst, src)| {
+            for (y, row) in src.chunks_exact(wd).enumerate() {
+                let at = (y + p) * wp + p;
+                dst[at..at + wd].copy_from_slice(row);
+            }
+        });
+
+    // Row bands per image, then split output channels until there is work for every thread.
+    let rows = (COLS_PER_TASK / wp).clamp(1, h);
+    let bands = h.div_ceil(rows);
+    let want = 4 * rayon::current_num_threads();
+    let mut oblk = o;
+    while n * bands * o.div_ceil(oblk) < want && oblk > 64 {
+        oblk = (oblk / 2).next_multiple_of(8);
+    }
+    let oblocks = o.div_ceil(oblk);
+
+    let mut out = vec![0.0f32; n * o * h * wd];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (xs, ws) = (xp.as_slice(), w.storage::<f32>());
+    let bs = bias.as_ref().map(slice);
+    (0..n * bands * oblocks).into_par_iter().for_each(|t| {
+        let out_ptr = out_ptr;
+        let (img, band, ob) = (t / (bands * oblocks), (t / oblocks) % bands, t % oblocks);
+        let (y0, y1) = (band * rows, ((band + 1) * rows).min(h));
+        let (o0, o1) = (ob * oblk, ((ob + 1) * oblk).min(o));
+        let (m, cols) = (o1 - o0, (y1 - y0) * wp);
+        let mut acc = vec![0.0f32; m * cols];
+        for kh in 0..k {
+            for kw in 0..k {
+                let first = kh == 0 && kw == 0;
+                let rhs = &xs[img * c * plane + y0 * wp + kh * wp + kw..];
+                let lhs =
+                    ws[w0 + o0 * so as usize + kh * sh as usize + kw * sw as usize..].as_ptr();
+                // SAFETY: acc is m×cols row-major; lhs element (r, ci) is at r·so + ci·sc
+                // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
+                // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
+                unsafe {
+                    gemm::gemm(
+                        m,
+                        cols,
+                        c,
+                        acc.as_mut_ptr(),
+                        1,
+                        cols as isize,
+                        !first,
+                        lhs,
+                        sc,
+                        so,
+                        rhs.as_ptr(),
+                        1,
+                        plane as isize,
+                        1.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            }
+        }
+        // Keep the first W of every wide row, adding the bias.
+        for (r, acc_row) in acc.chunks_exact(cols).enumerate() {
+            let ch = o0 + r;
+            let b = bs.map_or(0.0, |b| b[ch]);
+            for y in y0..y1 {
+                let src = &acc_row[(y - y0) * wp..(y - y0) * wp + wd];
+                let at = ((img * o + ch) * h + y) * wd;
+                // SAFETY: each task owns channels o0..o1 of rows y0..y1 of image img.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), wd) };
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = s + b;
+                }
+            }
+        }
+    });
+    Some(new_tensor(out, vec![n, o, h, wd]))
+}
