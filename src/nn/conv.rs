@@ -31,11 +31,14 @@ impl<B: Backend> Conv2d<B> {
         padding: [usize; 4],
         device: &B::Device,
     ) -> Self {
-        let mut weight = zeros([c_out, c_in, kernel, kernel], device);
+        let weight = zeros([c_out, c_in, kernel, kernel], device);
         #[cfg(feature = "cpu")]
-        if super::cpu::is_flex::<B>() && kernel > 1 && is_same(kernel, stride, padding) {
-            weight = weight.load_mapper(relayout);
-        }
+        let weight = if super::cpu::is_flex::<B>() && kernel > 1 && is_same(kernel, stride, padding)
+        {
+            weight.load_mapper(relayout)
+        } else {
+            weight
+        };
         Self {
             weight,
             bias: Some(zeros([c_out], device)),
@@ -102,6 +105,7 @@ impl<B: Backend> Conv2d<B> {
     }
 }
 
+#[cfg(feature = "cpu")]
 /// Stride 1, odd kernel, padding k/2 on every side (1×1 included): what `cpu::conv_same` takes.
 fn is_same(kernel: usize, stride: usize, padding: [usize; 4]) -> bool {
     stride == 1 && kernel % 2 == 1 && padding == [kernel / 2; 4]
