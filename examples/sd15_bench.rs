@@ -83,21 +83,22 @@ fn p_resnet(
     temb: &Tensor<B, 2>,
 ) -> Tensor<B, 4> {
     let h = p.t("groupnorm+silu", || r.norm1.forward_silu(x.clone()));
-    let h = p.t("conv3x3", || r.conv1.forward(h));
     let t = p.t("linear(temb)", || {
         r.time_emb_proj
             .as_ref()
             .unwrap()
             .forward(silu(temb.clone()))
     });
-    let h = p.t("elementwise(add)", || h + t.unsqueeze_dims::<4>(&[2, 3]));
+    // Time embedding and shortcut are added inside the convolutions, as the model does.
+    let h = p.t("conv3x3", || {
+        r.conv1.forward_add(h, t.unsqueeze_dims::<4>(&[2, 3]))
+    });
     let h = p.t("groupnorm+silu", || r.norm2.forward_silu(h));
-    let h = p.t("conv3x3", || r.conv2.forward(h));
     let x = match &r.conv_shortcut {
         Some(c) => p.t("conv1x1", || c.forward(x)),
         None => x,
     };
-    p.t("elementwise(add)", || x + h)
+    p.t("conv3x3", || r.conv2.forward_add(h, x))
 }
 
 fn p_attn(
@@ -105,6 +106,7 @@ fn p_attn(
     a: &Attention<B>,
     x: Tensor<B, 3>,
     ctx: Option<&Tensor<B, 3>>,
+    residual: Tensor<B, 3>,
     tag: &'static str,
 ) -> Tensor<B, 3> {
     let c = ctx.cloned().unwrap_or_else(|| x.clone());
@@ -120,7 +122,7 @@ fn p_attn(
     });
     let o = p.t(tag, || sdpa(q, k, v, false));
     let o = p.t("copies(split/merge heads)", || merge_heads(o));
-    p.t("linear(qkv,out)", || a.to_out[0].forward(o))
+    p.t("linear(qkv,out)", || a.to_out[0].forward_add(o, residual))
 }
 
 fn p_transformer(
@@ -138,22 +140,18 @@ fn p_transformer(
     });
     for blk in &tr.transformer_blocks {
         let n = p.t("layernorm", || blk.norm1.forward(t.clone()));
-        let a = p_attn(p, &blk.attn1, n, None, "attention(self sdpa)");
-        t = p.t("elementwise(add)", || t + a);
+        t = p_attn(p, &blk.attn1, n, None, t, "attention(self sdpa)");
         let n = p.t("layernorm", || blk.norm2.forward(t.clone()));
-        let a = p_attn(p, &blk.attn2, n, Some(ctx), "attention(cross sdpa)");
-        t = p.t("elementwise(add)", || t + a);
+        t = p_attn(p, &blk.attn2, n, Some(ctx), t, "attention(cross sdpa)");
         let n = p.t("layernorm", || blk.norm3.forward(t.clone()));
         let hh = p.t("linear(ff)", || blk.ff.net_0.proj.forward(n));
         let g = p.t("geglu", || geglu(hh));
-        let f = p.t("linear(ff)", || blk.ff.net_2.forward(g));
-        t = p.t("elementwise(add)", || t + f);
+        t = p.t("linear(ff)", || blk.ff.net_2.forward_add(g, t));
     }
     let x = p.t("copies(nchw<->tokens)", || {
         t.swap_dims(1, 2).reshape([b, c, h, w])
     });
-    let x = p.t("conv1x1", || tr.proj_out.forward(x));
-    p.t("elementwise(add)", || x + residual)
+    p.t("conv1x1", || tr.proj_out.forward_add(x, residual))
 }
 
 fn p_unet(

@@ -69,26 +69,41 @@ impl<B: Backend> Conv2d<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [top, left, bottom, right] = self.padding;
+        self.forward_impl(x, None)
+    }
+
+    /// `self.forward(x) + add`, where `add` is shaped as the output (a residual) or
+    /// `[N, O, 1, 1]` (per image and channel); fused into the CPU kernel's output pass.
+    pub fn forward_add(&self, x: Tensor<B, 4>, add: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.forward_impl(x, Some(add))
+    }
+
+    fn forward_impl(&self, x: Tensor<B, 4>, add: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
         #[cfg(feature = "cpu")]
         {
+            use super::cpu::{conv_same, from_flex, to_flex};
             if is_same(self.weight.dims()[2], self.stride, self.padding)
-                && let (Some(fx), Some(w)) = (
-                    super::cpu::to_flex(&x),
-                    super::cpu::to_flex(&self.weight.val()),
-                )
+                && let (Some(fx), Some(w)) = (to_flex(&x), to_flex(&self.weight.val()))
             {
-                let b = self
-                    .bias
-                    .as_ref()
-                    .and_then(|b| super::cpu::to_flex(&b.val()));
+                let b = self.bias.as_ref().and_then(|b| to_flex(&b.val()));
+                let a = add.as_ref().and_then(to_flex);
                 if b.is_some() == self.bias.is_some()
-                    && let Some(y) = super::cpu::conv_same(&fx, &w, b.as_ref())
+                    && a.is_some() == add.is_some()
+                    && let Some(y) = conv_same(&fx, &w, b.as_ref(), a.as_ref())
                 {
-                    return super::cpu::from_flex(y);
+                    return from_flex(y);
                 }
             }
         }
+        let y = self.forward_generic(x);
+        match add {
+            Some(a) => y + a,
+            None => y,
+        }
+    }
+
+    fn forward_generic(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [top, left, bottom, right] = self.padding;
         let options = PaddedConvOptions::asymmetric(
             [self.stride; 2],
             [top, left],
@@ -161,14 +176,29 @@ mod tests {
                     stride: 1,
                     padding: [k / 2; 4],
                 };
-                let got = conv.forward(x.clone());
-                assert_eq!(got.dims(), want.dims());
-                let err: f32 = (got - want.clone()).abs().max().into_scalar();
-                let scale: f32 = want.clone().abs().max().into_scalar();
-                assert!(
-                    err <= 1e-5 * scale.max(1.0),
-                    "{batch}x{c}x{h}x{w} k{k} -> {o}: max |diff| {err} (scale {scale})"
-                );
+                let residual = Tensor::<Flex, 4>::random([batch, o, h, w], n, &d);
+                let per_image = Tensor::<Flex, 4>::random([batch, o, 1, 1], n, &d);
+                for (what, got, want) in [
+                    ("plain", conv.forward(x.clone()), want.clone()),
+                    (
+                        "+residual",
+                        conv.forward_add(x.clone(), residual.clone()),
+                        want.clone() + residual,
+                    ),
+                    (
+                        "+per-image bias",
+                        conv.forward_add(x.clone(), per_image.clone()),
+                        want.clone() + per_image,
+                    ),
+                ] {
+                    assert_eq!(got.dims(), want.dims());
+                    let err: f32 = (got - want.clone()).abs().max().into_scalar();
+                    let scale: f32 = want.abs().max().into_scalar();
+                    assert!(
+                        err <= 1e-5 * scale.max(1.0),
+                        "{what} {batch}x{c}x{h}x{w} k{k} -> {o}: max |diff| {err} (scale {scale})"
+                    );
+                }
             }
         }
     }

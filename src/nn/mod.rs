@@ -47,16 +47,45 @@ impl<B: Backend> Linear<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        self.forward_impl(x, None)
+    }
+
+    /// `self.forward(x) + residual` (same shape as the output); on the CPU backend the GEMM
+    /// accumulates onto the residual instead of a separate add.
+    pub fn forward_add<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Tensor<B, D>,
+    ) -> Tensor<B, D> {
+        self.forward_impl(x, Some(residual))
+    }
+
+    fn forward_impl<const D: usize>(
+        &self,
+        x: Tensor<B, D>,
+        residual: Option<Tensor<B, D>>,
+    ) -> Tensor<B, D> {
         #[cfg(feature = "cpu")]
         if let (Some(fx), Some(w)) = (cpu::to_flex(&x), cpu::to_flex(&self.weight.val())) {
             let b = self.bias.as_ref().and_then(|b| cpu::to_flex(&b.val()));
-            if b.is_some() == self.bias.is_some() {
-                return cpu::from_flex(cpu::linear(&fx, &w, b.as_ref()));
+            let r = residual.as_ref().and_then(cpu::to_flex);
+            let out_dims = {
+                let mut d = x.dims();
+                d[D - 1] = self.weight.dims()[1];
+                d
+            };
+            let r_ok = residual.as_ref().is_none_or(|r| r.dims() == out_dims);
+            if b.is_some() == self.bias.is_some() && r.is_some() == residual.is_some() && r_ok {
+                return cpu::from_flex(cpu::linear(&fx, &w, b.as_ref(), r.as_ref()));
             }
         }
         let y = x.matmul(self.weight.val().unsqueeze::<D>());
-        match &self.bias {
+        let y = match &self.bias {
             Some(b) => y + b.val().unsqueeze::<D>(),
+            None => y,
+        };
+        match residual {
+            Some(r) => y + r,
             None => y,
         }
     }
@@ -242,4 +271,40 @@ pub fn sdpa<B: Backend>(
         is_causal: causal,
     };
     burn::tensor::module::attention(q, k, v, None, None, opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    /// Linear with and without bias, with and without a fused residual, against plain ops.
+    #[test]
+    fn linear_forward_add_matches_plain_ops() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<Flex, 3>::random([2, 5, 7], n, &d);
+        let w = Tensor::<Flex, 2>::random([7, 3], n, &d);
+        let b = Tensor::<Flex, 1>::random([3], n, &d);
+        let r = Tensor::<Flex, 3>::random([2, 5, 3], n, &d);
+        for bias in [None, Some(b)] {
+            let lin = Linear {
+                weight: Param::from_tensor(w.clone()),
+                bias: bias.clone().map(Param::from_tensor),
+            };
+            let mut want = x.clone().matmul(w.clone().unsqueeze::<3>());
+            if let Some(b) = &bias {
+                want = want + b.clone().unsqueeze::<3>();
+            }
+            for (got, want) in [
+                (lin.forward(x.clone()), want.clone()),
+                (lin.forward_add(x.clone(), r.clone()), want + r.clone()),
+            ] {
+                let err: f32 = (got - want).abs().max().into_scalar();
+                assert!(err < 1e-5, "max |diff| {err}");
+            }
+        }
+    }
 }

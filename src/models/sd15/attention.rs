@@ -36,13 +36,19 @@ impl<B: Backend> Attention<B> {
         }
     }
 
-    /// `x` `[B, S, C]` attends over `context` `[B, T, Cc]` (itself when `None`).
-    pub fn forward(&self, x: Tensor<B, 3>, context: Option<&Tensor<B, 3>>) -> Tensor<B, 3> {
+    /// `x` `[B, S, C]` attends over `context` `[B, T, Cc]` (itself when `None`); the result
+    /// is added to `residual` by the output projection.
+    pub fn forward_add(
+        &self,
+        x: Tensor<B, 3>,
+        context: Option<&Tensor<B, 3>>,
+        residual: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
         let ctx = context.cloned().unwrap_or_else(|| x.clone());
         let q = split_heads(self.to_q.forward(x), self.heads);
         let k = split_heads(self.to_k.forward(ctx.clone()), self.heads);
         let v = split_heads(self.to_v.forward(ctx), self.heads);
-        self.to_out[0].forward(merge_heads(sdpa(q, k, v, false)))
+        self.to_out[0].forward_add(merge_heads(sdpa(q, k, v, false)), residual)
     }
 }
 
@@ -71,8 +77,10 @@ impl<B: Backend> FeedForward<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.net_2.forward(geglu(self.net_0.proj.forward(x)))
+    /// `residual + ff(x)`.
+    pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.net_2
+            .forward_add(geglu(self.net_0.proj.forward(x)), residual)
     }
 }
 
@@ -100,9 +108,13 @@ impl<B: Backend> BasicTransformerBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, context: &Tensor<B, 3>) -> Tensor<B, 3> {
-        let x = x.clone() + self.attn1.forward(self.norm1.forward(x), None);
-        let x = x.clone() + self.attn2.forward(self.norm2.forward(x), Some(context));
-        x.clone() + self.ff.forward(self.norm3.forward(x))
+        let x = self
+            .attn1
+            .forward_add(self.norm1.forward(x.clone()), None, x);
+        let x = self
+            .attn2
+            .forward_add(self.norm2.forward(x.clone()), Some(context), x);
+        self.ff.forward_add(self.norm3.forward(x.clone()), x)
     }
 }
 
@@ -144,6 +156,6 @@ impl<B: Backend> Transformer2DModel<B> {
             t = block.forward(t, context);
         }
         let x = t.swap_dims(1, 2).reshape([b, c, h, w]);
-        self.proj_out.forward(x) + residual
+        self.proj_out.forward_add(x, residual)
     }
 }

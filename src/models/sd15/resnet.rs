@@ -41,17 +41,20 @@ impl<B: Backend> ResnetBlock2D<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
+        // The time embedding and the shortcut are added inside the convolutions' output pass.
+        let h = self.norm1.forward_silu(x.clone());
         let h = match (&self.time_emb_proj, temb) {
-            (Some(proj), Some(t)) => h + proj.forward(silu(t.clone())).unsqueeze_dims::<4>(&[2, 3]),
-            _ => h,
+            (Some(proj), Some(t)) => {
+                let t = proj.forward(silu(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
+                self.conv1.forward_add(h, t)
+            }
+            _ => self.conv1.forward(h),
         };
-        let h = self.conv2.forward(self.norm2.forward_silu(h));
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
         };
-        x + h
+        self.conv2.forward_add(self.norm2.forward_silu(h), x)
     }
 }
 

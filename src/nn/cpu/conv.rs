@@ -22,17 +22,27 @@ fn dims4(t: &FlexTensor) -> [usize; 4] {
 }
 
 /// `x` `[N, C, H, W]`, `w` `[O, C, k, k]` (PyTorch layout), optional bias `[O]`; stride 1,
-/// padding `k/2` on every side. `None` when the shapes are not that case.
+/// padding `k/2` on every side; plus `add` if given, either shaped as the output (a residual)
+/// or `[N, O, 1, 1]` (a per-image bias such as a time embedding), folded into the final
+/// write. `None` when the shapes are not that case.
 pub(crate) fn conv_same(
     x: &FlexTensor,
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
+    add: Option<&FlexTensor>,
 ) -> Option<FlexTensor> {
     let [n, c, h, wd] = dims4(x);
     let [o, wc, k, k2] = dims4(w);
     if wc != c || k != k2 || k % 2 == 0 || n * c * h * wd == 0 || o == 0 {
         return None;
     }
+    let add = match add.map(|a| (dims4(a), a)) {
+        None => None,
+        Some((d, a)) if d == [n, o, h, wd] || d == [n, o, 1, 1] => {
+            Some((contiguous(a), d[2] == 1 && (h, wd) != (1, 1)))
+        }
+        Some(_) => return None,
+    };
     let x = contiguous(x);
     // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
     // keeps it as [k, k, O, C] in memory (see `nn::conv`), which spares gemm a repack.
@@ -73,6 +83,9 @@ pub(crate) fn conv_same(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (xs, ws) = (xp.as_slice(), w.storage::<f32>());
     let bs = bias.as_ref().map(slice);
+    let adds = add
+        .as_ref()
+        .map(|(a, per_channel)| (slice(a), *per_channel));
     (0..n * bands * oblocks).into_par_iter().for_each(|t| {
         let out_ptr = out_ptr;
         let (img, band, ob) = (t / (bands * oblocks), (t / oblocks) % bands, t % oblocks);
@@ -117,14 +130,26 @@ pub(crate) fn conv_same(
         // Keep the first W of every wide row, adding the bias.
         for (r, acc_row) in acc.chunks_exact(cols).enumerate() {
             let ch = o0 + r;
-            let b = bs.map_or(0.0, |b| b[ch]);
+            let mut b = bs.map_or(0.0, |b| b[ch]);
+            if let Some((a, true)) = adds {
+                b += a[img * o + ch];
+            }
             for y in y0..y1 {
                 let src = &acc_row[(y - y0) * wp..(y - y0) * wp + wd];
                 let at = ((img * o + ch) * h + y) * wd;
                 // SAFETY: each task owns channels o0..o1 of rows y0..y1 of image img.
                 let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), wd) };
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = s + b;
+                match adds {
+                    Some((a, false)) => {
+                        for ((d, &s), &r) in dst.iter_mut().zip(src).zip(&a[at..at + wd]) {
+                            *d = s + b + r;
+                        }
+                    }
+                    _ => {
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = s + b;
+                        }
+                    }
                 }
             }
         }

@@ -3,7 +3,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{contiguous, math, new_tensor, simd_dispatch, slice};
+use super::{SendPtr, contiguous, math, new_tensor, simd_dispatch, slice};
 
 fn dims(t: &FlexTensor) -> Vec<usize> {
     let s = t.layout().shape();
@@ -98,6 +98,10 @@ simd_dispatch! {
 }
 
 /// Rows per parallel task: enough work per task (~64k values) to amortise scheduling.
+/// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
+const TILE_ROWS: usize = 256;
+const TILE_COLS: usize = 256;
+
 fn rows_per_task(row_len: usize) -> usize {
     (65_536 / row_len.max(1)).max(1)
 }
@@ -149,9 +153,17 @@ pub(crate) fn geglu(h: &FlexTensor) -> FlexTensor {
     new_tensor(out, shape)
 }
 
-/// `x Wt + b` with `Wt` `[K, N]` contiguous: the bias is written first and the GEMM
-/// accumulates onto it, so the add costs no extra pass.
-pub(crate) fn linear(x: &FlexTensor, wt: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+/// `x Wt + b (+ r)` with `Wt` `[K, N]` contiguous, as parallel tiles of the output, each a
+/// single-threaded GEMM: a tile first receives its bias (and residual `r`, shaped as the
+/// output) and the GEMM accumulates onto it while it is still in L2, so neither the bias nor
+/// the residual costs a pass over memory. On 2 cores this beats gemm's own threading by up
+/// to 1.5x on the UNet's 320-wide projections.
+pub(crate) fn linear(
+    x: &FlexTensor,
+    wt: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    residual: Option<&FlexTensor>,
+) -> FlexTensor {
     let x = contiguous(x);
     let wt = contiguous(wt);
     let mut shape = dims(&x);
@@ -160,45 +172,67 @@ pub(crate) fn linear(x: &FlexTensor, wt: &FlexTensor, bias: Option<&FlexTensor>)
     let n = dims(&wt)[1];
     let m = x.layout().num_elements() / k.max(1);
     shape[last] = n;
-    let mut out = match bias {
-        Some(b) => {
-            let b = contiguous(b);
-            let b = slice(&b);
-            let mut out = vec![0.0f32; m * n];
-            out.par_chunks_mut(rows_per_task(n) * n)
-                .for_each(|c| c.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)));
-            out
+    let (b, r) = (bias.map(contiguous), residual.map(contiguous));
+    let (bs, rs) = (b.as_ref().map(slice), r.as_ref().map(slice));
+    let (xs, ws) = (slice(&x), slice(&wt));
+    let mut out = vec![0.0f32; m * n];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let tr = TILE_ROWS.min(m.max(1));
+    let nr = m.div_ceil(tr);
+    // Few rows (CLIP's 77 tokens, a decoder step's 2): narrower column tiles, so every
+    // thread gets several.
+    let want_cols = (4 * rayon::current_num_threads()).div_ceil(nr);
+    let tc = TILE_COLS
+        .min(n.div_ceil(want_cols).next_multiple_of(16).max(64))
+        .min(n.max(1));
+    let nc = n.div_ceil(tc);
+    (0..nr * nc).into_par_iter().for_each(|t| {
+        let out_ptr = out_ptr;
+        let (r0, c0) = ((t / nc) * tr, (t % nc) * tc);
+        let (r1, c1) = ((r0 + tr).min(m), (c0 + tc).min(n));
+        for row in r0..r1 {
+            // SAFETY: this task alone owns columns c0..c1 of rows r0..r1 of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * n + c0), c1 - c0) };
+            match (bs, rs) {
+                (Some(b), Some(r)) => {
+                    for ((o, &r), &b) in o
+                        .iter_mut()
+                        .zip(&r[row * n + c0..row * n + c1])
+                        .zip(&b[c0..c1])
+                    {
+                        *o = r + b;
+                    }
+                }
+                (Some(b), None) => o.copy_from_slice(&b[c0..c1]),
+                (None, Some(r)) => o.copy_from_slice(&r[row * n + c0..row * n + c1]),
+                (None, None) => {}
+            }
         }
-        None => vec![0.0f32; m * n],
-    };
-    let parallelism = if m * n * k >= 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: `out` is m×n, `x` m×k and `wt` k×n, all contiguous row-major f32 slices.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            bias.is_some(),
-            slice(&x).as_ptr(),
-            1,
-            k as isize,
-            slice(&wt).as_ptr(),
-            1,
-            n as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+        // SAFETY: the tile is (r1-r0)×(c1-c0) inside `out` (row stride n); `x` rows r0..r1
+        // (stride k) and `wt` columns c0..c1 (stride n) are in bounds.
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                c1 - c0,
+                k,
+                out_ptr.0.add(r0 * n + c0),
+                1,
+                n as isize,
+                bs.is_some() || rs.is_some(),
+                xs.as_ptr().add(r0 * k),
+                1,
+                k as isize,
+                ws.as_ptr().add(c0),
+                1,
+                n as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    });
     new_tensor(out, shape)
 }
