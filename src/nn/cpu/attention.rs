@@ -10,7 +10,7 @@ use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{SendPtr, math, simd_dispatch};
+use super::{SendPtr, gemm_tile, math, simd_dispatch};
 
 const BLOCK_Q: usize = 64;
 /// Keys per block: a 64×512 f32 score block (128 KiB) stays in L2 through the softmax and
@@ -142,26 +142,14 @@ pub(crate) fn attention(
                 // SAFETY: the views are in bounds for these sizes; scores is rows×kb and acc
                 // rows×dv, both row-major.
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        kb,
-                        d,
+                    gemm_tile(
+                        [rows, kb, d],
                         sc.scores.as_mut_ptr(),
-                        1,
-                        kb as isize,
+                        kb,
                         false,
-                        qv.at(bi, hi, q0),
-                        qv.strides[3],
-                        qv.strides[2],
-                        kv.at(bi, hi, k0),
-                        kv.strides[2],
-                        kv.strides[3],
-                        0.0f32,
+                        (qv.at(bi, hi, q0), qv.strides[3], qv.strides[2]),
+                        (kv.at(bi, hi, k0), kv.strides[2], kv.strides[3]),
                         scale,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
                     );
                 }
                 softmax_block(
@@ -181,26 +169,14 @@ pub(crate) fn attention(
                 }
                 // SAFETY: as above.
                 unsafe {
-                    gemm::gemm(
-                        rows,
-                        dv,
-                        kb,
+                    gemm_tile(
+                        [rows, dv, kb],
                         sc.acc.as_mut_ptr(),
-                        1,
-                        dv as isize,
+                        dv,
                         k0 > 0,
-                        sc.scores.as_ptr(),
-                        1,
-                        kb as isize,
-                        vv.at(bi, hi, k0),
-                        vv.strides[3],
-                        vv.strides[2],
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        (sc.scores.as_ptr(), 1, kb as isize),
+                        (vv.at(bi, hi, k0), vv.strides[3], vv.strides[2]),
+                        1.0,
                     );
                 }
             }

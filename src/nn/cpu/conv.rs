@@ -11,7 +11,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, new_tensor, slice};
+use super::{SendPtr, contiguous, gemm_tile, new_tensor, slice};
 
 /// Wide output columns a task aims for: accumulator `C_out × ~512` stays in L2.
 const COLS_PER_TASK: usize = 512;
@@ -103,26 +103,14 @@ pub(crate) fn conv_same(
                 // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
                 // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
                 unsafe {
-                    gemm::gemm(
-                        m,
-                        cols,
-                        c,
+                    gemm_tile(
+                        [m, cols, c],
                         acc.as_mut_ptr(),
-                        1,
-                        cols as isize,
+                        cols,
                         !first,
-                        lhs,
-                        sc,
-                        so,
-                        rhs.as_ptr(),
-                        1,
-                        plane as isize,
-                        1.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
+                        (lhs, sc, so),
+                        (rhs.as_ptr(), 1, plane as isize),
+                        1.0,
                     );
                 }
             }

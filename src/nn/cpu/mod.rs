@@ -73,6 +73,49 @@ pub(crate) fn new_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     )
 }
 
+/// `dst = [dst +] scale · lhs · rhs` for an `m×n` row-major `dst` (row stride `dst_rs`) on
+/// the calling thread: the kernels parallelise over tiles themselves. `lhs` (`m×k`) and
+/// `rhs` (`k×n`) are `(pointer, column stride, row stride)`.
+///
+/// # Safety
+/// Every element addressed through the pointers and strides must be in bounds, and `dst`
+/// must not alias the operands or another thread's tile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_tile(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: (*const f32, isize, isize),
+    rhs: (*const f32, isize, isize),
+    scale: f32,
+) {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.0,
+            lhs.1,
+            lhs.2,
+            rhs.0,
+            rhs.1,
+            rhs.2,
+            1.0f32,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// A raw pointer that may cross threads: each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);

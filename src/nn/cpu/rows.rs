@@ -3,7 +3,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, math, new_tensor, simd_dispatch, slice};
+use super::{SendPtr, contiguous, gemm_tile, math, new_tensor, simd_dispatch, slice};
 
 fn dims(t: &FlexTensor) -> Vec<usize> {
     let s = t.layout().shape();
@@ -211,26 +211,14 @@ pub(crate) fn linear(
         // SAFETY: the tile is (r1-r0)×(c1-c0) inside `out` (row stride n); `x` rows r0..r1
         // (stride k) and `wt` columns c0..c1 (stride n) are in bounds.
         unsafe {
-            gemm::gemm(
-                r1 - r0,
-                c1 - c0,
-                k,
+            gemm_tile(
+                [r1 - r0, c1 - c0, k],
                 out_ptr.0.add(r0 * n + c0),
-                1,
-                n as isize,
+                n,
                 bs.is_some() || rs.is_some(),
-                xs.as_ptr().add(r0 * k),
-                1,
-                k as isize,
-                ws.as_ptr().add(c0),
-                1,
-                n as isize,
-                1.0f32,
-                1.0f32,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
+                (xs.as_ptr().add(r0 * k), 1, k as isize),
+                (ws.as_ptr().add(c0), 1, n as isize),
+                1.0,
             );
         }
     });
