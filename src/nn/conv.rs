@@ -55,7 +55,8 @@ impl<B: Backend> Conv2d<B> {
         padding: [usize; 4],
     ) -> Self {
         #[cfg(feature = "cpu")]
-        let weight = if super::cpu::is_flex::<B>() && is_same(weight.dims()[2], stride, padding) {
+        let k = weight.dims()[2];
+        let weight = if super::cpu::is_flex::<B>() && k > 1 && is_same(k, stride, padding) {
             relayout(weight)
         } else {
             weight
