@@ -1,0 +1,147 @@
+//! Timing of DALL·E Mini / Mega on the CPU (Flex) backend, fp32, loaded from a full-size
+//! min-dalle or flax folder (random weights are fine: `models/make_dalle_fixtures.py full`).
+//! Driven by `benches/compare.py`, which runs this and min-dalle alternately and collects peak RSS.
+//!
+//! ```text
+//! cargo run --release --example dalle_bench -- <dalle_bart-folder> <step|image> [timed] [warmup]
+//! ```
+//! Prints one JSON line on stdout:
+//! `{"component", "impl", "load_plus_warmup_s", "times_s": [...], "median_s", "model", ...}`.
+//!
+//! Both components use min-dalle's settings with greedy sampling, so that kiln and min-dalle do
+//! the same work with no random numbers involved: min-dalle's tokeniser, super-condition 16,
+//! top_k = 1, temperature 1, one image = decoder batch 2 (unconditional + conditional row).
+//! - `step`: one decoder step (embedding → layers → lm_head → logits on the host → token
+//!   choice). `warmup` real steps from position 0, then `timed` consecutive steps from position
+//!   128 (the middle of the 256, so that 256 × step ≈ the whole decode when the cost grows with
+//!   the position; min-dalle's own step attends over all 256 cache slots whatever the position).
+//! - `image`: the whole `generate` call: tokenise, encode, 256 steps, VQGAN decode, RGB8.
+
+use std::path::Path;
+use std::time::Instant;
+
+use burn::tensor::DType;
+use kiln::models::dalle_mini::bart_decoder::DecoderCache;
+use kiln::models::dalle_mini::sampling::sample_token;
+use kiln::models::dalle_mini::{DalleMini, DalleRequest, SamplingConfig, Tokenization};
+
+type B = burn::backend::Flex;
+
+/// The prompt both sides use (min-dalle tokeniser; the toy vocabulary of the random models
+/// covers it).
+const PROMPT: &str = "a photo of a cat sitting on a red chair";
+/// First position of the timed steps.
+const STEP_AT: usize = 128;
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        f64::NAN
+    } else {
+        s[s.len() / 2]
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: dalle_bench <dalle_bart-folder> <step|image> [timed] [warmup]";
+    let dir = Path::new(args.get(1).expect(usage));
+    let what = args.get(2).map(String::as_str).unwrap_or("step");
+    let timed: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4);
+    let warmup: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let device = Default::default();
+    let t0 = Instant::now();
+    let m = DalleMini::<B>::load_as(dir, None, &device, DType::F32).expect("DALL·E loads");
+    eprintln!(
+        "loaded {} ({} layers, d {}) in {:.2}s",
+        m.name(),
+        m.config.decoder_layers,
+        m.config.d_model,
+        t0.elapsed().as_secs_f64()
+    );
+    let sampling = SamplingConfig {
+        cond_scale: 16.0,
+        temperature: 1.0,
+        top_k: 1,
+        top_p: 1.0,
+    };
+    let mut extra = format!(",\"model\":\"{}\"", m.name());
+    let times: Vec<f64> = match what {
+        "step" => {
+            let steps = m.config.image_length;
+            assert!(
+                warmup <= STEP_AT && timed <= steps - STEP_AT,
+                "warmup <= {STEP_AT} and timed <= {}",
+                steps - STEP_AT
+            );
+            let rows = m
+                .text_rows(PROMPT, Tokenization::MinDalle, 0)
+                .expect("text rows");
+            let (enc, pad) = m.encode(&rows);
+            // One image: decoder row 0 reads encoder row 0 (unconditional), row 1 row 1.
+            let mut cache = m.decoder.start(enc, pad, &[0, 1]);
+            let codebook = m.vqgan.codebook_size().min(m.config.image_rows());
+            let mut feed = vec![m.config.decoder_start_token_id; 2];
+            let step = |cache: &mut DecoderCache<B>, feed: &mut Vec<u32>| {
+                let logits = m.decoder.step(feed, cache);
+                let w = logits.dims()[1];
+                let host = logits.into_data().to_vec::<f32>().expect("f32 logits");
+                let token = sample_token(&host[..w], &host[w..], codebook, &sampling, 0.5);
+                feed.fill(token);
+            };
+            for _ in 0..warmup {
+                step(&mut cache, &mut feed);
+            }
+            // Positions warmup..STEP_AT keep zero K/V: same work, other numbers.
+            cache.position = STEP_AT;
+            extra += &format!(",\"first_position\":{STEP_AT}");
+            (0..timed)
+                .map(|_| {
+                    let t = Instant::now();
+                    step(&mut cache, &mut feed);
+                    t.elapsed().as_secs_f64()
+                })
+                .collect()
+        }
+        "image" => {
+            let req = DalleRequest {
+                prompt: PROMPT.into(),
+                n: 1,
+                seed: 0,
+                cond_scale: sampling.cond_scale,
+                temperature: sampling.temperature,
+                top_k: sampling.top_k,
+                top_p: sampling.top_p,
+                tokenization: Tokenization::MinDalle,
+            };
+            let run = || {
+                let out = m.generate(&req, &mut |_, _| true).expect("generates");
+                assert_eq!(out.rgb8[0].len(), out.width * out.height * 3);
+                out.tokens[0].clone()
+            };
+            for _ in 0..warmup {
+                run();
+            }
+            let mut tokens = Vec::new();
+            let times = (0..timed)
+                .map(|_| {
+                    let t = Instant::now();
+                    tokens = run();
+                    t.elapsed().as_secs_f64()
+                })
+                .collect();
+            let head: Vec<String> = tokens.iter().take(8).map(u32::to_string).collect();
+            extra += &format!(",\"first_tokens\":[{}]", head.join(","));
+            times
+        }
+        other => panic!("unknown component {other}; {usage}"),
+    };
+    let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
+    let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+    println!(
+        "{{\"component\":\"{what}\",\"impl\":\"kiln\",\"load_plus_warmup_s\":{load_s:.3},\"times_s\":[{}],\"median_s\":{:.4}{extra}}}",
+        list.join(","),
+        median(&times)
+    );
+}
