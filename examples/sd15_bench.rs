@@ -1,10 +1,13 @@
 //! Timing of one SD 1.5 component on the CPU (Flex) backend, loaded from a full-size diffusers
 //! folder (random weights are fine: `models/make_sd15_fixtures.py --full`). Driven by
-//! `benches/sd15_cpu.py`, which runs this and diffusers alternately and collects peak RSS.
+//! `benches/compare.py`, which runs this and diffusers (or stable-diffusion.cpp) alternately and
+//! collects peak RSS.
 //!
 //! ```text
-//! cargo run --release --example sd15_bench -- <model-dir> <unet|vae|clip|unet-profile> [timed] [warmup]
+//! cargo run --release --example sd15_bench -- <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]
 //! ```
+//! `image` also takes an ldm single file as `<model-dir>`; `BENCH_IMAGE_STEPS` (default 20) and
+//! `BENCH_IMAGE_SCHEDULER` (default ddim; any kiln scheduler id, e.g. euler) set its sampling.
 //! Prints one JSON line on stdout: `{"component", "load_s", "times_s": [...], "median_s"}`.
 //! `unet-profile` re-runs the UNet forward op by op with a timer around each op category
 //! (Flex executes eagerly, so each op has finished when it returns).
@@ -224,10 +227,9 @@ fn p_unet(
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let root = Path::new(
-        args.get(1)
-            .expect("usage: sd15_bench <model-dir> <unet|vae|clip|unet-profile> [timed] [warmup]"),
-    );
+    let root = Path::new(args.get(1).expect(
+        "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]",
+    ));
     let what = args.get(2).map(String::as_str).unwrap_or("unet");
     let timed: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
     let warmup: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
@@ -313,18 +315,23 @@ fn main() {
             )
         }
         "image" => {
-            // The whole text-to-image pipeline (CLIP, `BENCH_IMAGE_STEPS` DDIM steps with CFG,
+            // The whole text-to-image pipeline (CLIP, `BENCH_IMAGE_STEPS` steps with CFG,
             // VAE decode) at 512x512: its process's peak RSS is the pipeline's.
             let steps = std::env::var("BENCH_IMAGE_STEPS")
                 .ok()
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(20);
+            let scheduler: SchedulerKind = std::env::var("BENCH_IMAGE_SCHEDULER")
+                .as_deref()
+                .unwrap_or("ddim")
+                .parse()
+                .expect("a kiln scheduler id");
             let sd = StableDiffusion::<B>::load(root, false, &device).expect("SD 1.5 loads");
             eprintln!("loaded pipeline in {:.2}s", t0.elapsed().as_secs_f64());
             let req = GenerateRequest {
                 prompt: "a photograph of an astronaut riding a horse".into(),
                 steps,
-                scheduler: SchedulerKind::Ddim,
+                scheduler,
                 ..Default::default()
             };
             (
@@ -332,7 +339,7 @@ fn main() {
                     let out = sd.generate(&req, &mut |_, _| true).expect("generates");
                     let _ = out.images.into_data();
                 }),
-                format!(",\"steps\":{steps}"),
+                format!(",\"steps\":{steps},\"scheduler\":\"{}\"", scheduler.id()),
             )
         }
         other => panic!("unknown component {other}"),

@@ -1,0 +1,213 @@
+#!/usr/bin/env python3
+"""Reference-side workers of `benches/compare.py`: one process = one implementation loading one
+model and timing one component; prints one JSON line on stdout (as kiln's examples/*_bench.rs do).
+
+    .venv-ref/bin/python benches/compare_refs.py diffusers  <clip|unet|vae|image> <sd15-folder>  TIMED WARMUP [--threads N]
+    .venv-ref/bin/python benches/compare_refs.py sdcpp      image                 <sd15 .safetensors> TIMED WARMUP [--threads N]
+    .venv-ref/bin/python benches/compare_refs.py min-dalle  <step|image>          <dalle_bart folder> TIMED WARMUP [--threads N]
+
+Settings shared with kiln's side (keep them in step with examples/sd15_bench.rs and
+examples/dalle_bench.rs):
+- SD 1.5: prompt PROMPT_SD, negative "", 512x512, CFG 7.5, BENCH_IMAGE_STEPS steps (default 20);
+  diffusers uses DDIM (as kiln's `image`), sd.cpp Euler with the discrete schedule (kiln's
+  `image` run with BENCH_IMAGE_SCHEDULER=euler for that row): one UNet evaluation per step, CFG
+  on, on both sides.
+- DALL·E: PROMPT_DALLE through min-dalle's tokeniser, super-condition 16, top_k 1 (greedy: no
+  random numbers, so both sides do identical work), temperature 1, one image = decoder batch 2,
+  fp32. min-dalle is driven through its own modules exactly as `MinDalle.generate_image` does
+  (`MinDalle()` itself insists on contacting huggingface.co at construction).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+PROMPT_SD = "a photograph of an astronaut riding a horse"
+PROMPT_DALLE = "a photo of a cat sitting on a red chair"
+DALLE_STEP_AT = 128  # first timed decoder position (as examples/dalle_bench.rs)
+
+
+def steps_env() -> int:
+    return int(os.environ.get("BENCH_IMAGE_STEPS", "20"))
+
+
+def time_runs(fn, timed: int, warmup: int):
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(timed):
+        s = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - s)
+    return ts
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers (PyTorch), SD 1.5 components
+
+def diffusers(component: str, model: Path, threads: int):
+    import torch
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+    g = torch.Generator().manual_seed(0)
+    if component == "clip":
+        m = CLIPTextModel.from_pretrained(str(model / "text_encoder")).eval()
+        ids = torch.randint(0, 49408, (1, 77), generator=g)
+        fn = lambda: m(ids).last_hidden_state
+    elif component == "unet":
+        m = UNet2DConditionModel.from_pretrained(str(model / "unet")).eval()
+        x = torch.randn(2, 4, 64, 64, generator=g)
+        t = torch.tensor([981, 981])
+        ctx = torch.randn(2, 77, 768, generator=g)
+        fn = lambda: m(x, t, encoder_hidden_states=ctx).sample
+    elif component == "vae":
+        m = AutoencoderKL.from_pretrained(str(model / "vae")).eval()
+        z = torch.randn(1, 4, 64, 64, generator=g)
+        fn = lambda: m.decode(z).sample
+    elif component == "image":
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+        steps = steps_env()
+        pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None,
+                                                       requires_safety_checker=False)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        pipe.set_progress_bar_config(disable=True)
+        fn = lambda: pipe(PROMPT_SD, num_inference_steps=steps, guidance_scale=7.5, height=512, width=512,
+                          generator=g, output_type="np").images
+    else:
+        raise SystemExit(f"diffusers: unknown component {component}")
+    return fn, {"torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+# ---------------------------------------------------------------------------------------------
+# stable-diffusion.cpp (PyPI stable-diffusion-cpp-python), whole image from the ldm single file
+
+SDCPP_LOG = {
+    "text_encode_s": r"get_learned_condition completed, taking ([0-9.]+)\s*s",
+    "sampling_s": r"sampling completed, taking ([0-9.]+)\s*s",
+    "vae_decode_s": r"decode_first_stage completed, taking ([0-9.]+)\s*s",
+}
+
+
+def parse_sdcpp_log(log: str) -> dict:
+    """sd.cpp's own timing lines (one per generated image, in order) and the UNet weight types."""
+    out = {k: [float(x) for x in re.findall(p, log)] for k, p in SDCPP_LOG.items()}
+    m = re.search(r"Diffusion model weight type stat:\s*(.*)", log)
+    if m:
+        out["unet_weight_types"] = m.group(1).strip()
+    return out
+
+
+def sdcpp(component: str, model: Path, threads: int):
+    if component != "image":
+        raise SystemExit("sdcpp: only `image`")
+    from stable_diffusion_cpp import StableDiffusion
+    import stable_diffusion_cpp
+    steps = steps_env()
+    # wtype "default" keeps the file's f32 weights; no flash attention, no VAE tiling (defaults).
+    sd = StableDiffusion(model_path=str(model), n_threads=threads, wtype="default", verbose=True)
+    fn = lambda: sd.generate_image(prompt=PROMPT_SD, negative_prompt="", width=512, height=512, cfg_scale=7.5,
+                                   sample_method="euler", scheduler="discrete", sample_steps=steps, seed=42)
+    info = "ggml SIMD: " + " ".join(re.findall(r"(\w+) = 1", stable_diffusion_cpp.sd_get_system_info().decode()))
+    return fn, {"stable_diffusion_cpp_python": getattr(stable_diffusion_cpp, "__version__", "?"), "threads": threads,
+                "steps": steps, "sampler": "euler/discrete", "system_info": info}
+
+
+# ---------------------------------------------------------------------------------------------
+# min-dalle (PyPI min-dalle 0.4.11), driven through its modules as MinDalle(is_reusable=True) does
+
+def min_dalle(component: str, bart: Path, threads: int):
+    import torch
+    from min_dalle.models import DalleBartDecoder, DalleBartEncoder, VQGanDetokenizer
+    from min_dalle.text_tokenizer import TextTokenizer
+    torch.set_num_threads(threads)  # after the import: min_dalle sets os.cpu_count() threads
+    torch.set_grad_enabled(False)
+    cfg = json.loads((bart / "config.json").read_text())
+    L, d, H, F = cfg["decoder_layers"], cfg["d_model"], cfg["decoder_attention_heads"], cfg["decoder_ffn_dim"]
+    # MinDalle.__init__: tokenizer, then encoder, decoder, detokenizer, all resident (fp32).
+    vocab = json.loads((bart / "vocab.json").read_text(encoding="utf8"))
+    merges = (bart / "merges.txt").read_text(encoding="utf8").split("\n")[1:-1]
+    tokenizer = TextTokenizer(vocab, merges)
+    enc = DalleBartEncoder(attention_head_count=H, embed_count=d, glu_embed_count=F, text_token_count=64,
+                           text_vocab_count=cfg["encoder_vocab_size"], layer_count=L,
+                           device="cpu").to(torch.float32).eval()
+    enc.load_state_dict(torch.load(bart / "encoder.pt"), strict=False)
+    dec = DalleBartDecoder(image_vocab_count=cfg["image_vocab_size"], attention_head_count=H, embed_count=d,
+                           glu_embed_count=F, layer_count=L, device="cpu").to(torch.float32).eval()
+    dec.load_state_dict(torch.load(bart / "decoder.pt"), strict=False)
+    detok = VQGanDetokenizer().eval()
+    detok.load_state_dict(torch.load(bart.parent / "vqgan" / "detoker.pt"))
+    settings = torch.tensor([1.0, 1.0, 16.0])  # temperature, top_k, supercondition_factor
+    token_indices = torch.arange(256)
+
+    def encode():  # MinDalle.generate_raw_image_stream, grid_size 1
+        tokens = tokenizer.tokenize(PROMPT_DALLE, is_verbose=False)[:64]
+        text = torch.ones((2, 64), dtype=torch.long)
+        text[0, :2] = torch.tensor([tokens[0], tokens[-1]])
+        text[1, :len(tokens)] = torch.tensor(tokens)
+        state = enc.forward(text)[[0, 1]]
+        text = text[[0, 1]]
+        return state, text.not_equal(1)[:, None, None, :], torch.zeros((L, 4, 256, d))
+
+    def step(i, prev, es, mask, att):
+        return dec.sample_tokens(settings=settings, attention_mask=mask, encoder_state=es, attention_state=att,
+                                 prev_tokens=prev, token_index=token_indices[[i]])
+
+    extra = {"torch": torch.__version__, "threads": torch.get_num_threads(), "model": f"d{d} x{L}"}
+    if component == "step":
+        es, mask, att = encode()
+        pos = {"i": 0, "prev": torch.full((1, 1), 2 ** 14 - 1, dtype=torch.long)}
+
+        def fn():
+            tok, _ = step(pos["i"], pos["prev"], es, mask, att)
+            pos["prev"] = tok[:, None]
+            pos["i"] += 1
+        extra["first_position"] = DALLE_STEP_AT
+        return fn, extra, lambda: pos.update(i=DALLE_STEP_AT)
+    if component == "image":
+        def fn():
+            es, mask, att = encode()
+            image_tokens = torch.full((1, 257), 2 ** 14 - 1, dtype=torch.long)
+            for i in range(256):
+                image_tokens[:, i + 1], att = step(i, image_tokens[:, [i]], es, mask, att)
+            img = detok.forward(False, image_tokens[:, 1:])
+            extra["first_tokens"] = image_tokens[0, 1:9].tolist()
+            return img.to(torch.uint8).numpy()
+        return fn, extra
+    raise SystemExit(f"min-dalle: unknown component {component}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("impl", choices=["diffusers", "sdcpp", "min-dalle"])
+    ap.add_argument("component")
+    ap.add_argument("model", type=Path)
+    ap.add_argument("timed", type=int)
+    ap.add_argument("warmup", type=int)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    made = {"diffusers": diffusers, "sdcpp": sdcpp, "min-dalle": min_dalle}[a.impl](a.component, a.model, a.threads)
+    fn, extra, between = (made + (None,))[:3]
+    for _ in range(a.warmup):
+        fn()
+    if between:
+        between()  # e.g. jump to the timed decoder position
+    ts = time_runs(fn, a.timed, 0)
+    load = time.perf_counter() - t0 - sum(ts)
+    print(json.dumps({"component": a.component, "impl": a.impl, "load_plus_warmup_s": round(load, 3),
+                      "times_s": [round(x, 4) for x in ts], "median_s": round(statistics.median(ts), 4), **extra}),
+          flush=True)
+
+
+if __name__ == "__main__":
+    main()
