@@ -8,7 +8,11 @@
 //! Shapes are those of SD 1.5 at 512×512 with CFG (batch 2, first UNet level: 320 channels,
 //! 64×64 = 4096 tokens, 8 heads of 40). Each case: 1 warm-up, then N timed iterations (default 5);
 //! prints min and median ms and GFLOP/s (2·MACs; attention counts QKᵀ and PV) or GB/s for the
-//! memory-bound ones (bytes read + written once, the ideal).
+//! memory-bound ones (bytes read + written once, the ideal). The DALL·E decoder steps
+//! (`kernels/dalle.rs`: one image with super-conditioning = 2 rows, at position 128) report GB/s
+//! of weights read once per step (a one-token step is bandwidth-bound): the tiny fixture model,
+//! and mini's width (d 1024, 16 heads, GLU 2730, 16385-row lm_head) with 2 of its 12 layers,
+//! random weights.
 
 use std::time::Instant;
 
@@ -22,6 +26,9 @@ use kiln::nn::{Conv2d, GroupNorm, Linear, sdpa, silu};
 use kiln::schedulers::{EulerDiscrete, Scheduler, SchedulerConfig};
 
 type B = Flex;
+
+#[path = "kernels/dalle.rs"]
+mod dalle;
 
 fn sync(d: &burn::tensor::Device<B>) {
     let _ = B::sync(d);
@@ -333,6 +340,8 @@ fn main() {
             sync(&d);
         },
     );
+
+    dalle::dalle_steps(&filter, iters, &d);
 }
 
 fn rayon_threads() -> String {

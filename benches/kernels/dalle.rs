@@ -1,0 +1,85 @@
+//! DALL·E decoder-step cases of the `kernels` bench (one image with super-conditioning = 2 rows,
+//! at position 128, logits to the host): GB/s of decoder weights read once per step.
+
+use std::path::Path;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Bool, Distribution, Int, Tensor, TensorData};
+use kiln::models::dalle_mini::{BartDecoder, DalleBartConfig, DalleMini, Tokenization};
+
+use super::{B, bench};
+
+/// Random normal weights for a module built with lazy zeros.
+struct Randomize;
+
+impl ModuleMapper<B> for Randomize {
+    fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let (id, t, mapper) = p.consume();
+        Param::from_mapped_value(id, t.random_like(Distribution::Normal(0.0, 0.05)), mapper)
+    }
+}
+
+pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>) {
+    let names = [
+        "dalle step tiny fixture [2 rows] @128",
+        "dalle step d1024 2 layers [2 rows] @128",
+    ];
+    if !filter.is_empty()
+        && !names
+            .iter()
+            .any(|n| filter.iter().any(|w| n.contains(w.as_str())))
+    {
+        return; // skip the loading too
+    }
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures/dalle-tiny/mindalle/dalle_bart_tiny");
+    let m = DalleMini::<B>::load(&dir, d).expect("tiny DALL·E fixture loads");
+    let rows = m
+        .text_rows("a photo of a cat", Tokenization::MinDalle, 0)
+        .expect("text rows");
+    let (enc, pad) = m.encode(&rows);
+    let start = m.config.decoder_start_token_id;
+    step_case(
+        names[0], filter, iters, &m.decoder, &m.config, enc, pad, start,
+    );
+
+    let mut cfg = DalleBartConfig::mini();
+    cfg.decoder_layers = 2;
+    let dec = BartDecoder::<B>::new(&cfg, d).map(&mut Randomize);
+    let enc = Tensor::<B, 3>::random([2, 64, cfg.d_model], Distribution::Normal(0.0, 1.0), d);
+    let mut ids = vec![1i64; 128];
+    ids[..2].copy_from_slice(&[0, 2]);
+    ids[64..71].copy_from_slice(&[0, 10, 11, 12, 13, 14, 2]);
+    let pad = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 64]), d)
+        .equal_elem(1)
+        .reshape([2, 1, 1, 64]);
+    let start = cfg.decoder_start_token_id;
+    step_case(names[1], filter, iters, &dec, &cfg, enc, pad, start);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn step_case(
+    name: &str,
+    filter: &[String],
+    iters: usize,
+    dec: &BartDecoder<B>,
+    cfg: &DalleBartConfig,
+    enc: Tensor<B, 3>,
+    pad: Tensor<B, 4, Bool>,
+    start: u32,
+) {
+    let mut cache = dec.start(enc, pad, &[0, 1]);
+    let (dm, f) = (cfg.d_model, cfg.decoder_ffn_dim);
+    let weights = cfg.decoder_layers * (6 * dm * dm + 3 * dm * f) + dm * cfg.image_rows();
+    bench(
+        name,
+        filter,
+        iters.max(20),
+        4.0 * weights as f64,
+        "GB/s",
+        || {
+            cache.position = 128;
+            let _ = dec.step(&[start, start], &mut cache).into_data();
+        },
+    );
+}
