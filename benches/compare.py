@@ -4,8 +4,8 @@ run, alternating processes, identical weights, prompts and settings.
 
 One command (from the repo root, or anywhere):
 
-    python3 benches/compare.py                           # clip,unet,vae,dalle-step (~6 min on 2 cores)
-    python3 benches/compare.py --only all                # every component (~70 min on 2 cores)
+    python3 benches/compare.py                           # clip,unet,vae,dalle-step (~7 min on 2 cores)
+    python3 benches/compare.py --only all                # every component (~1.5 h on 2 cores)
     python3 benches/compare.py --only sdcpp,mega-step --rounds 2 --threads 2
 
 Components (kiln vs reference):
