@@ -122,9 +122,10 @@ pub(crate) struct SendPtr(pub *mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
-/// Declares `pub(crate) fn $name` that runs `$body` compiled for AVX2+FMA when the CPU has
-/// them (release builds target baseline x86-64, so without this the loops stay SSE2 scalar
-/// math), and the baseline version otherwise.
+/// Declares `pub(crate) fn $name` that runs `$body` compiled for AVX-512 or AVX2+FMA when the
+/// CPU has them (release builds target baseline x86-64, so without this the loops stay SSE2
+/// scalar math), and the baseline version otherwise. The loops spell out their lanes and Rust
+/// never contracts `a*b+c` into an FMA, so every variant gives the same bits.
 macro_rules! simd_dispatch {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$m])*
@@ -133,6 +134,17 @@ macro_rules! simd_dispatch {
             fn imp($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+                fn avx512($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the features were detected just above.
+                    return unsafe { avx512($($arg),*) };
+                }
                 #[target_feature(enable = "avx2,fma")]
                 fn avx2($($arg: $ty),*) $(-> $ret)? { imp($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx2")
