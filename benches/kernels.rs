@@ -214,6 +214,23 @@ fn main() {
             sync(&d);
         },
     );
+    // The middle UNet levels, which carry as many FLOPs as the 64x64 one.
+    for (ch, hw) in [(640usize, 32usize), (1280, 16)] {
+        let xl = Tensor::<B, 4>::random([2, ch, hw, hw], n, &d);
+        let wl = Tensor::<B, 4>::random([ch, ch, 3, 3], n, &d);
+        let kl = conv(&wl, &Tensor::<B, 1>::random([ch], n, &d));
+        bench(
+            &format!("conv3x3 {ch}->{ch} [2,{ch},{hw},{hw}] kiln"),
+            &filter,
+            iters,
+            2.0 * (2 * ch * hw * hw * ch * 9) as f64,
+            "GFLOP/s",
+            || {
+                let _ = kl.forward(xl.clone());
+                sync(&d);
+            },
+        );
+    }
     let w1 = Tensor::<B, 4>::random([320, 320, 1, 1], n, &d);
     let flops = 2.0 * (2 * 320 * 64 * 64 * 320_u64) as f64;
     let kconv1 = conv(&w1, &bias);
@@ -301,6 +318,28 @@ fn main() {
         "GFLOP/s",
         || {
             let _ = klinf.forward(xt.clone());
+            sync(&d);
+        },
+    );
+    bench(
+        "linear 320->2560 [2,4096,320] + geglu kiln (unfused)",
+        &filter,
+        iters,
+        flopsf,
+        "GFLOP/s",
+        || {
+            let _ = kiln::nn::geglu(klinf.forward(xt.clone()));
+            sync(&d);
+        },
+    );
+    bench(
+        "linear 320->2560 [2,4096,320] + geglu kiln (fused)",
+        &filter,
+        iters,
+        flopsf,
+        "GFLOP/s",
+        || {
+            let _ = klinf.forward_geglu(xt.clone());
             sync(&d);
         },
     );

@@ -28,7 +28,7 @@ use kiln::models::sd15::unet_2d::UNet2DConditionModel;
 use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::weights;
 use kiln::models::sd15::{GenerateRequest, StableDiffusion};
-use kiln::nn::{geglu, merge_heads, sdpa, silu, split_heads};
+use kiln::nn::{merge_heads, sdpa, silu, split_heads};
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{KeyTarget, TensorFile, load_into, require_complete};
 
@@ -147,8 +147,7 @@ fn p_transformer(
         let n = p.t("layernorm", || blk.norm2.forward(t.clone()));
         t = p_attn(p, &blk.attn2, n, Some(ctx), t, "attention(cross sdpa)");
         let n = p.t("layernorm", || blk.norm3.forward(t.clone()));
-        let hh = p.t("linear(ff)", || blk.ff.net_0.proj.forward(n));
-        let g = p.t("geglu", || geglu(hh));
+        let g = p.t("linear(ff)+geglu", || blk.ff.net_0.proj.forward_geglu(n));
         t = p.t("linear(ff)", || blk.ff.net_2.forward_add(g, t));
     }
     let x = p.t("copies(nchw<->tokens)", || {

@@ -5,9 +5,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::nn::{
-    Conv2d, GroupNorm, LayerNorm, Linear, conv1x1, geglu, merge_heads, sdpa, split_heads,
-};
+use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, conv1x1, merge_heads, sdpa, split_heads};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -80,7 +78,7 @@ impl<B: Backend> FeedForward<B> {
     /// `residual + ff(x)`.
     pub fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         self.net_2
-            .forward_add(geglu(self.net_0.proj.forward(x)), residual)
+            .forward_add(self.net_0.proj.forward_geglu(x), residual)
     }
 }
 

@@ -83,10 +83,7 @@ simd_dispatch! {
             }
             let m_new = math::max(live).max(m[i]);
             corr[i] = if m[i] == f32::NEG_INFINITY { 0.0 } else { math::exp(m[i] - m_new) };
-            for v in live.iter_mut() {
-                *v = math::exp(*v - m_new);
-            }
-            l[i] = l[i] * corr[i] as f64 + math::sum_map(live, |v| v);
+            l[i] = l[i] * corr[i] as f64 + math::exp_sub_sum(live, m_new);
             m[i] = m_new;
         }
     }

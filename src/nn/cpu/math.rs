@@ -75,6 +75,32 @@ pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
+/// `xᵢ ← exp(xᵢ − m)` in place, returning Σ of the new values (f64 total of f32 lane sums
+/// over blocks of 1024). One pass instead of an exp pass and a sum pass, and 64 lanes in
+/// flight so the exp polynomial's dependency chains overlap instead of stalling on latency.
+#[inline(always)]
+pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f64 {
+    const W: usize = 4 * LANES;
+    let mut total = 0.0f64;
+    for block in x.chunks_mut(1024) {
+        let mut acc = [0.0f32; W];
+        let mut chunks = block.chunks_exact_mut(W);
+        for c in &mut chunks {
+            for i in 0..W {
+                let e = exp(c[i] - m);
+                c[i] = e;
+                acc[i] += e;
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = exp(*v - m);
+            total += *v as f64;
+        }
+        total += acc.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    total
+}
+
 /// max(x), vectorised (NaN propagates as in `f32::max` semantics of the lanes: ignored).
 #[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
@@ -150,5 +176,13 @@ mod tests {
         let want: f64 = x.iter().map(|&v| v as f64).sum();
         assert_eq!(sum_map(&x, |v| v), want);
         assert_eq!(max(&x), 56.0);
+        let x: Vec<f32> = x.iter().map(|v| v * 0.01).collect();
+        let mut y = x.clone();
+        let want: f64 = x.iter().map(|&v| (v - 0.5).exp() as f64).sum();
+        let got = exp_sub_sum(&mut y, 0.5);
+        assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
+        for (&e, &v) in y.iter().zip(&x) {
+            assert!((e - (v - 0.5).exp()).abs() <= 3e-7 * e, "exp({v} - 0.5)");
+        }
     }
 }

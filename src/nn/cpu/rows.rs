@@ -127,13 +127,29 @@ pub(crate) fn layer_norm(
     new_tensor(out, shape)
 }
 
+#[inline(always)]
+fn geglu_pair(value: &[f32], gate: &[f32], out: &mut [f32]) {
+    for ((o, &v), &g) in out.iter_mut().zip(value).zip(gate) {
+        *o = v * math::gelu(g);
+    }
+}
+
 simd_dispatch! {
     fn geglu_rows(h: &[f32], out: &mut [f32], inner: usize) {
         for (hr, or) in h.chunks_exact(2 * inner).zip(out.chunks_exact_mut(inner)) {
             let (value, gate) = hr.split_at(inner);
-            for i in 0..inner {
-                or[i] = value[i] * math::gelu(gate[i]);
-            }
+            geglu_pair(value, gate, or);
+        }
+    }
+}
+
+simd_dispatch! {
+    /// Rows of `value` and `gate` tiles (row length `cols`) into `out` rows `out_rs` apart.
+    fn geglu_tile(value: &[f32], gate: &[f32], out: *mut f32, out_rs: usize, cols: usize) {
+        for (r, (v, g)) in value.chunks_exact(cols).zip(gate.chunks_exact(cols)).enumerate() {
+            // SAFETY: the caller owns `cols` values at each of these rows of `out`.
+            let o = unsafe { std::slice::from_raw_parts_mut(out.add(r * out_rs), cols) };
+            geglu_pair(v, g, o);
         }
     }
 }
@@ -150,6 +166,108 @@ pub(crate) fn geglu(h: &FlexTensor) -> FlexTensor {
     out.par_chunks_mut(rows * inner)
         .zip(slice(&h).par_chunks(rows * 2 * inner))
         .for_each(|(o, hr)| geglu_rows(hr, o, inner));
+    new_tensor(out, shape)
+}
+
+/// The output tiles of an `m×n` Linear, one parallel task each.
+struct Tiles {
+    m: usize,
+    n: usize,
+    tr: usize,
+    tc: usize,
+    nc: usize,
+}
+
+impl Tiles {
+    fn new(m: usize, n: usize) -> Self {
+        let tr = TILE_ROWS.min(m.max(1));
+        // Few rows (CLIP's 77 tokens, a decoder step's 2): narrower column tiles, so every
+        // thread gets several.
+        let want_cols = (4 * rayon::current_num_threads()).div_ceil(m.div_ceil(tr));
+        let tc = TILE_COLS
+            .min(n.div_ceil(want_cols).next_multiple_of(16).max(64))
+            .min(n.max(1));
+        let nc = n.div_ceil(tc);
+        Self { m, n, tr, tc, nc }
+    }
+
+    fn count(&self) -> usize {
+        self.m.div_ceil(self.tr) * self.nc
+    }
+
+    /// Rows `r0..r1` and columns `c0..c1` of tile `t`.
+    fn get(&self, t: usize) -> [usize; 4] {
+        let (r0, c0) = ((t / self.nc) * self.tr, (t % self.nc) * self.tc);
+        [
+            r0,
+            (r0 + self.tr).min(self.m),
+            c0,
+            (c0 + self.tc).min(self.n),
+        ]
+    }
+}
+
+/// GEGLU of a Linear, `value · gelu(gate)` where `[value | gate] = x Wt + b` and `Wt` is
+/// `[K, 2I]`: each task computes the value and the gate tile of its `[rows, I]` output tile
+/// into L2 scratch and writes their product, so the `2I`-wide projection (84 MB per UNet
+/// feed-forward at 64×64) is never written out and read back.
+pub(crate) fn linear_geglu(
+    x: &FlexTensor,
+    wt: &FlexTensor,
+    bias: Option<&FlexTensor>,
+) -> FlexTensor {
+    let x = contiguous(x);
+    let wt = contiguous(wt);
+    let mut shape = dims(&x);
+    let last = shape.len() - 1;
+    let k = shape[last];
+    let n2 = dims(&wt)[1];
+    let inner = n2 / 2;
+    let m = x.layout().num_elements() / k.max(1);
+    shape[last] = inner;
+    let b = bias.map(contiguous);
+    let bs = b.as_ref().map(slice);
+    let (xs, ws) = (slice(&x), slice(&wt));
+    let mut out = vec![0.0f32; m * inner];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let tiles = Tiles::new(m, inner);
+    (0..tiles.count())
+        .into_par_iter()
+        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, t| {
+            let out_ptr = out_ptr;
+            let [r0, r1, c0, c1] = tiles.get(t);
+            let (rows, cols) = (r1 - r0, c1 - c0);
+            scratch.resize(2 * rows * cols, 0.0);
+            let (value, gate) = scratch.split_at_mut(rows * cols);
+            for (half, buf) in [(0, &mut *value), (inner, &mut *gate)] {
+                if let Some(b) = bs {
+                    for row in buf.chunks_exact_mut(cols) {
+                        row.copy_from_slice(&b[half + c0..half + c1]);
+                    }
+                }
+                // SAFETY: buf is rows×cols; `x` rows r0..r1 (stride k) and `wt` columns
+                // half+c0..half+c1 (stride n2) are in bounds.
+                unsafe {
+                    gemm_tile(
+                        [rows, cols, k],
+                        buf.as_mut_ptr(),
+                        cols,
+                        bs.is_some(),
+                        (xs.as_ptr().add(r0 * k), 1, k as isize),
+                        (ws.as_ptr().add(half + c0), 1, n2 as isize),
+                        1.0,
+                    );
+                }
+            }
+            // SAFETY: this task alone owns columns c0..c1 of rows r0..r1 of `out`.
+            geglu_tile(
+                value,
+                gate,
+                unsafe { out_ptr.0.add(r0 * inner + c0) },
+                inner,
+                cols,
+            );
+        });
     new_tensor(out, shape)
 }
 
@@ -177,19 +295,10 @@ pub(crate) fn linear(
     let (xs, ws) = (slice(&x), slice(&wt));
     let mut out = vec![0.0f32; m * n];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let tr = TILE_ROWS.min(m.max(1));
-    let nr = m.div_ceil(tr);
-    // Few rows (CLIP's 77 tokens, a decoder step's 2): narrower column tiles, so every
-    // thread gets several.
-    let want_cols = (4 * rayon::current_num_threads()).div_ceil(nr);
-    let tc = TILE_COLS
-        .min(n.div_ceil(want_cols).next_multiple_of(16).max(64))
-        .min(n.max(1));
-    let nc = n.div_ceil(tc);
-    (0..nr * nc).into_par_iter().for_each(|t| {
+    let tiles = Tiles::new(m, n);
+    (0..tiles.count()).into_par_iter().for_each(|t| {
         let out_ptr = out_ptr;
-        let (r0, c0) = ((t / nc) * tr, (t % nc) * tc);
-        let (r1, c1) = ((r0 + tr).min(m), (c0 + tc).min(n));
+        let [r0, r1, c0, c1] = tiles.get(t);
         for row in r0..r1 {
             // SAFETY: this task alone owns columns c0..c1 of rows r0..r1 of `out`.
             let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * n + c0), c1 - c0) };
