@@ -230,6 +230,10 @@ pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 
 /// CLIP's activation: `x · σ(1.702 x)`.
 pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    #[cfg(feature = "cpu")]
+    if let Some(fx) = cpu::to_flex(&x) {
+        return cpu::from_flex(cpu::quick_gelu(&fx));
+    }
     x.clone() * sigmoid(x * 1.702)
 }
 
@@ -318,6 +322,18 @@ mod tests {
                 assert!(err < 1e-5, "max |diff| {err}");
             }
         }
+    }
+
+    #[test]
+    fn quick_gelu_matches_plain_ops() {
+        let x = Tensor::<Flex, 2>::random(
+            [3, 70_001],
+            Distribution::Normal(0.0, 4.0),
+            &Default::default(),
+        );
+        let want = x.clone() * sigmoid(x.clone() * 1.702);
+        let err: f32 = (quick_gelu(x) - want).abs().max().into_scalar();
+        assert!(err < 1e-6, "max |diff| {err}");
     }
 
     /// The fused GEGLU projection against plain ops, on shapes that split into several

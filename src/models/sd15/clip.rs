@@ -120,22 +120,26 @@ impl<B: Backend> ClipTextModel<B> {
 
 impl<B: Backend> ClipEncoderLayer<B> {
     fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        let h = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
+        let h = self
+            .self_attn
+            .forward_add(self.layer_norm1.forward(x.clone()), x);
         let m = self.mlp.fc1.forward(self.layer_norm2.forward(h.clone()));
         let m = if self.mlp.quick {
             quick_gelu(m)
         } else {
             gelu_exact(m)
         };
-        h + self.mlp.fc2.forward(m)
+        self.mlp.fc2.forward_add(m, h)
     }
 }
 
 impl<B: Backend> ClipAttention<B> {
-    fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    /// `residual + attention(x)`.
+    fn forward_add(&self, x: Tensor<B, 3>, residual: Tensor<B, 3>) -> Tensor<B, 3> {
         let q = split_heads(self.q_proj.forward(x.clone()), self.heads);
         let k = split_heads(self.k_proj.forward(x.clone()), self.heads);
         let v = split_heads(self.v_proj.forward(x), self.heads);
-        self.out_proj.forward(merge_heads(sdpa(q, k, v, true)))
+        self.out_proj
+            .forward_add(merge_heads(sdpa(q, k, v, true)), residual)
     }
 }
