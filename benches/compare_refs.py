@@ -2,7 +2,7 @@
 """Reference-side workers of `benches/compare.py`: one process = one implementation loading one
 model and timing one component; prints one JSON line on stdout (as kiln's examples/*_bench.rs do).
 
-    .venv-ref/bin/python benches/compare_refs.py diffusers  <clip|unet|vae|image> <sd15-folder>  TIMED WARMUP [--threads N]
+    .venv-ref/bin/python benches/compare_refs.py diffusers  <clip|unet|unet-bf16|vae|image> <sd15-folder>  TIMED WARMUP [--threads N]
     .venv-ref/bin/python benches/compare_refs.py sdcpp      image                 <sd15 .safetensors> TIMED WARMUP [--threads N]
     .venv-ref/bin/python benches/compare_refs.py min-dalle  <step|image>          <dalle_bart folder> TIMED WARMUP [--threads N]
 
@@ -62,11 +62,13 @@ def diffusers(component: str, model: Path, threads: int):
         m = CLIPTextModel.from_pretrained(str(model / "text_encoder")).eval()
         ids = torch.randint(0, 49408, (1, 77), generator=g)
         fn = lambda: m(ids).last_hidden_state
-    elif component == "unet":
-        m = UNet2DConditionModel.from_pretrained(str(model / "unet")).eval()
-        x = torch.randn(2, 4, 64, 64, generator=g)
+    elif component in ("unet", "unet-bf16"):
+        # unet-bf16: the same step in bfloat16, which PyTorch runs on AMX/AVX512-BF16 here.
+        dt = torch.bfloat16 if component == "unet-bf16" else torch.float32
+        m = UNet2DConditionModel.from_pretrained(str(model / "unet"), torch_dtype=dt).eval()
+        x = torch.randn(2, 4, 64, 64, generator=g).to(dt)
         t = torch.tensor([981, 981])
-        ctx = torch.randn(2, 77, 768, generator=g)
+        ctx = torch.randn(2, 77, 768, generator=g).to(dt)
         fn = lambda: m(x, t, encoder_hidden_states=ctx).sample
     elif component == "vae":
         m = AutoencoderKL.from_pretrained(str(model / "vae")).eval()
