@@ -148,6 +148,7 @@ mod tests {
 
     /// The CPU kernel against Burn's own convolution, on shapes that hit its edge cases:
     /// k = 5, odd widths, a single row band, channel blocks split across tasks, 1×1 planes,
+    /// Winograd planes with partial tiles,
     /// the relaid-out weight and a contiguous one, with and without bias.
     #[test]
     fn same_conv_kernel_matches_burn_conv() {
@@ -160,6 +161,9 @@ mod tests {
             (3, 5, 7, 6, 11, 5, true),
             (2, 64, 96, 40, 33, 3, true),
             (2, 24, 40, 9, 13, 1, true),
+            // Winograd (k = 3, ≥ 32×32): odd sizes leave partial tiles on both edges.
+            (2, 16, 24, 33, 35, 3, true),
+            (1, 5, 150, 32, 32, 3, false),
         ] {
             let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d);
             let wt = Tensor::<Flex, 4>::random([o, c, k, k], n, &d);

@@ -254,6 +254,30 @@ pub fn geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Tensor<B, D> {
     value * gelu_exact(gate)
 }
 
+/// `x Wᵀ (+ b)` with `W` `[out, in]` in PyTorch's layout, for inputs of a few rows (a decode
+/// step) on the CPU backend, reading each weight row once; `None` where that does not apply
+/// (other backends, dtypes, more rows), and the caller multiplies as usual.
+pub fn matvec_rows<B: Backend, const D: usize>(
+    x: &Tensor<B, D>,
+    w: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Option<Tensor<B, D>> {
+    #[cfg(feature = "cpu")]
+    {
+        let (fx, fw) = (cpu::to_flex(x)?, cpu::to_flex(w)?);
+        let fb = match bias {
+            Some(b) => Some(cpu::to_flex(b)?),
+            None => None,
+        };
+        cpu::gemv(&fx, &fw, fb.as_ref()).map(cpu::from_flex)
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = (x, w, bias);
+        None
+    }
+}
+
 /// `[B, S, H·Dh]` → `[B, H, S, Dh]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [b, s, d] = x.dims();
@@ -334,6 +358,30 @@ mod tests {
         let want = x.clone() * sigmoid(x.clone() * 1.702);
         let err: f32 = (quick_gelu(x) - want).abs().max().into_scalar();
         assert!(err < 1e-6, "max |diff| {err}");
+    }
+
+    /// The few-rows GEMV against a plain matmul: 1 and 8 rows, a ragged K and N (several
+    /// blocks, the last partial), with and without bias; more rows are declined.
+    #[test]
+    fn matvec_rows_matches_matmul() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let w = Tensor::<Flex, 2>::random([600, 37], n, &d);
+        let b = Tensor::<Flex, 1>::random([600], n, &d);
+        for rows in [1, 8] {
+            let x = Tensor::<Flex, 3>::random([rows, 1, 37], n, &d);
+            for bias in [None, Some(&b)] {
+                let got = matvec_rows(&x, &w, bias).expect("few rows take the GEMV");
+                let mut want = x.clone().matmul(w.clone().transpose().unsqueeze::<3>());
+                if let Some(b) = bias {
+                    want = want + b.clone().unsqueeze::<3>();
+                }
+                let err: f32 = (got - want).abs().max().into_scalar();
+                assert!(err < 1e-5, "{rows} rows: max |diff| {err}");
+            }
+        }
+        let x = Tensor::<Flex, 3>::random([3, 3, 37], n, &d);
+        assert!(matvec_rows(&x, &w, None).is_none());
     }
 
     /// The fused GEGLU projection against plain ops, on shapes that split into several

@@ -3,7 +3,8 @@
 //! Why not `crate::nn::Linear`: multiplying by the transposed *view* of W makes Flex (0.21) copy
 //! W on every call, which dominates one-token decode steps (measured 1024→16385 with 2 rows:
 //! 148 ms per call against 11 ms here). With W as the contiguous left operand nothing is copied
-//! but the small result; for 256-row inputs it is as fast as a pre-transposed weight.
+//! but the small result; for 256-row inputs it is as fast as a pre-transposed weight. Decode
+//! steps (a few rows) on the CPU take `nn::matvec_rows`, which reads each weight row once.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -29,6 +30,10 @@ impl<B: Backend> Dense<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let [b, s, d_in] = x.dims();
         let w = self.weight.val();
+        let bias = self.bias.as_ref().map(|b| b.val());
+        if let Some(y) = crate::nn::matvec_rows(&x, &w, bias.as_ref()) {
+            return y;
+        }
         let d_out = w.dims()[0];
         let xt = x.reshape([1, b * s, d_in]).swap_dims(1, 2); // [1, in, B·S]
         let y = w
@@ -36,8 +41,8 @@ impl<B: Backend> Dense<B> {
             .matmul(xt)
             .swap_dims(1, 2)
             .reshape([b, s, d_out]);
-        match &self.bias {
-            Some(bias) => y + bias.val().unsqueeze::<3>(),
+        match bias {
+            Some(bias) => y + bias.unsqueeze::<3>(),
             None => y,
         }
     }

@@ -11,7 +11,13 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, slice};
+use super::{SendPtr, contiguous, gemm_tile, new_tensor, slice, winograd};
+
+/// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
+fn direct_only() -> bool {
+    static DIRECT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DIRECT.get_or_init(|| std::env::var("KILN_CONV").is_ok_and(|v| v == "direct"))
+}
 
 /// Wide output columns a task aims for: accumulator `C_out × ~512` stays in L2.
 const COLS_PER_TASK: usize = 512;
@@ -43,6 +49,10 @@ pub(crate) fn conv_same(
         }
         Some(_) => return None,
     };
+    if k == 3 && winograd::worth_it(h, wd) && !direct_only() && w.layout().has_positive_strides() {
+        let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
+        return Some(winograd::conv3x3(x, w, bias, add));
+    }
     let x = contiguous(x);
     // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
     // keeps it as [k, k, O, C] in memory (see `nn::conv`), which spares gemm a repack.

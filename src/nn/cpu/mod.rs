@@ -12,6 +12,7 @@ mod attention;
 mod conv;
 mod math;
 mod rows;
+mod winograd;
 
 use std::any::{Any, TypeId};
 
@@ -21,7 +22,7 @@ use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
 pub(crate) use conv::conv_same;
-pub(crate) use rows::{geglu, group_norm, layer_norm, linear, linear_geglu, quick_gelu};
+pub(crate) use rows::{geglu, gemv, group_norm, layer_norm, linear, linear_geglu, quick_gelu};
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).
 pub(crate) fn is_flex<B: Backend>() -> bool {

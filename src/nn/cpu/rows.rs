@@ -351,3 +351,78 @@ pub(crate) fn linear(
     });
     new_tensor(out, shape)
 }
+
+/// Rows at most for [`gemv`]: a decode step's inputs (2 for one image with super-conditioning).
+pub(crate) const GEMV_MAX_ROWS: usize = 8;
+
+/// Output features per [`gemv`] task: 256 rows of W (1 MB at d = 1024) per task.
+const GEMV_BLOCK: usize = 256;
+
+simd_dispatch! {
+    /// `out[r][j] = W[j] · x[r]` for the weight rows of one task (`w` holds them, `k` long),
+    /// every input row at once so each W row is read from memory once: the whole point, a
+    /// decode step is bound by streaming the weights.
+    fn gemv_block(w: &[f32], x: &[f32], k: usize, out: &mut [[f32; GEMV_BLOCK]; GEMV_MAX_ROWS]) {
+        const L: usize = 16;
+        let rows = x.len() / k;
+        for (j, wr) in w.chunks_exact(k).enumerate() {
+            let mut acc = [[0.0f32; L]; GEMV_MAX_ROWS];
+            let mut wc = wr.chunks_exact(L);
+            let mut at = 0;
+            for wl in &mut wc {
+                for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+                    let xl = &x[r * k + at..r * k + at + L];
+                    for l in 0..L {
+                        acc[l] += wl[l] * xl[l];
+                    }
+                }
+                at += L;
+            }
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                let mut sum = acc.iter().sum::<f32>();
+                for (i, &wv) in wc.remainder().iter().enumerate() {
+                    sum += wv * x[r * k + at + i];
+                }
+                out[r][j] = sum;
+            }
+        }
+    }
+}
+
+/// `x Wᵀ (+ b)` for few rows (`x` `[…, K]` with at most [`GEMV_MAX_ROWS`] rows, `W` `[N, K]`
+/// in PyTorch's layout): parallel over blocks of output features, each W row read once.
+pub(crate) fn gemv(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let mut shape = dims(x);
+    let last = shape.len() - 1;
+    let k = shape[last];
+    let wd = dims(w);
+    let m = x.layout().num_elements() / k.max(1);
+    if wd.len() != 2 || wd[1] != k || k == 0 || m == 0 || m > GEMV_MAX_ROWS {
+        return None;
+    }
+    let n = wd[0];
+    shape[last] = n;
+    let (x, w) = (contiguous(x), contiguous(w));
+    let b = bias.map(contiguous);
+    let (xs, ws, bs) = (slice(&x), slice(&w), b.as_ref().map(slice));
+    let mut out = vec![0.0f32; m * n];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..n.div_ceil(GEMV_BLOCK)).into_par_iter().for_each(|blk| {
+        let out_ptr = out_ptr;
+        let (j0, j1) = (blk * GEMV_BLOCK, ((blk + 1) * GEMV_BLOCK).min(n));
+        let mut part = [[0.0f32; GEMV_BLOCK]; GEMV_MAX_ROWS];
+        gemv_block(&ws[j0 * k..j1 * k], xs, k, &mut part);
+        for (r, p) in part.iter().enumerate().take(m) {
+            for (jj, &v) in p[..j1 - j0].iter().enumerate() {
+                let add = bs.map_or(0.0, |b| b[j0 + jj]);
+                // SAFETY: this task alone writes columns j0..j1 of every row.
+                unsafe { *out_ptr.0.add(r * n + j0 + jj) = v + add };
+            }
+        }
+    });
+    Some(new_tensor(out, shape))
+}
