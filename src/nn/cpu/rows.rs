@@ -225,6 +225,16 @@ impl Tiles {
     }
 }
 
+/// Contiguous `x` `[…, K]` and `Wt` `[K, N]`, the shape of `x`, and `[M, K, N]`.
+fn operands(x: &FlexTensor, wt: &FlexTensor) -> (FlexTensor, FlexTensor, Vec<usize>, [usize; 3]) {
+    let (x, wt) = (contiguous(x), contiguous(wt));
+    let shape = dims(&x);
+    let k = shape[shape.len() - 1];
+    let n = dims(&wt)[1];
+    let m = x.layout().num_elements() / k.max(1);
+    (x, wt, shape, [m, k, n])
+}
+
 /// GEGLU of a Linear, `value · gelu(gate)` where `[value | gate] = x Wt + b` and `Wt` is
 /// `[K, 2I]`: each task computes the value and the gate tile of its `[rows, I]` output tile
 /// into L2 scratch and writes their product, so the `2I`-wide projection (84 MB per UNet
@@ -234,15 +244,9 @@ pub(crate) fn linear_geglu(
     wt: &FlexTensor,
     bias: Option<&FlexTensor>,
 ) -> FlexTensor {
-    let x = contiguous(x);
-    let wt = contiguous(wt);
-    let mut shape = dims(&x);
-    let last = shape.len() - 1;
-    let k = shape[last];
-    let n2 = dims(&wt)[1];
+    let (x, wt, mut shape, [m, k, n2]) = operands(x, wt);
     let inner = n2 / 2;
-    let m = x.layout().num_elements() / k.max(1);
-    shape[last] = inner;
+    *shape.last_mut().expect("rank >= 1") = inner;
     let b = bias.map(contiguous);
     let bs = b.as_ref().map(slice);
     let (xs, ws) = (slice(&x), slice(&wt));
@@ -300,14 +304,8 @@ pub(crate) fn linear(
     bias: Option<&FlexTensor>,
     residual: Option<&FlexTensor>,
 ) -> FlexTensor {
-    let x = contiguous(x);
-    let wt = contiguous(wt);
-    let mut shape = dims(&x);
-    let last = shape.len() - 1;
-    let k = shape[last];
-    let n = dims(&wt)[1];
-    let m = x.layout().num_elements() / k.max(1);
-    shape[last] = n;
+    let (x, wt, mut shape, [m, k, n]) = operands(x, wt);
+    *shape.last_mut().expect("rank >= 1") = n;
     let (b, r) = (bias.map(contiguous), residual.map(contiguous));
     let (bs, rs) = (b.as_ref().map(slice), r.as_ref().map(slice));
     let (xs, ws) = (slice(&x), slice(&wt));
