@@ -55,11 +55,13 @@ impl<B: Backend> Conv2d<B> {
         padding: [usize; 4],
     ) -> Self {
         #[cfg(feature = "cpu")]
-        let k = weight.dims()[2];
-        let weight = if super::cpu::is_flex::<B>() && k > 1 && is_same(k, stride, padding) {
-            relayout(weight)
-        } else {
-            weight
+        let weight = {
+            let k = weight.dims()[2];
+            if super::cpu::is_flex::<B>() && k > 1 && is_same(k, stride, padding) {
+                relayout(weight)
+            } else {
+                weight
+            }
         };
         Self {
             weight: Param::from_tensor(weight),
