@@ -152,10 +152,40 @@ impl<B: Backend> GroupNorm<B> {
         let xg = x
             .cast(DType::F32)
             .reshape([n, self.num_groups, (c / self.num_groups) * h * w]);
-        let (var, mean) = xg.clone().var_mean_bias(2);
-        let xg = (xg - mean) / (var + self.eps).sqrt();
+        let xg = xg.clone() - mean_last(xg);
+        let var = mean_last(xg.clone() * xg.clone());
+        let xg = xg / (var + self.eps).sqrt();
         let x = xg.reshape([n, c, h, w]).cast(dtype);
         x * self.weight.val().reshape([1, c, 1, 1]) + self.bias.val().reshape([1, c, 1, 1])
+    }
+}
+
+/// Longest row [`mean_last`] hands to one reduction.
+const REDUCE_CHUNK: usize = 4096;
+
+/// Mean over the last dimension (kept, size 1) of `[A, B, L]`, as means of equal chunks of at
+/// most [`REDUCE_CHUNK`] elements, then the mean of those.
+///
+/// Why not `mean_dim(2)`: with Burn 0.21's wgpu backend on Mesa lavapipe, `sum_dim`/`mean_dim`
+/// over rows longer than 65,536 elements silently drop elements once a reduction reaches 2^18
+/// of them (`Tensor::<Wgpu, 2>::from_data` of a `[4, 131072]` tensor: `.sum_dim(1)` gives rows
+/// 2 and 3 as 0; `[1, 300000]` sums only the first 262,144), with and without fusion; and even
+/// where it is right, it sums a row sequentially in f32 (relative error ~1e-3 at 65,536
+/// elements). GroupNorm at 256×256 and more (the VQGAN's last level, SD's VAE at 512×512) has
+/// such rows. Chunks keep every reduction short and the sum pairwise-like on every backend.
+fn mean_last<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [a, b, l] = x.dims();
+    if l <= REDUCE_CHUNK {
+        return x.mean_dim(2);
+    }
+    match (2..=REDUCE_CHUNK).rev().find(|k| l.is_multiple_of(*k)) {
+        Some(k) => mean_last(
+            x.reshape([a, b * (l / k), k])
+                .mean_dim(2)
+                .reshape([a, b, l / k]),
+        ),
+        // A prime length (never a GroupNorm's in practice): one reduction.
+        None => x.mean_dim(2),
     }
 }
 

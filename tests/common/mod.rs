@@ -1,8 +1,10 @@
 //! Shared test helpers: fixture paths, reference tensors, the CPU backend, comparisons.
+//! `tensor_on` and `values` take any backend (`wgpu_parity.rs` runs on wgpu).
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use kiln::weights::TensorFile;
 
@@ -29,10 +31,18 @@ pub fn reference(file: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
 }
 
 pub fn tensor<const D: usize>(shape: &[usize], values: Vec<f32>) -> Tensor<B, D> {
-    Tensor::from_data(TensorData::new(values, shape.to_vec()), &device())
+    tensor_on(shape, values, &device())
 }
 
-pub fn values<const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub fn tensor_on<Bk: Backend, const D: usize>(
+    shape: &[usize],
+    values: Vec<f32>,
+    device: &Bk::Device,
+) -> Tensor<Bk, D> {
+    Tensor::from_data(TensorData::new(values, shape.to_vec()), device)
+}
+
+pub fn values<Bk: Backend, const D: usize>(t: Tensor<Bk, D>) -> Vec<f32> {
     t.into_data()
         .convert_dtype(DType::F32)
         .to_vec::<f32>()

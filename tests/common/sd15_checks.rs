@@ -1,0 +1,119 @@
+//! The SD 1.5 parity checks against the committed diffusers/transformers references, generic
+//! over the backend: `sd15_parity.rs` runs them on the CPU, `wgpu_parity.rs` on wgpu. Included
+//! with `#[path]` by crates that also declare `mod common`.
+#![allow(dead_code)]
+
+use burn::tensor::backend::Backend;
+use kiln::image_io::to_u8;
+use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::schedulers::SchedulerKind;
+
+use crate::common::{assert_close, assert_close_scaled, reference, sd_tiny, tensor_on, values};
+
+pub const PROMPT: &str = "a photograph of an astronaut riding a horse";
+
+pub fn model<B: Backend>(with_encoder: bool, device: &B::Device) -> StableDiffusion<B> {
+    StableDiffusion::<B>::load(&sd_tiny(), with_encoder, device).expect("tiny model loads")
+}
+
+/// Token ids, then the prompt's and the empty prompt's embeddings.
+pub fn text_encoder<B: Backend>(device: &B::Device, tol: f32) {
+    let m = model::<B>(false, device);
+    let ids = m.parts.tokenizer.encode(PROMPT).unwrap().ids;
+    let (_, want_ids) = reference("text_encoder.safetensors", "prompt_ids");
+    assert_eq!(ids.iter().map(|&i| i as f32).collect::<Vec<_>>(), want_ids);
+    for (key, prompt) in [("prompt_embeds", PROMPT), ("uncond_embeds", "")] {
+        let (_, want) = reference("text_encoder.safetensors", key);
+        let got = values(m.encode_prompt(prompt, 1).unwrap());
+        assert_close(key, &got, &want, tol);
+    }
+}
+
+pub fn unet<B: Backend>(device: &B::Device, tol: f32) {
+    let m = model::<B>(false, device);
+    let (ss, sample) = reference("unet.safetensors", "sample");
+    let (_, t) = reference("unet.safetensors", "timestep");
+    let (cs, ctx) = reference("unet.safetensors", "encoder_hidden_states");
+    let (_, want) = reference("unet.safetensors", "out");
+    let out = m.parts.unet.forward(
+        tensor_on::<B, 4>(&ss, sample, device),
+        t[0] as f64,
+        &tensor_on::<B, 3>(&cs, ctx, device),
+    );
+    assert_close("unet out", &values(out), &want, tol);
+}
+
+pub fn vae_decode_and_encode<B: Backend>(device: &B::Device, tol: f32) {
+    let m = model::<B>(true, device);
+    let (s, z) = reference("vae.safetensors", "decode_in");
+    let (_, want) = reference("vae.safetensors", "decode_out");
+    let got = values(m.parts.vae.decode(tensor_on::<B, 4>(&s, z, device)));
+    assert_close("vae decode", &got, &want, tol);
+
+    let (s, x) = reference("vae.safetensors", "encode_in");
+    let (mean, logvar) = m
+        .parts
+        .vae
+        .encode(tensor_on::<B, 4>(&s, x, device))
+        .expect("encoder was loaded");
+    let (_, want) = reference("vae.safetensors", "encode_mean");
+    assert_close("vae encode mean", &values(mean), &want, tol);
+    let (_, want) = reference("vae.safetensors", "encode_logvar");
+    assert_close("vae encode logvar", &values(logvar), &want, tol);
+}
+
+/// Runs a 4-step pipeline from the reference's starting noise and checks the final latents,
+/// the decoded image and its 8-bit pixels (within 1/255).
+pub fn pipeline<B: Backend>(
+    device: &B::Device,
+    file: &str,
+    scheduler: SchedulerKind,
+    negative: &str,
+    n: usize,
+    tol: f32,
+) {
+    let m = model::<B>(false, device);
+    let (shape, noise) = reference(file, "init_noise");
+    assert_eq!(shape[0], n);
+    let req = GenerateRequest {
+        prompt: PROMPT.into(),
+        negative_prompt: negative.into(),
+        steps: 4,
+        guidance_scale: 7.5,
+        scheduler,
+        width: shape[3] * 8,
+        height: shape[2] * 8,
+        n,
+        seed: 0,
+        init_latents: Some(noise),
+        clip_skip: 1,
+        ..Default::default()
+    };
+    let out = m.generate(&req, &mut |_, _| true).expect("generation runs");
+    let (_, want) = reference(file, "final_latents");
+    assert_close_scaled(
+        &format!("{file} final latents"),
+        &values(out.latents),
+        &want,
+        tol,
+    );
+    let (_, want_img) = reference(file, "image");
+    let got_img = values(out.images);
+    assert_close_scaled(&format!("{file} image"), &got_img, &want_img, tol);
+    // Pixels: the reference `pixels` are NHWC uint8; ours are derived from the NCHW image.
+    let (ps, want_px) = reference(file, "pixels");
+    let (h, w) = (ps[1], ps[2]);
+    let mut worst = 0i32;
+    for k in 0..n {
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..3 {
+                    let got = to_u8(got_img[((k * 3 + c) * h + y) * w + x]) as i32;
+                    let want = want_px[((k * h + y) * w + x) * 3 + c] as i32;
+                    worst = worst.max((got - want).abs());
+                }
+            }
+        }
+    }
+    assert!(worst <= 1, "{file}: pixels differ by {worst}/255");
+}

@@ -1,0 +1,100 @@
+#![cfg(feature = "wgpu")]
+//! The tiny-model parity checks on Burn's wgpu backend (default adapter; in CI Mesa's lavapipe
+//! CPU Vulkan driver), against the same committed references as the CPU tests: SD 1.5 CLIP,
+//! UNet, VAE decode/encode and a 4-step DDIM pipeline; DALL·E encoder states, teacher-forced
+//! logits, VQGAN, greedy tokens and image. One case per component (lavapipe is slow), the
+//! flax weight layout only (layouts differ at load time, not on the device).
+//!
+//! Tolerance: the CPU tests' 1e-4 (measured on lavapipe: ≤ 2e-5; see the CI log, which prints
+//! every max |diff|).
+
+mod common;
+#[path = "common/dalle.rs"]
+mod dalle;
+#[path = "common/dalle_checks.rs"]
+mod dalle_checks;
+#[path = "common/sd15_checks.rs"]
+mod sd15_checks;
+
+use burn::backend::Wgpu;
+use burn::backend::wgpu::WgpuDevice;
+use burn::module::Param;
+use burn::tensor::backend::Backend;
+use kiln::models::dalle_mini::DalleMini;
+use kiln::nn::GroupNorm;
+use kiln::schedulers::SchedulerKind;
+
+const TOL: f32 = 1e-4;
+
+fn device() -> WgpuDevice {
+    WgpuDevice::default()
+}
+
+fn dalle_model() -> DalleMini<Wgpu> {
+    DalleMini::<Wgpu>::load(&dalle::flax_dir(), &device()).expect("tiny DALL·E loads")
+}
+
+#[test]
+fn sd15_text_encoder() {
+    sd15_checks::text_encoder::<Wgpu>(&device(), TOL);
+}
+
+#[test]
+fn sd15_unet() {
+    sd15_checks::unet::<Wgpu>(&device(), TOL);
+}
+
+#[test]
+fn sd15_vae_decode_and_encode() {
+    sd15_checks::vae_decode_and_encode::<Wgpu>(&device(), TOL);
+}
+
+#[test]
+fn sd15_ddim_4_steps() {
+    let file = "pipeline_ddim4.safetensors";
+    sd15_checks::pipeline::<Wgpu>(&device(), file, SchedulerKind::Ddim, "", 1, TOL);
+}
+
+#[test]
+fn dalle_encoder_states() {
+    dalle_checks::encoder_states("wgpu", &dalle_model(), &device(), TOL);
+}
+
+#[test]
+fn dalle_teacher_forced_logits() {
+    dalle_checks::teacher_forced_logits("wgpu", &dalle_model(), TOL);
+}
+
+#[test]
+fn dalle_vqgan() {
+    dalle_checks::vqgan("wgpu", &dalle_model(), &device(), TOL);
+}
+
+#[test]
+fn dalle_greedy_tokens_and_image() {
+    dalle_checks::greedy_tokens_and_image("wgpu", &dalle_model(), &device());
+}
+
+/// GroupNorm+SiLU with 262,144 values per group (SD's VAE at 512×512 has 1M) against the CPU
+/// backend: Burn's wgpu `mean_dim` loses values on rows that long (see `nn::mean_last`).
+#[test]
+fn group_norm_long_rows_match_cpu() {
+    let shape = [1usize, 128, 256, 256];
+    let x: Vec<f32> = (0..shape.iter().product::<usize>() as u64)
+        .map(|i| (i.wrapping_mul(2_654_435_761) % 1000) as f32 / 250.0 - 1.5)
+        .collect();
+    fn run<B: Backend>(shape: &[usize], x: Vec<f32>, device: &B::Device) -> Vec<f32> {
+        let c = shape[1];
+        let param = |v: Vec<f32>| Param::from_tensor(common::tensor_on::<B, 1>(&[c], v, device));
+        let norm = GroupNorm {
+            weight: param((0..c).map(|i| 1.0 + 0.01 * i as f32).collect()),
+            bias: param((0..c).map(|i| 0.1 - 0.002 * i as f32).collect()),
+            num_groups: 32,
+            eps: 1e-6,
+        };
+        common::values(norm.forward_silu(common::tensor_on::<B, 4>(shape, x, device)))
+    }
+    let want = run::<common::B>(&shape, x.clone(), &common::device());
+    let got = run::<Wgpu>(&shape, x, &device());
+    common::assert_close("group_norm [1, 128, 256, 256]", &got, &want, TOL);
+}
