@@ -63,13 +63,31 @@ impl<B: Backend> Linear<B> {
     /// `geglu(self.forward(x))`; on the CPU backend fused, without the `2I`-wide intermediate.
     pub fn forward_geglu<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
         #[cfg(feature = "cpu")]
-        if let (Some(fx), Some(w)) = (cpu::to_flex(&x), cpu::to_flex(&self.weight.val())) {
-            let b = self.bias.as_ref().and_then(|b| cpu::to_flex(&b.val()));
-            if b.is_some() == self.bias.is_some() && self.weight.dims()[1].is_multiple_of(2) {
-                return cpu::from_flex(cpu::linear_geglu(&fx, &w, b.as_ref()));
-            }
+        if let Some((fx, w, b)) = self.flex_operands(&x)
+            && self.weight.dims()[1].is_multiple_of(2)
+        {
+            return cpu::from_flex(cpu::linear_geglu(&fx, &w, b.as_ref()));
         }
         geglu(self.forward(x))
+    }
+
+    /// `x`, the weight and the bias as f32 Flex tensors, when all of them are: what the CPU
+    /// kernels take.
+    #[cfg(feature = "cpu")]
+    fn flex_operands<const D: usize>(
+        &self,
+        x: &Tensor<B, D>,
+    ) -> Option<(
+        burn_flex::FlexTensor,
+        burn_flex::FlexTensor,
+        Option<burn_flex::FlexTensor>,
+    )> {
+        let (fx, w) = (cpu::to_flex(x)?, cpu::to_flex(&self.weight.val())?);
+        let b = match &self.bias {
+            Some(b) => Some(cpu::to_flex(&b.val())?),
+            None => None,
+        };
+        Some((fx, w, b))
     }
 
     fn forward_impl<const D: usize>(
@@ -78,8 +96,7 @@ impl<B: Backend> Linear<B> {
         residual: Option<Tensor<B, D>>,
     ) -> Tensor<B, D> {
         #[cfg(feature = "cpu")]
-        if let (Some(fx), Some(w)) = (cpu::to_flex(&x), cpu::to_flex(&self.weight.val())) {
-            let b = self.bias.as_ref().and_then(|b| cpu::to_flex(&b.val()));
+        if let Some((fx, w, b)) = self.flex_operands(&x) {
             let r = residual.as_ref().and_then(cpu::to_flex);
             let out_dims = {
                 let mut d = x.dims();
@@ -87,7 +104,7 @@ impl<B: Backend> Linear<B> {
                 d
             };
             let r_ok = residual.as_ref().is_none_or(|r| r.dims() == out_dims);
-            if b.is_some() == self.bias.is_some() && r.is_some() == residual.is_some() && r_ok {
+            if r.is_some() == residual.is_some() && r_ok {
                 return cpu::from_flex(cpu::linear(&fx, &w, b.as_ref(), r.as_ref()));
             }
         }

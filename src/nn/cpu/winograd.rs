@@ -62,13 +62,13 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
     (0..o).into_par_iter().for_each(|oi| {
         let u_ptr = u_ptr;
         for ci in 0..c {
-            let at = |kh: usize, kw: usize| {
+            let tap = |kh: usize, kw: usize| {
                 ws[(w0 + oi as isize * so + ci as isize * sc + kh as isize * sh + kw as isize * sw)
                     as usize]
             };
             // G g: columns of g through G, then rows of the 4×3 result.
             let cols: [[f32; 4]; 3] =
-                std::array::from_fn(|kw| g3([at(0, kw), at(1, kw), at(2, kw)]));
+                std::array::from_fn(|kw| g3([tap(0, kw), tap(1, kw), tap(2, kw)]));
             for i in 0..4 {
                 let row = g3([cols[0][i], cols[1][i], cols[2][i]]);
                 for (j, &v) in row.iter().enumerate() {
