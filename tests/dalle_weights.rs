@@ -155,6 +155,31 @@ fn tiny_models_load_without_missing_or_unused_keys() {
     }
 }
 
+/// On the CPU, an f16 checkpoint's decoder projections stay f16 (the decode-step GEMV reads
+/// them; the parity tests show the results are unchanged); the rest is widened to f32.
+#[test]
+fn f16_decoder_projections_stay_f16_on_the_cpu() {
+    use burn::tensor::DType;
+    let m = dalle::load(&dalle::min_dalle_dir());
+    let d = &m.decoder;
+    let l0 = &d.layers[0];
+    for (what, dtype) in [
+        ("lm_head", d.lm_head.weight.val().dtype()),
+        ("self_attn.q_proj", l0.self_attn.q_proj.weight.val().dtype()),
+        ("encoder_attn.k_proj", l0.encoder_attn.k_proj.weight.val().dtype()),
+        ("glu.fc2", l0.glu.fc2.weight.val().dtype()),
+    ] {
+        assert_eq!(dtype, DType::F16, "decoder {what}");
+    }
+    for (what, dtype) in [
+        ("decoder embed_tokens", d.embed_tokens.weight.val().dtype()),
+        ("decoder final_ln", d.final_ln.bias.val().dtype()),
+        ("encoder q_proj", m.encoder.layers[0].self_attn.q_proj.weight.val().dtype()),
+    ] {
+        assert_eq!(dtype, DType::F32, "{what}");
+    }
+}
+
 fn load_err(dir: &Path) -> String {
     match DalleMini::<dalle::B>::load(dir, &dalle::device()) {
         Ok(_) => panic!("{}: loaded", dir.display()),

@@ -301,9 +301,11 @@ pub fn geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Tensor<B, D> {
     value * gelu_exact(gate)
 }
 
-/// `x Wᵀ (+ b)` with `W` `[out, in]` in PyTorch's layout, for inputs of a few rows (a decode
-/// step) on the CPU backend, reading each weight row once; `None` where that does not apply
-/// (other backends, dtypes, more rows), and the caller multiplies as usual.
+/// `x Wᵀ (+ b)` with `W` `[out, in]` in PyTorch's layout, for f32 inputs of a few rows (a
+/// decode step) on the CPU backend, reading each weight row once; `W` may be f32 or f16 (an
+/// f16 checkpoint kept as stored: half the bytes to stream, same result as widening it at
+/// load). `None` where that does not apply (other backends, dtypes, more rows), and the caller
+/// multiplies as usual.
 pub fn matvec_rows<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     w: &Tensor<B, 2>,
@@ -311,7 +313,9 @@ pub fn matvec_rows<B: Backend, const D: usize>(
 ) -> Option<Tensor<B, D>> {
     #[cfg(feature = "cpu")]
     {
-        let (fx, fw) = (cpu::to_flex(x)?, cpu::to_flex(w)?);
+        use burn::tensor::DType;
+        let fx = cpu::to_flex(x)?;
+        let fw = cpu::to_flex_of(w, &[DType::F32, DType::F16])?;
         let fb = match bias {
             Some(b) => Some(cpu::to_flex(b)?),
             None => None,
@@ -322,6 +326,18 @@ pub fn matvec_rows<B: Backend, const D: usize>(
     {
         let _ = (x, w, bias);
         None
+    }
+}
+
+/// Whether [`matvec_rows`] on backend `B` takes f16 weights (the CPU backend).
+pub fn gemv_reads_f16<B: Backend>() -> bool {
+    #[cfg(feature = "cpu")]
+    {
+        cpu::is_flex::<B>()
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        false
     }
 }
 
@@ -429,6 +445,27 @@ mod tests {
         }
         let x = Tensor::<Flex, 3>::random([3, 3, 37], n, &d);
         assert!(matvec_rows(&x, &w, None).is_none());
+    }
+
+    /// f16 weights (as an f16 checkpoint keeps them) give exactly the bits of the same
+    /// weights widened to f32, for every row count the kernel specialises.
+    #[test]
+    fn matvec_rows_f16_weights_equal_widened() {
+        use burn::tensor::DType;
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let w16 = Tensor::<Flex, 2>::random([300, 70], n, &d).cast(DType::F16);
+        let w32 = w16.clone().cast(DType::F32);
+        for rows in 1..=8 {
+            let x = Tensor::<Flex, 3>::random([rows, 1, 70], n, &d);
+            let got = matvec_rows(&x, &w16, None).expect("f16 weights take the GEMV");
+            let want = matvec_rows(&x, &w32, None).expect("f32 weights take the GEMV");
+            assert_eq!(got.dtype(), DType::F32);
+            assert_eq!(got.into_data(), want.clone().into_data(), "{rows} rows");
+            let plain = x.matmul(w32.clone().transpose().unsqueeze::<3>());
+            let err: f32 = (want - plain).abs().max().into_scalar();
+            assert!(err < 1e-4, "{rows} rows: max |diff| {err}");
+        }
     }
 
     /// The fused GEGLU projection against plain ops, on shapes that split into several

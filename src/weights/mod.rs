@@ -158,6 +158,16 @@ pub fn load_into_as<B: Backend, M: Module<B>>(
     map: &dyn Fn(&str) -> KeyTarget,
     dtype: DType,
 ) -> Result<(M, LoadReport)> {
+    load_into_with(module, file, map, &|_, _| dtype)
+}
+
+/// [`load_into_as`] with the dtype chosen per parameter: `dtype(path, dtype in the file)`.
+pub fn load_into_with<B: Backend, M: Module<B>>(
+    module: M,
+    file: &TensorFile,
+    map: &dyn Fn(&str) -> KeyTarget,
+    dtype: &dyn Fn(&str, DType) -> DType,
+) -> Result<(M, LoadReport)> {
     let expected = param_shapes(&module);
 
     let mut report = LoadReport {
@@ -205,7 +215,8 @@ pub fn load_into_as<B: Backend, M: Module<B>>(
         ) {
             return Err(file.tensor_err(key, format!("dtype {:?} is not a float type", snap.dtype)));
         }
-        snapshots.push(retarget(snap, &path, dtype, reshape));
+        let to = dtype(&path, snap.dtype);
+        snapshots.push(retarget(snap, &path, to, reshape));
     }
 
     let mut module = module;

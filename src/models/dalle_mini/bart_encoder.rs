@@ -86,14 +86,21 @@ impl<B: Backend> Attention<B> {
         use burn::tensor::ops::AttentionModuleOptions;
         let [b, h, sq, _] = q.dims();
         let sk = k.dims()[2];
-        // expanded to the full shape: not every backend broadcasts attention masks
-        let masked = masked.map(|m| m.expand([b, h, sq, sk]));
-        let opts = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: causal,
+        let out = match masked {
+            // kiln's CPU kernel reads the decode cache's slot prefix through its strides;
+            // Flex's own attention first copies it (twice per layer and step).
+            None => crate::nn::sdpa(q, k, v, causal),
+            Some(m) => {
+                // expanded to the full shape: not every backend broadcasts attention masks
+                let m = m.expand([b, h, sq, sk]);
+                let opts = AttentionModuleOptions {
+                    scale: None,
+                    softcap: None,
+                    is_causal: causal,
+                };
+                burn::tensor::module::attention(q, k, v, Some(m), None, opts)
+            }
         };
-        let out = burn::tensor::module::attention(q, k, v, masked, None, opts);
         self.out_proj.forward(merge_heads(out))
     }
 }

@@ -5,6 +5,10 @@
 //! 148 ms per call against 11 ms here). With W as the contiguous left operand nothing is copied
 //! but the small result; for 256-row inputs it is as fast as a pre-transposed weight. Decode
 //! steps (a few rows) on the CPU take `nn::matvec_rows`, which reads each weight row once.
+//!
+//! On the CPU an f16 checkpoint's decoder weights stay f16 in memory (`keep_f16`): a decode
+//! step streams every weight once, so half the bytes is nearly half the time, and widening
+//! f16 to f32 is exact, so the results are those of an f32 load.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -34,6 +38,12 @@ impl<B: Backend> Dense<B> {
         if let Some(y) = crate::nn::matvec_rows(&x, &w, bias.as_ref()) {
             return y;
         }
+        // f16 weights under f32 activations (see `keep_f16`): widened for this call only.
+        let w = if w.dtype() == x.dtype() {
+            w
+        } else {
+            w.cast(x.dtype())
+        };
         let d_out = w.dims()[0];
         let xt = x.reshape([1, b * s, d_in]).swap_dims(1, 2); // [1, in, B·S]
         let y = w
@@ -46,4 +56,18 @@ impl<B: Backend> Dense<B> {
             None => y,
         }
     }
+}
+
+/// Whether the loader keeps parameter `path` (as stored, `file` dtype) in f16 where the model
+/// computes in f32: the decoder's projection weights on the CPU backend, whose few-row GEMV
+/// reads f16 directly. Everything else (norms, embeddings, other backends) is widened at load.
+pub fn keep_f16<B: Backend>(path: &str, file: burn::tensor::DType) -> bool {
+    const DENSE: [&str; 8] = [
+        "k_proj", "v_proj", "q_proj", "out_proj", "fc0", "fc1", "fc2", "lm_head",
+    ];
+    let mut seg = path.rsplit('.');
+    file == burn::tensor::DType::F16
+        && crate::nn::gemv_reads_f16::<B>()
+        && seg.next() == Some("weight")
+        && seg.next().is_some_and(|s| DENSE.contains(&s))
 }

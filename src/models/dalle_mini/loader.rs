@@ -15,7 +15,7 @@ use super::tokenizer::DalleTokenizer;
 use super::weights::{self, FlaxTarget};
 use super::{BartDecoder, BartEncoder, DalleMini, TextNormalizer, Vqgan};
 use crate::error::{Error, Result};
-use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_as, require_complete};
+use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_with, require_complete};
 
 /// Which published weight layout a folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,13 +145,27 @@ fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
     Ok(cfg)
 }
 
+/// How a part's parameters are stored.
+#[derive(Clone, Copy)]
+enum Store {
+    /// All as this dtype.
+    All(DType),
+    /// As this dtype, except the projection weights an f16 file has in f16 where the backend
+    /// reads them so (`dense::keep_f16`): the decoder, whose steps stream every weight.
+    KeepF16(DType),
+}
+
 fn load_part<B: Backend, M: Module<B>>(
     module: M,
     file: &TensorFile,
     map: &dyn Fn(&str) -> KeyTarget,
-    dtype: DType,
+    store: Store,
 ) -> Result<(M, LoadReport)> {
-    let (module, report) = load_into_as(module, file, map, dtype)?;
+    let dtype = move |path: &str, file_dtype: DType| match store {
+        Store::KeepF16(DType::F32) if super::dense::keep_f16::<B>(path, file_dtype) => DType::F16,
+        Store::All(d) | Store::KeepF16(d) => d,
+    };
+    let (module, report) = load_into_with(module, file, map, &dtype)?;
     require_complete(&report, &file.path)?;
     if !report.unused.is_empty() {
         tracing::warn!(file = %file.path.display(), unused = ?report.unused, "tensors the model does not use");
@@ -184,14 +198,14 @@ pub(super) fn load<B: Backend>(
                 BartEncoder::new(&config, device),
                 &file,
                 &weights::flax_bart_target("encoder"),
-                dtype,
+                Store::All(dtype),
             )?;
             report.merge(r);
             let (decoder, r) = load_part(
                 BartDecoder::new(&config, device),
                 &file,
                 &weights::flax_bart_target("decoder"),
-                dtype,
+                Store::KeepF16(dtype),
             )?;
             report.merge(r);
             (config, encoder, decoder)
@@ -208,14 +222,14 @@ pub(super) fn load<B: Backend>(
                 BartEncoder::new(&config, device),
                 &enc_file,
                 &weights::bart_pt_target,
-                dtype,
+                Store::All(dtype),
             )?;
             report.merge(r);
             let (decoder, r) = load_part(
                 BartDecoder::new(&config, device),
                 &dec_file,
                 &weights::bart_pt_target,
-                dtype,
+                Store::KeepF16(dtype),
             )?;
             report.merge(r);
             (config, encoder, decoder)
@@ -238,7 +252,7 @@ pub(super) fn load<B: Backend>(
     } else {
         &weights::vqgan_pt_target
     };
-    let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map, DType::F32)?;
+    let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map, Store::All(DType::F32))?;
     report.merge(r);
     let grid = vqgan_config.grid();
     if grid * grid != config.image_length {

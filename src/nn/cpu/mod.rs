@@ -10,6 +10,7 @@
 
 mod attention;
 mod conv;
+mod gemv;
 mod math;
 mod rows;
 mod winograd;
@@ -22,7 +23,8 @@ use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
 pub(crate) use conv::conv_same;
-pub(crate) use rows::{geglu, gemv, group_norm, layer_norm, linear, linear_geglu, quick_gelu};
+pub(crate) use gemv::gemv;
+pub(crate) use rows::{geglu, group_norm, layer_norm, linear, linear_geglu, quick_gelu};
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).
 pub(crate) fn is_flex<B: Backend>() -> bool {
@@ -32,7 +34,15 @@ pub(crate) fn is_flex<B: Backend>() -> bool {
 /// `t` as a Flex tensor when `B` is Flex and `t` is f32; `None` sends the caller down the
 /// generic path. Cheap: Flex tensors share their storage.
 pub(crate) fn to_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<FlexTensor> {
-    if !is_flex::<B>() || t.dtype() != DType::F32 {
+    to_flex_of(t, &[DType::F32])
+}
+
+/// [`to_flex`] for a tensor of any of `dtypes` (weights kept in f16, read by [`gemv`]).
+pub(crate) fn to_flex_of<B: Backend, const D: usize>(
+    t: &Tensor<B, D>,
+    dtypes: &[DType],
+) -> Option<FlexTensor> {
+    if !is_flex::<B>() || !dtypes.contains(&t.dtype()) {
         return None;
     }
     let mut slot = Some(t.clone().into_primitive().tensor());
