@@ -329,6 +329,18 @@ pub fn matvec_rows<B: Backend, const D: usize>(
     }
 }
 
+/// `cache` `[R, H, P, D]` with `value` `[R, H, 1, D]` written at position `t` (a decode
+/// step's keys or values), in place on the CPU backend when the cache is not shared.
+pub fn write_position<B: Backend>(cache: Tensor<B, 4>, t: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+    #[cfg(feature = "cpu")]
+    let cache = match cpu::write_position(cache, t, &value) {
+        Ok(done) => return done,
+        Err(cache) => cache,
+    };
+    let [r, h, _, d] = cache.dims();
+    cache.slice_assign([0..r, 0..h, t..t + 1, 0..d], value)
+}
+
 /// Whether [`matvec_rows`] on backend `B` takes f16 weights (the CPU backend).
 pub fn gemv_reads_f16<B: Backend>() -> bool {
     #[cfg(feature = "cpu")]
@@ -445,6 +457,26 @@ mod tests {
         }
         let x = Tensor::<Flex, 3>::random([3, 3, 37], n, &d);
         assert!(matvec_rows(&x, &w, None).is_none());
+    }
+
+    /// The in-place cache write equals `slice_assign`, for an unshared cache (in place), a
+    /// shared one (copied, the other handle unchanged) and a strided value.
+    #[test]
+    fn write_position_matches_slice_assign() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let cache = Tensor::<Flex, 4>::random([2, 3, 5, 4], n, &d);
+        let value = Tensor::<Flex, 4>::random([2, 1, 3, 4], n, &d).swap_dims(1, 2);
+        let want = cache
+            .clone()
+            .slice_assign([0..2, 0..3, 3..4, 0..4], value.clone());
+        let before = cache.clone().into_data();
+        let shared = cache.clone();
+        let got = write_position(cache, 3, value.clone());
+        assert_eq!(got.into_data(), want.clone().into_data());
+        assert_eq!(shared.clone().into_data(), before, "a shared cache is not written through");
+        let unshared = shared + 0.0;
+        assert_eq!(write_position(unshared, 3, value).into_data(), want.into_data());
     }
 
     /// f16 weights (as an f16 checkpoint keeps them) give exactly the bits of the same

@@ -70,7 +70,6 @@ impl<B: Backend> DecoderLayer<B> {
         let (k, v) = self.self_attn.keys_values(h.clone());
         let q = self.self_attn.queries(h);
         let [r, heads, _, dh] = k.dims();
-        let slot = [0..r, 0..heads, t..t + 1, 0..dh];
         let seen = [0..r, 0..heads, 0..t + 1, 0..dh];
         let LayerCache {
             keys,
@@ -78,8 +77,8 @@ impl<B: Backend> DecoderLayer<B> {
             cross_keys,
             cross_values,
         } = cache;
-        let keys = keys.slice_assign(slot.clone(), k);
-        let values = values.slice_assign(slot, v);
+        let keys = crate::nn::write_position(keys, t, k);
+        let values = crate::nn::write_position(values, t, v);
         let a = self.self_attn.attend(
             q,
             keys.clone().slice(seen.clone()),

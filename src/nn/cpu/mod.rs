@@ -51,6 +51,44 @@ pub(crate) fn to_flex_of<B: Backend, const D: usize>(
         .take()
 }
 
+/// Writes `value` `[R, H, 1, D]` into position `t` of the contiguous cache `[R, H, P, D]` in
+/// place, when this handle is its only owner. Flex 0.21's `slice_assign` copies the whole
+/// destination every time (it clones its handle before asking for exclusive storage), which
+/// cost a decode step 2 × layers cache copies. Gives the cache back as `Err` where it does not
+/// apply.
+pub(crate) fn write_position<B: Backend>(
+    cache: Tensor<B, 4>,
+    t: usize,
+    value: &Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, Tensor<B, 4>> {
+    let [r, h, p, d] = cache.dims();
+    let ok = t < p && value.dims() == [r, h, 1, d] && cache.dtype() == DType::F32;
+    let Some(val) = to_flex(value).filter(|_| ok) else {
+        return Err(cache);
+    };
+    let mut slot = Some(cache.into_primitive().tensor());
+    let Some(mut dst) = (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()
+        .and_then(Option::take)
+    else {
+        return Err(Tensor::from_primitive(TensorPrimitive::Float(
+            slot.expect("not taken when the downcast fails"),
+        )));
+    };
+    let whole = dst.is_contiguous() && dst.layout().start_offset() == 0;
+    let val = contiguous(&val);
+    let src = slice(&val);
+    match dst.try_storage_mut::<f32>().filter(|s| whole && s.len() == r * h * p * d) {
+        Some(storage) => {
+            for (i, row) in src.chunks_exact(d).enumerate() {
+                storage[(i * p + t) * d..(i * p + t + 1) * d].copy_from_slice(row);
+            }
+            Ok(from_flex(dst))
+        }
+        None => Err(from_flex(dst)),
+    }
+}
+
 /// The inverse of [`to_flex`]; only called with tensors `to_flex` accepted, so `B` is Flex.
 pub(crate) fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Tensor<B, D> {
     let mut slot = Some(t);
