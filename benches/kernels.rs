@@ -90,6 +90,19 @@ fn main() {
             sync(&d);
         },
     );
+    // The second level: 32×32 = 1024 tokens, heads of 80.
+    let [q2, k2, v2] = [0; 3].map(|_| Tensor::<B, 4>::random([b, h, 1024, 80], n, &d));
+    bench(
+        "attention self  [2,8,1024,80]",
+        &filter,
+        iters,
+        4.0 * (b * h * 1024 * 1024 * 80) as f64,
+        "GFLOP/s",
+        || {
+            let _ = sdpa(q2.clone(), k2.clone(), v2.clone(), false);
+            sync(&d);
+        },
+    );
     let kc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let vc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let flops = 4.0 * (b * h * s * 77 * dh) as f64;
