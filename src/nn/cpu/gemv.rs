@@ -5,7 +5,7 @@
 //!
 //! The AVX-512 and AVX2 kernels are written with intrinsics (the compiler did not vectorise
 //! the f16 widening inside the dot product, nor the register-resident accumulators for a
-//! constant row count). All variants do the same arithmetic in the same order: 16 lanes, lane
+//! constant row count). All variants do the same arithmetic in the same order: 32 lanes, lane
 //! `l` accumulating `w[c + l] · x[c + l]` as a multiply then an add, the lanes summed in order,
 //! then the tail; f16 → f32 is exact. So every CPU gives the same bits, f16 weights the bits of
 //! the same weights widened to f32.
@@ -22,8 +22,10 @@ pub(crate) const GEMV_MAX_ROWS: usize = 8;
 /// Output features per task: 256 rows of W (1 MB at K = 1024 in f32).
 const BLOCK: usize = 256;
 
-/// Lanes of the accumulation, whatever the instruction set.
-const L: usize = 16;
+/// Lanes of the accumulation, whatever the instruction set: 32, two 16-lane registers per
+/// row on AVX-512, so two add chains per row are in flight (with one, the 4-cycle add latency
+/// held the kernel below memory bandwidth).
+const L: usize = 32;
 
 /// The weights of one task, rows `j0..j1` of W.
 #[derive(Clone, Copy)]
@@ -52,7 +54,7 @@ fn block(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
     block_portable(w, x, k, out);
 }
 
-/// Sums the 16 lanes in order, then the tail (`W` elements `body..k` from `w_at`).
+/// Sums the 32 lanes in order, then the tail (`W` elements `body..k` from `w_at`).
 #[inline(always)]
 fn finish(acc: &[f32; L], body: usize, k: usize, w_at: impl Fn(usize) -> f32, xr: &[f32]) -> f32 {
     let mut sum = acc.iter().sum::<f32>();
@@ -131,27 +133,33 @@ mod x86 {
             let body = k - k % L;
             let at = weight(w, k);
             for j in 0..n_rows(w, k) {
-                let mut acc = [_mm512_setzero_ps(); R];
+                // lanes 0..16 and 16..32 of the 32-lane accumulation
+                let mut acc = [[_mm512_setzero_ps(); 2]; R];
                 for c in (0..body).step_by(L) {
-                    // SAFETY: c + 16 <= body <= k, inside row j of W and of every x row.
-                    let wv = unsafe {
-                        match w {
-                            Rows::F32(w) => _mm512_loadu_ps(w.as_ptr().add(j * k + c)),
-                            Rows::F16(w) => _mm512_cvtph_ps(_mm256_loadu_si256(
-                                w.as_ptr().add(j * k + c).cast::<__m256i>(),
-                            )),
+                    for (h, half) in [0, 16].into_iter().enumerate() {
+                        // SAFETY: c + 32 <= body <= k, inside row j of W and of every x row.
+                        let wv = unsafe {
+                            match w {
+                                Rows::F32(w) => _mm512_loadu_ps(w.as_ptr().add(j * k + c + half)),
+                                Rows::F16(w) => _mm512_cvtph_ps(_mm256_loadu_si256(
+                                    w.as_ptr().add(j * k + c + half).cast::<__m256i>(),
+                                )),
+                            }
+                        };
+                        for (r, a) in acc.iter_mut().enumerate() {
+                            // SAFETY: as above.
+                            let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(r * k + c + half)) };
+                            a[h] = _mm512_add_ps(a[h], _mm512_mul_ps(wv, xv));
                         }
-                    };
-                    for (r, a) in acc.iter_mut().enumerate() {
-                        // SAFETY: as above.
-                        let xv = unsafe { _mm512_loadu_ps(x.as_ptr().add(r * k + c)) };
-                        *a = _mm512_add_ps(*a, _mm512_mul_ps(wv, xv));
                     }
                 }
                 for (r, a) in acc.iter().enumerate() {
                     let mut lanes = [0.0f32; L];
-                    // SAFETY: `lanes` holds 16 f32.
-                    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), *a) };
+                    // SAFETY: `lanes` holds 32 f32.
+                    unsafe {
+                        _mm512_storeu_ps(lanes.as_mut_ptr(), a[0]);
+                        _mm512_storeu_ps(lanes.as_mut_ptr().add(16), a[1]);
+                    }
                     out[r][j] = finish(&lanes, body, k, |i| at(j, i), &x[r * k..(r + 1) * k]);
                 }
             }
@@ -166,11 +174,11 @@ mod x86 {
             let body = k - k % L;
             let at = weight(w, k);
             for j in 0..n_rows(w, k) {
-                // lanes 0..8 and 8..16 of the 16-lane accumulation
-                let mut acc = [[_mm256_setzero_ps(); 2]; R];
+                // lanes 8h..8h+8 of the 32-lane accumulation in register h
+                let mut acc = [[_mm256_setzero_ps(); 4]; R];
                 for c in (0..body).step_by(L) {
-                    for (h, half) in [0, 8].into_iter().enumerate() {
-                        // SAFETY: c + 16 <= body <= k, inside row j of W and of every x row.
+                    for (h, half) in [0, 8, 16, 24].into_iter().enumerate() {
+                        // SAFETY: c + 32 <= body <= k, inside row j of W and of every x row.
                         let wv = unsafe {
                             match w {
                                 Rows::F32(w) => _mm256_loadu_ps(w.as_ptr().add(j * k + c + half)),
@@ -188,10 +196,9 @@ mod x86 {
                 }
                 for (r, a) in acc.iter().enumerate() {
                     let mut lanes = [0.0f32; L];
-                    // SAFETY: `lanes` holds 16 f32.
-                    unsafe {
-                        _mm256_storeu_ps(lanes.as_mut_ptr(), a[0]);
-                        _mm256_storeu_ps(lanes.as_mut_ptr().add(8), a[1]);
+                    for (h, &v) in a.iter().enumerate() {
+                        // SAFETY: `lanes` holds 32 f32, h·8 + 8 <= 32.
+                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * h), v) };
                     }
                     out[r][j] = finish(&lanes, body, k, |i| at(j, i), &x[r * k..(r + 1) * k]);
                 }
@@ -265,7 +272,7 @@ mod tests {
     /// weights, every row count and a K with a tail.
     #[test]
     fn variants_give_the_same_bits() {
-        let (n, k) = (37, 53);
+        let (n, k) = (37, 101);
         let w32: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
         let w16: Vec<half::f16> = w32.iter().map(|&v| half::f16::from_f32(v)).collect();
         for rows in 1..=GEMV_MAX_ROWS {
