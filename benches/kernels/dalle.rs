@@ -25,6 +25,7 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
         "dalle step d1024 2 layers [2 rows] @128",
         "dalle gemv 1024->16385 [2 rows]",
         "dalle gemv 2730->1024 [2 rows]",
+        "dalle gemv 1024->16385 [20 rows]",
     ];
     if !filter.is_empty()
         && !names
@@ -59,11 +60,16 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
     step_case(names[1], filter, iters, &dec, &cfg, enc, pad, start);
 
     // The decode step's matrix-vector products alone (lm_head, GLU fc2): weights read once.
-    for (name, d_in, d_out) in [(names[2], 1024, 16385), (names[3], 2730, 1024)] {
+    // 20 rows: 10 images (the API's most), in groups of 8 against each weight block.
+    for (name, d_in, d_out, rows) in [
+        (names[2], 1024, 16385, 2),
+        (names[3], 2730, 1024, 2),
+        (names[4], 1024, 16385, 20),
+    ] {
         let w = Tensor::<B, 2>::random([d_out, d_in], Distribution::Normal(0.0, 0.05), d);
-        let x = Tensor::<B, 3>::random([2, 1, d_in], Distribution::Normal(0.0, 1.0), d);
+        let x = Tensor::<B, 3>::random([rows, 1, d_in], Distribution::Normal(0.0, 1.0), d);
         bench(name, filter, iters.max(20), 4.0 * (d_in * d_out) as f64, "GB/s", || {
-            let y = kiln::nn::matvec_rows(&x, &w, None).expect("2 rows take the GEMV");
+            let y = kiln::nn::matvec_rows(&x, &w, None).expect("few rows take the GEMV");
             super::sync(d);
             drop(y);
         });

@@ -435,15 +435,16 @@ mod tests {
         assert!(err < 1e-6, "max |diff| {err}");
     }
 
-    /// The few-rows GEMV against a plain matmul: 1 and 8 rows, a ragged K and N (several
-    /// blocks, the last partial), with and without bias; more rows are declined.
+    /// The few-rows GEMV against a plain matmul: 1, 8, 13 and 32 rows (one group, two, four),
+    /// a ragged K and N (several blocks, the last partial), with and without bias; more rows
+    /// are declined.
     #[test]
     fn matvec_rows_matches_matmul() {
         let d = Default::default();
         let n = Distribution::Normal(0.0, 1.0);
         let w = Tensor::<Flex, 2>::random([600, 37], n, &d);
         let b = Tensor::<Flex, 1>::random([600], n, &d);
-        for rows in [1, 8] {
+        for rows in [1, 8, 13, 32] {
             let x = Tensor::<Flex, 3>::random([rows, 1, 37], n, &d);
             for bias in [None, Some(&b)] {
                 let got = matvec_rows(&x, &w, bias).expect("few rows take the GEMV");
@@ -455,7 +456,7 @@ mod tests {
                 assert!(err < 1e-5, "{rows} rows: max |diff| {err}");
             }
         }
-        let x = Tensor::<Flex, 3>::random([3, 3, 37], n, &d);
+        let x = Tensor::<Flex, 3>::random([3, 11, 37], n, &d);
         assert!(matvec_rows(&x, &w, None).is_none());
     }
 

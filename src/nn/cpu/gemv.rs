@@ -16,8 +16,13 @@ use rayon::prelude::*;
 
 use super::{SendPtr, contiguous, new_tensor, slice};
 
-/// Rows at most for [`gemv`]: a decode step's inputs (2 for one image with super-conditioning).
-pub(crate) const GEMV_MAX_ROWS: usize = 8;
+/// Rows at most for [`gemv`]: a decode step's inputs, 2 per image with super-conditioning (the
+/// API's n ≤ 10 makes 20). Rows go through in groups of [`GROUP`]; a task's W block (256 rows,
+/// at most 1.4 MB) is read from memory for the first group and from L2 for the others.
+pub(crate) const GEMV_MAX_ROWS: usize = 32;
+
+/// Input rows per kernel call: their accumulators fill the registers.
+const GROUP: usize = 8;
 
 /// Output features per task: 256 rows of W (1 MB at K = 1024 in f32).
 const BLOCK: usize = 256;
@@ -34,7 +39,7 @@ enum Rows<'a> {
     F16(&'a [half::f16]),
 }
 
-type Out = [[f32; BLOCK]; GEMV_MAX_ROWS];
+type Out = [[f32; BLOCK]; GROUP];
 
 /// `out[r][j] = W[j] · x[r]` for the task's W rows and every input row.
 fn block(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
@@ -76,7 +81,7 @@ fn block_portable(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
         Rows::F16(w) => w[j * k + i].to_f32(),
     };
     for j in 0..n {
-        let mut acc = [[0.0f32; L]; GEMV_MAX_ROWS];
+        let mut acc = [[0.0f32; L]; GROUP];
         for c in (0..body).step_by(L) {
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
                 for (l, a) in acc.iter_mut().enumerate() {
@@ -94,7 +99,7 @@ fn block_portable(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GEMV_MAX_ROWS, L, Out, Rows, finish};
+    use super::{BLOCK, GROUP, L, Out, Rows, finish};
 
     /// Dispatches the row count to a constant, so the accumulators live in registers.
     macro_rules! by_rows {
@@ -207,7 +212,7 @@ mod x86 {
         by_rows!(rows, w, x, k, out)
     }
 
-    const _: () = assert!(BLOCK > 0 && GEMV_MAX_ROWS <= 8);
+    const _: () = assert!(BLOCK > 0 && GROUP == 8);
 }
 
 fn dims(t: &FlexTensor) -> Vec<usize> {
@@ -251,13 +256,16 @@ pub(crate) fn gemv(
             Rows::F32(w) => Rows::F32(&w[j0 * k..j1 * k]),
             Rows::F16(w) => Rows::F16(&w[j0 * k..j1 * k]),
         };
-        let mut part = [[0.0f32; BLOCK]; GEMV_MAX_ROWS];
-        block(rows, xs, k, &mut part);
-        for (r, p) in part.iter().enumerate().take(m) {
-            for (jj, &v) in p[..j1 - j0].iter().enumerate() {
-                let add = bs.map_or(0.0, |b| b[j0 + jj]);
-                // SAFETY: this task alone writes columns j0..j1 of every row.
-                unsafe { *out_ptr.0.add(r * n + j0 + jj) = v + add };
+        let mut part = [[0.0f32; BLOCK]; GROUP];
+        for g0 in (0..m).step_by(GROUP) {
+            let g1 = (g0 + GROUP).min(m);
+            block(rows, &xs[g0 * k..g1 * k], k, &mut part);
+            for (r, p) in (g0..g1).zip(&part) {
+                for (jj, &v) in p[..j1 - j0].iter().enumerate() {
+                    let add = bs.map_or(0.0, |b| b[j0 + jj]);
+                    // SAFETY: this task alone writes columns j0..j1 of every row.
+                    unsafe { *out_ptr.0.add(r * n + j0 + jj) = v + add };
+                }
             }
         }
     });
@@ -275,17 +283,17 @@ mod tests {
         let (n, k) = (37, 101);
         let w32: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
         let w16: Vec<half::f16> = w32.iter().map(|&v| half::f16::from_f32(v)).collect();
-        for rows in 1..=GEMV_MAX_ROWS {
+        for rows in 1..=GROUP {
             let x: Vec<f32> = (0..rows * k).map(|i| ((i * 104_729 % 997) as f32) * 1e-2).collect();
             for w in [Rows::F32(&w32), Rows::F16(&w16)] {
-                let mut want = [[0.0f32; BLOCK]; GEMV_MAX_ROWS];
+                let mut want = [[0.0f32; BLOCK]; GROUP];
                 block_portable(w, &x, k, &mut want);
-                let mut got = [[0.0f32; BLOCK]; GEMV_MAX_ROWS];
+                let mut got = [[0.0f32; BLOCK]; GROUP];
                 block(w, &x, k, &mut got);
                 assert_eq!(got, want, "{rows} rows");
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
-                    let mut avx = [[0.0f32; BLOCK]; GEMV_MAX_ROWS];
+                    let mut avx = [[0.0f32; BLOCK]; GROUP];
                     // SAFETY: the features were detected just above.
                     unsafe { x86::block_avx(w, &x, k, &mut avx) };
                     assert_eq!(avx, want, "{rows} rows, AVX");
