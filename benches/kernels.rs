@@ -131,6 +131,21 @@ fn main() {
         },
     );
 
+    // LayerNorm over the 320 channels of [2,4096,320] tokens (each transformer block has 3).
+    let xt3 = Tensor::<B, 3>::random([2, 4096, 320], n, &d);
+    let ln = kiln::nn::LayerNorm::<B>::new(320, 1e-5, true, &d);
+    bench(
+        "layernorm       [2,4096,320]",
+        &filter,
+        iters.max(20),
+        2.0 * 4.0 * xt3.shape().num_elements() as f64,
+        "GB/s",
+        || {
+            let _ = ln.forward(xt3.clone());
+            sync(&d);
+        },
+    );
+
     // GroupNorm(32) + SiLU over [2,320,64,64].
     let x = Tensor::<B, 4>::random([2, 320, 64, 64], n, &d);
     let gn = GroupNorm::<B>::new(32, 320, 1e-5, &d);

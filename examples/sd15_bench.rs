@@ -134,13 +134,11 @@ fn p_transformer(
     x: Tensor<B, 4>,
     ctx: &Tensor<B, 3>,
 ) -> Tensor<B, 4> {
-    let [b, c, h, w] = x.dims();
+    let [_, _, h, w] = x.dims();
     let residual = x.clone();
     let x = p.t("groupnorm", || tr.norm.forward(x));
     let x = p.t("conv1x1", || tr.proj_in.forward(x));
-    let mut t = p.t("copies(nchw<->tokens)", || {
-        x.reshape([b, c, h * w]).swap_dims(1, 2)
-    });
+    let mut t = p.t("copies(nchw<->tokens)", || kiln::nn::nchw_to_tokens(x));
     for blk in &tr.transformer_blocks {
         let n = p.t("layernorm", || blk.norm1.forward(t.clone()));
         t = p_attn(p, &blk.attn1, n, None, t, "attention(self sdpa)");
@@ -150,9 +148,7 @@ fn p_transformer(
         let g = p.t("linear(ff)+geglu", || blk.ff.net_0.proj.forward_geglu(n));
         t = p.t("linear(ff)", || blk.ff.net_2.forward_add(g, t));
     }
-    let x = p.t("copies(nchw<->tokens)", || {
-        t.swap_dims(1, 2).reshape([b, c, h, w])
-    });
+    let x = p.t("copies(nchw<->tokens)", || kiln::nn::tokens_to_nchw(t, [h, w]));
     p.t("conv1x1", || tr.proj_out.forward_add(x, residual))
 }
 

@@ -353,6 +353,28 @@ pub fn gemv_reads_f16<B: Backend>() -> bool {
     }
 }
 
+/// `[B, C, H, W]` → contiguous tokens `[B, H·W, C]`.
+pub fn nchw_to_tokens<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, c, h, w] = x.dims();
+    swap_last2(x.reshape([b, c, h * w]))
+}
+
+/// Tokens `[B, H·W, C]` → contiguous `[B, C, H, W]`.
+pub fn tokens_to_nchw<B: Backend>(t: Tensor<B, 3>, [h, w]: [usize; 2]) -> Tensor<B, 4> {
+    let [b, _, c] = t.dims();
+    swap_last2(t).reshape([b, c, h, w])
+}
+
+/// `[B, M, N]` → `[B, N, M]`, materialised by a parallel kernel on the CPU (a lazy view
+/// elsewhere: GPU backends fuse or copy it themselves).
+fn swap_last2<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
+    #[cfg(feature = "cpu")]
+    if let Some(out) = cpu::to_flex(&x).and_then(|f| cpu::transpose_last2(&f)) {
+        return cpu::from_flex(out);
+    }
+    x.swap_dims(1, 2)
+}
+
 /// `[B, S, H·Dh]` → `[B, H, S, Dh]`.
 pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
     let [b, s, d] = x.dims();
@@ -458,6 +480,18 @@ mod tests {
         }
         let x = Tensor::<Flex, 3>::random([3, 11, 37], n, &d);
         assert!(matvec_rows(&x, &w, None).is_none());
+    }
+
+    /// The parallel NCHW ↔ tokens transposes equal the lazy views, on sides that are not
+    /// multiples of the 64-wide tiles.
+    #[test]
+    fn token_layout_round_trip() {
+        let d = Default::default();
+        let x = Tensor::<Flex, 4>::random([2, 70, 9, 15], Distribution::Normal(0.0, 1.0), &d);
+        let t = nchw_to_tokens(x.clone());
+        let want = x.clone().reshape([2, 70, 135]).swap_dims(1, 2);
+        assert_eq!(t.clone().into_data(), want.into_data());
+        assert_eq!(tokens_to_nchw(t, [9, 15]).into_data(), x.into_data());
     }
 
     /// The in-place cache write equals `slice_assign`, for an unshared cache (in place), a

@@ -146,14 +146,15 @@ impl<B: Backend> Transformer2DModel<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
-        let [b, c, h, w] = x.dims();
+        let [_, _, h, w] = x.dims();
         let residual = x.clone();
         let x = self.proj_in.forward(self.norm.forward(x));
-        let mut t = x.reshape([b, c, h * w]).swap_dims(1, 2);
+        // Contiguous tokens: every block reads them through LayerNorm and the residual adds.
+        let mut t = crate::nn::nchw_to_tokens(x);
         for block in &self.transformer_blocks {
             t = block.forward(t, context);
         }
-        let x = t.swap_dims(1, 2).reshape([b, c, h, w]);
+        let x = crate::nn::tokens_to_nchw(t, [h, w]);
         self.proj_out.forward_add(x, residual)
     }
 }

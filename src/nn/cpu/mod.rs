@@ -24,7 +24,9 @@ use burn_flex::{FlexTensor, Layout};
 pub(crate) use attention::attention;
 pub(crate) use conv::conv_same;
 pub(crate) use gemv::gemv;
-pub(crate) use rows::{geglu, group_norm, layer_norm, linear, linear_geglu, quick_gelu};
+pub(crate) use rows::{
+    geglu, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
+};
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).
 pub(crate) fn is_flex<B: Backend>() -> bool {

@@ -349,3 +349,32 @@ pub(crate) fn linear(
     });
     new_tensor(out, shape)
 }
+
+/// `x` `[B, M, N]` → contiguous `[B, N, M]` (NCHW ↔ tokens), parallel over 64×64 tiles. Flex
+/// makes a transposed view contiguous on one thread, element by element; in the UNet that
+/// happened inside the first LayerNorm and the residual add of every transformer block.
+pub(crate) fn transpose_last2(x: &FlexTensor) -> Option<FlexTensor> {
+    const T: usize = 64;
+    let shape = dims(x);
+    let &[b, m, n] = shape.as_slice() else {
+        return None;
+    };
+    let x = contiguous(x);
+    let xs = slice(&x);
+    let mut out = vec![0.0f32; b * m * n];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (tm, tn) = (m.div_ceil(T), n.div_ceil(T));
+    (0..b * tm * tn).into_par_iter().for_each(|task| {
+        let out_ptr = out_ptr;
+        let (bi, rest) = (task / (tm * tn), task % (tm * tn));
+        let (i0, j0) = ((rest / tn) * T, (rest % tn) * T);
+        let src = &xs[bi * m * n..(bi + 1) * m * n];
+        for j in j0..(j0 + T).min(n) {
+            for i in i0..(i0 + T).min(m) {
+                // SAFETY: this task alone writes rows j0..j0+T, columns i0..i0+T of image bi.
+                unsafe { *out_ptr.0.add(bi * m * n + j * m + i) = src[i * n + j] };
+            }
+        }
+    });
+    Some(new_tensor(out, vec![b, n, m]))
+}
