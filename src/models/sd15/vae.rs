@@ -33,17 +33,14 @@ impl<B: Backend> VaeAttention<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [b, c, h, w] = x.dims();
-        let t = self
-            .group_norm
-            .forward(x.clone())
-            .reshape([b, c, h * w])
-            .swap_dims(1, 2);
+        let [_, _, h, w] = x.dims();
+        // Contiguous tokens: q, k and v each read them (a strided view was copied three times).
+        let t = crate::nn::nchw_to_tokens(self.group_norm.forward(x.clone()));
         let q = split_heads(self.to_q.forward(t.clone()), 1);
         let k = split_heads(self.to_k.forward(t.clone()), 1);
         let v = split_heads(self.to_v.forward(t), 1);
         let o = self.to_out[0].forward(merge_heads(sdpa(q, k, v, false)));
-        o.swap_dims(1, 2).reshape([b, c, h, w]) + x
+        crate::nn::tokens_to_nchw(o, [h, w]) + x
     }
 }
 
