@@ -148,7 +148,9 @@ fn p_transformer(
         let g = p.t("linear(ff)+geglu", || blk.ff.net_0.proj.forward_geglu(n));
         t = p.t("linear(ff)", || blk.ff.net_2.forward_add(g, t));
     }
-    let x = p.t("copies(nchw<->tokens)", || kiln::nn::tokens_to_nchw(t, [h, w]));
+    let x = p.t("copies(nchw<->tokens)", || {
+        kiln::nn::tokens_to_nchw(t, [h, w])
+    });
     p.t("conv1x1", || tr.proj_out.forward_add(x, residual))
 }
 

@@ -166,7 +166,10 @@ fn f16_decoder_projections_stay_f16_on_the_cpu() {
     for (what, dtype) in [
         ("lm_head", d.lm_head.weight.val().dtype()),
         ("self_attn.q_proj", l0.self_attn.q_proj.weight.val().dtype()),
-        ("encoder_attn.k_proj", l0.encoder_attn.k_proj.weight.val().dtype()),
+        (
+            "encoder_attn.k_proj",
+            l0.encoder_attn.k_proj.weight.val().dtype(),
+        ),
         ("glu.fc2", l0.glu.fc2.weight.val().dtype()),
     ] {
         assert_eq!(dtype, DType::F16, "decoder {what}");
@@ -174,7 +177,10 @@ fn f16_decoder_projections_stay_f16_on_the_cpu() {
     for (what, dtype) in [
         ("decoder embed_tokens", d.embed_tokens.weight.val().dtype()),
         ("decoder final_ln", d.final_ln.bias.val().dtype()),
-        ("encoder q_proj", m.encoder.layers[0].self_attn.q_proj.weight.val().dtype()),
+        (
+            "encoder q_proj",
+            m.encoder.layers[0].self_attn.q_proj.weight.val().dtype(),
+        ),
     ] {
         assert_eq!(dtype, DType::F32, "{what}");
     }

@@ -68,11 +68,18 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
     ] {
         let w = Tensor::<B, 2>::random([d_out, d_in], Distribution::Normal(0.0, 0.05), d);
         let x = Tensor::<B, 3>::random([rows, 1, d_in], Distribution::Normal(0.0, 1.0), d);
-        bench(name, filter, iters.max(20), 4.0 * (d_in * d_out) as f64, "GB/s", || {
-            let y = kiln::nn::matvec_rows(&x, &w, None).expect("few rows take the GEMV");
-            super::sync(d);
-            drop(y);
-        });
+        bench(
+            name,
+            filter,
+            iters.max(20),
+            4.0 * (d_in * d_out) as f64,
+            "GB/s",
+            || {
+                let y = kiln::nn::matvec_rows(&x, &w, None).expect("few rows take the GEMV");
+                super::sync(d);
+                drop(y);
+            },
+        );
     }
 }
 

@@ -252,7 +252,12 @@ pub(super) fn load<B: Backend>(
     } else {
         &weights::vqgan_pt_target
     };
-    let (vqgan, r) = load_part(Vqgan::new(&vqgan_config, device), &file, map, Store::All(DType::F32))?;
+    let (vqgan, r) = load_part(
+        Vqgan::new(&vqgan_config, device),
+        &file,
+        map,
+        Store::All(DType::F32),
+    )?;
     report.merge(r);
     let grid = vqgan_config.grid();
     if grid * grid != config.image_length {

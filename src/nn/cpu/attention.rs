@@ -222,9 +222,8 @@ mod tests {
         let d = Default::default();
         let n = Distribution::Normal(0.0, 2.0);
         for (sq, skv, causal) in [(300, 2100, false), (530, 2100, true), (5, 7, false)] {
-            let [q, k, v] = [sq, skv, skv].map(|s| {
-                Tensor::<Flex, 4>::random([2, s, 3, 8], n, &d).swap_dims(1, 2)
-            });
+            let [q, k, v] = [sq, skv, skv]
+                .map(|s| Tensor::<Flex, 4>::random([2, s, 3, 8], n, &d).swap_dims(1, 2));
             let got = sdpa(q.clone(), k.clone(), v.clone(), causal);
             let opts = AttentionModuleOptions {
                 scale: None,
