@@ -331,7 +331,11 @@ pub fn matvec_rows<B: Backend, const D: usize>(
 
 /// `cache` `[R, H, P, D]` with `value` `[R, H, 1, D]` written at position `t` (a decode
 /// step's keys or values), in place on the CPU backend when the cache is not shared.
-pub fn write_position<B: Backend>(cache: Tensor<B, 4>, t: usize, value: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn write_position<B: Backend>(
+    cache: Tensor<B, 4>,
+    t: usize,
+    value: Tensor<B, 4>,
+) -> Tensor<B, 4> {
     #[cfg(feature = "cpu")]
     let cache = match cpu::write_position(cache, t, &value) {
         Ok(done) => return done,
@@ -395,9 +399,23 @@ pub fn sdpa<B: Backend>(
     v: Tensor<B, 4>,
     causal: bool,
 ) -> Tensor<B, 4> {
+    sdpa_masked(q, k, v, None, causal)
+}
+
+/// [`sdpa`] where `masked` (true: ignore that key, shaped like the scores) may hide keys;
+/// without a mask the CPU backend takes kiln's strided kernel, with one Burn's attention.
+pub fn sdpa_masked<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    masked: Option<Tensor<B, 4, burn::tensor::Bool>>,
+    causal: bool,
+) -> Tensor<B, 4> {
     use burn::tensor::ops::AttentionModuleOptions;
     #[cfg(feature = "cpu")]
-    if let (Some(fq), Some(fk), Some(fv)) = (cpu::to_flex(&q), cpu::to_flex(&k), cpu::to_flex(&v))
+    if masked.is_none()
+        && let (Some(fq), Some(fk), Some(fv)) =
+            (cpu::to_flex(&q), cpu::to_flex(&k), cpu::to_flex(&v))
         && let Some(out) = cpu::attention(&fq, &fk, &fv, causal)
     {
         return cpu::from_flex(out);
@@ -407,7 +425,7 @@ pub fn sdpa<B: Backend>(
         softcap: None,
         is_causal: causal,
     };
-    burn::tensor::module::attention(q, k, v, None, None, opts)
+    burn::tensor::module::attention(q, k, v, masked, None, opts)
 }
 
 #[cfg(test)]
@@ -509,9 +527,16 @@ mod tests {
         let shared = cache.clone();
         let got = write_position(cache, 3, value.clone());
         assert_eq!(got.into_data(), want.clone().into_data());
-        assert_eq!(shared.clone().into_data(), before, "a shared cache is not written through");
+        assert_eq!(
+            shared.clone().into_data(),
+            before,
+            "a shared cache is not written through"
+        );
         let unshared = shared + 0.0;
-        assert_eq!(write_position(unshared, 3, value).into_data(), want.into_data());
+        assert_eq!(
+            write_position(unshared, 3, value).into_data(),
+            want.into_data()
+        );
     }
 
     /// f16 weights (as an f16 checkpoint keeps them) give exactly the bits of the same

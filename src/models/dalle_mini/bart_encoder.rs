@@ -83,24 +83,13 @@ impl<B: Backend> Attention<B> {
         masked: Option<Tensor<B, 4, Bool>>,
         causal: bool,
     ) -> Tensor<B, 3> {
-        use burn::tensor::ops::AttentionModuleOptions;
         let [b, h, sq, _] = q.dims();
         let sk = k.dims()[2];
-        let out = match masked {
-            // kiln's CPU kernel reads the decode cache's slot prefix through its strides;
-            // Flex's own attention first copies it (twice per layer and step).
-            None => crate::nn::sdpa(q, k, v, causal),
-            Some(m) => {
-                // expanded to the full shape: not every backend broadcasts attention masks
-                let m = m.expand([b, h, sq, sk]);
-                let opts = AttentionModuleOptions {
-                    scale: None,
-                    softcap: None,
-                    is_causal: causal,
-                };
-                burn::tensor::module::attention(q, k, v, Some(m), None, opts)
-            }
-        };
+        // expanded to the full shape: not every backend broadcasts attention masks. Without a
+        // mask kiln's CPU kernel reads the decode cache's slot prefix through its strides
+        // (Flex's own attention first copies it, twice per layer and step).
+        let masked = masked.map(|m| m.expand([b, h, sq, sk]));
+        let out = crate::nn::sdpa_masked(q, k, v, masked, causal);
         self.out_proj.forward(merge_heads(out))
     }
 }

@@ -14,7 +14,7 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, new_tensor, slice};
+use super::{SendPtr, contiguous, dims, new_tensor, slice};
 
 /// Rows at most for [`gemv`]: a decode step's inputs, 2 per image with super-conditioning (the
 /// API's n ≤ 10 makes 20). Rows go through in groups of [`GROUP`]; a task's W block (256 rows,
@@ -39,18 +39,46 @@ enum Rows<'a> {
     F16(&'a [half::f16]),
 }
 
+impl<'a> Rows<'a> {
+    /// Rows of `k` weights held.
+    fn count(self, k: usize) -> usize {
+        match self {
+            Rows::F32(w) => w.len() / k,
+            Rows::F16(w) => w.len() / k,
+        }
+    }
+
+    /// Weight `i` of row `j`, widened.
+    #[inline(always)]
+    fn at(self, k: usize, j: usize, i: usize) -> f32 {
+        match self {
+            Rows::F32(w) => w[j * k + i],
+            Rows::F16(w) => w[j * k + i].to_f32(),
+        }
+    }
+
+    /// Rows `j0..j1`.
+    fn rows(self, k: usize, j0: usize, j1: usize) -> Self {
+        match self {
+            Rows::F32(w) => Rows::F32(&w[j0 * k..j1 * k]),
+            Rows::F16(w) => Rows::F16(&w[j0 * k..j1 * k]),
+        }
+    }
+}
+
 type Out = [[f32; BLOCK]; GROUP];
 
 /// `out[r][j] = W[j] · x[r]` for the task's W rows and every input row.
 fn block(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("f16c") {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
             // SAFETY: the features were detected just above.
             return unsafe { x86::block_avx512(w, x, k, out) };
         }
-        if std::arch::is_x86_feature_detected!("avx")
-            && std::arch::is_x86_feature_detected!("f16c")
+        if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c")
         {
             // SAFETY: the features were detected just above.
             return unsafe { x86::block_avx(w, x, k, out) };
@@ -72,25 +100,17 @@ fn finish(acc: &[f32; L], body: usize, k: usize, w_at: impl Fn(usize) -> f32, xr
 fn block_portable(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
     let rows = x.len() / k;
     let body = k - k % L;
-    let n = match w {
-        Rows::F32(w) => w.len() / k,
-        Rows::F16(w) => w.len() / k,
-    };
-    let at = |j: usize, i: usize| match w {
-        Rows::F32(w) => w[j * k + i],
-        Rows::F16(w) => w[j * k + i].to_f32(),
-    };
-    for j in 0..n {
+    for j in 0..w.count(k) {
         let mut acc = [[0.0f32; L]; GROUP];
         for c in (0..body).step_by(L) {
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
                 for (l, a) in acc.iter_mut().enumerate() {
-                    *a += at(j, c + l) * x[r * k + c + l];
+                    *a += w.at(k, j, c + l) * x[r * k + c + l];
                 }
             }
         }
         for (r, acc) in acc.iter().enumerate().take(rows) {
-            out[r][j] = finish(acc, body, k, |i| at(j, i), &x[r * k..(r + 1) * k]);
+            out[r][j] = finish(acc, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
         }
     }
 }
@@ -117,27 +137,12 @@ mod x86 {
         };
     }
 
-    fn weight(w: Rows<'_>, k: usize) -> impl Fn(usize, usize) -> f32 + '_ {
-        move |j, i| match w {
-            Rows::F32(w) => w[j * k + i],
-            Rows::F16(w) => w[j * k + i].to_f32(),
-        }
-    }
-
-    fn n_rows(w: Rows<'_>, k: usize) -> usize {
-        match w {
-            Rows::F32(w) => w.len() / k,
-            Rows::F16(w) => w.len() / k,
-        }
-    }
-
     #[target_feature(enable = "avx512f,f16c")]
     pub(super) unsafe fn block_avx512(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
         #[target_feature(enable = "avx512f,f16c")]
         fn rows<const R: usize>(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
             let body = k - k % L;
-            let at = weight(w, k);
-            for j in 0..n_rows(w, k) {
+            for j in 0..w.count(k) {
                 // lanes 0..16 and 16..32 of the 32-lane accumulation
                 let mut acc = [[_mm512_setzero_ps(); 2]; R];
                 for c in (0..body).step_by(L) {
@@ -165,7 +170,7 @@ mod x86 {
                         _mm512_storeu_ps(lanes.as_mut_ptr(), a[0]);
                         _mm512_storeu_ps(lanes.as_mut_ptr().add(16), a[1]);
                     }
-                    out[r][j] = finish(&lanes, body, k, |i| at(j, i), &x[r * k..(r + 1) * k]);
+                    out[r][j] = finish(&lanes, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
                 }
             }
         }
@@ -177,8 +182,7 @@ mod x86 {
         #[target_feature(enable = "avx,f16c")]
         fn rows<const R: usize>(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
             let body = k - k % L;
-            let at = weight(w, k);
-            for j in 0..n_rows(w, k) {
+            for j in 0..w.count(k) {
                 // lanes 8h..8h+8 of the 32-lane accumulation in register h
                 let mut acc = [[_mm256_setzero_ps(); 4]; R];
                 for c in (0..body).step_by(L) {
@@ -205,7 +209,7 @@ mod x86 {
                         // SAFETY: `lanes` holds 32 f32, h·8 + 8 <= 32.
                         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * h), v) };
                     }
-                    out[r][j] = finish(&lanes, body, k, |i| at(j, i), &x[r * k..(r + 1) * k]);
+                    out[r][j] = finish(&lanes, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
                 }
             }
         }
@@ -213,11 +217,6 @@ mod x86 {
     }
 
     const _: () = assert!(BLOCK > 0 && GROUP == 8);
-}
-
-fn dims(t: &FlexTensor) -> Vec<usize> {
-    let s = t.layout().shape();
-    (0..s.num_dims()).map(|i| s[i]).collect()
 }
 
 /// `x Wᵀ (+ b)` for few rows (`x` `[…, K]` f32 with at most [`GEMV_MAX_ROWS`] rows, `W`
@@ -252,10 +251,7 @@ pub(crate) fn gemv(
     (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
         let out_ptr = out_ptr;
         let (j0, j1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
-        let rows = match weights {
-            Rows::F32(w) => Rows::F32(&w[j0 * k..j1 * k]),
-            Rows::F16(w) => Rows::F16(&w[j0 * k..j1 * k]),
-        };
+        let rows = weights.rows(k, j0, j1);
         let mut part = [[0.0f32; BLOCK]; GROUP];
         for g0 in (0..m).step_by(GROUP) {
             let g1 = (g0 + GROUP).min(m);
@@ -281,10 +277,14 @@ mod tests {
     #[test]
     fn variants_give_the_same_bits() {
         let (n, k) = (37, 101);
-        let w32: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3).collect();
+        let w32: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+            .collect();
         let w16: Vec<half::f16> = w32.iter().map(|&v| half::f16::from_f32(v)).collect();
         for rows in 1..=GROUP {
-            let x: Vec<f32> = (0..rows * k).map(|i| ((i * 104_729 % 997) as f32) * 1e-2).collect();
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 104_729 % 997) as f32) * 1e-2)
+                .collect();
             for w in [Rows::F32(&w32), Rows::F16(&w16)] {
                 let mut want = [[0.0f32; BLOCK]; GROUP];
                 block_portable(w, &x, k, &mut want);
@@ -292,7 +292,9 @@ mod tests {
                 block(w, &x, k, &mut got);
                 assert_eq!(got, want, "{rows} rows");
                 #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx") && std::arch::is_x86_feature_detected!("f16c") {
+                if std::arch::is_x86_feature_detected!("avx")
+                    && std::arch::is_x86_feature_detected!("f16c")
+                {
                     let mut avx = [[0.0f32; BLOCK]; GROUP];
                     // SAFETY: the features were detected just above.
                     unsafe { x86::block_avx(w, &x, k, &mut avx) };

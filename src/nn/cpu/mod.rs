@@ -47,10 +47,28 @@ pub(crate) fn to_flex_of<B: Backend, const D: usize>(
     if !is_flex::<B>() || !dtypes.contains(&t.dtype()) {
         return None;
     }
-    let mut slot = Some(t.clone().into_primitive().tensor());
-    (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<FlexTensor>>()?
-        .take()
+    into_flex(t.clone()).ok()
+}
+
+/// `t`'s Flex primitive, taking the handle (so an unshared tensor stays unshared); `t` back
+/// when `B` is not Flex.
+fn into_flex<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<FlexTensor, Tensor<B, D>> {
+    let mut slot = Some(t.into_primitive().tensor());
+    match (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()
+        .and_then(Option::take)
+    {
+        Some(f) => Ok(f),
+        None => Err(Tensor::from_primitive(TensorPrimitive::Float(
+            slot.expect("not taken when the downcast fails"),
+        ))),
+    }
+}
+
+/// A Flex tensor's dimensions.
+pub(crate) fn dims(t: &FlexTensor) -> Vec<usize> {
+    let s = t.layout().shape();
+    (0..s.num_dims()).map(|i| s[i]).collect()
 }
 
 /// Writes `value` `[R, H, 1, D]` into position `t` of the contiguous cache `[R, H, P, D]` in
@@ -68,19 +86,14 @@ pub(crate) fn write_position<B: Backend>(
     let Some(val) = to_flex(value).filter(|_| ok) else {
         return Err(cache);
     };
-    let mut slot = Some(cache.into_primitive().tensor());
-    let Some(mut dst) = (&mut slot as &mut dyn Any)
-        .downcast_mut::<Option<FlexTensor>>()
-        .and_then(Option::take)
-    else {
-        return Err(Tensor::from_primitive(TensorPrimitive::Float(
-            slot.expect("not taken when the downcast fails"),
-        )));
-    };
+    let mut dst = into_flex(cache)?;
     let whole = dst.is_contiguous() && dst.layout().start_offset() == 0;
     let val = contiguous(&val);
     let src = slice(&val);
-    match dst.try_storage_mut::<f32>().filter(|s| whole && s.len() == r * h * p * d) {
+    match dst
+        .try_storage_mut::<f32>()
+        .filter(|s| whole && s.len() == r * h * p * d)
+    {
         Some(storage) => {
             for (i, row) in src.chunks_exact(d).enumerate() {
                 storage[(i * p + t) * d..(i * p + t + 1) * d].copy_from_slice(row);

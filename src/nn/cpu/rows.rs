@@ -3,12 +3,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, gemm_tile, math, new_tensor, simd_dispatch, slice};
-
-fn dims(t: &FlexTensor) -> Vec<usize> {
-    let s = t.layout().shape();
-    (0..s.num_dims()).map(|i| s[i]).collect()
-}
+use super::{SendPtr, contiguous, dims, gemm_tile, math, new_tensor, simd_dispatch, slice};
 
 /// Mean and 1/σ of `x` (biased variance, two passes as `var_mean_bias` does).
 #[inline(always)]
