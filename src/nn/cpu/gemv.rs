@@ -32,6 +32,12 @@ const BLOCK: usize = 256;
 /// held the kernel below memory bandwidth).
 const L: usize = 32;
 
+/// How far ahead in W the kernels prefetch, in bytes. Without it one core streamed f16 W at
+/// 5 GB/s where a plain read loop gets 9 (the hardware prefetcher alone keeps too few lines in
+/// flight behind the dependent adds); with it 9–10, and two cores 18–24 GB/s. 4 KB measured
+/// best among 1–16 KB.
+const PREFETCH_BYTES: usize = 4096;
+
 /// The weights of one task, rows `j0..j1` of W.
 #[derive(Clone, Copy)]
 enum Rows<'a> {
@@ -119,7 +125,22 @@ fn block_portable(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GROUP, L, Out, Rows, finish};
+    use super::{BLOCK, GROUP, L, Out, PREFETCH_BYTES, Rows, finish};
+
+    /// Prefetches the W cache lines [`PREFETCH_BYTES`] ahead of element `c` of row `j` (as many
+    /// lines as one 32-lane step reads), clamped to W.
+    #[inline(always)]
+    fn prefetch(w: Rows<'_>, k: usize, j: usize, c: usize) {
+        let (ptr, len, size) = match w {
+            Rows::F32(w) => (w.as_ptr().cast::<i8>(), w.len() * 4, 4),
+            Rows::F16(w) => (w.as_ptr().cast::<i8>(), w.len() * 2, 2),
+        };
+        let at = (j * k + c) * size + PREFETCH_BYTES;
+        for line in (0..L * size).step_by(64) {
+            // SAFETY: the offset is clamped inside W; prefetching has no other effect.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(ptr.add((at + line).min(len - 1))) };
+        }
+    }
 
     /// Dispatches the row count to a constant, so the accumulators live in registers.
     macro_rules! by_rows {
@@ -146,6 +167,7 @@ mod x86 {
                 // lanes 0..16 and 16..32 of the 32-lane accumulation
                 let mut acc = [[_mm512_setzero_ps(); 2]; R];
                 for c in (0..body).step_by(L) {
+                    prefetch(w, k, j, c);
                     for (h, half) in [0, 16].into_iter().enumerate() {
                         // SAFETY: c + 32 <= body <= k, inside row j of W and of every x row.
                         let wv = unsafe {
@@ -186,6 +208,7 @@ mod x86 {
                 // lanes 8h..8h+8 of the 32-lane accumulation in register h
                 let mut acc = [[_mm256_setzero_ps(); 4]; R];
                 for c in (0..body).step_by(L) {
+                    prefetch(w, k, j, c);
                     for (h, half) in [0, 8, 16, 24].into_iter().enumerate() {
                         // SAFETY: c + 32 <= body <= k, inside row j of W and of every x row.
                         let wv = unsafe {
