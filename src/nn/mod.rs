@@ -402,8 +402,9 @@ pub fn sdpa<B: Backend>(
     sdpa_masked(q, k, v, None, causal)
 }
 
-/// [`sdpa`] where `masked` (true: ignore that key, shaped like the scores) may hide keys;
-/// without a mask the CPU backend takes kiln's strided kernel, with one Burn's attention.
+/// [`sdpa`] where `masked` (true: ignore that key, shaped like the scores) may hide keys.
+/// The CPU backend takes kiln's one-query kernel for decode steps (mask or not) and its
+/// blocked kernel without a mask; Burn's attention does the rest.
 pub fn sdpa_masked<B: Backend>(
     q: Tensor<B, 4>,
     k: Tensor<B, 4>,
@@ -413,12 +414,26 @@ pub fn sdpa_masked<B: Backend>(
 ) -> Tensor<B, 4> {
     use burn::tensor::ops::AttentionModuleOptions;
     #[cfg(feature = "cpu")]
-    if masked.is_none()
-        && let (Some(fq), Some(fk), Some(fv)) =
-            (cpu::to_flex(&q), cpu::to_flex(&k), cpu::to_flex(&v))
-        && let Some(out) = cpu::attention(&fq, &fk, &fv, causal)
-    {
-        return cpu::from_flex(out);
+    if let (Some(fq), Some(fk), Some(fv)) = (cpu::to_flex(&q), cpu::to_flex(&k), cpu::to_flex(&v)) {
+        // One query, not causal (a decode step): a dot product per key, mask or not.
+        let one = || match &masked {
+            Some(m) => cpu::attention_one(&fq, &fk, &fv, Some(&cpu::to_flex_bool(m)?)),
+            None => cpu::attention_one(&fq, &fk, &fv, None),
+        };
+        let out = if q.dims()[2] == 1 && !causal {
+            one()
+        } else {
+            None
+        };
+        let out = out.or_else(|| {
+            masked
+                .is_none()
+                .then(|| cpu::attention(&fq, &fk, &fv, causal))
+                .flatten()
+        });
+        if let Some(out) = out {
+            return cpu::from_flex(out);
+        }
     }
     let opts = AttentionModuleOptions {
         scale: None,

@@ -10,7 +10,7 @@ use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{SendPtr, gemm_tile, math, simd_dispatch};
+use super::{SendPtr, gemm_tile, math, new_tensor, prefetch, simd_dispatch};
 
 /// Queries per task: each task packs every K and V block for its GEMMs, so more rows per
 /// task amortise that (kernel bench, 64×64 level: 64 → 256 rows, 329 → 273 ms).
@@ -206,6 +206,153 @@ pub(crate) fn attention(
     ))
 }
 
+/// Rows of one (batch, head) in [`attention_one`]: row `j` at `base + j · stride`.
+#[derive(Clone, Copy)]
+pub(crate) struct Strided {
+    base: *const f32,
+    stride: isize,
+}
+
+impl Strided {
+    /// Row `j`, `len` values.
+    ///
+    /// # Safety
+    /// Row `j` must hold `len` contiguous values.
+    #[inline(always)]
+    unsafe fn row(&self, j: usize, len: usize) -> &[f32] {
+        // SAFETY: forwarded to the caller.
+        unsafe { std::slice::from_raw_parts(self.base.offset(j as isize * self.stride), len) }
+    }
+}
+
+simd_dispatch! {
+    /// One (batch, head) of [`attention_one`]: `scores` (one per key; `hidden(j)` true where
+    /// key `j` is masked) is scratch, `out` (Dv long) the result.
+    fn one_query(
+        q: &[f32],
+        keys: Strided,
+        values: Strided,
+        hidden: Option<(&[u8], isize)>,
+        scale: f32,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        const LANES: usize = 16;
+        let d = q.len();
+        let body = d - d % LANES;
+        for (j, s) in scores.iter_mut().enumerate() {
+            if hidden.is_some_and(|(m, st)| m[(j as isize * st) as usize] != 0) {
+                *s = f32::NEG_INFINITY;
+                continue;
+            }
+            // SAFETY: key rows are contiguous and `d` long (checked by the caller).
+            let kr = unsafe { keys.row(j, d) };
+            // The cache rows come from memory (a step streams all weights through L3 after
+            // them): fetch keys a few rows ahead and this row's values for the second loop.
+            for line in (0..d.max(out.len())).step_by(16) {
+                prefetch(kr.as_ptr().wrapping_offset(4 * keys.stride).wrapping_add(line));
+                prefetch(values.base.wrapping_offset(j as isize * values.stride).wrapping_add(line));
+            }
+            let mut acc = [0.0f32; LANES];
+            for (qc, kc) in q[..body].chunks_exact(LANES).zip(kr[..body].chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    acc[l] += qc[l] * kc[l];
+                }
+            }
+            // a halving tree: a few shuffles, where an in-order sum is 16 dependent adds
+            let mut w = LANES / 2;
+            while w > 0 {
+                for l in 0..w {
+                    acc[l] += acc[l + w];
+                }
+                w /= 2;
+            }
+            let mut dot = acc[0];
+            for i in body..d {
+                dot += q[i] * kr[i];
+            }
+            *s = dot * scale;
+        }
+        out.fill(0.0);
+        let m = math::max(scores);
+        if m == f32::NEG_INFINITY {
+            return; // every key hidden: zeros, as the blocked kernel gives an empty row
+        }
+        let l = math::exp_sub_sum(scores, m);
+        for (j, &p) in scores.iter().enumerate() {
+            if p != 0.0 {
+                // SAFETY: value rows are contiguous and `out.len()` long.
+                let vr = unsafe { values.row(j, out.len()) };
+                for (o, &v) in out.iter_mut().zip(vr) {
+                    *o += p * v;
+                }
+            }
+        }
+        let inv = (1.0 / l) as f32;
+        out.iter_mut().for_each(|o| *o *= inv);
+    }
+}
+
+/// `softmax(q kᵀ/√D [masked]) v` for a single query per (batch, head) — a decode step — with
+/// `mask` (u8 storage, nonzero = hidden, any strides) shaped `[B, H, 1, Skv]`. The blocked
+/// kernel packs GEMM panels for one row, and Flex's masked attention runs on one thread; this
+/// is a dot product per key. `None` where rows are not contiguous (the caller falls back).
+pub(crate) fn attention_one(
+    q: &FlexTensor,
+    k: &FlexTensor,
+    v: &FlexTensor,
+    mask: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let (qv, kv, vv) = (View::new(q)?, View::new(k)?, View::new(v)?);
+    let [b, h, sq, d] = qv.shape;
+    let skv = kv.shape[2];
+    let dv = vv.shape[3];
+    let unit = |v: &View| v.strides[3] == 1;
+    if sq != 1 || kv.shape != [b, h, skv, d] || vv.shape != [b, h, skv, dv] {
+        return None;
+    }
+    if !(unit(&qv) && unit(&kv) && unit(&vv)) {
+        return None;
+    }
+    let mask = match mask {
+        Some(m) => {
+            let l = m.layout();
+            let s = l.shape();
+            let st = l.strides();
+            if (0..4).map(|i| s[i]).ne([b, h, 1, skv]) || st.iter().any(|&x| x < 0) {
+                return None;
+            }
+            Some((&m.bytes()[l.start_offset()..], [st[0], st[1], st[3]]))
+        }
+        None => None,
+    };
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut out = vec![0.0f32; b * h * dv];
+    out.par_chunks_mut(dv)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (bh, o)| {
+            let (bi, hi) = (bh / h, bh % h);
+            scores.resize(skv, 0.0);
+            // SAFETY: the query row is contiguous and `d` long.
+            let qr = unsafe { std::slice::from_raw_parts(qv.at(bi, hi, 0), d) };
+            let hidden = mask.map(|(m, st)| {
+                let at = bi as isize * st[0] + hi as isize * st[1];
+                (&m[at as usize..], st[2])
+            });
+            let keys = Strided {
+                base: kv.at(bi, hi, 0),
+                stride: kv.strides[2],
+            };
+            let values = Strided {
+                base: vv.at(bi, hi, 0),
+                stride: vv.strides[2],
+            };
+            one_query(qr, keys, values, hidden, scale, scores, o);
+        });
+    // [B, 1, H, Dv] = [B, H, 1, Dv] in memory for one query.
+    Some(new_tensor(out, vec![b, h, 1, dv]))
+}
+
 #[cfg(test)]
 mod tests {
     use burn::backend::Flex;
@@ -233,6 +380,45 @@ mod tests {
             let want = burn::tensor::module::attention(q, k, v, None, None, opts);
             let err: f32 = (got - want).abs().max().into_scalar();
             assert!(err < 1e-5, "[{sq}x{skv}] causal {causal}: max |diff| {err}");
+        }
+    }
+
+    /// The one-query kernel against Burn's attention: a decode cache's slot prefix (strided)
+    /// with and without a broadcast padding mask (the second batch row keeps every 7th key).
+    #[test]
+    fn one_query_matches_burn_attention() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 2.0);
+        let (b, h, p, dh, seen) = (2, 3, 40, 20, 33);
+        let q = Tensor::<Flex, 4>::random([b, 1, h, dh], n, &d).swap_dims(1, 2);
+        let [k, v] = [0; 2].map(|_| {
+            Tensor::<Flex, 4>::random([b, h, p, dh], n, &d).slice([0..b, 0..h, 0..seen, 0..dh])
+        });
+        let keep: Vec<bool> = (0..b * seen).map(|i| i % 7 == 3 || i < seen).collect();
+        let hidden = Tensor::<Flex, 1, burn::tensor::Bool>::from_data(
+            burn::tensor::TensorData::new(keep, [b * seen]),
+            &d,
+        )
+        .bool_not()
+        .reshape([b, 1, 1, seen])
+        .expand([b, h, 1, seen]);
+        for mask in [None, Some(hidden)] {
+            let got = crate::nn::sdpa_masked(q.clone(), k.clone(), v.clone(), mask.clone(), false);
+            let opts = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            };
+            let want = burn::tensor::module::attention(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                mask.clone(),
+                None,
+                opts,
+            );
+            let err: f32 = (got - want).abs().max().into_scalar();
+            assert!(err < 1e-5, "mask {}: max |diff| {err}", mask.is_some());
         }
     }
 }

@@ -6,8 +6,8 @@
 //! The AVX-512 and AVX2 kernels are written with intrinsics (the compiler did not vectorise
 //! the f16 widening inside the dot product, nor the register-resident accumulators for a
 //! constant row count). All variants do the same arithmetic in the same order: 32 lanes, lane
-//! `l` accumulating `w[c + l] · x[c + l]` as a multiply then an add, the lanes summed in order,
-//! then the tail; f16 → f32 is exact. So every CPU gives the same bits, f16 weights the bits of
+//! `l` accumulating `w[c + l] · x[c + l]` as a multiply then an add, the lanes summed as a
+//! halving tree, then the tail; f16 → f32 is exact. So every CPU gives the same bits, f16 weights the bits of
 //! the same weights widened to f32.
 
 use burn::tensor::DType;
@@ -93,10 +93,25 @@ fn block(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
     block_portable(w, x, k, out);
 }
 
-/// Sums the 32 lanes in order, then the tail (`W` elements `body..k` from `w_at`).
+/// Sums the 32 lanes as a tree (halving: lane `l` += lane `l + w` for w = 16, 8, 4, 2, 1,
+/// which the SIMD kernels do in registers), then adds the tail (`W` elements `body..k` from
+/// `w_at`) in order.
 #[inline(always)]
 fn finish(acc: &[f32; L], body: usize, k: usize, w_at: impl Fn(usize) -> f32, xr: &[f32]) -> f32 {
-    let mut sum = acc.iter().sum::<f32>();
+    let mut lanes = *acc;
+    let mut width = L / 2;
+    while width > 0 {
+        for l in 0..width {
+            lanes[l] += lanes[l + width];
+        }
+        width /= 2;
+    }
+    tail(lanes[0], body, k, w_at, xr)
+}
+
+/// `sum` plus the products of elements `body..k`, in order.
+#[inline(always)]
+fn tail(mut sum: f32, body: usize, k: usize, w_at: impl Fn(usize) -> f32, xr: &[f32]) -> f32 {
     for i in body..k {
         sum += w_at(i) * xr[i];
     }
@@ -125,7 +140,7 @@ fn block_portable(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, GROUP, L, Out, PREFETCH_BYTES, Rows, finish};
+    use super::{BLOCK, GROUP, L, Out, PREFETCH_BYTES, Rows, tail};
 
     /// Prefetches the W cache lines [`PREFETCH_BYTES`] ahead of element `c` of row `j` (as many
     /// lines as one 32-lane step reads), clamped to W.
@@ -137,8 +152,19 @@ mod x86 {
         };
         let at = (j * k + c) * size + PREFETCH_BYTES;
         for line in (0..L * size).step_by(64) {
-            // SAFETY: the offset is clamped inside W; prefetching has no other effect.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(ptr.add((at + line).min(len - 1))) };
+            // SAFETY: the offset is clamped inside W.
+            super::super::prefetch(unsafe { ptr.add((at + line).min(len - 1)) });
+        }
+    }
+
+    /// The last three halvings of [`super::finish`]'s tree: 8 lanes → 1.
+    #[inline(always)]
+    fn reduce8(s8: __m256) -> f32 {
+        // SAFETY: the callers are compiled with AVX enabled.
+        unsafe {
+            let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
         }
     }
 
@@ -186,13 +212,11 @@ mod x86 {
                     }
                 }
                 for (r, a) in acc.iter().enumerate() {
-                    let mut lanes = [0.0f32; L];
-                    // SAFETY: `lanes` holds 32 f32.
-                    unsafe {
-                        _mm512_storeu_ps(lanes.as_mut_ptr(), a[0]);
-                        _mm512_storeu_ps(lanes.as_mut_ptr().add(16), a[1]);
-                    }
-                    out[r][j] = finish(&lanes, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
+                    // lanes l + 16 onto l, then the 16 → 8 halving; the rest as in `reduce8`
+                    let s16 = _mm512_add_ps(a[0], a[1]);
+                    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(s16), 1));
+                    let sum = reduce8(_mm256_add_ps(_mm512_castps512_ps256(s16), hi));
+                    out[r][j] = tail(sum, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
                 }
             }
         }
@@ -227,12 +251,10 @@ mod x86 {
                     }
                 }
                 for (r, a) in acc.iter().enumerate() {
-                    let mut lanes = [0.0f32; L];
-                    for (h, &v) in a.iter().enumerate() {
-                        // SAFETY: `lanes` holds 32 f32, h·8 + 8 <= 32.
-                        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * h), v) };
-                    }
-                    out[r][j] = finish(&lanes, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
+                    // lanes 16..32 (registers 2, 3) onto 0..16, then 8..16 onto 0..8
+                    let s8 = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+                    let sum = reduce8(s8);
+                    out[r][j] = tail(sum, body, k, |i| w.at(k, j, i), &x[r * k..(r + 1) * k]);
                 }
             }
         }

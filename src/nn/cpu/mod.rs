@@ -21,7 +21,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
-pub(crate) use attention::attention;
+pub(crate) use attention::{attention, attention_one};
 pub(crate) use conv::conv_same;
 pub(crate) use gemv::gemv;
 pub(crate) use rows::{
@@ -48,6 +48,16 @@ pub(crate) fn to_flex_of<B: Backend, const D: usize>(
         return None;
     }
     into_flex(t.clone()).ok()
+}
+
+/// A bool tensor's Flex primitive (u8 storage, nonzero = true) when `B` is Flex.
+pub(crate) fn to_flex_bool<B: Backend, const D: usize>(
+    t: &Tensor<B, D, burn::tensor::Bool>,
+) -> Option<FlexTensor> {
+    let mut slot = Some(t.clone().into_primitive());
+    (&mut slot as &mut dyn Any)
+        .downcast_mut::<Option<FlexTensor>>()
+        .and_then(Option::take)
 }
 
 /// `t`'s Flex primitive, taking the handle (so an unshared tensor stays unshared); `t` back
@@ -178,6 +188,19 @@ pub(crate) unsafe fn gemm_tile(
             gemm::Parallelism::None,
         );
     }
+}
+
+/// Asks the CPU to bring the cache line at `p` into L1 (a hint: no effect on results, any
+/// address allowed). Used where the hardware prefetcher alone keeps too few lines in flight.
+#[inline(always)]
+pub(crate) fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching has no architectural effect, valid address or not.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// A raw pointer that may cross threads: each task writes a disjoint set of elements.
