@@ -83,10 +83,13 @@ fn main() {
             let mut cache = m.decoder.start(enc, pad, &[0, 1]);
             let codebook = m.vqgan.codebook_size().min(m.config.image_rows());
             let mut feed = vec![m.config.decoder_start_token_id; 2];
+            // On the CPU pool, as `DalleMini::decode_tokens` runs each step.
             let step = |cache: &mut DecoderCache<B>, feed: &mut Vec<u32>| {
-                let logits = m.decoder.step(feed, cache);
-                let w = logits.dims()[1];
-                let host = logits.into_data().to_vec::<f32>().expect("f32 logits");
+                let (w, host) = kiln::nn::on_cpu_pool(|| {
+                    let logits = m.decoder.step(feed, cache);
+                    (logits.dims()[1], logits.into_data().to_vec::<f32>())
+                });
+                let host = host.expect("f32 logits");
                 let token = sample_token(&host[..w], &host[w..], codebook, &sampling, 0.5);
                 feed.fill(token);
             };

@@ -26,6 +26,7 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
         "dalle gemv 1024->16385 [2 rows]",
         "dalle gemv 2730->1024 [2 rows]",
         "dalle gemv 1024->16385 [20 rows]",
+        "dalle attention 1 query [2,16,192 of 256,64]",
     ];
     if !filter.is_empty()
         && !names
@@ -34,6 +35,7 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
     {
         return; // skip the loading too
     }
+    attention_case(names[5], filter, iters, d);
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("models/fixtures/dalle-tiny/mindalle/dalle_bart_tiny");
     let m = DalleMini::<B>::load(&dir, d).expect("tiny DALL·E fixture loads");
@@ -81,6 +83,28 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
             },
         );
     }
+}
+
+/// The decode step's self-attention over a cache prefix (one query per row and head): GB/s of
+/// keys and values read once.
+fn attention_case(name: &str, filter: &[String], iters: usize, d: &burn::tensor::Device<B>) {
+    let (rows, heads, slots, seen, dh) = (2, 16, 256, 192, 64);
+    let n = Distribution::Normal(0.0, 1.0);
+    let q = Tensor::<B, 4>::random([rows, 1, heads, dh], n, d).swap_dims(1, 2);
+    let [k, v] = [0; 2].map(|_| {
+        Tensor::<B, 4>::random([rows, heads, slots, dh], n, d).slice([
+            0..rows,
+            0..heads,
+            0..seen,
+            0..dh,
+        ])
+    });
+    let bytes = 2.0 * (rows * heads * seen * dh * 4) as f64;
+    bench(name, filter, iters.max(50), bytes, "GB/s", || {
+        let y = kiln::nn::sdpa(q.clone(), k.clone(), v.clone(), false);
+        super::sync(d);
+        drop(y);
+    });
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -217,18 +217,20 @@ impl<B: Backend> DalleMini<B> {
         sampling.validate()?;
         let steps = self.config.image_length;
         let rows: Vec<usize> = (0..2 * n).map(|r| usize::from(r >= n)).collect();
-        let mut cache = self.decoder.start(enc, pad, &rows);
+        let mut cache = crate::nn::on_cpu_pool(|| self.decoder.start(enc, pad, &rows));
         let codebook = self.vqgan.codebook_size().min(self.config.image_rows());
         let mut feed = vec![self.config.decoder_start_token_id; 2 * n];
         let mut tokens = vec![Vec::with_capacity(steps); n];
         for t in 0..steps {
-            let logits = self.decoder.step(&feed, &mut cache);
-            let width = logits.dims()[1];
-            let host = logits
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()
-                .map_err(|e| Error::Numerical(format!("{e:?}")))?;
+            // One pool job per step: its ~130 parallel loops then start from a worker.
+            let (width, host) = crate::nn::on_cpu_pool(|| {
+                let logits = self.decoder.step(&feed, &mut cache);
+                (
+                    logits.dims()[1],
+                    logits.into_data().convert::<f32>().to_vec::<f32>(),
+                )
+            });
+            let host = host.map_err(|e| Error::Numerical(format!("{e:?}")))?;
             for (i, image) in tokens.iter_mut().enumerate() {
                 let (uncond, cond) = (
                     &host[i * width..(i + 1) * width],
@@ -260,7 +262,8 @@ impl<B: Backend> DalleMini<B> {
         }
         let [uncond, cond] = self.text_rows(&req.prompt, req.tokenization, req.seed)?;
         tracing::debug!(ids = ?&cond[..cond.iter().position(|&x| x == tokenizer::PAD).unwrap_or(cond.len())], "dalle text tokens");
-        let (enc, pad) = self.encode(&[uncond, cond.clone()]);
+        // On the pool (see `nn::on_cpu_pool`), as each decode step is.
+        let (enc, pad) = crate::nn::on_cpu_pool(|| self.encode(&[uncond, cond.clone()]));
         let seeds: Vec<u64> = (0..req.n as u64)
             .map(|k| req.seed.wrapping_add(k))
             .collect();
@@ -274,7 +277,7 @@ impl<B: Backend> DalleMini<B> {
             &mut |i, _| rngs[i].uniform(),
             progress,
         )?;
-        let images = self.vqgan.decode(&tokens, &self.device);
+        let images = crate::nn::on_cpu_pool(|| self.vqgan.decode(&tokens, &self.device));
         let [_, _, height, width] = images.dims();
         let rgb8 = vqgan::to_rgb8(images.clone());
         Ok(DalleOutput {

@@ -255,19 +255,16 @@ simd_dispatch! {
             }
             let mut acc = [0.0f32; LANES];
             for (qc, kc) in q[..body].chunks_exact(LANES).zip(kr[..body].chunks_exact(LANES)) {
+                let (qc, kc): (&[f32; LANES], &[f32; LANES]) =
+                    (qc.try_into().expect("16"), kc.try_into().expect("16"));
                 for l in 0..LANES {
                     acc[l] += qc[l] * kc[l];
                 }
             }
-            // a halving tree: a few shuffles, where an in-order sum is 16 dependent adds
-            let mut w = LANES / 2;
-            while w > 0 {
-                for l in 0..w {
-                    acc[l] += acc[l + w];
-                }
-                w /= 2;
-            }
-            let mut dot = acc[0];
+            // a halving tree (a few shuffles; an in-order sum is 16 dependent adds)
+            let h8: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
+            let h4: [f32; 4] = std::array::from_fn(|l| h8[l] + h8[l + 4]);
+            let mut dot = (h4[0] + h4[2]) + (h4[1] + h4[3]);
             for i in body..d {
                 dot += q[i] * kr[i];
             }
