@@ -329,6 +329,39 @@ pub fn matvec_rows<B: Backend, const D: usize>(
     }
 }
 
+/// [`matvec_rows`] of one `x` against several `(W, bias)` in one parallel loop (a layer's
+/// q/k/v projections): `None` where any of them does not take the GEMV.
+pub fn matvec_rows_many<B: Backend, const D: usize, const N: usize>(
+    x: &Tensor<B, D>,
+    weights: [(&Tensor<B, 2>, Option<&Tensor<B, 1>>); N],
+) -> Option<[Tensor<B, D>; N]> {
+    #[cfg(feature = "cpu")]
+    {
+        use burn::tensor::DType;
+        let fx = cpu::to_flex(x)?;
+        let mut held = Vec::with_capacity(N);
+        for (w, b) in weights {
+            let fb = match b {
+                Some(b) => Some(cpu::to_flex(b)?),
+                None => None,
+            };
+            held.push((cpu::to_flex_of(w, &[DType::F32, DType::F16])?, fb));
+        }
+        let refs: Vec<_> = held.iter().map(|(w, b)| (w, b.as_ref())).collect();
+        let outs = cpu::gemv_many(&fx, &refs)?;
+        outs.into_iter()
+            .map(cpu::from_flex)
+            .collect::<Vec<_>>()
+            .try_into()
+            .ok()
+    }
+    #[cfg(not(feature = "cpu"))]
+    {
+        let _ = (x, weights);
+        None
+    }
+}
+
 /// `cache` `[R, H, P, D]` with `value` `[R, H, 1, D]` written at position `t` (a decode
 /// step's keys or values), in place on the CPU backend when the cache is not shared.
 pub fn write_position<B: Backend>(
@@ -528,6 +561,26 @@ mod tests {
         }
         let x = Tensor::<Flex, 3>::random([3, 11, 37], n, &d);
         assert!(matvec_rows(&x, &w, None).is_none());
+    }
+
+    /// One GEMV over several weights (f32 with bias, f16, different widths) gives each one's
+    /// own bits; a weight of another width declines the lot.
+    #[test]
+    fn matvec_rows_many_equals_one_by_one() {
+        use burn::tensor::DType;
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let w0 = Tensor::<Flex, 2>::random([600, 37], n, &d);
+        let b0 = Tensor::<Flex, 1>::random([600], n, &d);
+        let w1 = Tensor::<Flex, 2>::random([70, 37], n, &d).cast(DType::F16);
+        let x = Tensor::<Flex, 3>::random([3, 1, 37], n, &d);
+        let [y0, y1] = matvec_rows_many(&x, [(&w0, Some(&b0)), (&w1, None)]).expect("GEMV");
+        let want0 = matvec_rows(&x, &w0, Some(&b0)).expect("GEMV");
+        let want1 = matvec_rows(&x, &w1, None).expect("GEMV");
+        assert_eq!(y0.into_data(), want0.into_data());
+        assert_eq!(y1.into_data(), want1.into_data());
+        let other = Tensor::<Flex, 2>::random([5, 36], n, &d);
+        assert!(matvec_rows_many(&x, [(&w0, None), (&other, None)]).is_none());
     }
 
     /// The parallel NCHW ↔ tokens transposes equal the lazy views, on sides that are not

@@ -67,8 +67,7 @@ impl<B: Backend> DecoderLayer<B> {
         pad: Tensor<B, 4, Bool>,
     ) -> (Tensor<B, 3>, LayerCache<B>) {
         let h = self.pre_self_attn_layer_norm.forward(x.clone());
-        let (k, v) = self.self_attn.keys_values(h.clone());
-        let q = self.self_attn.queries(h);
+        let [q, k, v] = self.self_attn.queries_keys_values(h);
         let [r, heads, _, dh] = k.dims();
         let seen = [0..r, 0..heads, 0..t + 1, 0..dh];
         let LayerCache {

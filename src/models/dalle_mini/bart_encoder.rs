@@ -69,6 +69,13 @@ impl<B: Backend> Attention<B> {
         )
     }
 
+    /// Queries, keys and values of `x`, split into heads (one GEMV over the three weights
+    /// for a decode step's few rows).
+    pub fn queries_keys_values(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
+        super::dense::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)
+            .map(|t| split_heads(t, self.heads))
+    }
+
     pub fn queries(&self, x: Tensor<B, 3>) -> Tensor<B, 4> {
         split_heads(self.q_proj.forward(x), self.heads)
     }
@@ -117,8 +124,8 @@ impl<B: Backend> Glu<B> {
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let z = self.ln0.forward(x);
-        let w = gelu_exact(self.fc0.forward(z.clone()));
-        let v = self.fc1.forward(z);
+        let [w, v] = super::dense::forward_many([&self.fc0, &self.fc1], z);
+        let w = gelu_exact(w);
         self.fc2.forward(self.ln1.forward(w * v))
     }
 }

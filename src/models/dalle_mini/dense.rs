@@ -58,6 +58,18 @@ impl<B: Backend> Dense<B> {
     }
 }
 
+/// `layers[i].forward(x)` for each, as one parallel GEMV over all their weights when `x` has
+/// few rows on the CPU (one loop start and join instead of N; a decode step has 12 layers ×
+/// (q/k/v, GLU fc0/fc1)).
+pub fn forward_many<B: Backend, const N: usize>(
+    layers: [&Dense<B>; N],
+    x: Tensor<B, 3>,
+) -> [Tensor<B, 3>; N] {
+    let vals = layers.map(|l| (l.weight.val(), l.bias.as_ref().map(|b| b.val())));
+    let refs = std::array::from_fn(|i| (&vals[i].0, vals[i].1.as_ref()));
+    crate::nn::matvec_rows_many(&x, refs).unwrap_or_else(|| layers.map(|l| l.forward(x.clone())))
+}
+
 /// Whether the loader keeps parameter `path` (as stored, `file` dtype) in f16 where the model
 /// computes in f32: the decoder's projection weights on the CPU backend, whose few-row GEMV
 /// reads f16 directly. Everything else (norms, embeddings, other backends) is widened at load.

@@ -250,7 +250,7 @@ simd_dispatch! {
             // The cache rows come from memory (a step streams all weights through L3 after
             // them): fetch keys a few rows ahead and this row's values for the second loop.
             for line in (0..d.max(out.len())).step_by(16) {
-                prefetch(kr.as_ptr().wrapping_offset(4 * keys.stride).wrapping_add(line));
+                prefetch(kr.as_ptr().wrapping_offset(16 * keys.stride).wrapping_add(line));
                 prefetch(values.base.wrapping_offset(j as isize * values.stride).wrapping_add(line));
             }
             let mut acc = [0.0f32; LANES];

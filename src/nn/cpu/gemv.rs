@@ -272,29 +272,54 @@ pub(crate) fn gemv(
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
 ) -> Option<FlexTensor> {
-    let mut shape = dims(x);
+    gemv_many(x, &[(w, bias)]).and_then(|mut v| v.pop())
+}
+
+/// [`gemv`] of one `x` against several weights (a layer's q/k/v, the GLU's two inputs) as one
+/// parallel loop over all their blocks: one start and one join instead of one per weight.
+pub(crate) fn gemv_many(
+    x: &FlexTensor,
+    weights: &[(&FlexTensor, Option<&FlexTensor>)],
+) -> Option<Vec<FlexTensor>> {
+    let shape = dims(x);
     let last = shape.len() - 1;
     let k = shape[last];
-    let wd = dims(w);
     let m = x.layout().num_elements() / k.max(1);
-    if wd.len() != 2 || wd[1] != k || k == 0 || m == 0 || m > GEMV_MAX_ROWS {
+    if k == 0 || m == 0 || m > GEMV_MAX_ROWS {
         return None;
     }
-    let n = wd[0];
-    shape[last] = n;
-    let (x, w) = (contiguous(x), contiguous(w));
-    let start = w.layout().start_offset();
-    let weights = match w.dtype() {
-        DType::F32 => Rows::F32(slice(&w)),
-        DType::F16 => Rows::F16(&w.storage::<half::f16>()[start..start + n * k]),
-        _ => return None,
-    };
-    let b = bias.map(contiguous);
-    let (xs, bs) = (slice(&x), b.as_ref().map(slice));
-    let mut out = vec![0.0f32; m * n];
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    (0..n.div_ceil(BLOCK)).into_par_iter().for_each(|blk| {
-        let out_ptr = out_ptr;
+    let x = contiguous(x);
+    let xs = slice(&x);
+    // Each weight's contiguous copy (a no-op when already so), rows and bias.
+    let mut held = Vec::with_capacity(weights.len());
+    for &(w, bias) in weights {
+        let wd = dims(w);
+        if wd.len() != 2 || wd[1] != k || !matches!(w.dtype(), DType::F32 | DType::F16) {
+            return None;
+        }
+        held.push((contiguous(w), bias.map(contiguous), wd[0]));
+    }
+    let jobs: Vec<(Rows<'_>, Option<&[f32]>, usize)> = held
+        .iter()
+        .map(|(w, b, n)| {
+            let start = w.layout().start_offset();
+            let rows = match w.dtype() {
+                DType::F16 => Rows::F16(&w.storage::<half::f16>()[start..start + n * k]),
+                _ => Rows::F32(slice(w)),
+            };
+            (rows, b.as_ref().map(slice), *n)
+        })
+        .collect();
+    let mut outs: Vec<Vec<f32>> = jobs.iter().map(|&(_, _, n)| vec![0.0f32; m * n]).collect();
+    let ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    let tasks: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(_, _, n))| (0..n.div_ceil(BLOCK)).map(move |blk| (i, blk)))
+        .collect();
+    tasks.into_par_iter().for_each(|(i, blk)| {
+        let (weights, bs, n) = jobs[i];
+        let out_ptr = ptrs[i];
         let (j0, j1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
         let rows = weights.rows(k, j0, j1);
         let mut part = [[0.0f32; BLOCK]; GROUP];
@@ -304,13 +329,22 @@ pub(crate) fn gemv(
             for (r, p) in (g0..g1).zip(&part) {
                 for (jj, &v) in p[..j1 - j0].iter().enumerate() {
                     let add = bs.map_or(0.0, |b| b[j0 + jj]);
-                    // SAFETY: this task alone writes columns j0..j1 of every row.
+                    // SAFETY: this task alone writes columns j0..j1 of every row of output i.
                     unsafe { *out_ptr.0.add(r * n + j0 + jj) = v + add };
                 }
             }
         }
     });
-    Some(new_tensor(out, shape))
+    Some(
+        outs.into_iter()
+            .zip(&jobs)
+            .map(|(o, &(_, _, n))| {
+                let mut s = shape.clone();
+                s[last] = n;
+                new_tensor(o, s)
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

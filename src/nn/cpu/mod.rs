@@ -23,7 +23,7 @@ use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::{attention, attention_one};
 pub(crate) use conv::conv_same;
-pub(crate) use gemv::gemv;
+pub(crate) use gemv::{gemv, gemv_many};
 pub(crate) use rows::{
     geglu, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
 };
