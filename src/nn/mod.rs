@@ -228,7 +228,7 @@ impl<B: Backend> LayerNorm<B> {
         if let (Some(fx), Some(g)) = (cpu::to_flex(&x), cpu::to_flex(&self.weight.val())) {
             let b = self.bias.as_ref().and_then(|b| cpu::to_flex(&b.val()));
             if b.is_some() == self.bias.is_some() {
-                return cpu::from_flex(cpu::layer_norm(&fx, &g, b.as_ref(), self.eps));
+                return cpu::from_flex(cpu::layer_norm(&fx, Some(&g), b.as_ref(), self.eps));
             }
         }
         let dtype = x.dtype();
@@ -287,6 +287,37 @@ pub fn quick_gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// The exact (erf) GELU PyTorch uses by default.
 pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     gelu(x)
+}
+
+/// `gelu(gate) · value` (the exact GELU), one fused pass on the CPU.
+pub fn gelu_mul<B: Backend, const D: usize>(
+    gate: Tensor<B, D>,
+    value: Tensor<B, D>,
+) -> Tensor<B, D> {
+    #[cfg(feature = "cpu")]
+    if let (Some(g), Some(v)) = (cpu::to_flex(&gate), cpu::to_flex(&value))
+        && let Some(out) = cpu::gelu_mul(&g, &v)
+    {
+        return cpu::from_flex(out);
+    }
+    gelu_exact(gate) * value
+}
+
+/// LayerNorm over the last dimension with a scale of 1 and a `bias` (DALL·E's bias-only
+/// norms), statistics in f32 for f16 inputs.
+pub fn bias_layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    bias: Tensor<B, 1>,
+    eps: f64,
+) -> Tensor<B, D> {
+    #[cfg(feature = "cpu")]
+    if let (Some(fx), Some(b)) = (cpu::to_flex(&x), cpu::to_flex(&bias)) {
+        return cpu::from_flex(cpu::layer_norm(&fx, None, Some(&b), eps));
+    }
+    let dtype = x.dtype();
+    let x = x.cast(DType::F32);
+    let (var, mean) = x.clone().var_mean_bias(D - 1);
+    ((x - mean) / (var + eps).sqrt()).cast(dtype) + bias.unsqueeze::<D>()
 }
 
 /// GEGLU's gating: `h` `[…, 2I]` → `value · gelu(gate)` `[…, I]`, value first (diffusers).
@@ -581,6 +612,26 @@ mod tests {
         assert_eq!(y1.into_data(), want1.into_data());
         let other = Tensor::<Flex, 2>::random([5, 36], n, &d);
         assert!(matvec_rows_many(&x, [(&w0, None), (&other, None)]).is_none());
+    }
+
+    /// The CPU kernels for DALL·E's bias-only LayerNorm and its GLU gating against plain ops.
+    #[test]
+    fn bias_layer_norm_and_gelu_mul_match_plain_ops() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.5, 2.0);
+        let x = Tensor::<Flex, 3>::random([2, 3, 70], n, &d);
+        let bias = Tensor::<Flex, 1>::random([70], n, &d);
+        let (var, mean) = x.clone().var_mean_bias(2);
+        let want = (x.clone() - mean) / (var + 1e-5).sqrt() + bias.clone().unsqueeze::<3>();
+        let err: f32 = (bias_layer_norm(x.clone(), bias, 1e-5) - want)
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(err < 1e-5, "layer norm: max |diff| {err}");
+        let v = Tensor::<Flex, 3>::random([2, 3, 70], n, &d);
+        let want = gelu_exact(x.clone()) * v.clone();
+        let err: f32 = (gelu_mul(x, v) - want).abs().max().into_scalar();
+        assert!(err < 1e-5, "gelu mul: max |diff| {err}");
     }
 
     /// The parallel NCHW ↔ tokens transposes equal the lazy views, on sides that are not

@@ -7,11 +7,11 @@
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
 use burn::tensor::backend::Backend;
-use burn::tensor::{Bool, DType, Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DalleBartConfig, LN_EPS};
 use super::dense::Dense;
-use crate::nn::{Embedding, LayerNorm, gelu_exact, merge_heads, split_heads};
+use crate::nn::{Embedding, LayerNorm, merge_heads, split_heads};
 
 /// LayerNorm whose scale is fixed at 1 (dalle-mini's `force_ln_scale=false` norms): only a bias.
 #[derive(Module, Debug)]
@@ -27,11 +27,7 @@ impl<B: Backend> BiasLayerNorm<B> {
     }
 
     pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        // Statistics in f32 for f16 models, as `nn::LayerNorm` does.
-        let dtype = x.dtype();
-        let x = x.cast(DType::F32);
-        let (var, mean) = x.clone().var_mean_bias(D - 1);
-        ((x - mean) / (var + LN_EPS).sqrt()).cast(dtype) + self.bias.val().unsqueeze::<D>()
+        crate::nn::bias_layer_norm(x, self.bias.val(), LN_EPS)
     }
 }
 
@@ -125,8 +121,8 @@ impl<B: Backend> Glu<B> {
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let z = self.ln0.forward(x);
         let [w, v] = super::dense::forward_many([&self.fc0, &self.fc1], z);
-        let w = gelu_exact(w);
-        self.fc2.forward(self.ln1.forward(w * v))
+        self.fc2
+            .forward(self.ln1.forward(crate::nn::gelu_mul(w, v)))
     }
 }
 

@@ -25,7 +25,7 @@ pub(crate) use attention::{attention, attention_one};
 pub(crate) use conv::conv_same;
 pub(crate) use gemv::{gemv, gemv_many};
 pub(crate) use rows::{
-    geglu, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
+    geglu, gelu_mul, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
 };
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).

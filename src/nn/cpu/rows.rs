@@ -72,19 +72,36 @@ pub(crate) fn group_norm(
 }
 
 simd_dispatch! {
-    fn norm_rows(x: &[f32], out: &mut [f32], gamma: &[f32], beta: Option<&[f32]>, eps: f64) {
-        let d = gamma.len();
+    /// Rows of `d` values; without `gamma` the scale is 1 (DALL·E's bias-only norms).
+    fn norm_rows(
+        x: &[f32],
+        out: &mut [f32],
+        d: usize,
+        gamma: Option<&[f32]>,
+        beta: Option<&[f32]>,
+        eps: f64,
+    ) {
         for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
             let (mean, rstd) = stats(xr, eps);
-            match beta {
-                Some(b) => {
+            match (gamma, beta) {
+                (Some(g), Some(b)) => {
                     for i in 0..d {
-                        or[i] = (xr[i] - mean) * rstd * gamma[i] + b[i];
+                        or[i] = (xr[i] - mean) * rstd * g[i] + b[i];
                     }
                 }
-                None => {
+                (Some(g), None) => {
                     for i in 0..d {
-                        or[i] = (xr[i] - mean) * rstd * gamma[i];
+                        or[i] = (xr[i] - mean) * rstd * g[i];
+                    }
+                }
+                (None, Some(b)) => {
+                    for i in 0..d {
+                        or[i] = (xr[i] - mean) * rstd + b[i];
+                    }
+                }
+                (None, None) => {
+                    for i in 0..d {
+                        or[i] = (xr[i] - mean) * rstd;
                     }
                 }
             }
@@ -101,25 +118,50 @@ fn rows_per_task(row_len: usize) -> usize {
     (65_536 / row_len.max(1)).max(1)
 }
 
-/// LayerNorm over the last dimension.
+/// LayerNorm over the last dimension, scale `gamma` (1 without) and shift `beta`.
 pub(crate) fn layer_norm(
     x: &FlexTensor,
-    gamma: &FlexTensor,
+    gamma: Option<&FlexTensor>,
     beta: Option<&FlexTensor>,
     eps: f64,
 ) -> FlexTensor {
     let x = contiguous(x);
     let shape = dims(&x);
     let d = shape[shape.len() - 1];
-    let gamma = contiguous(gamma);
+    let gamma = gamma.map(contiguous);
     let beta = beta.map(contiguous);
-    let (gs, bs) = (slice(&gamma), beta.as_ref().map(slice));
+    let (gs, bs) = (gamma.as_ref().map(slice), beta.as_ref().map(slice));
     let mut out = vec![0.0f32; x.layout().num_elements()];
     let chunk = rows_per_task(d) * d;
     out.par_chunks_mut(chunk)
         .zip(slice(&x).par_chunks(chunk))
-        .for_each(|(o, xr)| norm_rows(xr, o, gs, bs, eps));
+        .for_each(|(o, xr)| norm_rows(xr, o, d, gs, bs, eps));
     new_tensor(out, shape)
+}
+
+/// `value · gelu(gate)` element-wise (DALL·E's GLU), for two tensors of one shape.
+pub(crate) fn gelu_mul(gate: &FlexTensor, value: &FlexTensor) -> Option<FlexTensor> {
+    let (gate, value) = (contiguous(gate), contiguous(value));
+    let shape = dims(&gate);
+    if dims(&value) != shape {
+        return None;
+    }
+    let mut out = vec![0.0f32; gate.layout().num_elements()];
+    let chunk = rows_per_task(1);
+    out.par_chunks_mut(chunk)
+        .zip(
+            slice(&value)
+                .par_chunks(chunk)
+                .zip(slice(&gate).par_chunks(chunk)),
+        )
+        .for_each(|(o, (v, g))| gelu_mul_run(v, g, o));
+    Some(new_tensor(out, shape))
+}
+
+simd_dispatch! {
+    fn gelu_mul_run(value: &[f32], gate: &[f32], out: &mut [f32]) {
+        geglu_pair(value, gate, out);
+    }
 }
 
 #[inline(always)]
