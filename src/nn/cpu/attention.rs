@@ -10,7 +10,7 @@ use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{SendPtr, gemm_tile, math, new_tensor, prefetch, simd_dispatch};
+use super::{SendPtr, gemm_tile, math, new_tensor, simd_dispatch};
 
 /// Queries per task: each task packs every K and V block for its GEMMs, so more rows per
 /// task amortise that (kernel bench, 64×64 level: 64 → 256 rows, 329 → 273 ms).
@@ -225,6 +225,107 @@ impl Strided {
     }
 }
 
+/// A dot product kernel: `Σ a[i]·b[i]` over 16 lanes (one multiply then one add per
+/// element), the lanes summed as a halving tree, then the tail in order; every variant gives
+/// the same bits. Explicit: written as lane arrays the compiler made 2-wide code of it.
+type Dot = fn(&[f32], &[f32]) -> f32;
+
+fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let body = a.len() - a.len() % LANES;
+    let mut acc = [0.0f32; LANES];
+    for (ac, bc) in a[..body]
+        .chunks_exact(LANES)
+        .zip(b[..body].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            acc[l] += ac[l] * bc[l];
+        }
+    }
+    let mut w = LANES / 2;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+        w /= 2;
+    }
+    let mut sum = acc[0];
+    for i in body..a.len() {
+        sum += a[i] * b[i];
+    }
+    sum
+}
+
+/// The fastest [`Dot`] this CPU runs.
+fn dot_kernel() -> Dot {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the feature was detected just above.
+            return |a, b| unsafe { x86::dot_avx512(a, b) };
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the feature was detected just above.
+            return |a, b| unsafe { x86::dot_avx(a, b) };
+        }
+    }
+    dot_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::reduce8;
+
+    /// The tail of [`super::dot_portable`] after the lane sum.
+    #[inline(always)]
+    fn tail(mut sum: f32, a: &[f32], b: &[f32], body: usize) -> f32 {
+        for i in body..a.len() {
+            sum += a[i] * b[i];
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+        let body = a.len() - a.len() % 16;
+        let mut acc = _mm512_setzero_ps();
+        for c in (0..body).step_by(16) {
+            // SAFETY: c + 16 <= body <= len of both.
+            let (x, y) = unsafe {
+                (
+                    _mm512_loadu_ps(a.as_ptr().add(c)),
+                    _mm512_loadu_ps(b.as_ptr().add(c)),
+                )
+            };
+            acc = _mm512_add_ps(acc, _mm512_mul_ps(x, y));
+        }
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+        let sum = reduce8(_mm256_add_ps(_mm512_castps512_ps256(acc), hi));
+        tail(sum, a, b, body)
+    }
+
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+        let body = a.len() - a.len() % 16;
+        // lanes 0..8 and 8..16
+        let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for c in (0..body).step_by(16) {
+            // SAFETY: c + 16 <= body <= len of both.
+            unsafe {
+                let (a, b) = (a.as_ptr().add(c), b.as_ptr().add(c));
+                lo = _mm256_add_ps(lo, _mm256_mul_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b)));
+                hi = _mm256_add_ps(
+                    hi,
+                    _mm256_mul_ps(_mm256_loadu_ps(a.add(8)), _mm256_loadu_ps(b.add(8))),
+                );
+            }
+        }
+        tail(reduce8(_mm256_add_ps(lo, hi)), a, b, body)
+    }
+}
+
 simd_dispatch! {
     /// One (batch, head) of [`attention_one`]: `scores` (one per key; `hidden(j)` true where
     /// key `j` is masked) is scratch, `out` (Dv long) the result.
@@ -233,13 +334,12 @@ simd_dispatch! {
         keys: Strided,
         values: Strided,
         hidden: Option<(&[u8], isize)>,
+        dot: Dot,
         scale: f32,
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        const LANES: usize = 16;
         let d = q.len();
-        let body = d - d % LANES;
         for (j, s) in scores.iter_mut().enumerate() {
             if hidden.is_some_and(|(m, st)| m[(j as isize * st) as usize] != 0) {
                 *s = f32::NEG_INFINITY;
@@ -247,46 +347,38 @@ simd_dispatch! {
             }
             // SAFETY: key rows are contiguous and `d` long (checked by the caller).
             let kr = unsafe { keys.row(j, d) };
-            // The cache rows come from memory (a step streams all weights through L3 after
-            // them): fetch keys a few rows ahead and this row's values for the second loop.
-            for line in (0..d.max(out.len())).step_by(16) {
-                prefetch(kr.as_ptr().wrapping_offset(16 * keys.stride).wrapping_add(line));
-                prefetch(values.base.wrapping_offset(j as isize * values.stride).wrapping_add(line));
-            }
-            let mut acc = [0.0f32; LANES];
-            for (qc, kc) in q[..body].chunks_exact(LANES).zip(kr[..body].chunks_exact(LANES)) {
-                let (qc, kc): (&[f32; LANES], &[f32; LANES]) =
-                    (qc.try_into().expect("16"), kc.try_into().expect("16"));
-                for l in 0..LANES {
-                    acc[l] += qc[l] * kc[l];
-                }
-            }
-            // a halving tree (a few shuffles; an in-order sum is 16 dependent adds)
-            let h8: [f32; 8] = std::array::from_fn(|l| acc[l] + acc[l + 8]);
-            let h4: [f32; 4] = std::array::from_fn(|l| h8[l] + h8[l + 4]);
-            let mut dot = (h4[0] + h4[2]) + (h4[1] + h4[3]);
-            for i in body..d {
-                dot += q[i] * kr[i];
-            }
+            let dot = dot(q, kr);
             *s = dot * scale;
         }
-        out.fill(0.0);
         let m = math::max(scores);
         if m == f32::NEG_INFINITY {
+            out.fill(0.0);
             return; // every key hidden: zeros, as the blocked kernel gives an empty row
         }
         let l = math::exp_sub_sum(scores, m);
-        for (j, &p) in scores.iter().enumerate() {
-            if p != 0.0 {
-                // SAFETY: value rows are contiguous and `out.len()` long.
-                let vr = unsafe { values.row(j, out.len()) };
-                for (o, &v) in out.iter_mut().zip(vr) {
-                    *o += p * v;
+        let inv = (1.0 / l) as f32;
+        // Σ p_j v_j in 64-column chunks held in registers across the keys (through `out` in
+        // memory, every key waited on the previous key's store).
+        const C: usize = 64;
+        let dv = out.len();
+        for c0 in (0..dv).step_by(C) {
+            let w = C.min(dv - c0);
+            let mut acc = [0.0f32; C];
+            for (j, &p) in scores.iter().enumerate() {
+                if p == 0.0 {
+                    continue;
+                }
+                // SAFETY: value rows are contiguous and `dv` long.
+                let vr = unsafe { values.row(j, dv) };
+                match <&[f32; C]>::try_from(&vr[c0..c0 + w]) {
+                    Ok(vc) => (0..C).for_each(|i| acc[i] += p * vc[i]),
+                    Err(_) => (0..w).for_each(|i| acc[i] += p * vr[c0 + i]),
                 }
             }
+            for (o, a) in out[c0..c0 + w].iter_mut().zip(&acc) {
+                *o = a * inv;
+            }
         }
-        let inv = (1.0 / l) as f32;
-        out.iter_mut().for_each(|o| *o *= inv);
     }
 }
 
@@ -324,6 +416,7 @@ pub(crate) fn attention_one(
         None => None,
     };
     let scale = 1.0 / (d as f32).sqrt();
+    let dot = dot_kernel();
     let mut out = vec![0.0f32; b * h * dv];
     out.par_chunks_mut(dv)
         .enumerate()
@@ -344,7 +437,7 @@ pub(crate) fn attention_one(
                 base: vv.at(bi, hi, 0),
                 stride: vv.strides[2],
             };
-            one_query(qr, keys, values, hidden, scale, scores, o);
+            one_query(qr, keys, values, hidden, dot, scale, scores, o);
         });
     // [B, 1, H, Dv] = [B, H, 1, Dv] in memory for one query.
     Some(new_tensor(out, vec![b, h, 1, dv]))
@@ -377,6 +470,31 @@ mod tests {
             let want = burn::tensor::module::attention(q, k, v, None, None, opts);
             let err: f32 = (got - want).abs().max().into_scalar();
             assert!(err < 1e-5, "[{sq}x{skv}] causal {causal}: max |diff| {err}");
+        }
+    }
+
+    /// Every dot-product variant gives the portable bits, with and without a tail.
+    #[test]
+    fn dot_variants_give_the_same_bits() {
+        for n in [16, 64, 70, 5] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 104_729 % 997) as f32) * 1e-2)
+                .collect();
+            let want = super::dot_portable(&a, &b);
+            assert_eq!(
+                super::dot_kernel()(&a, &b).to_bits(),
+                want.to_bits(),
+                "n {n}"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx") {
+                // SAFETY: the feature was detected just above.
+                let avx = unsafe { super::x86::dot_avx(&a, &b) };
+                assert_eq!(avx.to_bits(), want.to_bits(), "n {n}, AVX");
+            }
         }
     }
 

@@ -140,6 +140,7 @@ fn block_portable(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::reduce8;
     use super::{BLOCK, GROUP, L, Out, PREFETCH_BYTES, Rows, tail};
 
     /// Prefetches the W cache lines [`PREFETCH_BYTES`] ahead of element `c` of row `j` (as many
@@ -154,17 +155,6 @@ mod x86 {
         for line in (0..L * size).step_by(64) {
             // SAFETY: the offset is clamped inside W.
             super::super::prefetch(unsafe { ptr.add((at + line).min(len - 1)) });
-        }
-    }
-
-    /// The last three halvings of [`super::finish`]'s tree: 8 lanes → 1.
-    #[inline(always)]
-    fn reduce8(s8: __m256) -> f32 {
-        // SAFETY: the callers are compiled with AVX enabled.
-        unsafe {
-            let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
-            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-            _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
         }
     }
 

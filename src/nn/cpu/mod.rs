@@ -203,6 +203,20 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// The last three halvings of a lane tree (lane `l` += lane `l + w`, w = 4, 2, 1): 8 lanes
+/// → 1, as the GEMV and the one-query attention sum their accumulators.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn reduce8(s8: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    // SAFETY: only inlined into functions compiled with AVX enabled.
+    unsafe {
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps::<1>(s8));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        _mm_cvtss_f32(_mm_add_ss(s2, _mm_shuffle_ps::<1>(s2, s2)))
+    }
+}
+
 /// A raw pointer that may cross threads: each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut f32);
