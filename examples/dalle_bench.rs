@@ -85,7 +85,7 @@ fn main() {
             let mut feed = vec![m.config.decoder_start_token_id; 2];
             // On the CPU pool, as `DalleMini::decode_tokens` runs each step.
             let step = |cache: &mut DecoderCache<B>, feed: &mut Vec<u32>| {
-                let (w, host) = kiln::nn::on_cpu_pool(|| {
+                let (w, host) = kiln::nn::on_cpu_pool::<B, _>(|| {
                     let logits = m.decoder.step(feed, cache);
                     (logits.dims()[1], logits.into_data().to_vec::<f32>())
                 });

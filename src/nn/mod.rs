@@ -421,19 +421,17 @@ pub fn gemv_reads_f16<B: Backend>() -> bool {
     }
 }
 
-/// Runs `f` on a worker thread of the CPU kernels' pool (rayon's global pool). A parallel
-/// loop started from a worker costs ~5 µs here; from any other thread (the engine's, the
-/// CLI's) ~25 µs, since rayon queues the job, wakes a worker and parks the caller until it
-/// is done. A DALL·E decode step runs ~130 such loops. A plain call without the CPU backend.
-pub fn on_cpu_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+/// Runs `f` on a worker thread of the CPU kernels' pool (rayon's global pool) when `B` is
+/// the CPU backend. A parallel loop started from a worker costs ~5 µs here; from any other
+/// thread (the engine's, the CLI's) ~25 µs, since rayon queues the job, wakes a worker and
+/// parks the caller until it is done. A DALL·E decode step runs ~100 such loops. Other
+/// backends run `f` where they are, on the thread that owns their device streams.
+pub fn on_cpu_pool<B: Backend, R: Send>(f: impl FnOnce() -> R + Send) -> R {
     #[cfg(feature = "cpu")]
-    {
-        rayon::scope(|_| f())
+    if cpu::is_flex::<B>() {
+        return rayon::scope(|_| f());
     }
-    #[cfg(not(feature = "cpu"))]
-    {
-        f()
-    }
+    f()
 }
 
 /// `[B, C, H, W]` → contiguous tokens `[B, H·W, C]`.

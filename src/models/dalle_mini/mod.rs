@@ -217,13 +217,13 @@ impl<B: Backend> DalleMini<B> {
         sampling.validate()?;
         let steps = self.config.image_length;
         let rows: Vec<usize> = (0..2 * n).map(|r| usize::from(r >= n)).collect();
-        let mut cache = crate::nn::on_cpu_pool(|| self.decoder.start(enc, pad, &rows));
+        let mut cache = crate::nn::on_cpu_pool::<B, _>(|| self.decoder.start(enc, pad, &rows));
         let codebook = self.vqgan.codebook_size().min(self.config.image_rows());
         let mut feed = vec![self.config.decoder_start_token_id; 2 * n];
         let mut tokens = vec![Vec::with_capacity(steps); n];
         for t in 0..steps {
             // One pool job per step: its ~130 parallel loops then start from a worker.
-            let (width, host) = crate::nn::on_cpu_pool(|| {
+            let (width, host) = crate::nn::on_cpu_pool::<B, _>(|| {
                 let logits = self.decoder.step(&feed, &mut cache);
                 (
                     logits.dims()[1],
@@ -263,7 +263,7 @@ impl<B: Backend> DalleMini<B> {
         let [uncond, cond] = self.text_rows(&req.prompt, req.tokenization, req.seed)?;
         tracing::debug!(ids = ?&cond[..cond.iter().position(|&x| x == tokenizer::PAD).unwrap_or(cond.len())], "dalle text tokens");
         // On the pool (see `nn::on_cpu_pool`), as each decode step is.
-        let (enc, pad) = crate::nn::on_cpu_pool(|| self.encode(&[uncond, cond.clone()]));
+        let (enc, pad) = crate::nn::on_cpu_pool::<B, _>(|| self.encode(&[uncond, cond.clone()]));
         let seeds: Vec<u64> = (0..req.n as u64)
             .map(|k| req.seed.wrapping_add(k))
             .collect();
@@ -277,7 +277,7 @@ impl<B: Backend> DalleMini<B> {
             &mut |i, _| rngs[i].uniform(),
             progress,
         )?;
-        let images = crate::nn::on_cpu_pool(|| self.vqgan.decode(&tokens, &self.device));
+        let images = crate::nn::on_cpu_pool::<B, _>(|| self.vqgan.decode(&tokens, &self.device));
         let [_, _, height, width] = images.dims();
         let rgb8 = vqgan::to_rgb8(images.clone());
         Ok(DalleOutput {
