@@ -9,6 +9,7 @@
 //! lanes, `exp`/`erf` are ~1 ulp / 1.5e-7 polynomials); the parity tests run through them.
 
 mod attention;
+mod attention_one;
 mod conv;
 mod gemv;
 mod math;
@@ -21,7 +22,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
-pub(crate) use attention::{attention, attention_one};
+pub(crate) use attention::attention;
+pub(crate) use attention_one::attention_one;
 pub(crate) use conv::conv_same;
 pub(crate) use gemv::{gemv, gemv_many};
 pub(crate) use rows::{
