@@ -342,22 +342,7 @@ pub fn matvec_rows<B: Backend, const D: usize>(
     w: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, D>> {
-    #[cfg(feature = "cpu")]
-    {
-        use burn::tensor::DType;
-        let fx = cpu::to_flex(x)?;
-        let fw = cpu::to_flex_of(w, &[DType::F32, DType::F16])?;
-        let fb = match bias {
-            Some(b) => Some(cpu::to_flex(b)?),
-            None => None,
-        };
-        cpu::gemv(&fx, &fw, fb.as_ref()).map(cpu::from_flex)
-    }
-    #[cfg(not(feature = "cpu"))]
-    {
-        let _ = (x, w, bias);
-        None
-    }
+    matvec_rows_many(x, [(w, bias)]).map(|[y]| y)
 }
 
 /// [`matvec_rows`] of one `x` against several `(W, bias)` in one parallel loop (a layer's

@@ -44,14 +44,12 @@ fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
             acc[l] += ac[l] * bc[l];
         }
     }
-    let mut w = LANES / 2;
-    while w > 0 {
-        for l in 0..w {
-            acc[l] += acc[l + w];
-        }
-        w /= 2;
-    }
-    let mut sum = acc[0];
+    tail(math::tree_sum(acc), a, b, body)
+}
+
+/// `sum` plus the products of elements `body..` of `a` and `b`, in order.
+#[inline(always)]
+fn tail(mut sum: f32, a: &[f32], b: &[f32], body: usize) -> f32 {
     for i in body..a.len() {
         sum += a[i] * b[i];
     }
@@ -79,15 +77,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::reduce8;
-
-    /// The tail of [`super::dot_portable`] after the lane sum.
-    #[inline(always)]
-    fn tail(mut sum: f32, a: &[f32], b: &[f32], body: usize) -> f32 {
-        for i in body..a.len() {
-            sum += a[i] * b[i];
-        }
-        sum
-    }
+    use super::tail;
 
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {

@@ -7,8 +7,8 @@
 //! the f16 widening inside the dot product, nor the register-resident accumulators for a
 //! constant row count). All variants do the same arithmetic in the same order: 32 lanes, lane
 //! `l` accumulating `w[c + l] · x[c + l]` as a multiply then an add, the lanes summed as a
-//! halving tree, then the tail; f16 → f32 is exact. So every CPU gives the same bits, f16 weights the bits of
-//! the same weights widened to f32.
+//! halving tree, then the tail; f16 → f32 is exact. So every CPU gives the same bits, f16
+//! weights the bits of the same weights widened to f32.
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
@@ -16,7 +16,7 @@ use rayon::prelude::*;
 
 use super::{SendPtr, contiguous, dims, new_tensor, slice};
 
-/// Rows at most for [`gemv`]: a decode step's inputs, 2 per image with super-conditioning (the
+/// Rows at most for [`gemv_many`]: a decode step's inputs, 2 per image with super-conditioning (the
 /// API's n ≤ 10 makes 20). Rows go through in groups of [`GROUP`]; a task's W block (256 rows,
 /// at most 1.4 MB) is read from memory for the first group and from L2 for the others.
 pub(crate) const GEMV_MAX_ROWS: usize = 32;
@@ -98,15 +98,7 @@ fn block(w: Rows<'_>, x: &[f32], k: usize, out: &mut Out) {
 /// `w_at`) in order.
 #[inline(always)]
 fn finish(acc: &[f32; L], body: usize, k: usize, w_at: impl Fn(usize) -> f32, xr: &[f32]) -> f32 {
-    let mut lanes = *acc;
-    let mut width = L / 2;
-    while width > 0 {
-        for l in 0..width {
-            lanes[l] += lanes[l + width];
-        }
-        width /= 2;
-    }
-    tail(lanes[0], body, k, w_at, xr)
+    tail(super::math::tree_sum(*acc), body, k, w_at, xr)
 }
 
 /// `sum` plus the products of elements `body..k`, in order.
@@ -254,19 +246,10 @@ mod x86 {
     const _: () = assert!(BLOCK > 0 && GROUP == 8);
 }
 
-/// `x Wᵀ (+ b)` for few rows (`x` `[…, K]` f32 with at most [`GEMV_MAX_ROWS`] rows, `W`
-/// `[N, K]` f32 or f16): parallel over blocks of output features. `None` where that does not
-/// apply.
-pub(crate) fn gemv(
-    x: &FlexTensor,
-    w: &FlexTensor,
-    bias: Option<&FlexTensor>,
-) -> Option<FlexTensor> {
-    gemv_many(x, &[(w, bias)]).and_then(|mut v| v.pop())
-}
-
-/// [`gemv`] of one `x` against several weights (a layer's q/k/v, the GLU's two inputs) as one
-/// parallel loop over all their blocks: one start and one join instead of one per weight.
+/// `x Wᵀ (+ b)` for few rows (`x` `[…, K]` f32 with at most [`GEMV_MAX_ROWS`] rows) against
+/// each of several `(W, b)` (`W` `[N, K]` f32 or f16; a layer's q/k/v, the GLU's two inputs),
+/// as one parallel loop over blocks of output features of all of them: one start and one join
+/// instead of one per weight. `None` where that does not apply to any of them.
 pub(crate) fn gemv_many(
     x: &FlexTensor,
     weights: &[(&FlexTensor, Option<&FlexTensor>)],

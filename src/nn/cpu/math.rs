@@ -55,6 +55,21 @@ pub fn gelu(x: f32) -> f32 {
 
 const LANES: usize = 16;
 
+/// The sum of `N` (a power of two) lanes as a halving tree: lane `l` += lane `l + w` for
+/// w = N/2, …, 1. The SIMD kernels reduce their accumulator registers in this order, so every
+/// variant gives the same bits.
+#[inline(always)]
+pub fn tree_sum<const N: usize>(mut lanes: [f32; N]) -> f32 {
+    let mut w = N / 2;
+    while w > 0 {
+        for l in 0..w {
+            lanes[l] += lanes[l + w];
+        }
+        w /= 2;
+    }
+    lanes[0]
+}
+
 /// Σ f(xᵢ) with 16 f32 lanes per block of 1024 and an f64 total: vectorises, and the error
 /// stays at f32 rounding of short partial sums.
 #[inline(always)]

@@ -25,7 +25,7 @@ use burn_flex::{FlexTensor, Layout};
 pub(crate) use attention::attention;
 pub(crate) use attention_one::attention_one;
 pub(crate) use conv::conv_same;
-pub(crate) use gemv::{gemv, gemv_many};
+pub(crate) use gemv::gemv_many;
 pub(crate) use rows::{
     geglu, gelu_mul, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
 };
@@ -41,7 +41,7 @@ pub(crate) fn to_flex<B: Backend, const D: usize>(t: &Tensor<B, D>) -> Option<Fl
     to_flex_of(t, &[DType::F32])
 }
 
-/// [`to_flex`] for a tensor of any of `dtypes` (weights kept in f16, read by [`gemv`]).
+/// [`to_flex`] for a tensor of any of `dtypes` (weights kept in f16, read by [`gemv_many`]).
 pub(crate) fn to_flex_of<B: Backend, const D: usize>(
     t: &Tensor<B, D>,
     dtypes: &[DType],
