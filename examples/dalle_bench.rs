@@ -3,7 +3,7 @@
 //! Driven by `benches/compare.py`, which runs this and min-dalle alternately and collects peak RSS.
 //!
 //! ```text
-//! cargo run --release --example dalle_bench -- <dalle_bart-folder> <step|image> [timed] [warmup]
+//! cargo run --release --example dalle_bench -- <dalle_bart-folder> <step|image|encode|vqgan> [timed] [warmup]
 //! ```
 //! Prints one JSON line on stdout:
 //! `{"component", "impl", "load_plus_warmup_s", "times_s": [...], "median_s", "model", ...}`.
@@ -16,6 +16,8 @@
 //!   128 (the middle of the 256, so that 256 × step ≈ the whole decode when the cost grows with
 //!   the position; min-dalle's own step attends over all 256 cache slots whatever the position).
 //! - `image`: the whole `generate` call: tokenise, encode, 256 steps, VQGAN decode, RGB8.
+//! - `encode`, `vqgan`: the two ends of `image` alone (text encoder plus the cross K/V
+//!   projection; the VQGAN decode of 256 tokens), for kiln only.
 
 use std::path::Path;
 use std::time::Instant;
@@ -45,7 +47,7 @@ fn median(v: &[f64]) -> f64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: dalle_bench <dalle_bart-folder> <step|image> [timed] [warmup]";
+    let usage = "usage: dalle_bench <dalle_bart-folder> <step|image|encode|vqgan> [timed] [warmup]";
     let dir = Path::new(args.get(1).expect(usage));
     let what = args.get(2).map(String::as_str).unwrap_or("step");
     let timed: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4);
@@ -85,7 +87,7 @@ fn main() {
             let mut feed = vec![m.config.decoder_start_token_id; 2];
             // On the CPU pool, as `DalleMini::decode_tokens` runs each step.
             let step = |cache: &mut DecoderCache<B>, feed: &mut Vec<u32>| {
-                let (w, host) = kiln::nn::on_cpu_pool::<B, _>(|| {
+                let (w, host) = kiln::nn::on_cpu_team::<B, _>(|| {
                     let logits = m.decoder.step(feed, cache);
                     (logits.dims()[1], logits.into_data().to_vec::<f32>())
                 });
@@ -138,6 +140,35 @@ fn main() {
             extra += &format!(",\"first_tokens\":[{}]", head.join(","));
             times
         }
+        // The two ends of `image` alone (not timed by the harness against min-dalle).
+        "encode" => {
+            let rows = m
+                .text_rows(PROMPT, Tokenization::MinDalle, 0)
+                .expect("text rows");
+            let run = || {
+                kiln::nn::on_cpu_pool::<B, _>(|| {
+                    let (enc, pad) = m.encode(&rows);
+                    m.decoder.start(enc, pad, &[0, 1]).layers.len()
+                })
+            };
+            (0..warmup).for_each(|_| _ = run());
+            time_each(timed, || _ = run())
+        }
+        "vqgan" => {
+            let codebook = m.vqgan.codebook_size().min(m.config.image_rows()) as u32;
+            let tokens: Vec<u32> = (0..m.config.image_length as u32)
+                .map(|i| i * 7919 % codebook)
+                .collect();
+            let run = || {
+                kiln::nn::on_cpu_pool::<B, _>(|| {
+                    m.vqgan
+                        .decode(std::slice::from_ref(&tokens), &m.device)
+                        .dims()
+                })
+            };
+            (0..warmup).for_each(|_| _ = run());
+            time_each(timed, || _ = run())
+        }
         other => panic!("unknown component {other}; {usage}"),
     };
     let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
@@ -147,4 +178,15 @@ fn main() {
         list.join(","),
         median(&times)
     );
+}
+
+/// Seconds each of `n` calls of `f` took.
+fn time_each(n: usize, mut f: impl FnMut()) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect()
 }

@@ -332,11 +332,11 @@ pub fn geglu<B: Backend, const D: usize>(h: Tensor<B, D>) -> Tensor<B, D> {
     value * gelu_exact(gate)
 }
 
-/// `x Wᵀ (+ b)` with `W` `[out, in]` in PyTorch's layout, for f32 inputs of a few rows (a
-/// decode step) on the CPU backend, reading each weight row once; `W` may be f32 or f16 (an
-/// f16 checkpoint kept as stored: half the bytes to stream, same result as widening it at
-/// load). `None` where that does not apply (other backends, dtypes, more rows), and the caller
-/// multiplies as usual.
+/// `x Wᵀ (+ b)` with `W` `[out, in]` in PyTorch's layout, for f32 inputs on the CPU backend:
+/// a few rows (a decode step) read each weight row once, more go through a GEMM that reads W
+/// as stored; `W` may be f32 or f16 (an f16 checkpoint kept as stored: half the bytes to
+/// stream, same result as widening it at load). `None` where that does not apply (other
+/// backends, dtypes), and the caller multiplies as usual.
 pub fn matvec_rows<B: Backend, const D: usize>(
     x: &Tensor<B, D>,
     w: &Tensor<B, 2>,
@@ -415,6 +415,18 @@ pub fn on_cpu_pool<B: Backend, R: Send>(f: impl FnOnce() -> R + Send) -> R {
     #[cfg(feature = "cpu")]
     if cpu::is_flex::<B>() {
         return rayon::scope(|_| f());
+    }
+    f()
+}
+
+/// [`on_cpu_pool`] with the pool's other workers spinning between the CPU kernels' parallel
+/// loops instead of parking (see `cpu::team`): for a stretch of many small loops such as a
+/// decode step, where waking a parked worker costs as much as the loop. Flex's own parallel
+/// ops inside `f` run on one thread, so only for stretches made of the kernels in `cpu`.
+pub fn on_cpu_team<B: Backend, R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "cpu")]
+    if cpu::is_flex::<B>() {
+        return cpu::with_team(f);
     }
     f()
 }
@@ -552,19 +564,20 @@ mod tests {
         assert!(err < 1e-6, "max |diff| {err}");
     }
 
-    /// The few-rows GEMV against a plain matmul: 1, 8, 13 and 32 rows (one group, two, four),
-    /// a ragged K and N (several blocks, the last partial), with and without bias; more rows
-    /// are declined.
+    /// The GEMV against a plain matmul: 1, 8, 13 and 32 rows (one group, two, four), then
+    /// 33 and 130 rows (the many-row kernel: one panel and a partial one, three), a ragged K
+    /// and N (several blocks, the last partial), with and without bias.
     #[test]
     fn matvec_rows_matches_matmul() {
         let d = Default::default();
         let n = Distribution::Normal(0.0, 1.0);
         let w = Tensor::<Flex, 2>::random([600, 37], n, &d);
         let b = Tensor::<Flex, 1>::random([600], n, &d);
-        for rows in [1, 8, 13, 32] {
-            let x = Tensor::<Flex, 3>::random([rows, 1, 37], n, &d);
+        for [r, s] in [[1, 1], [8, 1], [13, 1], [32, 1], [3, 11], [2, 65]] {
+            let x = Tensor::<Flex, 3>::random([r, s, 37], n, &d);
+            let rows = r * s;
             for bias in [None, Some(&b)] {
-                let got = matvec_rows(&x, &w, bias).expect("few rows take the GEMV");
+                let got = matvec_rows(&x, &w, bias).expect("f32 rows take the GEMV");
                 let mut want = x.clone().matmul(w.clone().transpose().unsqueeze::<3>());
                 if let Some(b) = bias {
                     want = want + b.clone().unsqueeze::<3>();
@@ -573,8 +586,6 @@ mod tests {
                 assert!(err < 1e-5, "{rows} rows: max |diff| {err}");
             }
         }
-        let x = Tensor::<Flex, 3>::random([3, 11, 37], n, &d);
-        assert!(matvec_rows(&x, &w, None).is_none());
     }
 
     /// One GEMV over several weights (f32 with bias, f16, different widths) gives each one's

@@ -3,12 +3,14 @@
 //! Why not `crate::nn::Linear`: multiplying by the transposed *view* of W makes Flex (0.21) copy
 //! W on every call, which dominates one-token decode steps (measured 1024→16385 with 2 rows:
 //! 148 ms per call against 11 ms here). With W as the contiguous left operand nothing is copied
-//! but the small result; for 256-row inputs it is as fast as a pre-transposed weight. Decode
-//! steps (a few rows) on the CPU take `nn::matvec_rows`, which reads each weight row once.
+//! but the small result; for 256-row inputs it is as fast as a pre-transposed weight. That is
+//! the path of the GPU backends: on the CPU every call takes `nn::matvec_rows`, a GEMV that
+//! reads each weight row once for a decode step's few rows and a GEMM reading W as stored for
+//! more (the text encoder, the VQGAN's attention).
 //!
-//! On the CPU an f16 checkpoint's decoder weights stay f16 in memory (`keep_f16`): a decode
-//! step streams every weight once, so half the bytes is nearly half the time, and widening
-//! f16 to f32 is exact, so the results are those of an f32 load.
+//! On the CPU an f16 checkpoint's BART weights stay f16 in memory (`keep_f16`): a decode step
+//! streams every weight once, so half the bytes is nearly half the time, and widening f16 to
+//! f32 is exact, so the results are those of an f32 load.
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
@@ -58,9 +60,9 @@ impl<B: Backend> Dense<B> {
     }
 }
 
-/// `layers[i].forward(x)` for each, as one parallel GEMV over all their weights when `x` has
-/// few rows on the CPU (one loop start and join instead of N; a decode step has 12 layers ×
-/// (q/k/v, GLU fc0/fc1)).
+/// `layers[i].forward(x)` for each, as one parallel GEMV over all their weights on the CPU
+/// (one loop start and join instead of N; a decode step has 12 layers × (q/k/v, GLU
+/// fc0/fc1)).
 pub fn forward_many<B: Backend, const N: usize>(
     layers: [&Dense<B>; N],
     x: Tensor<B, 3>,
@@ -71,8 +73,8 @@ pub fn forward_many<B: Backend, const N: usize>(
 }
 
 /// Whether the loader keeps parameter `path` (as stored, `file` dtype) in f16 where the model
-/// computes in f32: the decoder's projection weights on the CPU backend, whose few-row GEMV
-/// reads f16 directly. Everything else (norms, embeddings, other backends) is widened at load.
+/// computes in f32: the BART projection weights on the CPU backend, whose GEMV and GEMM read
+/// f16 directly. Everything else (norms, embeddings, other backends) is widened at load.
 pub fn keep_f16<B: Backend>(path: &str, file: burn::tensor::DType) -> bool {
     const DENSE: [&str; 8] = [
         "k_proj", "v_proj", "q_proj", "out_proj", "fc0", "fc1", "fc2", "lm_head",

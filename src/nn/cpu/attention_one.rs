@@ -3,10 +3,9 @@
 //! GEMM panels for a single query row, and Flex's masked attention runs on one thread.
 
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
 use super::attention::View;
-use super::{math, new_tensor, simd_dispatch};
+use super::{SendPtr, math, new_tensor, simd_dispatch};
 
 /// Rows of one (batch, head) in [`attention_one`]: row `j` at `base + j · stride`.
 #[derive(Clone, Copy)]
@@ -118,6 +117,30 @@ mod x86 {
     }
 }
 
+/// How far ahead of the row being read [`one_query`] prefetches its key and value streams. In
+/// a decode step the cache comes from memory (the step's 390 MB of weights evicted it), and
+/// the hardware prefetcher alone kept too few lines in flight, as in the GEMV: with this the
+/// step was 0.3–8 ms faster in four A/B pairs.
+const AHEAD: usize = 4096;
+
+/// Prefetches the lines `AHEAD` bytes past `row` (a hint: any address is allowed).
+#[inline(always)]
+fn ahead(row: &[f32]) {
+    let p = row.as_ptr().cast::<u8>().wrapping_add(AHEAD);
+    for line in (0..std::mem::size_of_val(row)).step_by(64) {
+        super::prefetch(p.wrapping_add(line));
+    }
+}
+
+/// Prefetches `row` itself.
+#[inline(always)]
+fn here(row: &[f32]) {
+    let p = row.as_ptr().cast::<u8>();
+    for line in (0..std::mem::size_of_val(row)).step_by(64) {
+        super::prefetch(p.wrapping_add(line));
+    }
+}
+
 simd_dispatch! {
     /// One (batch, head) of [`attention_one`]: `scores` (one per key; `hidden(j)` true where
     /// key `j` is masked) is scratch, `out` (Dv long) the result.
@@ -131,7 +154,7 @@ simd_dispatch! {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let d = q.len();
+        let (d, dv) = (q.len(), out.len());
         for (j, s) in scores.iter_mut().enumerate() {
             if hidden.is_some_and(|(m, st)| m[(j as isize * st) as usize] != 0) {
                 *s = f32::NEG_INFINITY;
@@ -139,6 +162,12 @@ simd_dispatch! {
             }
             // SAFETY: key rows are contiguous and `d` long (checked by the caller).
             let kr = unsafe { keys.row(j, d) };
+            ahead(kr);
+            if j * dv * 4 < AHEAD {
+                // The first AHEAD bytes of the values, for the Σ p·v loop's start.
+                // SAFETY: value rows are contiguous and `dv` long.
+                here(unsafe { values.row(j, dv) });
+            }
             let dot = dot(q, kr);
             *s = dot * scale;
         }
@@ -152,7 +181,6 @@ simd_dispatch! {
         // Σ p_j v_j in 64-column chunks held in registers across the keys (through `out` in
         // memory, every key waited on the previous key's store).
         const C: usize = 64;
-        let dv = out.len();
         for c0 in (0..dv).step_by(C) {
             let w = C.min(dv - c0);
             let mut acc = [0.0f32; C];
@@ -162,6 +190,9 @@ simd_dispatch! {
                 }
                 // SAFETY: value rows are contiguous and `dv` long.
                 let vr = unsafe { values.row(j, dv) };
+                if c0 == 0 {
+                    ahead(vr);
+                }
                 match <&[f32; C]>::try_from(&vr[c0..c0 + w]) {
                     Ok(vc) => (0..C).for_each(|i| acc[i] += p * vc[i]),
                     Err(_) => (0..w).for_each(|i| acc[i] += p * vr[c0 + i]),
@@ -210,27 +241,29 @@ pub(crate) fn attention_one(
     let scale = 1.0 / (d as f32).sqrt();
     let dot = dot_kernel();
     let mut out = vec![0.0f32; b * h * dv];
-    out.par_chunks_mut(dv)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (bh, o)| {
-            let (bi, hi) = (bh / h, bh % h);
-            scores.resize(skv, 0.0);
-            // SAFETY: the query row is contiguous and `d` long.
-            let qr = unsafe { std::slice::from_raw_parts(qv.at(bi, hi, 0), d) };
-            let hidden = mask.map(|(m, st)| {
-                let at = bi as isize * st[0] + hi as isize * st[1];
-                (&m[at as usize..], st[2])
-            });
-            let keys = Strided {
-                base: kv.at(bi, hi, 0),
-                stride: kv.strides[2],
-            };
-            let values = Strided {
-                base: vv.at(bi, hi, 0),
-                stride: vv.strides[2],
-            };
-            one_query(qr, keys, values, hidden, dot, scale, scores, o);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    super::team::for_each(b * h, |bh| {
+        let (bi, hi) = (bh / h, bh % h);
+        let base = &out_ptr;
+        // SAFETY: row `bh` of the output is this task's alone.
+        let o = unsafe { std::slice::from_raw_parts_mut(base.0.add(bh * dv), dv) };
+        let scores = &mut vec![0.0f32; skv];
+        // SAFETY: the query row is contiguous and `d` long.
+        let qr = unsafe { std::slice::from_raw_parts(qv.at(bi, hi, 0), d) };
+        let hidden = mask.map(|(m, st)| {
+            let at = bi as isize * st[0] + hi as isize * st[1];
+            (&m[at as usize..], st[2])
         });
+        let keys = Strided {
+            base: kv.at(bi, hi, 0),
+            stride: kv.strides[2],
+        };
+        let values = Strided {
+            base: vv.at(bi, hi, 0),
+            stride: vv.strides[2],
+        };
+        one_query(qr, keys, values, hidden, dot, scale, scores, o);
+    });
     // [B, 1, H, Dv] = [B, H, 1, Dv] in memory for one query.
     Some(new_tensor(out, vec![b, h, 1, dv]))
 }

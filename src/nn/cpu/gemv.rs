@@ -12,13 +12,13 @@
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
 use super::{SendPtr, contiguous, dims, new_tensor, slice};
 
-/// Rows at most for [`gemv_many`]: a decode step's inputs, 2 per image with super-conditioning (the
-/// API's n ≤ 10 makes 20). Rows go through in groups of [`GROUP`]; a task's W block (256 rows,
-/// at most 1.4 MB) is read from memory for the first group and from L2 for the others.
+/// Rows at most for the GEMV proper: a decode step's inputs, 2 per image with
+/// super-conditioning (the API's n ≤ 10 makes 20). Rows go through in groups of [`GROUP`]; a
+/// task's W block (256 rows, at most 1.4 MB) is read from memory for the first group and from
+/// L2 for the others. More rows compute more than they stream and take `gemm_nt` instead.
 pub(crate) const GEMV_MAX_ROWS: usize = 32;
 
 /// Input rows per kernel call: their accumulators fill the registers.
@@ -40,7 +40,7 @@ const PREFETCH_BYTES: usize = 4096;
 
 /// The weights of one task, rows `j0..j1` of W.
 #[derive(Clone, Copy)]
-enum Rows<'a> {
+pub(super) enum Rows<'a> {
     F32(&'a [f32]),
     F16(&'a [half::f16]),
 }
@@ -54,9 +54,18 @@ impl<'a> Rows<'a> {
         }
     }
 
+    /// Row `j` widened into `dst` (`k` long).
+    pub(super) fn widen_row(self, k: usize, j: usize, dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        match self {
+            Rows::F32(w) => dst.copy_from_slice(&w[j * k..(j + 1) * k]),
+            Rows::F16(w) => w[j * k..(j + 1) * k].convert_to_f32_slice(dst),
+        }
+    }
+
     /// Weight `i` of row `j`, widened.
     #[inline(always)]
-    fn at(self, k: usize, j: usize, i: usize) -> f32 {
+    pub(super) fn at(self, k: usize, j: usize, i: usize) -> f32 {
         match self {
             Rows::F32(w) => w[j * k + i],
             Rows::F16(w) => w[j * k + i].to_f32(),
@@ -255,10 +264,9 @@ pub(crate) fn gemv_many(
     weights: &[(&FlexTensor, Option<&FlexTensor>)],
 ) -> Option<Vec<FlexTensor>> {
     let shape = dims(x);
-    let last = shape.len() - 1;
-    let k = shape[last];
+    let k = shape[shape.len() - 1];
     let m = x.layout().num_elements() / k.max(1);
-    if k == 0 || m == 0 || m > GEMV_MAX_ROWS {
+    if k == 0 || m == 0 {
         return None;
     }
     let x = contiguous(x);
@@ -285,12 +293,17 @@ pub(crate) fn gemv_many(
         .collect();
     let mut outs: Vec<Vec<f32>> = jobs.iter().map(|&(_, _, n)| vec![0.0f32; m * n]).collect();
     let ptrs: Vec<SendPtr> = outs.iter_mut().map(|o| SendPtr(o.as_mut_ptr())).collect();
+    if m > GEMV_MAX_ROWS {
+        super::gemm_nt::many(xs, m, k, &jobs, &ptrs);
+        return Some(finish_outputs(outs, &jobs, &shape));
+    }
     let tasks: Vec<(usize, usize)> = jobs
         .iter()
         .enumerate()
         .flat_map(|(i, &(_, _, n))| (0..n.div_ceil(BLOCK)).map(move |blk| (i, blk)))
         .collect();
-    tasks.into_par_iter().for_each(|(i, blk)| {
+    super::team::for_each(tasks.len(), |t| {
+        let (i, blk) = tasks[t];
         let (weights, bs, n) = jobs[i];
         let out_ptr = ptrs[i];
         let (j0, j1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
@@ -308,16 +321,23 @@ pub(crate) fn gemv_many(
             }
         }
     });
-    Some(
-        outs.into_iter()
-            .zip(&jobs)
-            .map(|(o, &(_, _, n))| {
-                let mut s = shape.clone();
-                s[last] = n;
-                new_tensor(o, s)
-            })
-            .collect(),
-    )
+    Some(finish_outputs(outs, &jobs, &shape))
+}
+
+/// Each output as a tensor of `x`'s shape with the last dimension that weight's N.
+fn finish_outputs(
+    outs: Vec<Vec<f32>>,
+    jobs: &[(Rows<'_>, Option<&[f32]>, usize)],
+    shape: &[usize],
+) -> Vec<FlexTensor> {
+    outs.into_iter()
+        .zip(jobs)
+        .map(|(o, &(_, _, n))| {
+            let mut s = shape.to_vec();
+            s[shape.len() - 1] = n;
+            new_tensor(o, s)
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -11,9 +11,11 @@
 mod attention;
 mod attention_one;
 mod conv;
+mod gemm_nt;
 mod gemv;
 mod math;
 mod rows;
+mod team;
 mod winograd;
 
 use std::any::{Any, TypeId};
@@ -29,6 +31,7 @@ pub(crate) use gemv::gemv_many;
 pub(crate) use rows::{
     geglu, gelu_mul, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
 };
+pub(crate) use team::with_team;
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).
 pub(crate) fn is_flex<B: Backend>() -> bool {
