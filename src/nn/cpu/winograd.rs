@@ -16,7 +16,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, slice};
+use super::{SendPtr, contiguous, gemm_tile, new_tensor, simd_dispatch, slice};
 
 /// Output tiles (2×2 pixels each) per task: the GEMMs get 128 columns, and the task's `V`
 /// and `M` scratch stay within a few MB.
@@ -91,66 +91,87 @@ struct Scratch {
     y: Vec<f32>,
 }
 
-/// `V = Bᵀ d B` for tiles `t0..t0+tb` of one image (`plane` `[C, H, W]`), into `v[ξ][c][t]`.
-/// First `Bᵀ` over the four input rows of a tile row, for every column at once (contiguous,
-/// so it vectorises, and the zero padding is decided once per row instead of per value), then
-/// `· B` over each tile's four columns.
-fn input_transform(
-    plane: &[f32],
-    [c, h, wd]: [usize; 3],
-    t0: usize,
-    tb: usize,
-    rows: &mut Vec<f32>,
-    v: &mut [f32],
-) {
-    let tw = wd.div_ceil(2);
-    // Padded row width: one zero column left, and right up to 2·tw + 2.
-    let wp = 2 * tw + 2;
-    rows.resize(4 * wp, 0.0);
-    let zero = vec![0.0f32; wd];
-    for ci in 0..c {
-        let xc = &plane[ci * h * wd..(ci + 1) * h * wd];
-        let row = |y: isize| -> &[f32] {
-            if y >= 0 && (y as usize) < h {
-                &xc[y as usize * wd..(y as usize + 1) * wd]
-            } else {
-                &zero
-            }
-        };
-        let mut t = 0;
-        while t < tb {
-            let ty = (t0 + t) / tw;
-            let y0 = 2 * ty as isize - 1;
-            let d = [row(y0), row(y0 + 1), row(y0 + 2), row(y0 + 3)];
-            let (r0, rest) = rows.split_at_mut(wp);
-            let (r1, rest) = rest.split_at_mut(wp);
-            let (r2, r3) = rest.split_at_mut(wp);
-            for q in 0..wd {
-                let [a, b, e, f] = bt([d[0][q], d[1][q], d[2][q], d[3][q]]);
-                r0[q + 1] = a;
-                r1[q + 1] = b;
-                r2[q + 1] = e;
-                r3[q + 1] = f;
-            }
-            // Tiles of this tile row that belong to the chunk.
-            let tx0 = (t0 + t) % tw;
-            let n_here = (tw - tx0).min(tb - t);
-            for (i, r) in [&*r0, &*r1, &*r2, &*r3].into_iter().enumerate() {
-                for k in 0..n_here {
-                    let x0 = 2 * (tx0 + k);
-                    let vals = bt([r[x0], r[x0 + 1], r[x0 + 2], r[x0 + 3]]);
-                    for (j, &val) in vals.iter().enumerate() {
-                        v[((4 * i + j) * c + ci) * tb + t + k] = val;
+simd_dispatch! {
+    /// `V = Bᵀ d B` for tiles `t0..t0+tb` of one image (`plane` `[C, H, W]`), into `v[ξ][c][t]`.
+    /// First `Bᵀ` over the four input rows of a tile row, for every column at once (contiguous,
+    /// so it vectorises, and the zero padding is decided once per row instead of per value), then
+    /// `· B` over each tile's four columns.
+    #[allow(clippy::ptr_arg)]
+    fn input_transform(
+        plane: &[f32],
+        chw: [usize; 3],
+        t0: usize,
+        tb: usize,
+        rows: &mut Vec<f32>,
+        v: &mut [f32],
+    ) {
+        let [c, h, wd] = chw;
+        let tw = wd.div_ceil(2);
+        // Padded row width: one zero column left, and right up to 2·tw + 2.
+        let wp = 2 * tw + 2;
+        rows.resize(4 * wp + 2 * (tw + 1), 0.0);
+    let (rows, split) = rows.split_at_mut(4 * wp);
+        let zero = vec![0.0f32; wd];
+        for ci in 0..c {
+            let xc = &plane[ci * h * wd..(ci + 1) * h * wd];
+            let row = |y: isize| -> &[f32] {
+                if y >= 0 && (y as usize) < h {
+                    &xc[y as usize * wd..(y as usize + 1) * wd]
+                } else {
+                    &zero
+                }
+            };
+            let mut t = 0;
+            while t < tb {
+                let ty = (t0 + t) / tw;
+                let y0 = 2 * ty as isize - 1;
+                let d = [row(y0), row(y0 + 1), row(y0 + 2), row(y0 + 3)];
+                let (r0, rest) = rows.split_at_mut(wp);
+                let (r1, rest) = rest.split_at_mut(wp);
+                let (r2, r3) = rest.split_at_mut(wp);
+                for q in 0..wd {
+                    let [a, b, e, f] = bt([d[0][q], d[1][q], d[2][q], d[3][q]]);
+                    r0[q + 1] = a;
+                    r1[q + 1] = b;
+                    r2[q + 1] = e;
+                    r3[q + 1] = f;
+                }
+                // Tiles of this tile row that belong to the chunk.
+                let tx0 = (t0 + t) % tw;
+                let n_here = (tw - tx0).min(tb - t);
+                for (i, r) in [&*r0, &*r1, &*r2, &*r3].into_iter().enumerate() {
+                    // Tile k reads r[x0..x0 + 4], x0 = 2(tx0 + k): split into even and odd
+                    // columns, `bt` is then four contiguous lane loops (as it was, one tile at
+                    // a time, it stayed scalar).
+                    let (ev, od) = split.split_at_mut(tw + 1);
+                    for ((e, o), pair) in ev.iter_mut().zip(od.iter_mut()).zip(r.chunks_exact(2)) {
+                        (*e, *o) = (pair[0], pair[1]);
+                    }
+                    let (e0, e1) = (&ev[tx0..tx0 + n_here], &ev[tx0 + 1..tx0 + 1 + n_here]);
+                    let (o0, o1) = (&od[tx0..tx0 + n_here], &od[tx0 + 1..tx0 + 1 + n_here]);
+                    // bt([e0, o0, e1, o1]) = [e0 - e1, o0 + e1, e1 - o0, o0 - o1], lane-wise,
+                    // into V[4i + j][ci][t..], j = 0..4 (one channel plane of V apart).
+                    let stride = c * tb;
+                    let v0 = &mut v[(4 * i * c + ci) * tb + t..];
+                    let (d0, rest) = v0.split_at_mut(stride);
+                    let (d1, rest) = rest.split_at_mut(stride);
+                    let (d2, d3) = rest.split_at_mut(stride);
+                    for k in 0..n_here {
+                        d0[k] = e0[k] - e1[k];
+                        d1[k] = o0[k] + e1[k];
+                        d2[k] = e1[k] - o0[k];
+                        d3[k] = o0[k] - o1[k];
                     }
                 }
+                t += n_here;
             }
-            t += n_here;
         }
     }
 }
 
 /// `Y = Aᵀ M A` of output channel `oi` for all `tb` tiles: `y` holds `Y[00]`, `Y[01]`,
 /// `Y[10]`, `Y[11]`, each `tb` long (lanes over tiles, so it vectorises).
+#[inline(always)]
 fn output_transform(m: &[f32], o: usize, oi: usize, tb: usize, y: &mut [f32]) {
     let mm: [&[f32]; 16] = std::array::from_fn(|xi| &m[(xi * o + oi) * tb..][..tb]);
     let (y00, rest) = y.split_at_mut(tb);
@@ -166,6 +187,84 @@ fn output_transform(m: &[f32], o: usize, oi: usize, tb: usize, y: &mut [f32]) {
         y01[t] = a01;
         y10[t] = a10;
         y11[t] = a11;
+    }
+}
+
+simd_dispatch! {
+    /// Output transform `Y = Aᵀ M A` of every channel of one task's tiles (image `img`, tiles
+    /// `t0..t0 + tb`), plus bias and the fused add, stored into the output.
+    #[allow(clippy::too_many_arguments)]
+    fn output_stage(
+        m: &[f32],
+        y: &mut [f32],
+        ohw: [usize; 3],
+        img: usize,
+        t0: usize,
+        tb: usize,
+        bs: Option<&[f32]>,
+        adds: Option<(&[f32], bool)>,
+        out_ptr: SendPtr,
+    ) {
+        let [o, h, wd] = ohw;
+        let tw = wd.div_ceil(2);
+        for oi in 0..o {
+            let ch = img * o + oi;
+            let mut b = bs.map_or(0.0, |b| b[oi]);
+            if let Some((a, true)) = adds {
+                b += a[ch];
+            }
+            output_transform(m, o, oi, tb, y);
+            let (y00, rest) = y.split_at(tb);
+            let (y01, rest) = rest.split_at(tb);
+            let (y10, y11) = rest.split_at(tb);
+            let residual = match adds {
+                Some((a, false)) => Some(a),
+                _ => None,
+            };
+            // A tile row's run of tiles at a time: two output rows, left to right (per tile,
+            // the row and column were two integer divisions, a third of this stage's time).
+            let mut t = 0;
+            while t < tb {
+                let (ty, tx0) = ((t0 + t) / tw, (t0 + t) % tw);
+                let run = (tw - tx0).min(tb - t);
+                for (i, left, right) in [(0, y00, y01), (1, y10, y11)] {
+                    let yy = 2 * ty + i;
+                    if yy >= h {
+                        continue;
+                    }
+                    // Columns 2·tx0 .. 2·(tx0 + run) of the row, the last one cut off when
+                    // the width is odd.
+                    let start = (ch * h + yy) * wd + 2 * tx0;
+                    let len = (2 * run).min(wd - 2 * tx0);
+                    // SAFETY: tiles are disjoint, so each output pixel of image img is
+                    // written by exactly one task, and the columns are inside the row.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(start), len) };
+                    let (l, r) = (&left[t..t + run], &right[t..t + run]);
+                    match residual {
+                        Some(a) => {
+                            let a = &a[start..start + len];
+                            for (((d, a), &l), &r) in
+                                dst.chunks_mut(2).zip(a.chunks(2)).zip(l).zip(r)
+                            {
+                                d[0] = l + b + a[0];
+                                if let (Some(d1), Some(&a1)) = (d.get_mut(1), a.get(1)) {
+                                    *d1 = r + b + a1;
+                                }
+                            }
+                        }
+                        None => {
+                            for ((d, &l), &r) in dst.chunks_mut(2).zip(l).zip(r) {
+                                d[0] = l + b + 0.0;
+                                if let Some(d1) = d.get_mut(1) {
+                                    *d1 = r + b + 0.0;
+                                }
+                            }
+                        }
+                    }
+                }
+                t += run;
+            }
+        }
     }
 }
 
@@ -219,41 +318,9 @@ pub(crate) fn conv3x3(
                     );
                 }
             }
-            // Output transform Y = Aᵀ M A, plus bias and the fused add.
             sc.y.resize(4 * tb, 0.0);
-            for oi in 0..o {
-                let ch = img * o + oi;
-                let mut b = bs.map_or(0.0, |b| b[oi]);
-                if let Some((a, true)) = adds {
-                    b += a[ch];
-                }
-                output_transform(&sc.m, o, oi, tb, &mut sc.y);
-                let (y00, rest) = sc.y.split_at(tb);
-                let (y01, rest) = rest.split_at(tb);
-                let (y10, y11) = rest.split_at(tb);
-                for t in 0..tb {
-                    let (ty, tx) = ((t0 + t) / tw, (t0 + t) % tw);
-                    for (i, j, v) in [
-                        (0, 0, y00[t]),
-                        (0, 1, y01[t]),
-                        (1, 0, y10[t]),
-                        (1, 1, y11[t]),
-                    ] {
-                        let (y, xx) = (2 * ty + i, 2 * tx + j);
-                        if y >= h || xx >= wd {
-                            continue;
-                        }
-                        let idx = (ch * h + y) * wd + xx;
-                        let r = match adds {
-                            Some((a, false)) => a[idx],
-                            _ => 0.0,
-                        };
-                        // SAFETY: tiles are disjoint, so each output pixel of image img is
-                        // written by exactly one task.
-                        unsafe { *out_ptr.0.add(idx) = v + b + r };
-                    }
-                }
-            }
+            let dims = [o, h, wd];
+            output_stage(&sc.m, &mut sc.y, dims, img, t0, tb, bs, adds, out_ptr);
         });
     new_tensor(out, vec![n, o, h, wd])
 }
