@@ -261,10 +261,12 @@ impl<B: Backend> DalleMini<B> {
         if req.n == 0 {
             return Err(Error::invalid("n must be at least 1"));
         }
+        let start = std::time::Instant::now();
         let [uncond, cond] = self.text_rows(&req.prompt, req.tokenization, req.seed)?;
         tracing::debug!(ids = ?&cond[..cond.iter().position(|&x| x == tokenizer::PAD).unwrap_or(cond.len())], "dalle text tokens");
         // On the pool (see `nn::on_cpu_pool`), as each decode step is.
         let (enc, pad) = crate::nn::on_cpu_pool::<B, _>(|| self.encode(&[uncond, cond.clone()]));
+        let encoded = start.elapsed();
         let seeds: Vec<u64> = (0..req.n as u64)
             .map(|k| req.seed.wrapping_add(k))
             .collect();
@@ -278,9 +280,17 @@ impl<B: Backend> DalleMini<B> {
             &mut |i, _| rngs[i].uniform(),
             progress,
         )?;
+        let decoded = start.elapsed();
         let images = crate::nn::on_cpu_pool::<B, _>(|| self.vqgan.decode(&tokens, &self.device));
         let [_, _, height, width] = images.dims();
         let rgb8 = vqgan::to_rgb8(images.clone());
+        let done = start.elapsed();
+        tracing::debug!(
+            encode_s = encoded.as_secs_f64(),
+            decode_s = (decoded - encoded).as_secs_f64(),
+            vqgan_s = (done - decoded).as_secs_f64(),
+            "dalle phases"
+        );
         Ok(DalleOutput {
             images,
             rgb8,
