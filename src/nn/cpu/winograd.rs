@@ -221,8 +221,9 @@ simd_dispatch! {
                 Some((a, false)) => Some(a),
                 _ => None,
             };
-            // A tile row's run of tiles at a time: two output rows, left to right (per tile,
-            // the row and column were two integer divisions, a third of this stage's time).
+            // A tile row's run of tiles at a time: two output rows, left to right, so the
+            // stores vectorise (per tile, finding the row and column took two integer
+            // divisions).
             let mut t = 0;
             while t < tb {
                 let (ty, tx0) = ((t0 + t) / tw, (t0 + t) % tw);
