@@ -101,13 +101,7 @@ fn main() {
             // Positions warmup..STEP_AT keep zero K/V: same work, other numbers.
             cache.position = STEP_AT;
             extra += &format!(",\"first_position\":{STEP_AT}");
-            (0..timed)
-                .map(|_| {
-                    let t = Instant::now();
-                    step(&mut cache, &mut feed);
-                    t.elapsed().as_secs_f64()
-                })
-                .collect()
+            time_each(timed, || step(&mut cache, &mut feed))
         }
         "image" => {
             let req = DalleRequest {
@@ -125,17 +119,9 @@ fn main() {
                 assert_eq!(out.rgb8[0].len(), out.width * out.height * 3);
                 out.tokens[0].clone()
             };
-            for _ in 0..warmup {
-                run();
-            }
+            (0..warmup).for_each(|_| _ = run());
             let mut tokens = Vec::new();
-            let times = (0..timed)
-                .map(|_| {
-                    let t = Instant::now();
-                    tokens = run();
-                    t.elapsed().as_secs_f64()
-                })
-                .collect();
+            let times = time_each(timed, || tokens = run());
             let head: Vec<String> = tokens.iter().take(8).map(u32::to_string).collect();
             extra += &format!(",\"first_tokens\":[{}]", head.join(","));
             times

@@ -123,19 +123,11 @@ mod x86 {
 /// step was 0.3–8 ms faster in four A/B pairs.
 const AHEAD: usize = 4096;
 
-/// Prefetches the lines `AHEAD` bytes past `row` (a hint: any address is allowed).
+/// Prefetches the lines of `row`'s extent `offset` bytes past it (a hint: any address is
+/// allowed).
 #[inline(always)]
-fn ahead(row: &[f32]) {
-    let p = row.as_ptr().cast::<u8>().wrapping_add(AHEAD);
-    for line in (0..std::mem::size_of_val(row)).step_by(64) {
-        super::prefetch(p.wrapping_add(line));
-    }
-}
-
-/// Prefetches `row` itself.
-#[inline(always)]
-fn here(row: &[f32]) {
-    let p = row.as_ptr().cast::<u8>();
+fn prefetch_row(row: &[f32], offset: usize) {
+    let p = row.as_ptr().cast::<u8>().wrapping_add(offset);
     for line in (0..std::mem::size_of_val(row)).step_by(64) {
         super::prefetch(p.wrapping_add(line));
     }
@@ -162,11 +154,11 @@ simd_dispatch! {
             }
             // SAFETY: key rows are contiguous and `d` long (checked by the caller).
             let kr = unsafe { keys.row(j, d) };
-            ahead(kr);
+            prefetch_row(kr, AHEAD);
             if j * dv * 4 < AHEAD {
                 // The first AHEAD bytes of the values, for the Σ p·v loop's start.
                 // SAFETY: value rows are contiguous and `dv` long.
-                here(unsafe { values.row(j, dv) });
+                prefetch_row(unsafe { values.row(j, dv) }, 0);
             }
             let dot = dot(q, kr);
             *s = dot * scale;
@@ -191,7 +183,7 @@ simd_dispatch! {
                 // SAFETY: value rows are contiguous and `dv` long.
                 let vr = unsafe { values.row(j, dv) };
                 if c0 == 0 {
-                    ahead(vr);
+                    prefetch_row(vr, AHEAD);
                 }
                 match <&[f32; C]>::try_from(&vr[c0..c0 + w]) {
                     Ok(vc) => (0..C).for_each(|i| acc[i] += p * vc[i]),

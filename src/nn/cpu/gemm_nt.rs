@@ -111,11 +111,7 @@ pub(super) fn many(
 ) {
     let xp = pack_x(x, m, k);
     let rows = TILES_PER_TASK * MR;
-    let tasks: Vec<(usize, usize)> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &(_, _, n))| (0..n.div_ceil(rows)).map(move |b| (i, b * rows)))
-        .collect();
+    let tasks = super::gemv::row_blocks(jobs, rows);
     super::team::for_each(tasks.len(), |t| {
         let (i, first) = tasks[t];
         let (w, bias, n) = jobs[i];

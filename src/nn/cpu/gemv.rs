@@ -297,16 +297,12 @@ pub(crate) fn gemv_many(
         super::gemm_nt::many(xs, m, k, &jobs, &ptrs);
         return Some(finish_outputs(outs, &jobs, &shape));
     }
-    let tasks: Vec<(usize, usize)> = jobs
-        .iter()
-        .enumerate()
-        .flat_map(|(i, &(_, _, n))| (0..n.div_ceil(BLOCK)).map(move |blk| (i, blk)))
-        .collect();
+    let tasks = row_blocks(&jobs, BLOCK);
     super::team::for_each(tasks.len(), |t| {
-        let (i, blk) = tasks[t];
+        let (i, j0) = tasks[t];
         let (weights, bs, n) = jobs[i];
         let out_ptr = ptrs[i];
-        let (j0, j1) = (blk * BLOCK, ((blk + 1) * BLOCK).min(n));
+        let j1 = (j0 + BLOCK).min(n);
         let rows = weights.rows(k, j0, j1);
         let mut part = [[0.0f32; BLOCK]; GROUP];
         for g0 in (0..m).step_by(GROUP) {
@@ -322,6 +318,18 @@ pub(crate) fn gemv_many(
         }
     });
     Some(finish_outputs(outs, &jobs, &shape))
+}
+
+/// The parallel tasks over several weights: `(weight, first row)` for every block of `per`
+/// rows (W rows = output features) of each.
+pub(super) fn row_blocks(
+    jobs: &[(Rows<'_>, Option<&[f32]>, usize)],
+    per: usize,
+) -> Vec<(usize, usize)> {
+    jobs.iter()
+        .enumerate()
+        .flat_map(|(i, &(_, _, n))| (0..n).step_by(per).map(move |j0| (i, j0)))
+        .collect()
 }
 
 /// Each output as a tensor of `x`'s shape with the last dimension that weight's N.

@@ -81,6 +81,27 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
     u
 }
 
+/// A task's tiles `t0..t0 + tb` (row-major over tile rows `tw` wide) as runs along tile rows:
+/// `(t, ty, tx0, run)`, the task's tiles `t..t + run` being tiles `tx0..tx0 + run` of tile
+/// row `ty`.
+#[inline(always)]
+fn tile_runs(
+    t0: usize,
+    tb: usize,
+    tw: usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let mut t = 0;
+    std::iter::from_fn(move || {
+        (t < tb).then(|| {
+            let (ty, tx0) = ((t0 + t) / tw, (t0 + t) % tw);
+            let run = (tw - tx0).min(tb - t);
+            let at = t;
+            t += run;
+            (at, ty, tx0, run)
+        })
+    })
+}
+
 /// Scratch of one task: transformed input `V[ξ][c][t]`, products `M[ξ][o][t]`, the four
 /// row combinations of one tile row, and one channel's outputs `Y[ij][t]`.
 #[derive(Default)]
@@ -110,7 +131,7 @@ simd_dispatch! {
         // Padded row width: one zero column left, and right up to 2·tw + 2.
         let wp = 2 * tw + 2;
         rows.resize(4 * wp + 2 * (tw + 1), 0.0);
-    let (rows, split) = rows.split_at_mut(4 * wp);
+        let (rows, split) = rows.split_at_mut(4 * wp);
         let zero = vec![0.0f32; wd];
         for ci in 0..c {
             let xc = &plane[ci * h * wd..(ci + 1) * h * wd];
@@ -121,9 +142,7 @@ simd_dispatch! {
                     &zero
                 }
             };
-            let mut t = 0;
-            while t < tb {
-                let ty = (t0 + t) / tw;
+            for (t, ty, tx0, n_here) in tile_runs(t0, tb, tw) {
                 let y0 = 2 * ty as isize - 1;
                 let d = [row(y0), row(y0 + 1), row(y0 + 2), row(y0 + 3)];
                 let (r0, rest) = rows.split_at_mut(wp);
@@ -136,9 +155,6 @@ simd_dispatch! {
                     r2[q + 1] = e;
                     r3[q + 1] = f;
                 }
-                // Tiles of this tile row that belong to the chunk.
-                let tx0 = (t0 + t) % tw;
-                let n_here = (tw - tx0).min(tb - t);
                 for (i, r) in [&*r0, &*r1, &*r2, &*r3].into_iter().enumerate() {
                     // Tile k reads r[x0..x0 + 4], x0 = 2(tx0 + k): split into even and odd
                     // columns, `bt` is then four contiguous lane loops (as it was, one tile at
@@ -163,7 +179,6 @@ simd_dispatch! {
                         d3[k] = o0[k] - o1[k];
                     }
                 }
-                t += n_here;
             }
         }
     }
@@ -207,6 +222,10 @@ simd_dispatch! {
     ) {
         let [o, h, wd] = ohw;
         let tw = wd.div_ceil(2);
+        let residual = match adds {
+            Some((a, false)) => Some(a),
+            _ => None,
+        };
         for oi in 0..o {
             let ch = img * o + oi;
             let mut b = bs.map_or(0.0, |b| b[oi]);
@@ -217,17 +236,10 @@ simd_dispatch! {
             let (y00, rest) = y.split_at(tb);
             let (y01, rest) = rest.split_at(tb);
             let (y10, y11) = rest.split_at(tb);
-            let residual = match adds {
-                Some((a, false)) => Some(a),
-                _ => None,
-            };
             // A tile row's run of tiles at a time: two output rows, left to right, so the
             // stores vectorise (per tile, finding the row and column took two integer
             // divisions).
-            let mut t = 0;
-            while t < tb {
-                let (ty, tx0) = ((t0 + t) / tw, (t0 + t) % tw);
-                let run = (tw - tx0).min(tb - t);
+            for (t, ty, tx0, run) in tile_runs(t0, tb, tw) {
                 for (i, left, right) in [(0, y00, y01), (1, y10, y11)] {
                     let yy = 2 * ty + i;
                     if yy >= h {
@@ -263,7 +275,6 @@ simd_dispatch! {
                         }
                     }
                 }
-                t += run;
             }
         }
     }
