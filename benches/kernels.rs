@@ -57,6 +57,7 @@ fn bench(name: &str, filter: &[String], iters: usize, work: f64, unit: &str, mut
 }
 
 fn main() {
+    kiln::tune_allocator();
     // `cargo bench` passes `--bench`; keep the other words as name filters.
     let filter: Vec<String> = std::env::args()
         .skip(1)

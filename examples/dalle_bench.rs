@@ -46,6 +46,7 @@ fn median(v: &[f64]) -> f64 {
 }
 
 fn main() {
+    kiln::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let usage = "usage: dalle_bench <dalle_bart-folder> <step|image|encode|vqgan> [timed] [warmup]";
     let dir = Path::new(args.get(1).expect(usage));

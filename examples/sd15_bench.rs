@@ -223,6 +223,7 @@ fn p_unet(
 }
 
 fn main() {
+    kiln::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
     let root = Path::new(args.get(1).expect(
         "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]",

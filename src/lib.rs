@@ -4,6 +4,7 @@
 //! Model code is generic over `B: burn::tensor::backend::Backend`; the binary picks the backend
 //! at run time from `--device` among those compiled in (`cpu`, `wgpu`, `cuda` cargo features).
 
+pub mod alloc;
 pub mod backend;
 pub mod download;
 pub mod engine;
@@ -17,4 +18,6 @@ pub mod schedulers;
 pub mod server;
 pub mod weights;
 
+pub use alloc::tune_allocator;
 pub use error::{Error, Result};
+

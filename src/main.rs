@@ -5,6 +5,7 @@ mod cli;
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
+    kiln::tune_allocator();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose);
     match cli::run(args) {
