@@ -20,4 +20,3 @@ pub mod weights;
 
 pub use alloc::tune_allocator;
 pub use error::{Error, Result};
-
