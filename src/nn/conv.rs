@@ -9,7 +9,12 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d as conv2d_op;
 use burn::tensor::ops::PaddedConvOptions;
 
-use super::zeros;
+use burn::tensor::module::interpolate;
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+
+#[cfg(feature = "cpu")]
+use super::cpu::{self, from_flex, to_flex};
+use super::{GroupNorm, zeros};
 
 #[derive(Module, Debug)]
 pub struct Conv2d<B: Backend> {
@@ -81,10 +86,75 @@ impl<B: Backend> Conv2d<B> {
         self.forward_impl(x, Some(add))
     }
 
+    /// `self.forward_add(norm.forward(x), add)`, with SiLU after the norm if `silu` (and no
+    /// add for `None`). The CPU kernel normalises the input rows as it reads them, so the
+    /// normalised tensor (as big as `x`) is never made; same bits as the unfused layers.
+    pub fn forward_norm(
+        &self,
+        norm: &GroupNorm<B>,
+        silu: bool,
+        x: Tensor<B, 4>,
+        add: Option<Tensor<B, 4>>,
+    ) -> Tensor<B, 4> {
+        #[cfg(feature = "cpu")]
+        if let (Some(g), Some(b)) = (to_flex(&norm.weight.val()), to_flex(&norm.bias.val())) {
+            let input = cpu::Input::Norm {
+                groups: norm.num_groups,
+                eps: norm.eps,
+                gamma: &g,
+                beta: &b,
+                silu,
+            };
+            if let Some(y) = self.forward_cpu(input, &x, add.as_ref()) {
+                return y;
+            }
+        }
+        self.forward_impl(norm.forward_act(x, silu), add)
+    }
+
+    /// `self.forward` of `x` upsampled ×2 (nearest neighbour), without making the upsampled
+    /// tensor on the CPU.
+    pub fn forward_upsample2x(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        #[cfg(feature = "cpu")]
+        if let Some(y) = self.forward_cpu(cpu::Input::Upsample2x, &x, None) {
+            return y;
+        }
+        let [_, _, h, w] = x.dims();
+        let up = interpolate(
+            x,
+            [2 * h, 2 * w],
+            InterpolateOptions::new(InterpolateMode::Nearest),
+        );
+        self.forward(up)
+    }
+
+    /// The fused CPU kernel for `input` applied to `x`, where it takes the case.
+    #[cfg(feature = "cpu")]
+    fn forward_cpu(
+        &self,
+        input: cpu::Input<'_>,
+        x: &Tensor<B, 4>,
+        add: Option<&Tensor<B, 4>>,
+    ) -> Option<Tensor<B, 4>> {
+        if !is_same(self.weight.dims()[2], self.stride, self.padding) {
+            return None;
+        }
+        let (fx, w) = (to_flex(x)?, to_flex(&self.weight.val())?);
+        let b = match &self.bias {
+            Some(b) => Some(to_flex(&b.val())?),
+            None => None,
+        };
+        let a = match add {
+            Some(a) => Some(to_flex(a)?),
+            None => None,
+        };
+        cpu::conv3x3_of(input, &fx, &w, b.as_ref(), a.as_ref()).map(from_flex)
+    }
+
     fn forward_impl(&self, x: Tensor<B, 4>, add: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
         #[cfg(feature = "cpu")]
         {
-            use super::cpu::{conv_same, from_flex, to_flex};
+            use cpu::conv_same;
             if is_same(self.weight.dims()[2], self.stride, self.padding)
                 && let (Some(fx), Some(w)) = (to_flex(&x), to_flex(&self.weight.val()))
             {
@@ -207,6 +277,61 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    fn bits(t: Tensor<Flex, 4>) -> Vec<u32> {
+        let v = t.into_data().to_vec::<f32>().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    }
+
+    /// The norm and the upsampling done inside the convolution's input pass give the same bits
+    /// as the layers run one after the other, on Winograd planes (odd sizes, partial tiles, a
+    /// task spanning several tile rows and one covering part of a row) and on a plane too small
+    /// for it (which takes the unfused path), with and without SiLU, bias and residual.
+    #[test]
+    fn fused_input_passes_match_the_unfused_layers() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        for &(batch, c, o, h, w, groups, bias) in &[
+            (2, 8, 12, 33, 35, 4, true),
+            (1, 6, 5, 32, 300, 2, false),
+            (1, 4, 4, 8, 8, 2, true),
+        ] {
+            let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d) * 3.0 + 1.0;
+            let norm = GroupNorm {
+                weight: Param::from_tensor(Tensor::random([c], n, &d)),
+                bias: Param::from_tensor(Tensor::random([c], n, &d)),
+                num_groups: groups,
+                eps: 1e-6,
+            };
+            let wt = Tensor::<Flex, 4>::random([o, c, 3, 3], n, &d);
+            let b = bias.then(|| Tensor::<Flex, 1>::random([o], n, &d));
+            let conv = Conv2d::from_tensors(wt, b, 1, [1; 4]);
+            let residual = Tensor::<Flex, 4>::random([batch, o, h, w], n, &d);
+            for silu in [true, false] {
+                let unfused = conv.forward_add(norm.forward_act(x.clone(), silu), residual.clone());
+                let fused = conv.forward_norm(&norm, silu, x.clone(), Some(residual.clone()));
+                assert_eq!(fused.dims(), unfused.dims());
+                assert!(
+                    bits(fused) == bits(unfused),
+                    "norm (silu {silu}) {batch}x{c}x{h}x{w} -> {o}"
+                );
+            }
+            let fused = conv.forward_norm(&norm, true, x.clone(), None);
+            assert!(bits(fused) == bits(conv.forward(norm.forward_silu(x.clone()))));
+
+            let up = interpolate(
+                x.clone(),
+                [2 * h, 2 * w],
+                InterpolateOptions::new(InterpolateMode::Nearest),
+            );
+            let fused = conv.forward_upsample2x(x.clone());
+            assert_eq!(fused.dims(), [batch, o, 2 * h, 2 * w]);
+            assert!(
+                bits(fused) == bits(conv.forward(up)),
+                "upsample {batch}x{c}x{h}x{w} -> {o}"
+            );
         }
     }
 }

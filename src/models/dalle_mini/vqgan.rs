@@ -6,8 +6,6 @@
 
 use burn::module::Module;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::{GROUPS, VqganConfig};
@@ -36,13 +34,14 @@ impl<B: Backend> ResnetBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(self.norm1.forward_silu(x.clone()));
-        let h = self.conv2.forward(self.norm2.forward_silu(h));
+        // The norms run inside the convolutions' input pass, the residual inside conv2's
+        // output pass.
+        let h = self.conv1.forward_norm(&self.norm1, true, x.clone(), None);
         let x = match &self.nin_shortcut {
             Some(conv) => conv.forward(x),
             None => x,
         };
-        x + h
+        self.conv2.forward_norm(&self.norm2, true, h, Some(x))
     }
 }
 
@@ -96,13 +95,7 @@ pub struct Upsample<B: Backend> {
 
 impl<B: Backend> Upsample<B> {
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [_, _, h, w] = x.dims();
-        let x = interpolate(
-            x,
-            [2 * h, 2 * w],
-            InterpolateOptions::new(InterpolateMode::Nearest),
-        );
-        self.conv.forward(x)
+        self.conv.forward_upsample2x(x)
     }
 }
 
@@ -199,7 +192,7 @@ impl<B: Backend> Decoder<B> {
             .block_2
             .forward(self.mid.attn_1.forward(self.mid.block_1.forward(h)));
         let h = self.up.iter().rev().fold(h, |h, level| level.forward(h));
-        self.conv_out.forward(self.norm_out.forward_silu(h))
+        self.conv_out.forward_norm(&self.norm_out, true, h, None)
     }
 }
 

@@ -41,20 +41,20 @@ impl<B: Backend> ResnetBlock2D<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>, temb: Option<&Tensor<B, 2>>) -> Tensor<B, 4> {
-        // The time embedding and the shortcut are added inside the convolutions' output pass.
-        let h = self.norm1.forward_silu(x.clone());
-        let h = match (&self.time_emb_proj, temb) {
+        // The norms run inside the convolutions' input pass, the time embedding and the
+        // shortcut inside their output pass.
+        let t = match (&self.time_emb_proj, temb) {
             (Some(proj), Some(t)) => {
-                let t = proj.forward(silu(t.clone())).unsqueeze_dims::<4>(&[2, 3]);
-                self.conv1.forward_add(h, t)
+                Some(proj.forward(silu(t.clone())).unsqueeze_dims::<4>(&[2, 3]))
             }
-            _ => self.conv1.forward(h),
+            _ => None,
         };
+        let h = self.conv1.forward_norm(&self.norm1, true, x.clone(), t);
         let x = match &self.conv_shortcut {
             Some(c) => c.forward(x),
             None => x,
         };
-        self.conv2.forward_add(self.norm2.forward_silu(h), x)
+        self.conv2.forward_norm(&self.norm2, true, h, Some(x))
     }
 }
 
@@ -93,6 +93,9 @@ impl<B: Backend> Upsample2D<B> {
     /// Nearest-neighbour ×2, or to `size` when given.
     pub fn forward(&self, x: Tensor<B, 4>, size: Option<[usize; 2]>) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
+        if size.is_none_or(|s| s == [h * 2, w * 2]) {
+            return self.conv.forward_upsample2x(x);
+        }
         let up = interpolate(
             x,
             size.unwrap_or([h * 2, w * 2]),

@@ -117,7 +117,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
             x = block.forward(x, &mut skips, &temb, context);
         }
         self.conv_out
-            .forward(self.conv_norm_out.forward_silu(x))
+            .forward_norm(&self.conv_norm_out, true, x, None)
             .cast(out_dtype)
     }
 }

@@ -199,7 +199,7 @@ impl<B: Backend> AutoencoderKL<B> {
             }
         }
         d.conv_out
-            .forward(d.conv_norm_out.forward_silu(x))
+            .forward_norm(&d.conv_norm_out, true, x, None)
             .cast(out_dtype)
     }
 
@@ -219,7 +219,7 @@ impl<B: Backend> AutoencoderKL<B> {
         }
         h = e.mid_block.forward(h);
         let moments = quant
-            .forward(e.conv_out.forward(e.conv_norm_out.forward_silu(h)))
+            .forward(e.conv_out.forward_norm(&e.conv_norm_out, true, h, None))
             .cast(out_dtype);
         let z = moments.dims()[1] / 2;
         let mean = moments.clone().narrow(1, 0, z);

@@ -11,7 +11,8 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, slice, winograd};
+use super::winograd::{self, Prologue};
+use super::{SendPtr, contiguous, gemm_tile, new_tensor, rows, slice};
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
 fn direct_only() -> bool {
@@ -25,6 +26,91 @@ const COLS_PER_TASK: usize = 512;
 fn dims4(t: &FlexTensor) -> [usize; 4] {
     let s = t.layout().shape();
     [s[0], s[1], s[2], s[3]]
+}
+
+/// `add` made contiguous, with whether it is per channel (`[N, O, 1, 1]`); `None` when it is
+/// neither that nor shaped as the output `out`.
+fn check_add(add: Option<&FlexTensor>, out: [usize; 4]) -> Option<Option<(FlexTensor, bool)>> {
+    let [n, o, h, wd] = out;
+    match add.map(|a| (dims4(a), a)) {
+        None => Some(None),
+        Some((d, a)) if d == out || d == [n, o, 1, 1] => {
+            Some(Some((contiguous(a), d[2] == 1 && (h, wd) != (1, 1))))
+        }
+        Some(_) => None,
+    }
+}
+
+/// Whether a 3×3 convolution with an `h`×`w` output goes to the Winograd kernel.
+fn winograd(w: &FlexTensor, h: usize, wd: usize) -> bool {
+    winograd::worth_it(h, wd) && !direct_only() && w.layout().has_positive_strides()
+}
+
+/// What [`conv3x3_of`] applies to its input on the way in.
+pub(crate) enum Input<'a> {
+    /// GroupNorm (`groups`, `eps`, affine `gamma`/`beta`), then SiLU if `silu`.
+    Norm {
+        groups: usize,
+        eps: f64,
+        gamma: &'a FlexTensor,
+        beta: &'a FlexTensor,
+        silu: bool,
+    },
+    /// Nearest-neighbour ×2 upsampling.
+    Upsample2x,
+}
+
+/// `conv_same` (k = 3) of `input` applied to `x`, computed inside the Winograd kernel's input
+/// pass so the normalised or upsampled tensor is never made; `add` is shaped as the output or
+/// per channel. `None` where the Winograd kernel does not take the case: the caller then makes
+/// the input and calls `conv_same`.
+pub(crate) fn conv3x3_of(
+    input: Input<'_>,
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    add: Option<&FlexTensor>,
+) -> Option<FlexTensor> {
+    let [n, c, hi, wi] = dims4(x);
+    let [o, wc, k, k2] = dims4(w);
+    let (h, wd) = match input {
+        Input::Upsample2x => (2 * hi, 2 * wi),
+        Input::Norm { .. } => (hi, wi),
+    };
+    if wc != c || (k, k2) != (3, 3) || n * c * h * wd == 0 || o == 0 || !winograd(w, h, wd) {
+        return None;
+    }
+    let add = check_add(add, [n, o, h, wd])?;
+    let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
+    Some(match input {
+        Input::Norm {
+            groups,
+            eps,
+            gamma,
+            beta,
+            silu,
+        } => {
+            if groups == 0 || c % groups != 0 || dims4_1(gamma) != c || dims4_1(beta) != c {
+                return None;
+            }
+            let (scale, shift) = rows::group_norm_affine(x, groups, eps, gamma, beta);
+            let pro = Prologue::Affine {
+                scale: &scale,
+                shift: &shift,
+                silu,
+            };
+            winograd::conv3x3(x, w, bias, add, pro)
+        }
+        Input::Upsample2x => winograd::conv3x3(x, w, bias, add, Prologue::Upsample2x),
+    })
+}
+
+/// The length of a rank-1 tensor (0 for any other rank).
+fn dims4_1(t: &FlexTensor) -> usize {
+    match t.layout().shape().len() {
+        1 => t.layout().shape()[0],
+        _ => 0,
+    }
 }
 
 /// `x` `[N, C, H, W]`, `w` `[O, C, k, k]` (PyTorch layout), optional bias `[O]`; stride 1,
@@ -42,16 +128,10 @@ pub(crate) fn conv_same(
     if wc != c || k != k2 || k % 2 == 0 || n * c * h * wd == 0 || o == 0 {
         return None;
     }
-    let add = match add.map(|a| (dims4(a), a)) {
-        None => None,
-        Some((d, a)) if d == [n, o, h, wd] || d == [n, o, 1, 1] => {
-            Some((contiguous(a), d[2] == 1 && (h, wd) != (1, 1)))
-        }
-        Some(_) => return None,
-    };
-    if k == 3 && winograd::worth_it(h, wd) && !direct_only() && w.layout().has_positive_strides() {
+    let add = check_add(add, [n, o, h, wd])?;
+    if k == 3 && winograd(w, h, wd) {
         let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
-        return Some(winograd::conv3x3(x, w, bias, add));
+        return Some(winograd::conv3x3(x, w, bias, add, Prologue::Plain));
     }
     let x = contiguous(x);
     // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
@@ -69,15 +149,20 @@ pub(crate) fn conv_same(
     let wp = wd + 2 * p;
     // Slack of k-1 so the last row's rightmost shifted view stays inside the plane.
     let plane = (h + 2 * p) * wp + k - 1;
-    let mut xp = vec![0.0f32; n * c * plane];
-    xp.par_chunks_mut(plane)
-        .zip(slice(&x).par_chunks(h * wd))
-        .for_each(|(dst, src)| {
-            for (y, row) in src.chunks_exact(wd).enumerate() {
-                let at = (y + p) * wp + p;
-                dst[at..at + wd].copy_from_slice(row);
-            }
-        });
+    // A 1×1 kernel's padded plane is the input itself: no copy (at SD's VAE decoder's last
+    // level the copy was 256 MB on top of the peak).
+    let xp = (k > 1).then(|| {
+        let mut xp = vec![0.0f32; n * c * plane];
+        xp.par_chunks_mut(plane)
+            .zip(slice(&x).par_chunks(h * wd))
+            .for_each(|(dst, src)| {
+                for (y, row) in src.chunks_exact(wd).enumerate() {
+                    let at = (y + p) * wp + p;
+                    dst[at..at + wd].copy_from_slice(row);
+                }
+            });
+        xp
+    });
 
     // Row bands per image, then split output channels until there is work for every thread.
     let rows = (COLS_PER_TASK / wp).clamp(1, h);
@@ -91,7 +176,7 @@ pub(crate) fn conv_same(
 
     let mut out = vec![0.0f32; n * o * h * wd];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let (xs, ws) = (xp.as_slice(), w.storage::<f32>());
+    let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), w.storage::<f32>());
     let bs = bias.as_ref().map(slice);
     let adds = add
         .as_ref()

@@ -26,7 +26,7 @@ use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
 pub(crate) use attention_one::attention_one;
-pub(crate) use conv::conv_same;
+pub(crate) use conv::{Input, conv_same, conv3x3_of};
 pub(crate) use gemv::gemv_many;
 pub(crate) use rows::{
     geglu, gelu_mul, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,

@@ -15,6 +15,15 @@ fn stats(x: &[f32], eps: f64) -> (f32, f32) {
     (m, (1.0 / (var + eps).sqrt()) as f32)
 }
 
+/// A GroupNorm channel as `x · scale + shift`: the one place both the GroupNorm pass and the
+/// convolutions that normalise their input on the fly (`group_norm_affine`) get it from, so
+/// they give the same bits.
+#[inline(always)]
+fn affine(mean: f32, rstd: f32, gamma: f32, beta: f32) -> (f32, f32) {
+    let scale = gamma * rstd;
+    (scale, beta - mean * scale)
+}
+
 simd_dispatch! {
     /// One group of a GroupNorm: `x` holds `gamma.len()` channels of `hw` values each.
     fn norm_group(
@@ -28,8 +37,7 @@ simd_dispatch! {
     ) {
         let (mean, rstd) = stats(x, eps);
         for (ch, (xc, oc)) in x.chunks_exact(hw).zip(out.chunks_exact_mut(hw)).enumerate() {
-            let scale = gamma[ch] * rstd;
-            let shift = beta[ch] - mean * scale;
+            let (scale, shift) = affine(mean, rstd, gamma[ch], beta[ch]);
             if act {
                 for (o, &v) in oc.iter_mut().zip(xc) {
                     *o = math::silu(v * scale + shift);
@@ -69,6 +77,43 @@ pub(crate) fn group_norm(
             norm_group(xg, o, &gs[ch.clone()], &bs[ch], hw, eps, act);
         });
     new_tensor(out, shape)
+}
+
+/// The GroupNorm of `x` `[N, C, …]` as per image and channel `(scale, shift)`, `[N·C]` each:
+/// `group_norm(x)[n, c] = x[n, c] · scale[n·C + c] + shift[n·C + c]`, bit for bit.
+pub(crate) fn group_norm_affine(
+    x: &FlexTensor,
+    groups: usize,
+    eps: f64,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+) -> (Vec<f32>, Vec<f32>) {
+    let x = contiguous(x);
+    let shape = dims(&x);
+    let (c, numel) = (shape[1], x.layout().num_elements());
+    let hw = numel / (shape[0] * c);
+    let cg = c / groups;
+    let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+    let (gs, bs) = (slice(&gamma), slice(&beta));
+    let per_group: Vec<Vec<(f32, f32)>> = slice(&x)
+        .par_chunks(cg * hw)
+        .enumerate()
+        .map(|(i, xg)| {
+            let (mean, rstd) = group_stats(xg, eps);
+            let ch = (i % groups) * cg;
+            (ch..ch + cg)
+                .map(|ch| affine(mean, rstd, gs[ch], bs[ch]))
+                .collect()
+        })
+        .collect();
+    per_group.into_iter().flatten().unzip()
+}
+
+simd_dispatch! {
+    /// [`stats`] compiled for the vector units, as `norm_group` runs it.
+    fn group_stats(x: &[f32], eps: f64) -> (f32, f32) {
+        stats(x, eps)
+    }
 }
 
 simd_dispatch! {

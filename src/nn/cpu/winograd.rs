@@ -16,7 +16,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, simd_dispatch, slice};
+use super::{SendPtr, contiguous, gemm_tile, math, new_tensor, simd_dispatch, slice};
 
 /// Output tiles (2×2 pixels each) per task: the GEMMs get 128 columns, and the task's `V`
 /// and `M` scratch stay within a few MB.
@@ -109,21 +109,76 @@ struct Scratch {
     v: Vec<f32>,
     m: Vec<f32>,
     rows: Vec<f32>,
+    ring: Vec<f32>,
     y: Vec<f32>,
 }
 
+/// What the input transform does to the input rows as it reads them, so that the layer
+/// before the convolution never makes its output tensor (at SD's VAE decoder's last level that
+/// tensor is 128 or 256 MB, the pipeline's peak).
+#[derive(Clone, Copy)]
+pub(crate) enum Prologue<'a> {
+    /// The input as it is.
+    Plain,
+    /// `x · scale[c] + shift[c]` for channel `c` of this image, then SiLU if `silu`: a
+    /// GroupNorm in its affine form (`rows::group_norm_affine`).
+    Affine {
+        scale: &'a [f32],
+        shift: &'a [f32],
+        silu: bool,
+    },
+    /// Nearest-neighbour ×2: the plane is `[C, H/2, W/2]` for an `H`×`W` output.
+    Upsample2x,
+}
+
+impl Prologue<'_> {
+    /// Row `y` of channel `ci` (the channel's plane `xc`) as the convolution sees it, into `dst`
+    /// (`W` long).
+    #[inline(always)]
+    fn fill(self, xc: &[f32], ci: usize, y: usize, dst: &mut [f32]) {
+        let wd = dst.len();
+        match self {
+            Prologue::Plain => dst.copy_from_slice(&xc[y * wd..(y + 1) * wd]),
+            Prologue::Affine { scale, shift, silu } => {
+                let (a, b) = (scale[ci], shift[ci]);
+                let src = &xc[y * wd..(y + 1) * wd];
+                // The same expression as `rows::norm_group`, so the same bits.
+                if silu {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = math::silu(v * a + b);
+                    }
+                } else {
+                    for (d, &v) in dst.iter_mut().zip(src) {
+                        *d = v * a + b;
+                    }
+                }
+            }
+            Prologue::Upsample2x => {
+                let wi = wd / 2;
+                let src = &xc[(y / 2) * wi..(y / 2 + 1) * wi];
+                for (d, &v) in dst.chunks_exact_mut(2).zip(src) {
+                    d[0] = v;
+                    d[1] = v;
+                }
+            }
+        }
+    }
+}
+
 simd_dispatch! {
-    /// `V = Bᵀ d B` for tiles `t0..t0+tb` of one image (`plane` `[C, H, W]`), into `v[ξ][c][t]`.
-    /// First `Bᵀ` over the four input rows of a tile row, for every column at once (contiguous,
-    /// so it vectorises, and the zero padding is decided once per row instead of per value), then
-    /// `· B` over each tile's four columns.
-    #[allow(clippy::ptr_arg)]
+    /// `V = Bᵀ d B` for tiles `t0..t0+tb` of one image (`plane` `[C, H, W]`, or as `pro` says),
+    /// into `v[ξ][c][t]`. First `Bᵀ` over the four input rows of a tile row, for every column at
+    /// once (contiguous, so it vectorises, and the zero padding is decided once per row instead
+    /// of per value), then `· B` over each tile's four columns.
+    #[allow(clippy::ptr_arg, clippy::too_many_arguments)]
     fn input_transform(
         plane: &[f32],
+        pro: Prologue<'_>,
         chw: [usize; 3],
         t0: usize,
         tb: usize,
         rows: &mut Vec<f32>,
+        ring: &mut Vec<f32>,
         v: &mut [f32],
     ) {
         let [c, h, wd] = chw;
@@ -133,17 +188,38 @@ simd_dispatch! {
         rows.resize(4 * wp + 2 * (tw + 1), 0.0);
         let (rows, split) = rows.split_at_mut(4 * wp);
         let zero = vec![0.0f32; wd];
+        // With a prologue, input row y is made once per channel into slot y mod 4 (a tile row
+        // reads four consecutive rows, the next one two of the same).
+        ring.resize(4 * wd, 0.0);
+        let in_plane = match pro {
+            Prologue::Upsample2x => (h / 2) * (wd / 2),
+            _ => h * wd,
+        };
         for ci in 0..c {
-            let xc = &plane[ci * h * wd..(ci + 1) * h * wd];
-            let row = |y: isize| -> &[f32] {
-                if y >= 0 && (y as usize) < h {
-                    &xc[y as usize * wd..(y as usize + 1) * wd]
-                } else {
-                    &zero
-                }
-            };
+            let xc = &plane[ci * in_plane..(ci + 1) * in_plane];
+            let mut made = [isize::MIN; 4];
             for (t, ty, tx0, n_here) in tile_runs(t0, tb, tw) {
                 let y0 = 2 * ty as isize - 1;
+                let inside = |y: isize| y >= 0 && (y as usize) < h;
+                if !matches!(pro, Prologue::Plain) {
+                    for y in (y0..y0 + 4).filter(|&y| inside(y)) {
+                        let s = y.rem_euclid(4) as usize;
+                        if made[s] != y {
+                            pro.fill(xc, ci, y as usize, &mut ring[s * wd..(s + 1) * wd]);
+                            made[s] = y;
+                        }
+                    }
+                }
+                let row = |y: isize| -> &[f32] {
+                    if !inside(y) {
+                        &zero
+                    } else if matches!(pro, Prologue::Plain) {
+                        &xc[y as usize * wd..(y as usize + 1) * wd]
+                    } else {
+                        let s = y.rem_euclid(4) as usize;
+                        &ring[s * wd..(s + 1) * wd]
+                    }
+                };
                 let d = [row(y0), row(y0 + 1), row(y0 + 2), row(y0 + 3)];
                 let (r0, rest) = rows.split_at_mut(wp);
                 let (r1, rest) = rest.split_at_mut(wp);
@@ -282,15 +358,21 @@ simd_dispatch! {
 
 /// Same contract as `conv_same` for k = 3: `x` `[N, C, H, W]`, `w` `[O, C, 3, 3]` (any
 /// positive strides), optional bias `[O]`, optional `add` (residual shaped as the output, or
-/// `[N, O, 1, 1]` when `per_channel`).
+/// `[N, O, 1, 1]` when `per_channel`); the convolution's input is `x` through `pro` (with
+/// `Affine`, `scale`/`shift` are `[N·C]`; with `Upsample2x` the output is `[N, O, 2H, 2W]`).
 pub(crate) fn conv3x3(
     x: &FlexTensor,
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
     add: Option<(&FlexTensor, bool)>,
+    pro: Prologue<'_>,
 ) -> FlexTensor {
     let s = x.layout().shape();
-    let (n, c, h, wd) = (s[0], s[1], s[2], s[3]);
+    let (n, c, in_plane) = (s[0], s[1], s[2] * s[3]);
+    let (h, wd) = match pro {
+        Prologue::Upsample2x => (2 * s[2], 2 * s[3]),
+        _ => (s[2], s[3]),
+    };
     let o = w.layout().shape()[0];
     let x = contiguous(x);
     let xs = slice(&x);
@@ -314,8 +396,17 @@ pub(crate) fn conv3x3(
             let tb = TILES_PER_TASK.min(tiles - t0);
             sc.v.resize(16 * c * tb, 0.0);
             sc.m.resize(16 * o * tb, 0.0);
-            let plane = &xs[img * c * h * wd..(img + 1) * c * h * wd];
-            input_transform(plane, [c, h, wd], t0, tb, &mut sc.rows, &mut sc.v);
+            let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
+            let pro = match pro {
+                Prologue::Affine { scale, shift, silu } => Prologue::Affine {
+                    scale: &scale[img * c..(img + 1) * c],
+                    shift: &shift[img * c..(img + 1) * c],
+                    silu,
+                },
+                p => p,
+            };
+            let (dims, rows, ring) = ([c, h, wd], &mut sc.rows, &mut sc.ring);
+            input_transform(plane, pro, dims, t0, tb, rows, ring, &mut sc.v);
             for xi in 0..16 {
                 // SAFETY: M_ξ is O×tb row-major, U_ξ O×C row-major, V_ξ C×tb row-major.
                 unsafe {
