@@ -24,14 +24,19 @@ const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// put SD's peak RSS at 5.04 GiB, over its 5 GiB budget. Measured on 2 cores against glibc,
 /// alternated runs: DALL·E Mini image 7.76 → 7.19 s (median of 4 pairs), SD VAE decode
 /// 7.0–7.3 → 6.5 s; SD 20-step image peak RSS 4.95 GiB. The cost: a server's RSS stays at its
-/// peak between requests.
+/// peak between requests. An option set in the environment (`MIMALLOC_ARENA_EAGER_COMMIT`,
+/// `MIMALLOC_PURGE_DELAY`) is left as given.
 pub fn tune_allocator() {
     #[cfg(feature = "mimalloc")]
-    // SAFETY: `mi_option_set` stores a number in mimalloc's option table; both options may
-    // change at any time (they are read when memory is committed or purged).
-    unsafe {
-        libmimalloc_sys::mi_option_set(ARENA_EAGER_COMMIT, 0);
-        libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+    for (option, var, value) in [
+        (ARENA_EAGER_COMMIT, "MIMALLOC_ARENA_EAGER_COMMIT", 0),
+        (PURGE_DELAY, "MIMALLOC_PURGE_DELAY", -1),
+    ] {
+        if std::env::var_os(var).is_none() {
+            // SAFETY: `mi_option_set` stores a number in mimalloc's option table; both options
+            // may change at any time (they are read when memory is committed or purged).
+            unsafe { libmimalloc_sys::mi_option_set(option, value) };
+        }
     }
 }
 
@@ -51,6 +56,14 @@ mod tests {
                 )
             };
             assert_eq!((eager, purge), (7, 1234));
+            // The environment's values win over the tuning; without them it applies.
+            super::tune_allocator();
+            // SAFETY: as above.
+            let purge = unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) };
+            assert_eq!(purge, 1234);
+            // SAFETY: this child process runs only this test, so no other thread reads the
+            // environment meanwhile.
+            unsafe { std::env::remove_var("MIMALLOC_PURGE_DELAY") };
             super::tune_allocator();
             // SAFETY: as above.
             let purge = unsafe { libmimalloc_sys::mi_option_get(super::PURGE_DELAY) };
