@@ -12,7 +12,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::winograd::{self, Prologue};
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, rows, slice};
+use super::{SendPtr, contiguous, gemm_tile, new_tensor, norms, slice};
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
 fn direct_only() -> bool {
@@ -93,7 +93,7 @@ pub(crate) fn conv3x3_of(
             if groups == 0 || c % groups != 0 || dims4_1(gamma) != c || dims4_1(beta) != c {
                 return None;
             }
-            let (scale, shift) = rows::group_norm_affine(x, groups, eps, gamma, beta);
+            let (scale, shift) = norms::group_norm_affine(x, groups, eps, gamma, beta);
             let pro = Prologue::Affine {
                 scale: &scale,
                 shift: &shift,

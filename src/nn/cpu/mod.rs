@@ -14,6 +14,7 @@ mod conv;
 mod gemm_nt;
 mod gemv;
 mod math;
+mod norms;
 mod rows;
 mod team;
 mod winograd;
@@ -28,9 +29,8 @@ pub(crate) use attention::attention;
 pub(crate) use attention_one::attention_one;
 pub(crate) use conv::{Input, conv_same, conv3x3_of};
 pub(crate) use gemv::gemv_many;
-pub(crate) use rows::{
-    geglu, gelu_mul, group_norm, layer_norm, linear, linear_geglu, quick_gelu, transpose_last2,
-};
+pub(crate) use norms::{group_norm, layer_norm};
+pub(crate) use rows::{geglu, gelu_mul, linear, linear_geglu, quick_gelu, transpose_last2};
 pub(crate) use team::with_team;
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).

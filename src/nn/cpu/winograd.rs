@@ -121,7 +121,7 @@ pub(crate) enum Prologue<'a> {
     /// The input as it is.
     Plain,
     /// `x · scale[c] + shift[c]` for channel `c` of this image, then SiLU if `silu`: a
-    /// GroupNorm in its affine form (`rows::group_norm_affine`).
+    /// GroupNorm in its affine form (`norms::group_norm_affine`).
     Affine {
         scale: &'a [f32],
         shift: &'a [f32],
@@ -142,7 +142,7 @@ impl Prologue<'_> {
             Prologue::Affine { scale, shift, silu } => {
                 let (a, b) = (scale[ci], shift[ci]);
                 let src = &xc[y * wd..(y + 1) * wd];
-                // The same expression as `rows::norm_group`, so the same bits.
+                // The same expression as `norms::norm_group`, so the same bits.
                 if silu {
                     for (d, &v) in dst.iter_mut().zip(src) {
                         *d = math::silu(v * a + b);
