@@ -7,9 +7,9 @@ mod dalle;
 #[path = "common/dalle_checks.rs"]
 mod dalle_checks;
 
-use dalle::{device, values};
+use dalle::device;
 use dalle_checks::{sampling, text_rows, tokens_with_ref_uniforms};
-use kiln::models::dalle_mini::{DalleMini, Tokenization};
+use kiln::models::dalle_mini::Tokenization;
 
 const TOL: f32 = 1e-4;
 
@@ -73,31 +73,5 @@ fn vqgan_matches() {
 /// f16 rounding. Flex computes f16 on the CPU, so the GPU path's dtype handling runs here.
 #[test]
 fn f16_teacher_forced_logits_within_f16_tolerance() {
-    use burn::tensor::DType;
-    let (shape, want) = dalle::ref_f32("logits_first");
-    let (steps, rows) = (shape[0], shape[2]);
-    let image_tokens = dalle::ref_u32("image_tokens");
-    let m = DalleMini::<dalle::B>::load_as(&dalle::flax_dir(), None, &device(), DType::F16)
-        .expect("loads in f16");
-    assert_eq!(m.decoder.lm_head.weight.val().dtype(), DType::F16);
-    let (enc, pad) = m.encode(&text_rows());
-    let mut cache = m.decoder.start(enc, pad, &[0, 1]);
-    let mut feed = m.config.decoder_start_token_id;
-    let mut worst = 0.0f32;
-    for t in 0..steps {
-        let got = values(m.decoder.step(&[feed, feed], &mut cache));
-        let want = &want[t * 2 * rows..(t + 1) * 2 * rows];
-        let scale = want.iter().fold(1.0f32, |a, &b| a.max(b.abs()));
-        let d = got
-            .iter()
-            .zip(want)
-            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
-        worst = worst.max(d / scale);
-        feed = image_tokens[t];
-    }
-    eprintln!("f16 logits: max |diff| / max(1, |ref|) = {worst:e}");
-    assert!(
-        worst > 0.0 && worst <= 1e-2,
-        "f16 logits off by {worst:e} of scale"
-    );
+    dalle_checks::f16_teacher_forced_logits::<dalle::B>("cpu", &device());
 }

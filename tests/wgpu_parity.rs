@@ -6,7 +6,10 @@
 //! flax weight layout only (layouts differ at load time, not on the device).
 //!
 //! Tolerance: the CPU tests' 1e-4 (measured on lavapipe: ≤ 2e-5; see the CI log, which prints
-//! every max |diff|).
+//! every max |diff|). f16 runs, relative to the reference's scale: DALL·E's logits 1e-2, as on
+//! the CPU; the SD pipeline 5e-2 — measured on lavapipe 2.4e-2 (latents) and 3.1e-2 (image)
+//! against 3.1e-3 and 3.0e-3 for the CPU's f16 run (not pinned down; f16 accumulation in the
+//! matmuls would explain it).
 
 mod common;
 #[path = "common/dalle.rs"]
@@ -19,12 +22,17 @@ mod sd15_checks;
 use burn::backend::Wgpu;
 use burn::backend::wgpu::WgpuDevice;
 use burn::module::Param;
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use kiln::backend::DeviceSpec;
 use kiln::models::dalle_mini::DalleMini;
 use kiln::nn::GroupNorm;
+use kiln::precision::Precision;
 use kiln::schedulers::SchedulerKind;
 
 const TOL: f32 = 1e-4;
+/// The f16 SD pipeline's tolerance here, relative to the scale (see the module doc).
+const F16_TOL: f32 = 5e-2;
 
 fn device() -> WgpuDevice {
     WgpuDevice::default()
@@ -73,6 +81,26 @@ fn dalle_vqgan() {
 #[test]
 fn dalle_greedy_tokens_and_image() {
     dalle_checks::greedy_tokens_and_image("wgpu", &dalle_model(), &device());
+}
+
+/// `--precision auto` on this adapter (lavapipe computes f16): f16, and the f16 SD pipeline
+/// (UNet and CLIP in f16, the VAE in f32) within [`F16_TOL`] of diffusers' fp32 run.
+#[test]
+fn sd15_auto_precision_is_f16_and_tracks_fp32() {
+    let dtype = Precision::Auto.resolve::<Wgpu>(DeviceSpec::Wgpu(None), &device());
+    assert_eq!(
+        dtype.expect("resolves"),
+        DType::F16,
+        "auto on an f16 adapter"
+    );
+    sd15_checks::f16_pipeline::<Wgpu>(&device(), F16_TOL);
+}
+
+/// DALL·E's BART in f16 on wgpu (the VQGAN stays f32): teacher-forced logits within f16
+/// rounding of min-dalle's fp32 ones.
+#[test]
+fn dalle_f16_teacher_forced_logits() {
+    dalle_checks::f16_teacher_forced_logits::<Wgpu>("wgpu", &device());
 }
 
 /// GroupNorm+SiLU with 262,144 values per group (SD's VAE at 512×512 has 1M) against the CPU

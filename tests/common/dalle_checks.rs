@@ -119,3 +119,35 @@ pub fn vqgan<B: Backend>(name: &str, m: &DalleMini<B>, device: &B::Device, tol: 
         "{name}: {off} pixels differ, worst {worst}"
     );
 }
+
+/// BART loaded in f16 (the VQGAN stays f32) tracks min-dalle's fp32 teacher-forced logits
+/// within f16 rounding (1e-2 of their scale), and not exactly (f16 rounding must show).
+pub fn f16_teacher_forced_logits<B: Backend>(name: &str, device: &B::Device) {
+    use burn::tensor::DType;
+    let (shape, want) = dalle::ref_f32("logits_first");
+    let (steps, rows) = (shape[0], shape[2]);
+    let image_tokens = dalle::ref_u32("image_tokens");
+    let m = DalleMini::<B>::load_as(&dalle::flax_dir(), None, device, DType::F16)
+        .expect("loads in f16");
+    assert_eq!(m.decoder.lm_head.weight.val().dtype(), DType::F16);
+    let (enc, pad) = m.encode(&text_rows());
+    let mut cache = m.decoder.start(enc, pad, &[0, 1]);
+    let mut feed = m.config.decoder_start_token_id;
+    let mut worst = 0.0f32;
+    for t in 0..steps {
+        let got = values(m.decoder.step(&[feed, feed], &mut cache));
+        let want = &want[t * 2 * rows..(t + 1) * 2 * rows];
+        let scale = want.iter().fold(1.0f32, |a, &b| a.max(b.abs()));
+        let d = got
+            .iter()
+            .zip(want)
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        worst = worst.max(d / scale);
+        feed = image_tokens[t];
+    }
+    eprintln!("{name} f16 logits: max |diff| / max(1, |ref|) = {worst:e}");
+    assert!(
+        worst > 0.0 && worst <= 1e-2,
+        "{name}: f16 logits off by {worst:e} of scale"
+    );
+}

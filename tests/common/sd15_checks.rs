@@ -3,6 +3,7 @@
 //! with `#[path]` by crates that also declare `mod common`.
 #![allow(dead_code)]
 
+use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use kiln::image_io::to_u8;
 use kiln::models::sd15::{GenerateRequest, StableDiffusion};
@@ -116,4 +117,43 @@ pub fn pipeline<B: Backend>(
         }
     }
     assert!(worst <= 1, "{file}: pixels differ by {worst}/255");
+}
+
+/// The 4-step DDIM pipeline with UNet and text encoder computing in `dtype` (the VAE stays f32:
+/// SD 1.5's `force_upcast`), from the reference's starting noise: (final latents, image).
+pub fn pipeline_in<B: Backend>(device: &B::Device, dtype: DType) -> (Vec<f32>, Vec<f32>) {
+    let m = StableDiffusion::<B>::load_as(&sd_tiny(), false, device, dtype).expect("loads");
+    assert_eq!(m.parts.unet.conv_in.weight.val().dtype(), dtype);
+    let norm = &m.parts.text_encoder.text_model.final_layer_norm;
+    assert_eq!(norm.weight.val().dtype(), dtype);
+    assert_eq!(m.parts.vae.post_quant_conv.weight.val().dtype(), DType::F32);
+    let (shape, noise) = reference("pipeline_ddim4.safetensors", "init_noise");
+    let req = GenerateRequest {
+        prompt: PROMPT.into(),
+        steps: 4,
+        guidance_scale: 7.5,
+        scheduler: SchedulerKind::Ddim,
+        width: shape[3] * 8,
+        height: shape[2] * 8,
+        init_latents: Some(noise),
+        ..Default::default()
+    };
+    let out = m.generate(&req, &mut |_, _| true).expect("generation runs");
+    assert_eq!(out.latents.dtype(), DType::F32, "pipeline tensors stay f32");
+    (values(out.latents), values(out.images))
+}
+
+/// [`pipeline_in`] f16 against diffusers' fp32 references within `tol` of their scale (the
+/// image too), and not equal to the same run in f32 (f16 rounding must show).
+pub fn f16_pipeline<B: Backend>(device: &B::Device, tol: f32) {
+    let (latents, image) = pipeline_in::<B>(device, DType::F16);
+    let (_, want_img) = reference("pipeline_ddim4.safetensors", "image");
+    assert_close_scaled("f16 image", &image, &want_img, tol);
+    let (_, want) = reference("pipeline_ddim4.safetensors", "final_latents");
+    assert_close_scaled("f16 final latents", &latents, &want, tol);
+    let (latents32, _) = pipeline_in::<B>(device, DType::F32);
+    assert!(
+        crate::common::max_abs_diff(&latents, &latents32) > 0.0,
+        "f16 run equals f32"
+    );
 }
