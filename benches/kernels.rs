@@ -210,6 +210,29 @@ fn main() {
             sync(&d);
         },
     );
+    // A ResnetBlock's norm1 -> SiLU -> conv1, as two layers and as the fused input pass.
+    bench(
+        "gn+silu+conv3x3 320 [2,320,64,64] unfused",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = kconv.forward(gn.forward_silu(x.clone()));
+            sync(&d);
+        },
+    );
+    bench(
+        "gn+silu+conv3x3 320 [2,320,64,64] fused",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = kconv.forward_norm(&gn, true, x.clone(), None);
+            sync(&d);
+        },
+    );
     // The deepest UNet level: 1280 channels on 8x8 (wide rows waste 2 of every 10 columns).
     let x8 = Tensor::<B, 4>::random([2, 1280, 8, 8], n, &d);
     let w8 = Tensor::<B, 4>::random([1280, 1280, 3, 3], n, &d);
