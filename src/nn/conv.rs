@@ -6,11 +6,8 @@
 use burn::module::{Module, Param};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::module::conv2d as conv2d_op;
-use burn::tensor::ops::PaddedConvOptions;
-
-use burn::tensor::module::interpolate;
-use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+use burn::tensor::module::{conv2d as conv2d_op, interpolate};
+use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PaddedConvOptions};
 
 #[cfg(feature = "cpu")]
 use super::cpu::{self, from_flex, to_flex};

@@ -114,8 +114,8 @@ struct Scratch {
 }
 
 /// What the input transform does to the input rows as it reads them, so that the layer
-/// before the convolution never makes its output tensor (at SD's VAE decoder's last level that
-/// tensor is 128 or 256 MB, the pipeline's peak).
+/// before the convolution never makes its output tensor (128 or 256 MB at SD's VAE decoder's
+/// last level, where the pipeline's RSS peaks).
 #[derive(Clone, Copy)]
 pub(crate) enum Prologue<'a> {
     /// The input as it is.
