@@ -53,6 +53,35 @@ simd_dispatch! {
     }
 }
 
+/// A GroupNorm's operands made contiguous, with `x`'s shape, the values per channel (`hw`)
+/// and the channels per group (`cg`).
+struct GroupOperands {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    beta: FlexTensor,
+    shape: Vec<usize>,
+    hw: usize,
+    cg: usize,
+}
+
+impl GroupOperands {
+    fn new(x: &FlexTensor, groups: usize, gamma: &FlexTensor, beta: &FlexTensor) -> Self {
+        let x = contiguous(x);
+        let shape = dims(&x);
+        let c = shape[1];
+        let hw = x.layout().num_elements() / (shape[0] * c);
+        let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+        Self {
+            x,
+            gamma,
+            beta,
+            shape,
+            hw,
+            cg: c / groups,
+        }
+    }
+}
+
 /// GroupNorm over `[N, C, …]` with per-channel affine, optionally followed by SiLU.
 pub(crate) fn group_norm(
     x: &FlexTensor,
@@ -62,14 +91,16 @@ pub(crate) fn group_norm(
     beta: &FlexTensor,
     act: bool,
 ) -> FlexTensor {
-    let x = contiguous(x);
-    let shape = dims(&x);
-    let (c, numel) = (shape[1], x.layout().num_elements());
-    let hw = numel / (shape[0] * c);
-    let cg = c / groups;
-    let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+    let GroupOperands {
+        x,
+        gamma,
+        beta,
+        shape,
+        hw,
+        cg,
+    } = GroupOperands::new(x, groups, gamma, beta);
     let (gs, bs) = (slice(&gamma), slice(&beta));
-    let mut out = vec![0.0f32; numel];
+    let mut out = vec![0.0f32; x.layout().num_elements()];
     out.par_chunks_mut(cg * hw)
         .zip(slice(&x).par_chunks(cg * hw))
         .enumerate()
@@ -90,12 +121,14 @@ pub(crate) fn group_norm_affine(
     gamma: &FlexTensor,
     beta: &FlexTensor,
 ) -> (Vec<f32>, Vec<f32>) {
-    let x = contiguous(x);
-    let shape = dims(&x);
-    let (c, numel) = (shape[1], x.layout().num_elements());
-    let hw = numel / (shape[0] * c);
-    let cg = c / groups;
-    let (gamma, beta) = (contiguous(gamma), contiguous(beta));
+    let GroupOperands {
+        x,
+        gamma,
+        beta,
+        hw,
+        cg,
+        ..
+    } = GroupOperands::new(x, groups, gamma, beta);
     let (gs, bs) = (slice(&gamma), slice(&beta));
     let per_group: Vec<Vec<(f32, f32)>> = slice(&x)
         .par_chunks(cg * hw)
