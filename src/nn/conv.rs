@@ -12,6 +12,8 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PaddedConvOptions};
 #[cfg(feature = "cpu")]
 use super::cpu::{self, from_flex, to_flex};
 use super::{GroupNorm, zeros};
+#[cfg(feature = "cpu")]
+use burn_flex::FlexTensor;
 
 #[derive(Module, Debug)]
 pub struct Conv2d<B: Backend> {
@@ -133,6 +135,24 @@ impl<B: Backend> Conv2d<B> {
         x: &Tensor<B, 4>,
         add: Option<&Tensor<B, 4>>,
     ) -> Option<Tensor<B, 4>> {
+        let (fx, w, b, a) = self.flex_operands(x, add)?;
+        cpu::conv3x3_of(input, &fx, &w, b.as_ref(), a.as_ref()).map(from_flex)
+    }
+
+    /// Input, weight, bias and add as Flex tensors, when this is a "same" convolution the CPU
+    /// kernels take and every operand given is an f32 Flex tensor.
+    #[cfg(feature = "cpu")]
+    #[allow(clippy::type_complexity)]
+    fn flex_operands(
+        &self,
+        x: &Tensor<B, 4>,
+        add: Option<&Tensor<B, 4>>,
+    ) -> Option<(
+        FlexTensor,
+        FlexTensor,
+        Option<FlexTensor>,
+        Option<FlexTensor>,
+    )> {
         if !is_same(self.weight.dims()[2], self.stride, self.padding) {
             return None;
         }
@@ -145,25 +165,15 @@ impl<B: Backend> Conv2d<B> {
             Some(a) => Some(to_flex(a)?),
             None => None,
         };
-        cpu::conv3x3_of(input, &fx, &w, b.as_ref(), a.as_ref()).map(from_flex)
+        Some((fx, w, b, a))
     }
 
     fn forward_impl(&self, x: Tensor<B, 4>, add: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
         #[cfg(feature = "cpu")]
+        if let Some((fx, w, b, a)) = self.flex_operands(&x, add.as_ref())
+            && let Some(y) = cpu::conv_same(&fx, &w, b.as_ref(), a.as_ref())
         {
-            use cpu::conv_same;
-            if is_same(self.weight.dims()[2], self.stride, self.padding)
-                && let (Some(fx), Some(w)) = (to_flex(&x), to_flex(&self.weight.val()))
-            {
-                let b = self.bias.as_ref().and_then(|b| to_flex(&b.val()));
-                let a = add.as_ref().and_then(to_flex);
-                if b.is_some() == self.bias.is_some()
-                    && a.is_some() == add.is_some()
-                    && let Some(y) = conv_same(&fx, &w, b.as_ref(), a.as_ref())
-                {
-                    return from_flex(y);
-                }
-            }
+            return from_flex(y);
         }
         let y = self.forward_generic(x);
         match add {

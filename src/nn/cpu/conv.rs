@@ -12,7 +12,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::winograd::{self, Prologue};
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, norms, slice};
+use super::{SendPtr, contiguous, dims, gemm_tile, new_tensor, norms, slice};
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
 fn direct_only() -> bool {
@@ -90,7 +90,7 @@ pub(crate) fn conv3x3_of(
             beta,
             silu,
         } => {
-            if groups == 0 || c % groups != 0 || dims4_1(gamma) != c || dims4_1(beta) != c {
+            if groups == 0 || c % groups != 0 || dims(gamma) != [c] || dims(beta) != [c] {
                 return None;
             }
             let (scale, shift) = norms::group_norm_affine(x, groups, eps, gamma, beta);
@@ -103,14 +103,6 @@ pub(crate) fn conv3x3_of(
         }
         Input::Upsample2x => winograd::conv3x3(x, w, bias, add, Prologue::Upsample2x),
     })
-}
-
-/// The length of a rank-1 tensor (0 for any other rank).
-fn dims4_1(t: &FlexTensor) -> usize {
-    match t.layout().shape().len() {
-        1 => t.layout().shape()[0],
-        _ => 0,
-    }
 }
 
 /// `x` `[N, C, H, W]`, `w` `[O, C, k, k]` (PyTorch layout), optional bias `[O]`; stride 1,
