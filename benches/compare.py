@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""CPU benchmark: kiln (Burn Flex, fp32) against the reference implementations, same machine, same
-run, alternating processes, identical weights, prompts and settings.
+"""Benchmark: kiln against the reference implementations, same machine, same run, alternating
+processes, identical weights, prompts and settings. CPU fp32 by default; `--device` for a GPU.
 
 One command (from the repo root, or anywhere):
 
@@ -44,6 +44,21 @@ What it does:
      (`.cache/bench/compare.json`).
 Threads: --threads for torch (set_num_threads), sd.cpp (n_threads) and kiln (RAYON_NUM_THREADS).
 `--profile` adds a per-op-category profile of one kiln UNet step (examples/sd15_bench.rs).
+
+GPU mode (`--device cuda`, `cuda:N`, `wgpu`, `wgpu:N`): kiln's examples are built with that cargo
+feature and run there with `--precision` (default auto = f16 for UNet, CLIP and BART; the VAE
+in f32 as its config asks). The references run with `--ref-device` (default: cuda when torch
+sees a GPU, else none: kiln-only rows, e.g. wgpu on Mesa lavapipe) in `--ref-dtype` (default
+fp16: diffusers' usual GPU setting, and min-dalle's). sdcpp and unet-bf16 are CPU rows. Extra
+columns: each side's own pool figure (kiln: cubecl's reserved bytes after the runs; torch: peak
+reserved) and, where nvidia-smi exists, the device's used memory above its idle level while
+the process ran (sampled every 0.1 s; includes the CUDA context) -- the GPU targets use the
+latter when present. For the image rows the JSON and the table give it/s = steps / seconds
+per image (whole image: CLIP, steps, VAE).
+`--size` (BENCH_IMAGE_SIZE) shrinks SD's unet/vae/image rows on both sides; with the tiny
+fixture models (`--model models/fixtures/sd15-tiny --size 64`, `--mini
+models/fixtures/dalle-tiny/mindalle/dalle_bart_tiny`) the whole GPU path runs on lavapipe in
+about a minute.
 """
 from __future__ import annotations
 
@@ -52,10 +67,12 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -72,6 +89,8 @@ OUT = REPO / ".cache" / "bench" / "compare.json"
 _target = Path(os.environ.get("CARGO_TARGET_DIR") or "target")
 BIN = (_target if _target.is_absolute() else REPO / _target) / "release" / "examples"
 DEFAULT_ONLY = "clip,unet,vae,dalle-step"
+DEFAULT_GPU_ONLY = "clip,unet,vae,image,dalle-image,mega-step,mega-image"
+CPU_ONLY = ("sdcpp", "unet-bf16")
 SDCPP_PIP = "stable-diffusion-cpp-python==0.4.7"
 
 # name: (model, label, timed, warm-up per process, reference)
@@ -90,6 +109,8 @@ COMPONENTS = {
 # The issue's targets: kiln/ref ratio at most, or kiln peak RSS at most (GiB).
 TARGETS = [("unet", "ratio", 1.0), ("image", "ratio", 1.0), ("image", "kiln_rss_gib", 5.0), ("sdcpp", "ratio", 0.25),
            ("dalle-image", "ratio", 0.3), ("mega-step", "kiln_rss_gib", 12.0), ("mega-image", "kiln_rss_gib", 12.0)]
+# On a GPU: kiln's device memory at most (GiB); the old services asked for 16 and 32 GiB.
+GPU_TARGETS = [("image", "kiln_gpu_gib", 4.0), ("mega-step", "kiln_gpu_gib", 8.0), ("mega-image", "kiln_gpu_gib", 8.0)]
 
 
 def sh(cmd, **kw):
@@ -124,9 +145,10 @@ def model_path(kind: str, a) -> Path:
             sh([VPY, REPO / "models/make_sd15_fixtures.py", "--full"], cwd=REPO)
         return a.model / "sd15-random.safetensors" if kind == "sd15-file" else a.model
     root = getattr(a, kind)
-    bart = root / f"dalle_bart_{kind}"
+    # The folder holding dalle_bart_<kind>/ and vqgan/, or a dalle_bart_* folder itself.
+    bart = root if (root / "config.json").exists() else root / f"dalle_bart_{kind}"
     if not all((bart / f).exists() for f in ("encoder.pt", "decoder.pt", "config.json")) or \
-            not (root / "vqgan" / "detoker.pt").exists():
+            not (bart.parent / "vqgan" / "detoker.pt").exists():
         if root != DALLE[kind]:
             raise SystemExit(f"{root} lacks dalle_bart_{kind}/{{encoder,decoder}}.pt or vqgan/detoker.pt")
         sh([VPY, REPO / "models/make_dalle_fixtures.py", "full", "--model", kind], cwd=REPO)
@@ -145,9 +167,47 @@ def commands(c: str, path: Path, timed: int, warm: int):
     return [BIN / "dalle_bench", path, part, timed, warm], {}, ref + [part, path, timed, warm]
 
 
-def timed_process(cmd, env=None) -> dict:
-    """Runs cmd under /usr/bin/time -v; returns its JSON stdout line + peak RSS (MiB) + CPU %."""
-    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf:
+def smi_used_mib() -> float | None:
+    """Memory used on the GPUs, as nvidia-smi reports it (MiB, all devices summed)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10).stdout
+        return sum(float(x) for x in out.split())
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
+class SmiPeak:
+    """Peak of nvidia-smi's used memory above its level at the start, sampled while a process runs."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled and shutil.which("nvidia-smi") is not None
+        self.base = self.peak = None
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        if self.enabled:
+            self.base = smi_used_mib()
+            self._t = threading.Thread(target=self._poll, daemon=True)
+            self._t.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.1):
+            v = smi_used_mib()
+            if v is not None and self.base is not None:
+                self.peak = max(self.peak or 0.0, v - self.base)
+
+    def __exit__(self, *_):
+        if self.enabled:
+            self._stop.set()
+            self._t.join()
+
+
+def timed_process(cmd, env=None, gpu=False) -> dict:
+    """Runs cmd under /usr/bin/time -v; returns its JSON stdout line + peak RSS (MiB) + CPU %
+    (+ nvidia-smi's peak device memory above idle when `gpu`)."""
+    with tempfile.NamedTemporaryFile("r", suffix=".time") as tf, SmiPeak(gpu) as smi:
         full = ["/usr/bin/time", "-v", "-o", tf.name, *map(str, cmd)]
         print("+", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
         p = subprocess.run(full, capture_output=True, text=True, env=env, cwd=REPO)
@@ -163,19 +223,38 @@ def timed_process(cmd, env=None) -> dict:
     r["peak_rss_mib"] = round(int(rss.group(1)) / 1024, 1) if rss else None
     r["cpu_percent"] = int(cpu.group(1)) if cpu else None
     r["process_wall"] = wall.group(1) if wall else None
+    mem = r.get("device_memory")
+    r["gpu_pool_mib"] = round(mem["bytes_reserved"] / 2 ** 20, 1) if mem else None
+    r["gpu_smi_mib"] = round(smi.peak, 1) if smi.peak is not None else None
     if r.get("impl") == "sdcpp":
         r["sdcpp_log"] = parse_sdcpp_log(p.stderr)
     return r
 
 
-def targets(res: dict) -> list[str]:
+def gpu_mib(side: dict) -> tuple[float | None, str]:
+    """A side's device memory: nvidia-smi's where sampled, else its own pool's."""
+    if side.get("gpu_smi_mib") is not None:
+        return side["gpu_smi_mib"], "nvidia-smi"
+    return side.get("gpu_pool_mib"), "pool reserved"
+
+
+def targets(res: dict, gpu: bool) -> list[str]:
     lines = []
-    for c, what, bound in TARGETS:
+    for c, what, bound in (GPU_TARGETS if gpu else TARGETS):
         if c not in res["components"]:
             continue
         s = res["components"][c]["summary"]
         if what == "ratio":
-            v, text = s["ratio_kiln_over_ref"], f"kiln/{s['ref_impl']} {s['ratio_kiln_over_ref']:.3f} (target <= {bound})"
+            v = s["ratio_kiln_over_ref"]
+            if v is None:
+                continue
+            text = f"kiln/{s['ref_impl']} {v:.3f} (target <= {bound})"
+        elif what == "kiln_gpu_gib":
+            mib, how = gpu_mib(s["kiln"])
+            if mib is None:
+                continue
+            v = mib / 1024
+            text = f"kiln device memory {v:.2f} GiB ({how}; target <= {bound} GiB)"
         else:
             v = s["kiln"]["peak_rss_mib"] / 1024
             text = f"kiln peak RSS {v:.2f} GiB (target <= {bound} GiB)"
@@ -184,9 +263,35 @@ def targets(res: dict) -> list[str]:
     return lines
 
 
+def side_summary(rs: list[dict]) -> dict:
+    ts = [t for r in rs for t in r["times_s"]]
+    out = {"median_s": statistics.median(ts), "min_s": min(ts), "n": len(ts),
+           "peak_rss_mib": max(r["peak_rss_mib"] or 0 for r in rs),
+           "cpu_percent": [r["cpu_percent"] for r in rs]}
+    for k in ("gpu_pool_mib", "gpu_smi_mib"):
+        vals = [r[k] for r in rs if r.get(k) is not None]
+        out[k] = max(vals) if vals else None
+    if rs and rs[0].get("steps"):
+        out["it_per_s"] = rs[0]["steps"] / out["median_s"]
+    return out
+
+
+def ref_placement(a) -> tuple[str, str]:
+    """(reference device or 'none', reference dtype)."""
+    dev = a.ref_device
+    if dev == "auto":
+        if a.device == "cpu":
+            dev = "cpu"
+        else:
+            import torch  # inside the reference venv by now
+            dev = "cuda" if torch.cuda.is_available() else "none"
+    return dev, a.ref_dtype or ("fp32" if dev == "cpu" else "fp16")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default=DEFAULT_ONLY, help=f"comma list of {','.join(COMPONENTS)}, or all")
+    ap.add_argument("--only", default=None, help=f"comma list of {','.join(COMPONENTS)}, or all "
+                    f"(default {DEFAULT_ONLY}; on a GPU {DEFAULT_GPU_ONLY})")
     ap.add_argument("--rounds", type=int, default=1, help="kiln/reference process pairs per component")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", type=Path, default=SD_MODEL, help="SD 1.5 diffusers folder (+ sd15-random.safetensors)")
@@ -194,49 +299,69 @@ def main() -> None:
     ap.add_argument("--mega", type=Path, default=DALLE["mega"], help="folder with dalle_bart_mega/ and vqgan/")
     ap.add_argument("--timed", type=int, default=0, help="override timed runs per process (0: per-component default)")
     ap.add_argument("--profile", action="store_true", help="also profile one kiln UNet step by op category")
+    ap.add_argument("--device", default="cpu", help="kiln's device: cpu, wgpu[:N] or cuda[:N]")
+    ap.add_argument("--precision", default="auto", help="kiln's precision: auto, f32 or f16")
+    ap.add_argument("--ref-device", default="auto", help="cpu, cuda[:N], none, or auto (kiln's kind, cuda if torch has it)")
+    ap.add_argument("--ref-dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default fp32 on cpu, fp16 on cuda")
+    ap.add_argument("--size", type=int, default=int(os.environ.get("BENCH_IMAGE_SIZE", "512")),
+                    help="SD pixel size of unet/vae/image (default 512)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
-    comps = list(COMPONENTS) if a.only == "all" else [c for c in a.only.split(",") if c]
+    gpu = a.device != "cpu"
+    only = a.only or (DEFAULT_GPU_ONLY if gpu else DEFAULT_ONLY)
+    comps = list(COMPONENTS) if only == "all" else [c for c in only.split(",") if c]
+    if gpu and only == "all":
+        comps = [c for c in comps if c not in CPU_ONLY]
     unknown = [c for c in comps if c not in COMPONENTS]
     if unknown:
         raise SystemExit(f"unknown components {unknown}; known: {', '.join(COMPONENTS)}")
+    if gpu and any(c in CPU_ONLY for c in comps):
+        raise SystemExit(f"{', '.join(CPU_ONLY)} are CPU rows; drop them with --device {a.device}")
+    if a.profile and gpu:
+        raise SystemExit("--profile times the CPU backend's eager ops; run it without --device")
 
     ensure_venv()
-    refs = {COMPONENTS[c][4] for c in comps}
+    ref_dev, ref_dtype = ref_placement(a)
+    refs = {COMPONENTS[c][4] for c in comps} if ref_dev != "none" else set()
     if "min-dalle" in refs:
         ensure_package("min_dalle", "min-dalle")
     if "sd.cpp" in refs:
         ensure_package("stable_diffusion_cpp", SDCPP_PIP)
     paths = {c: model_path(COMPONENTS[c][0], a) for c in comps}
     if not a.no_build:
-        sh(["cargo", "build", "--release", "--example", "sd15_bench", "--example", "dalle_bench"], cwd=REPO)
-    kenv = dict(os.environ, RAYON_NUM_THREADS=str(a.threads))
+        feature = ["--features", a.device.split(":")[0]] if gpu else []
+        sh(["cargo", "build", "--release", *feature, "--example", "sd15_bench", "--example", "dalle_bench"], cwd=REPO)
+    kenv = dict(os.environ, RAYON_NUM_THREADS=str(a.threads), BENCH_DEVICE=a.device, BENCH_PRECISION=a.precision,
+                BENCH_IMAGE_SIZE=str(a.size))
+    renv = dict(os.environ, BENCH_IMAGE_SIZE=str(a.size))
+    rflags = ["--threads", a.threads] + (["--device", ref_dev, "--dtype", ref_dtype] if ref_dev != "cpu" else [])
     res = {"machine": {"nproc": os.cpu_count(), "loadavg_before": os.getloadavg(), "threads": a.threads,
-                       "image_steps": int(os.environ.get("BENCH_IMAGE_STEPS", "20")),
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S")},
+                       "image_steps": int(os.environ.get("BENCH_IMAGE_STEPS", "20")), "size": a.size,
+                       "kiln_device": a.device, "kiln_precision": a.precision, "ref_device": ref_dev,
+                       "ref_dtype": ref_dtype, "started": time.strftime("%Y-%m-%d %H:%M:%S")},
            "components": {}}
     for c in comps:
         _, _, timed, warm, ref = COMPONENTS[c]
         timed = a.timed or timed
         kcmd, kextra, rcmd = commands(c, paths[c], timed, warm)
-        runs = {"kiln": [], ref: []}
+        sides = [("kiln", kcmd, dict(kenv, **kextra))]
+        if ref_dev != "none":
+            sides.append((ref, rcmd + rflags, renv))
+        runs = {impl: [] for impl, _, _ in sides}
         for _ in range(a.rounds):
-            for impl, cmd, env in (("kiln", kcmd, dict(kenv, **kextra)), (ref, rcmd, None)):
+            for impl, cmd, env in sides:
                 la = os.getloadavg()[0]
-                r = timed_process(cmd + (["--threads", a.threads] if impl != "kiln" else []), env=env)
+                r = timed_process(cmd, env=env, gpu=gpu)
                 r["loadavg_1m_before"] = la
                 runs[impl].append(r)
-        summ = {"ref_impl": ref, "model": str(paths[c])}
+        summ = {"ref_impl": ref if ref_dev != "none" else None, "model": str(paths[c])}
         for impl, rs in runs.items():
-            ts = [t for r in rs for t in r["times_s"]]
-            summ[impl] = {"median_s": statistics.median(ts), "min_s": min(ts), "n": len(ts),
-                          "peak_rss_mib": max(r["peak_rss_mib"] or 0 for r in rs),
-                          "cpu_percent": [r["cpu_percent"] for r in rs]}
-        summ["ratio_kiln_over_ref"] = summ["kiln"]["median_s"] / summ[ref]["median_s"]
+            summ[impl] = side_summary(rs)
+        summ["ratio_kiln_over_ref"] = (summ["kiln"]["median_s"] / summ[ref]["median_s"]) if ref in summ else None
         res["components"][c] = {"summary": summ, "runs": runs}
-        print(f"{c}: kiln {summ['kiln']['median_s']:.3f}s  {ref} {summ[ref]['median_s']:.3f}s  "
-              f"ratio {summ['ratio_kiln_over_ref']:.2f}", file=sys.stderr, flush=True)
+        print(f"{c}: kiln {summ['kiln']['median_s']:.3f}s" + (f"  {ref} {summ[ref]['median_s']:.3f}s  ratio "
+              f"{summ['ratio_kiln_over_ref']:.2f}" if ref in summ else ""), file=sys.stderr, flush=True)
     if a.profile:
         res["kiln_unet_profile"] = timed_process([BIN / "sd15_bench", model_path("sd15", a), "unet-profile", 1, 1],
                                                  env=kenv)
@@ -244,23 +369,57 @@ def main() -> None:
     report(res, a)
 
 
+def label(c: str, size: int) -> str:
+    """The component's table label at SD pixel size `size` (the labels say 512)."""
+    text = COMPONENTS[c][1]
+    if size == 512 or COMPONENTS[c][0] not in ("sd15", "sd15-file"):
+        return text
+    return text.replace("512x512", f"{size}x{size}").replace("64x64", f"{size // 8}x{size // 8}").replace(
+        "512 ", f"{size} ")
+
+
+def fmt(v, spec: str) -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
 def report(res: dict, a) -> None:
     m = res["machine"]
-    print(f"\nkiln vs references, CPU fp32, {a.threads} threads, nproc={m['nproc']}, image steps {m['image_steps']}, "
-          f"loadavg before {m['loadavg_before'][0]:.2f} after {m['loadavg_after'][0]:.2f}")
-    hdr = (f"| {'component':<20} | {'ref':<9} | {'kiln s':>8} | {'ref s':>8} | {'kiln/ref':>8} | {'kiln RSS MiB':>12} "
-           f"| {'ref RSS MiB':>11} | {'kiln CPU%':>9} | {'ref CPU%':>8} |")
+    gpu = m["kiln_device"] != "cpu"
+    if gpu:
+        refs = "no reference" if m["ref_device"] == "none" else f"references on {m['ref_device']} ({m['ref_dtype']})"
+        print(f"\nkiln on {m['kiln_device']} (precision {m['kiln_precision']}) vs {refs}, size {m['size']}, "
+              f"image steps {m['image_steps']}")
+        mem_cols = [("kiln pool MiB", "kiln", "gpu_pool_mib"), ("ref pool MiB", "ref", "gpu_pool_mib"),
+                    ("kiln smi MiB", "kiln", "gpu_smi_mib"), ("ref smi MiB", "ref", "gpu_smi_mib"),
+                    ("kiln RSS MiB", "kiln", "peak_rss_mib")]
+    else:
+        print(f"\nkiln vs references, CPU fp32, {a.threads} threads, nproc={m['nproc']}, size {m['size']}, "
+              f"image steps {m['image_steps']}, loadavg before {m['loadavg_before'][0]:.2f} after "
+              f"{m['loadavg_after'][0]:.2f}")
+        mem_cols = [("kiln RSS MiB", "kiln", "peak_rss_mib"), ("ref RSS MiB", "ref", "peak_rss_mib")]
+    cols = [("component", 20), ("ref", 9), ("kiln s", 8), ("ref s", 8), ("kiln/ref", 8)] + \
+        [(h, len(h)) for h, _, _ in mem_cols] + ([("kiln it/s", 9), ("ref it/s", 8)] if gpu else
+                                                  [("kiln CPU%", 9), ("ref CPU%", 8)])
+    hdr = "| " + " | ".join(f"{h:<{w}}" if i < 2 else f"{h:>{w}}" for i, (h, w) in enumerate(cols)) + " |"
     print(hdr)
     print("|" + "|".join("-" * len(x) for x in hdr.split("|")[1:-1]) + "|")
     for c, v in res["components"].items():
         s = v["summary"]
-        k, d = s["kiln"], s[s["ref_impl"]]
-        print(f"| {COMPONENTS[c][1]:<20} | {s['ref_impl']:<9} | {k['median_s']:>8.3f} | {d['median_s']:>8.3f} | "
-              f"{s['ratio_kiln_over_ref']:>8.3f} | {k['peak_rss_mib']:>12.0f} | {d['peak_rss_mib']:>11.0f} | "
-              f"{'/'.join(map(str, k['cpu_percent'])):>9} | {'/'.join(map(str, d['cpu_percent'])):>8} |")
+        k, d = s["kiln"], s.get(s["ref_impl"]) or {}
+        cells = [label(c, m["size"]), s["ref_impl"] or "-", fmt(k["median_s"], ".3f"), fmt(d.get("median_s"), ".3f"),
+                 fmt(s["ratio_kiln_over_ref"], ".3f")]
+        cells += [fmt((k if who == "kiln" else d).get(key), ".0f") for _, who, key in mem_cols]
+        if gpu:
+            cells += [fmt(k.get("it_per_s"), ".2f"), fmt(d.get("it_per_s"), ".2f")]
+        else:
+            cells += ["/".join(map(str, k["cpu_percent"])), "/".join(map(str, d.get("cpu_percent", [])))]
+        print("| " + " | ".join(f"{x:<{w}}" if i < 2 else f"{x:>{w}}" for i, (x, (_, w)) in enumerate(zip(cells, cols)))
+              + " |")
     print("(median of all timed runs; n timed per impl: "
           + ", ".join(f"{c}={v['summary']['kiln']['n']}" for c, v in res["components"].items())
-          + "; CPU% and RSS are of the whole process incl. loading)")
+          + ("; pool = each side's allocator after the runs (kiln: cubecl reserved; torch: peak reserved); smi = "
+             "nvidia-smi's used memory above idle while the process ran; it/s = steps / seconds per whole image)"
+             if gpu else "; CPU% and RSS are of the whole process incl. loading)"))
     for c, v in res["components"].items():
         for r in v["runs"].get("sd.cpp", []):
             lg, steps = r.get("sdcpp_log", {}), r.get("steps") or m["image_steps"]
@@ -268,9 +427,12 @@ def report(res: dict, a) -> None:
                 print(f"sd.cpp breakdown ({c}): text encode {lg['text_encode_s']} s, sampling {lg['sampling_s']} s "
                       f"(= {lg['sampling_s'][-1] / steps:.2f} s/step), VAE decode {lg['vae_decode_s']} s; "
                       f"UNet weights: {lg.get('unet_weight_types', '?')}; {r.get('system_info', '')}")
-    lines = targets(res)
+    lines = targets(res, gpu)
     if lines:
-        print("targets:\n" + "\n".join(lines))
+        smoke = m["size"] != 512 or any(v["summary"]["model"].startswith(str(REPO / "models")) or
+                                        v["summary"]["model"].startswith("models") for v in res["components"].values())
+        print("targets" + (" (they are the full-size models' at 512; this run is a smoke run)" if smoke else "")
+              + ":\n" + "\n".join(lines))
     if a.profile:
         p = res["kiln_unet_profile"]
         print(f"\nkiln UNet step, per op category (1 profiled step: {p['median_s']:.2f}s):")

@@ -1,24 +1,32 @@
-//! Timing of one SD 1.5 component on the CPU (Flex) backend, loaded from a full-size diffusers
-//! folder (random weights are fine: `models/make_sd15_fixtures.py --full`). Driven by
-//! `benches/compare.py`, which runs this and diffusers (or stable-diffusion.cpp) alternately and
-//! collects peak RSS.
+//! Timing of one SD 1.5 component, loaded from a full-size diffusers folder (random weights are
+//! fine: `models/make_sd15_fixtures.py --full`). Driven by `benches/compare.py`, which runs this
+//! and diffusers (or stable-diffusion.cpp) alternately and collects peak RSS.
 //!
 //! ```text
 //! cargo run --release --example sd15_bench -- <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]
 //! ```
 //! `image` also takes an ldm single file as `<model-dir>`; `BENCH_IMAGE_STEPS` (default 20) and
 //! `BENCH_IMAGE_SCHEDULER` (default ddim; any kiln scheduler id, e.g. euler) set its sampling.
-//! Prints one JSON line on stdout: `{"component", "load_s", "times_s": [...], "median_s"}`.
-//! `unet-profile` re-runs the UNet forward op by op with a timer around each op category
-//! (Flex executes eagerly, so each op has finished when it returns).
+//! `BENCH_IMAGE_SIZE` (default 512) is the pixel size of `image`, `unet` and `vae` (tiny models
+//! on a slow device take e.g. 64). `BENCH_DEVICE` (cpu, wgpu[:N], cuda[:N]; default cpu; the
+//! binary must be built with that feature) and `BENCH_PRECISION` (auto, f32, f16; default auto:
+//! f32 on the CPU, f16 on a GPU, as the server) place the models; the VAE keeps f32 where its
+//! config asks (`force_upcast`), as the server does.
+//! Prints one JSON line on stdout: `{"component", "load_s", "times_s": [...], "median_s",
+//! "device", "dtype"}`, plus `"device_memory": {"bytes_in_use", "bytes_reserved"}` on a GPU,
+//! read after the timed runs (see [`kiln::backend::DeviceMemory`]).
+//! `unet-profile` (CPU only) re-runs the UNet forward op by op with a timer around each op
+//! category (Flex executes eagerly, so each op has finished when it returns).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
+use kiln::backend::{BackendTask, DeviceSpec, device_memory, dispatch};
 use kiln::models::sd15::attention::{Attention, Transformer2DModel};
 use kiln::models::sd15::clip::ClipTextModel;
 use kiln::models::sd15::config::{ClipConfig, UNetConfig, VaeConfig};
@@ -29,10 +37,9 @@ use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::weights;
 use kiln::models::sd15::{GenerateRequest, StableDiffusion};
 use kiln::nn::{merge_heads, sdpa, silu, split_heads};
+use kiln::precision::Precision;
 use kiln::schedulers::SchedulerKind;
-use kiln::weights::{KeyTarget, TensorFile, load_into, require_complete};
-
-type B = burn::backend::Flex;
+use kiln::weights::{KeyTarget, TensorFile, load_into_as, require_complete};
 
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -44,9 +51,14 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn load<M: burn::module::Module<B>>(module: M, file: &Path, map: &dyn Fn(&str) -> KeyTarget) -> M {
+fn load<B: Backend, M: burn::module::Module<B>>(
+    module: M,
+    file: &Path,
+    map: &dyn Fn(&str) -> KeyTarget,
+    dtype: DType,
+) -> M {
     let f = TensorFile::open(file).expect("weight file opens");
-    let (m, r) = load_into(module, &f, map).expect("weights load");
+    let (m, r) = load_into_as(module, &f, map, dtype).expect("weights load");
     require_complete(&r, file).expect("every parameter loaded");
     m
 }
@@ -79,7 +91,7 @@ impl Prof {
     }
 }
 
-fn p_resnet(
+fn p_resnet<B: Backend>(
     p: &mut Prof,
     r: &ResnetBlock2D<B>,
     x: Tensor<B, 4>,
@@ -104,7 +116,7 @@ fn p_resnet(
     p.t("conv3x3", || r.conv2.forward_add(h, x))
 }
 
-fn p_attn(
+fn p_attn<B: Backend>(
     p: &mut Prof,
     a: &Attention<B>,
     x: Tensor<B, 3>,
@@ -128,7 +140,7 @@ fn p_attn(
     p.t("linear(qkv,out)", || a.to_out[0].forward_add(o, residual))
 }
 
-fn p_transformer(
+fn p_transformer<B: Backend>(
     p: &mut Prof,
     tr: &Transformer2DModel<B>,
     x: Tensor<B, 4>,
@@ -154,7 +166,7 @@ fn p_transformer(
     p.t("conv1x1", || tr.proj_out.forward_add(x, residual))
 }
 
-fn p_unet(
+fn p_unet<B: Backend>(
     p: &mut Prof,
     u: &UNet2DConditionModel<B>,
     sample: Tensor<B, 4>,
@@ -222,131 +234,223 @@ fn p_unet(
     p.t("conv3x3", || u.conv_out.forward(x))
 }
 
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Bench {
+    root: PathBuf,
+    what: String,
+    timed: usize,
+    warmup: usize,
+    spec: DeviceSpec,
+    precision: Precision,
+}
+
 fn main() {
     kiln::tune_allocator();
     let args: Vec<String> = std::env::args().collect();
-    let root = Path::new(args.get(1).expect(
-        "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]",
-    ));
-    let what = args.get(2).map(String::as_str).unwrap_or("unet");
-    let timed: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2);
-    let warmup: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1);
-    let device = Default::default();
-    let t0 = Instant::now();
-    let (times, extra) = match what {
-        "unet" | "unet-profile" => {
-            let cfg = UNetConfig::load(&root.join("unet/config.json")).unwrap_or_default();
-            let unet = load(
-                UNet2DConditionModel::<B>::new(&cfg, &device),
-                &root.join("unet/diffusion_pytorch_model.safetensors"),
-                &weights::unet_key,
-            );
-            eprintln!("loaded unet in {:.2}s", t0.elapsed().as_secs_f64());
-            let sample =
-                Tensor::<B, 4>::random([2, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-            let ctx = Tensor::<B, 3>::random([2, 77, 768], Distribution::Normal(0.0, 1.0), &device);
-            if what == "unet" {
+    let usage = "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]";
+    let spec: DeviceSpec = std::env::var("BENCH_DEVICE")
+        .as_deref()
+        .unwrap_or("cpu")
+        .parse()
+        .unwrap_or_else(|e| panic!("BENCH_DEVICE: {e}"));
+    let bench = Bench {
+        root: PathBuf::from(args.get(1).expect(usage)),
+        what: args.get(2).cloned().unwrap_or_else(|| "unet".into()),
+        timed: args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2),
+        warmup: args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1),
+        spec,
+        precision: std::env::var("BENCH_PRECISION")
+            .as_deref()
+            .unwrap_or("auto")
+            .parse()
+            .unwrap_or_else(|e| panic!("BENCH_PRECISION: {e}")),
+    };
+    if let Err(e) = dispatch(spec, bench) {
+        eprintln!("sd15_bench: {e}");
+        std::process::exit(2);
+    }
+}
+
+impl BackendTask for Bench {
+    type Output = ();
+
+    fn run<B: Backend>(self, device: B::Device) {
+        let Bench {
+            root,
+            what,
+            timed,
+            warmup,
+            spec,
+            precision,
+        } = self;
+        let root = root.as_path();
+        let dtype = precision
+            .resolve::<B>(spec, &device)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let size: usize = env_or("BENCH_IMAGE_SIZE", 512);
+        let t0 = Instant::now();
+        let (times, mut extra) = match what.as_str() {
+            "unet" | "unet-profile" => {
+                assert!(
+                    what == "unet" || spec == DeviceSpec::Cpu,
+                    "unet-profile times ops as they return, which only the CPU backend does"
+                );
+                let cfg = UNetConfig::load(&root.join("unet/config.json")).unwrap_or_default();
+                let unet = load(
+                    UNet2DConditionModel::<B>::new(&cfg, &device),
+                    &root.join("unet/diffusion_pytorch_model.safetensors"),
+                    &weights::unet_key,
+                    dtype,
+                );
+                eprintln!("loaded unet in {:.2}s", t0.elapsed().as_secs_f64());
+                let lat = size / 8;
+                let sample = Tensor::<B, 4>::random(
+                    [2, cfg.in_channels, lat, lat],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
+                let ctx = Tensor::<B, 3>::random(
+                    [2, 77, cfg.cross_attention_dim],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
+                if what == "unet" {
+                    (
+                        time_runs(timed, warmup, || {
+                            let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
+                        }),
+                        String::new(),
+                    )
+                } else {
+                    let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
+                    let mut prof = Prof::default();
+                    let mut times = Vec::new();
+                    for _ in 0..timed {
+                        let t = Instant::now();
+                        let _ = p_unet(&mut prof, &unet, sample.clone(), 981.0, &ctx).into_data();
+                        times.push(t.elapsed().as_secs_f64());
+                    }
+                    (times, profile_json(&prof, timed))
+                }
+            }
+            "vae" => {
+                let cfg = VaeConfig::load(&root.join("vae/config.json")).unwrap_or_default();
+                let map = |k: &str| {
+                    if k.starts_with("encoder.") || k.starts_with("quant_conv.") {
+                        KeyTarget::Ignore
+                    } else {
+                        weights::vae_key(k)
+                    }
+                };
+                // As the pipeline loader: f32 where the config asks for the upcast.
+                let vae_dtype = if cfg.force_upcast { DType::F32 } else { dtype };
+                let vae = load(
+                    AutoencoderKL::<B>::new(&cfg, false, &device),
+                    &root.join("vae/diffusion_pytorch_model.safetensors"),
+                    &map,
+                    vae_dtype,
+                );
+                eprintln!("loaded vae in {:.2}s", t0.elapsed().as_secs_f64());
+                let lat = size / cfg.scale_factor();
+                let z = Tensor::<B, 4>::random(
+                    [1, cfg.latent_channels, lat, lat],
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
                 (
                     time_runs(timed, warmup, || {
-                        let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
+                        let _ = vae.decode(z.clone()).into_data();
+                    }),
+                    format!(",\"vae_dtype\":\"{vae_dtype:?}\""),
+                )
+            }
+            "clip" => {
+                let cfg =
+                    ClipConfig::load(&root.join("text_encoder/config.json")).unwrap_or_default();
+                let clip = load(
+                    ClipTextModel::<B>::new(&cfg, &device),
+                    &root.join("text_encoder/model.safetensors"),
+                    &weights::clip_key,
+                    dtype,
+                );
+                eprintln!("loaded clip in {:.2}s", t0.elapsed().as_secs_f64());
+                let mut ids: Vec<i64> =
+                    vec![49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407];
+                ids.resize(77, 49407);
+                let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 77]), &device);
+                (
+                    time_runs(timed, warmup, || {
+                        let _ = clip.forward(ids.clone(), 1).into_data();
                     }),
                     String::new(),
                 )
-            } else {
-                let _ = unet.forward(sample.clone(), 981.0, &ctx).into_data();
-                let mut prof = Prof::default();
-                let mut times = Vec::new();
-                for _ in 0..timed {
-                    let t = Instant::now();
-                    let _ = p_unet(&mut prof, &unet, sample.clone(), 981.0, &ctx).into_data();
-                    times.push(t.elapsed().as_secs_f64());
-                }
-                let total: f64 = prof.0.values().map(|v| v.0).sum();
-                let mut rows: Vec<_> = prof.0.iter().collect();
-                rows.sort_by(|a, b| b.1.0.partial_cmp(&a.1.0).unwrap());
-                let parts: Vec<String> = rows
-                    .iter()
-                    .map(|(k, (s, n))| format!("{{\"op\":\"{k}\",\"s_per_step\":{:.4},\"share\":{:.4},\"calls_per_step\":{}}}", s / timed as f64, s / total, n / timed))
-                    .collect();
-                (times, format!(",\"profile\":[{}]", parts.join(",")))
             }
-        }
-        "vae" => {
-            let cfg = VaeConfig::load(&root.join("vae/config.json")).unwrap_or_default();
-            let map = |k: &str| {
-                if k.starts_with("encoder.") || k.starts_with("quant_conv.") {
-                    KeyTarget::Ignore
-                } else {
-                    weights::vae_key(k)
-                }
-            };
-            let vae = load(
-                AutoencoderKL::<B>::new(&cfg, false, &device),
-                &root.join("vae/diffusion_pytorch_model.safetensors"),
-                &map,
+            "image" => {
+                // The whole text-to-image pipeline (CLIP, `BENCH_IMAGE_STEPS` steps with CFG,
+                // VAE decode): its process's peak RSS is the pipeline's.
+                let steps = env_or("BENCH_IMAGE_STEPS", 20);
+                let scheduler: SchedulerKind = std::env::var("BENCH_IMAGE_SCHEDULER")
+                    .as_deref()
+                    .unwrap_or("ddim")
+                    .parse()
+                    .expect("a kiln scheduler id");
+                let sd = StableDiffusion::<B>::load_as(root, false, &device, dtype)
+                    .expect("SD 1.5 loads");
+                eprintln!("loaded pipeline in {:.2}s", t0.elapsed().as_secs_f64());
+                let req = GenerateRequest {
+                    prompt: "a photograph of an astronaut riding a horse".into(),
+                    steps,
+                    scheduler,
+                    width: size,
+                    height: size,
+                    ..Default::default()
+                };
+                (
+                    time_runs(timed, warmup, || {
+                        let out = sd.generate(&req, &mut |_, _| true).expect("generates");
+                        let _ = out.images.into_data();
+                    }),
+                    format!(",\"steps\":{steps},\"scheduler\":\"{}\"", scheduler.id()),
+                )
+            }
+            other => panic!("unknown component {other}"),
+        };
+        if let Some(m) = device_memory::<B>(&device) {
+            extra += &format!(
+                ",\"device_memory\":{{\"bytes_in_use\":{},\"bytes_reserved\":{}}}",
+                m.bytes_in_use, m.bytes_reserved
             );
-            eprintln!("loaded vae in {:.2}s", t0.elapsed().as_secs_f64());
-            let z = Tensor::<B, 4>::random([1, 4, 64, 64], Distribution::Normal(0.0, 1.0), &device);
-            (
-                time_runs(timed, warmup, || {
-                    let _ = vae.decode(z.clone()).into_data();
-                }),
-                String::new(),
-            )
         }
-        "clip" => {
-            let cfg = ClipConfig::load(&root.join("text_encoder/config.json")).unwrap_or_default();
-            let clip = load(
-                ClipTextModel::<B>::new(&cfg, &device),
-                &root.join("text_encoder/model.safetensors"),
-                &weights::clip_key,
-            );
-            eprintln!("loaded clip in {:.2}s", t0.elapsed().as_secs_f64());
-            let mut ids: Vec<i64> = vec![49406, 320, 8853, 539, 550, 18376, 6765, 320, 4558, 49407];
-            ids.resize(77, 49407);
-            let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, 77]), &device);
-            (
-                time_runs(timed, warmup, || {
-                    let _ = clip.forward(ids.clone(), 1).into_data();
-                }),
-                String::new(),
+        let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
+        let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
+        println!(
+            "{{\"component\":\"{what}\",\"impl\":\"kiln\",\"device\":\"{spec}\",\"dtype\":\"{dtype:?}\",\"size\":{size},\"load_plus_warmup_s\":{load_s:.3},\"times_s\":[{}],\"median_s\":{:.4}{extra}}}",
+            list.join(","),
+            median(&times)
+        );
+    }
+}
+
+fn profile_json(prof: &Prof, timed: usize) -> String {
+    let total: f64 = prof.0.values().map(|v| v.0).sum();
+    let mut rows: Vec<_> = prof.0.iter().collect();
+    rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+    let parts: Vec<String> = rows
+        .iter()
+        .map(|(k, (s, n))| {
+            format!(
+                "{{\"op\":\"{k}\",\"s_per_step\":{:.4},\"share\":{:.4},\"calls_per_step\":{}}}",
+                s / timed as f64,
+                s / total,
+                n / timed
             )
-        }
-        "image" => {
-            // The whole text-to-image pipeline (CLIP, `BENCH_IMAGE_STEPS` steps with CFG,
-            // VAE decode) at 512x512: its process's peak RSS is the pipeline's.
-            let steps = std::env::var("BENCH_IMAGE_STEPS")
-                .ok()
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(20);
-            let scheduler: SchedulerKind = std::env::var("BENCH_IMAGE_SCHEDULER")
-                .as_deref()
-                .unwrap_or("ddim")
-                .parse()
-                .expect("a kiln scheduler id");
-            let sd = StableDiffusion::<B>::load(root, false, &device).expect("SD 1.5 loads");
-            eprintln!("loaded pipeline in {:.2}s", t0.elapsed().as_secs_f64());
-            let req = GenerateRequest {
-                prompt: "a photograph of an astronaut riding a horse".into(),
-                steps,
-                scheduler,
-                ..Default::default()
-            };
-            (
-                time_runs(timed, warmup, || {
-                    let out = sd.generate(&req, &mut |_, _| true).expect("generates");
-                    let _ = out.images.into_data();
-                }),
-                format!(",\"steps\":{steps},\"scheduler\":\"{}\"", scheduler.id()),
-            )
-        }
-        other => panic!("unknown component {other}"),
-    };
-    let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
-    let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
-    println!(
-        "{{\"component\":\"{what}\",\"impl\":\"kiln\",\"load_plus_warmup_s\":{load_s:.3},\"times_s\":[{}],\"median_s\":{:.4}{extra}}}",
-        list.join(","),
-        median(&times)
-    );
+        })
+        .collect();
+    format!(",\"profile\":[{}]", parts.join(","))
 }

@@ -141,3 +141,65 @@ pub fn compiled_backends() -> Vec<&'static str> {
     }
     v
 }
+
+/// What a GPU backend's memory pools hold on one device, as cubecl counts it for the calling
+/// thread's stream (cubecl keeps one pool per stream, and a stream per thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Bytes of live tensors (without padding).
+    pub bytes_in_use: u64,
+    /// Bytes the pools have taken from the device. The pools keep their pages until a cleanup,
+    /// so read after a run this is the run's peak reservation (a lower bound of it if cubecl
+    /// freed pages meanwhile).
+    pub bytes_reserved: u64,
+}
+
+/// [`DeviceMemory`] of `device` for the wgpu and cuda backends; `None` on the CPU, whose memory
+/// is the process's RSS.
+pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
+    let any = device as &dyn std::any::Any;
+    #[cfg(feature = "wgpu")]
+    if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
+        return cube_memory::<burn::backend::wgpu::WgpuRuntime>(d);
+    }
+    #[cfg(feature = "cuda")]
+    if let Some(d) = any.downcast_ref::<burn::backend::cuda::CudaDevice>() {
+        return cube_memory::<burn::cubecl::cuda::CudaRuntime>(d);
+    }
+    let _ = any;
+    None
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn cube_memory<R: burn::cubecl::Runtime>(device: &R::Device) -> Option<DeviceMemory> {
+    // The client is the device's shared one, so this reads the pools the models allocate from.
+    let usage = R::client(device).memory_usage().ok()?;
+    Some(DeviceMemory {
+        bytes_in_use: usage.bytes_in_use,
+        bytes_reserved: usage.bytes_reserved,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_names_parse() {
+        assert_eq!("CUDA:1".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(1));
+        assert_eq!(
+            "wgpu".parse::<DeviceSpec>().unwrap(),
+            DeviceSpec::Wgpu(None)
+        );
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert!("cpu:1".parse::<DeviceSpec>().is_err());
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[cfg(feature = "cpu")]
+    #[test]
+    fn the_cpu_has_no_device_memory() {
+        let d = burn::backend::flex::FlexDevice;
+        assert_eq!(device_memory::<burn::backend::Flex>(&d), None);
+    }
+}

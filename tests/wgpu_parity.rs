@@ -126,3 +126,20 @@ fn group_norm_long_rows_match_cpu() {
     let got = run::<Wgpu>(&shape, x, &device());
     common::assert_close("group_norm [1, 128, 256, 256]", &got, &want, TOL);
 }
+
+#[test]
+fn device_memory_counts_live_tensors() {
+    // 64 MiB of f32, read back so that the fused backend has materialised it.
+    let n = 16 << 20;
+    let t = burn::tensor::Tensor::<Wgpu, 1>::random(
+        [n],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        &device(),
+    );
+    assert_eq!(t.clone().into_data().num_elements(), n);
+    let m = kiln::backend::device_memory::<Wgpu>(&device()).expect("wgpu reports its pools");
+    eprintln!("device memory with a 64 MiB tensor alive: {m:?}");
+    assert!(m.bytes_in_use >= 4 * n as u64, "{m:?}");
+    assert!(m.bytes_reserved >= m.bytes_in_use, "{m:?}");
+    drop(t);
+}
