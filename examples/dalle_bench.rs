@@ -24,15 +24,16 @@
 //! - `encode`, `vqgan`: the two ends of `image` alone (text encoder plus the cross K/V
 //!   projection; the VQGAN decode of 256 tokens), for kiln only.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use kiln::backend::{BackendTask, DeviceSpec, device_memory, dispatch};
+use kiln::backend::BackendTask;
 use kiln::models::dalle_mini::bart_decoder::DecoderCache;
 use kiln::models::dalle_mini::sampling::sample_token;
 use kiln::models::dalle_mini::{DalleMini, DalleRequest, SamplingConfig, Tokenization};
-use kiln::precision::Precision;
+
+mod common;
+use common::time_runs;
 
 /// The prompt both sides use (min-dalle tokeniser; the toy vocabulary of the random models
 /// covers it).
@@ -40,50 +41,12 @@ const PROMPT: &str = "a photo of a cat sitting on a red chair";
 /// First position of the timed steps.
 const STEP_AT: usize = 128;
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    if s.is_empty() {
-        f64::NAN
-    } else {
-        s[s.len() / 2]
-    }
-}
-
-struct Bench {
-    dir: PathBuf,
-    what: String,
-    timed: usize,
-    warmup: usize,
-    spec: DeviceSpec,
-    precision: Precision,
-}
+struct Bench(common::Args);
 
 fn main() {
-    kiln::tune_allocator();
-    let args: Vec<String> = std::env::args().collect();
     let usage = "usage: dalle_bench <dalle_bart-folder> <step|image|encode|vqgan> [timed] [warmup]";
-    let spec: DeviceSpec = std::env::var("BENCH_DEVICE")
-        .as_deref()
-        .unwrap_or("cpu")
-        .parse()
-        .unwrap_or_else(|e| panic!("BENCH_DEVICE: {e}"));
-    let bench = Bench {
-        dir: PathBuf::from(args.get(1).expect(usage)),
-        what: args.get(2).cloned().unwrap_or_else(|| "step".into()),
-        timed: args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4),
-        warmup: args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1),
-        spec,
-        precision: std::env::var("BENCH_PRECISION")
-            .as_deref()
-            .unwrap_or("auto")
-            .parse()
-            .unwrap_or_else(|e| panic!("BENCH_PRECISION: {e}")),
-    };
-    if let Err(e) = dispatch(spec, bench) {
-        eprintln!("dalle_bench: {e}");
-        std::process::exit(2);
-    }
+    let args = common::Args::parse(usage, "step", 4);
+    common::run_on("dalle_bench", args.spec, Bench(args));
 }
 
 impl BackendTask for Bench {
@@ -91,15 +54,11 @@ impl BackendTask for Bench {
 
     fn run<B: Backend>(self, device: B::Device) {
         let usage = "step|image|encode|vqgan";
-        let (dir, what, timed, warmup) = (
-            self.dir.as_path(),
-            self.what.as_str(),
-            self.timed,
-            self.warmup,
-        );
-        let dtype = self
+        let a = self.0;
+        let (dir, what, timed, warmup) = (a.path.as_path(), a.what.as_str(), a.timed, a.warmup);
+        let dtype = a
             .precision
-            .resolve::<B>(self.spec, &device)
+            .resolve::<B>(a.spec, &device)
             .unwrap_or_else(|e| panic!("{e}"));
         let t0 = Instant::now();
         let m = DalleMini::<B>::load_as(dir, None, &device, dtype).expect("DALL·E loads");
@@ -119,7 +78,7 @@ impl BackendTask for Bench {
         let mut extra = format!(
             ",\"model\":\"{}\",\"device\":\"{}\",\"dtype\":\"{dtype:?}\"",
             m.name(),
-            self.spec
+            a.spec
         );
         let times: Vec<f64> = match what {
             "step" => {
@@ -153,7 +112,7 @@ impl BackendTask for Bench {
                 // Positions warmup..STEP_AT keep zero K/V: same work, other numbers.
                 cache.position = STEP_AT;
                 extra += &format!(",\"first_position\":{STEP_AT}");
-                time_each(timed, || step(&mut cache, &mut feed))
+                time_runs(timed, 0, || step(&mut cache, &mut feed))
             }
             "image" => {
                 let req = DalleRequest {
@@ -173,7 +132,7 @@ impl BackendTask for Bench {
                 };
                 (0..warmup).for_each(|_| _ = run());
                 let mut tokens = Vec::new();
-                let times = time_each(timed, || tokens = run());
+                let times = time_runs(timed, 0, || tokens = run());
                 let head: Vec<String> = tokens.iter().take(8).map(u32::to_string).collect();
                 extra += &format!(",\"first_tokens\":[{}]", head.join(","));
                 times
@@ -190,7 +149,7 @@ impl BackendTask for Bench {
                     })
                 };
                 (0..warmup).for_each(|_| _ = run());
-                time_each(timed, || _ = run())
+                time_runs(timed, 0, || _ = run())
             }
             "vqgan" => {
                 let codebook = m.vqgan.codebook_size().min(m.config.image_rows()) as u32;
@@ -205,33 +164,10 @@ impl BackendTask for Bench {
                     })
                 };
                 (0..warmup).for_each(|_| _ = run());
-                time_each(timed, || _ = run())
+                time_runs(timed, 0, || _ = run())
             }
             other => panic!("unknown component {other}; {usage}"),
         };
-        if let Some(mem) = device_memory::<B>(&device) {
-            extra += &format!(
-                ",\"device_memory\":{{\"bytes_in_use\":{},\"bytes_reserved\":{}}}",
-                mem.bytes_in_use, mem.bytes_reserved
-            );
-        }
-        let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
-        let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
-        println!(
-            "{{\"component\":\"{what}\",\"impl\":\"kiln\",\"load_plus_warmup_s\":{load_s:.3},\"times_s\":[{}],\"median_s\":{:.4}{extra}}}",
-            list.join(","),
-            median(&times)
-        );
+        common::print_line::<B>(what, &device, t0, &times, &extra);
     }
-}
-
-/// Seconds each of `n` calls of `f` took.
-fn time_each(n: usize, mut f: impl FnMut()) -> Vec<f64> {
-    (0..n)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect()
 }

@@ -19,14 +19,14 @@
 //! category (Flex executes eagerly, so each op has finished when it returns).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{DType, Distribution, Int, Tensor, TensorData};
-use kiln::backend::{BackendTask, DeviceSpec, device_memory, dispatch};
+use kiln::backend::{BackendTask, DeviceSpec};
 use kiln::models::sd15::attention::{Attention, Transformer2DModel};
 use kiln::models::sd15::clip::ClipTextModel;
 use kiln::models::sd15::config::{ClipConfig, UNetConfig, VaeConfig};
@@ -37,19 +37,11 @@ use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::weights;
 use kiln::models::sd15::{GenerateRequest, StableDiffusion};
 use kiln::nn::{merge_heads, sdpa, silu, split_heads};
-use kiln::precision::Precision;
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{KeyTarget, TensorFile, load_into_as, require_complete};
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if s.is_empty() {
-        f64::NAN
-    } else {
-        s[s.len() / 2]
-    }
-}
+mod common;
+use common::time_runs;
 
 fn load<B: Backend, M: burn::module::Module<B>>(
     module: M,
@@ -61,19 +53,6 @@ fn load<B: Backend, M: burn::module::Module<B>>(
     let (m, r) = load_into_as(module, &f, map, dtype).expect("weights load");
     require_complete(&r, file).expect("every parameter loaded");
     m
-}
-
-fn time_runs(timed: usize, warmup: usize, mut f: impl FnMut()) -> Vec<f64> {
-    for _ in 0..warmup {
-        f();
-    }
-    (0..timed)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect()
 }
 
 /// Accumulates seconds per op category.
@@ -241,54 +220,26 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 
-struct Bench {
-    root: PathBuf,
-    what: String,
-    timed: usize,
-    warmup: usize,
-    spec: DeviceSpec,
-    precision: Precision,
-}
+struct Bench(common::Args);
 
 fn main() {
-    kiln::tune_allocator();
-    let args: Vec<String> = std::env::args().collect();
     let usage = "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]";
-    let spec: DeviceSpec = std::env::var("BENCH_DEVICE")
-        .as_deref()
-        .unwrap_or("cpu")
-        .parse()
-        .unwrap_or_else(|e| panic!("BENCH_DEVICE: {e}"));
-    let bench = Bench {
-        root: PathBuf::from(args.get(1).expect(usage)),
-        what: args.get(2).cloned().unwrap_or_else(|| "unet".into()),
-        timed: args.get(3).and_then(|s| s.parse().ok()).unwrap_or(2),
-        warmup: args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1),
-        spec,
-        precision: std::env::var("BENCH_PRECISION")
-            .as_deref()
-            .unwrap_or("auto")
-            .parse()
-            .unwrap_or_else(|e| panic!("BENCH_PRECISION: {e}")),
-    };
-    if let Err(e) = dispatch(spec, bench) {
-        eprintln!("sd15_bench: {e}");
-        std::process::exit(2);
-    }
+    let args = common::Args::parse(usage, "unet", 2);
+    common::run_on("sd15_bench", args.spec, Bench(args));
 }
 
 impl BackendTask for Bench {
     type Output = ();
 
     fn run<B: Backend>(self, device: B::Device) {
-        let Bench {
-            root,
+        let common::Args {
+            path: root,
             what,
             timed,
             warmup,
             spec,
             precision,
-        } = self;
+        } = self.0;
         let root = root.as_path();
         let dtype = precision
             .resolve::<B>(spec, &device)
@@ -421,19 +372,8 @@ impl BackendTask for Bench {
             }
             other => panic!("unknown component {other}"),
         };
-        if let Some(m) = device_memory::<B>(&device) {
-            extra += &format!(
-                ",\"device_memory\":{{\"bytes_in_use\":{},\"bytes_reserved\":{}}}",
-                m.bytes_in_use, m.bytes_reserved
-            );
-        }
-        let load_s = t0.elapsed().as_secs_f64() - times.iter().sum::<f64>();
-        let list: Vec<String> = times.iter().map(|t| format!("{t:.4}")).collect();
-        println!(
-            "{{\"component\":\"{what}\",\"impl\":\"kiln\",\"device\":\"{spec}\",\"dtype\":\"{dtype:?}\",\"size\":{size},\"load_plus_warmup_s\":{load_s:.3},\"times_s\":[{}],\"median_s\":{:.4}{extra}}}",
-            list.join(","),
-            median(&times)
-        );
+        extra += &format!(",\"device\":\"{spec}\",\"dtype\":\"{dtype:?}\",\"size\":{size}");
+        common::print_line::<B>(&what, &device, t0, &times, &extra);
     }
 }
 

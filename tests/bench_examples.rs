@@ -62,7 +62,10 @@ fn check_line(v: &Value, component: &str, timed: usize) {
     assert_eq!(v["dtype"], "F32", "{v}");
     let times = v["times_s"].as_array().expect("times_s");
     assert_eq!(times.len(), timed, "{v}");
-    assert!(times.iter().all(|t| t.as_f64().is_some_and(|t| t >= 0.0)), "{v}");
+    assert!(
+        times.iter().all(|t| t.as_f64().is_some_and(|t| t >= 0.0)),
+        "{v}"
+    );
     assert!(v["median_s"].as_f64().is_some_and(|m| m >= 0.0), "{v}");
     // The CPU's memory is the process's RSS, which the harness measures itself.
     assert!(v.get("device_memory").is_none(), "{v}");
@@ -96,8 +99,16 @@ fn dalle_bench_components_print_their_json_line() {
 fn a_device_the_build_lacks_is_a_clear_error() {
     let model = fixture("models/fixtures/sd15-tiny");
     let model = model.to_str().expect("utf-8 path");
-    let missing = if cfg!(feature = "cuda") { None } else { Some("cuda") };
-    let Some(device) = missing.or(if cfg!(feature = "wgpu") { None } else { Some("wgpu") }) else {
+    let missing = if cfg!(feature = "cuda") {
+        None
+    } else {
+        Some("cuda")
+    };
+    let Some(device) = missing.or(if cfg!(feature = "wgpu") {
+        None
+    } else {
+        Some("wgpu")
+    }) else {
         return; // every backend is compiled in
     };
     let out = run(
