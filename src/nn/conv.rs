@@ -4,11 +4,12 @@
 //! convolutions that are most of a UNet step go to the CPU kernel in `cpu::conv_same`.
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d as conv2d_op, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PaddedConvOptions};
+use burn::tensor::{DType, Tensor};
 
+use super::conv_gemm::conv2d_gemm;
 #[cfg(feature = "cpu")]
 use super::cpu::{self, from_flex, to_flex};
 use super::{GroupNorm, zeros};
@@ -183,6 +184,10 @@ impl<B: Backend> Conv2d<B> {
     }
 
     fn forward_generic(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if half_on_gpu::<B>(x.dtype()) {
+            let bias = self.bias.as_ref().map(|b| b.val());
+            return conv2d_gemm(x, self.weight.val(), bias, self.stride, self.padding);
+        }
         let [top, left, bottom, right] = self.padding;
         let options = PaddedConvOptions::asymmetric(
             [self.stride; 2],
@@ -198,6 +203,16 @@ impl<B: Backend> Conv2d<B> {
             options,
         )
     }
+}
+
+/// Half precision on a backend other than Flex (whose f16 convolution is already an im2col
+/// GEMM): there, Burn's direct convolution kernel would sum in f16 (see `conv_gemm`).
+fn half_on_gpu<B: Backend>(dtype: DType) -> bool {
+    #[cfg(feature = "cpu")]
+    if super::cpu::is_flex::<B>() {
+        return false;
+    }
+    matches!(dtype, DType::F16 | DType::BF16)
 }
 
 #[cfg(feature = "cpu")]

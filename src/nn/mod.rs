@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor};
 
 mod conv;
+mod conv_gemm;
 #[cfg(feature = "cpu")]
 mod cpu;
 mod ops;
