@@ -6,7 +6,7 @@
 //! picks wherever no tensor-core kernel launches (Mesa lavapipe, small shapes) — keeps its
 //! running sum in f16. A UNet 3×3 over 320 channels sums 2,880 products per output; in f16 that
 //! made the tiny SD pipeline's f16 error 8–10× the CPU's. Gathering the taps costs one
-//! `[N, k²C, H', W']` copy per call, so it is done in row bands of at most [`BAND_BYTES`].
+//! `[N, Ck², H', W']` copy per call, so it is done in row bands of at most [`BAND_BYTES`].
 
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
@@ -51,15 +51,15 @@ fn banded<B: Backend>(
     } else {
         x
     };
-    // [O, k, k, C] → [1, O, k²C]: the taps' order in the gathered rows.
-    let w2 = weight.permute([0, 2, 3, 1]).reshape([1, o, k * k * c]);
+    // [O, C, k, k] read as [1, O, Ck²] in place: the gathered rows are channel-major too.
+    let w2 = weight.reshape([1, o, c * k * k]);
     let row_bytes = n * k * k * c * ow * x.dtype().size();
     let band = (band_bytes / row_bytes.max(1)).clamp(1, oh);
     let mut outs = Vec::with_capacity(oh.div_ceil(band));
     for r0 in (0..oh).step_by(band) {
         let rows = band.min(oh - r0);
         let xb = x.clone().narrow(2, r0 * stride, stride * rows + k - 1);
-        let cols = gather_taps(xb, k, stride, rows, ow).reshape([n, k * k * c, rows * ow]);
+        let cols = gather_taps(xb, k, stride, rows, ow).reshape([n, c * k * k, rows * ow]);
         outs.push(w2.clone().matmul(cols).reshape([n, o, rows, ow]));
     }
     let y = Tensor::cat(outs, 2);
@@ -69,14 +69,15 @@ fn banded<B: Backend>(
     }
 }
 
-/// `[N, C, s·rows + k - 1, s·ow + k - 1]` → `[N, k²C, rows, ow]`, tap-major (ky, kx, c).
+/// `[N, C, s·rows + k - 1, s·ow + k - 1]` → `[N, C, k², rows, ow]` (c, ky, kx), the order of
+/// the weight's `[C, k, k]`, so that the weight needs no re-layout.
 fn gather_taps<B: Backend>(
     x: Tensor<B, 4>,
     k: usize,
     stride: usize,
     rows: usize,
     ow: usize,
-) -> Tensor<B, 4> {
+) -> Tensor<B, 5> {
     let [n, c, _, _] = x.dims();
     let mut taps = Vec::with_capacity(k * k);
     for ky in 0..k {
@@ -97,11 +98,7 @@ fn gather_taps<B: Backend>(
             taps.push(tap);
         }
     }
-    if taps.len() == 1 {
-        taps.pop().unwrap_or_else(|| unreachable!())
-    } else {
-        Tensor::cat(taps, 1)
-    }
+    Tensor::stack(taps, 2)
 }
 
 #[cfg(all(test, feature = "cpu"))]
