@@ -62,7 +62,11 @@ fn banded<B: Backend>(
         let cols = gather_taps(xb, k, stride, rows, ow).reshape([n, c * k * k, rows * ow]);
         outs.push(w2.clone().matmul(cols).reshape([n, o, rows, ow]));
     }
-    let y = Tensor::cat(outs, 2);
+    // One band (the usual case) is the output itself: `cat` would copy it.
+    let y = match outs.len() {
+        1 => outs.remove(0),
+        _ => Tensor::cat(outs, 2),
+    };
     match bias {
         Some(b) => y + b.reshape([1, o, 1, 1]),
         None => y,
@@ -98,7 +102,11 @@ fn gather_taps<B: Backend>(
             taps.push(tap);
         }
     }
-    Tensor::stack(taps, 2)
+    match taps.len() {
+        // A 1×1 kernel's one tap is a view of `x`: `stack` would copy it.
+        1 => taps.remove(0).unsqueeze_dim(2),
+        _ => Tensor::stack(taps, 2),
+    }
 }
 
 #[cfg(all(test, feature = "cpu"))]
