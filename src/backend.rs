@@ -84,6 +84,11 @@ pub trait BackendTask {
     fn run<B: Backend>(self, device: B::Device) -> Self::Output;
 }
 
+// Unused only in a build with every backend compiled in.
+#[cfg_attr(
+    all(feature = "cpu", feature = "wgpu-base", feature = "cuda"),
+    allow(dead_code)
+)]
 fn not_compiled(spec: DeviceSpec, feature: &str) -> Error {
     Error::Device(format!(
         "device `{spec}` needs the `{feature}` cargo feature; rebuild with `cargo build --release --features {feature}`"
@@ -100,7 +105,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> 
             return Err(not_compiled(spec, "cpu"));
         }
         DeviceSpec::Wgpu(index) => {
-            #[cfg(feature = "wgpu")]
+            #[cfg(feature = "wgpu-base")]
             {
                 use burn::backend::wgpu::WgpuDevice;
                 let device = match index {
@@ -109,7 +114,7 @@ pub fn dispatch<T: BackendTask>(spec: DeviceSpec, task: T) -> Result<T::Output> 
                 };
                 return Ok(task.run::<burn::backend::Wgpu>(device));
             }
-            #[cfg(not(feature = "wgpu"))]
+            #[cfg(not(feature = "wgpu-base"))]
             {
                 let _ = index;
                 return Err(not_compiled(spec, "wgpu"));
@@ -133,7 +138,7 @@ pub fn compiled_backends() -> Vec<&'static str> {
     if cfg!(feature = "cpu") {
         v.push("cpu");
     }
-    if cfg!(feature = "wgpu") {
+    if cfg!(feature = "wgpu-base") {
         v.push("wgpu");
     }
     if cfg!(feature = "cuda") {
@@ -158,7 +163,7 @@ pub struct DeviceMemory {
 /// is the process's RSS.
 pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
     let any = device as &dyn std::any::Any;
-    #[cfg(feature = "wgpu")]
+    #[cfg(feature = "wgpu-base")]
     if let Some(d) = any.downcast_ref::<burn::backend::wgpu::WgpuDevice>() {
         return cube_memory::<burn::backend::wgpu::WgpuRuntime>(d);
     }
@@ -170,7 +175,7 @@ pub fn device_memory<B: Backend>(device: &B::Device) -> Option<DeviceMemory> {
     None
 }
 
-#[cfg(any(feature = "wgpu", feature = "cuda"))]
+#[cfg(any(feature = "wgpu-base", feature = "cuda"))]
 fn cube_memory<R: burn::cubecl::Runtime>(device: &R::Device) -> Option<DeviceMemory> {
     // The client is the device's shared one, so this reads the pools the models allocate from.
     let usage = R::client(device).memory_usage().ok()?;

@@ -104,7 +104,7 @@ fn a_device_the_build_lacks_is_a_clear_error() {
     } else {
         Some("cuda")
     };
-    let Some(device) = missing.or(if cfg!(feature = "wgpu") {
+    let Some(device) = missing.or(if cfg!(feature = "wgpu-base") {
         None
     } else {
         Some("wgpu")

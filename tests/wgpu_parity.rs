@@ -1,8 +1,8 @@
-#![cfg(feature = "wgpu")]
+#![cfg(feature = "wgpu-base")]
 //! The tiny-model parity checks on Burn's wgpu backend (default adapter; in CI Mesa's lavapipe
 //! CPU Vulkan driver), against the same committed references as the CPU tests: SD 1.5 CLIP,
 //! UNet, VAE decode/encode and a 4-step DDIM pipeline; DALL·E encoder states, teacher-forced
-//! logits, VQGAN, greedy tokens and image. One case per component (lavapipe is slow), the
+//! logits, VQGAN, greedy tokens. One case per component (lavapipe is slow), the
 //! flax weight layout only (layouts differ at load time, not on the device).
 //!
 //! Tolerance: the CPU tests' 1e-4 (measured on lavapipe: ≤ 2e-5; see the CI log, which prints
@@ -78,9 +78,12 @@ fn dalle_vqgan() {
     dalle_checks::vqgan("wgpu", &dalle_model(), &device(), TOL);
 }
 
+/// The tokens only: their image is the VQGAN decode that `dalle_vqgan` checks here on the
+/// reference tokens (and the CPU tests on these). A second 256x256 decode would double this
+/// file's longest work: Burn's direct f32 convolution on lavapipe took 138 s of it.
 #[test]
-fn dalle_greedy_tokens_and_image() {
-    dalle_checks::greedy_tokens_and_image("wgpu", &dalle_model(), &device());
+fn dalle_greedy_tokens() {
+    dalle_checks::greedy_tokens("wgpu", &dalle_model());
 }
 
 /// `--precision auto` on this adapter (lavapipe computes f16): f16, and the f16 SD pipeline

@@ -77,6 +77,15 @@ pub fn teacher_forced_logits<B: Backend>(name: &str, m: &DalleMini<B>, tol: f32)
 
 /// Greedy decoding (top-k 1) gives the reference tokens, and their image is within 1/255.
 pub fn greedy_tokens_and_image<B: Backend>(name: &str, m: &DalleMini<B>, device: &B::Device) {
+    let got = greedy_tokens(name, m);
+    let img = kiln::models::dalle_mini::vqgan::to_rgb8(m.vqgan.decode(&[got], device));
+    let (worst, off) = pixel_diff(&img[0], &dalle::ref_u32("greedy_image_u8"));
+    eprintln!("{name} greedy image: {off} bytes differ, worst by {worst}/255");
+    assert!(worst <= 1, "{name}: greedy image differs by {worst}/255");
+}
+
+/// Greedy decoding (top-k 1) gives the reference tokens exactly; returns them.
+pub fn greedy_tokens<B: Backend>(name: &str, m: &DalleMini<B>) -> Vec<u32> {
     let cfg = SamplingConfig {
         top_k: 1,
         ..sampling("sampling")
@@ -87,10 +96,7 @@ pub fn greedy_tokens_and_image<B: Backend>(name: &str, m: &DalleMini<B>, device:
         dalle::ref_u32("greedy_tokens"),
         "{name}: greedy tokens"
     );
-    let img = kiln::models::dalle_mini::vqgan::to_rgb8(m.vqgan.decode(&[got], device));
-    let (worst, off) = pixel_diff(&img[0], &dalle::ref_u32("greedy_image_u8"));
-    eprintln!("{name} greedy image: {off} bytes differ, worst by {worst}/255");
-    assert!(worst <= 1, "{name}: greedy image differs by {worst}/255");
+    got
 }
 
 /// The VQGAN on the reference tokens: post_quant_conv output, raw decoder output, and its
