@@ -6,16 +6,16 @@ mod download_common;
 use download_common::*;
 use kiln::download::{
     DownloadError, SOURCE_FILE, SourceManifest, download_model, installed_models,
-    is_incomplete_download, model_spec,
+    is_incomplete_download, recipe,
 };
 
 type B = burn::backend::Flex;
 
 const UNET16: &str = "unet/diffusion_pytorch_model.fp16.safetensors";
 
-fn sd15_hub() -> (MockHub, kiln::download::ModelSpec) {
+fn sd15_hub() -> (MockHub, kiln::download::DownloadRecipe) {
     let hub = MockHub::start();
-    let spec = model_spec("sd15", true).unwrap();
+    let spec = recipe("sd15", true).unwrap();
     hub.serve_spec(&spec, sd15_fixture_content);
     (hub, spec)
 }
@@ -91,7 +91,7 @@ fn sd15_download_has_the_diffusers_layout_and_loads() {
 #[test]
 fn fp32_variant_fetches_the_full_precision_files() {
     let hub = MockHub::start();
-    let spec = model_spec("sd15", false).unwrap();
+    let spec = recipe("sd15", false).unwrap();
     hub.serve_spec(&spec, sd15_fixture_content);
     let tmp = tempfile::tempdir().unwrap();
     download_model(&spec, tmp.path(), &hub.config()).unwrap();
@@ -111,7 +111,7 @@ fn fp32_variant_fetches_the_full_precision_files() {
 fn dalle_download_has_the_layout_the_dalle_loader_reads() {
     for id in ["dalle-mini", "dalle-mega"] {
         let hub = MockHub::start();
-        let spec = model_spec(id, true).unwrap();
+        let spec = recipe(id, true).unwrap();
         hub.serve_spec(&spec, dalle_fixture_content);
         let tmp = tempfile::tempdir().unwrap();
         download_model(&spec, tmp.path(), &hub.config()).unwrap();

@@ -8,7 +8,7 @@ use std::process::Command;
 use download_common::*;
 use kiln::download::{
     DownloadError, EnsureOutcome, HubConfig, download_model, ensure_model, expand_ids,
-    installed_models, model_spec,
+    installed_models, recipe,
 };
 
 fn unreachable_endpoint() -> String {
@@ -30,7 +30,7 @@ fn quiet(cfg: HubConfig) -> HubConfig {
 #[test]
 fn offline_without_the_files_says_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let spec = model_spec("sd15", true).unwrap();
+    let spec = recipe("sd15", true).unwrap();
     let cfg = quiet(
         HubConfig::default()
             .with_endpoint(unreachable_endpoint())
@@ -58,7 +58,7 @@ fn offline_without_the_files_says_what_to_do() {
 #[test]
 fn offline_with_the_files_succeeds_without_network() {
     let hub = MockHub::start();
-    let spec = model_spec("sd15", true).unwrap();
+    let spec = recipe("sd15", true).unwrap();
     hub.serve_spec(&spec, sd15_fixture_content);
     let tmp = tempfile::tempdir().unwrap();
     download_model(&spec, tmp.path(), &hub.config()).unwrap();
@@ -82,7 +82,7 @@ fn unreachable_hub_is_a_clear_message_and_ensure_falls_back() {
     let tmp = tempfile::tempdir().unwrap();
     let endpoint = unreachable_endpoint();
     let cfg = quiet(HubConfig::default().with_endpoint(endpoint.clone()));
-    let spec = model_spec("sd15", true).unwrap();
+    let spec = recipe("sd15", true).unwrap();
     let err = download_model(&spec, tmp.path(), &cfg).unwrap_err();
     assert!(err.is_unreachable(), "{err}");
     let msg = err.to_string();
@@ -107,7 +107,7 @@ fn unreachable_hub_is_a_clear_message_and_ensure_falls_back() {
 #[test]
 fn ensure_model_downloads_once_then_finds_it() {
     let hub = MockHub::start();
-    hub.serve_spec(&model_spec("sd15", true).unwrap(), sd15_fixture_content);
+    hub.serve_spec(&recipe("sd15", true).unwrap(), sd15_fixture_content);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sd15");
     assert_eq!(
@@ -134,12 +134,8 @@ fn ensure_model_leaves_a_hand_made_folder_alone() {
         EnsureOutcome::Present(dir.clone())
     );
     // `kiln download` refuses to mix its files into it
-    let err = download_model(
-        &model_spec("sd15", true).unwrap(),
-        tmp.path(),
-        &hub.config(),
-    )
-    .unwrap_err();
+    let err =
+        download_model(&recipe("sd15", true).unwrap(), tmp.path(), &hub.config()).unwrap_err();
     assert!(matches!(err, DownloadError::NotOurs { .. }), "{err}");
     assert_eq!(
         read(&dir.join("v1-5-pruned-emaonly.safetensors")),
@@ -183,7 +179,7 @@ fn models_listing_skips_fixtures_and_flags_incomplete_downloads() {
     }
     // an interrupted download
     let cfg = quiet(HubConfig::default().with_endpoint(unreachable_endpoint()));
-    let _ = download_model(&model_spec("sd15", true).unwrap(), tmp.path(), &cfg).unwrap_err();
+    let _ = download_model(&recipe("sd15", true).unwrap(), tmp.path(), &cfg).unwrap_err();
 
     let listed = installed_models(tmp.path()).unwrap();
     let ids: Vec<&str> = listed.iter().map(|m| m.id.as_str()).collect();
@@ -212,7 +208,7 @@ fn kiln() -> Command {
 fn cli_download_and_models_through_hf_endpoint() {
     let hub = MockHub::start();
     for fp16 in [true, false] {
-        hub.serve_spec(&model_spec("sd15", fp16).unwrap(), sd15_fixture_content);
+        hub.serve_spec(&recipe("sd15", fp16).unwrap(), sd15_fixture_content);
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().to_str().unwrap();

@@ -10,7 +10,7 @@ use std::cell::Cell;
 
 use common::*;
 use kiln::image_io::to_u8;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 use kiln::schedulers::{
     DpmSolverMultistep, EulerAncestral, Heun, Lms, SchedulerConfig, SchedulerKind,
     SchedulerOptions, UniPc,
@@ -284,8 +284,11 @@ fn check_pipeline(id: &str, kind: SchedulerKind) {
         scheduler: kind,
         width: shape[3] * 8,
         height: shape[2] * 8,
-        init_latents: Some(init),
-        step_noise: Some(step_noise),
+        noise: NoiseOverrides {
+            init_latents: Some(init),
+            step_noise: Some(step_noise),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let out = m.generate(&req, &mut |_, _| true).expect("generation runs");

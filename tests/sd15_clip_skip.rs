@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 use kiln::schedulers::SchedulerKind;
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -50,7 +50,10 @@ fn clip_skip_2_pipeline_matches_diffusers() {
         scheduler: SchedulerKind::Ddim,
         width: shape[3] * 8,
         height: shape[2] * 8,
-        init_latents: Some(noise),
+        noise: NoiseOverrides {
+            init_latents: Some(noise),
+            ..Default::default()
+        },
         clip_skip: 2,
         ..Default::default()
     };

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -147,7 +147,10 @@ fn bad_request_values_are_rejected() {
         ),
         (
             GenerateRequest {
-                init_latents: Some(vec![0.0; 5]),
+                noise: NoiseOverrides {
+                    init_latents: Some(vec![0.0; 5]),
+                    ..Default::default()
+                },
                 ..ok.clone()
             },
             "init latents",

@@ -5,8 +5,9 @@
 mod common;
 
 use common::*;
-use kiln::models::sd15::img2img::{self, MaskConvention};
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::image_io::mask::{self, MaskConvention};
+use kiln::models::sd15::img2img;
+use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 use kiln::schedulers::SchedulerKind;
 
 const PROMPT: &str = "a photograph of an astronaut riding a horse";
@@ -33,8 +34,11 @@ fn request(
         height: 128,
         condition: Some(cond),
         strength,
-        init_latents: Some(noise),
-        vae_noise: Some(vae_noise),
+        noise: NoiseOverrides {
+            init_latents: Some(noise),
+            vae_noise: Some(vae_noise),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -93,7 +97,7 @@ fn img2img_matches_diffusers_at_two_strengths_and_with_the_mean() {
 #[test]
 fn inpainting_with_the_base_unet_matches_diffusers() {
     let m = StableDiffusion::<B>::load(&sd_tiny(), true, &device()).unwrap();
-    let mask = img2img::mask_from_image(&open("inpaint_mask.png"), MaskConvention::White);
+    let mask = mask::mask_from_image(&open("inpaint_mask.png"), MaskConvention::White);
     let cond = img2img::prepare(&open("img2img_input.png"), Some(&mask), 96, 128).unwrap();
     let (_, noise) = reference("inpaint_base.safetensors", "noise");
     let (_, z) = reference("inpaint_base.safetensors", "image_vae_noise");
@@ -121,7 +125,7 @@ fn inpainting_with_the_9_channel_unet_matches_diffusers() {
     }
     let m = StableDiffusion::<B>::load(dir.path(), true, &device()).unwrap();
     assert_eq!(m.parts.unet_config.in_channels, 9);
-    let mask = img2img::mask_from_image(&open("inpaint_mask.png"), MaskConvention::White);
+    let mask = mask::mask_from_image(&open("inpaint_mask.png"), MaskConvention::White);
     let cond = img2img::prepare(&open("img2img_input.png"), Some(&mask), 96, 128).unwrap();
     let (_, noise) = reference("inpaint_9ch.safetensors", "noise");
     let (_, z) = reference("inpaint_9ch.safetensors", "masked_image_vae_noise");
@@ -151,23 +155,20 @@ fn inpainting_with_the_9_channel_unet_matches_diffusers() {
 
 #[test]
 fn both_mask_conventions_and_the_image_alpha_give_the_same_mask() {
-    let white = img2img::mask_from_image(&open("inpaint_mask.png"), MaskConvention::White);
+    let white = mask::mask_from_image(&open("inpaint_mask.png"), MaskConvention::White);
     let rgba = open("inpaint_mask_rgba.png");
     assert_eq!(
-        img2img::mask_from_image(&rgba, MaskConvention::Transparent),
+        mask::mask_from_image(&rgba, MaskConvention::Transparent),
         white
     );
-    assert_eq!(img2img::mask_from_image(&rgba, MaskConvention::Auto), white);
+    assert_eq!(mask::mask_from_image(&rgba, MaskConvention::Auto), white);
     // OpenAI style: no separate mask, the image's own transparent pixels are the edit area.
     assert_eq!(
-        img2img::mask_from_transparency(&rgba).expect("has transparent pixels"),
+        mask::mask_from_transparency(&rgba).expect("has transparent pixels"),
         white
     );
     // Reading the RGBA file by luminance is the classic inverted/wrong-mask bug: it differs.
-    assert_ne!(
-        img2img::mask_from_image(&rgba, MaskConvention::White),
-        white
-    );
+    assert_ne!(mask::mask_from_image(&rgba, MaskConvention::White), white);
     // The latent mask samples the top-left pixel of each 8×8 block.
     let (_, want) = reference("inpaint_base.safetensors", "mask_latent");
     let full = img2img::mask_tensor::<B>(&white, &device());

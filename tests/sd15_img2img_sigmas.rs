@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use kiln::models::sd15::img2img;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 use kiln::schedulers::{DpmSolverMultistep, EulerDiscrete, SchedulerKind, interp};
 
 const FILE: &str = "img2img_sigmas.safetensors";
@@ -87,8 +87,11 @@ fn check(kind: SchedulerKind, id: &str) {
         height: 128,
         condition: Some(cond),
         strength: STRENGTH,
-        init_latents: Some(noise),
-        vae_noise: Some(vec![z]),
+        noise: NoiseOverrides {
+            init_latents: Some(noise),
+            vae_noise: Some(vec![z]),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let out = m.generate(&req, &mut |_, _| true).expect("runs");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
-use kiln::download::{HubConfig, download_model, expand_ids, human_size, model_spec};
+use kiln::download::{HubConfig, download_model, expand_ids, human_size, recipe};
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
@@ -33,7 +33,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<()> {
     let fp16 = args.fp16 && !args.no_fp16;
     let hub = HubConfig::from_env().with_offline(args.offline);
     for id in &ids {
-        let mut spec = model_spec(id, fp16)?;
+        let mut spec = recipe(id, fp16)?;
         if let Some(rev) = &args.revision {
             spec = spec.with_revision(rev);
         }

@@ -1,19 +1,22 @@
-//! `kiln generate`: one-shot text-to-image to PNG files.
+//! `kiln generate`: one-shot generation to image files. The flags fill the same [`JobParams`]
+//! the server's request bodies do, and the job runs through the same family adapter
+//! ([`pipeline::run`]), without the queue: the same options and seed give the same pixels as
+//! `POST /v1/images/generations`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use burn::tensor::DType;
-use burn::tensor::backend::Backend;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::backend::{BackendTask, DeviceSpec, dispatch};
-use kiln::image_io::{self, ImageFormat, params::Parameters};
-use kiln::models::sd15::{
-    GenerateRequest, ImageCondition, MaskConvention, StableDiffusion, img2img,
+use kiln::backend::{DeviceSpec, Placement};
+use kiln::engine::{
+    DalleParams, EditInput, EngineError, GeneratedImage, JobExtras, JobParams, Limits, loader_for,
+    pipeline,
 };
+use kiln::image_io::{self, CLI_MAX_SIDE, ImageFormat, mask::MaskConvention};
+use kiln::models::ModelKind;
+use kiln::models::dalle_mini::Tokenization;
 use kiln::precision::Precision;
-use kiln::schedulers::SchedulerKind;
 use kiln::weights::{TensorFile, write_f32};
 
 #[derive(Args, Debug)]
@@ -22,16 +25,18 @@ pub struct GenerateArgs {
     /// DALL·E Mini/Mega folder (flax_model.msgpack or min-dalle's encoder.pt/decoder.pt).
     #[arg(long, env = "KILN_MODEL_PATH")]
     pub model_path: PathBuf,
-    /// Model family (sd15, dalle-mini, dalle-mega); detected from the files when absent.
+    /// Model family (sd15, dalle-mini, dalle-mega); detected from the files when absent, and
+    /// checked against them when given.
     #[arg(long, value_parser = ["sd15", "dalle-mini", "dalle-mega"])]
     pub model: Option<String>,
     #[arg(long)]
     pub prompt: String,
-    #[arg(long, default_value = "")]
-    pub negative_prompt: String,
-    /// Denoising steps (SD; default 50).
+    /// What the image should not show (SD).
     #[arg(long)]
-    pub steps: Option<usize>,
+    pub negative_prompt: Option<String>,
+    /// Denoising steps (SD; default 25).
+    #[arg(long)]
+    pub steps: Option<u32>,
     /// Classifier-free guidance scale (SD; default 7.5; ≤ 1 turns guidance off).
     #[arg(long)]
     pub guidance_scale: Option<f64>,
@@ -44,12 +49,13 @@ pub struct GenerateArgs {
     /// Seed of image 0 (image k uses seed + k); random when absent, and printed.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Multiple of 8; default 512, or the init image's width rounded down to a multiple of 8.
+    /// SD: a multiple of 8; default 512, or the init image's width rounded down to a multiple
+    /// of 8. DALL·E renders 256 and resizes.
     #[arg(long)]
-    pub width: Option<usize>,
-    /// Multiple of 8; default 512, or the init image's height rounded down to a multiple of 8.
+    pub width: Option<u32>,
+    /// As --width.
     #[arg(long)]
-    pub height: Option<usize>,
+    pub height: Option<u32>,
     /// Init image for image-to-image (any size and mode; converted to RGB and resized).
     #[arg(long)]
     pub image: Option<PathBuf>,
@@ -60,18 +66,19 @@ pub struct GenerateArgs {
     /// repaints, OpenAI), or auto (alpha when the mask has transparent pixels).
     #[arg(long, default_value = "auto", value_parser = ["auto", "white", "alpha"])]
     pub mask_convention: String,
-    /// Share of the init image to repaint, 0 < s ≤ 1.
-    #[arg(long, default_value_t = 0.8, requires = "image")]
-    pub strength: f64,
+    /// Share of the init image to repaint, 0 < s ≤ 1 (default 0.8; 1.0 when inpainting).
+    #[arg(long, requires = "image")]
+    pub strength: Option<f64>,
     /// Use the mean of the VAE's latent distribution for the init image instead of a sample.
     #[arg(long, requires = "image")]
     pub vae_mean: bool,
     /// Images per prompt.
-    #[arg(long, default_value_t = 1)]
-    pub n: usize,
-    /// 1 = last CLIP layer, 2 = the one before (A1111's "Clip skip"; diffusers' clip_skip=1 is 2 here).
-    #[arg(long, default_value_t = 1)]
-    pub clip_skip: usize,
+    #[arg(long)]
+    pub n: Option<u32>,
+    /// 1 = last CLIP layer (default), 2 = the one before (A1111's "Clip skip"; diffusers'
+    /// clip_skip=1 is 2 here).
+    #[arg(long)]
+    pub clip_skip: Option<usize>,
     /// cpu, wgpu[:N] or cuda[:N].
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
@@ -96,16 +103,16 @@ pub struct GenerateArgs {
     pub no_metadata: bool,
     /// DALL·E super-conditioning scale (default 10, as dalle-mini's notebook; min-dalle uses 16).
     #[arg(long)]
-    pub cond_scale: Option<f32>,
+    pub cond_scale: Option<f64>,
     /// DALL·E sampling temperature (default 1).
     #[arg(long)]
-    pub temperature: Option<f32>,
+    pub temperature: Option<f64>,
     /// DALL·E top-k (default 50; 1 = greedy; 0 = off).
     #[arg(long)]
-    pub top_k: Option<usize>,
+    pub top_k: Option<u32>,
     /// DALL·E nucleus sampling (default 1 = off).
     #[arg(long)]
-    pub top_p: Option<f32>,
+    pub top_p: Option<f64>,
     /// DALL·E text handling: normalized (dalle-mini's TextNormalizer) or min-dalle (its simpler
     /// lower-casing tokenisation, for min-dalle's images).
     #[arg(long, value_parser = ["normalized", "min-dalle"])]
@@ -119,188 +126,212 @@ pub struct GenerateArgs {
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let spec: DeviceSpec = args.device.parse()?;
+    let device: DeviceSpec = args.device.parse()?;
     let precision: Precision = args.precision.parse()?;
-    let dalle = match args.model.as_deref() {
-        Some(m) => m.starts_with("dalle"),
-        None => kiln::models::dalle_mini::detect(&args.model_path).is_some(),
-    };
-    if dalle {
-        return super::dalle::run(args, spec, precision);
-    }
-    let dalle_only = [
-        ("--cond-scale", args.cond_scale.is_some()),
-        ("--temperature", args.temperature.is_some()),
-        ("--top-k", args.top_k.is_some()),
-        ("--top-p", args.top_p.is_some()),
-        ("--tokenization", args.tokenization.is_some()),
-        ("--save-tokens", args.save_tokens.is_some()),
-    ];
-    if let Some((flag, _)) = dalle_only.iter().find(|(_, given)| *given) {
-        anyhow::bail!(
-            "{flag} applies to DALL·E models; {} is Stable Diffusion",
-            args.model_path.display()
-        );
-    }
-    dispatch(
-        spec,
-        Job {
-            args,
-            spec,
-            precision,
-        },
-    )?
-}
-
-struct Job {
-    args: GenerateArgs,
-    spec: DeviceSpec,
-    precision: Precision,
-}
-
-impl BackendTask for Job {
-    type Output = anyhow::Result<()>;
-
-    fn run<B: Backend>(self, device: B::Device) -> anyhow::Result<()> {
-        let a = self.args;
-        let dtype = self.precision.resolve::<B>(self.spec, &device)?;
-        let scheduler: SchedulerKind = a.scheduler.as_deref().unwrap_or("pndm").parse()?;
-        let init_latents = match &a.init_latents {
-            Some(p) => {
-                let (_, values) = TensorFile::open(p)?.read_f32("latents")?;
-                Some(values)
-            }
-            None => None,
-        };
-        let seed = a.seed.unwrap_or_else(kiln::noise::random_seed);
-        let format = output_format(&a)?;
-        let (width, height, condition) = image_condition(&a)?;
-        let req = GenerateRequest {
-            prompt: a.prompt.clone(),
-            negative_prompt: a.negative_prompt.clone(),
-            steps: a.steps.unwrap_or(50),
-            guidance_scale: a.guidance_scale.unwrap_or(7.5),
-            scheduler,
-            width,
-            height,
-            n: a.n,
-            seed,
-            init_latents,
-            clip_skip: a.clip_skip,
-            eta: a.eta,
-            strength: a.strength,
-            sample_vae: !a.vae_mean,
-            condition,
-            ..Default::default()
-        };
-        let with_encoder = req.condition.is_some();
-        let model = StableDiffusion::<B>::load_as(&a.model_path, with_encoder, &device, dtype)?;
-        model.validate(&req)?;
-
-        let bar = progress_bar("step");
-        let out = model.generate(&req, &mut |step, total| {
-            bar.set_length(total as u64);
-            bar.set_position(step as u64);
-            true
-        })?;
-        bar.finish_and_clear();
-
-        if let Some(p) = &a.save_latents {
-            let shape = out.latents.dims().to_vec();
-            let data = out.latents.clone().into_data().convert_dtype(DType::F32);
-            let values = data
-                .to_vec::<f32>()
-                .map_err(|e| anyhow::anyhow!("reading latents: {e:?}"))?;
-            write_f32(p, "latents", &shape, &values)?;
-        }
-        let images = image_io::to_rgb8(out.images)?;
-        let model_name = a
-            .model_path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("sd15")
-            .to_string();
-        for (k, img) in images.iter().enumerate() {
-            let path = image_io::numbered_path(&a.output, k, images.len());
-            let params = Parameters {
-                prompt: req.prompt.clone(),
-                negative_prompt: req.negative_prompt.clone(),
-                steps: req.steps,
-                sampler: req.scheduler.a1111_label().to_string(),
-                cfg_scale: req.guidance_scale,
-                seed: out.seeds[k],
-                width: req.width,
-                height: req.height,
-                model: model_name.clone(),
-                clip_skip: req.clip_skip,
-                denoising_strength: req.condition.as_ref().map(|_| req.strength),
-            };
-            let bytes =
-                image_io::encode(img, format, a.quality, (!a.no_metadata).then_some(&params))?;
-            std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-            println!("{} (seed {})", path.display(), out.seeds[k]);
-        }
-        Ok(())
-    }
-}
-
-/// Size and init image/mask from the arguments: the image's size (rounded down to 8) is the
-/// default size; a mask comes from --mask or from the image's transparent pixels.
-fn image_condition(a: &GenerateArgs) -> anyhow::Result<(usize, usize, Option<ImageCondition>)> {
-    let Some(path) = &a.image else {
-        return Ok((a.width.unwrap_or(512), a.height.unwrap_or(512), None));
-    };
-    let img = open_image(path)?;
-    let (dw, dh) = img2img::default_size(&img);
-    let (width, height) = (a.width.unwrap_or(dw), a.height.unwrap_or(dh));
-    let convention = match a.mask_convention.as_str() {
-        "white" => MaskConvention::White,
-        "alpha" => MaskConvention::Transparent,
-        _ => MaskConvention::Auto,
-    };
-    let mask = match &a.mask {
-        Some(p) => Some(img2img::mask_from_image(&open_image(p)?, convention)),
-        None => {
-            let m = img2img::mask_from_transparency(&img);
-            if m.is_some() {
-                tracing::info!(
-                    "no --mask: inpainting the fully transparent pixels of {}",
-                    path.display()
-                );
-            }
-            m
-        }
-    };
-    if width == 0 || height == 0 || width % 8 != 0 || height % 8 != 0 {
-        anyhow::bail!(
-            "width and height must be positive multiples of 8, got {width}x{height} (from {})",
+    let path = &args.model_path;
+    let kind = ModelKind::detect(path).with_context(|| {
+        format!(
+            "{}: not a model kiln recognises (an SD 1.5 diffusers folder or checkpoint, or a \
+             DALL·E Mini/Mega folder)",
             path.display()
+        )
+    })?;
+    if let Some(want) = &args.model {
+        if want != kind.as_str() {
+            anyhow::bail!("--model {want}, but {} holds {kind}", path.display());
+        }
+    }
+    let family = kind.family();
+    let cli_only = [
+        (
+            "--save-latents",
+            args.save_latents.is_some(),
+            ModelKind::Sd15,
+        ),
+        (
+            "--init-latents",
+            args.init_latents.is_some(),
+            ModelKind::Sd15,
+        ),
+        ("--vae-mean", args.vae_mean, ModelKind::Sd15),
+        (
+            "--save-tokens",
+            args.save_tokens.is_some(),
+            ModelKind::DalleMini,
+        ),
+    ];
+    if let Some((flag, _, owner)) = cli_only
+        .iter()
+        .find(|(_, given, owner)| *given && owner.family() != family)
+    {
+        anyhow::bail!(
+            "{flag} applies to {} only; {} is a {} model",
+            owner.family().label(),
+            path.display(),
+            family.label()
         );
     }
-    let cond = img2img::prepare(&img, mask.as_ref(), width, height)?;
-    Ok((width, height, Some(cond)))
+    let format = output_format(&args)?;
+    let edit = match &args.image {
+        None => None,
+        Some(p) => Some(EditInput {
+            image: image_io::open(p, CLI_MAX_SIDE)?,
+            mask: args
+                .mask
+                .as_deref()
+                .map(|m| image_io::open(m, CLI_MAX_SIDE))
+                .transpose()?,
+            convention: args.mask_convention.parse::<MaskConvention>()?,
+        }),
+    };
+    if edit.as_ref().is_some_and(|e| e.mask.is_none())
+        && edit
+            .as_ref()
+            .is_some_and(|e| image_io::mask::mask_from_transparency(&e.image).is_some())
+    {
+        tracing::info!("no --mask: inpainting the fully transparent pixels of the --image file");
+    }
+    let size = size_of(&args, family, edit.as_ref());
+    let mut job = job_params(&args, size)
+        .into_job(family, &Limits::CLI, edit)
+        .map_err(flag_error)?;
+    job.extras = JobExtras {
+        init_latents: match &args.init_latents {
+            Some(p) => Some(TensorFile::open(p)?.read_f32("latents")?.1),
+            None => None,
+        },
+        vae_mean: args.vae_mean,
+        keep_latents: args.save_latents.is_some(),
+        keep_tokens: args.save_tokens.is_some(),
+        ..JobExtras::default()
+    };
+
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or(kind.as_str())
+        .to_string();
+    let place = Placement { device, precision };
+    let load = loader_for(kind, path, &name, place, job.init.is_some());
+    let mut model = load().map_err(flag_error)?;
+    let bar = progress_bar(match family {
+        kiln::models::Family::Sd15 => "step",
+        kiln::models::Family::DalleMini => "token",
+    });
+    let images = pipeline::run(model.as_mut(), &job, &mut |p| {
+        bar.set_length(p.total as u64);
+        bar.set_position(p.step as u64);
+        true
+    })
+    .map_err(flag_error)?;
+    bar.finish_and_clear();
+    write_outputs(&args, format, &images)
 }
 
-/// Opens an image, checking its dimensions before decoding the pixels.
-fn open_image(path: &std::path::Path) -> anyhow::Result<image::DynamicImage> {
-    let reader = image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .with_context(|| format!("opening {}", path.display()))?;
-    let (w, h) = reader
-        .into_dimensions()
-        .with_context(|| format!("reading {}", path.display()))?;
-    if u64::from(w) * u64::from(h) > 64 * 1024 * 1024 {
-        anyhow::bail!("{}: {w}x{h} is too large", path.display());
+/// The size flags: both, one (the other from the init image or the family default), or none.
+fn size_of(
+    a: &GenerateArgs,
+    family: kiln::models::Family,
+    edit: Option<&EditInput>,
+) -> Option<(u32, u32)> {
+    if a.width.is_none() && a.height.is_none() {
+        return None;
     }
-    image::ImageReader::open(path)
-        .and_then(|r| r.with_guessed_format())
-        .with_context(|| format!("opening {}", path.display()))?
-        .decode()
-        .with_context(|| format!("decoding {}", path.display()))
+    let (dw, dh) = match edit {
+        Some(e) => (e.image.width() / 8 * 8, e.image.height() / 8 * 8),
+        None => family.default_size(Limits::CLI.max_side),
+    };
+    Some((a.width.unwrap_or(dw), a.height.unwrap_or(dh)))
+}
+
+fn job_params(a: &GenerateArgs, size: Option<(u32, u32)>) -> JobParams {
+    JobParams {
+        prompt: a.prompt.clone(),
+        negative_prompt: a.negative_prompt.clone(),
+        n: a.n,
+        size,
+        seed: a.seed,
+        steps: a.steps,
+        guidance_scale: a.guidance_scale,
+        scheduler: a.scheduler.clone(),
+        strength: a.strength,
+        eta: a.eta,
+        clip_skip: a.clip_skip,
+        dalle: DalleParams {
+            cond_scale: a.cond_scale,
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            tokenization: a.tokenization.as_deref().map(|t| match t {
+                "min-dalle" => Tokenization::MinDalle,
+                _ => Tokenization::Normalized,
+            }),
+        },
+        previews: 0,
+    }
+}
+
+/// An engine error in the CLI's words: the option it names becomes the flag.
+fn flag_error(e: EngineError) -> anyhow::Error {
+    match &e {
+        EngineError::Invalid {
+            param: Some(p),
+            message,
+        }
+        | EngineError::Unsupported {
+            param: Some(p),
+            message,
+        } => {
+            let flag = match p.as_str() {
+                "num_inference_steps" => "--steps".to_string(),
+                "size" => "--width/--height".to_string(),
+                other => format!("--{}", other.replace('_', "-")),
+            };
+            anyhow::anyhow!("{}", message.replace(&format!("`{p}`"), &flag))
+        }
+        _ => e.into(),
+    }
+}
+
+/// Writes the images (numbered when several), their latents or tokens when asked.
+fn write_outputs(
+    a: &GenerateArgs,
+    format: ImageFormat,
+    images: &[GeneratedImage],
+) -> anyhow::Result<()> {
+    for (k, g) in images.iter().enumerate() {
+        let path = image_io::numbered_path(&a.output, k, images.len());
+        let params = g.params.as_ref().filter(|_| !a.no_metadata);
+        let bytes = image_io::encode(&g.image, format, a.quality, params)?;
+        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
+        println!("{} (seed {})", path.display(), g.seed);
+    }
+    if let Some(p) = &a.save_latents {
+        let mut shape = vec![images.len()];
+        let mut values = Vec::new();
+        for g in images {
+            let (s, v) = g.latents.as_ref().context("the pipeline kept no latents")?;
+            if shape.len() == 1 {
+                shape.extend(s);
+            }
+            values.extend_from_slice(v);
+        }
+        write_f32(p, "latents", &shape, &values)?;
+    }
+    if let Some(p) = &a.save_tokens {
+        let tokens: Vec<&Vec<u32>> = images.iter().filter_map(|g| g.tokens.as_ref()).collect();
+        write_json(p, &tokens)?;
+    }
+    Ok(())
+}
+
+fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    std::fs::write(path, serde_json::to_string(value)?)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The output format: --format, else --output's extension, else PNG; --quality is JPEG's only.
-pub(super) fn output_format(a: &GenerateArgs) -> anyhow::Result<ImageFormat> {
+fn output_format(a: &GenerateArgs) -> anyhow::Result<ImageFormat> {
     let format = match &a.format {
         Some(f) => f.parse::<ImageFormat>()?,
         None => ImageFormat::from_path(&a.output).unwrap_or(ImageFormat::Png),
@@ -315,7 +346,7 @@ pub(super) fn output_format(a: &GenerateArgs) -> anyhow::Result<ImageFormat> {
 }
 
 /// A terminal progress bar over `what` steps (hidden when stderr is not a terminal).
-pub(super) fn progress_bar(what: &str) -> ProgressBar {
+fn progress_bar(what: &str) -> ProgressBar {
     let bar = ProgressBar::new(0);
     let template =
         format!("{{spinner}} {what} {{pos}}/{{len}} [{{bar:30}}] {{per_sec}} eta {{eta}}");

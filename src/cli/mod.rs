@@ -1,6 +1,5 @@
 //! Command-line parsing and the subcommands.
 
-mod dalle;
 mod download;
 mod generate;
 mod models;

@@ -8,10 +8,8 @@ use serde::Serialize;
 
 use super::error::{DownloadError, Result};
 use super::source::SourceManifest;
-use crate::models::{dalle_mini, sd15};
-
-/// Folders of `models/` that are part of the repository, not installed models.
-const NOT_MODELS: [&str; 2] = ["fixtures", "manifests"];
+use crate::models::ModelKind;
+use crate::models::family::NOT_MODEL_DIRS;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct InstalledModel {
@@ -46,7 +44,7 @@ pub fn installed_models(models_dir: &Path) -> Result<Vec<InstalledModel>> {
         else {
             continue;
         };
-        if !path.is_dir() || id.starts_with('.') || NOT_MODELS.contains(&id.as_str()) {
+        if !path.is_dir() || id.starts_with('.') || NOT_MODEL_DIRS.contains(&id.as_str()) {
             continue;
         }
         if let Some(m) = inspect(&id, &path)? {
@@ -61,9 +59,9 @@ pub fn installed_models(models_dir: &Path) -> Result<Vec<InstalledModel>> {
 pub fn inspect(id: &str, path: &Path) -> Result<Option<InstalledModel>> {
     let manifest = SourceManifest::read(path)?;
     let family = match &manifest {
-        Some(m) => m.family.as_str().to_string(),
-        None => match detect_family(path) {
-            Some(f) => f,
+        Some(m) => m.kind.as_str().to_string(),
+        None => match ModelKind::detect(path) {
+            Some(k) => k.as_str().to_string(),
             None => return Ok(None),
         },
     };
@@ -88,27 +86,6 @@ pub fn inspect(id: &str, path: &Path) -> Result<Option<InstalledModel>> {
         source,
         incomplete,
     }))
-}
-
-fn detect_family(path: &Path) -> Option<String> {
-    if dalle_mini::detect(path).is_some() {
-        // DALL·E Mega is the 2048-wide DalleBart, Mini the 1024-wide one
-        let d_model = std::fs::read_to_string(path.join("config.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| v.get("d_model")?.as_u64());
-        return Some(
-            if d_model.is_some_and(|d| d >= 2048) {
-                "dalle-mega"
-            } else {
-                "dalle-mini"
-            }
-            .into(),
-        );
-    }
-    sd15::Sd15Layout::detect(path)
-        .is_ok()
-        .then(|| "sd15".into())
 }
 
 fn walk(dir: &Path, depth: usize, out: &mut Vec<(PathBuf, u64)>) {

@@ -21,19 +21,23 @@
 
 pub mod error;
 pub mod hub;
+mod hub_config;
 pub mod installed;
 pub mod source;
 pub mod spec;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
 pub use error::{DownloadError, Result};
-pub use hub::{DEFAULT_ENDPOINT, FileMeta, HubClient, HubConfig, sha256_file};
+pub use hub::HubClient;
+pub use hub_config::{DEFAULT_ENDPOINT, HubConfig};
 pub use installed::{InstalledModel, human_size, installed_models};
 pub use source::{SOURCE_FILE, SourceFile, SourceManifest};
-pub use spec::{Family, MODEL_IDS, ModelSpec, RepoFile, RepoSpec, expand_ids, model_spec};
+pub use spec::{DownloadRecipe, RepoFile, RepoSpec, expand_ids, recipe};
+pub use transfer::{FileMeta, sha256_file};
 
 /// What `download_model` did.
 #[derive(Debug, Clone, Default)]
@@ -105,7 +109,7 @@ fn recorded(manifest: &SourceManifest, dir: &Path, rs: &RepoSpec, f: &RepoFile) 
 /// Offline, succeeds only when every file is already present. A non-empty folder without
 /// `kiln-source.json` is the user's: refused (`NotOurs`), never overwritten.
 pub fn download_model(
-    spec: &ModelSpec,
+    spec: &DownloadRecipe,
     models_dir: &Path,
     hub: &HubConfig,
 ) -> Result<DownloadReport> {
@@ -114,7 +118,7 @@ pub fn download_model(
     let hand_made = existing.is_none() && has_files(&dir);
     let mut manifest = existing.unwrap_or_else(|| SourceManifest {
         model: spec.id.clone(),
-        family: spec.family,
+        kind: spec.kind,
         precision: spec.precision.clone(),
         endpoint: hub.display_endpoint(),
         complete: false,
@@ -231,7 +235,7 @@ pub fn ensure_model(id: &str, models_dir: &Path, hub: &HubConfig) -> Result<Ensu
     }
     // resume the precision an interrupted download had chosen
     let fp16 = manifest.as_ref().is_none_or(|m| m.precision != "fp32");
-    let spec = model_spec(id, fp16)?;
+    let spec = recipe(id, fp16)?;
     if !hub.offline {
         let size = spec
             .approx_bytes

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{DownloadError, Result};
-use super::spec::Family;
+use crate::models::ModelKind;
 
 pub const SOURCE_FILE: &str = "kiln-source.json";
 
@@ -29,7 +29,9 @@ pub struct SourceFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceManifest {
     pub model: String,
-    pub family: Family,
+    /// Stored as `family` (the name of the files' first format).
+    #[serde(rename = "family")]
+    pub kind: ModelKind,
     pub precision: String,
     /// The Hub or mirror the files came from.
     pub endpoint: String,

@@ -19,6 +19,7 @@
 //! `kiln download --revision` overrides the main repository's revision.
 
 use super::error::{DownloadError, Result};
+use crate::models::ModelKind;
 
 pub const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 /// `refs/main` in darkshapes/nnll tests/test_model_identity_precision.py (cache scan, Aug 2025).
@@ -30,27 +31,6 @@ pub const VQGAN_REPO: &str = "dalle-mini/vqgan_imagenet_f16_16384";
 pub const DALLE_REVISION: &str = "main";
 /// `VQGAN_COMMIT_ID` in borisdayma/dalle-mini tools/inference/inference_pipeline.ipynb (also HELM).
 pub const VQGAN_REVISION: &str = "e93a26e7707683d349bf5d5c41c5b0ef69b677a9";
-
-/// The ids `kiln download` knows, in the order `all` fetches them.
-pub const MODEL_IDS: [&str; 3] = ["sd15", "dalle-mini", "dalle-mega"];
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Family {
-    Sd15,
-    DalleMini,
-    DalleMega,
-}
-
-impl Family {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Family::Sd15 => "sd15",
-            Family::DalleMini => "dalle-mini",
-            Family::DalleMega => "dalle-mega",
-        }
-    }
-}
 
 /// One file of a repository and its path inside the model folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,9 +49,9 @@ pub struct RepoSpec {
 
 /// Everything `kiln download <id>` fetches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelSpec {
+pub struct DownloadRecipe {
     pub id: String,
-    pub family: Family,
+    pub kind: ModelKind,
     /// `fp16`/`fp32` for SD 1.5 (which files are chosen); `published` for DALL·E (one variant).
     pub precision: String,
     pub sources: Vec<RepoSpec>,
@@ -79,7 +59,7 @@ pub struct ModelSpec {
     pub approx_bytes: Option<u64>,
 }
 
-impl ModelSpec {
+impl DownloadRecipe {
     /// Every (repository, file) pair, in download order.
     pub fn files(&self) -> impl Iterator<Item = (&RepoSpec, &RepoFile)> {
         self.sources
@@ -116,7 +96,7 @@ fn repo(repo: &str, revision: &str, files: Vec<RepoFile>) -> RepoSpec {
 
 /// SD 1.5 diffusers folder: configs, tokenizer and the three weight files. The loader prefers
 /// `model.safetensors` but also finds `model.fp16.safetensors`, so the fp16 files keep their names.
-fn sd15(fp16: bool) -> ModelSpec {
+fn sd15(fp16: bool) -> DownloadRecipe {
     let v = if fp16 { ".fp16" } else { "" };
     let text = format!("text_encoder/model{v}.safetensors");
     let unet = format!("unet/diffusion_pytorch_model{v}.safetensors");
@@ -133,9 +113,9 @@ fn sd15(fp16: bool) -> ModelSpec {
         "vae/config.json",
     ]);
     files.extend(same(&[&text, &unet, &vae]));
-    ModelSpec {
-        id: "sd15".into(),
-        family: Family::Sd15,
+    DownloadRecipe {
+        id: ModelKind::Sd15.as_str().into(),
+        kind: ModelKind::Sd15,
         precision: if fp16 { "fp16" } else { "fp32" }.into(),
         sources: vec![repo(SD15_REPO, SD15_REVISION, files)],
         // ≈ 246 MB + 1.72 GB + 167 MB in fp16, twice that in fp32
@@ -146,7 +126,7 @@ fn sd15(fp16: bool) -> ModelSpec {
 /// DalleBart flax folder + the word list of the hashtag splitter + the VQGAN in `vqgan/` (the
 /// first place the DALL·E loader looks). dalle-mega's repository has no word list of its own
 /// (transformers' port reads dalle-mini's), so it comes from dalle-mini.
-fn dalle(id: &str, family: Family, main_repo: &str) -> ModelSpec {
+fn dalle(kind: ModelKind, main_repo: &str) -> DownloadRecipe {
     let mut sources = vec![repo(
         main_repo,
         DALLE_REVISION,
@@ -158,8 +138,8 @@ fn dalle(id: &str, family: Family, main_repo: &str) -> ModelSpec {
         ]),
     )];
     let words = same(&["enwiki-words-frequency.txt"]);
-    match family {
-        Family::DalleMini => sources[0].files.extend(words),
+    match kind {
+        ModelKind::DalleMini => sources[0].files.extend(words),
         _ => sources.push(repo(DALLE_MINI_REPO, DALLE_REVISION, words)),
     }
     let vq = ["config.json", "flax_model.msgpack"]
@@ -170,23 +150,26 @@ fn dalle(id: &str, family: Family, main_repo: &str) -> ModelSpec {
         })
         .collect();
     sources.push(repo(VQGAN_REPO, VQGAN_REVISION, vq));
-    ModelSpec {
-        id: id.into(),
-        family,
+    DownloadRecipe {
+        id: kind.as_str().into(),
+        kind,
         precision: "published".into(),
         sources,
         approx_bytes: None,
     }
 }
 
-/// The spec of a model id; `fp16` picks SD 1.5's half-precision files (DALL·E has one variant).
-pub fn model_spec(id: &str, fp16: bool) -> Result<ModelSpec> {
-    match id {
-        "sd15" => Ok(sd15(fp16)),
-        "dalle-mini" => Ok(dalle(id, Family::DalleMini, DALLE_MINI_REPO)),
-        "dalle-mega" => Ok(dalle(id, Family::DalleMega, DALLE_MEGA_REPO)),
-        other => Err(DownloadError::UnknownModel(other.to_string())),
-    }
+/// The recipe of a model id (a [`ModelKind`]); `fp16` picks SD 1.5's half-precision files
+/// (DALL·E has one variant).
+pub fn recipe(id: &str, fp16: bool) -> Result<DownloadRecipe> {
+    let kind: ModelKind = id
+        .parse()
+        .map_err(|_| DownloadError::UnknownModel(id.to_string()))?;
+    Ok(match kind {
+        ModelKind::Sd15 => sd15(fp16),
+        ModelKind::DalleMini => dalle(kind, DALLE_MINI_REPO),
+        ModelKind::DalleMega => dalle(kind, DALLE_MEGA_REPO),
+    })
 }
 
 /// `all` → every id; otherwise the ids given, checked and without repeats.
@@ -194,12 +177,12 @@ pub fn expand_ids(ids: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for id in ids {
         let list: Vec<&str> = if id == "all" {
-            MODEL_IDS.to_vec()
+            ModelKind::ALL.iter().map(|k| k.as_str()).collect()
         } else {
             vec![id.as_str()]
         };
         for one in list {
-            if !MODEL_IDS.contains(&one) {
+            if one.parse::<ModelKind>().is_err() {
                 return Err(DownloadError::UnknownModel(one.to_string()));
             }
             if !out.iter().any(|o| o == one) {

@@ -10,9 +10,31 @@ use image::RgbImage;
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
 use crate::backend::{BackendTask, Placement, dispatch};
 use crate::models::dalle_mini::{DalleMini, DalleRequest};
+use crate::models::family::dalle_defaults;
 
 pub struct DallePipeline<B: Backend> {
     model: DalleMini<B>,
+}
+
+impl<B: Backend> DallePipeline<B> {
+    /// The model request of `job`: the job's options, the family's defaults for the rest.
+    pub fn request(job: &ImageJob) -> DalleRequest {
+        let d = &job.dalle;
+        DalleRequest {
+            prompt: job.prompt.clone(),
+            n: job.n,
+            seed: job.seed,
+            cond_scale: d
+                .cond_scale
+                .map_or(dalle_defaults::COND_SCALE, |v| v as f32),
+            temperature: d
+                .temperature
+                .map_or(dalle_defaults::TEMPERATURE, |v| v as f32),
+            top_k: d.top_k.map_or(dalle_defaults::TOP_K, |v| v as usize),
+            top_p: d.top_p.map_or(dalle_defaults::TOP_P, |v| v as f32),
+            tokenization: d.tokenization.unwrap_or_default(),
+        }
+    }
 }
 
 impl<B: Backend> ImagePipeline for DallePipeline<B> {
@@ -25,17 +47,7 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
         job: &ImageJob,
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
-        let d = DalleRequest::default();
-        let req = DalleRequest {
-            prompt: job.prompt.clone(),
-            n: job.n,
-            seed: job.seed,
-            cond_scale: job.dalle.cond_scale.map_or(d.cond_scale, |v| v as f32),
-            temperature: job.dalle.temperature.map_or(d.temperature, |v| v as f32),
-            top_k: job.dalle.top_k.map_or(d.top_k, |v| v as usize),
-            top_p: job.dalle.top_p.map_or(d.top_p, |v| v as f32),
-            tokenization: d.tokenization,
-        };
+        let req = Self::request(job);
         let out = self.model.generate(&req, &mut |step, total| {
             progress(Progress {
                 step,
@@ -47,13 +59,16 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
         out.rgb8
             .into_iter()
             .zip(out.seeds)
-            .map(|(rgb, seed)| {
+            .zip(out.tokens)
+            .map(|((rgb, seed), tokens)| {
                 let image = RgbImage::from_raw(w, h, rgb).ok_or_else(|| {
                     EngineError::from(crate::Error::Image(
                         "the VQGAN returned a buffer of the wrong size".into(),
                     ))
                 })?;
-                Ok(GeneratedImage { image, seed })
+                let mut g = GeneratedImage::new(image, seed);
+                g.tokens = job.extras.keep_tokens.then_some(tokens);
+                Ok(g)
             })
             .collect()
     }

@@ -1,56 +1,51 @@
 //! The one trait every image pipeline implements, the job it receives and what it returns.
 //!
-//! Pipelines run on an engine worker thread (see `worker.rs`), never on the async runtime.
-//! Adding a model family: an adapter file next to `sd15.rs` implementing [`ImagePipeline`], a
-//! [`Family`] variant, and a branch in `registry.rs` that builds its [`super::ModelSpec`].
+//! Pipelines run on an engine worker thread (see `worker.rs`) or, for `kiln generate`, on the
+//! CLI's thread; never on the async runtime. Both call [`run`], so a job gives the same pixels
+//! either way. Adding a model family: a [`Family`] in the catalog (`models/family.rs`), an
+//! adapter file next to `sd15.rs` implementing [`ImagePipeline`], and its loader in
+//! `registry.rs`.
 
 use image::{GrayImage, RgbImage};
 
 use super::EngineError;
+use crate::image_io::{self, params::Parameters};
+use crate::models::Family;
+use crate::models::dalle_mini::Tokenization;
 use crate::schedulers::SchedulerKind;
 
-/// Model families the server knows how to validate requests for. A family listed here is not
-/// necessarily served: only models registered with a pipeline are (`registry.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    /// Stable Diffusion 1.x (txt2img; img2img/inpaint arrive with issue 6).
-    Sd15,
-    /// DALL·E Mini/Mega: fixed native 256x256, no edits.
-    DalleMini,
-}
-
-impl Family {
-    pub fn id(self) -> &'static str {
-        match self {
-            Family::Sd15 => "stable-diffusion-1.5",
-            Family::DalleMini => "dalle-mini",
-        }
-    }
-
-    /// A family that always renders at one size; other requested sizes are produced by resizing.
-    pub fn native_size(self) -> Option<(u32, u32)> {
-        match self {
-            Family::Sd15 => None,
-            Family::DalleMini => Some((256, 256)),
-        }
-    }
-}
-
-/// The starting image of an edit. `mask` uses the diffusers convention (white = repaint); the
-/// server converts OpenAI's alpha-0-means-edit masks before building the job.
+/// The starting image of an edit. `mask` uses the diffusers convention (255 = repaint), as
+/// `image_io::mask` makes it from either convention.
 #[derive(Debug, Clone)]
 pub struct InitImage {
     pub image: RgbImage,
     pub mask: Option<GrayImage>,
 }
 
-/// DALL·E sampling knobs (ignored by other families).
+/// DALL·E sampling knobs (a job for another family that sets one is refused).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct DalleParams {
     pub cond_scale: Option<f64>,
     pub temperature: Option<f64>,
     pub top_k: Option<u32>,
     pub top_p: Option<f64>,
+    pub tokenization: Option<Tokenization>,
+}
+
+/// What only the CLI and tests ask of a job; the server never sets it.
+#[derive(Debug, Clone, Default)]
+pub struct JobExtras {
+    /// SD: start from these latents `[n, C, H/8, W/8]` instead of the seeded noise.
+    pub init_latents: Option<Vec<f32>>,
+    /// SD test hooks: fixed noise for stochastic samplers and the VAE posterior, in draw order
+    /// (see `GenerateRequest`'s fields of the same names).
+    pub step_noise: Option<Vec<Vec<f32>>>,
+    pub vae_noise: Option<Vec<Vec<f32>>>,
+    /// SD: encode the init image to the mean of the VAE posterior instead of a sample.
+    pub vae_mean: bool,
+    /// Return each image's final latents (SD) or image tokens (DALL·E).
+    pub keep_latents: bool,
+    pub keep_tokens: bool,
 }
 
 /// One validated request for `n` images. Optional fields fall back to the pipeline's defaults.
@@ -68,10 +63,15 @@ pub struct ImageJob {
     pub guidance_scale: Option<f64>,
     pub scheduler: Option<SchedulerKind>,
     pub strength: Option<f64>,
+    /// SD: DDIM's η.
+    pub eta: Option<f64>,
+    /// SD: A1111's "Clip skip" (1 = last layer).
+    pub clip_skip: Option<usize>,
     pub init: Option<InitImage>,
     pub dalle: DalleParams,
     /// How many intermediate previews the client wants (OpenAI `partial_images`, 0–3).
     pub previews: usize,
+    pub extras: JobExtras,
 }
 
 impl ImageJob {
@@ -88,9 +88,12 @@ impl ImageJob {
             guidance_scale: None,
             scheduler: None,
             strength: None,
+            eta: None,
+            clip_skip: None,
             init: None,
             dalle: DalleParams::default(),
             previews: 0,
+            extras: JobExtras::default(),
         }
     }
 
@@ -114,6 +117,24 @@ pub struct Progress {
 pub struct GeneratedImage {
     pub image: RgbImage,
     pub seed: u64,
+    /// A1111's infotext of the settings used (SD), written into PNG files.
+    pub params: Option<Parameters>,
+    /// With [`JobExtras::keep_latents`]: the final latents `(shape [C, H/8, W/8], values)`.
+    pub latents: Option<(Vec<usize>, Vec<f32>)>,
+    /// With [`JobExtras::keep_tokens`]: DALL·E's image tokens.
+    pub tokens: Option<Vec<u32>>,
+}
+
+impl GeneratedImage {
+    pub fn new(image: RgbImage, seed: u64) -> Self {
+        Self {
+            image,
+            seed,
+            params: None,
+            latents: None,
+            tokens: None,
+        }
+    }
 }
 
 /// A loaded model. `progress` is called after each step; returning `false` cancels the job
@@ -128,4 +149,22 @@ pub trait ImagePipeline {
         job: &ImageJob,
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError>;
+}
+
+/// Runs `job` on `pipeline` and brings every image to the size asked for (a family with a
+/// native size renders that; see [`image_io::resize`]). The engine's workers and `kiln generate`
+/// both come through here.
+pub fn run(
+    pipeline: &mut dyn ImagePipeline,
+    job: &ImageJob,
+    progress: &mut dyn FnMut(Progress) -> bool,
+) -> Result<Vec<GeneratedImage>, EngineError> {
+    let images = pipeline.generate(job, progress)?;
+    Ok(images
+        .into_iter()
+        .map(|mut g| {
+            g.image = image_io::resize(g.image, job.width, job.height);
+            g
+        })
+        .collect())
 }

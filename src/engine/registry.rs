@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::{EngineError, Family, ModelSpec, dalle_loader, sd15_loader};
+use super::{EngineError, Family, Loader, ServedModel, dalle_loader, sd15_loader};
 use crate::backend::Placement;
-use crate::models::dalle_mini;
+use crate::models::ModelKind;
+use crate::models::family::NOT_MODEL_DIRS;
 
 /// Printed when only demo models are served.
 pub const DEMO_HELP: &str = "To serve real Stable Diffusion 1.5 weights, put a diffusers folder under models/, e.g.\n  \
@@ -19,53 +20,38 @@ or pass --model ID=PATH (a diffusers folder or a .safetensors/.ckpt file), then 
 /// The models found, and whether they are only the demo fallback.
 #[derive(Debug)]
 pub struct Discovery {
-    pub specs: Vec<ModelSpec>,
+    pub specs: Vec<ServedModel>,
     pub demo: bool,
 }
 
-/// A real diffusers SD folder: `model_index.json` plus `unet/`.
-pub fn is_diffusers_folder(p: &Path) -> bool {
-    p.join("model_index.json").is_file() && p.join("unet").is_dir()
-}
-
-fn sd15_spec(id: &str, path: &Path, device: Placement, demo: bool) -> ModelSpec {
-    ModelSpec {
-        id: id.to_string(),
-        family: Family::Sd15,
-        device: device.to_string(),
-        source: path.display().to_string(),
-        demo,
-        edits_unsupported: None,
-        loader: sd15_loader(path.to_path_buf(), device),
+/// How to load a `kind` model from `path`. `name` goes into the images' infotext; `edits`
+/// keeps what edits need (SD's VAE encoder).
+pub fn loader_for(
+    kind: ModelKind,
+    path: &Path,
+    name: &str,
+    place: Placement,
+    edits: bool,
+) -> Loader {
+    match kind.family() {
+        Family::Sd15 => sd15_loader(path.to_path_buf(), name.into(), place, edits),
+        Family::DalleMini => dalle_loader(path.to_path_buf(), place),
     }
 }
 
-const DALLE_EDITS: &str =
-    "DALL·E models cannot edit images; use a Stable Diffusion model for /v1/images/edits";
-
-fn dalle_spec(id: &str, path: &Path, device: Placement, demo: bool) -> ModelSpec {
-    ModelSpec {
+fn served(id: &str, kind: ModelKind, path: &Path, device: Placement, demo: bool) -> ServedModel {
+    ServedModel {
         id: id.to_string(),
-        family: Family::DalleMini,
+        family: kind.family(),
         device: device.to_string(),
         source: path.display().to_string(),
         demo,
-        edits_unsupported: Some(DALLE_EDITS.into()),
-        loader: dalle_loader(path.to_path_buf(), device),
-    }
-}
-
-/// The spec for `path`: DALL·E when its files say so, else Stable Diffusion.
-fn spec_for(id: &str, path: &Path, device: Placement, demo: bool) -> ModelSpec {
-    if path.is_dir() && dalle_mini::detect(path).is_some() {
-        dalle_spec(id, path, device, demo)
-    } else {
-        sd15_spec(id, path, device, demo)
+        loader: loader_for(kind, path, id, device, true),
     }
 }
 
 /// Explicit models first (in the order given), then every diffusers folder directly under
-/// `models_dir` except `fixtures/` (id = folder name); with neither, the demo models.
+/// `models_dir` except the catalog's `NOT_MODEL_DIRS` (id = folder name); with neither, the demo models.
 pub fn discover(
     models_dir: &Path,
     explicit: &[(String, PathBuf)],
@@ -80,26 +66,32 @@ pub fn discover(
                 message: format!("--model {id}={}: no such file or folder", path.display()),
             });
         }
-        specs.push(spec_for(id, path, device, false));
+        let kind = ModelKind::detect(path).ok_or_else(|| EngineError::Invalid {
+            param: Some("--model".into()),
+            message: format!(
+                "--model {id}={}: not a model kiln recognises (an SD 1.5 diffusers folder or \
+                 checkpoint, or a DALL·E Mini/Mega folder)",
+                path.display()
+            ),
+        })?;
+        specs.push(served(id, kind, path, device, false));
     }
     if let Ok(entries) = std::fs::read_dir(models_dir) {
-        let mut found: Vec<PathBuf> = entries
+        let mut found: Vec<(PathBuf, ModelKind)> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                (is_diffusers_folder(p) || dalle_mini::detect(p).is_some())
-                    && !crate::download::is_incomplete_download(p)
-            })
+            .filter(|p| p.is_dir() && !crate::download::is_incomplete_download(p))
+            .filter_map(|p| ModelKind::detect(&p).map(|k| (p, k)))
             .collect();
-        found.sort();
-        for p in found {
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        for (p, kind) in found {
             let Some(id) = p.file_name().and_then(|s| s.to_str()).map(str::to_string) else {
                 continue;
             };
-            if id == "fixtures" || specs.iter().any(|s| s.id == id) {
+            if NOT_MODEL_DIRS.contains(&id.as_str()) || specs.iter().any(|s| s.id == id) {
                 continue;
             }
-            info!(model = %id, path = %p.display(), "found model");
-            specs.push(spec_for(&id, &p, device, false));
+            info!(model = %id, kind = %kind, path = %p.display(), "found model");
+            specs.push(served(&id, kind, &p, device, false));
         }
     } else {
         warn!(dir = %models_dir.display(), "models directory not found");
@@ -112,7 +104,10 @@ pub fn discover(
         models_dir.join("fixtures/sd15-tiny"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/sd15-tiny"),
     ];
-    let Some(tiny) = candidates.iter().find(|p| is_diffusers_folder(p)) else {
+    let Some(tiny) = candidates
+        .iter()
+        .find(|p| p.is_dir() && ModelKind::detect(p) == Some(ModelKind::Sd15))
+    else {
         return Err(EngineError::Invalid {
             param: None,
             message: format!(
@@ -121,13 +116,17 @@ pub fn discover(
             ),
         });
     };
-    specs.push(sd15_spec("sd15-demo", tiny, device, true));
+    specs.push(served("sd15-demo", ModelKind::Sd15, tiny, device, true));
     let dalle_tiny = [
         models_dir.join("fixtures/dalle-tiny/flax"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/dalle-tiny/flax"),
     ];
-    if let Some(p) = dalle_tiny.iter().find(|p| dalle_mini::detect(p).is_some()) {
-        specs.push(dalle_spec("dalle-mini-demo", p, device, true));
+    if let Some((p, kind)) = dalle_tiny.iter().find_map(|p| {
+        ModelKind::detect(p)
+            .filter(|k| k.family() == Family::DalleMini)
+            .map(|k| (p, k))
+    }) {
+        specs.push(served("dalle-mini-demo", kind, p, device, true));
     }
     Ok(Discovery { specs, demo: true })
 }

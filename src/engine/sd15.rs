@@ -4,39 +4,34 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
 use crate::backend::{BackendTask, Placement, dispatch};
-use crate::image_io;
-use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img, latent_preview};
-
-/// Prem's SD service default; the CLI's 50 is too slow for an interactive API.
-pub const DEFAULT_STEPS: usize = 25;
+use crate::image_io::{self, params::Parameters};
+use crate::models::family::sd15_defaults;
+use crate::models::sd15::{
+    GenerateRequest, NoiseOverrides, StableDiffusion, img2img, latent_preview,
+};
 
 pub struct Sd15Pipeline<B: Backend> {
     model: StableDiffusion<B>,
+    /// Written into the images' infotext as the model.
+    name: String,
 }
 
 impl<B: Backend> Sd15Pipeline<B> {
-    pub fn new(model: StableDiffusion<B>) -> Self {
-        Self { model }
-    }
-}
-
-impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
-    fn family(&self) -> Family {
-        Family::Sd15
+    pub fn new(model: StableDiffusion<B>, name: impl Into<String>) -> Self {
+        Self {
+            model,
+            name: name.into(),
+        }
     }
 
-    fn generate(
-        &mut self,
-        job: &ImageJob,
-        progress: &mut dyn FnMut(Progress) -> bool,
-    ) -> Result<Vec<GeneratedImage>, EngineError> {
-        let defaults = GenerateRequest::default();
-        // Edits: img2img, or inpainting with a mask (white = repaint; the server converts
-        // OpenAI's transparent-means-edit masks). diffusers defaults strength to 0.8 for img2img
-        // and 1.0 for inpainting.
+    /// The model request of `job`: the job's options, the family's defaults for the rest.
+    pub fn request(job: &ImageJob) -> Result<GenerateRequest, EngineError> {
+        // Edits: img2img, or inpainting with a mask (255 = repaint). diffusers defaults
+        // strength to 0.8 for img2img and 1.0 for inpainting.
         let condition = match &job.init {
             Some(init) => {
                 let img = image::DynamicImage::ImageRgb8(init.image.clone());
@@ -49,29 +44,80 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
             }
             None => None,
         };
-        let strength =
-            job.strength
-                .unwrap_or(if job.init.as_ref().is_some_and(|i| i.mask.is_some()) {
-                    1.0
-                } else {
-                    defaults.strength
-                });
-        let req = GenerateRequest {
+        let inpaint = job.init.as_ref().is_some_and(|i| i.mask.is_some());
+        let strength = job.strength.unwrap_or(if inpaint {
+            sd15_defaults::INPAINT_STRENGTH
+        } else {
+            sd15_defaults::STRENGTH
+        });
+        let x = &job.extras;
+        Ok(GenerateRequest {
             prompt: job.prompt.clone(),
             negative_prompt: job.negative_prompt.clone(),
-            steps: job.steps.unwrap_or(DEFAULT_STEPS),
-            guidance_scale: job.guidance_scale.unwrap_or(defaults.guidance_scale),
-            scheduler: job.scheduler.unwrap_or(defaults.scheduler),
+            steps: job.steps.unwrap_or(sd15_defaults::STEPS),
+            guidance_scale: job.guidance_scale.unwrap_or(sd15_defaults::GUIDANCE_SCALE),
+            scheduler: job.scheduler.unwrap_or(sd15_defaults::SCHEDULER),
             width: job.width as usize,
             height: job.height as usize,
             n: job.n,
             seed: job.seed,
-            init_latents: None,
-            clip_skip: defaults.clip_skip,
+            clip_skip: job.clip_skip.unwrap_or(sd15_defaults::CLIP_SKIP),
+            eta: job.eta,
             condition,
             strength,
-            ..defaults
-        };
+            sample_vae: !x.vae_mean,
+            noise: NoiseOverrides {
+                init_latents: x.init_latents.clone(),
+                step_noise: x.step_noise.clone(),
+                vae_noise: x.vae_noise.clone(),
+            },
+        })
+    }
+}
+
+/// A1111's infotext of image `seed` made by `req` with the model `name`.
+fn infotext(req: &GenerateRequest, name: &str, seed: u64) -> Parameters {
+    Parameters {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        steps: req.steps,
+        sampler: req.scheduler.a1111_label().to_string(),
+        cfg_scale: req.guidance_scale,
+        seed,
+        width: req.width,
+        height: req.height,
+        model: name.to_string(),
+        clip_skip: req.clip_skip,
+        denoising_strength: req.condition.as_ref().map(|_| req.strength),
+    }
+}
+
+/// Image `k` of the `[n, C, h, w]` latents, as (shape, values).
+fn latents_of<B: Backend>(
+    latents: &Tensor<B, 4>,
+    k: usize,
+) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+    let [_, c, h, w] = latents.dims();
+    let one = latents.clone().narrow(0, k, 1);
+    let values = one
+        .into_data()
+        .convert_dtype(DType::F32)
+        .to_vec::<f32>()
+        .map_err(|e| EngineError::Failed(format!("reading latents: {e:?}")))?;
+    Ok((vec![c, h, w], values))
+}
+
+impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
+    fn family(&self) -> Family {
+        Family::Sd15
+    }
+
+    fn generate(
+        &mut self,
+        job: &ImageJob,
+        progress: &mut dyn FnMut(Progress) -> bool,
+    ) -> Result<Vec<GeneratedImage>, EngineError> {
+        let req = Self::request(job)?;
         let scale = self.model.parts.vae_config.scale_factor() as u32;
         let out = self
             .model
@@ -88,40 +134,52 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
                     preview,
                 })
             })?;
-        let images = image_io::to_rgb8(out.images)?;
-        Ok(images
+        let images = image_io::to_rgb8(out.images.clone())?;
+        images
             .into_iter()
-            .zip(out.seeds)
-            .map(|(image, seed)| GeneratedImage { image, seed })
-            .collect())
+            .zip(out.seeds.iter().copied())
+            .enumerate()
+            .map(|(k, (image, seed))| {
+                let mut g = GeneratedImage::new(image, seed);
+                g.params = Some(infotext(&req, &self.name, seed));
+                if job.extras.keep_latents {
+                    g.latents = Some(latents_of(&out.latents, k)?);
+                }
+                Ok(g)
+            })
+            .collect()
     }
 }
 
 struct LoadSd15 {
     path: PathBuf,
+    name: String,
     place: Placement,
+    edits: bool,
 }
 
 impl BackendTask for LoadSd15 {
     type Output = Result<Box<dyn ImagePipeline>, EngineError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        // The VAE encoder is kept for edits (img2img/inpainting).
         let dtype = self
             .place
             .precision
             .resolve::<B>(self.place.device, &device)?;
-        let model = StableDiffusion::<B>::load_as(&self.path, true, &device, dtype)?;
-        Ok(Box::new(Sd15Pipeline::new(model)))
+        let model = StableDiffusion::<B>::load_as(&self.path, self.edits, &device, dtype)?;
+        Ok(Box::new(Sd15Pipeline::new(model, self.name)))
     }
 }
 
-/// Loads the SD 1.5 model at `path` (diffusers folder or single file) on `device`.
-pub fn sd15_loader(path: PathBuf, place: Placement) -> Loader {
+/// Loads the SD 1.5 model at `path` (diffusers folder or single file) on `device`; `edits`
+/// keeps the VAE encoder that img2img and inpainting need. `name` is the model in infotexts.
+pub fn sd15_loader(path: PathBuf, name: String, place: Placement, edits: bool) -> Loader {
     Arc::new(move || {
         let task = LoadSd15 {
             path: path.clone(),
+            name: name.clone(),
             place,
+            edits,
         };
         dispatch(place.device, task)?
     })

@@ -6,12 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use image::imageops::FilterType;
 use tracing::{error, info, warn};
 
-use super::{
-    Counters, EngineError, GeneratedImage, ImagePipeline, JobEvent, Loader, ModelState, Queued,
-};
+use super::{Counters, EngineError, ImagePipeline, JobEvent, Loader, ModelState, Queued, pipeline};
 
 pub(crate) enum Msg {
     Job(Box<Queued>),
@@ -120,7 +117,7 @@ impl Worker {
         }
         let _ = events.send(JobEvent::Started);
         let result = self.ensure_loaded(model).and_then(|()| {
-            let Some(pipeline) = self.loaded.get_mut(&model) else {
+            let Some(loaded) = self.loaded.get_mut(&model) else {
                 return Err(EngineError::Failed("model vanished after loading".into()));
             };
             let t0 = Instant::now();
@@ -128,7 +125,9 @@ impl Worker {
                 let _ = events.send(JobEvent::Progress(p));
                 !cancelled()
             };
-            let r = catch_unwind(AssertUnwindSafe(|| pipeline.generate(&job, &mut progress)));
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                pipeline::run(loaded.as_mut(), &job, &mut progress)
+            }));
             match r {
                 Ok(r) => {
                     info!(
@@ -151,7 +150,6 @@ impl Worker {
                 }
             }
         });
-        let result = result.map(|imgs| resize_to(imgs, job.width, job.height));
         match &result {
             Ok(_) => counters.completed.fetch_add(1, Ordering::AcqRel),
             Err(EngineError::Cancelled) => counters.cancelled.fetch_add(1, Ordering::AcqRel),
@@ -162,21 +160,4 @@ impl Worker {
         };
         let _ = events.send(JobEvent::Done(result));
     }
-}
-
-/// Families with a native size (DALL·E: 256x256) are resized to what the client asked for.
-fn resize_to(images: Vec<GeneratedImage>, width: u32, height: u32) -> Vec<GeneratedImage> {
-    images
-        .into_iter()
-        .map(|g| {
-            if g.image.dimensions() == (width, height) {
-                g
-            } else {
-                GeneratedImage {
-                    image: image::imageops::resize(&g.image, width, height, FilterType::Lanczos3),
-                    seed: g.seed,
-                }
-            }
-        })
-        .collect()
 }

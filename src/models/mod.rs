@@ -1,4 +1,7 @@
 //! Model families. Each family owns its modules, weight loading and pipeline.
 
 pub mod dalle_mini;
+pub mod family;
 pub mod sd15;
+
+pub use family::{Family, ModelKind};

@@ -9,14 +9,13 @@ use poem_openapi::param::Path;
 use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiResponse, OpenApi, ResponseContent, Tags};
 
-use super::encode::encode;
+use super::AppState;
 use super::error::{ApiError, ErrorVariants, bad_request};
-use super::jobs::{GenParams, Prepared, prepare};
-use super::stream::{ImageEvents, StreamMeta, events};
+use super::jobs::{GenParams, prepare};
+use super::respond::{ImagesContent, decode_upload, run_job};
 use super::types::*;
-use super::upload::{decode_image, mask_from_upload};
-use super::{AppState, unix_now};
-use crate::engine::{GeneratedImage, InitImage, ModelInfo, ModelState};
+use crate::engine::{EditInput, ModelInfo, ModelState};
+use crate::image_io::mask::MaskConvention;
 
 #[derive(Tags)]
 enum ApiTags {
@@ -26,12 +25,6 @@ enum ApiTags {
     Models,
     /// Health checks
     Health,
-}
-
-#[derive(ResponseContent)]
-pub enum ImagesContent {
-    Json(Json<ImagesResponse>),
-    EventStream(ImageEvents),
 }
 
 #[derive(ResponseContent)]
@@ -122,93 +115,6 @@ fn model_object(m: ModelInfo, notice: Option<&str>) -> Model {
     }
 }
 
-/// Encodes the finished images and delivers them inline (b64) or through the URL store.
-async fn respond(
-    state: &AppState,
-    req: &poem::Request,
-    p: &Prepared,
-    images: Vec<GeneratedImage>,
-) -> Result<ImagesResponse, ApiError> {
-    let (fmt, q) = (p.output_format, p.quality);
-    let encoded = tokio::task::spawn_blocking(move || {
-        images
-            .into_iter()
-            .map(|g| encode(&g.image, fmt, q).map(|b| (b, g.seed)))
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding failed: {e}"),
-        )
-    })?
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("encoding failed: {e}"),
-        )
-    })?;
-    let base = state.public_base(req);
-    let data = encoded
-        .into_iter()
-        .map(|(bytes, seed)| match p.response_format {
-            ResponseFormat::B64Json => ImageData {
-                b64_json: Some(base64::Engine::encode(
-                    &base64::engine::general_purpose::STANDARD,
-                    bytes,
-                )),
-                url: None,
-                revised_prompt: None,
-                seed,
-            },
-            ResponseFormat::Url => {
-                let id = state.store.put(bytes, fmt.content_type(), fmt.extension());
-                ImageData {
-                    b64_json: None,
-                    url: Some(format!("{base}/v1/images/files/{id}")),
-                    revised_prompt: None,
-                    seed,
-                }
-            }
-        })
-        .collect();
-    Ok(ImagesResponse {
-        created: unix_now(),
-        data,
-        output_format: fmt,
-        size: p.size(),
-    })
-}
-
-async fn run_job(
-    state: &AppState,
-    req: &poem::Request,
-    p: Prepared,
-    prefix: &'static str,
-) -> Result<ImagesContent, ApiError> {
-    let ticket = state.engine.submit(&p.model.id, p.job.clone())?;
-    // A client that hangs up drops its ticket (here or in the event stream): the job is cancelled.
-    let gone = super::disconnect::closed(req);
-    if p.stream {
-        let meta = StreamMeta {
-            prefix,
-            size: p.size(),
-            output_format: p.output_format,
-            quality: p.quality,
-            progress: p.stream_progress,
-        };
-        return Ok(ImagesContent::EventStream(events(ticket, meta, gone)));
-    }
-    let images = tokio::select! {
-        r = ticket.wait() => r?,
-        () = gone => return Err(ApiError::new(StatusCode::BAD_REQUEST, "the client closed the connection").code("client_closed")),
-    };
-    Ok(ImagesContent::Json(Json(
-        respond(state, req, &p, images).await?,
-    )))
-}
-
 #[OpenApi]
 impl Api {
     /// Create images from a prompt
@@ -229,7 +135,7 @@ impl Api {
         body: Json<CreateImageRequest>,
     ) -> ImagesResult {
         let result = async {
-            let p = prepare(&state, GenParams::from(body.0))?;
+            let p = prepare(&state, GenParams::from(body.0), None)?;
             run_job(&state, req, p, "image_generation").await
         };
         result
@@ -255,7 +161,6 @@ impl Api {
     ) -> ImagesResult {
         let result = async {
             let params = GenParams::from_edit(&body);
-            let mut p = prepare(&state, params)?;
             let mut uploads = body.images.0;
             if let Some(first) = body.image {
                 uploads.insert(0, first);
@@ -267,37 +172,17 @@ impl Api {
                 ));
             };
             let max = state.config.max_upload_side;
-            let bytes = first
-                .into_vec()
-                .await
-                .map_err(|e| ApiError::invalid("image", format!("cannot read `image`: {e}")))?;
-            let image = decode_image(&bytes, "image", max)?.to_rgb8();
+            let image = decode_upload(first, "image", max).await?;
             let mask = match body.mask {
                 None => None,
-                Some(m) => {
-                    let bytes = m.into_vec().await.map_err(|e| {
-                        ApiError::invalid("mask", format!("cannot read `mask`: {e}"))
-                    })?;
-                    let mask = mask_from_upload(&decode_image(&bytes, "mask", max)?);
-                    if mask.dimensions() != image.dimensions() {
-                        let ((mw, mh), (iw, ih)) = (mask.dimensions(), image.dimensions());
-                        return Err(ApiError::invalid(
-                            "mask",
-                            format!(
-                                "`mask` is {mw}x{mh} but `image` is {iw}x{ih}; they must match"
-                            ),
-                        ));
-                    }
-                    Some(mask)
-                }
+                Some(m) => Some(decode_upload(m, "mask", max).await?),
             };
-            if let Some(why) = &p.model.edits_unsupported {
-                return Err(
-                    ApiError::invalid("model", format!("model `{}`: {why}", p.model.id))
-                        .code("unsupported"),
-                );
-            }
-            p.job.init = Some(InitImage { image, mask });
+            let edit = EditInput {
+                image,
+                mask,
+                convention: MaskConvention::Auto,
+            };
+            let p = prepare(&state, params, Some(edit))?;
             run_job(&state, req, p, "image_edit").await
         };
         result

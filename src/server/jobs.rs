@@ -1,78 +1,88 @@
-//! Request → engine job: defaults, semantic validation (each error names its `param`).
+//! Request bodies → [`JobParams`] (transport only: numbers, strings, `WxH`), then the engine's
+//! one translation to a job ([`JobParams::into_job`]), which the CLI uses too.
 
 use super::AppState;
 use super::error::ApiError;
 use super::types::{CreateImageEditRequest, CreateImageRequest, OutputFormat, ResponseFormat};
-use crate::engine::{DalleParams, Family, ImageJob, ModelInfo, SchedulerKind};
+use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, Limits, ModelInfo};
 
-/// The fields generations and edits share, after transport parsing.
+/// What a generation or an edit asks for, after transport parsing: the model options plus how
+/// to deliver the images.
 #[derive(Debug, Default)]
 pub struct GenParams {
-    pub prompt: String,
+    pub job: JobParams,
     pub model: Option<String>,
-    pub n: Option<u32>,
     pub size: Option<String>,
     pub response_format: Option<ResponseFormat>,
     pub output_format: Option<OutputFormat>,
     pub output_compression: Option<u32>,
     pub stream: bool,
-    pub partial_images: u32,
     pub stream_progress: bool,
-    pub negative_prompt: Option<String>,
-    pub seed: Option<u64>,
-    pub guidance_scale: Option<f64>,
-    pub num_inference_steps: Option<u32>,
-    pub scheduler: Option<String>,
-    pub strength: Option<f64>,
-    pub dalle: DalleParams,
+}
+
+/// Empty text is the same as absent (form fields and SDKs send `""` for "not set").
+fn text(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
+}
+
+/// Prem semantics: seed 0 means "pick one"; the seed used is returned per image.
+fn seed(v: Option<u64>) -> Option<u64> {
+    v.filter(|&s| s != 0)
 }
 
 impl From<CreateImageRequest> for GenParams {
     fn from(r: CreateImageRequest) -> Self {
         Self {
-            prompt: r.prompt,
+            job: JobParams {
+                prompt: r.prompt,
+                negative_prompt: text(r.negative_prompt),
+                n: r.n,
+                seed: seed(r.seed),
+                steps: r.num_inference_steps,
+                guidance_scale: r.guidance_scale,
+                scheduler: text(r.scheduler),
+                strength: r.strength,
+                dalle: DalleParams {
+                    cond_scale: r.cond_scale,
+                    temperature: r.temperature,
+                    top_k: r.top_k,
+                    top_p: r.top_p,
+                    tokenization: None,
+                },
+                previews: r.partial_images.unwrap_or(0),
+                ..JobParams::default()
+            },
             model: r.model,
-            n: r.n,
             size: r.size,
             response_format: r.response_format,
             output_format: r.output_format,
             output_compression: r.output_compression,
             stream: r.stream.unwrap_or(false),
-            partial_images: r.partial_images.unwrap_or(0),
             stream_progress: r.stream_progress.unwrap_or(false),
-            negative_prompt: r.negative_prompt,
-            seed: r.seed,
-            guidance_scale: r.guidance_scale,
-            num_inference_steps: r.num_inference_steps,
-            scheduler: r.scheduler,
-            strength: r.strength,
-            dalle: DalleParams {
-                cond_scale: r.cond_scale,
-                temperature: r.temperature,
-                top_k: r.top_k,
-                top_p: r.top_p,
-            },
         }
     }
 }
 
 impl GenParams {
-    /// The text fields of an edit (its uploads are handled by the caller).
+    /// The text fields of an edit (its uploads are decoded by the caller).
     pub fn from_edit(r: &CreateImageEditRequest) -> Self {
         Self {
-            prompt: r.prompt.clone(),
+            job: JobParams {
+                prompt: r.prompt.clone(),
+                negative_prompt: text(r.negative_prompt.clone()),
+                n: r.n,
+                seed: seed(r.seed),
+                steps: r.num_inference_steps,
+                guidance_scale: r.guidance_scale,
+                scheduler: text(r.scheduler.clone()),
+                strength: r.strength,
+                ..JobParams::default()
+            },
             model: r.model.clone(),
-            n: r.n,
             size: r.size.clone(),
             response_format: r.response_format,
             output_format: r.output_format,
             output_compression: r.output_compression,
-            negative_prompt: r.negative_prompt.clone(),
-            seed: r.seed,
-            guidance_scale: r.guidance_scale,
-            num_inference_steps: r.num_inference_steps,
-            scheduler: r.scheduler.clone(),
-            strength: r.strength,
             ..Self::default()
         }
     }
@@ -96,43 +106,31 @@ impl Prepared {
     }
 }
 
-/// `WxH`, or the family default for absent / empty / `auto`.
-pub fn parse_size(
-    size: Option<&str>,
-    family: Family,
-    max_side: u32,
-) -> Result<(u32, u32), ApiError> {
-    // SD: 512x512 (its training size), or the server's bound if that is smaller.
-    let sd = 512.min(max_side / 8 * 8).max(64);
-    let default = family.native_size().unwrap_or((sd, sd));
+/// `WxH`; `None` for absent / empty / `auto` (the family's or the edit image's size). Whether
+/// the size suits the model is the catalog's rule, checked when the job is built.
+pub fn parse_size(size: Option<&str>) -> Result<Option<(u32, u32)>, ApiError> {
     let s = size.map(str::trim).unwrap_or("");
     if s.is_empty() || s.eq_ignore_ascii_case("auto") {
-        return Ok(default);
+        return Ok(None);
     }
-    let bad = |why: &str| ApiError::invalid("size", format!("invalid size `{s}`: {why}"));
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| bad("expected WIDTHxHEIGHT, e.g. 512x512"))?;
-    let (w, h): (u32, u32) = match (w.parse(), h.parse()) {
-        (Ok(w), Ok(h)) => (w, h),
-        _ => return Err(bad("expected WIDTHxHEIGHT, e.g. 512x512")),
+    let bad = || {
+        ApiError::invalid(
+            "size",
+            format!("invalid size `{s}`: expected WIDTHxHEIGHT, e.g. 512x512"),
+        )
     };
-    let min = if family == Family::Sd15 { 64 } else { 16 };
-    if w < min || h < min || w > max_side || h > max_side {
-        return Err(bad(&format!(
-            "each side must be between {min} and {max_side} pixels"
-        )));
+    let (w, h) = s.split_once(['x', 'X']).ok_or_else(bad)?;
+    match (w.parse(), h.parse()) {
+        (Ok(w), Ok(h)) => Ok(Some((w, h))),
+        _ => Err(bad()),
     }
-    if family == Family::Sd15 && (w % 8 != 0 || h % 8 != 0) {
-        return Err(bad("Stable Diffusion sizes must be multiples of 8"));
-    }
-    Ok((w, h))
 }
 
-pub fn prepare(state: &AppState, p: GenParams) -> Result<Prepared, ApiError> {
-    if p.prompt.trim().is_empty() {
-        return Err(ApiError::invalid("prompt", "`prompt` must not be empty"));
-    }
+pub fn prepare(
+    state: &AppState,
+    p: GenParams,
+    edit: Option<EditInput>,
+) -> Result<Prepared, ApiError> {
     let id = p
         .model
         .as_deref()
@@ -151,20 +149,6 @@ pub fn prepare(state: &AppState, p: GenParams) -> Result<Prepared, ApiError> {
         .param("model")
         .code("model_not_found")
     })?;
-    let n = p.n.unwrap_or(1);
-    if !(1..=10).contains(&n) {
-        return Err(ApiError::invalid(
-            "n",
-            format!("`n` must be between 1 and 10, got {n}"),
-        ));
-    }
-    let (width, height) = parse_size(p.size.as_deref(), model.family, state.config.max_side)?;
-    if p.partial_images > 3 {
-        return Err(ApiError::invalid(
-            "partial_images",
-            "`partial_images` must be between 0 and 3",
-        ));
-    }
     let quality = p.output_compression.unwrap_or(100);
     if quality > 100 {
         return Err(ApiError::invalid(
@@ -172,66 +156,23 @@ pub fn prepare(state: &AppState, p: GenParams) -> Result<Prepared, ApiError> {
             "`output_compression` must be between 0 and 100",
         ));
     }
-    let scheduler = match p
-        .scheduler
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        None => None,
-        Some(s) => Some(
-            s.parse::<SchedulerKind>()
-                .map_err(|e| ApiError::invalid("scheduler", e.to_string()))?,
-        ),
+    let limits = Limits {
+        max_side: state.config.max_side,
+        max_steps: state.config.max_steps,
+        ..Limits::default()
     };
-    if let Some(g) = p.guidance_scale.filter(|g| !g.is_finite() || *g < 0.0) {
-        return Err(ApiError::invalid(
-            "guidance_scale",
-            format!("`guidance_scale` must be a non-negative number, got {g}"),
-        ));
-    }
-    if let Some(s) = p.strength.filter(|s| !(0.0..=1.0).contains(s)) {
-        return Err(ApiError::invalid(
-            "strength",
-            format!("`strength` must be between 0 and 1, got {s}"),
-        ));
-    }
-    let steps = match p.num_inference_steps {
-        Some(0) => {
-            return Err(ApiError::invalid(
-                "num_inference_steps",
-                "`num_inference_steps` must be at least 1",
-            ));
+    let mut params = p.job;
+    params.size = parse_size(p.size.as_deref())?;
+    let mut job = params.into_job(model.family, &limits, edit).map_err(|e| {
+        let mut e = ApiError::from(e);
+        if e.param.as_deref() == Some("model") {
+            e.message = format!("model `{id}`: {}", e.message);
         }
-        Some(s) if s > state.config.max_steps => {
-            return Err(ApiError::invalid(
-                "num_inference_steps",
-                format!(
-                    "`num_inference_steps` must be at most {} on this server",
-                    state.config.max_steps
-                ),
-            ));
-        }
-        s => s.map(|s| s as usize),
-    };
-    // Prem semantics: 0 or absent means "pick one"; the seed used is returned per image.
-    let seed = p
-        .seed
-        .filter(|&s| s != 0)
-        .unwrap_or_else(crate::noise::random_seed);
-    let mut job = ImageJob::new(p.prompt, width, height, seed);
-    job.negative_prompt = p.negative_prompt.unwrap_or_default();
-    job.n = n as usize;
-    job.steps = steps;
-    job.guidance_scale = p.guidance_scale;
-    job.scheduler = scheduler;
-    job.strength = p.strength;
-    job.dalle = p.dalle;
-    job.previews = if p.stream {
-        p.partial_images as usize
-    } else {
-        0
-    };
+        e
+    })?;
+    if !p.stream {
+        job.previews = 0;
+    }
     Ok(Prepared {
         model,
         job,

@@ -7,6 +7,7 @@ mod encode;
 mod error;
 mod guard;
 mod jobs;
+mod respond;
 mod schema_check;
 mod store;
 mod stream;
@@ -21,9 +22,7 @@ use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
 pub use api::Api;
-pub use encode::encode;
 pub use error::ApiError;
-pub use jobs::parse_size;
 pub use store::ImageStore;
 
 use crate::engine::EngineHandle;

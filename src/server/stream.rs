@@ -17,6 +17,7 @@ use super::error::ApiError;
 use super::types::{ImageStreamEvent, OutputFormat, Usage};
 use super::unix_now;
 use crate::engine::{JobEvent, JobTicket};
+use crate::image_io::params::Parameters;
 
 /// One Server-Sent Event as it appears on the wire: `event` is the event type and `data` a
 /// JSON-encoded `ImageStreamEvent`. (poem-openapi's own `EventStream` documents the stream as a
@@ -106,22 +107,12 @@ struct State {
     meta: StreamMeta,
 }
 
-async fn b64(img: image::RgbImage, meta: &StreamMeta) -> Result<String, ApiError> {
-    let (fmt, q) = (meta.output_format, meta.quality);
-    let bytes = tokio::task::spawn_blocking(move || encode(&img, fmt, q))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                poem::http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding failed: {e}"),
-            )
-        })?
-        .map_err(|e| {
-            ApiError::new(
-                poem::http::StatusCode::INTERNAL_SERVER_ERROR,
-                format!("encoding failed: {e}"),
-            )
-        })?;
+async fn b64(
+    img: image::RgbImage,
+    params: Option<Parameters>,
+    meta: &StreamMeta,
+) -> Result<String, ApiError> {
+    let bytes = encode(img, params, meta.output_format, meta.quality).await?;
     Ok(base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         bytes,
@@ -145,7 +136,7 @@ impl State {
                     });
                 }
                 if let Some(img) = p.preview {
-                    match b64(img, &self.meta).await {
+                    match b64(img, None, &self.meta).await {
                         Ok(b) => {
                             let ev = ImageStreamEvent {
                                 b64_json: Some(b),
@@ -162,7 +153,7 @@ impl State {
             Some(JobEvent::Done(Ok(images))) => {
                 self.ticket = None;
                 for (k, g) in images.into_iter().enumerate() {
-                    match b64(g.image, &self.meta).await {
+                    match b64(g.image, g.params, &self.meta).await {
                         Ok(b) => self.pending.push_back(ImageStreamEvent {
                             b64_json: Some(b),
                             image_index: Some(k as u32),

@@ -6,7 +6,7 @@
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use kiln::image_io::to_u8;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 use kiln::schedulers::SchedulerKind;
 
 use crate::common::{assert_close, assert_close_scaled, reference, sd_tiny, tensor_on, values};
@@ -86,7 +86,10 @@ pub fn pipeline<B: Backend>(
         height: shape[2] * 8,
         n,
         seed: 0,
-        init_latents: Some(noise),
+        noise: NoiseOverrides {
+            init_latents: Some(noise),
+            ..Default::default()
+        },
         clip_skip: 1,
         ..Default::default()
     };
@@ -135,7 +138,10 @@ pub fn pipeline_in<B: Backend>(device: &B::Device, dtype: DType) -> (Vec<f32>, V
         scheduler: SchedulerKind::Ddim,
         width: shape[3] * 8,
         height: shape[2] * 8,
-        init_latents: Some(noise),
+        noise: NoiseOverrides {
+            init_latents: Some(noise),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let out = m.generate(&req, &mut |_, _| true).expect("generation runs");

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln::download::{HubConfig, ModelSpec};
+use kiln::download::{DownloadRecipe, HubConfig};
 use sha2::{Digest, Sha256};
 
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -67,7 +67,7 @@ impl MockHub {
     }
 
     /// Serves every file of `spec` at each of its revisions, content from `content(remote path)`.
-    pub fn serve_spec(&self, spec: &ModelSpec, content: impl Fn(&str, &str) -> Vec<u8>) {
+    pub fn serve_spec(&self, spec: &DownloadRecipe, content: impl Fn(&str, &str) -> Vec<u8>) {
         for (rs, f) in spec.files() {
             self.add(
                 &rs.repo,

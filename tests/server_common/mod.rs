@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use base64::Engine as _;
-use kiln::engine::{EngineConfig, EngineHandle, FakeConfig, FakePipeline, Family, ModelSpec};
+pub use fake::{FakeConfig, FakePipeline};
+mod fake;
+
+use kiln::engine::{EngineConfig, EngineHandle, Family, ServedModel};
 use kiln::server::{ServerConfig, build_app};
 use poem::EndpointExt;
 use poem::http::{HeaderMap, StatusCode};
@@ -18,7 +21,7 @@ pub struct TestApp {
     pub engine: EngineHandle,
 }
 
-pub fn fake(id: &str) -> ModelSpec {
+pub fn fake(id: &str) -> ServedModel {
     FakePipeline::spec(
         id,
         FakeConfig {
@@ -29,7 +32,7 @@ pub fn fake(id: &str) -> ModelSpec {
     )
 }
 
-pub fn slow(id: &str, step_ms: u64) -> ModelSpec {
+pub fn slow(id: &str, step_ms: u64) -> ServedModel {
     FakePipeline::spec(
         id,
         FakeConfig {
@@ -39,7 +42,7 @@ pub fn slow(id: &str, step_ms: u64) -> ModelSpec {
     )
 }
 
-pub fn dalle(id: &str) -> ModelSpec {
+pub fn dalle(id: &str) -> ServedModel {
     FakePipeline::spec(
         id,
         FakeConfig {
@@ -49,7 +52,7 @@ pub fn dalle(id: &str) -> ModelSpec {
     )
 }
 
-pub fn start_with(models: Vec<ModelSpec>, engine: EngineConfig, config: ServerConfig) -> TestApp {
+pub fn start_with(models: Vec<ServedModel>, engine: EngineConfig, config: ServerConfig) -> TestApp {
     let engine = EngineHandle::start(models, engine).expect("engine");
     let app: App = build_app(config, engine.clone())
         .expect("app")

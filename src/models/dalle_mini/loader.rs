@@ -10,6 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DalleBartConfig, VqganConfig};
+use super::flax_file;
 use super::text_normalizer::HashtagSplitter;
 use super::tokenizer::DalleTokenizer;
 use super::weights::{self, FlaxTarget};
@@ -189,7 +190,7 @@ pub(super) fn load<B: Backend>(
     let (config, encoder, decoder) = match layout {
         Layout::Flax => {
             let config = DalleBartConfig::from_file(&config_path)?;
-            let file = weights::flax_bart_file(
+            let file = flax_file::flax_bart_file(
                 &path.join(FLAX_FILE),
                 config.encoder_layers,
                 config.decoder_layers,
@@ -243,7 +244,7 @@ pub(super) fn load<B: Backend>(
         VqganConfig::default()
     };
     let file = if vq_path.extension().is_some_and(|e| e == "msgpack") {
-        weights::flax_vqgan_file(&vq_path)?
+        flax_file::flax_vqgan_file(&vq_path)?
     } else {
         TensorFile::open(&vq_path)?
     };

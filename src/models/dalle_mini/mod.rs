@@ -34,6 +34,7 @@ pub mod bart_decoder;
 pub mod bart_encoder;
 pub mod config;
 pub mod dense;
+pub mod flax_file;
 pub mod loader;
 pub mod msgpack;
 pub mod sampling;
@@ -55,6 +56,7 @@ pub use sampling::SamplingConfig;
 pub use vqgan::Vqgan;
 
 use crate::error::{Error, Result};
+use crate::models::family::{ModelKind, dalle_defaults};
 use crate::weights::LoadReport;
 use text_normalizer::TextNormalizer;
 use tokenizer::DalleTokenizer;
@@ -93,10 +95,10 @@ impl Default for DalleRequest {
             prompt: String::new(),
             n: 1,
             seed: 0,
-            cond_scale: 10.0,
-            temperature: 1.0,
-            top_k: 50,
-            top_p: 1.0,
+            cond_scale: dalle_defaults::COND_SCALE,
+            temperature: dalle_defaults::TEMPERATURE,
+            top_k: dalle_defaults::TOP_K,
+            top_p: dalle_defaults::TOP_P,
             tokenization: Tokenization::Normalized,
         }
     }
@@ -163,13 +165,14 @@ impl<B: Backend> DalleMini<B> {
         loader::load(path, vqgan, device, dtype)
     }
 
-    /// "dalle-mega" when the config has mega's width, else "dalle-mini".
+    /// Mini or Mega, from the config's width (the catalog's rule).
+    pub fn kind(&self) -> ModelKind {
+        ModelKind::of_dalle_width(self.config.d_model)
+    }
+
+    /// "dalle-mega" or "dalle-mini".
     pub fn name(&self) -> &'static str {
-        if self.config.d_model >= 2048 {
-            "dalle-mega"
-        } else {
-            "dalle-mini"
-        }
+        self.kind().as_str()
     }
 
     /// The unconditional and conditional text rows of `prompt`.

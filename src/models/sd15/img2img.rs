@@ -1,11 +1,13 @@
-//! Inputs of image-to-image and inpainting: the init image as a tensor, and masks in both
-//! conventions people use (diffusers: white = repaint; OpenAI: fully transparent = repaint).
+//! Inputs of image-to-image and inpainting: the init image and its mask at the generation size
+//! and as tensors. Masks are read from files and uploads by `image_io::mask`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Tensor, TensorData};
-use image::{DynamicImage, GrayImage, RgbImage, imageops::FilterType};
+use image::{DynamicImage, GrayImage, RgbImage};
+
+use crate::image_io;
 
 use crate::error::{Error, Result};
 use crate::noise::BatchNoise;
@@ -17,51 +19,6 @@ pub struct ImageCondition {
     pub image: RgbImage,
     /// 255 = repaint, 0 = keep (diffusers' convention, already binarised or not).
     pub mask: Option<GrayImage>,
-}
-
-/// How to read a mask file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MaskConvention {
-    /// Luminance: white repaints (diffusers, A1111).
-    White,
-    /// Alpha: fully transparent pixels repaint (OpenAI's images/edits).
-    Transparent,
-    /// `Transparent` when the mask has any fully transparent pixel, else `White`.
-    Auto,
-}
-
-/// A mask image in either convention → 255 where to repaint.
-pub fn mask_from_image(mask: &DynamicImage, convention: MaskConvention) -> GrayImage {
-    let transparent = mask.color().has_alpha() && mask.to_rgba8().pixels().any(|p| p[3] == 0);
-    match convention {
-        MaskConvention::Transparent => alpha_mask(mask),
-        MaskConvention::Auto if transparent => alpha_mask(mask),
-        _ => mask.to_luma8(),
-    }
-}
-
-/// Fully transparent pixels of `img` → 255; `None` when nothing is transparent.
-pub fn mask_from_transparency(img: &DynamicImage) -> Option<GrayImage> {
-    if !img.color().has_alpha() {
-        return None;
-    }
-    let m = alpha_mask(img);
-    m.pixels().any(|p| p[0] == 255).then_some(m)
-}
-
-fn alpha_mask(img: &DynamicImage) -> GrayImage {
-    let rgba = img.to_rgba8();
-    GrayImage::from_fn(rgba.width(), rgba.height(), |x, y| {
-        image::Luma([if rgba.get_pixel(x, y)[3] == 0 { 255 } else { 0 }])
-    })
-}
-
-/// The default generation size for an init image: its size rounded down to multiples of 8.
-pub fn default_size(img: &DynamicImage) -> (usize, usize) {
-    (
-        (img.width() as usize / 8) * 8,
-        (img.height() as usize / 8) * 8,
-    )
 }
 
 /// Converts any mode (RGB, RGBA, gray, palette) to RGB and resizes to `width × height`
@@ -76,19 +33,8 @@ pub fn prepare(
         return Err(Error::Image("the image has no pixels".into()));
     }
     let (w, h) = (width as u32, height as u32);
-    let rgb = img.to_rgb8();
-    let image = if rgb.dimensions() == (w, h) {
-        rgb
-    } else {
-        image::imageops::resize(&rgb, w, h, FilterType::Lanczos3)
-    };
-    let mask = mask.map(|m| {
-        if m.dimensions() == (w, h) {
-            m.clone()
-        } else {
-            image::imageops::resize(m, w, h, FilterType::Lanczos3)
-        }
-    });
+    let image = image_io::resize(img.to_rgb8(), w, h);
+    let mask = mask.map(|m| image_io::resize(m.clone(), w, h));
     Ok(ImageCondition { image, mask })
 }
 
@@ -193,9 +139,10 @@ impl<B: Backend> super::StableDiffusion<B> {
         let dev = self.device().clone();
         let shaped =
             |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [n, c, h, w]), &dev);
-        let mut injected_vae = req.vae_noise.clone().unwrap_or_default().into_iter();
+        let mut injected_vae = req.noise.vae_noise.clone().unwrap_or_default().into_iter();
         let noise_values = |rng: &mut BatchNoise| {
-            req.init_latents
+            req.noise
+                .init_latents
                 .clone()
                 .unwrap_or_else(|| rng.draw(c * h * w))
         };

@@ -8,6 +8,7 @@ pub mod embeddings;
 pub mod img2img;
 pub mod loader;
 pub mod pipeline;
+pub mod request;
 pub mod resnet;
 pub mod tokenizer;
 pub mod unet_2d;
@@ -15,6 +16,7 @@ pub mod unet_2d_blocks;
 pub mod vae;
 pub mod weights;
 
-pub use img2img::{ImageCondition, MaskConvention};
+pub use img2img::ImageCondition;
 pub use loader::Sd15Layout;
-pub use pipeline::{GenerateOutput, GenerateRequest, StableDiffusion, latent_preview};
+pub use pipeline::{GenerateOutput, StableDiffusion, latent_preview};
+pub use request::{GenerateRequest, NoiseOverrides};

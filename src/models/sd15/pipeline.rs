@@ -6,71 +6,11 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use tracing::{debug, info, warn};
 
-use super::img2img::ImageCondition;
 use super::loader::{Components, Sd15Layout, load};
+use super::request::GenerateRequest;
 use crate::error::{Error, Result};
 use crate::noise;
-use crate::schedulers::{SchedulerKind, SchedulerOptions};
-
-/// One text-to-image request.
-#[derive(Debug, Clone)]
-pub struct GenerateRequest {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub steps: usize,
-    pub guidance_scale: f64,
-    pub scheduler: SchedulerKind,
-    pub width: usize,
-    pub height: usize,
-    pub n: usize,
-    /// Image `k` starts from the noise of `seed + k`.
-    pub seed: u64,
-    /// Starting latents `[n, C, H/8, W/8]` (before the scheduler's sigma scaling), replacing the
-    /// seeded noise: what diffusers' `latents=` argument does.
-    pub init_latents: Option<Vec<f32>>,
-    /// A1111's "Clip skip": 1 = last CLIP layer, 2 = penultimate (diffusers' `clip_skip=1`).
-    /// Applies to the negative prompt too, as in A1111 (diffusers skips for the prompt only).
-    pub clip_skip: usize,
-    /// DDIM's η (stochastic when > 0); an error with other schedulers.
-    pub eta: Option<f64>,
-    /// Noise for stochastic samplers, one `[n, C, H/8, W/8]` tensor per draw in order, replacing
-    /// the seeded streams (tests feed diffusers' tensors); once used up, the seeded streams go on.
-    pub step_noise: Option<Vec<Vec<f32>>>,
-    /// img2img / inpainting input, already at `width × height`.
-    pub condition: Option<ImageCondition>,
-    /// How much of the init image is repainted, 0 < s ≤ 1 (diffusers' default 0.8).
-    pub strength: f64,
-    /// Sample the VAE posterior for the init image (diffusers' default) rather than take its mean.
-    pub sample_vae: bool,
-    /// VAE posterior noise `[n, C, H/8, W/8]` per encode, in draw order, replacing the seeded
-    /// streams (for comparisons with diffusers). With an init image, `init_latents` is the noise
-    /// added to the image latents.
-    pub vae_noise: Option<Vec<Vec<f32>>>,
-}
-
-impl Default for GenerateRequest {
-    fn default() -> Self {
-        Self {
-            prompt: String::new(),
-            negative_prompt: String::new(),
-            steps: 50,
-            guidance_scale: 7.5,
-            scheduler: SchedulerKind::Pndm,
-            width: 512,
-            height: 512,
-            n: 1,
-            seed: 0,
-            init_latents: None,
-            clip_skip: 1,
-            eta: None,
-            step_noise: None,
-            condition: None,
-            strength: 0.8,
-            sample_vae: true,
-            vae_noise: None,
-        }
-    }
-}
+use crate::schedulers::SchedulerOptions;
 
 pub struct GenerateOutput<B: Backend> {
     /// Decoded images `[n, 3, H, W]`, about [-1, 1].
@@ -193,7 +133,7 @@ impl<B: Backend> StableDiffusion<B> {
             }
             None => {}
         }
-        if let Some(l) = &req.init_latents {
+        if let Some(l) = &req.noise.init_latents {
             let [c, h, w] = self.latent_shape(req.width, req.height);
             if l.len() != req.n * c * h * w {
                 return Err(Error::invalid(format!(
@@ -204,7 +144,7 @@ impl<B: Backend> StableDiffusion<B> {
                 )));
             }
         }
-        if let Some(noise) = &req.step_noise {
+        if let Some(noise) = &req.noise.step_noise {
             let [c, h, w] = self.latent_shape(req.width, req.height);
             if let Some(bad) = noise.iter().find(|v| v.len() != req.n * c * h * w) {
                 return Err(Error::invalid(format!(
@@ -263,7 +203,7 @@ impl<B: Backend> StableDiffusion<B> {
             prepared.extra_channels,
         );
         let device = self.device.clone();
-        let mut given = req.step_noise.clone().unwrap_or_default().into_iter();
+        let mut given = req.noise.step_noise.clone().unwrap_or_default().into_iter();
         let mut step_noise = move || {
             let v = given.next().unwrap_or_else(|| rng.draw(c * h * w));
             Tensor::<B, 4>::from_data(TensorData::new(v, [n, c, h, w]), &device)

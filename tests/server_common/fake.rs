@@ -1,12 +1,14 @@
-//! A fake pipeline for tests and demos of the HTTP layer: no model, deterministic images from
-//! the seed, an optional delay per step so queueing and cancellation can be observed.
+//! A fake pipeline for tests of the HTTP layer: no model, deterministic images from the seed,
+//! an optional delay per step so queueing and cancellation can be observed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use image::{Rgb, RgbImage};
 
-use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, ModelSpec, Progress};
+use kiln::engine::{
+    EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Progress, ServedModel,
+};
 
 #[derive(Debug, Clone)]
 pub struct FakeConfig {
@@ -40,22 +42,14 @@ impl FakePipeline {
         Self { cfg }
     }
 
-    /// A [`ModelSpec`] serving this fake under `id` on a worker of its own (`device` "fake").
-    pub fn spec(id: &str, cfg: FakeConfig) -> ModelSpec {
-        let family = cfg.family;
-        let edits_unsupported = match family {
-            Family::Sd15 => None,
-            Family::DalleMini => {
-                Some("DALL·E models cannot edit images; use a Stable Diffusion model".into())
-            }
-        };
-        ModelSpec {
+    /// A [`ServedModel`] serving this fake under `id` on a worker of its own (`device` "fake").
+    pub fn spec(id: &str, cfg: FakeConfig) -> ServedModel {
+        ServedModel {
             id: id.into(),
-            family,
+            family: cfg.family,
             device: format!("fake-{id}"),
             source: "fake pipeline (tests)".into(),
             demo: false,
-            edits_unsupported,
             loader: Arc::new(move || {
                 Ok(Box::new(FakePipeline::new(cfg.clone())) as Box<dyn ImagePipeline>)
             }),
@@ -115,10 +109,7 @@ impl ImagePipeline for FakePipeline {
         Ok((0..job.n as u64)
             .map(|k| {
                 let seed = job.seed.wrapping_add(k);
-                GeneratedImage {
-                    image: Self::render(seed, w, h, 1.0),
-                    seed,
-                }
+                GeneratedImage::new(Self::render(seed, w, h, 1.0), seed)
             })
             .collect())
     }

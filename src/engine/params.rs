@@ -1,0 +1,309 @@
+//! The one translation from what a user asked for to an [`ImageJob`]: checks, family rules and
+//! defaults. The server's request bodies and `kiln generate`'s flags both fill a [`JobParams`]
+//! and come through [`JobParams::into_job`], so the same options give the same job (and, with
+//! the same seed, the same pixels) from either. Each error names the option (`param`) in the
+//! server's spelling; the CLI's flag is the same with dashes.
+
+use image::DynamicImage;
+
+use super::{DalleParams, EngineError, ImageJob, InitImage};
+use crate::image_io::mask::{MaskConvention, edit_mask};
+use crate::models::Family;
+use crate::schedulers::SchedulerKind;
+
+/// A request's model options as given, before defaults and checks.
+#[derive(Debug, Clone, Default)]
+pub struct JobParams {
+    pub prompt: String,
+    pub negative_prompt: Option<String>,
+    pub n: Option<u32>,
+    /// `(width, height)`; `None`: the init image's size (edits) or the family's default.
+    pub size: Option<(u32, u32)>,
+    /// `None`: a random seed (returned with each image).
+    pub seed: Option<u64>,
+    pub steps: Option<u32>,
+    pub guidance_scale: Option<f64>,
+    pub scheduler: Option<String>,
+    pub strength: Option<f64>,
+    pub eta: Option<f64>,
+    pub clip_skip: Option<usize>,
+    pub dalle: DalleParams,
+    /// Streamed previews (OpenAI `partial_images`).
+    pub previews: u32,
+}
+
+/// An edit's inputs as decoded: the image, and a mask read with `convention`.
+#[derive(Debug, Clone)]
+pub struct EditInput {
+    pub image: DynamicImage,
+    pub mask: Option<DynamicImage>,
+    pub convention: MaskConvention,
+}
+
+/// Bounds a deployment sets.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest side of an output image.
+    pub max_side: u32,
+    pub max_steps: u32,
+    pub max_n: u32,
+}
+
+impl Limits {
+    /// `kiln generate`'s bounds: a user's own machine, so only what keeps a typo from asking
+    /// for hours of work or more memory than any machine has.
+    pub const CLI: Limits = Limits {
+        max_side: 4096,
+        max_steps: 1000,
+        max_n: 64,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_side: 1024,
+            max_steps: 150,
+            max_n: 10,
+        }
+    }
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> EngineError {
+    EngineError::Invalid {
+        param: Some(param.into()),
+        message: message.into(),
+    }
+}
+
+impl JobParams {
+    /// The names of the family-specific options this request sets.
+    fn given(&self) -> Vec<&'static str> {
+        let d = &self.dalle;
+        [
+            ("negative_prompt", self.negative_prompt.is_some()),
+            ("num_inference_steps", self.steps.is_some()),
+            ("guidance_scale", self.guidance_scale.is_some()),
+            ("scheduler", self.scheduler.is_some()),
+            ("strength", self.strength.is_some()),
+            ("eta", self.eta.is_some()),
+            ("clip_skip", self.clip_skip.is_some()),
+            ("cond_scale", d.cond_scale.is_some()),
+            ("temperature", d.temperature.is_some()),
+            ("top_k", d.top_k.is_some()),
+            ("top_p", d.top_p.is_some()),
+            ("tokenization", d.tokenization.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
+    /// Checks every option against `family` and `limits` and builds the job; `edit` makes it
+    /// an image-to-image or inpainting job.
+    pub fn into_job(
+        self,
+        family: Family,
+        limits: &Limits,
+        edit: Option<EditInput>,
+    ) -> Result<ImageJob, EngineError> {
+        if self.prompt.trim().is_empty() {
+            return Err(invalid("prompt", "`prompt` must not be empty"));
+        }
+        if let Some((name, owner)) = family.foreign_option(&self.given()) {
+            return Err(invalid(
+                name,
+                format!(
+                    "`{name}` applies to {} only; {} models do not read it",
+                    owner.label(),
+                    family.label()
+                ),
+            ));
+        }
+        let n = self.n.unwrap_or(1);
+        if !(1..=limits.max_n).contains(&n) {
+            return Err(invalid(
+                "n",
+                format!("`n` must be between 1 and {}, got {n}", limits.max_n),
+            ));
+        }
+        if self.previews > 3 {
+            return Err(invalid(
+                "partial_images",
+                "`partial_images` must be between 0 and 3",
+            ));
+        }
+        let (width, height) = self.size_for(family, limits, edit.as_ref())?;
+        let steps = self.steps_within(limits)?;
+        let scheduler = self.scheduler_kind()?;
+        self.check_ranges()?;
+        let init = edit.map(|e| init_image(family, e)).transpose()?;
+        let seed = self.seed.unwrap_or_else(crate::noise::random_seed);
+        let mut job = ImageJob::new(self.prompt, width, height, seed);
+        job.negative_prompt = self.negative_prompt.unwrap_or_default();
+        job.n = n as usize;
+        job.steps = steps;
+        job.guidance_scale = self.guidance_scale;
+        job.scheduler = scheduler;
+        job.strength = self.strength;
+        job.eta = self.eta;
+        job.clip_skip = self.clip_skip;
+        job.dalle = self.dalle;
+        job.init = init;
+        job.previews = self.previews as usize;
+        Ok(job)
+    }
+
+    /// The size asked for, or an edit's own (rounded down to what the family takes, when that
+    /// is allowed, as diffusers' pipelines do), or the family's default.
+    fn size_for(
+        &self,
+        family: Family,
+        limits: &Limits,
+        edit: Option<&EditInput>,
+    ) -> Result<(u32, u32), EngineError> {
+        match (self.size, edit) {
+            (Some((w, h)), _) => {
+                family
+                    .check_size(w, h, limits.max_side)
+                    .map_err(|why| invalid("size", format!("invalid size `{w}x{h}`: {why}")))?;
+                Ok((w, h))
+            }
+            (None, Some(e)) => {
+                let (w, h) = (e.image.width() / 8 * 8, e.image.height() / 8 * 8);
+                Ok(match family.check_size(w, h, limits.max_side) {
+                    Ok(()) => (w, h),
+                    Err(_) => family.default_size(limits.max_side),
+                })
+            }
+            (None, None) => Ok(family.default_size(limits.max_side)),
+        }
+    }
+
+    fn steps_within(&self, limits: &Limits) -> Result<Option<usize>, EngineError> {
+        match self.steps {
+            Some(0) => Err(invalid(
+                "num_inference_steps",
+                "`num_inference_steps` must be at least 1",
+            )),
+            Some(s) if s > limits.max_steps => Err(invalid(
+                "num_inference_steps",
+                format!(
+                    "`num_inference_steps` must be at most {} on this server",
+                    limits.max_steps
+                ),
+            )),
+            s => Ok(s.map(|s| s as usize)),
+        }
+    }
+
+    fn scheduler_kind(&self) -> Result<Option<SchedulerKind>, EngineError> {
+        let name = self.scheduler.as_deref().map(str::trim);
+        name.filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<SchedulerKind>()
+                    .map_err(|e| invalid("scheduler", e.to_string()))
+            })
+            .transpose()
+    }
+
+    /// Numbers with a fixed range (the model checks the rest against its own config).
+    fn check_ranges(&self) -> Result<(), EngineError> {
+        if let Some(g) = self.guidance_scale.filter(|g| !g.is_finite() || *g < 0.0) {
+            return Err(invalid(
+                "guidance_scale",
+                format!("`guidance_scale` must be a non-negative number, got {g}"),
+            ));
+        }
+        for (name, v) in [("strength", self.strength), ("eta", self.eta)] {
+            if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
+                return Err(invalid(
+                    name,
+                    format!("`{name}` must be between 0 and 1, got {v}"),
+                ));
+            }
+        }
+        if self.clip_skip == Some(0) {
+            return Err(invalid("clip_skip", "`clip_skip` must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+/// An edit's init image and mask, if the family edits.
+fn init_image(family: Family, e: EditInput) -> Result<InitImage, EngineError> {
+    if let Some(why) = family.edits_unsupported() {
+        return Err(EngineError::Unsupported {
+            param: Some("model".into()),
+            message: why.into(),
+        });
+    }
+    let mask = edit_mask(&e.image, e.mask.as_ref(), e.convention, "the mask")
+        .map_err(|err| invalid("mask", err.to_string()))?;
+    Ok(InitImage {
+        image: e.image.to_rgb8(),
+        mask,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params() -> JobParams {
+        JobParams {
+            prompt: "a cat".into(),
+            seed: Some(7),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_come_from_the_family() {
+        let l = Limits::default();
+        let j = params().into_job(Family::Sd15, &l, None).unwrap();
+        assert_eq!((j.width, j.height, j.n, j.seed), (512, 512, 1, 7));
+        let j = params().into_job(Family::DalleMini, &l, None).unwrap();
+        assert_eq!((j.width, j.height), (256, 256));
+    }
+
+    #[test]
+    fn options_of_the_other_family_are_refused_by_name() {
+        let l = Limits::default();
+        let mut p = params();
+        p.dalle.top_k = Some(3);
+        let e = p.into_job(Family::Sd15, &l, None).unwrap_err();
+        assert!(matches!(e, EngineError::Invalid { param: Some(ref p), .. } if p == "top_k"));
+        let mut p = params();
+        p.negative_prompt = Some("x".into());
+        let e = p.into_job(Family::DalleMini, &l, None).unwrap_err();
+        assert!(e.to_string().contains("negative_prompt"), "{e}");
+    }
+
+    #[test]
+    fn an_edit_keeps_its_image_size_and_transparency_mask() {
+        let l = Limits::default();
+        let mut rgba = image::RgbaImage::new(100, 67);
+        rgba.put_pixel(3, 3, image::Rgba([0, 0, 0, 0]));
+        rgba.put_pixel(4, 3, image::Rgba([9, 9, 9, 255]));
+        let edit = EditInput {
+            image: DynamicImage::ImageRgba8(rgba),
+            mask: None,
+            convention: MaskConvention::Auto,
+        };
+        let j = params()
+            .into_job(Family::Sd15, &l, Some(edit.clone()))
+            .unwrap();
+        assert_eq!((j.width, j.height), (96, 64));
+        let mask = j
+            .init
+            .unwrap()
+            .mask
+            .expect("transparent pixels are the mask");
+        assert_eq!((mask.get_pixel(3, 3)[0], mask.get_pixel(4, 3)[0]), (255, 0));
+        let e = params()
+            .into_job(Family::DalleMini, &l, Some(edit))
+            .unwrap_err();
+        assert!(matches!(e, EngineError::Unsupported { .. }));
+    }
+}

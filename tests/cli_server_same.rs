@@ -1,0 +1,161 @@
+//! `kiln generate` and `POST /v1/images/generations` translate the same options into the same
+//! job and run it through the same family adapter: with the same prompt, seed and options they
+//! give the same pixels (and, for SD, the same PNG infotext), for both families.
+
+mod server_common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine as _;
+use kiln::backend::DeviceSpec;
+use kiln::engine::{EngineConfig, discover};
+use kiln::server::ServerConfig;
+use serde_json::{Value, json};
+use server_common::*;
+
+fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(rel)
+}
+
+/// Runs `kiln generate` on `model` with `args`, returns the PNG file's bytes.
+fn cli_png(model: &Path, args: &[&str]) -> Vec<u8> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("cli.png");
+    let o = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "generate",
+            "--model-path",
+            model.to_str().expect("utf-8 path"),
+        ])
+        .args(args)
+        .args(["--output", out.to_str().expect("utf-8 path")])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("kiln runs");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read(&out).expect("the CLI wrote its PNG")
+}
+
+/// Serves `model` as `id` and posts `body`, returns the PNG response's bytes.
+async fn server_png(id: &str, model: &Path, body: Value) -> Vec<u8> {
+    let found = discover(
+        &model.join("does-not-exist"),
+        &[(id.into(), model.to_path_buf())],
+        DeviceSpec::Cpu,
+    )
+    .expect("discover");
+    let t = start_with(
+        found.specs,
+        EngineConfig::default(),
+        ServerConfig::default(),
+    );
+    let r = generate(&t, body).await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.text());
+    base64::engine::general_purpose::STANDARD
+        .decode(r.json()["data"][0]["b64_json"].as_str().expect("b64_json"))
+        .expect("base64")
+}
+
+fn pixels(png: &[u8]) -> image::RgbImage {
+    image::load_from_memory(png).expect("PNG decodes").to_rgb8()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd15_cli_and_server_give_the_same_pixels_and_infotext() {
+    // The server names the model by its id, the CLI by the file stem: the same here.
+    let model = fixture("sd15-tiny");
+    let cli = cli_png(
+        &model,
+        &[
+            "--prompt",
+            "a red cube",
+            "--negative-prompt",
+            "blurry",
+            "--steps",
+            "3",
+            "--width",
+            "64",
+            "--height",
+            "48",
+            "--seed",
+            "9",
+            "--scheduler",
+            "euler_a",
+            "--guidance-scale",
+            "6",
+        ],
+    );
+    let server = server_png(
+        "sd15-tiny",
+        &model,
+        json!({"prompt": "a red cube", "negative_prompt": "blurry", "num_inference_steps": 3,
+               "size": "64x48", "seed": 9, "scheduler": "euler_a", "guidance_scale": 6}),
+    )
+    .await;
+    assert_eq!(pixels(&cli), pixels(&server));
+    let params = |png: &[u8]| kiln::image_io::read_parameters(png).expect("PNG reads");
+    let p = params(&server).expect("server PNGs carry the infotext");
+    assert_eq!((p.steps, p.seed, p.sampler.as_str()), (3, 9, "Euler a"));
+    assert_eq!(params(&cli), Some(p));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd15_defaults_are_the_same_from_both() {
+    let model = fixture("sd15-tiny");
+    let cli = cli_png(
+        &model,
+        &[
+            "--prompt", "x", "--width", "32", "--height", "32", "--seed", "4",
+        ],
+    );
+    let server = server_png(
+        "sd15-tiny",
+        &model,
+        json!({"prompt": "x", "size": "32x32", "seed": 4}),
+    )
+    .await;
+    assert_eq!(pixels(&cli), pixels(&server));
+    let p = kiln::image_io::read_parameters(&cli).unwrap().unwrap();
+    assert_eq!(
+        (p.steps, p.cfg_scale),
+        (
+            kiln::models::family::sd15_defaults::STEPS,
+            kiln::models::family::sd15_defaults::GUIDANCE_SCALE
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dalle_cli_and_server_give_the_same_pixels_at_a_resized_size() {
+    let model = fixture("dalle-tiny/flax");
+    let cli = cli_png(
+        &model,
+        &[
+            "--prompt",
+            "a cat on a chair",
+            "--seed",
+            "3",
+            "--top-k",
+            "5",
+            "--temperature",
+            "0.9",
+            "--width",
+            "96",
+            "--height",
+            "64",
+        ],
+    );
+    let server = server_png(
+        "dalle",
+        &model,
+        json!({"prompt": "a cat on a chair", "seed": 3, "top_k": 5, "temperature": 0.9,
+               "size": "96x64"}),
+    )
+    .await;
+    let (a, b) = (pixels(&cli), pixels(&server));
+    assert_eq!(a.dimensions(), (96, 64));
+    assert_eq!(a, b);
+}
