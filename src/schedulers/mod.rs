@@ -4,6 +4,7 @@
 //!
 //! Adding a scheduler: a file here, one line in the `registry!` invocation below, and its test.
 
+mod alpha_schedule;
 mod ddim;
 mod ddpm;
 mod dpm_solver_multistep;
@@ -13,6 +14,7 @@ mod heun;
 mod lcm;
 mod lms;
 mod pndm;
+mod sigma_schedule;
 mod sigmas;
 mod unipc;
 
@@ -24,6 +26,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+pub use alpha_schedule::AlphaSchedule;
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver_multistep::DpmSolverMultistep;
@@ -33,6 +36,7 @@ pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
+pub use sigma_schedule::SigmaSchedule;
 pub use unipc::UniPc;
 
 /// One denoising loop's state. `step_index` counts calls, `0..timesteps().len()`.
@@ -61,19 +65,40 @@ pub trait Scheduler<B: Backend>: Send {
     /// img2img starts and, for 4-channel inpainting, what is blended back outside the mask. As
     /// diffusers' `scheduler.add_noise` once the pipeline has called `set_begin_index`, which
     /// makes the sigma-space samplers read their own `sigmas[step_index]` (for Karras sigmas not
-    /// the σ of the rounded timestep). This default, for the ᾱ-indexed schedulers (DDIM, DDPM,
-    /// PNDM, LCM), mixes `√ᾱ·x₀ + √(1−ᾱ)·ε` with ᾱ at the timestep.
+    /// the σ of the rounded timestep); the ᾱ-indexed schedulers (DDIM, DDPM, PNDM, LCM) mix
+    /// `√ᾱ·x₀ + √(1−ᾱ)·ε` with ᾱ at the timestep. The scheduler keeps what it needs from the
+    /// config it was built with.
     fn add_noise(
         &self,
-        cfg: &SchedulerConfig,
         original: Tensor<B, 4>,
         noise: Tensor<B, 4>,
         step_index: usize,
-    ) -> Tensor<B, 4> {
-        let a = interp(self.timesteps()[step_index], &cfg.alphas_cumprod());
-        original * a.sqrt() + noise * (1.0 - a).sqrt()
-    }
+    ) -> Tensor<B, 4>;
 }
+
+/// The schedule half of [`Scheduler`] (`timesteps`, `init_noise_sigma`, `scale_model_input`,
+/// `add_noise`), delegated to the [`SigmaSchedule`] or [`AlphaSchedule`] in `self.$field`; used
+/// inside a sampler's `impl Scheduler<B>`, which then adds its `step`.
+macro_rules! delegate_schedule {
+    ($field:ident) => {
+        fn timesteps(&self) -> &[f64] {
+            self.$field.timesteps()
+        }
+
+        fn init_noise_sigma(&self) -> f64 {
+            self.$field.init_noise_sigma()
+        }
+
+        fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
+            self.$field.scale_model_input(sample, i)
+        }
+
+        fn add_noise(&self, original: Tensor<B, 4>, noise: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
+            self.$field.add_noise(original, noise, i)
+        }
+    };
+}
+use delegate_schedule;
 
 /// `np.interp(x, arange(len(ys)), ys)`.
 pub fn interp(x: f64, ys: &[f64]) -> f64 {
