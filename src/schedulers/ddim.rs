@@ -4,21 +4,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions,
-    delegate_schedule,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    opts: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(
-        Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0)),
-    ))
-}
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 
 pub struct Ddim {
     schedule: AlphaSchedule,

@@ -7,41 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::sigmas::alpha_sigma_lambda;
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, SigmaSchedule,
-    delegate_schedule,
-};
-use crate::error::Result;
-
-pub(super) fn build_2m<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(DpmSolverMultistep::<B>::new(
-        cfg, steps, false, false,
-    )))
-}
-
-pub(super) fn build_2m_karras<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(DpmSolverMultistep::<B>::new(
-        cfg, steps, true, false,
-    )))
-}
-
-pub(super) fn build_2m_sde_karras<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(DpmSolverMultistep::<B>::new(
-        cfg, steps, true, true,
-    )))
-}
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 pub struct DpmSolverMultistep<B: Backend> {
     schedule: SigmaSchedule,

@@ -5,27 +5,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, SigmaSchedule,
-    delegate_schedule,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(EulerDiscrete::new(cfg, steps)))
-}
-
-pub(super) fn build_karras<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(EulerDiscrete::new_karras(cfg, steps)))
-}
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 pub struct EulerDiscrete {
     schedule: SigmaSchedule,

@@ -6,19 +6,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, SigmaSchedule,
-    delegate_schedule,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Heun::<B>::new(cfg, steps)))
-}
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 pub struct Heun<B: Backend> {
     /// `[t0, t1, t1, t2, t2, …]` and `[σ0, σ1, σ1, σ2, σ2, …, σ_{n−1}, σ_{n−1}, 0]`.

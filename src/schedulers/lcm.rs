@@ -5,19 +5,8 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions,
-    delegate_schedule,
-};
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 use crate::error::{Error, Result};
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Lcm::new(cfg, steps)?))
-}
 
 /// diffusers' defaults `original_inference_steps` (the distillation schedule) and `timestep_scaling`.
 const ORIGINAL_STEPS: usize = 50;

@@ -2,7 +2,7 @@
 //! coefficients) runs on the host; tensors only see scalar multiply-adds, so a step costs no
 //! device→host sync.
 //!
-//! Adding a scheduler: a file here, one line in the `registry!` invocation below, and its test.
+//! Adding a scheduler: a file here, one entry in the `registry!` invocation below, and its test.
 
 mod alpha_schedule;
 mod ddim;
@@ -121,10 +121,15 @@ pub type Noise<'a, B> = dyn FnMut() -> Tensor<B, 4> + 'a;
 /// `1..=num_train_timesteps`) and the request's options.
 type Build<B> = fn(&SchedulerConfig, usize, &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>>;
 
-/// Generates [`SchedulerKind`], [`REGISTRY`] and the builder dispatch from one line per scheduler:
-/// `Kind => builder, [our id, diffusers class, A1111 label, other names…];`.
+/// Boxes a built sampler as a [`Build`] returns it.
+fn boxed<B: Backend, S: Scheduler<B> + 'static>(scheduler: S) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(scheduler))
+}
+
+/// Generates [`SchedulerKind`], [`REGISTRY`] and the builder dispatch from one entry per scheduler:
+/// `Kind => |cfg, steps, opts| constructor, [our id, diffusers class, A1111 label, other names…];`.
 macro_rules! registry {
-    ($($kind:ident => $build:path, [$($name:literal),+ $(,)?];)+) => {
+    ($($kind:ident => $build:expr, [$($name:literal),+ $(,)?];)+) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum SchedulerKind {
             $($kind),+
@@ -143,19 +148,32 @@ macro_rules! registry {
 }
 
 registry! {
-    Ddim => ddim::build, ["ddim", "DDIMScheduler", "DDIM"];
-    Pndm => pndm::build, ["pndm", "PNDMScheduler", "PLMS"];
-    EulerDiscrete => euler_discrete::build, ["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"];
-    EulerKarras => euler_discrete::build_karras, ["euler_karras", "Euler Karras"];
-    EulerAncestral => euler_ancestral::build, ["euler_a", "EulerAncestralDiscreteScheduler", "Euler a", "euler_ancestral"];
-    Heun => heun::build, ["heun", "HeunDiscreteScheduler", "Heun"];
-    Lms => lms::build, ["lms", "LMSDiscreteScheduler", "LMS"];
-    DpmPp2m => dpm_solver_multistep::build_2m, ["dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"];
-    DpmPp2mKarras => dpm_solver_multistep::build_2m_karras, ["dpmpp_2m_karras", "DPM++ 2M Karras"];
-    DpmPp2mSdeKarras => dpm_solver_multistep::build_2m_sde_karras, ["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"];
-    UniPc => unipc::build, ["unipc", "UniPCMultistepScheduler", "UniPC"];
-    Ddpm => ddpm::build, ["ddpm", "DDPMScheduler", "DDPM"];
-    Lcm => lcm::build, ["lcm", "LCMScheduler", "LCM"];
+    Ddim => |cfg, steps, opts| boxed(Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0))),
+        ["ddim", "DDIMScheduler", "DDIM"];
+    Pndm => |cfg, steps, _| boxed(Pndm::<B>::new(cfg, steps)),
+        ["pndm", "PNDMScheduler", "PLMS"];
+    EulerDiscrete => |cfg, steps, _| boxed(EulerDiscrete::new(cfg, steps)),
+        ["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"];
+    EulerKarras => |cfg, steps, _| boxed(EulerDiscrete::new_karras(cfg, steps)),
+        ["euler_karras", "Euler Karras"];
+    EulerAncestral => |cfg, steps, _| boxed(EulerAncestral::new(cfg, steps)),
+        ["euler_a", "EulerAncestralDiscreteScheduler", "Euler a", "euler_ancestral"];
+    Heun => |cfg, steps, _| boxed(Heun::<B>::new(cfg, steps)),
+        ["heun", "HeunDiscreteScheduler", "Heun"];
+    Lms => |cfg, steps, _| boxed(Lms::<B>::new(cfg, steps)),
+        ["lms", "LMSDiscreteScheduler", "LMS"];
+    DpmPp2m => |cfg, steps, _| boxed(DpmSolverMultistep::<B>::new(cfg, steps, false, false)),
+        ["dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"];
+    DpmPp2mKarras => |cfg, steps, _| boxed(DpmSolverMultistep::<B>::new(cfg, steps, true, false)),
+        ["dpmpp_2m_karras", "DPM++ 2M Karras"];
+    DpmPp2mSdeKarras => |cfg, steps, _| boxed(DpmSolverMultistep::<B>::new(cfg, steps, true, true)),
+        ["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"];
+    UniPc => |cfg, steps, _| boxed(UniPc::<B>::new(cfg, steps)),
+        ["unipc", "UniPCMultistepScheduler", "UniPC"];
+    Ddpm => |cfg, steps, _| boxed(Ddpm::new(cfg, steps)),
+        ["ddpm", "DDPMScheduler", "DDPM"];
+    Lcm => |cfg, steps, _| boxed(Lcm::new(cfg, steps)?),
+        ["lcm", "LCMScheduler", "LCM"];
 }
 
 /// Per-request sampler options beyond the model's scheduler config.

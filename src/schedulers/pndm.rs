@@ -4,19 +4,7 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions,
-    delegate_schedule,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Pndm::<B>::new(cfg, steps)))
-}
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 
 pub struct Pndm<B: Backend> {
     schedule: AlphaSchedule,

@@ -7,19 +7,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use super::sigmas::alpha_sigma_lambda;
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, SigmaSchedule,
-    delegate_schedule,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(UniPc::<B>::new(cfg, steps)))
-}
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 const SOLVER_ORDER: usize = 2;
 
