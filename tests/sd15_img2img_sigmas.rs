@@ -43,7 +43,6 @@ fn check(kind: SchedulerKind, id: &str) {
     let (_, noise) = r(id, "noise");
     let (_, want) = r(id, "noised_latents");
     let start = s.add_noise(
-        cfg,
         tensor::<4>(&shape, x0.clone()),
         tensor::<4>(&shape, noise.clone()),
         begin,

@@ -4,27 +4,11 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing,
-    spaced_timesteps,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    opts: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(
-        Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0)),
-    ))
-}
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 
 pub struct Ddim {
-    timesteps: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
-    final_alpha_cumprod: f64,
-    step_ratio: usize,
+    schedule: AlphaSchedule,
+    step_ratio: i64,
     prediction: PredictionType,
     clip_sample: bool,
     eta: f64,
@@ -32,21 +16,9 @@ pub struct Ddim {
 
 impl Ddim {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
-        let alphas_cumprod = cfg.alphas_cumprod();
-        let final_alpha_cumprod = if cfg.set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
         Self {
-            timesteps: spaced_timesteps(
-                cfg,
-                steps,
-                cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
-            ),
-            alphas_cumprod,
-            final_alpha_cumprod,
-            step_ratio: cfg.num_train_timesteps / steps,
+            schedule: AlphaSchedule::spaced(cfg, steps),
+            step_ratio: (cfg.num_train_timesteps / steps) as i64,
             prediction: cfg.prediction_type,
             clip_sample: cfg.clip_sample.unwrap_or(true),
             eta: 0.0,
@@ -61,17 +33,7 @@ impl Ddim {
 }
 
 impl<B: Backend> Scheduler<B> for Ddim {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {
-        sample
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -80,14 +42,11 @@ impl<B: Backend> Scheduler<B> for Ddim {
         sample: Tensor<B, 4>,
         noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let t = self.timesteps[i] as i64;
-        let prev = t - self.step_ratio as i64;
-        let a_t = self.alphas_cumprod[t as usize];
-        let a_prev = if prev >= 0 {
-            self.alphas_cumprod[prev as usize]
-        } else {
-            self.final_alpha_cumprod
-        };
+        let t = self.schedule.timesteps()[i] as i64;
+        let (a_t, a_prev) = (
+            self.schedule.alpha(t),
+            self.schedule.alpha(t - self.step_ratio),
+        );
         let b_t = 1.0 - a_t;
         let (x0, eps) = match self.prediction {
             PredictionType::Epsilon => ((sample - out.clone() * b_t.sqrt()) / a_t.sqrt(), out),

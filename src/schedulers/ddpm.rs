@@ -4,33 +4,18 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing,
-    spaced_timesteps,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Ddpm::new(cfg, steps)))
-}
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 
 pub struct Ddpm {
-    timesteps: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
+    schedule: AlphaSchedule,
     prediction: PredictionType,
     clip_sample: bool,
 }
 
 impl Ddpm {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
-        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading);
         Self {
-            timesteps: spaced_timesteps(cfg, steps, spacing),
-            alphas_cumprod: cfg.alphas_cumprod(),
+            schedule: AlphaSchedule::spaced(cfg, steps),
             prediction: cfg.prediction_type,
             clip_sample: cfg.clip_sample.unwrap_or(true),
         }
@@ -38,17 +23,7 @@ impl Ddpm {
 }
 
 impl<B: Backend> Scheduler<B> for Ddpm {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {
-        sample
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -57,13 +32,10 @@ impl<B: Backend> Scheduler<B> for Ddpm {
         sample: Tensor<B, 4>,
         noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let t = self.timesteps[i] as usize;
+        let t = self.schedule.timesteps()[i] as i64;
         // The previous timestep is the next one in the list; after the last, ᾱ = 1.
-        let a_t = self.alphas_cumprod[t];
-        let a_prev = self
-            .timesteps
-            .get(i + 1)
-            .map_or(1.0, |&p| self.alphas_cumprod[p as usize]);
+        let a_t = self.schedule.alpha(t);
+        let a_prev = self.schedule.next_alpha(i).unwrap_or(1.0);
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
         let alpha = a_t / a_prev;
         let beta = 1.0 - alpha;

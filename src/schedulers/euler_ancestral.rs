@@ -4,72 +4,28 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::sigmas::{add_noise_sigma, discrete_timesteps, sigmas_at, train_sigmas};
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(EulerAncestral::new(cfg, steps)))
-}
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 pub struct EulerAncestral {
-    timesteps: Vec<f64>,
-    /// One per timestep, then a final 0.
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
+    schedule: SigmaSchedule,
     prediction: PredictionType,
 }
 
 impl EulerAncestral {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
-        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let timesteps = discrete_timesteps(cfg, steps, spacing);
-        let sigmas = sigmas_at(&train_sigmas(cfg), &timesteps);
-        let max = sigmas.iter().cloned().fold(0.0, f64::max);
-        let init_noise_sigma = match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
-        };
         Self {
-            timesteps,
-            sigmas,
-            init_noise_sigma,
+            schedule: SigmaSchedule::discrete(cfg, steps),
             prediction: cfg.prediction_type,
         }
     }
 
     pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 }
 
 impl<B: Backend> Scheduler<B> for EulerAncestral {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn add_noise(
-        &self,
-        _: &SchedulerConfig,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        i: usize,
-    ) -> Tensor<B, 4> {
-        add_noise_sigma(original, noise, self.sigmas[i])
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
-        let s = self.sigmas[i];
-        sample / (s * s + 1.0).sqrt()
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -78,7 +34,7 @@ impl<B: Backend> Scheduler<B> for EulerAncestral {
         sample: Tensor<B, 4>,
         noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
+        let (sigma, next) = (self.schedule.sigmas()[i], self.schedule.sigmas()[i + 1]);
         let sigma_up = (next * next * (sigma * sigma - next * next) / (sigma * sigma)).sqrt();
         let sigma_down = (next * next - sigma_up * sigma_up).sqrt();
         let dt = sigma_down - sigma;

@@ -5,24 +5,15 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions};
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 use crate::error::{Error, Result};
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Lcm::new(cfg, steps)?))
-}
 
 /// diffusers' defaults `original_inference_steps` (the distillation schedule) and `timestep_scaling`.
 const ORIGINAL_STEPS: usize = 50;
 const TIMESTEP_SCALING: f64 = 10.0;
 
 pub struct Lcm {
-    timesteps: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
+    schedule: AlphaSchedule,
     prediction: PredictionType,
     clip_sample: bool,
 }
@@ -44,8 +35,7 @@ impl Lcm {
             .map(|j| origin[((j as f64 * stride).floor() as usize).min(original - 1)] as f64)
             .collect();
         Ok(Self {
-            timesteps,
-            alphas_cumprod: cfg.alphas_cumprod(),
+            schedule: AlphaSchedule::new(cfg, timesteps),
             prediction: cfg.prediction_type,
             clip_sample: cfg.clip_sample.unwrap_or(false),
         })
@@ -53,17 +43,7 @@ impl Lcm {
 }
 
 impl<B: Backend> Scheduler<B> for Lcm {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {
-        sample
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -72,8 +52,8 @@ impl<B: Backend> Scheduler<B> for Lcm {
         sample: Tensor<B, 4>,
         noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let t = self.timesteps[i];
-        let a_t = self.alphas_cumprod[t as usize];
+        let t = self.schedule.timesteps()[i];
+        let a_t = self.schedule.alpha(t as i64);
         let b_t = 1.0 - a_t;
         // get_scalings_for_boundary_condition_discrete with σ_data = 0.5.
         let st = t * TIMESTEP_SCALING;
@@ -89,11 +69,8 @@ impl<B: Backend> Scheduler<B> for Lcm {
             x0
         };
         let denoised = x0 * c_out + sample * c_skip;
-        match self.timesteps.get(i + 1) {
-            Some(&prev) => {
-                let a_prev = self.alphas_cumprod[prev as usize];
-                denoised * a_prev.sqrt() + noise() * (1.0 - a_prev).sqrt()
-            }
+        match self.schedule.next_alpha(i) {
+            Some(a_prev) => denoised * a_prev.sqrt() + noise() * (1.0 - a_prev).sqrt(),
             None => denoised,
         }
     }

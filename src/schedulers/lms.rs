@@ -7,26 +7,13 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::sigmas::{add_noise_sigma, discrete_timesteps, sigmas_at, train_sigmas};
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Lms::<B>::new(cfg, steps)))
-}
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 /// diffusers' default `order` argument of `step`.
 const ORDER: usize = 4;
 
 pub struct Lms<B: Backend> {
-    timesteps: Vec<f64>,
-    /// One per timestep, then a final 0.
-    sigmas: Vec<f64>,
-    init_noise_sigma: f64,
+    schedule: SigmaSchedule,
     prediction: PredictionType,
     /// The last `ORDER` derivatives, oldest first.
     derivatives: Vec<Tensor<B, 4>>,
@@ -34,31 +21,21 @@ pub struct Lms<B: Backend> {
 
 impl<B: Backend> Lms<B> {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
-        let spacing = cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace);
-        let timesteps = discrete_timesteps(cfg, steps, spacing);
-        let sigmas = sigmas_at(&train_sigmas(cfg), &timesteps);
-        let max = sigmas.iter().cloned().fold(0.0, f64::max);
-        let init_noise_sigma = match spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max,
-            TimestepSpacing::Leading => (max * max + 1.0).sqrt(),
-        };
         Self {
-            timesteps,
-            sigmas,
-            init_noise_sigma,
+            schedule: SigmaSchedule::discrete(cfg, steps),
             prediction: cfg.prediction_type,
             derivatives: Vec::new(),
         }
     }
 
     pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 
     /// `∫_{σ_i}^{σ_{i+1}} ∏_{k≠j} (τ − σ_{i−k}) / (σ_{i−j} − σ_{i−k}) dτ`: the weight of the
     /// derivative from `j` steps ago (`get_lms_coefficient`).
     pub fn coefficient(&self, order: usize, i: usize, j: usize) -> f64 {
-        let s = &self.sigmas;
+        let s = self.schedule.sigmas();
         let basis = |tau: f64| {
             (0..order)
                 .filter(|&k| k != j)
@@ -99,28 +76,7 @@ mod tests {
 }
 
 impl<B: Backend> Scheduler<B> for Lms<B> {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        self.init_noise_sigma
-    }
-
-    fn add_noise(
-        &self,
-        _: &SchedulerConfig,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        i: usize,
-    ) -> Tensor<B, 4> {
-        add_noise_sigma(original, noise, self.sigmas[i])
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
-        let s = self.sigmas[i];
-        sample / (s * s + 1.0).sqrt()
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -129,7 +85,7 @@ impl<B: Backend> Scheduler<B> for Lms<B> {
         sample: Tensor<B, 4>,
         _noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let sigma = self.sigmas[i];
+        let sigma = self.schedule.sigmas()[i];
         // (x − x₀)/σ: ε itself for ε-prediction.
         let derivative = match self.prediction {
             PredictionType::Epsilon => out,

@@ -2,8 +2,10 @@
 //! coefficients) runs on the host; tensors only see scalar multiply-adds, so a step costs no
 //! device→host sync.
 //!
-//! Adding a scheduler: a file here, one line in the `registry!` invocation below, and its test.
+//! Adding a scheduler: a file here, one entry in the `registry!` invocation below, and its test.
 
+mod alpha_schedule;
+mod config;
 mod ddim;
 mod ddpm;
 mod dpm_solver_multistep;
@@ -13,17 +15,19 @@ mod heun;
 mod lcm;
 mod lms;
 mod pndm;
+mod sigma_schedule;
 mod sigmas;
 mod unipc;
 
-use std::path::Path;
-
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use serde::Deserialize;
 
 use crate::error::{Error, Result};
 
+pub use alpha_schedule::AlphaSchedule;
+pub use config::{
+    PredictionType, SchedulerConfig, TimestepSpacing, linspace_f32, linspace_f64, spaced_timesteps,
+};
 pub use ddim::Ddim;
 pub use ddpm::Ddpm;
 pub use dpm_solver_multistep::DpmSolverMultistep;
@@ -33,6 +37,7 @@ pub use heun::Heun;
 pub use lcm::Lcm;
 pub use lms::Lms;
 pub use pndm::Pndm;
+pub use sigma_schedule::SigmaSchedule;
 pub use unipc::UniPc;
 
 /// One denoising loop's state. `step_index` counts calls, `0..timesteps().len()`.
@@ -61,19 +66,40 @@ pub trait Scheduler<B: Backend>: Send {
     /// img2img starts and, for 4-channel inpainting, what is blended back outside the mask. As
     /// diffusers' `scheduler.add_noise` once the pipeline has called `set_begin_index`, which
     /// makes the sigma-space samplers read their own `sigmas[step_index]` (for Karras sigmas not
-    /// the σ of the rounded timestep). This default, for the ᾱ-indexed schedulers (DDIM, DDPM,
-    /// PNDM, LCM), mixes `√ᾱ·x₀ + √(1−ᾱ)·ε` with ᾱ at the timestep.
+    /// the σ of the rounded timestep); the ᾱ-indexed schedulers (DDIM, DDPM, PNDM, LCM) mix
+    /// `√ᾱ·x₀ + √(1−ᾱ)·ε` with ᾱ at the timestep. The scheduler keeps what it needs from the
+    /// config it was built with.
     fn add_noise(
         &self,
-        cfg: &SchedulerConfig,
         original: Tensor<B, 4>,
         noise: Tensor<B, 4>,
         step_index: usize,
-    ) -> Tensor<B, 4> {
-        let a = interp(self.timesteps()[step_index], &cfg.alphas_cumprod());
-        original * a.sqrt() + noise * (1.0 - a).sqrt()
-    }
+    ) -> Tensor<B, 4>;
 }
+
+/// The schedule half of [`Scheduler`] (`timesteps`, `init_noise_sigma`, `scale_model_input`,
+/// `add_noise`), delegated to the [`SigmaSchedule`] or [`AlphaSchedule`] in `self.$field`; used
+/// inside a sampler's `impl Scheduler<B>`, which then adds its `step`.
+macro_rules! delegate_schedule {
+    ($field:ident) => {
+        fn timesteps(&self) -> &[f64] {
+            self.$field.timesteps()
+        }
+
+        fn init_noise_sigma(&self) -> f64 {
+            self.$field.init_noise_sigma()
+        }
+
+        fn scale_model_input(&self, sample: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
+            self.$field.scale_model_input(sample, i)
+        }
+
+        fn add_noise(&self, original: Tensor<B, 4>, noise: Tensor<B, 4>, i: usize) -> Tensor<B, 4> {
+            self.$field.add_noise(original, noise, i)
+        }
+    };
+}
+use delegate_schedule;
 
 /// `np.interp(x, arange(len(ys)), ys)`.
 pub fn interp(x: f64, ys: &[f64]) -> f64 {
@@ -96,10 +122,15 @@ pub type Noise<'a, B> = dyn FnMut() -> Tensor<B, 4> + 'a;
 /// `1..=num_train_timesteps`) and the request's options.
 type Build<B> = fn(&SchedulerConfig, usize, &SchedulerOptions) -> Result<Box<dyn Scheduler<B>>>;
 
-/// Generates [`SchedulerKind`], [`REGISTRY`] and the builder dispatch from one line per scheduler:
-/// `Kind => builder, [our id, diffusers class, A1111 label, other names…];`.
+/// Boxes a built sampler as a [`Build`] returns it.
+fn boxed<B: Backend, S: Scheduler<B> + 'static>(scheduler: S) -> Result<Box<dyn Scheduler<B>>> {
+    Ok(Box::new(scheduler))
+}
+
+/// Generates [`SchedulerKind`], [`REGISTRY`] and the builder dispatch from one entry per scheduler:
+/// `Kind => |cfg, steps, opts| constructor, [our id, diffusers class, A1111 label, other names…];`.
 macro_rules! registry {
-    ($($kind:ident => $build:path, [$($name:literal),+ $(,)?];)+) => {
+    ($($kind:ident => $build:expr, [$($name:literal),+ $(,)?];)+) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         pub enum SchedulerKind {
             $($kind),+
@@ -118,19 +149,32 @@ macro_rules! registry {
 }
 
 registry! {
-    Ddim => ddim::build, ["ddim", "DDIMScheduler", "DDIM"];
-    Pndm => pndm::build, ["pndm", "PNDMScheduler", "PLMS"];
-    EulerDiscrete => euler_discrete::build, ["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"];
-    EulerKarras => euler_discrete::build_karras, ["euler_karras", "Euler Karras"];
-    EulerAncestral => euler_ancestral::build, ["euler_a", "EulerAncestralDiscreteScheduler", "Euler a", "euler_ancestral"];
-    Heun => heun::build, ["heun", "HeunDiscreteScheduler", "Heun"];
-    Lms => lms::build, ["lms", "LMSDiscreteScheduler", "LMS"];
-    DpmPp2m => dpm_solver_multistep::build_2m, ["dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"];
-    DpmPp2mKarras => dpm_solver_multistep::build_2m_karras, ["dpmpp_2m_karras", "DPM++ 2M Karras"];
-    DpmPp2mSdeKarras => dpm_solver_multistep::build_2m_sde_karras, ["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"];
-    UniPc => unipc::build, ["unipc", "UniPCMultistepScheduler", "UniPC"];
-    Ddpm => ddpm::build, ["ddpm", "DDPMScheduler", "DDPM"];
-    Lcm => lcm::build, ["lcm", "LCMScheduler", "LCM"];
+    Ddim => |cfg, steps, opts| boxed(Ddim::new(cfg, steps).with_eta(opts.eta.unwrap_or(0.0))),
+        ["ddim", "DDIMScheduler", "DDIM"];
+    Pndm => |cfg, steps, _| boxed(Pndm::<B>::new(cfg, steps)),
+        ["pndm", "PNDMScheduler", "PLMS"];
+    EulerDiscrete => |cfg, steps, _| boxed(EulerDiscrete::new(cfg, steps)),
+        ["euler", "EulerDiscreteScheduler", "Euler", "euler_discrete"];
+    EulerKarras => |cfg, steps, _| boxed(EulerDiscrete::new_karras(cfg, steps)),
+        ["euler_karras", "Euler Karras"];
+    EulerAncestral => |cfg, steps, _| boxed(EulerAncestral::new(cfg, steps)),
+        ["euler_a", "EulerAncestralDiscreteScheduler", "Euler a", "euler_ancestral"];
+    Heun => |cfg, steps, _| boxed(Heun::<B>::new(cfg, steps)),
+        ["heun", "HeunDiscreteScheduler", "Heun"];
+    Lms => |cfg, steps, _| boxed(Lms::<B>::new(cfg, steps)),
+        ["lms", "LMSDiscreteScheduler", "LMS"];
+    DpmPp2m => |cfg, steps, _| boxed(DpmSolverMultistep::<B>::new(cfg, steps, false, false)),
+        ["dpmpp_2m", "DPMSolverMultistepScheduler", "DPM++ 2M"];
+    DpmPp2mKarras => |cfg, steps, _| boxed(DpmSolverMultistep::<B>::new(cfg, steps, true, false)),
+        ["dpmpp_2m_karras", "DPM++ 2M Karras"];
+    DpmPp2mSdeKarras => |cfg, steps, _| boxed(DpmSolverMultistep::<B>::new(cfg, steps, true, true)),
+        ["dpmpp_2m_sde_karras", "DPM++ 2M SDE Karras"];
+    UniPc => |cfg, steps, _| boxed(UniPc::<B>::new(cfg, steps)),
+        ["unipc", "UniPCMultistepScheduler", "UniPC"];
+    Ddpm => |cfg, steps, _| boxed(Ddpm::new(cfg, steps)),
+        ["ddpm", "DDPMScheduler", "DDPM"];
+    Lcm => |cfg, steps, _| boxed(Lcm::new(cfg, steps)?),
+        ["lcm", "LCMScheduler", "LCM"];
 }
 
 /// Per-request sampler options beyond the model's scheduler config.
@@ -230,153 +274,5 @@ impl SchedulerKind {
             }
         }
         builder::<B>(self)(cfg, steps, opts)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimestepSpacing {
-    Leading,
-    Linspace,
-    Trailing,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PredictionType {
-    Epsilon,
-    VPrediction,
-}
-
-/// `scheduler/scheduler_config.json`, defaulting to SD 1.5's published values.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
-pub struct SchedulerConfig {
-    pub num_train_timesteps: usize,
-    pub beta_start: f64,
-    pub beta_end: f64,
-    pub beta_schedule: String,
-    pub steps_offset: usize,
-    pub set_alpha_to_one: bool,
-    /// `None` when the config file does not say: each scheduler then uses its own diffusers
-    /// default (DDIM/PNDM `leading`, Euler `linspace`), as `from_config` does. SD 1.5's published
-    /// config does not say.
-    pub timestep_spacing: Option<TimestepSpacing>,
-    pub prediction_type: PredictionType,
-    /// `None` when the config file does not say: DDIM and DDPM then clip x₀ to [-1, 1] (their
-    /// diffusers default), LCM does not. SD 1.5's config says `false`.
-    pub clip_sample: Option<bool>,
-}
-
-impl Default for SchedulerConfig {
-    fn default() -> Self {
-        Self {
-            num_train_timesteps: 1000,
-            beta_start: 0.00085,
-            beta_end: 0.012,
-            beta_schedule: "scaled_linear".into(),
-            steps_offset: 1,
-            set_alpha_to_one: false,
-            timestep_spacing: None,
-            prediction_type: PredictionType::Epsilon,
-            clip_sample: None,
-        }
-    }
-}
-
-impl SchedulerConfig {
-    pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        if !matches!(cfg.beta_schedule.as_str(), "scaled_linear" | "linear") {
-            return Err(Error::Config {
-                path: path.into(),
-                message: format!("beta_schedule `{}` not supported", cfg.beta_schedule),
-            });
-        }
-        Ok(cfg)
-    }
-
-    /// Cumulative products of alphas as torch computes them: f32 betas and alphas, the running
-    /// product accumulated in f64 and stored as f32.
-    pub fn alphas_cumprod(&self) -> Vec<f64> {
-        let n = self.num_train_timesteps;
-        let betas: Vec<f32> = match self.beta_schedule.as_str() {
-            "linear" => linspace_f32(self.beta_start as f32, self.beta_end as f32, n),
-            // diffusers takes `beta_start**0.5` in Python (f64) before torch makes it f32; an
-            // f32 sqrt is one ulp off for 0.012 and moves ᾱ[999] by 6e-7 relative.
-            _ => linspace_f32(
-                self.beta_start.sqrt() as f32,
-                self.beta_end.sqrt() as f32,
-                n,
-            )
-            .into_iter()
-            .map(|b| b * b)
-            .collect(),
-        };
-        let mut acc = 1f64;
-        betas
-            .iter()
-            .map(|b| {
-                acc *= f64::from(1.0 - b);
-                acc as f32 as f64
-            })
-            .collect()
-    }
-}
-
-/// `torch.linspace` in f32: forward from `start` for the first half, backward from `end` after.
-pub fn linspace_f32(start: f32, end: f32, n: usize) -> Vec<f32> {
-    if n == 1 {
-        return vec![start];
-    }
-    let step = (end - start) / (n - 1) as f32;
-    let half = n / 2;
-    (0..n)
-        .map(|i| {
-            if i < half {
-                start + step * i as f32
-            } else {
-                end - step * (n - 1 - i) as f32
-            }
-        })
-        .collect()
-}
-
-/// `np.linspace` in f64.
-pub fn linspace_f64(start: f64, end: f64, n: usize) -> Vec<f64> {
-    if n == 1 {
-        return vec![start];
-    }
-    (0..n)
-        .map(|i| start + (end - start) * i as f64 / (n - 1) as f64)
-        .collect()
-}
-
-/// Integer timesteps for `steps` steps, descending, per diffusers' `timestep_spacing`.
-pub fn spaced_timesteps(cfg: &SchedulerConfig, steps: usize, spacing: TimestepSpacing) -> Vec<f64> {
-    let t = cfg.num_train_timesteps;
-    match spacing {
-        TimestepSpacing::Leading => {
-            let ratio = t / steps;
-            (0..steps)
-                .rev()
-                .map(|i| (i * ratio + cfg.steps_offset) as f64)
-                .collect()
-        }
-        TimestepSpacing::Linspace => linspace_f64(0.0, (t - 1) as f64, steps)
-            .into_iter()
-            .rev()
-            .map(f64::round_ties_even)
-            .collect(),
-        TimestepSpacing::Trailing => {
-            let ratio = t as f64 / steps as f64;
-            (0..steps)
-                .map(|i| (t as f64 - i as f64 * ratio).round_ties_even() - 1.0)
-                .collect()
-        }
     }
 }

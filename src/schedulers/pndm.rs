@@ -4,24 +4,10 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::{
-    Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing,
-    spaced_timesteps,
-};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(Pndm::<B>::new(cfg, steps)))
-}
+use super::{AlphaSchedule, Noise, PredictionType, Scheduler, SchedulerConfig, delegate_schedule};
 
 pub struct Pndm<B: Backend> {
-    timesteps: Vec<f64>,
-    alphas_cumprod: Vec<f64>,
-    final_alpha_cumprod: f64,
+    schedule: AlphaSchedule,
     step_ratio: i64,
     prediction: PredictionType,
     ets: Vec<Tensor<B, 4>>,
@@ -31,13 +17,10 @@ pub struct Pndm<B: Backend> {
 
 impl<B: Backend> Pndm<B> {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
+        let spaced = AlphaSchedule::spaced(cfg, steps);
         // diffusers visits the second-lowest timestep twice: [..., t2, t1, t1, t0] ascending
         // becomes the PLMS schedule, reversed.
-        let mut asc = spaced_timesteps(
-            cfg,
-            steps,
-            cfg.timestep_spacing.unwrap_or(TimestepSpacing::Leading),
-        );
+        let mut asc = spaced.timesteps().to_vec();
         asc.reverse();
         let mut plms = asc[..asc.len() - 1].to_vec();
         if asc.len() >= 2 {
@@ -45,29 +28,13 @@ impl<B: Backend> Pndm<B> {
         }
         plms.push(asc[asc.len() - 1]);
         plms.reverse();
-        let alphas_cumprod = cfg.alphas_cumprod();
-        let final_alpha_cumprod = if cfg.set_alpha_to_one {
-            1.0
-        } else {
-            alphas_cumprod[0]
-        };
         Self {
-            timesteps: plms,
-            alphas_cumprod,
-            final_alpha_cumprod,
+            schedule: spaced.with_timesteps(plms),
             step_ratio: (cfg.num_train_timesteps / steps) as i64,
             prediction: cfg.prediction_type,
             ets: Vec::new(),
             cur_sample: None,
             counter: 0,
-        }
-    }
-
-    fn alpha(&self, t: i64) -> f64 {
-        if t >= 0 {
-            self.alphas_cumprod[t as usize]
-        } else {
-            self.final_alpha_cumprod
         }
     }
 
@@ -79,7 +46,7 @@ impl<B: Backend> Pndm<B> {
         prev: i64,
         out: Tensor<B, 4>,
     ) -> Tensor<B, 4> {
-        let (a_t, a_prev) = (self.alpha(t), self.alpha(prev));
+        let (a_t, a_prev) = (self.schedule.alpha(t), self.schedule.alpha(prev));
         let (b_t, b_prev) = (1.0 - a_t, 1.0 - a_prev);
         let out = match self.prediction {
             PredictionType::Epsilon => out,
@@ -92,17 +59,7 @@ impl<B: Backend> Pndm<B> {
 }
 
 impl<B: Backend> Scheduler<B> for Pndm<B> {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {
-        sample
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -111,7 +68,7 @@ impl<B: Backend> Scheduler<B> for Pndm<B> {
         sample: Tensor<B, 4>,
         _noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let mut t = self.timesteps[i] as i64;
+        let mut t = self.schedule.timesteps()[i] as i64;
         let mut prev = t - self.step_ratio;
         if self.counter != 1 {
             if self.ets.len() > 3 {

@@ -6,24 +6,13 @@
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::sigmas::{add_noise_vp, alpha_sigma_lambda, interp, multistep_timesteps, train_sigmas};
-use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SchedulerOptions, TimestepSpacing};
-use crate::error::Result;
-
-pub(super) fn build<B: Backend>(
-    cfg: &SchedulerConfig,
-    steps: usize,
-    _: &SchedulerOptions,
-) -> Result<Box<dyn Scheduler<B>>> {
-    Ok(Box::new(UniPc::<B>::new(cfg, steps)))
-}
+use super::sigmas::alpha_sigma_lambda;
+use super::{Noise, PredictionType, Scheduler, SchedulerConfig, SigmaSchedule, delegate_schedule};
 
 const SOLVER_ORDER: usize = 2;
 
 pub struct UniPc<B: Backend> {
-    timesteps: Vec<f64>,
-    /// One per timestep, then a final 0.
-    sigmas: Vec<f64>,
+    schedule: SigmaSchedule,
     prediction: PredictionType,
     /// x₀ predictions of the last two steps, oldest first.
     model_outputs: Vec<Tensor<B, 4>>,
@@ -57,20 +46,8 @@ impl Phi {
 
 impl<B: Backend> UniPc<B> {
     pub fn new(cfg: &SchedulerConfig, steps: usize) -> Self {
-        let train = train_sigmas(cfg);
-        let timesteps = multistep_timesteps(
-            cfg,
-            steps,
-            cfg.timestep_spacing.unwrap_or(TimestepSpacing::Linspace),
-        );
-        let mut sigmas: Vec<f64> = timesteps
-            .iter()
-            .map(|&t| interp(t, &train) as f32 as f64)
-            .collect();
-        sigmas.push(0.0);
         Self {
-            timesteps,
-            sigmas,
+            schedule: SigmaSchedule::multistep(cfg, steps, false),
             prediction: cfg.prediction_type,
             model_outputs: Vec::new(),
             last: None,
@@ -78,11 +55,11 @@ impl<B: Backend> UniPc<B> {
     }
 
     pub fn sigmas(&self) -> &[f64] {
-        &self.sigmas
+        self.schedule.sigmas()
     }
 
     fn lambda(&self, i: usize) -> f64 {
-        alpha_sigma_lambda(self.sigmas[i]).2
+        alpha_sigma_lambda(self.schedule.sigmas()[i]).2
     }
 
     /// UniC (`multistep_uni_c_bh_update`): refines `this_sample` (at step `i`) from the previous
@@ -94,8 +71,8 @@ impl<B: Backend> UniPc<B> {
         model_t: Tensor<B, 4>,
         order: usize,
     ) -> Tensor<B, 4> {
-        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i]);
-        let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i - 1]);
+        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.schedule.sigmas()[i]);
+        let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.schedule.sigmas()[i - 1]);
         let h = lambda_t - lambda_s0;
         let phi = Phi::new(h);
         let n = self.model_outputs.len();
@@ -116,8 +93,8 @@ impl<B: Backend> UniPc<B> {
 
     /// UniP (`multistep_uni_p_bh_update`): predicts the sample at step `i + 1`.
     fn predict(&self, i: usize, x: Tensor<B, 4>, order: usize) -> Tensor<B, 4> {
-        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.sigmas[i + 1]);
-        let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.sigmas[i]);
+        let (alpha_t, sigma_t, lambda_t) = alpha_sigma_lambda(self.schedule.sigmas()[i + 1]);
+        let (_, sigma_s0, lambda_s0) = alpha_sigma_lambda(self.schedule.sigmas()[i]);
         let h = lambda_t - lambda_s0;
         let phi = Phi::new(h);
         let n = self.model_outputs.len();
@@ -134,27 +111,7 @@ impl<B: Backend> UniPc<B> {
 }
 
 impl<B: Backend> Scheduler<B> for UniPc<B> {
-    fn timesteps(&self) -> &[f64] {
-        &self.timesteps
-    }
-
-    fn init_noise_sigma(&self) -> f64 {
-        1.0
-    }
-
-    fn add_noise(
-        &self,
-        _: &SchedulerConfig,
-        original: Tensor<B, 4>,
-        noise: Tensor<B, 4>,
-        i: usize,
-    ) -> Tensor<B, 4> {
-        add_noise_vp(original, noise, self.sigmas[i])
-    }
-
-    fn scale_model_input(&self, sample: Tensor<B, 4>, _: usize) -> Tensor<B, 4> {
-        sample
-    }
+    delegate_schedule!(schedule);
 
     fn step(
         &mut self,
@@ -163,7 +120,7 @@ impl<B: Backend> Scheduler<B> for UniPc<B> {
         sample: Tensor<B, 4>,
         _noise: &mut Noise<'_, B>,
     ) -> Tensor<B, 4> {
-        let (alpha, sigma, _) = alpha_sigma_lambda(self.sigmas[i]);
+        let (alpha, sigma, _) = alpha_sigma_lambda(self.schedule.sigmas()[i]);
         let x0 = match self.prediction {
             PredictionType::Epsilon => (sample.clone() - out * sigma) / alpha,
             PredictionType::VPrediction => sample.clone() * alpha - out * sigma,
@@ -178,7 +135,7 @@ impl<B: Backend> Scheduler<B> for UniPc<B> {
         self.model_outputs.push(x0);
         // Warm-up (history length) and lower_order_final both cap the order.
         let order = SOLVER_ORDER
-            .min(self.timesteps.len() - i)
+            .min(self.schedule.timesteps().len() - i)
             .min(self.model_outputs.len());
         self.last = Some((sample.clone(), order));
         self.predict(i, sample, order)

@@ -173,12 +173,7 @@ impl<B: Backend> super::StableDiffusion<B> {
         };
         let noise = shaped(noise_values(rng));
         let latents = match (&image_latents, cond.mask.is_some() && strength_max) {
-            (Some(x0), false) => scheduler.add_noise(
-                &self.parts.scheduler_config,
-                x0.clone(),
-                noise.clone(),
-                begin,
-            ),
+            (Some(x0), false) => scheduler.add_noise(x0.clone(), noise.clone(), begin),
             _ => noise.clone() * scheduler.init_noise_sigma(),
         };
         let Some(mask) = &cond.mask else {

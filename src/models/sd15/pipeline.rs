@@ -236,12 +236,7 @@ impl<B: Backend> StableDiffusion<B> {
             if let Some(b) = &blend {
                 // Outside the mask, keep the init image noised to the next step's level.
                 let known = if i + 1 < total {
-                    scheduler.add_noise(
-                        &self.parts.scheduler_config,
-                        b.image_latents.clone(),
-                        b.noise.clone(),
-                        i + 1,
-                    )
+                    scheduler.add_noise(b.image_latents.clone(), b.noise.clone(), i + 1)
                 } else {
                     b.image_latents.clone()
                 };
