@@ -17,6 +17,7 @@ mod math;
 mod norms;
 mod rows;
 mod team;
+mod weight_rows;
 mod winograd;
 
 use std::any::{Any, TypeId};
