@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::{EngineError, Family, ModelSpec, dalle_loader, sd15_loader};
-use crate::backend::Placement;
 use crate::models::dalle_mini;
+use crate::precision::Placement;
 
 /// Printed when only demo models are served.
 pub const DEMO_HELP: &str = "To serve real Stable Diffusion 1.5 weights, put a diffusers folder under models/, e.g.\n  \

@@ -6,9 +6,10 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
-use crate::backend::{BackendTask, Placement, dispatch};
+use crate::backend::{BackendTask, dispatch};
 use crate::image_io;
 use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img, latent_preview};
+use crate::precision::Placement;
 
 /// Prem's SD service default; the CLI's 50 is too slow for an interactive API.
 pub const DEFAULT_STEPS: usize = 25;
