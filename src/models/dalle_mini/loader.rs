@@ -161,14 +161,14 @@ enum Store {
 /// CPU backend's GEMV and GEMM, see `nn::WeightLayout::OutIn`). Everything else (norms,
 /// embeddings, other backends) is widened at load.
 fn keep_f16<B: Backend>(path: &str, file: DType) -> bool {
-    const DENSE: [&str; 8] = [
+    const PROJECTIONS: [&str; 8] = [
         "k_proj", "v_proj", "q_proj", "out_proj", "fc0", "fc1", "fc2", "lm_head",
     ];
     let mut seg = path.rsplit('.');
     file == DType::F16
         && WeightLayout::OutIn.reads_f16::<B>()
         && seg.next() == Some("weight")
-        && seg.next().is_some_and(|s| DENSE.contains(&s))
+        && seg.next().is_some_and(|s| PROJECTIONS.contains(&s))
 }
 
 fn load_part<B: Backend, M: Module<B>>(
