@@ -22,7 +22,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Distribution, Tensor};
-use kiln::nn::{Conv2d, GroupNorm, Linear, sdpa, silu};
+use kiln::nn::{Conv2d, GroupNorm, Linear, WeightLayout, sdpa, silu};
 use kiln::schedulers::{EulerDiscrete, Scheduler, SchedulerConfig};
 
 type B = Flex;
@@ -346,6 +346,7 @@ fn main() {
     let lin = |w: &Tensor<B, 2>, b: Option<Tensor<B, 1>>| Linear {
         weight: Param::from_tensor(w.clone()),
         bias: b.map(Param::from_tensor),
+        layout: WeightLayout::InOut,
     };
     let klin = lin(&wl, Some(bl.clone()));
     bench(

@@ -96,9 +96,9 @@ impl BackendTask for Bench {
                 let mut cache = m.decoder.start(enc, pad, &[0, 1]);
                 let codebook = m.vqgan.codebook_size().min(m.config.image_rows());
                 let mut feed = vec![m.config.decoder_start_token_id; 2];
-                // On the CPU pool, as `DalleMini::decode_tokens` runs each step.
+                // Through `nn::run`, as `DalleMini::decode_tokens` runs each step.
                 let step = |cache: &mut DecoderCache<B>, feed: &mut Vec<u32>| {
-                    let (w, host) = kiln::nn::on_cpu_team::<B, _>(|| {
+                    let (w, host) = kiln::nn::run::<B, _>(kiln::nn::Stretch::SmallOps, || {
                         let logits = m.decoder.step(feed, cache);
                         (logits.dims()[1], logits.into_data().to_vec::<f32>())
                     });
@@ -143,7 +143,7 @@ impl BackendTask for Bench {
                     .text_rows(PROMPT, Tokenization::MinDalle, 0)
                     .expect("text rows");
                 let run = || {
-                    kiln::nn::on_cpu_pool::<B, _>(|| {
+                    kiln::nn::run::<B, _>(kiln::nn::Stretch::Layers, || {
                         let (enc, pad) = m.encode(&rows);
                         m.decoder.start(enc, pad, &[0, 1]).layers.len()
                     })
@@ -157,7 +157,7 @@ impl BackendTask for Bench {
                     .map(|i| i * 7919 % codebook)
                     .collect();
                 let run = || {
-                    kiln::nn::on_cpu_pool::<B, _>(|| {
+                    kiln::nn::run::<B, _>(kiln::nn::Stretch::Layers, || {
                         m.vqgan
                             .decode(std::slice::from_ref(&tokens), &m.device)
                             .dims()

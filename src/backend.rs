@@ -53,31 +53,6 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
-/// Where and in what precision a model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Placement {
-    pub device: DeviceSpec,
-    pub precision: crate::precision::Precision,
-}
-
-impl From<DeviceSpec> for Placement {
-    fn from(device: DeviceSpec) -> Self {
-        Self {
-            device,
-            precision: Default::default(),
-        }
-    }
-}
-
-impl std::fmt::Display for Placement {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.precision {
-            crate::precision::Precision::Auto => write!(f, "{}", self.device),
-            p => write!(f, "{} ({p})", self.device),
-        }
-    }
-}
-
 /// Work to run on whichever backend the user picked.
 pub trait BackendTask {
     type Output;

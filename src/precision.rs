@@ -1,4 +1,5 @@
-//! Compute precision of the models: f16 on GPU backends, f32 on the CPU, unless asked.
+//! Compute precision of the models: f16 on GPU backends, f32 on the CPU, unless asked; and
+//! [`Placement`], the device and precision a model runs with.
 
 use std::str::FromStr;
 
@@ -56,6 +57,31 @@ impl Precision {
             ))),
             Self::Auto if f16_ok && spec != DeviceSpec::Cpu => Ok(DType::F16),
             Self::Auto => Ok(DType::F32),
+        }
+    }
+}
+
+/// Where and in what precision a model runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub device: DeviceSpec,
+    pub precision: Precision,
+}
+
+impl From<DeviceSpec> for Placement {
+    fn from(device: DeviceSpec) -> Self {
+        Self {
+            device,
+            precision: Default::default(),
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.precision {
+            Precision::Auto => write!(f, "{}", self.device),
+            p => write!(f, "{} ({p})", self.device),
         }
     }
 }

@@ -9,7 +9,7 @@
 //! every max |diff|). f16 runs, relative to the reference's scale: DALL·E's logits 1e-2 and the SD
 //! pipeline 1e-2, as on the CPU (measured on lavapipe: logits 1.8e-3; SD latents 3.7e-3 and image
 //! 3.7e-3, against the CPU's 3.1e-3 and 3.0e-3). Before f16 convolutions went through
-//! `nn::conv_gemm` (Burn's direct conv kernel sums in f16) SD read 2.4e-2 and 3.1e-2 here.
+//! `nn::gpu::conv_gemm` (Burn's direct conv kernel sums in f16) SD read 2.4e-2 and 3.1e-2 here.
 
 mod common;
 #[path = "common/dalle.rs"]

@@ -77,7 +77,8 @@ pub fn dalle_steps(filter: &[String], iters: usize, d: &burn::tensor::Device<B>)
             4.0 * (d_in * d_out) as f64,
             "GB/s",
             || {
-                let y = kiln::nn::matvec_rows(&x, &w, None).expect("few rows take the GEMV");
+                let y =
+                    kiln::nn::kernels::matvec_rows(&x, &w, None).expect("few rows take the GEMV");
                 super::sync(d);
                 drop(y);
             },

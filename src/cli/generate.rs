@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::backend::{DeviceSpec, Placement};
+use kiln::backend::DeviceSpec;
 use kiln::engine::{
     DalleParams, EditInput, EngineError, GeneratedImage, JobExtras, JobParams, Limits, loader_for,
     pipeline,
@@ -16,7 +16,7 @@ use kiln::engine::{
 use kiln::image_io::{self, CLI_MAX_SIDE, ImageFormat, mask::MaskConvention};
 use kiln::models::ModelKind;
 use kiln::models::dalle_mini::Tokenization;
-use kiln::precision::Precision;
+use kiln::precision::{Placement, Precision};
 use kiln::weights::{TensorFile, write_f32};
 
 #[derive(Args, Debug)]

@@ -113,7 +113,7 @@ async fn shutdown_signal() {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let device = kiln::backend::Placement {
+    let device = kiln::precision::Placement {
         device: args.device.parse::<DeviceSpec>()?,
         precision: args.precision.parse()?,
     };

@@ -8,9 +8,10 @@ use burn::tensor::backend::Backend;
 use image::RgbImage;
 
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
-use crate::backend::{BackendTask, Placement, dispatch};
+use crate::backend::{BackendTask, dispatch};
 use crate::models::dalle_mini::{DalleMini, DalleRequest};
 use crate::models::family::dalle_defaults;
+use crate::precision::Placement;
 
 pub struct DallePipeline<B: Backend> {
     model: DalleMini<B>,

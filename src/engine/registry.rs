@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use super::{EngineError, Family, Loader, ServedModel, dalle_loader, sd15_loader};
-use crate::backend::Placement;
 use crate::models::ModelKind;
 use crate::models::family::NOT_MODEL_DIRS;
+use crate::precision::Placement;
 
 /// Printed when only demo models are served.
 pub const DEMO_HELP: &str = "To serve real Stable Diffusion 1.5 weights, put a diffusers folder under models/, e.g.\n  \

@@ -7,12 +7,13 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
 use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
-use crate::backend::{BackendTask, Placement, dispatch};
+use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
 use crate::models::family::sd15_defaults;
 use crate::models::sd15::{
     GenerateRequest, NoiseOverrides, StableDiffusion, img2img, latent_preview,
 };
+use crate::precision::Placement;
 
 pub struct Sd15Pipeline<B: Backend> {
     model: StableDiffusion<B>,

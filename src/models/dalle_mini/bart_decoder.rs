@@ -12,8 +12,7 @@ use burn::tensor::{Bool, DType, Int, Tensor, TensorData};
 
 use super::bart_encoder::{Attention, BiasLayerNorm, Glu, layer_norm};
 use super::config::DalleBartConfig;
-use super::dense::Dense;
-use crate::nn::{Embedding, LayerNorm};
+use crate::nn::{Embedding, LayerNorm, Linear, WeightLayout};
 
 #[derive(Module, Debug)]
 pub struct DecoderLayer<B: Backend> {
@@ -141,7 +140,7 @@ pub struct BartDecoder<B: Backend> {
     pub layernorm_embedding: LayerNorm<B>,
     pub layers: Vec<DecoderLayer<B>>,
     pub final_ln: BiasLayerNorm<B>,
-    pub lm_head: Dense<B>,
+    pub lm_head: Linear<B>,
 }
 
 impl<B: Backend> BartDecoder<B> {
@@ -155,7 +154,7 @@ impl<B: Backend> BartDecoder<B> {
                 .map(|_| DecoderLayer::new(cfg, device))
                 .collect(),
             final_ln: BiasLayerNorm::new(d, device),
-            lm_head: Dense::new(d, cfg.image_rows(), false, device),
+            lm_head: Linear::new(d, cfg.image_rows(), false, WeightLayout::OutIn, device),
         }
     }
 

@@ -10,8 +10,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Bool, Int, Tensor};
 
 use super::config::{DalleBartConfig, LN_EPS};
-use super::dense::Dense;
-use crate::nn::{Embedding, LayerNorm, merge_heads, split_heads};
+use crate::nn::{Embedding, LayerNorm, Linear, WeightLayout, merge_heads, split_heads};
 
 /// LayerNorm whose scale is fixed at 1 (dalle-mini's `force_ln_scale=false` norms): only a bias.
 #[derive(Module, Debug)]
@@ -38,16 +37,16 @@ pub(crate) fn layer_norm<B: Backend>(d: usize, device: &B::Device) -> LayerNorm<
 /// Multi-head attention projections without biases (`q_proj`, `k_proj`, `v_proj`, `out_proj`).
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
-    pub k_proj: Dense<B>,
-    pub v_proj: Dense<B>,
-    pub q_proj: Dense<B>,
-    pub out_proj: Dense<B>,
+    pub k_proj: Linear<B>,
+    pub v_proj: Linear<B>,
+    pub q_proj: Linear<B>,
+    pub out_proj: Linear<B>,
     pub heads: usize,
 }
 
 impl<B: Backend> Attention<B> {
     pub fn new(d: usize, heads: usize, device: &B::Device) -> Self {
-        let lin = || Dense::new(d, d, false, device);
+        let lin = || Linear::new(d, d, false, WeightLayout::OutIn, device);
         Self {
             k_proj: lin(),
             v_proj: lin(),
@@ -68,7 +67,7 @@ impl<B: Backend> Attention<B> {
     /// Queries, keys and values of `x`, split into heads (one GEMV over the three weights
     /// for a decode step's few rows).
     pub fn queries_keys_values(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
-        super::dense::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)
+        Linear::forward_many([&self.q_proj, &self.k_proj, &self.v_proj], x)
             .map(|t| split_heads(t, self.heads))
     }
 
@@ -102,9 +101,9 @@ impl<B: Backend> Attention<B> {
 pub struct Glu<B: Backend> {
     pub ln0: BiasLayerNorm<B>,
     pub ln1: BiasLayerNorm<B>,
-    pub fc0: Dense<B>,
-    pub fc1: Dense<B>,
-    pub fc2: Dense<B>,
+    pub fc0: Linear<B>,
+    pub fc1: Linear<B>,
+    pub fc2: Linear<B>,
 }
 
 impl<B: Backend> Glu<B> {
@@ -112,15 +111,15 @@ impl<B: Backend> Glu<B> {
         Self {
             ln0: BiasLayerNorm::new(d, device),
             ln1: BiasLayerNorm::new(ffn, device),
-            fc0: Dense::new(d, ffn, false, device),
-            fc1: Dense::new(d, ffn, false, device),
-            fc2: Dense::new(ffn, d, false, device),
+            fc0: Linear::new(d, ffn, false, WeightLayout::OutIn, device),
+            fc1: Linear::new(d, ffn, false, WeightLayout::OutIn, device),
+            fc2: Linear::new(ffn, d, false, WeightLayout::OutIn, device),
         }
     }
 
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
         let z = self.ln0.forward(x);
-        let [w, v] = super::dense::forward_many([&self.fc0, &self.fc1], z);
+        let [w, v] = Linear::forward_many([&self.fc0, &self.fc1], z);
         self.fc2
             .forward(self.ln1.forward(crate::nn::gelu_mul(w, v)))
     }

@@ -16,6 +16,7 @@ use super::tokenizer::DalleTokenizer;
 use super::weights::{self, FlaxTarget};
 use super::{BartDecoder, BartEncoder, DalleMini, TextNormalizer, Vqgan};
 use crate::error::{Error, Result};
+use crate::nn::WeightLayout;
 use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_with, require_complete};
 
 /// Which published weight layout a folder holds.
@@ -152,8 +153,23 @@ enum Store {
     /// All as this dtype.
     All(DType),
     /// As this dtype, except the projection weights an f16 file has in f16 where the backend
-    /// reads them so (`dense::keep_f16`): the decoder, whose steps stream every weight.
+    /// reads them so ([`keep_f16`]): the decoder, whose steps stream every weight.
     KeepF16(DType),
+}
+
+/// Whether the loader keeps parameter `path` (as stored, `file` dtype) in f16 where the model
+/// computes in f32: the BART projection weights where their `Linear` reads f16 as it is (the
+/// CPU backend's GEMV and GEMM, see `nn::WeightLayout::OutIn`). Everything else (norms,
+/// embeddings, other backends) is widened at load.
+fn keep_f16<B: Backend>(path: &str, file: DType) -> bool {
+    const PROJECTIONS: [&str; 8] = [
+        "k_proj", "v_proj", "q_proj", "out_proj", "fc0", "fc1", "fc2", "lm_head",
+    ];
+    let mut seg = path.rsplit('.');
+    file == DType::F16
+        && WeightLayout::OutIn.reads_f16::<B>()
+        && seg.next() == Some("weight")
+        && seg.next().is_some_and(|s| PROJECTIONS.contains(&s))
 }
 
 fn load_part<B: Backend, M: Module<B>>(
@@ -163,7 +179,7 @@ fn load_part<B: Backend, M: Module<B>>(
     store: Store,
 ) -> Result<(M, LoadReport)> {
     let dtype = move |path: &str, file_dtype: DType| match store {
-        Store::KeepF16(DType::F32) if super::dense::keep_f16::<B>(path, file_dtype) => DType::F16,
+        Store::KeepF16(DType::F32) if keep_f16::<B>(path, file_dtype) => DType::F16,
         Store::All(d) | Store::KeepF16(d) => d,
     };
     let (module, report) = load_into_with(module, file, map, &dtype)?;

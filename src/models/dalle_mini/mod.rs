@@ -33,7 +33,6 @@
 pub mod bart_decoder;
 pub mod bart_encoder;
 pub mod config;
-pub mod dense;
 pub mod flax_file;
 pub mod loader;
 pub mod msgpack;
@@ -57,6 +56,7 @@ pub use vqgan::Vqgan;
 
 use crate::error::{Error, Result};
 use crate::models::family::{ModelKind, dalle_defaults};
+use crate::nn::{self, Stretch};
 use crate::weights::LoadReport;
 use text_normalizer::TextNormalizer;
 use tokenizer::DalleTokenizer;
@@ -220,14 +220,14 @@ impl<B: Backend> DalleMini<B> {
         sampling.validate()?;
         let steps = self.config.image_length;
         let rows: Vec<usize> = (0..2 * n).map(|r| usize::from(r >= n)).collect();
-        let mut cache = crate::nn::on_cpu_pool::<B, _>(|| self.decoder.start(enc, pad, &rows));
+        let mut cache = nn::run::<B, _>(Stretch::Layers, || self.decoder.start(enc, pad, &rows));
         let codebook = self.vqgan.codebook_size().min(self.config.image_rows());
         let mut feed = vec![self.config.decoder_start_token_id; 2 * n];
         let mut tokens = vec![Vec::with_capacity(steps); n];
         for t in 0..steps {
-            // One pool job per step with the workers as a spinning team: its ~100 parallel
-            // loops then start within a µs of each other.
-            let (width, host) = crate::nn::on_cpu_team::<B, _>(|| {
+            // A stretch of many small ops (on the CPU one pool job per step with the workers as
+            // a spinning team: its ~100 parallel loops then start within a µs of each other).
+            let (width, host) = nn::run::<B, _>(Stretch::SmallOps, || {
                 let logits = self.decoder.step(&feed, &mut cache);
                 (
                     logits.dims()[1],
@@ -267,8 +267,8 @@ impl<B: Backend> DalleMini<B> {
         let start = std::time::Instant::now();
         let [uncond, cond] = self.text_rows(&req.prompt, req.tokenization, req.seed)?;
         tracing::debug!(ids = ?&cond[..cond.iter().position(|&x| x == tokenizer::PAD).unwrap_or(cond.len())], "dalle text tokens");
-        // On the pool (see `nn::on_cpu_pool`), as each decode step is.
-        let (enc, pad) = crate::nn::on_cpu_pool::<B, _>(|| self.encode(&[uncond, cond.clone()]));
+        // Through `nn::run`, as each decode step is.
+        let (enc, pad) = nn::run::<B, _>(Stretch::Layers, || self.encode(&[uncond, cond.clone()]));
         let encoded = start.elapsed();
         let seeds: Vec<u64> = (0..req.n as u64)
             .map(|k| req.seed.wrapping_add(k))
@@ -284,7 +284,7 @@ impl<B: Backend> DalleMini<B> {
             progress,
         )?;
         let decoded = start.elapsed();
-        let images = crate::nn::on_cpu_pool::<B, _>(|| self.vqgan.decode(&tokens, &self.device));
+        let images = nn::run::<B, _>(Stretch::Layers, || self.vqgan.decode(&tokens, &self.device));
         let [_, _, height, width] = images.dims();
         let rgb8 = vqgan::to_rgb8(images.clone());
         let done = start.elapsed();

@@ -9,8 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::{GROUPS, VqganConfig};
-use super::dense::Dense;
-use crate::nn::{Conv2d, Embedding, GroupNorm, conv1x1, conv3x3, sdpa};
+use crate::nn::{Conv2d, Embedding, GroupNorm, Linear, WeightLayout, conv1x1, conv3x3, sdpa};
 
 #[derive(Module, Debug)]
 pub struct ResnetBlock<B: Backend> {
@@ -50,15 +49,15 @@ impl<B: Backend> ResnetBlock<B> {
 #[derive(Module, Debug)]
 pub struct AttnBlock<B: Backend> {
     pub norm: GroupNorm<B>,
-    pub q: Dense<B>,
-    pub k: Dense<B>,
-    pub v: Dense<B>,
-    pub proj_out: Dense<B>,
+    pub q: Linear<B>,
+    pub k: Linear<B>,
+    pub v: Linear<B>,
+    pub proj_out: Linear<B>,
 }
 
 impl<B: Backend> AttnBlock<B> {
     pub fn new(c: usize, eps: f64, device: &B::Device) -> Self {
-        let lin = || Dense::new(c, c, true, device);
+        let lin = || Linear::new(c, c, true, WeightLayout::OutIn, device);
         Self {
             norm: GroupNorm::new(GROUPS, c, eps, device),
             q: lin(),

@@ -5,7 +5,9 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::nn::{Conv2d, GroupNorm, LayerNorm, Linear, conv1x1, merge_heads, sdpa, split_heads};
+use crate::nn::{
+    Conv2d, GroupNorm, LayerNorm, Linear, WeightLayout, conv1x1, merge_heads, sdpa, split_heads,
+};
 
 #[derive(Module, Debug)]
 pub struct Attention<B: Backend> {
@@ -26,10 +28,16 @@ impl<B: Backend> Attention<B> {
         device: &B::Device,
     ) -> Self {
         Self {
-            to_q: Linear::new(query_dim, query_dim, bias, device),
-            to_k: Linear::new(context_dim, query_dim, bias, device),
-            to_v: Linear::new(context_dim, query_dim, bias, device),
-            to_out: vec![Linear::new(query_dim, query_dim, true, device)],
+            to_q: Linear::new(query_dim, query_dim, bias, WeightLayout::InOut, device),
+            to_k: Linear::new(context_dim, query_dim, bias, WeightLayout::InOut, device),
+            to_v: Linear::new(context_dim, query_dim, bias, WeightLayout::InOut, device),
+            to_out: vec![Linear::new(
+                query_dim,
+                query_dim,
+                true,
+                WeightLayout::InOut,
+                device,
+            )],
             heads,
         }
     }
@@ -69,9 +77,9 @@ impl<B: Backend> FeedForward<B> {
         let inner = dim * 4;
         Self {
             net_0: GeGlu {
-                proj: Linear::new(dim, inner * 2, true, device),
+                proj: Linear::new(dim, inner * 2, true, WeightLayout::InOut, device),
             },
-            net_2: Linear::new(inner, dim, true, device),
+            net_2: Linear::new(inner, dim, true, WeightLayout::InOut, device),
         }
     }
 

@@ -8,7 +8,8 @@ use burn::tensor::{DType, Int, Tensor, TensorData};
 
 use super::config::ClipConfig;
 use crate::nn::{
-    Embedding, LayerNorm, Linear, gelu_exact, merge_heads, quick_gelu, sdpa, split_heads,
+    Embedding, LayerNorm, Linear, WeightLayout, gelu_exact, merge_heads, quick_gelu, sdpa,
+    split_heads,
 };
 
 #[derive(Module, Debug)]
@@ -65,16 +66,16 @@ impl<B: Backend> ClipTextModel<B> {
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| ClipEncoderLayer {
                 self_attn: ClipAttention {
-                    q_proj: Linear::new(d, d, true, device),
-                    k_proj: Linear::new(d, d, true, device),
-                    v_proj: Linear::new(d, d, true, device),
-                    out_proj: Linear::new(d, d, true, device),
+                    q_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
+                    k_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
+                    v_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
+                    out_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
                     heads: cfg.num_attention_heads,
                 },
                 layer_norm1: ln(),
                 mlp: ClipMlp {
-                    fc1: Linear::new(d, cfg.intermediate_size, true, device),
-                    fc2: Linear::new(cfg.intermediate_size, d, true, device),
+                    fc1: Linear::new(d, cfg.intermediate_size, true, WeightLayout::InOut, device),
+                    fc2: Linear::new(cfg.intermediate_size, d, true, WeightLayout::InOut, device),
                     quick: cfg.hidden_act == "quick_gelu",
                 },
                 layer_norm2: ln(),

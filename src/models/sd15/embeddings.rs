@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::nn::{Linear, silu};
+use crate::nn::{Linear, WeightLayout, silu};
 
 /// Sinusoidal embedding of `timesteps` into `dim` channels, computed on the host in f32 as
 /// diffusers does, then uploaded: `[cos | sin]` when `flip_sin_to_cos`.
@@ -49,8 +49,8 @@ pub struct TimestepEmbedding<B: Backend> {
 impl<B: Backend> TimestepEmbedding<B> {
     pub fn new(d_in: usize, d: usize, device: &B::Device) -> Self {
         Self {
-            linear_1: Linear::new(d_in, d, true, device),
-            linear_2: Linear::new(d, d, true, device),
+            linear_1: Linear::new(d_in, d, true, WeightLayout::InOut, device),
+            linear_2: Linear::new(d, d, true, WeightLayout::InOut, device),
         }
     }
 

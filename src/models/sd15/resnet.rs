@@ -7,7 +7,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 
-use crate::nn::{Conv2d, GroupNorm, Linear, conv1x1, conv3x3, silu};
+use crate::nn::{Conv2d, GroupNorm, Linear, WeightLayout, conv1x1, conv3x3, silu};
 
 #[derive(Module, Debug)]
 pub struct ResnetBlock2D<B: Backend> {
@@ -33,7 +33,7 @@ impl<B: Backend> ResnetBlock2D<B> {
         Self {
             norm1: GroupNorm::new(groups, c_in, eps, device),
             conv1: conv3x3(c_in, c_out, device),
-            time_emb_proj: temb.map(|t| Linear::new(t, c_out, true, device)),
+            time_emb_proj: temb.map(|t| Linear::new(t, c_out, true, WeightLayout::InOut, device)),
             norm2: GroupNorm::new(groups, c_out, eps, device),
             conv2: conv3x3(c_out, c_out, device),
             conv_shortcut: (c_in != c_out).then(|| conv1x1(c_in, c_out, device)),

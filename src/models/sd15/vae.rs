@@ -7,7 +7,9 @@ use burn::tensor::backend::Backend;
 
 use super::config::VaeConfig;
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
-use crate::nn::{Conv2d, GroupNorm, Linear, conv1x1, conv3x3, merge_heads, sdpa, split_heads};
+use crate::nn::{
+    Conv2d, GroupNorm, Linear, WeightLayout, conv1x1, conv3x3, merge_heads, sdpa, split_heads,
+};
 
 const EPS: f64 = 1e-6;
 
@@ -25,10 +27,10 @@ impl<B: Backend> VaeAttention<B> {
     fn new(c: usize, groups: usize, device: &B::Device) -> Self {
         Self {
             group_norm: GroupNorm::new(groups, c, EPS, device),
-            to_q: Linear::new(c, c, true, device),
-            to_k: Linear::new(c, c, true, device),
-            to_v: Linear::new(c, c, true, device),
-            to_out: vec![Linear::new(c, c, true, device)],
+            to_q: Linear::new(c, c, true, WeightLayout::InOut, device),
+            to_k: Linear::new(c, c, true, WeightLayout::InOut, device),
+            to_v: Linear::new(c, c, true, WeightLayout::InOut, device),
+            to_out: vec![Linear::new(c, c, true, WeightLayout::InOut, device)],
         }
     }
 

@@ -127,7 +127,8 @@ pub(crate) fn conv_same(
     }
     let x = contiguous(x);
     // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
-    // keeps it as [k, k, O, C] in memory (see `nn::conv`), which spares gemm a repack.
+    // keeps it as [k, k, O, C] in memory (see `relayout_conv_weight`), which spares gemm a
+    // repack.
     let w = if w.layout().has_positive_strides() {
         w.clone()
     } else {

@@ -7,7 +7,7 @@
 //! transposed, packed `x`). Each output is `Σ_k w·x` accumulated in order of `k` with fused
 //! multiply-adds, so the AVX-512 kernel and the portable one give the same bits.
 
-use super::gemv::Rows;
+use super::weight_rows::{Rows, row_blocks};
 use super::{SendPtr, simd_dispatch};
 
 /// W rows per register tile.
@@ -111,7 +111,7 @@ pub(super) fn many(
 ) {
     let xp = pack_x(x, m, k);
     let rows = TILES_PER_TASK * MR;
-    let tasks = super::gemv::row_blocks(jobs, rows);
+    let tasks = row_blocks(jobs, rows);
     super::team::for_each(tasks.len(), |t| {
         let (i, first) = tasks[t];
         let (w, bias, n) = jobs[i];

@@ -13,6 +13,7 @@
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 
+use super::weight_rows::{Rows, row_blocks};
 use super::{SendPtr, contiguous, dims, new_tensor, slice};
 
 /// Rows at most for the GEMV proper: a decode step's inputs, 2 per image with
@@ -37,49 +38,6 @@ const L: usize = 32;
 /// flight behind the dependent adds); with it 9–10, and two cores 18–24 GB/s. 4 KB measured
 /// best among 1–16 KB.
 const PREFETCH_BYTES: usize = 4096;
-
-/// The weights of one task, rows `j0..j1` of W.
-#[derive(Clone, Copy)]
-pub(super) enum Rows<'a> {
-    F32(&'a [f32]),
-    F16(&'a [half::f16]),
-}
-
-impl<'a> Rows<'a> {
-    /// Rows of `k` weights held.
-    fn count(self, k: usize) -> usize {
-        match self {
-            Rows::F32(w) => w.len() / k,
-            Rows::F16(w) => w.len() / k,
-        }
-    }
-
-    /// Row `j` widened into `dst` (`k` long).
-    pub(super) fn widen_row(self, k: usize, j: usize, dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
-        match self {
-            Rows::F32(w) => dst.copy_from_slice(&w[j * k..(j + 1) * k]),
-            Rows::F16(w) => w[j * k..(j + 1) * k].convert_to_f32_slice(dst),
-        }
-    }
-
-    /// Weight `i` of row `j`, widened.
-    #[inline(always)]
-    pub(super) fn at(self, k: usize, j: usize, i: usize) -> f32 {
-        match self {
-            Rows::F32(w) => w[j * k + i],
-            Rows::F16(w) => w[j * k + i].to_f32(),
-        }
-    }
-
-    /// Rows `j0..j1`.
-    fn rows(self, k: usize, j0: usize, j1: usize) -> Self {
-        match self {
-            Rows::F32(w) => Rows::F32(&w[j0 * k..j1 * k]),
-            Rows::F16(w) => Rows::F16(&w[j0 * k..j1 * k]),
-        }
-    }
-}
 
 type Out = [[f32; BLOCK]; GROUP];
 
@@ -318,18 +276,6 @@ pub(crate) fn gemv_many(
         }
     });
     Some(finish_outputs(outs, &jobs, &shape))
-}
-
-/// The parallel tasks over several weights: `(weight, first row)` for every block of `per`
-/// rows (W rows = output features) of each.
-pub(super) fn row_blocks(
-    jobs: &[(Rows<'_>, Option<&[f32]>, usize)],
-    per: usize,
-) -> Vec<(usize, usize)> {
-    jobs.iter()
-        .enumerate()
-        .flat_map(|(i, &(_, _, n))| (0..n).step_by(per).map(move |j0| (i, j0)))
-        .collect()
 }
 
 /// Each output as a tensor of `x`'s shape with the last dimension that weight's N.

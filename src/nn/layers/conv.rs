@@ -1,20 +1,17 @@
 //! `Conv2d` with PyTorch parameter names and layout (`weight` `[O, C, k, k]`, `bias` `[O]`).
 //!
 //! Burn's own `Conv2d` module would do, but its forward cannot be routed: the stride-1 "same"
-//! convolutions that are most of a UNet step go to the CPU kernel in `cpu::conv_same`.
+//! convolutions that are most of a UNet step go to the CPU kernel in `cpu::conv_same`, and f16
+//! ones on the GPU backends to `gpu::conv2d_gemm` (both chosen in `nn::kernels`).
 
 use burn::module::{Module, Param};
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d as conv2d_op, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PaddedConvOptions};
-use burn::tensor::{DType, Tensor};
 
-use super::conv_gemm::conv2d_gemm;
-#[cfg(feature = "cpu")]
-use super::cpu::{self, from_flex, to_flex};
+use super::super::kernels::{self, ConvInput};
 use super::{GroupNorm, zeros};
-#[cfg(feature = "cpu")]
-use burn_flex::FlexTensor;
 
 #[derive(Module, Debug)]
 pub struct Conv2d<B: Backend> {
@@ -37,13 +34,7 @@ impl<B: Backend> Conv2d<B> {
         device: &B::Device,
     ) -> Self {
         let weight = zeros([c_out, c_in, kernel, kernel], device);
-        #[cfg(feature = "cpu")]
-        let weight = if super::cpu::is_flex::<B>() && kernel > 1 && is_same(kernel, stride, padding)
-        {
-            weight.load_mapper(relayout)
-        } else {
-            weight
-        };
+        let weight = kernels::conv_weight_param(weight, kernel, stride, padding);
         Self {
             weight,
             bias: Some(zeros([c_out], device)),
@@ -59,15 +50,7 @@ impl<B: Backend> Conv2d<B> {
         stride: usize,
         padding: [usize; 4],
     ) -> Self {
-        #[cfg(feature = "cpu")]
-        let weight = {
-            let k = weight.dims()[2];
-            if super::cpu::is_flex::<B>() && k > 1 && is_same(k, stride, padding) {
-                relayout(weight)
-            } else {
-                weight
-            }
-        };
+        let weight = kernels::conv_weight(weight, stride, padding);
         Self {
             weight: Param::from_tensor(weight),
             bias: bias.map(Param::from_tensor),
@@ -96,18 +79,16 @@ impl<B: Backend> Conv2d<B> {
         x: Tensor<B, 4>,
         add: Option<Tensor<B, 4>>,
     ) -> Tensor<B, 4> {
-        #[cfg(feature = "cpu")]
-        if let (Some(g), Some(b)) = (to_flex(&norm.weight.val()), to_flex(&norm.bias.val())) {
-            let input = cpu::Input::Norm {
-                groups: norm.num_groups,
-                eps: norm.eps,
-                gamma: &g,
-                beta: &b,
-                silu,
-            };
-            if let Some(y) = self.forward_cpu(input, &x, add.as_ref()) {
-                return y;
-            }
+        let (gamma, beta) = (norm.weight.val(), norm.bias.val());
+        let input = ConvInput::Norm {
+            groups: norm.num_groups,
+            eps: norm.eps,
+            gamma: &gamma,
+            beta: &beta,
+            silu,
+        };
+        if let Some(y) = self.forward_fused(input, &x, add.as_ref()) {
+            return y;
         }
         self.forward_impl(norm.forward_act(x, silu), add)
     }
@@ -115,8 +96,7 @@ impl<B: Backend> Conv2d<B> {
     /// `self.forward` of `x` upsampled ×2 (nearest neighbour), without making the upsampled
     /// tensor on the CPU.
     pub fn forward_upsample2x(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        #[cfg(feature = "cpu")]
-        if let Some(y) = self.forward_cpu(cpu::Input::Upsample2x, &x, None) {
+        if let Some(y) = self.forward_fused(ConvInput::Upsample2x, &x, None) {
             return y;
         }
         let [_, _, h, w] = x.dims();
@@ -129,65 +109,40 @@ impl<B: Backend> Conv2d<B> {
     }
 
     /// The fused CPU kernel for `input` applied to `x`, where it takes the case.
-    #[cfg(feature = "cpu")]
-    fn forward_cpu(
+    fn forward_fused(
         &self,
-        input: cpu::Input<'_>,
+        input: ConvInput<'_, B>,
         x: &Tensor<B, 4>,
         add: Option<&Tensor<B, 4>>,
     ) -> Option<Tensor<B, 4>> {
-        let (fx, w, b, a) = self.flex_operands(x, add)?;
-        cpu::conv3x3_of(input, &fx, &w, b.as_ref(), a.as_ref()).map(from_flex)
-    }
-
-    /// Input, weight, bias and add as Flex tensors, when this is a "same" convolution the CPU
-    /// kernels take and every operand given is an f32 Flex tensor.
-    #[cfg(feature = "cpu")]
-    #[allow(clippy::type_complexity)]
-    fn flex_operands(
-        &self,
-        x: &Tensor<B, 4>,
-        add: Option<&Tensor<B, 4>>,
-    ) -> Option<(
-        FlexTensor,
-        FlexTensor,
-        Option<FlexTensor>,
-        Option<FlexTensor>,
-    )> {
-        if !is_same(self.weight.dims()[2], self.stride, self.padding) {
-            return None;
-        }
-        let (fx, w) = (to_flex(x)?, to_flex(&self.weight.val())?);
-        let b = match &self.bias {
-            Some(b) => Some(to_flex(&b.val())?),
-            None => None,
-        };
-        let a = match add {
-            Some(a) => Some(to_flex(a)?),
-            None => None,
-        };
-        Some((fx, w, b, a))
+        let (w, b) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let (stride, padding) = (self.stride, self.padding);
+        kernels::conv3x3_fused(input, x, &w, b.as_ref(), add, stride, padding)
     }
 
     fn forward_impl(&self, x: Tensor<B, 4>, add: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
-        #[cfg(feature = "cpu")]
-        if let Some((fx, w, b, a)) = self.flex_operands(&x, add.as_ref())
-            && let Some(y) = cpu::conv_same(&fx, &w, b.as_ref(), a.as_ref())
-        {
-            return from_flex(y);
+        let (w, b) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
+        let (stride, padding) = (self.stride, self.padding);
+        if let Some(y) = kernels::conv_same(&x, &w, b.as_ref(), add.as_ref(), stride, padding) {
+            return y;
         }
-        let y = self.forward_generic(x);
+        let y = match kernels::conv2d_half(x, &w, b.as_ref(), stride, padding) {
+            Ok(y) => y,
+            Err(x) => self.forward_generic(x, w, b),
+        };
         match add {
             Some(a) => y + a,
             None => y,
         }
     }
 
-    fn forward_generic(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if half_on_gpu::<B>(x.dtype()) {
-            let bias = self.bias.as_ref().map(|b| b.val());
-            return conv2d_gemm(x, self.weight.val(), bias, self.stride, self.padding);
-        }
+    /// Burn's convolution.
+    fn forward_generic(
+        &self,
+        x: Tensor<B, 4>,
+        w: Tensor<B, 4>,
+        b: Option<Tensor<B, 1>>,
+    ) -> Tensor<B, 4> {
         let [top, left, bottom, right] = self.padding;
         let options = PaddedConvOptions::asymmetric(
             [self.stride; 2],
@@ -196,41 +151,8 @@ impl<B: Backend> Conv2d<B> {
             [1, 1],
             1,
         );
-        conv2d_op(
-            x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            options,
-        )
+        conv2d_op(x, w, b, options)
     }
-}
-
-/// Half precision on a backend other than Flex (whose f16 convolution is already an im2col
-/// GEMM): there, Burn's direct convolution kernel would sum in f16 (see `conv_gemm`).
-fn half_on_gpu<B: Backend>(dtype: DType) -> bool {
-    #[cfg(feature = "cpu")]
-    if super::cpu::is_flex::<B>() {
-        return false;
-    }
-    matches!(dtype, DType::F16 | DType::BF16)
-}
-
-#[cfg(feature = "cpu")]
-/// Stride 1, odd kernel, padding k/2 on every side (1×1 included): what `cpu::conv_same` takes.
-fn is_same(kernel: usize, stride: usize, padding: [usize; 4]) -> bool {
-    stride == 1 && kernel % 2 == 1 && padding == [kernel / 2; 4]
-}
-
-/// The f32 weight held as [k, k, O, C] in memory, seen through a permuted view with the
-/// logical shape [O, C, k, k]: per kernel tap a contiguous O×C matrix that gemm reads in place
-/// (1.5x faster on the 8×8 UNet level, where re-packing the weight cost as much as the GEMM).
-#[cfg(feature = "cpu")]
-fn relayout<B: Backend>(w: Tensor<B, 4>) -> Tensor<B, 4> {
-    if w.dtype() != burn::tensor::DType::F32 {
-        return w;
-    }
-    let device = w.device();
-    Tensor::<B, 4>::from_data(w.permute([2, 3, 0, 1]).into_data(), &device).permute([2, 3, 0, 1])
 }
 
 #[cfg(all(test, feature = "cpu"))]
@@ -239,6 +161,7 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
 
     use super::*;
+    use crate::nn::cpu::relayout_conv_weight;
 
     /// The CPU kernel against Burn's own convolution, on shapes that hit its edge cases:
     /// k = 5, odd widths, a single row band, channel blocks split across tasks, 1×1 planes,
@@ -268,7 +191,7 @@ mod tests {
                 b.clone(),
                 PaddedConvOptions::asymmetric([1, 1], [k / 2; 2], [k / 2; 2], [1, 1], 1),
             );
-            for weight in [wt.clone(), relayout(wt.clone())] {
+            for weight in [wt.clone(), relayout_conv_weight(wt.clone())] {
                 let conv = Conv2d {
                     weight: Param::from_tensor(weight),
                     bias: b.clone().map(Param::from_tensor),
