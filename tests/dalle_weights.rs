@@ -7,7 +7,7 @@ mod dalle;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use kiln::models::dalle_mini::loader::{Coverage, coverage, flax_target_shape, param_shapes};
+use kiln::models::dalle_mini::coverage::{Coverage, coverage, flax_target_shape, param_shapes};
 use kiln::models::dalle_mini::weights::{
     VqganLeaf, bart_pt_target, flax_bart_targets, flax_vqgan_target, vqgan_pt_target,
 };

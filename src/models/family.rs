@@ -1,14 +1,11 @@
-//! The family catalog: every fact about a model family that more than one layer needs. Which
-//! family a folder or file holds, its native size and size rule, whether it edits images, its
-//! default parameters, which request options apply to it, and its download recipe id. The CLI,
-//! the server, the engine's registry and `kiln models`/`kiln download` all ask here.
+//! The family catalog: every fact about a model family that more than one layer needs: its
+//! native size and size rule, whether it edits images, its default parameters, which request
+//! options apply to it, and its download recipe id (which family a folder or file holds is
+//! `detect.rs`, the one place that asks the loaders). The CLI, the server, the engine's registry
+//! and `kiln models`/`kiln download` all ask here; the model modules read their defaults here.
 //!
 //! Adding a family: a variant of [`Family`] (and of [`ModelKind`] per published checkpoint),
 //! then the compiler lists every `match` below that needs a line.
-
-use std::path::Path;
-
-use crate::models::{dalle_mini, sd15};
 
 /// The architectures kiln implements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,24 +181,6 @@ impl ModelKind {
         } else {
             ModelKind::DalleMini
         }
-    }
-
-    /// What `path` holds: a DALL·E folder when its files say so (Mega by the `d_model` of its
-    /// `config.json`; Mini without one), else Stable Diffusion when its loader recognises the
-    /// layout (a diffusers folder, a single checkpoint, or a folder holding one).
-    pub fn detect(path: &Path) -> Option<Self> {
-        if path.is_dir() && dalle_mini::detect(path).is_some() {
-            let d_model = std::fs::read_to_string(path.join("config.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .and_then(|v| v.get("d_model")?.as_u64());
-            return Some(
-                d_model.map_or(ModelKind::DalleMini, |d| Self::of_dalle_width(d as usize)),
-            );
-        }
-        sd15::Sd15Layout::detect(path)
-            .is_ok()
-            .then_some(ModelKind::Sd15)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Model families. Each family owns its modules, weight loading and pipeline.
 
 pub mod dalle_mini;
+mod detect;
 pub mod family;
 pub mod sd15;
 

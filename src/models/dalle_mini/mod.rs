@@ -33,6 +33,7 @@
 pub mod bart_decoder;
 pub mod bart_encoder;
 pub mod config;
+pub mod coverage;
 pub mod flax_file;
 pub mod loader;
 pub mod msgpack;
