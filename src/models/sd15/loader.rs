@@ -135,6 +135,42 @@ fn config_or_default<T: Default>(path: &Path, load: fn(&Path) -> Result<T>) -> R
     }
 }
 
+/// The configs and tokenizer of a model: from the diffusers folder `dir` where it has them,
+/// SD 1.5's otherwise.
+struct Configs {
+    clip: ClipConfig,
+    unet: UNetConfig,
+    vae: VaeConfig,
+    scheduler: SchedulerConfig,
+    tokenizer: ClipTokenizer,
+}
+
+impl Configs {
+    fn read(dir: Option<&Path>) -> Result<Self> {
+        let path = |rel: &str| dir.map(|d| d.join(rel)).unwrap_or_default();
+        Ok(Self {
+            clip: config_or_default(&path("text_encoder/config.json"), ClipConfig::load)?,
+            unet: config_or_default(&path("unet/config.json"), UNetConfig::load)?,
+            vae: config_or_default(&path("vae/config.json"), VaeConfig::load)?,
+            scheduler: config_or_default(
+                &path("scheduler/scheduler_config.json"),
+                SchedulerConfig::load,
+            )?,
+            tokenizer: match dir.map(|d| d.join("tokenizer")).filter(|t| t.is_dir()) {
+                Some(t) => ClipTokenizer::from_dir(&t)?,
+                None => ClipTokenizer::builtin()?,
+            },
+        })
+    }
+}
+
+/// A weight file and how its keys map onto one component's parameters.
+struct Source<'a> {
+    path: &'a Path,
+    file: &'a TensorFile,
+    map: &'a dyn Fn(&str) -> KeyTarget,
+}
+
 fn finish<M>(
     loaded: Result<(M, LoadReport)>,
     file: &Path,
@@ -151,6 +187,81 @@ fn finish<M>(
     Ok(module)
 }
 
+/// `map`, except that without the VAE encoder its keys (by file name or by the parameter they
+/// feed) are ignored: they are expected in the file even when the encoder is not built.
+fn vae_without_encoder(
+    map: impl Fn(&str) -> KeyTarget,
+    with_encoder: bool,
+) -> impl Fn(&str) -> KeyTarget {
+    let encoder = |k: &str| k.starts_with("encoder.") || k.starts_with("quant_conv.");
+    move |k: &str| match map(k) {
+        _ if !with_encoder && encoder(k) => KeyTarget::Ignore,
+        KeyTarget::Param(p) if !with_encoder && encoder(&p) => KeyTarget::Ignore,
+        t => t,
+    }
+}
+
+/// Builds the three modules from their sources, UNet and text encoder as `dtype`, the VAE too
+/// unless its config asks for f32 (`force_upcast`).
+fn build<B: Backend>(
+    cfg: Configs,
+    [text, unet, vae]: [Source<'_>; 3],
+    with_encoder: bool,
+    device: &B::Device,
+    dtype: DType,
+    mut report: LoadReport,
+) -> Result<Components<B>> {
+    let vae_dtype = if cfg.vae.force_upcast {
+        DType::F32
+    } else {
+        dtype
+    };
+    let text_encoder = finish(
+        load_into_as(
+            ClipTextModel::new(&cfg.clip, device),
+            text.file,
+            text.map,
+            dtype,
+        ),
+        text.path,
+        "text encoder",
+        &mut report,
+    )?;
+    let unet_module = finish(
+        load_into_as(
+            UNet2DConditionModel::new(&cfg.unet, device),
+            unet.file,
+            unet.map,
+            dtype,
+        ),
+        unet.path,
+        "unet",
+        &mut report,
+    )?;
+    let vae_module = finish(
+        load_into_as(
+            AutoencoderKL::new(&cfg.vae, with_encoder, device),
+            vae.file,
+            vae.map,
+            vae_dtype,
+        ),
+        vae.path,
+        "vae",
+        &mut report,
+    )?;
+    Ok(Components {
+        tokenizer: cfg.tokenizer,
+        text_encoder,
+        unet: unet_module,
+        vae: vae_module,
+        unet_config: cfg.unet,
+        vae_config: cfg.vae,
+        clip_config: cfg.clip,
+        scheduler_config: cfg.scheduler,
+        report,
+    })
+}
+
 /// Loads tokenizer, text encoder, UNet and VAE. `with_encoder` keeps the VAE encoder (img2img).
 /// UNet and text encoder are stored as `dtype`; the VAE too unless its config asks for f32
 /// (`force_upcast`).
@@ -160,84 +271,43 @@ pub fn load<B: Backend>(
     device: &B::Device,
     dtype: DType,
 ) -> Result<Components<B>> {
-    let vae_dtype = |cfg: &VaeConfig| if cfg.force_upcast { DType::F32 } else { dtype };
-    let mut report = LoadReport::default();
     match layout {
         Sd15Layout::Diffusers { root } => {
-            let clip_config =
-                config_or_default(&root.join("text_encoder/config.json"), ClipConfig::load)?;
-            let unet_config = config_or_default(&root.join("unet/config.json"), UNetConfig::load)?;
-            let vae_config = config_or_default(&root.join("vae/config.json"), VaeConfig::load)?;
-            let scheduler_config = config_or_default(
-                &root.join("scheduler/scheduler_config.json"),
-                SchedulerConfig::load,
-            )?;
-            let tokenizer = if root.join("tokenizer").is_dir() {
-                ClipTokenizer::from_dir(&root.join("tokenizer"))?
-            } else {
-                ClipTokenizer::builtin()?
-            };
-
-            let f = component_file(&root.join("text_encoder"), &["model", "pytorch_model"])?;
-            let file = TensorFile::open(&f)?;
-            let text_encoder = finish(
-                load_into_as(
-                    ClipTextModel::new(&clip_config, device),
-                    &file,
-                    &weights::clip_key,
-                    dtype,
-                ),
-                &f,
-                "text encoder",
-                &mut report,
-            )?;
-
-            let f = component_file(&root.join("unet"), &["diffusion_pytorch_model"])?;
-            let file = TensorFile::open(&f)?;
-            let unet = finish(
-                load_into_as(
-                    UNet2DConditionModel::new(&unet_config, device),
-                    &file,
-                    &weights::unet_key,
-                    dtype,
-                ),
-                &f,
-                "unet",
-                &mut report,
-            )?;
-
-            let f = component_file(&root.join("vae"), &["diffusion_pytorch_model"])?;
-            let file = TensorFile::open(&f)?;
-            // The encoder's keys are expected in the file even when it is not built.
-            let vae_map = |k: &str| {
-                if !with_encoder && (k.starts_with("encoder.") || k.starts_with("quant_conv.")) {
-                    KeyTarget::Ignore
-                } else {
-                    weights::vae_key(k)
-                }
-            };
-            let vae = finish(
-                load_into_as(
-                    AutoencoderKL::new(&vae_config, with_encoder, device),
-                    &file,
-                    &vae_map,
-                    vae_dtype(&vae_config),
-                ),
-                &f,
-                "vae",
-                &mut report,
-            )?;
-            Ok(Components {
-                tokenizer,
-                text_encoder,
-                unet,
-                vae,
-                unet_config,
-                vae_config,
-                clip_config,
-                scheduler_config,
-                report,
-            })
+            let cfg = Configs::read(Some(root))?;
+            let text = component_file(&root.join("text_encoder"), &["model", "pytorch_model"])?;
+            let unet = component_file(&root.join("unet"), &["diffusion_pytorch_model"])?;
+            let vae = component_file(&root.join("vae"), &["diffusion_pytorch_model"])?;
+            let (tf, uf, vf) = (
+                TensorFile::open(&text)?,
+                TensorFile::open(&unet)?,
+                TensorFile::open(&vae)?,
+            );
+            let vae_map = vae_without_encoder(weights::vae_key, with_encoder);
+            let sources = [
+                Source {
+                    path: &text,
+                    file: &tf,
+                    map: &weights::clip_key,
+                },
+                Source {
+                    path: &unet,
+                    file: &uf,
+                    map: &weights::unet_key,
+                },
+                Source {
+                    path: &vae,
+                    file: &vf,
+                    map: &vae_map,
+                },
+            ];
+            build(
+                cfg,
+                sources,
+                with_encoder,
+                device,
+                dtype,
+                LoadReport::default(),
+            )
         }
         Sd15Layout::SingleFile {
             file: f,
@@ -245,75 +315,22 @@ pub fn load<B: Backend>(
         } => {
             let file = TensorFile::open(f)?;
             let dir = config_dir.as_deref();
-            let cfg_path = |rel: &str| dir.map(|d| d.join(rel)).unwrap_or_default();
-            let clip_config =
-                config_or_default(&cfg_path("text_encoder/config.json"), ClipConfig::load)?;
-            let mut unet_config =
-                config_or_default(&cfg_path("unet/config.json"), UNetConfig::load)?;
-            let vae_config = config_or_default(&cfg_path("vae/config.json"), VaeConfig::load)?;
-            let scheduler_config = config_or_default(
-                &cfg_path("scheduler/scheduler_config.json"),
-                SchedulerConfig::load,
-            )?;
+            let mut cfg = Configs::read(dir)?;
             if dir.is_none() {
                 // Inpainting checkpoints have a 9-channel conv_in; read it off the file.
                 if let Some(s) = file
                     .tensors
                     .get("model.diffusion_model.input_blocks.0.0.weight")
                 {
-                    unet_config.in_channels = s.shape[1];
+                    cfg.unet.in_channels = s.shape[1];
                 }
             }
-            let tokenizer = match dir.map(|d| d.join("tokenizer")).filter(|t| t.is_dir()) {
-                Some(t) => ClipTokenizer::from_dir(&t)?,
-                None => ClipTokenizer::builtin()?,
-            };
-            let (unet_cfg, vae_cfg) = (unet_config.clone(), vae_config.clone());
+            // The key maps borrow their configs; `build` takes the originals.
+            let (unet_cfg, vae_cfg) = (cfg.unet.clone(), cfg.vae.clone());
             let unet_map = weights::ldm_unet_key(&unet_cfg);
             let vae_full = weights::ldm_vae_key(&vae_cfg);
-            let vae_map = |k: &str| match vae_full(k) {
-                KeyTarget::Param(p)
-                    if !with_encoder
-                        && (p.starts_with("encoder.") || p.starts_with("quant_conv.")) =>
-                {
-                    KeyTarget::Ignore
-                }
-                t => t,
-            };
-            let text_encoder = finish(
-                load_into_as(
-                    ClipTextModel::new(&clip_config, device),
-                    &file,
-                    &weights::ldm_clip_key,
-                    dtype,
-                ),
-                f,
-                "text encoder",
-                &mut report,
-            )?;
-            let unet = finish(
-                load_into_as(
-                    UNet2DConditionModel::new(&unet_config, device),
-                    &file,
-                    &unet_map,
-                    dtype,
-                ),
-                f,
-                "unet",
-                &mut report,
-            )?;
-            let vae = finish(
-                load_into_as(
-                    AutoencoderKL::new(&vae_config, with_encoder, device),
-                    &file,
-                    &vae_map,
-                    vae_dtype(&vae_config),
-                ),
-                f,
-                "vae",
-                &mut report,
-            )?;
-            // Keys no component claimed (and that are not known extras) are unused.
+            // Keys no component claims (and that are not known extras) are unused.
+            let mut report = LoadReport::default();
             for key in file.keys() {
                 let claimed = [weights::ldm_clip_key(key), unet_map(key), vae_full(key)]
                     .iter()
@@ -325,17 +342,25 @@ pub fn load<B: Backend>(
             if !report.unused.is_empty() {
                 warn!(file = %f.display(), "{} unused tensor(s), e.g. {}", report.unused.len(), report.unused.iter().take(3).cloned().collect::<Vec<_>>().join(", "));
             }
-            Ok(Components {
-                tokenizer,
-                text_encoder,
-                unet,
-                vae,
-                unet_config,
-                vae_config,
-                clip_config,
-                scheduler_config,
-                report,
-            })
+            let vae_map = vae_without_encoder(&vae_full, with_encoder);
+            let sources = [
+                Source {
+                    path: f,
+                    file: &file,
+                    map: &weights::ldm_clip_key,
+                },
+                Source {
+                    path: f,
+                    file: &file,
+                    map: &unet_map,
+                },
+                Source {
+                    path: f,
+                    file: &file,
+                    map: &vae_map,
+                },
+            ];
+            build(cfg, sources, with_encoder, device, dtype, report)
         }
     }
 }
