@@ -14,8 +14,8 @@ use kiln::engine::{
     pipeline,
 };
 use kiln::image_io::{self, CLI_MAX_SIDE, ImageFormat, mask::MaskConvention};
-use kiln::models::ModelKind;
 use kiln::models::dalle_mini::Tokenization;
+use kiln::models::{Family, ModelKind};
 use kiln::precision::{Placement, Precision};
 use kiln::weights::{TensorFile, write_f32};
 
@@ -128,95 +128,26 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let device: DeviceSpec = args.device.parse()?;
     let precision: Precision = args.precision.parse()?;
-    let path = &args.model_path;
-    let kind = ModelKind::detect(path).with_context(|| {
-        format!(
-            "{}: not a model kiln recognises (an SD 1.5 diffusers folder or checkpoint, or a \
-             DALL·E Mini/Mega folder)",
-            path.display()
-        )
-    })?;
-    if let Some(want) = &args.model {
-        if want != kind.as_str() {
-            anyhow::bail!("--model {want}, but {} holds {kind}", path.display());
-        }
-    }
+    let kind = model_kind(&args)?;
     let family = kind.family();
-    let cli_only = [
-        (
-            "--save-latents",
-            args.save_latents.is_some(),
-            ModelKind::Sd15,
-        ),
-        (
-            "--init-latents",
-            args.init_latents.is_some(),
-            ModelKind::Sd15,
-        ),
-        ("--vae-mean", args.vae_mean, ModelKind::Sd15),
-        (
-            "--save-tokens",
-            args.save_tokens.is_some(),
-            ModelKind::DalleMini,
-        ),
-    ];
-    if let Some((flag, _, owner)) = cli_only
-        .iter()
-        .find(|(_, given, owner)| *given && owner.family() != family)
-    {
-        anyhow::bail!(
-            "{flag} applies to {} only; {} is a {} model",
-            owner.family().label(),
-            path.display(),
-            family.label()
-        );
-    }
+    refuse_other_family_extras(&args, family)?;
     let format = output_format(&args)?;
-    let edit = match &args.image {
-        None => None,
-        Some(p) => Some(EditInput {
-            image: image_io::open(p, CLI_MAX_SIDE)?,
-            mask: args
-                .mask
-                .as_deref()
-                .map(|m| image_io::open(m, CLI_MAX_SIDE))
-                .transpose()?,
-            convention: args.mask_convention.parse::<MaskConvention>()?,
-        }),
-    };
-    if edit.as_ref().is_some_and(|e| e.mask.is_none())
-        && edit
-            .as_ref()
-            .is_some_and(|e| image_io::mask::mask_from_transparency(&e.image).is_some())
-    {
-        tracing::info!("no --mask: inpainting the fully transparent pixels of the --image file");
-    }
+    let edit = edit_input(&args)?;
     let size = size_of(&args, family, edit.as_ref());
     let mut job = job_params(&args, size)
         .into_job(family, &Limits::CLI, edit)
         .map_err(flag_error)?;
-    job.extras = JobExtras {
-        init_latents: match &args.init_latents {
-            Some(p) => Some(TensorFile::open(p)?.read_f32("latents")?.1),
-            None => None,
-        },
-        vae_mean: args.vae_mean,
-        keep_latents: args.save_latents.is_some(),
-        keep_tokens: args.save_tokens.is_some(),
-        ..JobExtras::default()
-    };
+    job.extras = extras(&args)?;
 
-    let name = path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or(kind.as_str())
-        .to_string();
+    let path = &args.model_path;
+    let name = path.file_stem().and_then(|s| s.to_str());
+    let name = name.unwrap_or(kind.as_str());
     let place = Placement { device, precision };
-    let load = loader_for(kind, path, &name, place, job.init.is_some());
+    let load = loader_for(kind, path, name, place, job.init.is_some());
     let mut model = load().map_err(flag_error)?;
     let bar = progress_bar(match family {
-        kiln::models::Family::Sd15 => "step",
-        kiln::models::Family::DalleMini => "token",
+        Family::Sd15 => "step",
+        Family::DalleMini => "token",
     });
     let images = pipeline::run(model.as_mut(), &job, &mut |p| {
         bar.set_length(p.total as u64);
@@ -228,12 +159,87 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     write_outputs(&args, format, &images)
 }
 
+/// What --model-path holds (the catalog's detection), checked against --model when given.
+fn model_kind(a: &GenerateArgs) -> anyhow::Result<ModelKind> {
+    let path = &a.model_path;
+    let kind = ModelKind::detect(path).with_context(|| {
+        format!(
+            "{}: not a model kiln recognises (an SD 1.5 diffusers folder or checkpoint, or a \
+             DALL·E Mini/Mega folder)",
+            path.display()
+        )
+    })?;
+    match &a.model {
+        Some(want) if want != kind.as_str() => {
+            anyhow::bail!("--model {want}, but {} holds {kind}", path.display())
+        }
+        _ => Ok(kind),
+    }
+}
+
+/// The CLI's own extras read one family's results; the other family's are refused by name
+/// (the shared options are checked by `into_job`).
+fn refuse_other_family_extras(a: &GenerateArgs, family: Family) -> anyhow::Result<()> {
+    let extras = [
+        ("--save-latents", a.save_latents.is_some(), Family::Sd15),
+        ("--init-latents", a.init_latents.is_some(), Family::Sd15),
+        ("--vae-mean", a.vae_mean, Family::Sd15),
+        ("--save-tokens", a.save_tokens.is_some(), Family::DalleMini),
+    ];
+    match extras
+        .iter()
+        .find(|(_, given, owner)| *given && *owner != family)
+    {
+        Some((flag, _, owner)) => anyhow::bail!(
+            "{flag} applies to {} only; {} is a {} model",
+            owner.label(),
+            a.model_path.display(),
+            family.label()
+        ),
+        None => Ok(()),
+    }
+}
+
+/// --image and --mask, decoded with the CLI's size bound.
+fn edit_input(a: &GenerateArgs) -> anyhow::Result<Option<EditInput>> {
+    let Some(p) = &a.image else {
+        return Ok(None);
+    };
+    let image = image_io::open(p, CLI_MAX_SIDE)?;
+    let mask = match &a.mask {
+        Some(m) => Some(image_io::open(m, CLI_MAX_SIDE)?),
+        None => {
+            if image_io::mask::mask_from_transparency(&image).is_some() {
+                tracing::info!(
+                    "no --mask: inpainting the fully transparent pixels of {}",
+                    p.display()
+                );
+            }
+            None
+        }
+    };
+    Ok(Some(EditInput {
+        image,
+        mask,
+        convention: a.mask_convention.parse::<MaskConvention>()?,
+    }))
+}
+
+fn extras(a: &GenerateArgs) -> anyhow::Result<JobExtras> {
+    Ok(JobExtras {
+        init_latents: match &a.init_latents {
+            Some(p) => Some(TensorFile::open(p)?.read_f32("latents")?.1),
+            None => None,
+        },
+        vae_mean: a.vae_mean,
+        keep_latents: a.save_latents.is_some(),
+        keep_tokens: a.save_tokens.is_some(),
+        ..JobExtras::default()
+    })
+}
+
 /// The size flags: both, one (the other from the init image or the family default), or none.
-fn size_of(
-    a: &GenerateArgs,
-    family: kiln::models::Family,
-    edit: Option<&EditInput>,
-) -> Option<(u32, u32)> {
+fn size_of(a: &GenerateArgs, family: Family, edit: Option<&EditInput>) -> Option<(u32, u32)> {
     if a.width.is_none() && a.height.is_none() {
         return None;
     }
