@@ -460,9 +460,20 @@ async fn edit_validation_errors_name_their_param() {
         .assert_error(400, Some("image"));
     let mask_mismatch =
         edit_form("image", png_bytes(32, 32, false)).bytes("mask", png_bytes(16, 16, true));
-    send(t.client.post("/v1/images/edits").multipart(mask_mismatch))
+    let e = send(t.client.post("/v1/images/edits").multipart(mask_mismatch))
         .await
         .assert_error(400, Some("mask"));
+    let message = e["message"].as_str().unwrap_or("");
+    assert!(
+        message.starts_with("the mask is 16x16") && message.contains("32x32"),
+        "{message}"
+    );
+    // An upload that is not an image: the field named, the library's error kind not leaked.
+    let not_an_image = edit_form("image", b"not a png".to_vec());
+    let e = send(t.client.post("/v1/images/edits").multipart(not_an_image))
+        .await
+        .assert_error(400, Some("image"));
+    assert_eq!(e["message"], "`image` is not a PNG, JPEG or WebP image");
     let bad_size = poem::test::TestForm::new()
         .text("prompt", "x")
         .text("size", "100x100")

@@ -238,8 +238,12 @@ fn init_image(family: Family, e: EditInput) -> Result<InitImage, EngineError> {
             message: why.into(),
         });
     }
-    let mask = edit_mask(&e.image, e.mask.as_ref(), e.convention, "the mask")
-        .map_err(|err| invalid("mask", err.to_string()))?;
+    let mask = edit_mask(&e.image, e.mask.as_ref(), e.convention, "the mask").map_err(|err| {
+        match EngineError::from(err) {
+            EngineError::Invalid { message, .. } => invalid("mask", message),
+            other => other,
+        }
+    })?;
     Ok(InitImage {
         image: e.image.to_rgb8(),
         mask,

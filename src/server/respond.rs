@@ -37,7 +37,10 @@ pub(super) async fn decode_upload(
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| ApiError::invalid(field, e.to_string()))
+    .map_err(|e| match e {
+        crate::Error::InvalidArgument(message) => ApiError::invalid(field, message),
+        other => ApiError::invalid(field, other.to_string()),
+    })
 }
 
 /// Encodes the finished images and delivers them inline (b64) or through the URL store.
