@@ -15,6 +15,7 @@ use kiln::engine::{
 };
 use kiln::image_io::{self, CLI_MAX_SIDE, ImageFormat, mask::MaskConvention};
 use kiln::models::dalle_mini::Tokenization;
+use kiln::models::sd15::NoiseOverrides;
 use kiln::models::{Family, ModelKind};
 use kiln::precision::{Placement, Precision};
 use kiln::weights::{TensorFile, write_f32};
@@ -227,9 +228,12 @@ fn edit_input(a: &GenerateArgs) -> anyhow::Result<Option<EditInput>> {
 
 fn extras(a: &GenerateArgs) -> anyhow::Result<JobExtras> {
     Ok(JobExtras {
-        init_latents: match &a.init_latents {
-            Some(p) => Some(TensorFile::open(p)?.read_f32("latents")?.1),
-            None => None,
+        noise: NoiseOverrides {
+            init_latents: match &a.init_latents {
+                Some(p) => Some(TensorFile::open(p)?.read_f32("latents")?.1),
+                None => None,
+            },
+            ..NoiseOverrides::default()
         },
         vae_mean: a.vae_mean,
         keep_latents: a.save_latents.is_some(),

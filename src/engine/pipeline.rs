@@ -12,6 +12,7 @@ use super::EngineError;
 use crate::image_io::{self, params::Parameters};
 use crate::models::Family;
 use crate::models::dalle_mini::Tokenization;
+use crate::models::sd15::NoiseOverrides;
 use crate::schedulers::SchedulerKind;
 
 /// The starting image of an edit. `mask` uses the diffusers convention (255 = repaint), as
@@ -35,12 +36,8 @@ pub struct DalleParams {
 /// What only the CLI and tests ask of a job; the server never sets it.
 #[derive(Debug, Clone, Default)]
 pub struct JobExtras {
-    /// SD: start from these latents `[n, C, H/8, W/8]` instead of the seeded noise.
-    pub init_latents: Option<Vec<f32>>,
-    /// SD test hooks: fixed noise for stochastic samplers and the VAE posterior, in draw order
-    /// (see `GenerateRequest`'s fields of the same names).
-    pub step_noise: Option<Vec<Vec<f32>>>,
-    pub vae_noise: Option<Vec<Vec<f32>>>,
+    /// SD: given noise instead of the seeded streams (`--init-latents`; test hooks).
+    pub noise: NoiseOverrides,
     /// SD: encode the init image to the mean of the VAE posterior instead of a sample.
     pub vae_mean: bool,
     /// Return each image's final latents (SD) or image tokens (DALL·E).

@@ -10,9 +10,7 @@ use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader
 use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
 use crate::models::family::sd15_defaults;
-use crate::models::sd15::{
-    GenerateRequest, NoiseOverrides, StableDiffusion, img2img, latent_preview,
-};
+use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img, latent_preview};
 use crate::precision::Placement;
 
 pub struct Sd15Pipeline<B: Backend> {
@@ -67,11 +65,7 @@ impl<B: Backend> Sd15Pipeline<B> {
             condition,
             strength,
             sample_vae: !x.vae_mean,
-            noise: NoiseOverrides {
-                init_latents: x.init_latents.clone(),
-                step_noise: x.step_noise.clone(),
-                vae_noise: x.vae_noise.clone(),
-            },
+            noise: x.noise.clone(),
         })
     }
 }
