@@ -112,7 +112,7 @@ impl Family {
                 "each side must be between {min} and {max_side} pixels"
             ));
         }
-        if self == Family::Sd15 && (width % 8 != 0 || height % 8 != 0) {
+        if self == Family::Sd15 && !(width.is_multiple_of(8) && height.is_multiple_of(8)) {
             return Err("Stable Diffusion sizes must be multiples of 8".into());
         }
         Ok(())
