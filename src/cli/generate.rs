@@ -134,8 +134,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     refuse_other_family_extras(&args, family)?;
     let format = output_format(&args)?;
     let edit = edit_input(&args)?;
-    let size = size_of(&args, family, edit.as_ref());
-    let mut job = job_params(&args, size)
+    let mut job = job_params(&args)
         .into_job(family, &Limits::CLI, edit)
         .map_err(flag_error)?;
     job.extras = extras(&args)?;
@@ -242,24 +241,13 @@ fn extras(a: &GenerateArgs) -> anyhow::Result<JobExtras> {
     })
 }
 
-/// The size flags: both, one (the other from the init image or the family default), or none.
-fn size_of(a: &GenerateArgs, family: Family, edit: Option<&EditInput>) -> Option<(u32, u32)> {
-    if a.width.is_none() && a.height.is_none() {
-        return None;
-    }
-    let (dw, dh) = match edit {
-        Some(e) => (e.image.width() / 8 * 8, e.image.height() / 8 * 8),
-        None => family.default_size(Limits::CLI.max_side),
-    };
-    Some((a.width.unwrap_or(dw), a.height.unwrap_or(dh)))
-}
-
-fn job_params(a: &GenerateArgs, size: Option<(u32, u32)>) -> JobParams {
+fn job_params(a: &GenerateArgs) -> JobParams {
     JobParams {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
         n: a.n,
-        size,
+        width: a.width,
+        height: a.height,
         seed: a.seed,
         steps: a.steps,
         guidance_scale: a.guidance_scale,

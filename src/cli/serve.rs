@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser};
 use kiln::backend::DeviceSpec;
-use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, discover};
+use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, Limits, discover};
 use kiln::server::{ServerConfig, build_app, serve};
 use tracing::{info, warn};
 
@@ -49,10 +49,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_PRELOAD")]
     pub preload: bool,
     /// Largest width or height a request may ask for.
-    #[arg(long, env = "KILN_MAX_SIZE", default_value_t = 1024)]
+    #[arg(long, env = "KILN_MAX_SIZE", default_value_t = Limits::default().max_side)]
     pub max_size: u32,
     /// Most denoising steps a request may ask for.
-    #[arg(long, env = "KILN_MAX_STEPS", default_value_t = 150)]
+    #[arg(long, env = "KILN_MAX_STEPS", default_value_t = Limits::default().max_steps)]
     pub max_steps: u32,
     /// Largest request body for edits (uploads), in MiB.
     #[arg(long, env = "KILN_MAX_UPLOAD_MB", default_value_t = 32)]
@@ -161,8 +161,11 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         default_model: args.default_model.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        max_side: args.max_size,
-        max_steps: args.max_steps,
+        limits: Limits {
+            max_side: args.max_size,
+            max_steps: args.max_steps,
+            ..Limits::default()
+        },
         max_upload_bytes: args.max_upload_mb << 20,
         cors_origins: args.cors_origins.clone(),
         url_ttl: Duration::from_secs(args.url_ttl_secs),

@@ -17,8 +17,9 @@ pub struct JobParams {
     pub prompt: String,
     pub negative_prompt: Option<String>,
     pub n: Option<u32>,
-    /// `(width, height)`; `None`: the init image's size (edits) or the family's default.
-    pub size: Option<(u32, u32)>,
+    /// The output size; see `size_for` for a side that is not given.
+    pub width: Option<u32>,
+    pub height: Option<u32>,
     /// `None`: a random seed (returned with each image).
     pub seed: Option<u64>,
     pub steps: Option<u32>,
@@ -40,7 +41,8 @@ pub struct EditInput {
     pub convention: MaskConvention,
 }
 
-/// Bounds a deployment sets.
+/// Bounds a deployment sets; the defaults are the server's (`kiln serve --max-size`,
+/// `--max-steps`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest side of an output image.
@@ -154,30 +156,34 @@ impl JobParams {
         Ok(job)
     }
 
-    /// The size asked for, or an edit's own (rounded down to what the family takes, when that
-    /// is allowed, as diffusers' pipelines do), or the family's default.
+    /// The size asked for; a side not given comes from the edit's image (rounded down to 8)
+    /// or the family's default. Neither given: an edit's own size when the family takes it (as
+    /// diffusers' pipelines do), else the family's default.
     fn size_for(
         &self,
         family: Family,
         limits: &Limits,
         edit: Option<&EditInput>,
     ) -> Result<(u32, u32), EngineError> {
-        match (self.size, edit) {
-            (Some((w, h)), _) => {
-                family
-                    .check_size(w, h, limits.max_side)
-                    .map_err(|why| invalid("size", format!("invalid size `{w}x{h}`: {why}")))?;
-                Ok((w, h))
-            }
-            (None, Some(e)) => {
-                let (w, h) = (e.image.width() / 8 * 8, e.image.height() / 8 * 8);
-                Ok(match family.check_size(w, h, limits.max_side) {
+        let default = family.default_size(limits.max_side);
+        let image = edit.map(|e| (e.image.width() / 8 * 8, e.image.height() / 8 * 8));
+        let (w, h) = match (self.width, self.height, image) {
+            (None, None, Some((w, h))) => {
+                return Ok(match family.check_size(w, h, limits.max_side) {
                     Ok(()) => (w, h),
-                    Err(_) => family.default_size(limits.max_side),
-                })
+                    Err(_) => default,
+                });
             }
-            (None, None) => Ok(family.default_size(limits.max_side)),
-        }
+            (None, None, None) => return Ok(default),
+            (w, h, image) => {
+                let (dw, dh) = image.unwrap_or(default);
+                (w.unwrap_or(dw), h.unwrap_or(dh))
+            }
+        };
+        family
+            .check_size(w, h, limits.max_side)
+            .map_err(|why| invalid("size", format!("invalid size `{w}x{h}`: {why}")))?;
+        Ok((w, h))
     }
 
     fn steps_within(&self, limits: &Limits) -> Result<Option<usize>, EngineError> {

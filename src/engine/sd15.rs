@@ -87,19 +87,20 @@ fn infotext(req: &GenerateRequest, name: &str, seed: u64) -> Parameters {
     }
 }
 
-/// Image `k` of the `[n, C, h, w]` latents, as (shape, values).
-fn latents_of<B: Backend>(
-    latents: &Tensor<B, 4>,
-    k: usize,
-) -> Result<(Vec<usize>, Vec<f32>), EngineError> {
+/// Each image's final latents as (shape `[C, h, w]`, values), read from the device once.
+fn latents_per_image<B: Backend>(
+    latents: Tensor<B, 4>,
+) -> Result<Vec<(Vec<usize>, Vec<f32>)>, EngineError> {
     let [_, c, h, w] = latents.dims();
-    let one = latents.clone().narrow(0, k, 1);
-    let values = one
+    let values = latents
         .into_data()
         .convert_dtype(DType::F32)
         .to_vec::<f32>()
         .map_err(|e| EngineError::Failed(format!("reading latents: {e:?}")))?;
-    Ok((vec![c, h, w], values))
+    Ok(values
+        .chunks(c * h * w)
+        .map(|one| (vec![c, h, w], one.to_vec()))
+        .collect())
 }
 
 impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
@@ -129,20 +130,26 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
                     preview,
                 })
             })?;
-        let images = image_io::to_rgb8(out.images.clone())?;
-        images
+        let latents: Vec<Option<_>> = if job.extras.keep_latents {
+            latents_per_image(out.latents)?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None; out.seeds.len()]
+        };
+        let images = image_io::to_rgb8(out.images)?;
+        Ok(images
             .into_iter()
-            .zip(out.seeds.iter().copied())
-            .enumerate()
-            .map(|(k, (image, seed))| {
+            .zip(out.seeds)
+            .zip(latents)
+            .map(|((image, seed), latents)| {
                 let mut g = GeneratedImage::new(image, seed);
                 g.params = Some(infotext(&req, &self.name, seed));
-                if job.extras.keep_latents {
-                    g.latents = Some(latents_of(&out.latents, k)?);
-                }
-                Ok(g)
+                g.latents = latents;
+                g
             })
-            .collect()
+            .collect())
     }
 }
 

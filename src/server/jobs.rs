@@ -4,7 +4,7 @@
 use super::AppState;
 use super::error::ApiError;
 use super::types::{CreateImageEditRequest, CreateImageRequest, OutputFormat, ResponseFormat};
-use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, Limits, ModelInfo};
+use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, ModelInfo};
 
 /// What a generation or an edit asks for, after transport parsing: the model options plus how
 /// to deliver the images.
@@ -156,20 +156,20 @@ pub fn prepare(
             "`output_compression` must be between 0 and 100",
         ));
     }
-    let limits = Limits {
-        max_side: state.config.max_side,
-        max_steps: state.config.max_steps,
-        ..Limits::default()
-    };
     let mut params = p.job;
-    params.size = parse_size(p.size.as_deref())?;
-    let mut job = params.into_job(model.family, &limits, edit).map_err(|e| {
-        let mut e = ApiError::from(e);
-        if e.param.as_deref() == Some("model") {
-            e.message = format!("model `{id}`: {}", e.message);
-        }
-        e
-    })?;
+    (params.width, params.height) = match parse_size(p.size.as_deref())? {
+        Some((w, h)) => (Some(w), Some(h)),
+        None => (None, None),
+    };
+    let mut job = params
+        .into_job(model.family, &state.config.limits, edit)
+        .map_err(|e| {
+            let mut e = ApiError::from(e);
+            if e.param.as_deref() == Some("model") {
+                e.message = format!("model `{id}`: {}", e.message);
+            }
+            e
+        })?;
     if !p.stream {
         job.previews = 0;
     }

@@ -25,7 +25,7 @@ pub use api::Api;
 pub use error::ApiError;
 pub use store::ImageStore;
 
-use crate::engine::EngineHandle;
+use crate::engine::{EngineHandle, Limits};
 use schema_check::BodySchema;
 
 #[derive(Debug, Clone)]
@@ -34,10 +34,8 @@ pub struct ServerConfig {
     pub default_model: Option<String>,
     /// Require `Authorization: Bearer <key>` on /v1 (except `GET /v1/` and image links).
     pub api_key: Option<String>,
-    /// Largest generated width/height.
-    pub max_side: u32,
-    /// Most denoising steps a request may ask for.
-    pub max_steps: u32,
+    /// Largest generated width/height, most denoising steps and images a request may ask for.
+    pub limits: Limits,
     /// Largest side of an uploaded image (checked before decoding).
     pub max_upload_side: u32,
     pub max_json_bytes: usize,
@@ -58,8 +56,7 @@ impl Default for ServerConfig {
         Self {
             default_model: None,
             api_key: None,
-            max_side: 1024,
-            max_steps: 150,
+            limits: Limits::default(),
             max_upload_side: 4096,
             max_json_bytes: 1 << 20,
             max_upload_bytes: 32 << 20,
