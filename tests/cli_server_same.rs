@@ -8,9 +8,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
-use kiln::backend::DeviceSpec;
-use kiln::engine::{EngineConfig, discover};
-use kiln::server::ServerConfig;
 use serde_json::{Value, json};
 use server_common::*;
 
@@ -41,17 +38,7 @@ fn cli_png(model: &Path, args: &[&str]) -> Vec<u8> {
 
 /// Serves `model` as `id` and posts `body`, returns the PNG response's bytes.
 async fn server_png(id: &str, model: &Path, body: Value) -> Vec<u8> {
-    let found = discover(
-        &model.join("does-not-exist"),
-        &[(id.into(), model.to_path_buf())],
-        DeviceSpec::Cpu,
-    )
-    .expect("discover");
-    let t = start_with(
-        found.specs,
-        EngineConfig::default(),
-        ServerConfig::default(),
-    );
+    let t = serve_model(id, model);
     let r = generate(&t, body).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     base64::engine::general_purpose::STANDARD

@@ -300,17 +300,7 @@ fn empty_models_dir_falls_back_to_the_demo_model() {
 /// requested size, seeds returned, loading state visible in /v1/models.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tiny_sd15_generates_through_the_api() {
-    let found = discover(
-        &tiny_sd().join("does-not-exist"),
-        &[("sd15-demo".into(), tiny_sd())],
-        DeviceSpec::Cpu,
-    )
-    .expect("discover");
-    let t = start_with(
-        found.specs,
-        EngineConfig::default(),
-        ServerConfig::default(),
-    );
+    let t = serve_model("sd15-demo", &tiny_sd());
     let m = send(t.client.get("/v1/models/sd15-demo")).await.json();
     assert_eq!(m["state"], "unloaded");
     assert_eq!(m["family"], "stable-diffusion-1.5");

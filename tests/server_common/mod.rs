@@ -64,6 +64,21 @@ pub fn start_with(models: Vec<ServedModel>, engine: EngineConfig, config: Server
     }
 }
 
+/// The real model at `path` (found as `kiln serve --model ID=PATH` finds it) served as `id`.
+pub fn serve_model(id: &str, path: &std::path::Path) -> TestApp {
+    let found = kiln::engine::discover(
+        &path.join("does-not-exist"),
+        &[(id.into(), path.to_path_buf())],
+        kiln::backend::DeviceSpec::Cpu,
+    )
+    .expect("discover");
+    start_with(
+        found.specs,
+        EngineConfig::default(),
+        ServerConfig::default(),
+    )
+}
+
 pub fn start() -> TestApp {
     start_with(
         vec![fake("fake-sd"), dalle("fake-dalle")],
