@@ -276,3 +276,38 @@ fn unknown_revision_is_a_clear_not_found() {
         "{msg}"
     );
 }
+
+#[test]
+fn add_ons_land_where_sd_models_read_them_and_are_not_listed_as_models() {
+    let hub = MockHub::start();
+    let tmp = tempfile::tempdir().unwrap();
+    for id in ["lcm-lora-sdv1-5", "taesd"] {
+        let spec = recipe(id, true).unwrap();
+        hub.serve_spec(&spec, |_, remote| format!("{id}:{remote}").into_bytes());
+        download_model(&spec, tmp.path(), &hub.config()).unwrap();
+    }
+    let lora = tmp.path().join("loras/lcm-lora-sdv1-5");
+    assert_eq!(
+        read(&lora.join("pytorch_lora_weights.safetensors")),
+        b"lcm-lora-sdv1-5:pytorch_lora_weights.safetensors"
+    );
+    let m = SourceManifest::read(&lora)
+        .unwrap()
+        .expect("kiln-source.json");
+    assert_eq!(m.kind.as_str(), "lora");
+    assert!(m.complete && m.is_intact(&lora));
+    let taesd = tmp.path().join("taesd");
+    assert!(taesd.join("config.json").is_file());
+    assert_eq!(
+        SourceManifest::read(&taesd).unwrap().unwrap().kind.as_str(),
+        "taesd"
+    );
+    // the LoRA library finds the download by its id; `kiln models` lists neither add-on
+    let addons = kiln::engine::AddOns::under(tmp.path());
+    let found = addons.loras.resolve("lcm-lora-sdv1-5", false).unwrap();
+    assert_eq!(found, lora.join("pytorch_lora_weights.safetensors"));
+    assert!(installed_models(tmp.path()).unwrap().is_empty());
+    // the recorded manifest reads back (the add-on kinds round-trip through serde)
+    let text = std::fs::read_to_string(lora.join(SOURCE_FILE)).unwrap();
+    assert!(text.contains("\"family\": \"lora\""), "{text}");
+}

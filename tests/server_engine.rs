@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use kiln::backend::DeviceSpec;
-use kiln::engine::{EngineConfig, EngineError, EngineHandle, ImageJob, discover};
+use kiln::engine::{AddOns, EngineConfig, EngineError, EngineHandle, ImageJob, discover};
 use kiln::server::{ServerConfig, build_app, serve};
 use poem::http::StatusCode;
 use serde_json::json;
@@ -283,7 +283,7 @@ fn tiny_sd() -> std::path::PathBuf {
 #[test]
 fn empty_models_dir_falls_back_to_the_demo_model() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let found = discover(dir.path(), &[], DeviceSpec::Cpu).expect("discover");
+    let found = discover(dir.path(), &[], DeviceSpec::Cpu, &AddOns::default()).expect("discover");
     assert!(found.demo);
     let ids: Vec<&str> = found.specs.iter().map(|s| s.id.as_str()).collect();
     assert_eq!(ids, ["sd15-demo", "dalle-mini-demo"]);
@@ -291,7 +291,7 @@ fn empty_models_dir_falls_back_to_the_demo_model() {
     let real = dir.path().join("my-sd");
     std::fs::create_dir_all(real.join("unet")).expect("mkdir");
     std::fs::write(real.join("model_index.json"), "{}").expect("write");
-    let found = discover(dir.path(), &[], DeviceSpec::Cpu).expect("discover");
+    let found = discover(dir.path(), &[], DeviceSpec::Cpu, &AddOns::default()).expect("discover");
     assert!(!found.demo);
     assert_eq!(found.specs[0].id, "my-sd");
 }
@@ -353,8 +353,13 @@ async fn tiny_sd15_generates_through_the_api() {
 
 #[tokio::test]
 async fn dalle_mini_demo_generates_through_the_api() {
-    let found =
-        discover(&tiny_sd().join("does-not-exist"), &[], DeviceSpec::Cpu).expect("discover");
+    let found = discover(
+        &tiny_sd().join("does-not-exist"),
+        &[],
+        DeviceSpec::Cpu,
+        &AddOns::default(),
+    )
+    .expect("discover");
     assert!(found.demo);
     assert!(
         found.specs.iter().any(|s| s.id == "dalle-mini-demo"),

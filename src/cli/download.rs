@@ -8,7 +8,9 @@ use kiln::download::{HubConfig, download_model, expand_ids, human_size, recipe};
 
 #[derive(Args, Debug)]
 pub struct DownloadArgs {
-    /// sd15, dalle-mini, dalle-mega, or all.
+    /// sd15, dalle-mini, dalle-mega, or all (the three models); add-ons for SD 1.5: taesd
+    /// (`models/taesd/`, previews and `--vae taesd`) and lcm-lora-sdv1-5
+    /// (`models/loras/lcm-lora-sdv1-5/`).
     #[arg(required = true, value_name = "MODEL")]
     pub models: Vec<String>,
     /// Where model folders live (`<dir>/<id>/`).
@@ -43,7 +45,10 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<()> {
             .map(|s| format!("{}@{}", s.repo, s.revision))
             .collect::<Vec<_>>()
             .join(", ");
-        eprintln!("{id}: {origin} → {}", args.models_dir.join(id).display());
+        eprintln!(
+            "{id}: {origin} → {}",
+            args.models_dir.join(&spec.dir).display()
+        );
         let report = download_model(&spec, &args.models_dir, &hub)
             .with_context(|| format!("kiln download {id}"))?;
         eprintln!(

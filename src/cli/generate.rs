@@ -10,8 +10,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::DeviceSpec;
 use kiln::engine::{
-    DalleParams, EditInput, EngineError, GeneratedImage, JobExtras, JobParams, Limits, loader_for,
-    pipeline,
+    DalleParams, EditInput, EngineError, GeneratedImage, JobExtras, JobParams, JobRules,
+    loader_for, loras::parse_lora_arg, pipeline,
 };
 use kiln::image_io::{self, CLI_MAX_SIDE, ImageFormat, mask::MaskConvention};
 use kiln::models::dalle_mini::Tokenization;
@@ -19,6 +19,8 @@ use kiln::models::sd15::NoiseOverrides;
 use kiln::models::{Family, ModelKind};
 use kiln::precision::{Placement, Precision};
 use kiln::weights::{TensorFile, write_f32};
+
+use super::addons::AddOnArgs;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -124,6 +126,16 @@ pub struct GenerateArgs {
     /// Write the final latents (tensor `latents`, before the VAE) to this safetensors file.
     #[arg(long)]
     pub save_latents: Option<PathBuf>,
+    /// SD: apply a LoRA, `NAME[:WEIGHT]` (weight 1 by default); NAME is a file in the LoRA
+    /// folder (without `.safetensors`) or a path. Repeatable. `<lora:NAME:WEIGHT>` in the
+    /// prompt does the same.
+    #[arg(long = "lora", value_name = "NAME_OR_PATH[:WEIGHT]")]
+    pub loras: Vec<String>,
+    /// Where the add-on folders are by default (loras/, embeddings/, taesd/).
+    #[arg(long, env = "KILN_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    #[command(flatten)]
+    pub addons: AddOnArgs,
 }
 
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
@@ -134,8 +146,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     refuse_other_family_extras(&args, family)?;
     let format = output_format(&args)?;
     let edit = edit_input(&args)?;
-    let mut job = job_params(&args)
-        .into_job(family, &Limits::CLI, edit)
+    let addons = args.addons.resolve(&args.models_dir);
+    let rules = JobRules::cli(addons.loras.clone());
+    let mut job = job_params(&args)?
+        .into_job(family, &rules, edit)
         .map_err(flag_error)?;
     job.extras = extras(&args)?;
 
@@ -143,7 +157,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let name = path.file_stem().and_then(|s| s.to_str());
     let name = name.unwrap_or(kind.as_str());
     let place = Placement { device, precision };
-    let load = loader_for(kind, path, name, place, job.init.is_some());
+    let load = loader_for(kind, path, name, place, job.init.is_some(), &addons);
     let mut model = load().map_err(flag_error)?;
     let bar = progress_bar(match family {
         Family::Sd15 => "step",
@@ -241,8 +255,13 @@ fn extras(a: &GenerateArgs) -> anyhow::Result<JobExtras> {
     })
 }
 
-fn job_params(a: &GenerateArgs) -> JobParams {
-    JobParams {
+fn job_params(a: &GenerateArgs) -> anyhow::Result<JobParams> {
+    let loras = a
+        .loras
+        .iter()
+        .map(|l| parse_lora_arg(l))
+        .collect::<Result<_, _>>();
+    Ok(JobParams {
         prompt: a.prompt.clone(),
         negative_prompt: a.negative_prompt.clone(),
         n: a.n,
@@ -255,6 +274,7 @@ fn job_params(a: &GenerateArgs) -> JobParams {
         strength: a.strength,
         eta: a.eta,
         clip_skip: a.clip_skip,
+        loras: loras.map_err(flag_error)?,
         dalle: DalleParams {
             cond_scale: a.cond_scale,
             temperature: a.temperature,
@@ -266,7 +286,7 @@ fn job_params(a: &GenerateArgs) -> JobParams {
             }),
         },
         previews: 0,
-    }
+    })
 }
 
 /// An engine error in the CLI's words: the option it names becomes the flag.
@@ -282,6 +302,7 @@ fn flag_error(e: EngineError) -> anyhow::Error {
         } => {
             let flag = match p.as_str() {
                 "num_inference_steps" => "--steps".to_string(),
+                "loras" => "--lora".to_string(),
                 "size" => "--width/--height".to_string(),
                 other => format!("--{}", other.replace('_', "-")),
             };

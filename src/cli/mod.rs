@@ -1,5 +1,6 @@
 //! Command-line parsing and the subcommands.
 
+mod addons;
 mod download;
 mod generate;
 mod models;

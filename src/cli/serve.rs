@@ -6,9 +6,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser};
 use kiln::backend::DeviceSpec;
-use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, Limits, discover};
+use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, JobRules, Limits, discover};
 use kiln::server::{ServerConfig, build_app, serve};
 use tracing::{info, warn};
+
+use super::addons::AddOnArgs;
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -48,6 +50,8 @@ pub struct ServeArgs {
     /// Load every model at start instead of on its first request.
     #[arg(long, env = "KILN_PRELOAD")]
     pub preload: bool,
+    #[command(flatten)]
+    pub addons: AddOnArgs,
     /// Largest width or height a request may ask for.
     #[arg(long, env = "KILN_MAX_SIZE", default_value_t = Limits::default().max_side)]
     pub max_size: u32,
@@ -117,7 +121,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         device: args.device.parse::<DeviceSpec>()?,
         precision: args.precision.parse()?,
     };
-    let mut found = discover(&args.models_dir, &args.models, device)?;
+    let addons = args.addons.resolve(&args.models_dir);
+    let mut found = discover(&args.models_dir, &args.models, device, &addons)?;
     if found.demo && args.models.is_empty() {
         // First run: fetch the default model when the Hub is reachable (unless --offline);
         // `ensure_model` logs the loud fallback line itself when it cannot.
@@ -127,7 +132,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             match kiln::download::ensure_model(id, &args.models_dir, &hub) {
                 Ok(kiln::download::EnsureOutcome::Downloaded(dir)) => {
                     info!(model = id, dir = %dir.display(), "downloaded the default model");
-                    found = discover(&args.models_dir, &args.models, device)?;
+                    found = discover(&args.models_dir, &args.models, device, &addons)?;
                 }
                 Ok(outcome) => info!(?outcome, "default model"),
                 Err(e) => warn!("{id}: download failed: {e}; continuing with what is installed"),
@@ -161,10 +166,14 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = ServerConfig {
         default_model: args.default_model.clone(),
         api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        limits: Limits {
-            max_side: args.max_size,
-            max_steps: args.max_steps,
-            ..Limits::default()
+        rules: JobRules {
+            limits: Limits {
+                max_side: args.max_size,
+                max_steps: args.max_steps,
+                ..Limits::default()
+            },
+            loras: addons.loras.clone(),
+            lora_paths: false,
         },
         max_upload_bytes: args.max_upload_mb << 20,
         cors_origins: args.cors_origins.clone(),

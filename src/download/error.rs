@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("unknown model `{0}`: kiln can download sd15, dalle-mini, dalle-mega (or all)")]
+    #[error(
+        "unknown model `{0}`: kiln can download sd15, dalle-mini, dalle-mega (or all), and the SD \
+         1.5 add-ons taesd and lcm-lora-sdv1-5"
+    )]
     UnknownModel(String),
 
     #[error(

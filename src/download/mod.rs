@@ -36,7 +36,9 @@ pub use hub::HubClient;
 pub use hub_config::{DEFAULT_ENDPOINT, HubConfig};
 pub use installed::{InstalledModel, human_size, installed_models};
 pub use source::{SOURCE_FILE, SourceFile, SourceManifest};
-pub use spec::{DownloadRecipe, RepoFile, RepoSpec, expand_ids, recipe};
+pub use spec::{
+    AddOn, Contents, DownloadRecipe, RepoFile, RepoSpec, expand_ids, known_ids, recipe,
+};
 pub use transfer::{FileMeta, sha256_file};
 
 /// What `download_model` did.
@@ -113,7 +115,7 @@ pub fn download_model(
     models_dir: &Path,
     hub: &HubConfig,
 ) -> Result<DownloadReport> {
-    let dir = models_dir.join(&spec.id);
+    let dir = models_dir.join(&spec.dir);
     let existing = SourceManifest::read(&dir)?;
     let hand_made = existing.is_none() && has_files(&dir);
     let mut manifest = existing.unwrap_or_else(|| SourceManifest {

@@ -6,7 +6,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::error::{DownloadError, Result};
-use crate::models::ModelKind;
+use super::spec::Contents;
 
 pub const SOURCE_FILE: &str = "kiln-source.json";
 
@@ -31,7 +31,7 @@ pub struct SourceManifest {
     pub model: String,
     /// Stored as `family` (the name of the files' first format).
     #[serde(rename = "family")]
-    pub kind: ModelKind,
+    pub kind: Contents,
     pub precision: String,
     /// The Hub or mirror the files came from.
     pub endpoint: String,

@@ -18,8 +18,11 @@
 //! The commit actually served (`X-Repo-Commit`) is recorded in `kiln-source.json`, and
 //! `kiln download --revision` overrides the main repository's revision.
 
+use serde::{Deserialize, Serialize};
+
 use super::error::{DownloadError, Result};
 use crate::models::ModelKind;
+use crate::models::family::{LORAS_DIR, TAESD_DIR};
 
 pub const SD15_REPO: &str = "stable-diffusion-v1-5/stable-diffusion-v1-5";
 /// `refs/main` in darkshapes/nnll tests/test_model_identity_precision.py (cache scan, Aug 2025).
@@ -31,6 +34,55 @@ pub const VQGAN_REPO: &str = "dalle-mini/vqgan_imagenet_f16_16384";
 pub const DALLE_REVISION: &str = "main";
 /// `VQGAN_COMMIT_ID` in borisdayma/dalle-mini tools/inference/inference_pipeline.ipynb (also HELM).
 pub const VQGAN_REVISION: &str = "e93a26e7707683d349bf5d5c41c5b0ef69b677a9";
+/// TAESD, SD 1.x's tiny autoencoder (diffusers `AutoencoderTiny` folder). No public pin of a
+/// commit was found: `main`, and the commit served is recorded.
+pub const TAESD_REPO: &str = "madebyollin/taesd";
+/// LCM-LoRA for SD 1.5 (kohya-style keys). No public pin found either: `main`, recorded.
+pub const LCM_LORA_REPO: &str = "latent-consistency/lcm-lora-sdv1-5";
+
+/// What a download holds: a model, or an add-on an SD 1.5 model uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Contents {
+    Model(ModelKind),
+    AddOn(AddOn),
+}
+
+/// Downloads that are not models of their own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AddOn {
+    /// The tiny autoencoder (`models/taesd/`): streamed previews and `vae: taesd`.
+    Taesd,
+    /// A LoRA file (`models/loras/<id>/`).
+    Lora,
+}
+
+impl Contents {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contents::Model(k) => k.as_str(),
+            Contents::AddOn(AddOn::Taesd) => "taesd",
+            Contents::AddOn(AddOn::Lora) => "lora",
+        }
+    }
+}
+
+/// The add-on downloads, by id: (id, what it is, repository, files).
+const ADD_ONS: [(&str, AddOn, &str, &[&str]); 2] = [
+    (
+        TAESD_DIR,
+        AddOn::Taesd,
+        TAESD_REPO,
+        &["config.json", "diffusion_pytorch_model.safetensors"],
+    ),
+    (
+        "lcm-lora-sdv1-5",
+        AddOn::Lora,
+        LCM_LORA_REPO,
+        &["pytorch_lora_weights.safetensors"],
+    ),
+];
 
 /// One file of a repository and its path inside the model folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +103,9 @@ pub struct RepoSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadRecipe {
     pub id: String,
-    pub kind: ModelKind,
+    pub kind: Contents,
+    /// The folder under the models directory: the id, or `loras/<id>` for a LoRA.
+    pub dir: String,
     /// `fp16`/`fp32` for SD 1.5 (which files are chosen); `published` for DALL·E (one variant).
     pub precision: String,
     pub sources: Vec<RepoSpec>,
@@ -115,7 +169,8 @@ fn sd15(fp16: bool) -> DownloadRecipe {
     files.extend(same(&[&text, &unet, &vae]));
     DownloadRecipe {
         id: ModelKind::Sd15.as_str().into(),
-        kind: ModelKind::Sd15,
+        kind: Contents::Model(ModelKind::Sd15),
+        dir: ModelKind::Sd15.as_str().into(),
         precision: if fp16 { "fp16" } else { "fp32" }.into(),
         sources: vec![repo(SD15_REPO, SD15_REVISION, files)],
         // ≈ 246 MB + 1.72 GB + 167 MB in fp16, twice that in fp32
@@ -152,16 +207,43 @@ fn dalle(kind: ModelKind, main_repo: &str) -> DownloadRecipe {
     sources.push(repo(VQGAN_REPO, VQGAN_REVISION, vq));
     DownloadRecipe {
         id: kind.as_str().into(),
-        kind,
+        kind: Contents::Model(kind),
+        dir: kind.as_str().into(),
         precision: "published".into(),
         sources,
         approx_bytes: None,
     }
 }
 
-/// The recipe of a model id (a [`ModelKind`]); `fp16` picks SD 1.5's half-precision files
-/// (DALL·E has one variant).
+/// An add-on download: the repository's files as they are, at `main`.
+fn add_on(id: &str, what: AddOn, repo_id: &str, files: &[&str]) -> DownloadRecipe {
+    DownloadRecipe {
+        id: id.into(),
+        kind: Contents::AddOn(what),
+        // `models/loras/<id>/`: the folder form the LoRA library reads (one `.safetensors`,
+        // named after the folder).
+        dir: match what {
+            AddOn::Lora => format!("{LORAS_DIR}/{id}"),
+            AddOn::Taesd => TAESD_DIR.into(),
+        },
+        precision: "published".into(),
+        sources: vec![repo(repo_id, "main", same(files))],
+        approx_bytes: None,
+    }
+}
+
+/// Every id `kiln download` takes: the models, then the add-ons.
+pub fn known_ids() -> Vec<&'static str> {
+    let models = ModelKind::ALL.iter().map(|k| k.as_str());
+    models.chain(ADD_ONS.iter().map(|a| a.0)).collect()
+}
+
+/// The recipe of a model id (a [`ModelKind`]) or an add-on id; `fp16` picks SD 1.5's
+/// half-precision files (the others have one variant).
 pub fn recipe(id: &str, fp16: bool) -> Result<DownloadRecipe> {
+    if let Some(&(id, what, repo_id, files)) = ADD_ONS.iter().find(|a| a.0 == id) {
+        return Ok(add_on(id, what, repo_id, files));
+    }
     let kind: ModelKind = id
         .parse()
         .map_err(|_| DownloadError::UnknownModel(id.to_string()))?;
@@ -172,7 +254,7 @@ pub fn recipe(id: &str, fp16: bool) -> Result<DownloadRecipe> {
     })
 }
 
-/// `all` → every id; otherwise the ids given, checked and without repeats.
+/// `all` → every model id (not the add-ons); otherwise the ids given, checked and without repeats.
 pub fn expand_ids(ids: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::new();
     for id in ids {
@@ -182,7 +264,7 @@ pub fn expand_ids(ids: &[String]) -> Result<Vec<String>> {
             vec![id.as_str()]
         };
         for one in list {
-            if one.parse::<ModelKind>().is_err() {
+            if !known_ids().contains(&one) {
                 return Err(DownloadError::UnknownModel(one.to_string()));
             }
             if !out.iter().any(|o| o == one) {

@@ -5,7 +5,9 @@
 //! the model. `kiln generate` builds the same job and runs it through the same family adapter
 //! with [`pipeline::run`], without the queue.
 
+mod addons;
 mod dalle;
+pub mod loras;
 mod params;
 pub mod pipeline;
 mod queue;
@@ -17,8 +19,10 @@ use std::sync::Arc;
 
 pub use crate::models::Family;
 pub use crate::schedulers::SchedulerKind;
+pub use addons::AddOns;
 pub use dalle::{DallePipeline, dalle_loader};
-pub use params::{EditInput, JobParams, Limits};
+pub use loras::{LoraLibrary, LoraRef, ResolvedLora};
+pub use params::{EditInput, JobParams, JobRules, Limits};
 pub use pipeline::{
     DalleParams, GeneratedImage, ImageJob, ImagePipeline, InitImage, JobExtras, Progress,
 };

@@ -6,6 +6,7 @@
 
 use image::DynamicImage;
 
+use super::loras::{LoraLibrary, LoraRef, take_lora_tags};
 use super::{DalleParams, EngineError, ImageJob, InitImage};
 use crate::image_io::mask::{MaskConvention, edit_mask};
 use crate::models::Family;
@@ -28,6 +29,8 @@ pub struct JobParams {
     pub strength: Option<f64>,
     pub eta: Option<f64>,
     pub clip_skip: Option<usize>,
+    /// SD: LoRAs by name (the prompt's `<lora:NAME:W>` tags are added to these).
+    pub loras: Vec<LoraRef>,
     pub dalle: DalleParams,
     /// Streamed previews (OpenAI `partial_images`).
     pub previews: u32,
@@ -61,6 +64,27 @@ impl Limits {
     };
 }
 
+/// What a deployment decides about every request: its bounds and where LoRAs come from.
+#[derive(Debug, Clone, Default)]
+pub struct JobRules {
+    pub limits: Limits,
+    pub loras: LoraLibrary,
+    /// Whether a LoRA may be named by its path (the CLI: a user's own files), not only by its
+    /// name in the library (the server: clients never name server paths).
+    pub lora_paths: bool,
+}
+
+impl JobRules {
+    /// `kiln generate`'s: [`Limits::CLI`], and paths allowed.
+    pub fn cli(loras: LoraLibrary) -> Self {
+        Self {
+            limits: Limits::CLI,
+            loras,
+            lora_paths: true,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -90,6 +114,7 @@ impl JobParams {
             ("strength", self.strength.is_some()),
             ("eta", self.eta.is_some()),
             ("clip_skip", self.clip_skip.is_some()),
+            ("loras", !self.loras.is_empty()),
             ("cond_scale", d.cond_scale.is_some()),
             ("temperature", d.temperature.is_some()),
             ("top_k", d.top_k.is_some()),
@@ -101,16 +126,29 @@ impl JobParams {
         .collect()
     }
 
-    /// Checks every option against `family` and `limits` and builds the job; `edit` makes it
+    /// Checks every option against `family` and `rules` and builds the job; `edit` makes it
     /// an image-to-image or inpainting job.
     pub fn into_job(
-        self,
+        mut self,
         family: Family,
-        limits: &Limits,
+        rules: &JobRules,
         edit: Option<EditInput>,
     ) -> Result<ImageJob, EngineError> {
-        if self.prompt.trim().is_empty() {
+        let limits = &rules.limits;
+        let (text, tagged) = take_lora_tags(&self.prompt)?;
+        if text.trim().is_empty() {
             return Err(invalid("prompt", "`prompt` must not be empty"));
+        }
+        self.loras.extend(tagged);
+        if self
+            .negative_prompt
+            .as_deref()
+            .is_some_and(|n| take_lora_tags(n).is_ok_and(|(_, l)| !l.is_empty()))
+        {
+            return Err(invalid(
+                "negative_prompt",
+                "`<lora:…>` tags belong in the prompt; a LoRA cannot be negated from the negative prompt",
+            ));
         }
         if let Some((name, owner)) = family.foreign_option(&self.given()) {
             return Err(invalid(
@@ -140,6 +178,7 @@ impl JobParams {
         let scheduler = self.scheduler_kind()?;
         self.check_ranges()?;
         let init = edit.map(|e| init_image(family, e)).transpose()?;
+        let loras = rules.loras.resolve_all(&self.loras, rules.lora_paths)?;
         let seed = self.seed.unwrap_or_else(crate::noise::random_seed);
         let mut job = ImageJob::new(self.prompt, width, height, seed);
         job.negative_prompt = self.negative_prompt.unwrap_or_default();
@@ -150,6 +189,7 @@ impl JobParams {
         job.strength = self.strength;
         job.eta = self.eta;
         job.clip_skip = self.clip_skip;
+        job.loras = loras;
         job.dalle = self.dalle;
         job.init = init;
         job.previews = self.previews as usize;
@@ -270,7 +310,7 @@ mod tests {
 
     #[test]
     fn defaults_come_from_the_family() {
-        let l = Limits::default();
+        let l = JobRules::default();
         let j = params().into_job(Family::Sd15, &l, None).unwrap();
         assert_eq!((j.width, j.height, j.n, j.seed), (512, 512, 1, 7));
         let j = params().into_job(Family::DalleMini, &l, None).unwrap();
@@ -279,7 +319,7 @@ mod tests {
 
     #[test]
     fn options_of_the_other_family_are_refused_by_name() {
-        let l = Limits::default();
+        let l = JobRules::default();
         let mut p = params();
         p.dalle.top_k = Some(3);
         let e = p.into_job(Family::Sd15, &l, None).unwrap_err();
@@ -291,8 +331,28 @@ mod tests {
     }
 
     #[test]
+    fn lora_tags_join_the_loras_and_unknown_names_are_refused() {
+        let l = JobRules::default();
+        let mut p = params();
+        p.prompt = "a cat <lora:film:0.5>".into();
+        let e = p.into_job(Family::Sd15, &l, None).unwrap_err().to_string();
+        assert!(e.contains("unknown LoRA `film`"), "{e}");
+        let mut p = params();
+        p.prompt = "<lora:film>".into();
+        let e = p.into_job(Family::Sd15, &l, None).unwrap_err().to_string();
+        assert!(e.contains("must not be empty"), "{e}");
+        let mut p = params();
+        p.prompt = "a <lora:film>".into();
+        let e = p
+            .into_job(Family::DalleMini, &l, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`loras` applies to"), "{e}");
+    }
+
+    #[test]
     fn an_edit_keeps_its_image_size_and_transparency_mask() {
-        let l = Limits::default();
+        let l = JobRules::default();
         let mut rgba = image::RgbaImage::new(100, 67);
         rgba.put_pixel(3, 3, image::Rgba([0, 0, 0, 0]));
         rgba.put_pixel(4, 3, image::Rgba([9, 9, 9, 255]));

@@ -9,6 +9,7 @@
 use image::{GrayImage, RgbImage};
 
 use super::EngineError;
+use super::loras::ResolvedLora;
 use crate::image_io::{self, params::Parameters};
 use crate::models::Family;
 use crate::models::dalle_mini::Tokenization;
@@ -64,6 +65,9 @@ pub struct ImageJob {
     pub eta: Option<f64>,
     /// SD: A1111's "Clip skip" (1 = last layer).
     pub clip_skip: Option<usize>,
+    /// SD: LoRAs applied for this job only, from the `loras` option and the prompt's
+    /// `<lora:…>` tags (which stay in `prompt`, as written, for the image's infotext).
+    pub loras: Vec<ResolvedLora>,
     pub init: Option<InitImage>,
     pub dalle: DalleParams,
     /// How many intermediate previews the client wants (OpenAI `partial_images`, 0–3).
@@ -87,6 +91,7 @@ impl ImageJob {
             strength: None,
             eta: None,
             clip_skip: None,
+            loras: Vec::new(),
             init: None,
             dalle: DalleParams::default(),
             previews: 0,

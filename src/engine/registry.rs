@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::{EngineError, Family, Loader, ServedModel, dalle_loader, sd15_loader};
+use super::{AddOns, EngineError, Family, Loader, ServedModel, dalle_loader, sd15_loader};
 use crate::models::ModelKind;
 use crate::models::family::NOT_MODEL_DIRS;
 use crate::precision::Placement;
@@ -25,37 +25,54 @@ pub struct Discovery {
 }
 
 /// How to load a `kind` model from `path`. `name` goes into the images' infotext; `edits`
-/// keeps what edits need (SD's VAE encoder).
+/// keeps what edits need (SD's VAE encoder); an SD model also takes `addons`' embeddings and
+/// TAESD.
 pub fn loader_for(
     kind: ModelKind,
     path: &Path,
     name: &str,
     place: Placement,
     edits: bool,
+    addons: &AddOns,
 ) -> Loader {
     match kind.family() {
-        Family::Sd15 => sd15_loader(path.to_path_buf(), name.into(), place, edits),
+        Family::Sd15 => sd15_loader(
+            path.to_path_buf(),
+            name.into(),
+            place,
+            edits,
+            addons.clone(),
+        ),
         Family::DalleMini => dalle_loader(path.to_path_buf(), place),
     }
 }
 
-fn served(id: &str, kind: ModelKind, path: &Path, device: Placement, demo: bool) -> ServedModel {
+fn served(
+    id: &str,
+    kind: ModelKind,
+    path: &Path,
+    device: Placement,
+    demo: bool,
+    addons: &AddOns,
+) -> ServedModel {
     ServedModel {
         id: id.to_string(),
         family: kind.family(),
         device: device.to_string(),
         source: path.display().to_string(),
         demo,
-        loader: loader_for(kind, path, id, device, true),
+        loader: loader_for(kind, path, id, device, true, addons),
     }
 }
 
 /// Explicit models first (in the order given), then every diffusers folder directly under
-/// `models_dir` except the catalog's `NOT_MODEL_DIRS` (id = folder name); with neither, the demo models.
+/// `models_dir` except the catalog's `NOT_MODEL_DIRS` (id = folder name); with neither, the demo
+/// models. SD models load with `addons`.
 pub fn discover(
     models_dir: &Path,
     explicit: &[(String, PathBuf)],
     device: impl Into<Placement>,
+    addons: &AddOns,
 ) -> Result<Discovery, EngineError> {
     let device = device.into();
     let mut specs = Vec::new();
@@ -74,7 +91,7 @@ pub fn discover(
                 path.display()
             ),
         })?;
-        specs.push(served(id, kind, path, device, false));
+        specs.push(served(id, kind, path, device, false, addons));
     }
     if let Ok(entries) = std::fs::read_dir(models_dir) {
         let mut found: Vec<(PathBuf, ModelKind)> = entries
@@ -91,7 +108,7 @@ pub fn discover(
                 continue;
             }
             info!(model = %id, kind = %kind, path = %p.display(), "found model");
-            specs.push(served(&id, kind, &p, device, false));
+            specs.push(served(&id, kind, &p, device, false, addons));
         }
     } else {
         warn!(dir = %models_dir.display(), "models directory not found");
@@ -116,7 +133,14 @@ pub fn discover(
             ),
         });
     };
-    specs.push(served("sd15-demo", ModelKind::Sd15, tiny, device, true));
+    specs.push(served(
+        "sd15-demo",
+        ModelKind::Sd15,
+        tiny,
+        device,
+        true,
+        addons,
+    ));
     let dalle_tiny = [
         models_dir.join("fixtures/dalle-tiny/flax"),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fixtures/dalle-tiny/flax"),
@@ -126,7 +150,7 @@ pub fn discover(
             .filter(|k| k.family() == Family::DalleMini)
             .map(|k| (p, k))
     }) {
-        specs.push(served("dalle-mini-demo", kind, p, device, true));
+        specs.push(served("dalle-mini-demo", kind, p, device, true, addons));
     }
     Ok(Discovery { specs, demo: true })
 }

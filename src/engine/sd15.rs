@@ -6,7 +6,9 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
-use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
+use super::{
+    AddOns, EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress,
+};
 use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
 use crate::models::family::sd15_defaults;
@@ -158,6 +160,7 @@ struct LoadSd15 {
     name: String,
     place: Placement,
     edits: bool,
+    addons: AddOns,
 }
 
 impl BackendTask for LoadSd15 {
@@ -175,13 +178,20 @@ impl BackendTask for LoadSd15 {
 
 /// Loads the SD 1.5 model at `path` (diffusers folder or single file) on `device`; `edits`
 /// keeps the VAE encoder that img2img and inpainting need. `name` is the model in infotexts.
-pub fn sd15_loader(path: PathBuf, name: String, place: Placement, edits: bool) -> Loader {
+pub fn sd15_loader(
+    path: PathBuf,
+    name: String,
+    place: Placement,
+    edits: bool,
+    addons: AddOns,
+) -> Loader {
     Arc::new(move || {
         let task = LoadSd15 {
             path: path.clone(),
             name: name.clone(),
             place,
             edits,
+            addons: addons.clone(),
         };
         dispatch(place.device, task)?
     })

@@ -58,6 +58,7 @@ const SD_ONLY: &[&str] = &[
     "strength",
     "eta",
     "clip_skip",
+    "loras",
 ];
 const DALLE_ONLY: &[&str] = &[
     "cond_scale",
@@ -142,9 +143,21 @@ impl Family {
     }
 }
 
+/// The add-on folders of a models directory, SD 1.5's: LoRAs (`--lora-dir`), textual-inversion
+/// embeddings (`--embeddings-dir`) and TAESD, the tiny autoencoder.
+pub const LORAS_DIR: &str = "loras";
+pub const EMBEDDINGS_DIR: &str = "embeddings";
+pub const TAESD_DIR: &str = "taesd";
+
 /// Folders of a models directory that hold something other than models: the repository's
-/// test fixtures and key manifests, and the add-on folders (LoRAs, embeddings).
-pub const NOT_MODEL_DIRS: [&str; 4] = ["fixtures", "manifests", "loras", "embeddings"];
+/// test fixtures and key manifests, and the add-on folders.
+pub const NOT_MODEL_DIRS: [&str; 5] = [
+    "fixtures",
+    "manifests",
+    LORAS_DIR,
+    EMBEDDINGS_DIR,
+    TAESD_DIR,
+];
 
 /// What a model folder or file holds: one per published checkpoint, and the ids `kiln download`
 /// takes (its recipe ids) and `kiln-source.json` records.

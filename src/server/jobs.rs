@@ -3,8 +3,10 @@
 
 use super::AppState;
 use super::error::ApiError;
-use super::types::{CreateImageEditRequest, CreateImageRequest, OutputFormat, ResponseFormat};
-use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, ModelInfo};
+use super::types::{
+    CreateImageEditRequest, CreateImageRequest, LoraParam, OutputFormat, ResponseFormat,
+};
+use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, LoraRef, ModelInfo};
 
 /// What a generation or an edit asks for, after transport parsing: the model options plus how
 /// to deliver the images.
@@ -25,6 +27,16 @@ fn text(v: Option<String>) -> Option<String> {
     v.filter(|s| !s.trim().is_empty())
 }
 
+fn loras(v: Option<&[LoraParam]>) -> Vec<LoraRef> {
+    v.unwrap_or_default()
+        .iter()
+        .map(|l| LoraRef {
+            name: l.name.clone(),
+            weight: l.weight.unwrap_or(1.0) as f32,
+        })
+        .collect()
+}
+
 /// Prem semantics: seed 0 means "pick one"; the seed used is returned per image.
 fn seed(v: Option<u64>) -> Option<u64> {
     v.filter(|&s| s != 0)
@@ -42,6 +54,7 @@ impl From<CreateImageRequest> for GenParams {
                 guidance_scale: r.guidance_scale,
                 scheduler: text(r.scheduler),
                 strength: r.strength,
+                loras: loras(r.loras.as_deref()),
                 dalle: DalleParams {
                     cond_scale: r.cond_scale,
                     temperature: r.temperature,
@@ -76,6 +89,7 @@ impl GenParams {
                 guidance_scale: r.guidance_scale,
                 scheduler: text(r.scheduler.clone()),
                 strength: r.strength,
+                loras: loras(r.loras.as_ref().map(|j| j.0.as_slice())),
                 ..JobParams::default()
             },
             model: r.model.clone(),
@@ -162,7 +176,7 @@ pub fn prepare(
         None => (None, None),
     };
     let mut job = params
-        .into_job(model.family, &state.config.limits, edit)
+        .into_job(model.family, &state.config.rules, edit)
         .map_err(|e| {
             let mut e = ApiError::from(e);
             if e.param.as_deref() == Some("model") {

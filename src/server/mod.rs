@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP server (poem + poem-openapi). It validates requests, turns them
 //! into engine jobs and awaits the results; models live in [`crate::engine`].
 
+mod addons_api;
 mod api;
 mod disconnect;
 mod encode;
@@ -21,11 +22,12 @@ use poem::middleware::{CatchPanic, Cors, Tracing};
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
+pub use addons_api::AddOnsApi;
 pub use api::Api;
 pub use error::ApiError;
 pub use store::ImageStore;
 
-use crate::engine::{EngineHandle, Limits};
+use crate::engine::{EngineHandle, JobRules};
 use schema_check::BodySchema;
 
 #[derive(Debug, Clone)]
@@ -34,8 +36,9 @@ pub struct ServerConfig {
     pub default_model: Option<String>,
     /// Require `Authorization: Bearer <key>` on /v1 (except `GET /v1/` and image links).
     pub api_key: Option<String>,
-    /// Largest generated width/height, most denoising steps and images a request may ask for.
-    pub limits: Limits,
+    /// Largest generated width/height, most denoising steps and images a request may ask for,
+    /// and the LoRA library requests name LoRAs from (by name only: never a path).
+    pub rules: JobRules,
     /// Largest side of an uploaded image (checked before decoding).
     pub max_upload_side: u32,
     pub max_json_bytes: usize,
@@ -56,7 +59,7 @@ impl Default for ServerConfig {
         Self {
             default_model: None,
             api_key: None,
-            limits: Limits::default(),
+            rules: JobRules::default(),
             max_upload_side: 4096,
             max_json_bytes: 1 << 20,
             max_upload_bytes: 32 << 20,
@@ -102,8 +105,8 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 /// The OpenAPI service; `openapi.json` is `service().spec()`.
-pub fn service() -> OpenApiService<Api, ()> {
-    OpenApiService::new(Api, "kiln", env!("CARGO_PKG_VERSION")).description(
+pub fn service() -> OpenApiService<(Api, AddOnsApi), ()> {
+    OpenApiService::new((Api, AddOnsApi), "kiln", env!("CARGO_PKG_VERSION")).description(
         "OpenAI-compatible image generation (Stable Diffusion 1.5, DALL·E Mini) served by kiln.",
     )
 }

@@ -1,7 +1,7 @@
 //! Request and response bodies of the OpenAI-compatible Images API, plus kiln's extensions.
 //! These derive the OpenAPI schemas; `openapi.json` is generated from them.
 
-use poem_openapi::types::multipart::Upload;
+use poem_openapi::types::multipart::{JsonField, Upload};
 use poem_openapi::{Enum, Multipart, Object};
 
 use super::upload::UploadList;
@@ -24,6 +24,17 @@ pub enum OutputFormat {
     Png,
     Jpeg,
     Webp,
+}
+
+/// Extension (SD): a LoRA from the server's LoRA folder, applied to this request only.
+#[derive(Object, Debug, Clone, PartialEq)]
+pub struct LoraParam {
+    /// The LoRA's name: its file name without `.safetensors` (`GET /v1/loras` lists them).
+    #[oai(validator(min_length = 1, max_length = 256))]
+    pub name: String,
+    /// How strongly it applies (default 1; negative values subtract it).
+    #[oai(validator(minimum(value = "-10"), maximum(value = "10")))]
+    pub weight: Option<f64>,
 }
 
 /// Body of `POST /v1/images/generations`. Unknown fields are ignored.
@@ -108,6 +119,10 @@ pub struct CreateImageRequest {
     /// Extension (DALL·E): nucleus sampling.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
     pub top_p: Option<f64>,
+    /// Extension (SD): LoRAs for this request, each with its weight. `<lora:NAME:WEIGHT>` in
+    /// the prompt (A1111's syntax) adds to these.
+    #[oai(nullable, validator(max_items = 8))]
+    pub loras: Option<Vec<LoraParam>>,
 }
 
 /// Body of `POST /v1/images/edits` (multipart/form-data). Numbers arrive as text parts.
@@ -145,6 +160,8 @@ pub struct CreateImageEditRequest {
     pub scheduler: Option<String>,
     #[oai(validator(minimum(value = "0"), maximum(value = "1")))]
     pub strength: Option<f64>,
+    /// A JSON array, as the generations body's `loras`: `[{"name": "…", "weight": 0.8}]`.
+    pub loras: Option<JsonField<Vec<LoraParam>>>,
 }
 
 /// One generated image.

@@ -70,6 +70,7 @@ pub fn serve_model(id: &str, path: &std::path::Path) -> TestApp {
         &path.join("does-not-exist"),
         &[(id.into(), path.to_path_buf())],
         kiln::backend::DeviceSpec::Cpu,
+        &kiln::engine::AddOns::default(),
     )
     .expect("discover");
     start_with(

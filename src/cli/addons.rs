@@ -1,0 +1,40 @@
+//! The add-on folder flags `kiln generate` and `kiln serve` share (SD 1.5's LoRAs, embeddings
+//! and TAESD), read the same way by both.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use kiln::engine::{AddOns, LoraLibrary};
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct AddOnArgs {
+    /// LoRA folder: `NAME.safetensors` files, or `NAME/` folders holding one (default
+    /// MODELS_DIR/loras).
+    #[arg(long, env = "KILN_LORA_DIR")]
+    pub lora_dir: Option<PathBuf>,
+    /// Textual-inversion embeddings folder; each file's stem becomes a prompt word (default
+    /// MODELS_DIR/embeddings).
+    #[arg(long, env = "KILN_EMBEDDINGS_DIR")]
+    pub embeddings_dir: Option<PathBuf>,
+    /// TAESD folder (`kiln download taesd`), for previews and `vae: taesd` (default
+    /// MODELS_DIR/taesd).
+    #[arg(long, env = "KILN_TAESD_DIR")]
+    pub taesd_dir: Option<PathBuf>,
+}
+
+impl AddOnArgs {
+    /// The folders, each defaulting to its place under `models_dir`.
+    pub fn resolve(&self, models_dir: &Path) -> AddOns {
+        let mut a = AddOns::under(models_dir);
+        if let Some(d) = &self.lora_dir {
+            a.loras = LoraLibrary::new(d);
+        }
+        if let Some(d) = &self.embeddings_dir {
+            a.embeddings_dir = Some(d.clone());
+        }
+        if let Some(d) = &self.taesd_dir {
+            a.taesd_dir = Some(d.clone());
+        }
+        a
+    }
+}
