@@ -14,6 +14,9 @@ Components (kiln vs reference):
   unet-bf16    the same kiln fp32 step                                         vs diffusers in bf16 (AMX)
   vae          VAE decode 1x4x64x64 -> 512x512                                vs diffusers
   image        whole SD pipeline 512x512, CFG 7.5, DDIM, BENCH_IMAGE_STEPS    vs diffusers
+  lcm          whole SD pipeline 512x512 with an LCM-LoRA: LCM scheduler, 4 steps, guidance 1
+               (UNet at batch 1), the LoRA applied once per process (kiln: merged on the first
+               request and cached; diffusers: load_lora_weights + fuse_lora)    vs diffusers
   sdcpp        whole SD pipeline 512x512, CFG 7.5, Euler (discrete), BENCH_IMAGE_STEPS,
                both loading the ldm single file sd15-random.safetensors (f32)  vs stable-diffusion.cpp
   dalle-step   DALL·E Mini: one decoder step, 1 image = batch 2 (super-condition), position 128
@@ -32,7 +35,8 @@ What it does:
      `stable-diffusion-cpp-python==0.4.7` (sdcpp row; built from source: ~4 min on 2 quiet cores, 20 under load) into
      it when a selected component needs them;
   2. makes the random full-size weights it needs if absent (never committed): `.cache/sd15-random/`
-     (`models/make_sd15_fixtures.py --full`, ~8.6 GB), `.cache/dalle-mini-random/` and
+     (`models/make_sd15_fixtures.py --full`, ~8.6 GB), `.cache/lcm-lora-random.safetensors` (a
+     random rank-64 kohya LoRA on the modules LCM-LoRA trains, for the lcm row), `.cache/dalle-mini-random/` and
      `.cache/dalle-mega-random/` (`models/make_dalle_fixtures.py full --model mini|mega`,
      1.0 / 5.3 GB of fp16 min-dalle .pt files; mega takes ~20 min and ~9 GB of RAM to make);
   3. builds `cargo build --release --example sd15_bench --example dalle_bench` (kiln's timing
@@ -100,6 +104,7 @@ COMPONENTS = {
     "unet-bf16": ("sd15", "UNet step vs bf16", 2, 1, "diffusers"),
     "vae": ("sd15", "VAE decode 512x512", 2, 1, "diffusers"),
     "image": ("sd15", "SD image 512 DDIM", 1, 0, "diffusers"),
+    "lcm": ("sd15", "SD image 512 LCM 4", 2, 1, "diffusers"),
     "sdcpp": ("sd15-file", "SD image 512 Euler", 1, 0, "sd.cpp"),
     "dalle-step": ("mini", "mini decoder step", 8, 2, "min-dalle"),
     "dalle-image": ("mini", "mini image 256 tok", 1, 0, "min-dalle"),
@@ -160,11 +165,26 @@ def commands(c: str, path: Path, timed: int, warm: int):
     ref = [VPY, REFS, {"diffusers": "diffusers", "sd.cpp": "sdcpp", "min-dalle": "min-dalle"}[COMPONENTS[c][4]]]
     if c in ("clip", "unet", "unet-bf16", "vae", "image"):
         return [BIN / "sd15_bench", path, c.removesuffix("-bf16"), timed, warm], {}, ref + [c, path, timed, warm]
+    if c == "lcm":
+        lora = lcm_lora(path)
+        env = {"BENCH_IMAGE_SCHEDULER": "lcm", "BENCH_IMAGE_STEPS": "4", "BENCH_IMAGE_GUIDANCE": "1",
+               "BENCH_LORA": str(lora)}
+        return [BIN / "sd15_bench", path, "image", timed, warm], env, ref + ["lcm", path, timed, warm, "--lora", lora]
     if c == "sdcpp":
         return ([BIN / "sd15_bench", path, "image", timed, warm], {"BENCH_IMAGE_SCHEDULER": "euler"},
                 ref + ["image", path, timed, warm])
     part = c.split("-")[1]  # step | image
     return [BIN / "dalle_bench", path, part, timed, warm], {}, ref + [part, path, timed, warm]
+
+
+def lcm_lora(model: Path) -> Path:
+    """A random full-size LoRA shaped like LCM-LoRA (kohya keys, rank 64, alpha 64: attention,
+    feed-forward, projections, ResNet convolutions incl. 3x3, time embeddings, resamplers), made
+    once from the UNet's own module shapes."""
+    out = REPO / ".cache" / "lcm-lora-random.safetensors"
+    if not out.exists():
+        sh([VPY, REFS, "make-lcm-lora", model / "unet", out])
+    return out
 
 
 def smi_used_mib() -> float | None:

@@ -3,6 +3,8 @@
 model and timing one component; prints one JSON line on stdout (as kiln's examples/*_bench.rs do).
 
     .venv-ref/bin/python benches/compare_refs.py diffusers  <clip|unet|unet-bf16|vae|image> <sd15-folder>  TIMED WARMUP [--threads N]
+    .venv-ref/bin/python benches/compare_refs.py diffusers  lcm <sd15-folder> TIMED WARMUP --lora LORA.safetensors
+    .venv-ref/bin/python benches/compare_refs.py make-lcm-lora <unet-folder> OUT.safetensors
     .venv-ref/bin/python benches/compare_refs.py sdcpp      image                 <sd15 .safetensors> TIMED WARMUP [--threads N]
     .venv-ref/bin/python benches/compare_refs.py min-dalle  <step|image>          <dalle_bart folder> TIMED WARMUP [--threads N]
 
@@ -85,7 +87,8 @@ def time_runs(fn, timed: int, warmup: int):
 # ---------------------------------------------------------------------------------------------
 # diffusers (PyTorch), SD 1.5 components
 
-def diffusers(component: str, model: Path, threads: int, device: str = "cpu", dtype: str = "fp32"):
+def diffusers(component: str, model: Path, threads: int, device: str = "cpu", dtype: str = "fp32",
+              lora: Path | None = None):
     import torch
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
@@ -118,6 +121,19 @@ def diffusers(component: str, model: Path, threads: int, device: str = "cpu", dt
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.set_progress_bar_config(disable=True)
         fn = lambda: pipe(PROMPT_SD, num_inference_steps=steps, guidance_scale=7.5, height=size, width=size,
+                          generator=g, output_type="np").images
+    elif component == "lcm":
+        # LCM-LoRA as its model card runs it: LCMScheduler, 4 steps, guidance 1 (no CFG batch);
+        # the LoRA fused once, as kiln merges it once and caches the result.
+        from diffusers import LCMScheduler, StableDiffusionPipeline
+        size = size_env()
+        pipe = StableDiffusionPipeline.from_pretrained(str(model), safety_checker=None, torch_dtype=dt,
+                                                       requires_safety_checker=False).to(device)
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        pipe.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="lcm")
+        pipe.fuse_lora()
+        pipe.set_progress_bar_config(disable=True)
+        fn = lambda: pipe(PROMPT_SD, num_inference_steps=4, guidance_scale=1.0, height=size, width=size,
                           generator=g, output_type="np").images
     else:
         raise SystemExit(f"diffusers: unknown component {component}")
@@ -250,8 +266,40 @@ def min_dalle(component: str, bart: Path, threads: int, device: str = "cpu", dty
 
 
 # ---------------------------------------------------------------------------------------------
+# A random LoRA shaped like LCM-LoRA (latent-consistency/lcm-lora-sdv1-5): kohya keys, rank 64
+
+LCM_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+               "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+
+
+def make_lcm_lora(unet_dir: Path, out: Path, rank: int = 64) -> None:
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(unet_dir)))
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for name, mod in unet.named_modules():
+        if not name.endswith(LCM_TARGETS) or not isinstance(mod, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        if isinstance(mod, torch.nn.Linear):
+            down, up = (rank, mod.in_features), (mod.out_features, rank)
+        else:
+            down, up = (rank, mod.in_channels, *mod.kernel_size), (mod.out_channels, rank, 1, 1)
+        sd[f"{key}.lora_down.weight"] = (torch.randn(*down, generator=g) * 0.01).half()
+        sd[f"{key}.lora_up.weight"] = (torch.randn(*up, generator=g) * 0.01).half()
+        sd[f"{key}.alpha"] = torch.tensor(float(rank)).half()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out))
+    print(f"{out}: {len(sd) // 3} modules, rank {rank}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
 
 def main() -> None:
+    if sys.argv[1:2] == ["make-lcm-lora"]:
+        return make_lcm_lora(Path(sys.argv[2]), Path(sys.argv[3]))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("impl", choices=["diffusers", "sdcpp", "min-dalle"])
     ap.add_argument("component")
@@ -261,6 +309,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N] (diffusers, min-dalle)")
     ap.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="model dtype (diffusers, min-dalle)")
+    ap.add_argument("--lora", type=Path, default=None, help="the LoRA file of the lcm component")
     a = ap.parse_args()
     t0 = time.perf_counter()
     if a.impl == "sdcpp":
@@ -268,8 +317,9 @@ def main() -> None:
             raise SystemExit("sdcpp: CPU fp32 only (the file's f32 weights)")
         made = sdcpp(a.component, a.model, a.threads)
     else:
+        extra_args = {"lora": a.lora} if a.impl == "diffusers" else {}
         made = {"diffusers": diffusers, "min-dalle": min_dalle}[a.impl](a.component, a.model, a.threads,
-                                                                       a.device, a.dtype)
+                                                                       a.device, a.dtype, **extra_args)
     fn, extra, between = (made + (None,))[:3]
     fn = synced(fn, a.device)
     for _ in range(a.warmup):
