@@ -21,6 +21,10 @@ Writes (every safetensors file carries its description in the metadata key "how"
   refs.safetensors     final latents of 4-step runs from the same init noise (init_noise): base, each LoRA alone,
                        kohya 0.7 + peft -0.4, and LCMScheduler 4 steps guidance 1 with lcm_style (step noise
                        injected, stored as lcm_noise_step{i})
+
+--full-lcm writes .cache/sd15-lora/lcm_style_full.safetensors instead: a random kohya LoRA for the FULL-size
+UNet on the LCM-LoRA target list, rank 64, alpha 8, fp16 (the shape of latent-consistency/lcm-lora-sdv1-5, ~135 MB),
+module shapes from models/manifests/sd15-diffusers-unet.json, for timing LoRA merging (never committed).
 """
 from __future__ import annotations
 
@@ -119,7 +123,31 @@ def save(tensors: dict, name: str, how: str, readme: dict) -> None:
     readme["files"][name] = how
 
 
+def full_lcm(rank: int = 64, alpha: float = 8.0) -> None:
+    manifest = json.loads((REPO / "models/manifests/sd15-diffusers-unet.json").read_text())["tensors"]
+    g = torch.Generator().manual_seed(SEED)
+    sd = {}
+    for key, t in manifest.items():
+        module, shape = key.removesuffix(".weight"), t["shape"]
+        if not key.endswith(".weight") or len(shape) not in (2, 4) or not any(module.endswith(x) for x in LCM_TARGETS):
+            continue
+        name = "lora_unet_" + module.replace(".", "_")
+        fan = int(torch.tensor(shape[1:]).prod())
+        sd[f"{name}.lora_down.weight"] = (torch.randn(rank, *shape[1:], generator=g) / fan ** 0.5).half()
+        sd[f"{name}.lora_up.weight"] = (torch.randn(shape[0], rank, *([1, 1] if len(shape) == 4 else []),
+                                                    generator=g) * 0.01).half()
+        sd[f"{name}.alpha"] = torch.tensor(alpha, dtype=torch.float16)
+    out = REPO / ".cache/sd15-lora"
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(sd, str(out / "lcm_style_full.safetensors"), metadata={"how": "random, LCM-LoRA targets, full size"})
+    print(f"{len(sd) // 3} modules -> {out / 'lcm_style_full.safetensors'}")
+
+
 def main() -> None:
+    import sys
+
+    if "--full-lcm" in sys.argv:
+        return full_lcm()
     import diffusers
     import peft
     import transformers

@@ -265,3 +265,67 @@ fn inspect_reports_format_rank_and_parts() {
         (p.unet_modules, 8)
     );
 }
+
+/// Resident memory and its peak, in MiB (Linux `/proc/self/status`).
+fn rss_mib() -> (f64, f64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Measurement, not a check (run by hand): the cost of a LoRA variant on a full-size model.
+/// `KILN_LORA_BENCH_MODEL=.cache/sd15-random KILN_LORA_BENCH_FILE=.cache/sd15-lora/lcm_style_full.safetensors
+/// cargo test --release --test sd15_lora -- --ignored --nocapture` (files from
+/// `make_sd15_fixtures.py --full` and `make_sd15_lora_fixtures.py --full-lcm`).
+#[test]
+#[ignore]
+fn measure_variant_cost_on_a_full_size_model() {
+    use std::time::Instant;
+    let (Some(model_dir), Some(file)) = (
+        std::env::var_os("KILN_LORA_BENCH_MODEL"),
+        std::env::var_os("KILN_LORA_BENCH_FILE"),
+    ) else {
+        eprintln!("KILN_LORA_BENCH_MODEL / KILN_LORA_BENCH_FILE not set; nothing measured");
+        return;
+    };
+    let m = StableDiffusion::<B>::load(std::path::Path::new(&model_dir), false, &device())
+        .expect("model loads");
+    let loras = vec![LoraSpec {
+        path: file.into(),
+        weight: 1.0,
+    }];
+    let (rss0, _) = rss_mib();
+    let t0 = Instant::now();
+    let v = m.lora_variant(&loras).expect("variant").expect("some");
+    let build = t0.elapsed().as_secs_f32();
+    let (rss1, peak) = rss_mib();
+    let t1 = Instant::now();
+    m.lora_variant(&loras).expect("variant again");
+    eprintln!(
+        "variant: built in {build:.2} s, replaced {:.0} MiB; RSS {rss0:.0} -> {rss1:.0} MiB (peak {peak:.0}); \
+         kept variant returned in {:.4} s",
+        v.bytes as f64 / 1048576.0,
+        t1.elapsed().as_secs_f32()
+    );
+    let x = tensor::<4>(&[1, 4, 64, 64], vec![0.1; 4 * 64 * 64]);
+    let ctx = tensor::<3>(&[1, 77, 768], vec![0.01; 77 * 768]);
+    for (what, unet) in [
+        ("base", &m.parts.unet),
+        ("LoRA", &v.unet),
+        ("base", &m.parts.unet),
+        ("LoRA", &v.unet),
+    ] {
+        let t = Instant::now();
+        values(unet.forward(x.clone(), 500.0, &ctx));
+        eprintln!(
+            "{what} UNet step 64x64 batch 1: {:.2} s",
+            t.elapsed().as_secs_f32()
+        );
+    }
+}

@@ -231,29 +231,15 @@ fn merge<B: Backend, M: Module<B>>(
         return Ok(module);
     }
     let file = TensorFile::open(base_file)?;
-    let mut merged = HashMap::new();
+    let mut todo = HashMap::new();
     for key in file.keys() {
-        let KeyTarget::Param(path) = map(key) else {
-            continue;
-        };
-        let Some((target, terms)) = terms.get(path.as_str()) else {
-            continue;
-        };
-        let out = target.shape[0];
-        let fan_in = target.shape[1..].iter().product::<usize>();
-        let (_, base) = file.read_f32(key)?;
-        let mut w = Tensor::<B, 2>::from_data(TensorData::new(base, [out, fan_in]), device);
-        for t in terms {
-            let r = t.module.rank();
-            let (_, up) = t.file.file.read_f32(&t.module.up.key)?;
-            let (_, down) = t.file.file.read_f32(&t.module.down.key)?;
-            let up = Tensor::<B, 2>::from_data(TensorData::new(up, [out, r]), device);
-            let down = Tensor::<B, 2>::from_data(TensorData::new(down, [r, fan_in]), device);
-            w = w + up.matmul(down) * t.coef;
+        if let KeyTarget::Param(path) = map(key)
+            && let Some((target, terms)) = terms.get(path.as_str())
+        {
+            todo.insert(path, (key.to_string(), *target, terms.as_slice()));
         }
-        merged.insert(path, (w, target.shape.clone()));
     }
-    if let Some(path) = terms.keys().find(|p| !merged.contains_key(**p)) {
+    if let Some(path) = terms.keys().find(|p| !todo.contains_key(**p)) {
         return Err(Error::Tensor {
             path: base_file.to_path_buf(),
             key: path.to_string(),
@@ -262,11 +248,17 @@ fn merge<B: Backend, M: Module<B>>(
     }
     let mut mapper = Replace {
         path: Vec::new(),
-        merged,
+        device: device.clone(),
+        base: &file,
+        todo,
         bytes: 0,
+        error: None,
     };
     let module = module.map(&mut mapper);
-    if let Some(path) = mapper.merged.keys().next() {
+    if let Some(e) = mapper.error {
+        return Err(e);
+    }
+    if let Some(path) = mapper.todo.keys().next() {
         return Err(Error::Numerical(format!(
             "LoRA merge: parameter `{path}` was not found in the module"
         )));
@@ -275,15 +267,40 @@ fn merge<B: Backend, M: Module<B>>(
     Ok(module)
 }
 
-/// Replaces the parameters named in `merged` (f32 `[out, fan_in]` in checkpoint layout) through
-/// their load path, as the parameter's dtype.
-struct Replace<B: Backend> {
+/// Replaces the parameters named in `todo` by base + delta, made one at a time (so the
+/// transient memory is one f32 weight) and given through the parameter's load path, as the
+/// parameter's dtype. The first error stops the replacing and is kept in `error`.
+struct Replace<'a, B: Backend> {
     path: Vec<String>,
-    merged: HashMap<String, (Tensor<B, 2>, Vec<usize>)>,
+    device: B::Device,
+    base: &'a TensorFile,
+    /// Parameter path → (key of its base weight in `base`, shape, delta terms).
+    todo: HashMap<String, (String, &'a Target, &'a [Term<'a>])>,
     bytes: usize,
+    error: Option<Error>,
 }
 
-impl<B: Backend> ModuleMapper<B> for Replace<B> {
+impl<B: Backend> Replace<'_, B> {
+    /// `base + Σ coef · up @ down` as f32 `[out, fan_in]` (checkpoint layout, flattened).
+    fn merged(&self, key: &str, target: &Target, terms: &[Term<'_>]) -> Result<Tensor<B, 2>> {
+        let out = target.shape[0];
+        let fan_in = target.shape[1..].iter().product::<usize>();
+        let (_, base) = self.base.read_f32(key)?;
+        let dev = &self.device;
+        let mut w = Tensor::<B, 2>::from_data(TensorData::new(base, [out, fan_in]), dev);
+        for t in terms {
+            let r = t.module.rank();
+            let (_, up) = t.file.file.read_f32(&t.module.up.key)?;
+            let (_, down) = t.file.file.read_f32(&t.module.down.key)?;
+            let up = Tensor::<B, 2>::from_data(TensorData::new(up, [out, r]), dev);
+            let down = Tensor::<B, 2>::from_data(TensorData::new(down, [r, fan_in]), dev);
+            w = w + up.matmul(down) * t.coef;
+        }
+        Ok(w)
+    }
+}
+
+impl<B: Backend> ModuleMapper<B> for Replace<'_, B> {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.push(name.to_string());
     }
@@ -293,18 +310,30 @@ impl<B: Backend> ModuleMapper<B> for Replace<B> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let Some((w, shape)) = self.merged.remove(&self.path.join(".")) else {
-            return param;
-        };
-        if shape.len() != D {
-            // Left in `merged`, reported by `merge`.
-            self.merged
-                .insert(format!("{} (rank {D})", self.path.join(".")), (w, shape));
+        if self.error.is_some() {
             return param;
         }
+        let path = self.path.join(".");
+        let Some((key, target, terms)) = self.todo.remove(&path) else {
+            return param;
+        };
+        if target.shape.len() != D {
+            self.error = Some(Error::Numerical(format!(
+                "LoRA merge: `{path}` is {D}-D in the model, {:?} in its file",
+                target.shape
+            )));
+            return param;
+        }
+        let w = match self.merged(&key, target, terms) {
+            Ok(w) => w,
+            Err(e) => {
+                self.error = Some(e);
+                return param;
+            }
+        };
         let dtype: DType = param.val().dtype();
-        let dims: [usize; D] = std::array::from_fn(|i| shape[i]);
-        self.bytes += shape.iter().product::<usize>() * dtype.size();
+        let dims: [usize; D] = std::array::from_fn(|i| target.shape[i]);
+        self.bytes += target.shape.iter().product::<usize>() * dtype.size();
         let id = param.id;
         param.transform_for_load(w.reshape(dims).cast(dtype), id)
     }

@@ -55,9 +55,12 @@ pub struct LoraInfo {
 /// offending key: not a LoRA, an SDXL LoRA, unsupported kinds (LoHa, LoKr, DoRA), factors
 /// without partner or of mismatched rank.
 pub fn inspect(path: &Path) -> Result<LoraInfo> {
-    let f = format::parse(path)?;
+    Ok(info(&format::parse(path)?))
+}
+
+fn info(f: &format::LoraFile) -> LoraInfo {
     let count = |p: Part| f.modules.iter().filter(|m| m.part == p).count();
-    Ok(LoraInfo {
+    LoraInfo {
         formats: f.formats.iter().copied().collect(),
         rank: f.modules.iter().map(|m| m.rank()).max().unwrap_or(0),
         unet_modules: count(Part::Unet),
@@ -67,17 +70,16 @@ pub fn inspect(path: &Path) -> Result<LoraInfo> {
             .iter()
             .filter(|m| m.down.shape.len() == 4 && m.down.shape[2..].iter().any(|&k| k > 1))
             .count(),
-    })
+    }
 }
 
 impl<B: Backend> StableDiffusion<B> {
     /// [`inspect`], and every module matched to a weight of this model with fitting shapes
     /// (an error names the file, the key, and both shapes).
     pub fn check_lora(&self, path: &Path) -> Result<LoraInfo> {
-        let info = inspect(path)?;
-        let names = adapted::Names::of(&self.parts, self.device());
-        names.resolve(&format::parse(path)?)?;
-        Ok(info)
+        let file = format::parse(path)?;
+        adapted::Names::of(&self.parts, self.device()).resolve(&file)?;
+        Ok(info(&file))
     }
 
     /// The text encoder and UNet for a request's LoRAs: `None` without any (use the base
