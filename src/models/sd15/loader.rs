@@ -12,7 +12,7 @@ use super::config::{ClipConfig, UNetConfig, VaeConfig};
 use super::tokenizer::ClipTokenizer;
 use super::unet_2d::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights;
+use super::weights::{self, WeightSources};
 use crate::error::{Error, Result};
 use crate::schedulers::SchedulerConfig;
 use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_as, require_complete};
@@ -113,34 +113,6 @@ fn component_file(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
             list(&tried[..3.min(tried.len())])
         ),
     ))
-}
-
-/// The files the text encoder and the UNet were read from and their key layout, kept so that a
-/// LoRA variant can re-read base weights through the same key maps (see `lora`).
-#[derive(Debug, Clone)]
-pub struct WeightSources {
-    pub text_encoder: PathBuf,
-    pub unet: PathBuf,
-    /// One CompVis/ldm file (`SingleFile`) rather than diffusers component files.
-    pub ldm: bool,
-}
-
-impl WeightSources {
-    pub fn text_encoder_map(&self) -> fn(&str) -> KeyTarget {
-        if self.ldm {
-            weights::ldm_clip_key
-        } else {
-            weights::clip_key
-        }
-    }
-
-    pub fn unet_map<'a>(&self, cfg: &'a UNetConfig) -> Box<dyn Fn(&str) -> KeyTarget + 'a> {
-        if self.ldm {
-            Box::new(weights::ldm_unet_key(cfg))
-        } else {
-            Box::new(weights::unet_key)
-        }
-    }
 }
 
 pub struct Components<B: Backend> {
