@@ -294,8 +294,10 @@ fn measure_variant_cost_on_a_full_size_model() {
         eprintln!("KILN_LORA_BENCH_MODEL / KILN_LORA_BENCH_FILE not set; nothing measured");
         return;
     };
+    let t = Instant::now();
     let m = StableDiffusion::<B>::load(std::path::Path::new(&model_dir), false, &device())
         .expect("model loads");
+    eprintln!("base model loaded in {:.2} s", t.elapsed().as_secs_f32());
     let loras = vec![LoraSpec {
         path: file.into(),
         weight: 1.0,
