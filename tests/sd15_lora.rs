@@ -178,6 +178,68 @@ fn no_state_leaks_between_requests_and_variants_are_kept() {
     assert_eq!(uncached.lora_cache_usage(), (0, 0));
 }
 
+/// The factors of `peft.safetensors` written under kohya names, without alphas (scale 1, as
+/// kohya and A1111 read such files), or with alpha = 2 × rank on every module (scale 2).
+fn peft_as_kohya(dir: &std::path::Path, alpha: Option<f32>) -> PathBuf {
+    let peft = kiln::weights::TensorFile::open(&lora("peft.safetensors")).expect("peft");
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for key in peft.keys() {
+        let (shape, v) = peft.read_f32(key).expect("tensor");
+        let (module, factor) = key
+            .strip_suffix(".lora_A.weight")
+            .map(|m| (m, "lora_down.weight"))
+            .or_else(|| {
+                key.strip_suffix(".lora_B.weight")
+                    .map(|m| (m, "lora_up.weight"))
+            })
+            .expect("peft key");
+        let name = module
+            .replacen("unet.", "lora_unet_", 1)
+            .replacen("text_encoder.", "lora_te_", 1)
+            .replace('.', "_");
+        if let (Some(a), "lora_down.weight") = (alpha, factor) {
+            let a = (a * shape[0] as f32).to_le_bytes().to_vec();
+            tensors.push((format!("{name}.alpha"), vec![], a));
+        }
+        let bytes = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        tensors.push((format!("{name}.{factor}"), shape, bytes));
+    }
+    let views = tensors.iter().map(|(k, s, b)| {
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+        (k.clone(), view.expect("view"))
+    });
+    let out = dir.join(format!("peft_as_kohya_{alpha:?}.safetensors"));
+    std::fs::write(
+        &out,
+        safetensors::serialize(views, None).expect("serialize"),
+    )
+    .expect("write");
+    out
+}
+
+#[test]
+fn kohya_names_without_alpha_scale_1_and_with_alpha_scale_alpha_over_rank() {
+    let m = model();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let peft = latents(&m, &request(&[("peft", 1.0)], false));
+    let peft_half = latents(&m, &request(&[("peft", 0.5)], false));
+    let run = |path: PathBuf, weight: f32| {
+        let req = GenerateRequest {
+            loras: vec![LoraSpec { path, weight }],
+            ..request(&[], false)
+        };
+        latents(&m, &req)
+    };
+    assert_eq!(run(peft_as_kohya(dir.path(), None), 1.0), peft);
+    // alpha / rank = 2 at weight 0.25 is the PEFT file at 0.5.
+    assert_close_scaled(
+        "alpha = 2 rank",
+        &run(peft_as_kohya(dir.path(), Some(2.0)), 0.25),
+        &peft_half,
+        1e-6,
+    );
+}
+
 fn lora_error(m: &StableDiffusion<B>, file: &str) -> String {
     let path = lora(file);
     let err = match m
