@@ -33,6 +33,10 @@ pub enum Error {
     #[error("{path}: not a model kiln recognises: {message}")]
     UnknownModel { path: PathBuf, message: String },
 
+    /// A LoRA that cannot be applied to this model: `message` names the first offending key.
+    #[error("LoRA {path}: {message}")]
+    Lora { path: PathBuf, message: String },
+
     #[error("tokenizer: {0}")]
     Tokenizer(String),
 

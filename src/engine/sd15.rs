@@ -68,6 +68,7 @@ impl<B: Backend> Sd15Pipeline<B> {
             strength,
             sample_vae: !x.vae_mean,
             noise: x.noise.clone(),
+            loras: Vec::new(),
         })
     }
 }

@@ -12,7 +12,7 @@ use super::config::{ClipConfig, UNetConfig, VaeConfig};
 use super::tokenizer::ClipTokenizer;
 use super::unet_2d::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
-use super::weights;
+use super::weights::{self, WeightSources};
 use crate::error::{Error, Result};
 use crate::schedulers::SchedulerConfig;
 use crate::weights::{KeyTarget, LoadReport, TensorFile, load_into_as, require_complete};
@@ -125,6 +125,7 @@ pub struct Components<B: Backend> {
     pub clip_config: ClipConfig,
     pub scheduler_config: SchedulerConfig,
     pub report: LoadReport,
+    pub sources: WeightSources,
 }
 
 fn config_or_default<T: Default>(path: &Path, load: fn(&Path) -> Result<T>) -> Result<T> {
@@ -210,6 +211,7 @@ fn build<B: Backend>(
     device: &B::Device,
     dtype: DType,
     mut report: LoadReport,
+    sources: WeightSources,
 ) -> Result<Components<B>> {
     let vae_dtype = if cfg.vae.force_upcast {
         DType::F32
@@ -259,6 +261,7 @@ fn build<B: Backend>(
         clip_config: cfg.clip,
         scheduler_config: cfg.scheduler,
         report,
+        sources,
     })
 }
 
@@ -283,16 +286,24 @@ pub fn load<B: Backend>(
                 TensorFile::open(&vae)?,
             );
             let vae_map = vae_without_encoder(weights::vae_key, with_encoder);
+            let origin = WeightSources {
+                text_encoder: text.clone(),
+                unet: unet.clone(),
+                ldm: false,
+            };
+            // The key maps borrow their configs; `build` takes the originals.
+            let unet_cfg = cfg.unet.clone();
+            let unet_map = origin.unet_map(&unet_cfg);
             let sources = [
                 Source {
                     path: &text,
                     file: &tf,
-                    map: &weights::clip_key,
+                    map: &origin.text_encoder_map(),
                 },
                 Source {
                     path: &unet,
                     file: &uf,
-                    map: &weights::unet_key,
+                    map: &unet_map,
                 },
                 Source {
                     path: &vae,
@@ -307,6 +318,7 @@ pub fn load<B: Backend>(
                 device,
                 dtype,
                 LoadReport::default(),
+                origin,
             )
         }
         Sd15Layout::SingleFile {
@@ -327,14 +339,23 @@ pub fn load<B: Backend>(
             }
             // The key maps borrow their configs; `build` takes the originals.
             let (unet_cfg, vae_cfg) = (cfg.unet.clone(), cfg.vae.clone());
-            let unet_map = weights::ldm_unet_key(&unet_cfg);
+            let origin = WeightSources {
+                text_encoder: f.clone(),
+                unet: f.clone(),
+                ldm: true,
+            };
+            let unet_map = origin.unet_map(&unet_cfg);
             let vae_full = weights::ldm_vae_key(&vae_cfg);
             // Keys no component claims (and that are not known extras) are unused.
             let mut report = LoadReport::default();
             for key in file.keys() {
-                let claimed = [weights::ldm_clip_key(key), unet_map(key), vae_full(key)]
-                    .iter()
-                    .any(|t| !matches!(t, KeyTarget::Other));
+                let claimed = [
+                    (origin.text_encoder_map())(key),
+                    unet_map(key),
+                    vae_full(key),
+                ]
+                .iter()
+                .any(|t| !matches!(t, KeyTarget::Other));
                 if !claimed {
                     report.unused.push(key.to_string());
                 }
@@ -347,7 +368,7 @@ pub fn load<B: Backend>(
                 Source {
                     path: f,
                     file: &file,
-                    map: &weights::ldm_clip_key,
+                    map: &origin.text_encoder_map(),
                 },
                 Source {
                     path: f,
@@ -360,7 +381,7 @@ pub fn load<B: Backend>(
                     map: &vae_map,
                 },
             ];
-            build(cfg, sources, with_encoder, device, dtype, report)
+            build(cfg, sources, with_encoder, device, dtype, report, origin)
         }
     }
 }

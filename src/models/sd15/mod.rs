@@ -7,6 +7,7 @@ pub mod config;
 pub mod embeddings;
 pub mod img2img;
 pub mod loader;
+pub mod lora;
 pub mod pipeline;
 pub mod request;
 pub mod resnet;
@@ -18,5 +19,6 @@ pub mod weights;
 
 pub use img2img::ImageCondition;
 pub use loader::Sd15Layout;
+pub use lora::{LoraInfo, LoraSpec};
 pub use pipeline::{GenerateOutput, StableDiffusion, latent_preview};
 pub use request::{GenerateRequest, NoiseOverrides};

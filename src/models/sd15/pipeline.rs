@@ -6,7 +6,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Int, Tensor, TensorData};
 use tracing::{debug, info, warn};
 
+use super::clip::ClipTextModel;
 use super::loader::{Components, Sd15Layout, load};
+use super::lora::{DEFAULT_CACHE_BYTES, LoraCache};
 use super::request::GenerateRequest;
 use crate::error::{Error, Result};
 use crate::noise;
@@ -24,6 +26,7 @@ pub struct GenerateOutput<B: Backend> {
 pub struct StableDiffusion<B: Backend> {
     pub parts: Components<B>,
     device: B::Device,
+    pub(super) lora_cache: LoraCache<B>,
 }
 
 impl<B: Backend> StableDiffusion<B> {
@@ -45,6 +48,7 @@ impl<B: Backend> StableDiffusion<B> {
         Ok(Self {
             parts,
             device: device.clone(),
+            lora_cache: LoraCache::new(DEFAULT_CACHE_BYTES),
         })
     }
 
@@ -60,6 +64,16 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// `[1, 77]` ids → `[1, 77, D]` hidden states.
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
+        self.encode_prompt_with(&self.parts.text_encoder, text, clip_skip)
+    }
+
+    /// [`encode_prompt`](Self::encode_prompt) by `encoder` (the base one or a LoRA variant's).
+    fn encode_prompt_with(
+        &self,
+        encoder: &ClipTextModel<B>,
+        text: &str,
+        clip_skip: usize,
+    ) -> Result<Tensor<B, 3>> {
         let tokens = self.parts.tokenizer.encode(text)?;
         if tokens.dropped > 0 {
             warn!(
@@ -71,7 +85,7 @@ impl<B: Backend> StableDiffusion<B> {
         let ids: Vec<i64> = tokens.ids.iter().map(|&i| i64::from(i)).collect();
         let len = ids.len();
         let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
-        Ok(self.parts.text_encoder.forward(ids, clip_skip))
+        Ok(encoder.forward(ids, clip_skip))
     }
 
     pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
@@ -183,11 +197,19 @@ impl<B: Backend> StableDiffusion<B> {
             req.scheduler
                 .build_with::<B>(&self.parts.scheduler_config, req.steps, &opts)?;
 
+        // The request's LoRAs, merged into a copy; the base model is never changed.
+        let variant = self.lora_variant(&req.loras)?;
+        let (text_encoder, unet) = match &variant {
+            Some(v) => (&v.text_encoder, &v.unet),
+            None => (&self.parts.text_encoder, &self.parts.unet),
+        };
+
         let t0 = Instant::now();
-        let cond = self.encode_prompt(&req.prompt, req.clip_skip)?;
+        let cond = self.encode_prompt_with(text_encoder, &req.prompt, req.clip_skip)?;
         let guided = req.guidance_scale > 1.0;
         let context = if guided {
-            let uncond = self.encode_prompt(&req.negative_prompt, req.clip_skip)?;
+            let uncond =
+                self.encode_prompt_with(text_encoder, &req.negative_prompt, req.clip_skip)?;
             Tensor::cat(vec![uncond.repeat_dim(0, n), cond.repeat_dim(0, n)], 0)
         } else {
             cond.repeat_dim(0, n)
@@ -224,7 +246,7 @@ impl<B: Backend> StableDiffusion<B> {
                 Some(e) => Tensor::cat(vec![input, e.clone()], 1),
                 None => input,
             };
-            let eps = self.parts.unet.forward(input, t, &context);
+            let eps = unet.forward(input, t, &context);
             let eps = if guided {
                 let uncond = eps.clone().narrow(0, 0, n);
                 let text = eps.narrow(0, n, n);

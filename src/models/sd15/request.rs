@@ -2,6 +2,7 @@
 //! catalog's) and the [`NoiseOverrides`] the CLI and the tests give instead of seeded noise.
 
 use super::img2img::ImageCondition;
+use super::lora::LoraSpec;
 use crate::models::family::sd15_defaults;
 use crate::schedulers::SchedulerKind;
 
@@ -32,6 +33,9 @@ pub struct GenerateRequest {
     /// Given noise instead of the seeded streams (`kiln generate --init-latents`, and tests that
     /// feed diffusers' tensors).
     pub noise: NoiseOverrides,
+    /// LoRAs applied to the UNet and the text encoder for this request only, each with its
+    /// weight; the variant is kept for later requests with the same LoRAs (see `lora`).
+    pub loras: Vec<LoraSpec>,
 }
 
 /// Noise given instead of drawing it from the seeded per-image streams.
@@ -65,6 +69,7 @@ impl Default for GenerateRequest {
             strength: sd15_defaults::STRENGTH,
             sample_vae: true,
             noise: NoiseOverrides::default(),
+            loras: Vec::new(),
         }
     }
 }

@@ -6,6 +6,8 @@
 //! ldm keys are translated to diffusers keys first (the inverse of diffusers'
 //! `convert_ldm_unet_checkpoint` / `convert_ldm_vae_checkpoint`).
 
+use std::path::PathBuf;
+
 use crate::weights::KeyTarget;
 
 use super::config::{UNetConfig, VaeConfig};
@@ -43,6 +45,30 @@ pub fn ldm_ignored(key: &str) -> bool {
         || key.starts_with("model_ema.")
         || key.starts_with("first_stage_model.loss.")
         || key.ends_with("embeddings.position_ids")
+}
+
+/// The files the text encoder and the UNet were read from and their key layout, kept so that a
+/// LoRA variant can re-read base weights through the same key maps (see `lora`).
+#[derive(Debug, Clone)]
+pub struct WeightSources {
+    pub text_encoder: PathBuf,
+    pub unet: PathBuf,
+    /// One CompVis/ldm file (`SingleFile`) rather than diffusers component files.
+    pub ldm: bool,
+}
+
+impl WeightSources {
+    pub fn text_encoder_map(&self) -> fn(&str) -> KeyTarget {
+        if self.ldm { ldm_clip_key } else { clip_key }
+    }
+
+    pub fn unet_map<'a>(&self, cfg: &'a UNetConfig) -> Box<dyn Fn(&str) -> KeyTarget + 'a> {
+        if self.ldm {
+            Box::new(ldm_unet_key(cfg))
+        } else {
+            Box::new(unet_key)
+        }
+    }
 }
 
 /// diffusers key → module path: the only renames are `ff.net.0`/`ff.net.2` (Rust fields cannot
