@@ -67,6 +67,12 @@ impl From<crate::Error> for EngineError {
                 message,
             },
             crate::Error::Cancelled => EngineError::Cancelled,
+            // A LoRA that does not fit the model is the request's fault: a 400 naming the file
+            // and the first offending key.
+            e @ crate::Error::Lora { .. } => EngineError::Invalid {
+                param: Some("loras".into()),
+                message: e.to_string(),
+            },
             other => EngineError::Failed(other.to_string()),
         }
     }

@@ -6,13 +6,14 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 
+use super::loras::take_lora_tags;
 use super::{
     AddOns, EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress,
 };
 use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
 use crate::models::family::sd15_defaults;
-use crate::models::sd15::{GenerateRequest, StableDiffusion, img2img, latent_preview};
+use crate::models::sd15::{GenerateRequest, LoraSpec, StableDiffusion, img2img, latent_preview};
 use crate::precision::Placement;
 
 pub struct Sd15Pipeline<B: Backend> {
@@ -53,7 +54,9 @@ impl<B: Backend> Sd15Pipeline<B> {
         });
         let x = &job.extras;
         Ok(GenerateRequest {
-            prompt: job.prompt.clone(),
+            // `<lora:…>` tags were read into `job.loras` by `into_job`; the text encoder sees
+            // the prompt without them (the infotext keeps the prompt as written).
+            prompt: take_lora_tags(&job.prompt)?.0,
             negative_prompt: job.negative_prompt.clone(),
             steps: job.steps.unwrap_or(sd15_defaults::STEPS),
             guidance_scale: job.guidance_scale.unwrap_or(sd15_defaults::GUIDANCE_SCALE),
@@ -68,15 +71,23 @@ impl<B: Backend> Sd15Pipeline<B> {
             strength,
             sample_vae: !x.vae_mean,
             noise: x.noise.clone(),
-            loras: Vec::new(),
+            loras: job
+                .loras
+                .iter()
+                .map(|l| LoraSpec {
+                    path: l.path.clone(),
+                    weight: l.weight,
+                })
+                .collect(),
         })
     }
 }
 
-/// A1111's infotext of image `seed` made by `req` with the model `name`.
-fn infotext(req: &GenerateRequest, name: &str, seed: u64) -> Parameters {
+/// A1111's infotext of image `seed` made by `req` for `job` with the model `name`: the prompt
+/// as written, `<lora:…>` tags included, as A1111 writes it.
+fn infotext(job: &ImageJob, req: &GenerateRequest, name: &str, seed: u64) -> Parameters {
     Parameters {
-        prompt: req.prompt.clone(),
+        prompt: job.prompt.clone(),
         negative_prompt: req.negative_prompt.clone(),
         steps: req.steps,
         sampler: req.scheduler.a1111_label().to_string(),
@@ -87,6 +98,22 @@ fn infotext(req: &GenerateRequest, name: &str, seed: u64) -> Parameters {
         model: name.to_string(),
         clip_skip: req.clip_skip,
         denoising_strength: req.condition.as_ref().map(|_| req.strength),
+    }
+}
+
+/// A LoRA that does not fit the model, named as the request named it (a library name, never
+/// the server's path); other errors as they are.
+fn lora_error(job: &ImageJob, e: crate::Error) -> EngineError {
+    match e {
+        crate::Error::Lora { path, message } => {
+            let name = job.loras.iter().find(|l| l.path == path);
+            let name = name.map_or_else(|| path.display().to_string(), |l| l.name.clone());
+            EngineError::Invalid {
+                param: Some("loras".into()),
+                message: format!("LoRA `{name}`: {message}"),
+            }
+        }
+        other => other.into(),
     }
 }
 
@@ -132,7 +159,8 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
                     total,
                     preview,
                 })
-            })?;
+            })
+            .map_err(|e| lora_error(job, e))?;
         let latents: Vec<Option<_>> = if job.extras.keep_latents {
             latents_per_image(out.latents)?
                 .into_iter()
@@ -148,7 +176,7 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
             .zip(latents)
             .map(|((image, seed), latents)| {
                 let mut g = GeneratedImage::new(image, seed);
-                g.params = Some(infotext(&req, &self.name, seed));
+                g.params = Some(infotext(job, &req, &self.name, seed));
                 g.latents = latents;
                 g
             })
@@ -172,7 +200,8 @@ impl BackendTask for LoadSd15 {
             .place
             .precision
             .resolve::<B>(self.place.device, &device)?;
-        let model = StableDiffusion::<B>::load_as(&self.path, self.edits, &device, dtype)?;
+        let mut model = StableDiffusion::<B>::load_as(&self.path, self.edits, &device, dtype)?;
+        model.set_lora_cache_limit(self.addons.lora_cache_bytes);
         Ok(Box::new(Sd15Pipeline::new(model, self.name)))
     }
 }

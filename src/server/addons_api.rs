@@ -8,6 +8,7 @@ use poem_openapi::payload::Json;
 use poem_openapi::{Object, OpenApi, Tags};
 
 use super::AppState;
+use crate::models::sd15::lora::{LoraInfo, inspect};
 
 #[derive(Tags)]
 enum AddOnTags {
@@ -23,6 +24,17 @@ pub struct LoraObject {
     /// Always `lora`.
     pub object: String,
     pub bytes: u64,
+    /// Key layout: `kohya`, `peft` or `diffusers-old`.
+    pub format: Option<String>,
+    /// Largest rank of its modules.
+    pub rank: Option<u32>,
+    pub unet_modules: Option<u32>,
+    pub text_encoder_modules: Option<u32>,
+    /// Modules adapting k×k convolutions (LoCon).
+    pub conv_modules: Option<u32>,
+    /// Why the file cannot be used (not a LoRA, an SDXL LoRA, …); the fields above are then
+    /// absent. Requests naming it get this as a 400.
+    pub error: Option<String>,
 }
 
 #[derive(Object, Debug)]
@@ -52,10 +64,27 @@ impl AddOnsApi {
             .loras
             .list()
             .into_iter()
-            .map(|e| LoraObject {
-                id: e.name,
-                object: "lora".into(),
-                bytes: e.bytes,
+            .map(|e| {
+                let info = inspect(&e.path);
+                let n = |f: fn(&LoraInfo) -> usize| info.as_ref().ok().map(|i| f(i) as u32);
+                LoraObject {
+                    format: info.as_ref().ok().map(|i| {
+                        let f: Vec<&str> = i.formats.iter().map(|f| f.as_str()).collect();
+                        f.join("+")
+                    }),
+                    rank: n(|i| i.rank),
+                    unet_modules: n(|i| i.unet_modules),
+                    text_encoder_modules: n(|i| i.text_encoder_modules),
+                    conv_modules: n(|i| i.conv_modules),
+                    // The message without the server's path: the name says which file.
+                    error: info.as_ref().err().map(|err| match err {
+                        crate::Error::Lora { message, .. } => message.clone(),
+                        other => other.to_string().replace(&e.path.display().to_string(), &e.name),
+                    }),
+                    id: e.name,
+                    object: "lora".into(),
+                    bytes: e.bytes,
+                }
             })
             .collect();
         Json(LoraList {

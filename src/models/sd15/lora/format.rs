@@ -33,6 +33,16 @@ pub enum LoraFormat {
     DiffusersOld,
 }
 
+impl LoraFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoraFormat::Kohya => "kohya",
+            LoraFormat::Peft => "peft",
+            LoraFormat::DiffusersOld => "diffusers-old",
+        }
+    }
+}
+
 /// One tensor of a LoRA file: its key and shape.
 #[derive(Debug, Clone)]
 pub struct Factor {
