@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::DType;
 use common::*;
 use kiln::models::sd15::autoencoder_tiny::taesd_key;
+use kiln::models::sd15::config::TaesdConfig;
 use kiln::models::sd15::{
     AutoencoderTiny, GenerateRequest, NoiseOverrides, StableDiffusion, VaeChoice, latent_preview,
 };
@@ -152,6 +153,15 @@ fn taesd_keys_map_onto_the_layers() {
     assert_eq!("taesd".parse::<VaeChoice>().unwrap(), VaeChoice::Tiny);
     assert_eq!("Full".parse::<VaeChoice>().unwrap(), VaeChoice::Full);
     assert!("big".parse::<VaeChoice>().is_err());
+}
+
+/// The published config (`madebyollin/taesd`, = the defaults) builds diffusers' parameter count.
+#[test]
+fn published_config_has_taesd_size() {
+    use burn::module::Module;
+    let t = AutoencoderTiny::<B>::new(&TaesdConfig::default(), &device());
+    assert_eq!(t.num_params(), 2_445_063);
+    assert_eq!(t.decoder.num_params(), 1_222_531);
 }
 
 fn load_err(dir: &Path) -> String {

@@ -116,20 +116,21 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
         let req = Self::request(job)?;
-        let model = &self.model;
-        let out = model.generate_observed(&req, &mut |step, total, latents| {
-            // Streaming previews of image 0: TAESD when loaded, else the latent colour map.
-            let preview = job
-                .preview_steps(total)
-                .contains(&step)
-                .then(|| model.preview(latents, 0).ok())
-                .flatten();
-            progress(Progress {
-                step,
-                total,
-                preview,
-            })
-        })?;
+        let out = self
+            .model
+            .generate_observed(&req, &mut |step, total, latents| {
+                // Streaming previews of image 0: TAESD when loaded, else the latent colour map.
+                let preview = job
+                    .preview_steps(total)
+                    .contains(&step)
+                    .then(|| self.model.preview(latents, 0).ok())
+                    .flatten();
+                progress(Progress {
+                    step,
+                    total,
+                    preview,
+                })
+            })?;
         let latents: Vec<Option<_>> = if job.extras.keep_latents {
             latents_per_image(out.latents)?
                 .into_iter()

@@ -18,10 +18,11 @@ use super::vae::{AutoencoderKL, posterior};
 use crate::error::{Error, Result};
 
 /// Images of more pixels than this are decoded and encoded in tiles under [`VaeTiling::Auto`].
-/// Measured on the CPU with SD 1.5's VAE (random weights, f32, `examples/vae_bench.rs`): an
-/// untiled decode peaks at about 1.3 GB of RSS for 512², 2.6 GB for 768² and 4.5 GB for 1024²;
-/// tiled, 1024² peaks at about 1.4 GB. 768² is the largest size SD 1.5 fine-tunes are trained
-/// at, and decodes whole (no seams) in bounded memory, so tiling starts above it.
+/// Peak RSS of a decode with SD 1.5's VAE (random weights, f32, CPU; `examples/vae_bench.rs`,
+/// 227 MB of it the decoder's weights): whole, 960 MB at 512², 1476 MB at 768², 2714 MB at
+/// 1024²; in tiles, 964 MB at 1024² and 970 MB at 2048×512. 768² is the largest size SD 1.5
+/// fine-tunes are trained at: it decodes whole (no seams, no per-tile colour shift) for 1.5 GB,
+/// and every larger image tiles in about 1 GB.
 pub const AUTO_TILE_PIXELS: usize = 768 * 768;
 
 /// When the full VAE works in tiles.
