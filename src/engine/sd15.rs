@@ -13,7 +13,7 @@ use super::{
 use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
 use crate::models::family::sd15_defaults;
-use crate::models::sd15::{GenerateRequest, LoraSpec, StableDiffusion, img2img, latent_preview};
+use crate::models::sd15::{GenerateRequest, LoraSpec, StableDiffusion, img2img};
 use crate::precision::Placement;
 
 pub struct Sd15Pipeline<B: Backend> {
@@ -70,6 +70,8 @@ impl<B: Backend> Sd15Pipeline<B> {
             condition,
             strength,
             sample_vae: !x.vae_mean,
+            vae: Default::default(),
+            vae_tiling: Default::default(),
             noise: x.noise.clone(),
             loras: job
                 .loras
@@ -144,15 +146,14 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
         let req = Self::request(job)?;
-        let scale = self.model.parts.vae_config.scale_factor() as u32;
         let out = self
             .model
             .generate_observed(&req, &mut |step, total, latents| {
-                // Streaming previews come from the latents (no VAE), for image 0.
+                // Streaming previews of image 0: TAESD when loaded, else the latent colour map.
                 let preview = job
                     .preview_steps(total)
                     .contains(&step)
-                    .then(|| latent_preview(latents, 0, scale).ok())
+                    .then(|| self.model.preview(latents, 0).ok())
                     .flatten();
                 progress(Progress {
                     step,

@@ -133,6 +133,10 @@ pub struct VaeConfig {
     pub layers_per_block: usize,
     pub norm_num_groups: usize,
     pub scaling_factor: f64,
+    /// The image size it was trained on: diffusers' tile size when decoding in tiles
+    /// (`tile_sample_min_size`). An int, or `[h, w]` of which diffusers uses the first.
+    #[serde(deserialize_with = "size_or_pair")]
+    pub sample_size: usize,
     /// The VAE overflows in f16 (black/NaN images): keep it in f32 when the rest runs in f16,
     /// as diffusers does for configs with `force_upcast` (default true).
     pub force_upcast: bool,
@@ -148,6 +152,7 @@ impl Default for VaeConfig {
             layers_per_block: 2,
             norm_num_groups: 32,
             scaling_factor: 0.18215,
+            sample_size: 512,
             force_upcast: true,
         }
     }
@@ -173,6 +178,107 @@ impl VaeConfig {
     /// Pixels per latent cell: 2^(levels − 1).
     pub fn scale_factor(&self) -> usize {
         1 << (self.block_out_channels.len() - 1)
+    }
+}
+
+fn size_or_pair<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        One(usize),
+        Pair(Vec<usize>),
+    }
+    match Size::deserialize(d)? {
+        Size::One(s) => Ok(s),
+        Size::Pair(v) => v
+            .first()
+            .copied()
+            .ok_or_else(|| serde::de::Error::custom("sample_size is an empty list")),
+    }
+}
+
+/// `config.json` of a TAESD folder (diffusers `AutoencoderTiny`, `madebyollin/taesd`); the
+/// defaults are the published ones.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TaesdConfig {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub latent_channels: usize,
+    pub encoder_block_out_channels: Vec<usize>,
+    pub decoder_block_out_channels: Vec<usize>,
+    /// Stages of `AutoencoderTinyBlock`s; the encoder halves the size before every stage but
+    /// the first, the decoder doubles it after every stage but the last.
+    pub num_encoder_blocks: Vec<usize>,
+    pub num_decoder_blocks: Vec<usize>,
+    pub upsampling_scaling_factor: usize,
+    pub act_fn: String,
+    pub upsample_fn: String,
+    /// 1.0: TAESD reads and writes the latents the UNet sees (already scaled).
+    pub scaling_factor: f64,
+}
+
+impl Default for TaesdConfig {
+    fn default() -> Self {
+        Self {
+            in_channels: 3,
+            out_channels: 3,
+            latent_channels: 4,
+            encoder_block_out_channels: vec![64; 4],
+            decoder_block_out_channels: vec![64; 4],
+            num_encoder_blocks: vec![1, 3, 3, 3],
+            num_decoder_blocks: vec![3, 3, 3, 1],
+            upsampling_scaling_factor: 2,
+            act_fn: "relu".into(),
+            upsample_fn: "nearest".into(),
+            scaling_factor: 1.0,
+        }
+    }
+}
+
+impl TaesdConfig {
+    pub fn load(path: &Path) -> Result<Self> {
+        let cfg: Self = read_json(path)?;
+        let bad = |message: String| Error::Config {
+            path: path.into(),
+            message,
+        };
+        for (what, ch, blocks) in [
+            (
+                "encoder",
+                &cfg.encoder_block_out_channels,
+                &cfg.num_encoder_blocks,
+            ),
+            (
+                "decoder",
+                &cfg.decoder_block_out_channels,
+                &cfg.num_decoder_blocks,
+            ),
+        ] {
+            // diffusers builds every block and stage conv as c -> c: other widths do not run.
+            if ch.is_empty() || ch.len() != blocks.len() || ch.iter().any(|&c| c != ch[0] || c == 0)
+            {
+                return Err(bad(format!(
+                    "{what}_block_out_channels must be one non-zero width per stage (num_{what}_blocks), got {ch:?} and {blocks:?}"
+                )));
+            }
+        }
+        if cfg.act_fn != "relu"
+            || cfg.upsample_fn != "nearest"
+            || cfg.upsampling_scaling_factor == 0
+        {
+            return Err(bad(format!(
+                "only act_fn \"relu\" with nearest upsampling is supported, got {:?} / {:?} ×{}",
+                cfg.act_fn, cfg.upsample_fn, cfg.upsampling_scaling_factor
+            )));
+        }
+        Ok(cfg)
+    }
+
+    /// Pixels per latent cell of the decoder.
+    pub fn scale_factor(&self) -> usize {
+        self.upsampling_scaling_factor
+            .pow(self.num_decoder_blocks.len().saturating_sub(1) as u32)
     }
 }
 

@@ -110,11 +110,10 @@ impl<B: Backend> super::StableDiffusion<B> {
         image: Tensor<B, 4>,
         n: usize,
         sample: bool,
+        tiling: super::VaeTiling,
         draw: &mut dyn FnMut() -> Tensor<B, 4>,
     ) -> Result<Tensor<B, 4>> {
-        let (mean, logvar) = self.parts.vae.encode(image).ok_or_else(|| {
-            Error::invalid("this model was loaded without the VAE encoder, which image inputs need")
-        })?;
+        let (mean, logvar) = self.encode_image(image, tiling)?;
         let mean = mean.repeat_dim(0, n);
         let lat = if sample {
             mean + (logvar.repeat_dim(0, n) * 0.5).exp() * draw()
@@ -167,7 +166,13 @@ impl<B: Backend> super::StableDiffusion<B> {
         // diffusers encodes the image unless pure noise suffices (full-strength 9-channel inpainting).
         let need_image = !(strength_max && cond.mask.is_some() && nine);
         let image_latents = if need_image {
-            Some(self.image_latents(image.clone(), n, req.sample_vae, &mut || vae_draw(rng))?)
+            Some(self.image_latents(
+                image.clone(),
+                n,
+                req.sample_vae,
+                req.vae_tiling,
+                &mut || vae_draw(rng),
+            )?)
         } else {
             None
         };
@@ -190,7 +195,9 @@ impl<B: Backend> super::StableDiffusion<B> {
         if nine {
             let keep = full.lower_elem(0.5).float();
             let masked =
-                self.image_latents(image * keep, n, req.sample_vae, &mut || vae_draw(rng))?;
+                self.image_latents(image * keep, n, req.sample_vae, req.vae_tiling, &mut || {
+                    vae_draw(rng)
+                })?;
             let extra = Tensor::cat(vec![lat_mask, masked], 1);
             let extra = if req.guidance_scale > 1.0 {
                 Tensor::cat(vec![extra.clone(), extra], 0)

@@ -7,6 +7,7 @@ use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 use tracing::{info, warn};
 
+use super::autoencoder_tiny::AutoencoderTiny;
 use super::clip::ClipTextModel;
 use super::config::{ClipConfig, UNetConfig, VaeConfig};
 use super::tokenizer::ClipTokenizer;
@@ -120,6 +121,8 @@ pub struct Components<B: Backend> {
     pub text_encoder: ClipTextModel<B>,
     pub unet: UNet2DConditionModel<B>,
     pub vae: AutoencoderKL<B>,
+    /// TAESD, when installed with [`StableDiffusion::set_taesd`](super::StableDiffusion::set_taesd).
+    pub taesd: Option<AutoencoderTiny<B>>,
     pub unet_config: UNetConfig,
     pub vae_config: VaeConfig,
     pub clip_config: ClipConfig,
@@ -256,6 +259,7 @@ fn build<B: Backend>(
         text_encoder,
         unet: unet_module,
         vae: vae_module,
+        taesd: None,
         unet_config: cfg.unet,
         vae_config: cfg.vae,
         clip_config: cfg.clip,

@@ -1,9 +1,11 @@
-//! Stable Diffusion 1.5: CLIP ViT-L/14 text encoder, UNet2DConditionModel, AutoencoderKL,
-//! one file per diffusers/transformers module.
+//! Stable Diffusion 1.5: CLIP ViT-L/14 text encoder, UNet2DConditionModel, AutoencoderKL (and
+//! TAESD's AutoencoderTiny), one file per diffusers/transformers module.
 
 pub mod attention;
+pub mod autoencoder_tiny;
 pub mod clip;
 pub mod config;
+mod decode;
 pub mod embeddings;
 pub mod img2img;
 pub mod loader;
@@ -15,10 +17,14 @@ pub mod tokenizer;
 pub mod unet_2d;
 pub mod unet_2d_blocks;
 pub mod vae;
+pub mod vae_tiling;
 pub mod weights;
 
+pub use autoencoder_tiny::AutoencoderTiny;
+pub use decode::latent_preview;
 pub use img2img::ImageCondition;
 pub use loader::Sd15Layout;
 pub use lora::{LoraInfo, LoraSpec};
-pub use pipeline::{GenerateOutput, StableDiffusion, latent_preview};
-pub use request::{GenerateRequest, NoiseOverrides};
+pub use pipeline::{GenerateOutput, StableDiffusion};
+pub use request::{GenerateRequest, NoiseOverrides, VaeChoice};
+pub use vae_tiling::VaeTiling;

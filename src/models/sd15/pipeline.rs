@@ -96,6 +96,7 @@ impl<B: Backend> StableDiffusion<B> {
                 req.width, req.height
             )));
         }
+        self.check_vae(req.vae)?;
         if req.n == 0 {
             return Err(Error::invalid("n must be at least 1"));
         }
@@ -183,7 +184,7 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// [`generate`](Self::generate) whose callback also sees the latents after each step (for
-    /// streaming previews, see [`latent_preview`]).
+    /// streaming previews, see [`preview`](Self::preview)).
     pub fn generate_observed(
         &self,
         req: &GenerateRequest,
@@ -281,7 +282,7 @@ impl<B: Backend> StableDiffusion<B> {
             "denoised"
         );
 
-        let images = self.decode(latents.clone());
+        let images = self.decode_with(latents.clone(), req.vae, req.vae_tiling)?;
         let seeds = (0..n as u64).map(|k| req.seed.wrapping_add(k)).collect();
         Ok(GenerateOutput {
             images,
@@ -289,67 +290,4 @@ impl<B: Backend> StableDiffusion<B> {
             seeds,
         })
     }
-
-    /// Latents → images, one image at a time to bound the VAE's activation memory.
-    pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        let t0 = Instant::now();
-        let n = latents.dims()[0];
-        let scale = self.parts.vae_config.scaling_factor;
-        let images: Vec<Tensor<B, 4>> = (0..n)
-            .map(|k| {
-                self.parts
-                    .vae
-                    .decode(latents.clone().narrow(0, k, 1) / scale)
-            })
-            .collect();
-        info!(images = n, secs = t0.elapsed().as_secs_f32(), "decoded");
-        Tensor::cat(images, 0)
-    }
-}
-
-/// SD 1.x latent → RGB linear map (the "approximate cheap" preview A1111 uses): no VAE, so a
-/// preview costs a few multiply-adds per latent cell.
-const LATENT_RGB: [[f32; 3]; 4] = [
-    [0.3512, 0.2297, 0.3227],
-    [0.3250, 0.4974, 0.2350],
-    [-0.2829, 0.1762, 0.2721],
-    [-0.2120, -0.2616, -0.7177],
-];
-
-/// A rough picture of image `k` of `latents` `[n, 4, h, w]`, upscaled ×`scale` (nearest).
-pub fn latent_preview<B: Backend>(
-    latents: &Tensor<B, 4>,
-    k: usize,
-    scale: u32,
-) -> Result<image::RgbImage> {
-    let [n, c, h, w] = latents.dims();
-    if k >= n || c != 4 {
-        return Err(Error::invalid(format!(
-            "no preview for image {k} of latents shaped [{n}, {c}, {h}, {w}]"
-        )));
-    }
-    let data = latents
-        .clone()
-        .narrow(0, k, 1)
-        .into_data()
-        .convert_dtype(burn::tensor::DType::F32);
-    let v = data
-        .as_slice::<f32>()
-        .map_err(|e| Error::Image(format!("{e:?}")))?;
-    let small = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
-        let p = y as usize * w + x as usize;
-        let mut rgb = [0f32; 3];
-        for (ch, row) in LATENT_RGB.iter().enumerate() {
-            for (o, f) in rgb.iter_mut().zip(row) {
-                *o += v[ch * h * w + p] * f;
-            }
-        }
-        image::Rgb(rgb.map(|x| (((x + 1.0) / 2.0).clamp(0.0, 1.0) * 255.0) as u8))
-    });
-    Ok(image::imageops::resize(
-        &small,
-        w as u32 * scale,
-        h as u32 * scale,
-        image::imageops::FilterType::Nearest,
-    ))
 }

@@ -1,8 +1,12 @@
 //! What one SD generation is asked to do: [`GenerateRequest`] (its defaults are the family
 //! catalog's) and the [`NoiseOverrides`] the CLI and the tests give instead of seeded noise.
 
+use std::str::FromStr;
+
 use super::img2img::ImageCondition;
 use super::lora::LoraSpec;
+use super::vae_tiling::VaeTiling;
+use crate::error::{Error, Result};
 use crate::models::family::sd15_defaults;
 use crate::schedulers::SchedulerKind;
 
@@ -30,12 +34,41 @@ pub struct GenerateRequest {
     pub strength: f64,
     /// Sample the VAE posterior for the init image (diffusers' default) rather than take its mean.
     pub sample_vae: bool,
+    /// The decoder of the final images: the model's VAE, or TAESD (needs
+    /// [`StableDiffusion::set_taesd`](super::StableDiffusion::set_taesd)).
+    pub vae: VaeChoice,
+    /// When the full VAE decodes and encodes in tiles.
+    pub vae_tiling: VaeTiling,
     /// Given noise instead of the seeded streams (`kiln generate --init-latents`, and tests that
     /// feed diffusers' tensors).
     pub noise: NoiseOverrides,
     /// LoRAs applied to the UNet and the text encoder for this request only, each with its
     /// weight; the variant is kept for later requests with the same LoRAs (see `lora`).
     pub loras: Vec<LoraSpec>,
+}
+
+/// Which autoencoder decodes the final latents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VaeChoice {
+    /// The model's own `AutoencoderKL`.
+    #[default]
+    Full,
+    /// TAESD (`AutoencoderTiny`): about 10× faster, slightly softer images.
+    Tiny,
+}
+
+impl FromStr for VaeChoice {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Self::Full),
+            "taesd" | "tiny" => Ok(Self::Tiny),
+            _ => Err(Error::invalid(format!(
+                "vae must be \"full\" or \"taesd\", got `{s}`"
+            ))),
+        }
+    }
 }
 
 /// Noise given instead of drawing it from the seeded per-image streams.
@@ -68,6 +101,8 @@ impl Default for GenerateRequest {
             condition: None,
             strength: sd15_defaults::STRENGTH,
             sample_vae: true,
+            vae: VaeChoice::Full,
+            vae_tiling: VaeTiling::Auto,
             noise: NoiseOverrides::default(),
             loras: Vec::new(),
         }

@@ -208,6 +208,12 @@ impl<B: Backend> AutoencoderKL<B> {
     /// Image `[B, 3, H, W]` in [-1, 1] → (mean, logvar) of the latent distribution, logvar
     /// clamped to [-30, 20] as diffusers does. `None` when built without the encoder.
     pub fn encode(&self, x: Tensor<B, 4>) -> Option<(Tensor<B, 4>, Tensor<B, 4>)> {
+        self.moments(x).map(posterior)
+    }
+
+    /// Encoder and `quant_conv`: the `[B, 2z, H/8, W/8]` moments diffusers' `_encode` returns
+    /// (and its tiled encode blends).
+    pub fn moments(&self, x: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
         let (e, quant) = (self.encoder.as_ref()?, self.quant_conv.as_ref()?);
         let (dtype, out_dtype) = (e.conv_in.weight.val().dtype(), x.dtype());
         let mut h = e.conv_in.forward(x.cast(dtype));
@@ -220,12 +226,18 @@ impl<B: Backend> AutoencoderKL<B> {
             }
         }
         h = e.mid_block.forward(h);
-        let moments = quant
-            .forward(e.conv_out.forward_norm(&e.conv_norm_out, true, h, None))
-            .cast(out_dtype);
-        let z = moments.dims()[1] / 2;
-        let mean = moments.clone().narrow(1, 0, z);
-        let logvar = moments.narrow(1, z, z).clamp(-30.0, 20.0);
-        Some((mean, logvar))
+        Some(
+            quant
+                .forward(e.conv_out.forward_norm(&e.conv_norm_out, true, h, None))
+                .cast(out_dtype),
+        )
     }
+}
+
+/// `DiagonalGaussianDistribution`: moments → (mean, logvar clamped to [-30, 20]).
+pub fn posterior<B: Backend>(moments: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let z = moments.dims()[1] / 2;
+    let mean = moments.clone().narrow(1, 0, z);
+    let logvar = moments.narrow(1, z, z).clamp(-30.0, 20.0);
+    (mean, logvar)
 }
