@@ -53,6 +53,7 @@ impl<B: Backend> Sd15Pipeline<B> {
         Ok(GenerateRequest {
             prompt: job.prompt.clone(),
             negative_prompt: job.negative_prompt.clone(),
+            prompt_syntax: Default::default(),
             steps: job.steps.unwrap_or(sd15_defaults::STEPS),
             guidance_scale: job.guidance_scale.unwrap_or(sd15_defaults::GUIDANCE_SCALE),
             scheduler: job.scheduler.unwrap_or(sd15_defaults::SCHEDULER),

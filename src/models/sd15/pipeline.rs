@@ -3,11 +3,14 @@
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
-use tracing::{debug, info, warn};
+use burn::tensor::{DType, Tensor, TensorData};
+use tracing::{debug, info};
 
 use super::loader::{Components, Sd15Layout, load};
+use super::prompt::encode::{encode_chunks, pad_to_chunks};
+use super::prompt::{PromptSyntax, PromptVocab};
 use super::request::GenerateRequest;
+use super::textual_inversion::Embeddings;
 use crate::error::{Error, Result};
 use crate::noise;
 use crate::schedulers::SchedulerOptions;
@@ -23,6 +26,8 @@ pub struct GenerateOutput<B: Backend> {
 /// A loaded SD 1.5 model.
 pub struct StableDiffusion<B: Backend> {
     pub parts: Components<B>,
+    /// Textual-inversion embeddings, indexed for the tokenizer.
+    prompt_vocab: PromptVocab,
     device: B::Device,
 }
 
@@ -43,6 +48,7 @@ impl<B: Backend> StableDiffusion<B> {
         let parts = load(&layout, with_encoder, device, dtype)?;
         info!(path = %path.display(), ?dtype, secs = t0.elapsed().as_secs_f32(), "SD 1.5 loaded");
         Ok(Self {
+            prompt_vocab: PromptVocab::new(&parts.tokenizer, Embeddings::default())?,
             parts,
             device: device.clone(),
         })
@@ -58,20 +64,72 @@ impl<B: Backend> StableDiffusion<B> {
         [self.parts.unet_config.out_channels, height / f, width / f]
     }
 
-    /// `[1, 77]` ids → `[1, 77, D]` hidden states.
-    pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
-        let tokens = self.parts.tokenizer.encode(text)?;
-        if tokens.dropped > 0 {
-            warn!(
-                dropped = tokens.dropped,
-                "prompt longer than {} tokens; the end was cut",
-                self.parts.tokenizer.max_len - 2
-            );
+    /// Uses `embeddings` in prompts from now on (replacing any set before). Each must be as wide
+    /// as the text encoder.
+    pub fn set_embeddings(&mut self, embeddings: Embeddings) -> Result<()> {
+        let width = self.parts.clip_config.hidden_size;
+        if let Some(e) = embeddings.iter().find(|e| e.dim != width) {
+            return Err(Error::io(
+                &e.path,
+                format!("{}-d vectors, this model's text encoder is {width}-d", e.dim),
+            ));
         }
-        let ids: Vec<i64> = tokens.ids.iter().map(|&i| i64::from(i)).collect();
-        let len = ids.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
-        Ok(self.parts.text_encoder.forward(ids, clip_skip))
+        self.prompt_vocab = PromptVocab::new(&self.parts.tokenizer, embeddings)?;
+        Ok(())
+    }
+
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.prompt_vocab.embeddings
+    }
+
+    /// `text` in plain syntax → `[1, 77·k, D]` hidden states; up to 75 tokens this is
+    /// diffusers' `encode_prompt` (one chunk, `[1, 77, D]`).
+    pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
+        self.encode_prompt_as(text, PromptSyntax::Plain, clip_skip)
+    }
+
+    /// `text` read as `syntax` → `[1, 77·k, D]`: 75-token chunks, each encoded on its own, with
+    /// emphasis weights and embeddings applied (see [`super::prompt`]).
+    pub fn encode_prompt_as(
+        &self,
+        text: &str,
+        syntax: PromptSyntax,
+        clip_skip: usize,
+    ) -> Result<Tensor<B, 3>> {
+        let chunks = self
+            .prompt_vocab
+            .chunks(&self.parts.tokenizer, text, syntax)?;
+        debug!(chunks = chunks.len(), %syntax, "prompt tokenized");
+        Ok(encode_chunks(
+            &self.parts.text_encoder,
+            &chunks,
+            &self.prompt_vocab.embeddings,
+            clip_skip,
+            &self.device,
+        ))
+    }
+
+    /// Prompt and negative prompt encoded, the shorter padded with empty-prompt chunks to the
+    /// other's length (A1111's `pad_cond_uncond`), so both fit one batched UNet call.
+    pub fn encode_prompt_pair(
+        &self,
+        prompt: &str,
+        negative: &str,
+        syntax: PromptSyntax,
+        clip_skip: usize,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let cond = self.encode_prompt_as(prompt, syntax, clip_skip)?;
+        let uncond = self.encode_prompt_as(negative, syntax, clip_skip)?;
+        let (lc, lu) = (cond.dims()[1], uncond.dims()[1]);
+        if lc == lu {
+            return Ok((cond, uncond));
+        }
+        let empty = self.encode_prompt_as("", PromptSyntax::Plain, clip_skip)?;
+        let chunks = lc.max(lu) / empty.dims()[1];
+        Ok((
+            pad_to_chunks(cond, chunks, &empty),
+            pad_to_chunks(uncond, chunks, &empty),
+        ))
     }
 
     pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
@@ -184,13 +242,18 @@ impl<B: Backend> StableDiffusion<B> {
                 .build_with::<B>(&self.parts.scheduler_config, req.steps, &opts)?;
 
         let t0 = Instant::now();
-        let cond = self.encode_prompt(&req.prompt, req.clip_skip)?;
         let guided = req.guidance_scale > 1.0;
         let context = if guided {
-            let uncond = self.encode_prompt(&req.negative_prompt, req.clip_skip)?;
+            let (cond, uncond) = self.encode_prompt_pair(
+                &req.prompt,
+                &req.negative_prompt,
+                req.prompt_syntax,
+                req.clip_skip,
+            )?;
             Tensor::cat(vec![uncond.repeat_dim(0, n), cond.repeat_dim(0, n)], 0)
         } else {
-            cond.repeat_dim(0, n)
+            self.encode_prompt_as(&req.prompt, req.prompt_syntax, req.clip_skip)?
+                .repeat_dim(0, n)
         };
         info!(secs = t0.elapsed().as_secs_f32(), "text encoded");
 

@@ -2,6 +2,7 @@
 //! catalog's) and the [`NoiseOverrides`] the CLI and the tests give instead of seeded noise.
 
 use super::img2img::ImageCondition;
+use super::prompt::PromptSyntax;
 use crate::models::family::sd15_defaults;
 use crate::schedulers::SchedulerKind;
 
@@ -10,6 +11,8 @@ use crate::schedulers::SchedulerKind;
 pub struct GenerateRequest {
     pub prompt: String,
     pub negative_prompt: String,
+    /// How both prompts are read: A1111 emphasis syntax (the default) or plain text.
+    pub prompt_syntax: PromptSyntax,
     pub steps: usize,
     pub guidance_scale: f64,
     pub scheduler: SchedulerKind,
@@ -52,6 +55,7 @@ impl Default for GenerateRequest {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
+            prompt_syntax: PromptSyntax::default(),
             steps: sd15_defaults::STEPS,
             guidance_scale: sd15_defaults::GUIDANCE_SCALE,
             scheduler: sd15_defaults::SCHEDULER,
