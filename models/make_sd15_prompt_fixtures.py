@@ -333,9 +333,19 @@ def main() -> int:
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     tok, te = pipe.tokenizer, pipe.text_encoder.eval()
+    # The tiny CLIP's final layer norm is weight 1, bias 0: every token's hidden state then averages
+    # exactly 0 and A1111's mean restoration divides rounding noise by rounding noise. Give it a
+    # random weight and bias (stored, the Rust test sets the same) so the means are well away from 0,
+    # as they are with SD's real CLIP.
+    g = torch.Generator().manual_seed(2402)
+    ln = te.final_layer_norm
+    with torch.no_grad():
+        ln.weight.copy_((1 + 0.2 * torch.randn(ln.weight.shape, generator=g)).half().float())
+        ln.bias.copy_((0.5 + 0.3 * torch.randn(ln.bias.shape, generator=g)).half().float())
     embs = make_embeddings(te.config.hidden_size)
 
-    out: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {"final_layer_norm.weight": ln.weight.detach().clone(),
+                                    "final_layer_norm.bias": ln.bias.detach().clone()}
     cases = []
     with torch.inference_mode():
         # the plain short prompt through A1111's path equals diffusers' own encoding
@@ -381,7 +391,9 @@ def main() -> int:
                    output_type="latent").images
         out.update({"ti.prompt_embeds": pe, "ti.uncond_embeds": ne, "ti.final_latents": lat})
 
-    how = ("issue 24 references; see prompts.json. c<i>.*: A1111 port (this script) on sd15-tiny's CLIP; "
+    how = ("issue 24 references; see prompts.json. Every tensor was made with sd15-tiny's text encoder whose "
+           "final_layer_norm weight/bias are replaced by final_layer_norm.{weight,bias} (1+0.2*randn, 0.5+0.3*randn, "
+           "seed 2402, fp16 grid; the fixture's own 1/0 make A1111's mean restoration 0/0). c<i>.*: A1111 port (this script) on sd15-tiny's CLIP; "
            "lpw.*: StableDiffusionPipeline(DDIM, 4 steps, guidance 7.5, 128x96, latents=lpw.init_noise) fed "
            "prompt_embeds/negative_prompt_embeds from the A1111 port; ti.*: diffusers load_textual_inversion of "
            "embeddings-tiny/* (token = file stem), encode_prompt and a full run from lpw.init_noise")

@@ -8,7 +8,7 @@ use tracing::{debug, info};
 
 use super::loader::{Components, Sd15Layout, load};
 use super::prompt::encode::{encode_chunks, pad_to_chunks};
-use super::prompt::{PromptSyntax, PromptVocab};
+use super::prompt::{Chunk, PromptSyntax, PromptVocab};
 use super::request::GenerateRequest;
 use super::textual_inversion::Embeddings;
 use crate::error::{Error, Result};
@@ -71,7 +71,10 @@ impl<B: Backend> StableDiffusion<B> {
         if let Some(e) = embeddings.iter().find(|e| e.dim != width) {
             return Err(Error::io(
                 &e.path,
-                format!("{}-d vectors, this model's text encoder is {width}-d", e.dim),
+                format!(
+                    "{}-d vectors, this model's text encoder is {width}-d",
+                    e.dim
+                ),
             ));
         }
         self.prompt_vocab = PromptVocab::new(&self.parts.tokenizer, embeddings)?;
@@ -96,9 +99,7 @@ impl<B: Backend> StableDiffusion<B> {
         syntax: PromptSyntax,
         clip_skip: usize,
     ) -> Result<Tensor<B, 3>> {
-        let chunks = self
-            .prompt_vocab
-            .chunks(&self.parts.tokenizer, text, syntax)?;
+        let chunks = self.prompt_chunks(text, syntax)?;
         debug!(chunks = chunks.len(), %syntax, "prompt tokenized");
         Ok(encode_chunks(
             &self.parts.text_encoder,
@@ -107,6 +108,12 @@ impl<B: Backend> StableDiffusion<B> {
             clip_skip,
             &self.device,
         ))
+    }
+
+    /// `text` as the 77-token chunks [`encode_prompt_as`](Self::encode_prompt_as) encodes.
+    pub fn prompt_chunks(&self, text: &str, syntax: PromptSyntax) -> Result<Vec<Chunk>> {
+        self.prompt_vocab
+            .chunks(&self.parts.tokenizer, text, syntax)
     }
 
     /// Prompt and negative prompt encoded, the shorter padded with empty-prompt chunks to the
