@@ -415,6 +415,12 @@ fn bad_embedding_files_are_refused_with_file_and_reason() {
     assert_eq!(set.list().len(), 1);
     assert_eq!(failed.len(), 5, "{failed:?}");
     assert!(Embeddings::load_dir(&dir.path().join("absent"), 32).is_err());
+    // An embedding read for a wider encoder is refused by the model, naming the file.
+    let wide = dir.path().join("wide.safetensors");
+    write(&wide, &[("emb_params", vec![1, 768])]);
+    let set = Embeddings::from_list(vec![Embedding::load(&wide, 768).unwrap()]).unwrap();
+    let err = tiny().set_embeddings(set).unwrap_err().to_string();
+    assert!(err.contains("wide.safetensors") && err.contains("768"), "{err}");
 }
 
 /// Nothing quadratic in the text: 32 000 characters of nested brackets (the API's prompt limit)

@@ -6,7 +6,7 @@
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::{Chunk, flatten};
+use super::Chunk;
 use crate::models::sd15::clip::ClipTextModel;
 use crate::models::sd15::textual_inversion::Embeddings;
 
@@ -63,4 +63,25 @@ pub fn pad_to_chunks<B: Backend>(
     let mut parts = vec![z];
     parts.extend(std::iter::repeat_n(empty.clone(), chunks - have));
     Tensor::cat(parts, 1)
+}
+
+/// `(chunk, position, embedding index)`: where an embedding's vectors go.
+type Placement = (usize, usize, usize);
+
+/// Ids `[k·77]`, multipliers and embedding placements of `chunks`, flat.
+fn flatten(chunks: &[Chunk]) -> (Vec<i64>, Vec<f32>, Vec<Placement>) {
+    let ids = chunks
+        .iter()
+        .flat_map(|c| c.ids.iter().map(|&i| i64::from(i)))
+        .collect();
+    let multipliers = chunks
+        .iter()
+        .flat_map(|c| c.multipliers.iter().copied())
+        .collect();
+    let fixes = chunks
+        .iter()
+        .enumerate()
+        .flat_map(|(k, c)| c.fixes.iter().map(move |&(p, e)| (k, p, e)))
+        .collect();
+    (ids, multipliers, fixes)
 }

@@ -130,21 +130,3 @@ impl PromptVocab {
         }
     }
 }
-
-/// Ids `[k·77]`, multipliers, and `(chunk, position, embedding)` placements of `chunks`, flat.
-pub fn flatten(chunks: &[Chunk]) -> (Vec<i64>, Vec<f32>, Vec<(usize, usize, usize)>) {
-    let ids = chunks
-        .iter()
-        .flat_map(|c| c.ids.iter().map(|&i| i64::from(i)))
-        .collect();
-    let multipliers = chunks
-        .iter()
-        .flat_map(|c| c.multipliers.iter().copied())
-        .collect();
-    let fixes = chunks
-        .iter()
-        .enumerate()
-        .flat_map(|(k, c)| c.fixes.iter().map(move |&(p, e)| (k, p, e)))
-        .collect();
-    (ids, multipliers, fixes)
-}
