@@ -420,7 +420,10 @@ fn bad_embedding_files_are_refused_with_file_and_reason() {
     write(&wide, &[("emb_params", vec![1, 768])]);
     let set = Embeddings::from_list(vec![Embedding::load(&wide, 768).unwrap()]).unwrap();
     let err = tiny().set_embeddings(set).unwrap_err().to_string();
-    assert!(err.contains("wide.safetensors") && err.contains("768"), "{err}");
+    assert!(
+        err.contains("wide.safetensors") && err.contains("768"),
+        "{err}"
+    );
 }
 
 /// Nothing quadratic in the text: 32 000 characters of nested brackets (the API's prompt limit)

@@ -7,8 +7,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use tracing::{debug, info};
 
 use super::loader::{Components, Sd15Layout, load};
-use super::prompt::encode::{encode_chunks, pad_to_chunks};
-use super::prompt::{Chunk, PromptSyntax, PromptVocab};
+use super::prompt::{PromptSyntax, PromptVocab};
 use super::request::GenerateRequest;
 use super::textual_inversion::Embeddings;
 use crate::error::{Error, Result};
@@ -26,8 +25,8 @@ pub struct GenerateOutput<B: Backend> {
 /// A loaded SD 1.5 model.
 pub struct StableDiffusion<B: Backend> {
     pub parts: Components<B>,
-    /// Textual-inversion embeddings, indexed for the tokenizer.
-    prompt_vocab: PromptVocab,
+    /// Textual-inversion embeddings, indexed for the tokenizer (see `prompt::encode`).
+    pub(super) prompt_vocab: PromptVocab,
     device: B::Device,
 }
 
@@ -64,79 +63,10 @@ impl<B: Backend> StableDiffusion<B> {
         [self.parts.unet_config.out_channels, height / f, width / f]
     }
 
-    /// Uses `embeddings` in prompts from now on (replacing any set before). Each must be as wide
-    /// as the text encoder.
-    pub fn set_embeddings(&mut self, embeddings: Embeddings) -> Result<()> {
-        let width = self.parts.clip_config.hidden_size;
-        if let Some(e) = embeddings.iter().find(|e| e.dim != width) {
-            return Err(Error::io(
-                &e.path,
-                format!(
-                    "{}-d vectors, this model's text encoder is {width}-d",
-                    e.dim
-                ),
-            ));
-        }
-        self.prompt_vocab = PromptVocab::new(&self.parts.tokenizer, embeddings)?;
-        Ok(())
-    }
-
-    pub fn embeddings(&self) -> &Embeddings {
-        &self.prompt_vocab.embeddings
-    }
-
     /// `text` in plain syntax → `[1, 77·k, D]` hidden states; up to 75 tokens this is
     /// diffusers' `encode_prompt` (one chunk, `[1, 77, D]`).
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
         self.encode_prompt_as(text, PromptSyntax::Plain, clip_skip)
-    }
-
-    /// `text` read as `syntax` → `[1, 77·k, D]`: 75-token chunks, each encoded on its own, with
-    /// emphasis weights and embeddings applied (see [`super::prompt`]).
-    pub fn encode_prompt_as(
-        &self,
-        text: &str,
-        syntax: PromptSyntax,
-        clip_skip: usize,
-    ) -> Result<Tensor<B, 3>> {
-        let chunks = self.prompt_chunks(text, syntax)?;
-        debug!(chunks = chunks.len(), %syntax, "prompt tokenized");
-        Ok(encode_chunks(
-            &self.parts.text_encoder,
-            &chunks,
-            &self.prompt_vocab.embeddings,
-            clip_skip,
-            &self.device,
-        ))
-    }
-
-    /// `text` as the 77-token chunks [`encode_prompt_as`](Self::encode_prompt_as) encodes.
-    pub fn prompt_chunks(&self, text: &str, syntax: PromptSyntax) -> Result<Vec<Chunk>> {
-        self.prompt_vocab
-            .chunks(&self.parts.tokenizer, text, syntax)
-    }
-
-    /// Prompt and negative prompt encoded, the shorter padded with empty-prompt chunks to the
-    /// other's length (A1111's `pad_cond_uncond`), so both fit one batched UNet call.
-    pub fn encode_prompt_pair(
-        &self,
-        prompt: &str,
-        negative: &str,
-        syntax: PromptSyntax,
-        clip_skip: usize,
-    ) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
-        let cond = self.encode_prompt_as(prompt, syntax, clip_skip)?;
-        let uncond = self.encode_prompt_as(negative, syntax, clip_skip)?;
-        let (lc, lu) = (cond.dims()[1], uncond.dims()[1]);
-        if lc == lu {
-            return Ok((cond, uncond));
-        }
-        let empty = self.encode_prompt_as("", PromptSyntax::Plain, clip_skip)?;
-        let chunks = lc.max(lu) / empty.dims()[1];
-        Ok((
-            pad_to_chunks(cond, chunks, &empty),
-            pad_to_chunks(uncond, chunks, &empty),
-        ))
     }
 
     pub fn validate(&self, req: &GenerateRequest) -> Result<()> {

@@ -5,10 +5,84 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
+use tracing::debug;
 
-use super::Chunk;
+use super::{Chunk, PromptSyntax, PromptVocab};
+use crate::error::{Error, Result};
 use crate::models::sd15::clip::ClipTextModel;
+use crate::models::sd15::pipeline::StableDiffusion;
 use crate::models::sd15::textual_inversion::Embeddings;
+
+impl<B: Backend> StableDiffusion<B> {
+    /// Uses `embeddings` in prompts from now on (replacing any set before). Each must be as wide
+    /// as the text encoder.
+    pub fn set_embeddings(&mut self, embeddings: Embeddings) -> Result<()> {
+        let width = self.parts.clip_config.hidden_size;
+        if let Some(e) = embeddings.iter().find(|e| e.dim != width) {
+            return Err(Error::io(
+                &e.path,
+                format!(
+                    "{}-d vectors, this model's text encoder is {width}-d",
+                    e.dim
+                ),
+            ));
+        }
+        self.prompt_vocab = PromptVocab::new(&self.parts.tokenizer, embeddings)?;
+        Ok(())
+    }
+
+    pub fn embeddings(&self) -> &Embeddings {
+        &self.prompt_vocab.embeddings
+    }
+
+    /// `text` read as `syntax` → `[1, 77·k, D]`: 75-token chunks, each encoded on its own, with
+    /// emphasis weights and embeddings applied (see [`super::prompt`]).
+    pub fn encode_prompt_as(
+        &self,
+        text: &str,
+        syntax: PromptSyntax,
+        clip_skip: usize,
+    ) -> Result<Tensor<B, 3>> {
+        let chunks = self.prompt_chunks(text, syntax)?;
+        debug!(chunks = chunks.len(), %syntax, "prompt tokenized");
+        Ok(encode_chunks(
+            &self.parts.text_encoder,
+            &chunks,
+            &self.prompt_vocab.embeddings,
+            clip_skip,
+            self.device(),
+        ))
+    }
+
+    /// `text` as the 77-token chunks [`encode_prompt_as`](Self::encode_prompt_as) encodes.
+    pub fn prompt_chunks(&self, text: &str, syntax: PromptSyntax) -> Result<Vec<Chunk>> {
+        self.prompt_vocab
+            .chunks(&self.parts.tokenizer, text, syntax)
+    }
+
+    /// Prompt and negative prompt encoded, the shorter padded with empty-prompt chunks to the
+    /// other's length (A1111's `pad_cond_uncond`), so both fit one batched UNet call.
+    pub fn encode_prompt_pair(
+        &self,
+        prompt: &str,
+        negative: &str,
+        syntax: PromptSyntax,
+        clip_skip: usize,
+    ) -> Result<(Tensor<B, 3>, Tensor<B, 3>)> {
+        let cond = self.encode_prompt_as(prompt, syntax, clip_skip)?;
+        let uncond = self.encode_prompt_as(negative, syntax, clip_skip)?;
+        let (lc, lu) = (cond.dims()[1], uncond.dims()[1]);
+        if lc == lu {
+            return Ok((cond, uncond));
+        }
+        let empty = self.encode_prompt_as("", PromptSyntax::Plain, clip_skip)?;
+        let chunks = lc.max(lu) / empty.dims()[1];
+        Ok((
+            pad_to_chunks(cond, chunks, &empty),
+            pad_to_chunks(uncond, chunks, &empty),
+        ))
+    }
+}
 
 pub fn encode_chunks<B: Backend>(
     clip: &ClipTextModel<B>,
@@ -49,11 +123,7 @@ pub fn encode_chunks<B: Backend>(
 
 /// `[1, k·77, D]` grown to `chunks` chunks with copies of `empty` (the empty prompt's chunk,
 /// `[1, 77, D]`), as A1111's `pad_cond_uncond` pads the shorter of prompt and negative prompt.
-pub fn pad_to_chunks<B: Backend>(
-    z: Tensor<B, 3>,
-    chunks: usize,
-    empty: &Tensor<B, 3>,
-) -> Tensor<B, 3> {
+fn pad_to_chunks<B: Backend>(z: Tensor<B, 3>, chunks: usize, empty: &Tensor<B, 3>) -> Tensor<B, 3> {
     let [_, len, _] = z.dims();
     let [_, s, _] = empty.dims();
     let have = len / s.max(1);
