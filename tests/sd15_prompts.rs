@@ -456,3 +456,30 @@ fn prompt_syntax_names() {
     }
     assert!("lpw".parse::<PromptSyntax>().is_err());
 }
+
+/// Where each syntax finds an embedding: A1111 matches the stem's token ids (whole words);
+/// plain matches the added token anywhere in the lower-cased text, as transformers does.
+#[test]
+fn embedding_matching_rules_per_syntax() {
+    let m = model();
+    let fixes = |text: &str, syntax| -> Vec<String> {
+        let chunks = m.prompt_chunks(text, syntax).unwrap();
+        let e = m.embeddings();
+        chunks
+            .iter()
+            .flat_map(|c| c.fixes.iter().map(|&(_, i)| e.at(i).unwrap().name.clone()))
+            .collect()
+    };
+    let a1111 = PromptSyntax::A1111;
+    let plain = PromptSyntax::Plain;
+    assert_eq!(fixes("a kittyemb cat", a1111), ["kittyemb"]);
+    assert_eq!(fixes("a KittyEmb cat", a1111), ["kittyemb"]);
+    assert!(fixes("a kittyembs cat", a1111).is_empty());
+    assert_eq!(fixes("a KittyEmb cat", plain), ["kittyemb"]);
+    assert_eq!(fixes("a kittyembs cat", plain), ["kittyemb"]);
+    assert_eq!(fixes("twopt,threevec", plain), ["twopt", "threevec"]);
+    // Upper case in plain is the same encoding as lower case (single-vector embedding).
+    let lower = values(m.encode_prompt("a kittyemb cat", 1).unwrap());
+    let upper = values(m.encode_prompt("a KittyEmb cat", 1).unwrap());
+    assert_eq!(lower, upper);
+}
