@@ -483,3 +483,34 @@ fn embedding_matching_rules_per_syntax() {
     let upper = values(m.encode_prompt("a KittyEmb cat", 1).unwrap());
     assert_eq!(lower, upper);
 }
+
+/// A prompt past the chunk limit is refused before the text encoder runs.
+#[test]
+fn prompts_past_the_chunk_limit_are_refused() {
+    let m = model();
+    let huge = "word ".repeat(75 * 512 + 1);
+    let err = m.encode_prompt(&huge, 1).unwrap_err().to_string();
+    assert!(err.contains("513 chunks") && err.contains("512"), "{err}");
+}
+
+/// Chunks are encoded independently, also across text-encoder batches (16 chunks per call):
+/// chunk `j` of `w0 BREAK w1 BREAK … w17` is the encoding of `wj` alone.
+#[test]
+fn chunks_are_independent_across_encoder_batches() {
+    let m = model();
+    let words: Vec<String> = (0..18).map(|j| format!("(word{j}:1.{j})")).collect();
+    let all = values(
+        m.encode_prompt_as(&words.join(" BREAK "), PromptSyntax::A1111, 1)
+            .unwrap(),
+    );
+    assert_eq!(all.len(), 18 * 77 * 32);
+    for (j, w) in words.iter().enumerate() {
+        let one = values(m.encode_prompt_as(w, PromptSyntax::A1111, 1).unwrap());
+        assert_close(
+            &format!("chunk {j}"),
+            &all[j * 77 * 32..(j + 1) * 77 * 32],
+            &one,
+            1e-5,
+        );
+    }
+}

@@ -7,11 +7,20 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 use tracing::debug;
 
-use super::{Chunk, PromptSyntax, PromptVocab};
+use super::{CHUNK_LEN, Chunk, PromptSyntax, PromptVocab};
 use crate::error::{Error, Result};
 use crate::models::sd15::clip::ClipTextModel;
 use crate::models::sd15::pipeline::StableDiffusion;
 use crate::models::sd15::textual_inversion::Embeddings;
+
+/// The most chunks one prompt may take (38 400 tokens): every prompt the API's 32 000-character
+/// limit admits fits, while a multi-megabyte prompt file fails here instead of asking the UNet to
+/// attend over millions of tokens.
+pub const MAX_CHUNKS: usize = 512;
+
+/// Chunks per text-encoder call: bounds CLIP's activations (ViT-L's MLP holds 77 × 3072 f32
+/// per chunk, 0.9 MiB; 16 chunks ≈ 15 MiB) whatever the prompt's length.
+const CLIP_BATCH: usize = 16;
 
 impl<B: Backend> StableDiffusion<B> {
     /// Uses `embeddings` in prompts from now on (replacing any set before). Each must be as wide
@@ -45,13 +54,25 @@ impl<B: Backend> StableDiffusion<B> {
     ) -> Result<Tensor<B, 3>> {
         let chunks = self.prompt_chunks(text, syntax)?;
         debug!(chunks = chunks.len(), %syntax, "prompt tokenized");
-        Ok(encode_chunks(
-            &self.parts.text_encoder,
-            &chunks,
-            &self.prompt_vocab.embeddings,
-            clip_skip,
-            self.device(),
-        ))
+        if chunks.len() > MAX_CHUNKS {
+            return Err(Error::invalid(format!(
+                "the prompt is {} chunks of {CHUNK_LEN} tokens; at most {MAX_CHUNKS} are allowed",
+                chunks.len()
+            )));
+        }
+        let parts = chunks
+            .chunks(CLIP_BATCH)
+            .map(|group| {
+                encode_chunks(
+                    &self.parts.text_encoder,
+                    group,
+                    &self.prompt_vocab.embeddings,
+                    clip_skip,
+                    self.device(),
+                )
+            })
+            .collect();
+        Ok(Tensor::cat(parts, 1))
     }
 
     /// `text` as the 77-token chunks [`encode_prompt_as`](Self::encode_prompt_as) encodes.
@@ -84,6 +105,7 @@ impl<B: Backend> StableDiffusion<B> {
     }
 }
 
+/// `chunks` → `[1, k·77, D]` in one batched CLIP call (the rows do not interact).
 pub fn encode_chunks<B: Backend>(
     clip: &ClipTextModel<B>,
     chunks: &[Chunk],
