@@ -12,6 +12,8 @@ Writes (nothing else is touched):
       threevec.safetensors   A1111 safetensors layout: {"emb_params": [3, 32]} (three vectors)
       twopt.pt               A1111 pickle: torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": [2, 32]},
                              "name": "twopt", "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None})
+  models/fixtures/embeddings-tiny-old/oldmodule.pt   string_to_param pickled as an nn.ParameterDict (torch <= 1.11
+                             A1111 files): kiln refuses it with a hint
   models/fixtures/sd15-tiny/refs/prompts.safetensors + prompts.json
       prompts.json lists every case (prompt, syntax, clip_skip, what the parser returned) and says how each tensor was made;
       the safetensors file holds, per case `c<i>`: ids [k,77] (int64; embedding slots hold 0 as in A1111),
@@ -320,6 +322,11 @@ def make_embeddings(hidden: int) -> dict:
     torch.save({"string_to_token": {"*": 265}, "string_to_param": {"*": two.clone().requires_grad_(True)},
                 "name": "twopt", "step": 0, "sd_checkpoint": None, "sd_checkpoint_name": None},
                str(EMB_DIR / "twopt.pt"))
+    # torch <= 1.11 A1111 files pickled string_to_param as an nn.ParameterDict module: kiln refuses it
+    old = EMB_DIR.parent / "embeddings-tiny-old"
+    old.mkdir(exist_ok=True)
+    torch.save({"string_to_token": {"*": 265}, "string_to_param": torch.nn.ParameterDict({"*": torch.nn.Parameter(two)}),
+                "name": "oldmodule", "step": 0}, str(old / "oldmodule.pt"))
     return {"kittyemb": kitty.reshape(1, -1), "threevec": three, "twopt": two}
 
 

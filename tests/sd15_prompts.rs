@@ -514,3 +514,14 @@ fn chunks_are_independent_across_encoder_batches() {
         );
     }
 }
+
+/// A pickled torch module (old A1111 `.pt`) is refused, naming the file, with a hint.
+#[test]
+fn old_module_pickles_are_refused_with_a_hint() {
+    let path = fixture("embeddings-tiny-old/oldmodule.pt");
+    let err = Embedding::load(&path, 32).unwrap_err().to_string();
+    assert!(
+        err.contains("oldmodule.pt") && err.contains(".safetensors"),
+        "{err}"
+    );
+}

@@ -43,7 +43,18 @@ impl Embedding {
             .filter(|s| !s.trim().is_empty())
             .ok_or_else(|| Error::io(path, "an embedding's file name must be valid UTF-8"))?
             .to_string();
-        let file = TensorFile::open(path)?;
+        let file = TensorFile::open(path).map_err(|e| match e {
+            // Pickles are parsed, never run, so a pickled module (A1111 files from torch ≤ 1.11
+            // kept `string_to_param` as an `nn.ParameterDict`) cannot be read.
+            Error::WeightFile { path, message } if !is_safetensors(&path) => Error::WeightFile {
+                path,
+                message: format!(
+                    "{message} (an old A1111 .pt whose `string_to_param` is a torch module? \
+                     re-save it as .safetensors)"
+                ),
+            },
+            e => e,
+        })?;
         let keys: Vec<&str> = file.keys().collect();
         let bad = |message: String| Error::WeightFile {
             path: path.into(),
@@ -206,6 +217,11 @@ impl Embeddings {
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
     }
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
 }
 
 fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
