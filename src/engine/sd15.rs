@@ -58,6 +58,7 @@ impl<B: Backend> Sd15Pipeline<B> {
             // the prompt without them (the infotext keeps the prompt as written).
             prompt: take_lora_tags(&job.prompt)?.0,
             negative_prompt: job.negative_prompt.clone(),
+            prompt_syntax: Default::default(),
             steps: job.steps.unwrap_or(sd15_defaults::STEPS),
             guidance_scale: job.guidance_scale.unwrap_or(sd15_defaults::GUIDANCE_SCALE),
             scheduler: job.scheduler.unwrap_or(sd15_defaults::SCHEDULER),

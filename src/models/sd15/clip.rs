@@ -99,6 +99,19 @@ impl<B: Backend> ClipTextModel<B> {
     /// diffusers counts layers skipped instead, so its `clip_skip=k` is `k + 1` here. The final
     /// layer norm is applied either way, as both do.
     pub fn forward(&self, ids: Tensor<B, 2, Int>, clip_skip: usize) -> Tensor<B, 3> {
+        self.forward_embedded(ids, Vec::new(), clip_skip)
+    }
+
+    /// [`forward`](Self::forward) with token embeddings replaced: each `(row, position,
+    /// vectors [n, D])` puts textual-inversion vectors at `position..position + n` of sequence
+    /// `row`, before the position embeddings are added (A1111's `EmbeddingsWithFixes`, and what
+    /// diffusers' added tokens amount to).
+    pub fn forward_embedded(
+        &self,
+        ids: Tensor<B, 2, Int>,
+        inserts: Vec<(usize, usize, Tensor<B, 2>)>,
+        clip_skip: usize,
+    ) -> Tensor<B, 3> {
         let m = &self.text_model;
         let [b, s] = ids.dims();
         let device = ids.device();
@@ -108,8 +121,13 @@ impl<B: Backend> ClipTextModel<B> {
         )
         .reshape([1, s])
         .expand([b, s]);
-        let mut h = m.embeddings.token_embedding.forward(ids)
-            + m.embeddings.position_embedding.forward(pos);
+        let mut tokens = m.embeddings.token_embedding.forward(ids);
+        for (row, at, vectors) in inserts {
+            let [n, d] = vectors.dims();
+            let vectors = vectors.cast(tokens.dtype()).reshape([1, n, d]);
+            tokens = tokens.slice_assign([row..row + 1, at..at + n, 0..d], vectors);
+        }
+        let mut h = tokens + m.embeddings.position_embedding.forward(pos);
         let n = m.encoder.layers.len().saturating_sub(clip_skip.max(1) - 1);
         for layer in &m.encoder.layers[..n] {
             h = layer.forward(h);

@@ -3,13 +3,14 @@
 use std::time::Instant;
 
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Int, Tensor, TensorData};
-use tracing::{debug, info, warn};
+use burn::tensor::{DType, Tensor, TensorData};
+use tracing::{debug, info};
 
-use super::clip::ClipTextModel;
 use super::loader::{Components, Sd15Layout, load};
 use super::lora::{DEFAULT_CACHE_BYTES, LoraCache};
+use super::prompt::{PromptSyntax, PromptVocab};
 use super::request::GenerateRequest;
+use super::textual_inversion::Embeddings;
 use crate::error::{Error, Result};
 use crate::noise;
 use crate::schedulers::SchedulerOptions;
@@ -25,6 +26,8 @@ pub struct GenerateOutput<B: Backend> {
 /// A loaded SD 1.5 model.
 pub struct StableDiffusion<B: Backend> {
     pub parts: Components<B>,
+    /// Textual-inversion embeddings, indexed for the tokenizer (see `prompt::encode`).
+    pub(super) prompt_vocab: PromptVocab,
     device: B::Device,
     pub(super) lora_cache: LoraCache<B>,
 }
@@ -46,6 +49,7 @@ impl<B: Backend> StableDiffusion<B> {
         let parts = load(&layout, with_encoder, device, dtype)?;
         info!(path = %path.display(), ?dtype, secs = t0.elapsed().as_secs_f32(), "SD 1.5 loaded");
         Ok(Self {
+            prompt_vocab: PromptVocab::new(&parts.tokenizer, Embeddings::default())?,
             parts,
             device: device.clone(),
             lora_cache: LoraCache::new(DEFAULT_CACHE_BYTES),
@@ -62,30 +66,10 @@ impl<B: Backend> StableDiffusion<B> {
         [self.parts.unet_config.out_channels, height / f, width / f]
     }
 
-    /// `[1, 77]` ids → `[1, 77, D]` hidden states.
+    /// `text` in plain syntax → `[1, 77·k, D]` hidden states; up to 75 tokens this is
+    /// diffusers' `encode_prompt` (one chunk, `[1, 77, D]`).
     pub fn encode_prompt(&self, text: &str, clip_skip: usize) -> Result<Tensor<B, 3>> {
-        self.encode_prompt_with(&self.parts.text_encoder, text, clip_skip)
-    }
-
-    /// [`encode_prompt`](Self::encode_prompt) by `encoder` (the base one or a LoRA variant's).
-    fn encode_prompt_with(
-        &self,
-        encoder: &ClipTextModel<B>,
-        text: &str,
-        clip_skip: usize,
-    ) -> Result<Tensor<B, 3>> {
-        let tokens = self.parts.tokenizer.encode(text)?;
-        if tokens.dropped > 0 {
-            warn!(
-                dropped = tokens.dropped,
-                "prompt longer than {} tokens; the end was cut",
-                self.parts.tokenizer.max_len - 2
-            );
-        }
-        let ids: Vec<i64> = tokens.ids.iter().map(|&i| i64::from(i)).collect();
-        let len = ids.len();
-        let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, len]), &self.device);
-        Ok(encoder.forward(ids, clip_skip))
+        self.encode_prompt_as(text, PromptSyntax::Plain, clip_skip)
     }
 
     pub fn validate(&self, req: &GenerateRequest) -> Result<()> {
@@ -206,14 +190,19 @@ impl<B: Backend> StableDiffusion<B> {
         };
 
         let t0 = Instant::now();
-        let cond = self.encode_prompt_with(text_encoder, &req.prompt, req.clip_skip)?;
         let guided = req.guidance_scale > 1.0;
         let context = if guided {
-            let uncond =
-                self.encode_prompt_with(text_encoder, &req.negative_prompt, req.clip_skip)?;
+            let (cond, uncond) = self.encode_pair_by(
+                text_encoder,
+                &req.prompt,
+                &req.negative_prompt,
+                req.prompt_syntax,
+                req.clip_skip,
+            )?;
             Tensor::cat(vec![uncond.repeat_dim(0, n), cond.repeat_dim(0, n)], 0)
         } else {
-            cond.repeat_dim(0, n)
+            self.encode_prompt_by(text_encoder, &req.prompt, req.prompt_syntax, req.clip_skip)?
+                .repeat_dim(0, n)
         };
         info!(secs = t0.elapsed().as_secs_f32(), "text encoded");
 

@@ -5,6 +5,7 @@ use std::str::FromStr;
 
 use super::img2img::ImageCondition;
 use super::lora::LoraSpec;
+use super::prompt::PromptSyntax;
 use super::vae_tiling::VaeTiling;
 use crate::error::{Error, Result};
 use crate::models::family::sd15_defaults;
@@ -15,6 +16,8 @@ use crate::schedulers::SchedulerKind;
 pub struct GenerateRequest {
     pub prompt: String,
     pub negative_prompt: String,
+    /// How both prompts are read: A1111 emphasis syntax (the default) or plain text.
+    pub prompt_syntax: PromptSyntax,
     pub steps: usize,
     pub guidance_scale: f64,
     pub scheduler: SchedulerKind,
@@ -89,6 +92,7 @@ impl Default for GenerateRequest {
         Self {
             prompt: String::new(),
             negative_prompt: String::new(),
+            prompt_syntax: PromptSyntax::default(),
             steps: sd15_defaults::STEPS,
             guidance_scale: sd15_defaults::GUIDANCE_SCALE,
             scheduler: sd15_defaults::SCHEDULER,

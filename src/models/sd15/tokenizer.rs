@@ -14,6 +14,7 @@ use tokenizers::{
     AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
+use super::prompt::Framing;
 use crate::error::{Error, Result};
 
 const BOS: &str = "<|startoftext|>";
@@ -27,6 +28,7 @@ const BUILTIN_VOCAB: &[u8] =
 const BUILTIN_MERGES: &str =
     include_str!("../../../models/fixtures/sd15-tiny/tokenizer/merges.txt");
 
+#[derive(Clone)]
 pub struct ClipTokenizer {
     tok: Tokenizer,
     bos: u32,
@@ -131,6 +133,38 @@ impl ClipTokenizer {
             .encode(text, false)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// The special ids prompt chunks are framed with (see `prompt::chunks`).
+    pub fn framing(&self) -> Framing {
+        Framing {
+            bos: self.bos,
+            eos: self.eos,
+            pad: self.pad,
+            comma: self.tok.token_to_id(",</w>"),
+        }
+    }
+
+    /// A copy with `words` added as tokens, matched anywhere in the normalized (lower-cased)
+    /// text, as transformers' `add_tokens` (what diffusers' `load_textual_inversion` calls) does;
+    /// with each word's new id, or `None` for a word the vocabulary already has (diffusers
+    /// refuses those).
+    pub fn with_added_words(&self, words: &[&str]) -> Result<(Self, Vec<Option<u32>>)> {
+        let mut out = self.clone();
+        let mut ids = Vec::with_capacity(words.len());
+        for w in words {
+            if self.tok.token_to_id(w).is_some() {
+                ids.push(None);
+                continue;
+            }
+            out.tok
+                .add_tokens([AddedToken::from(*w, false)])
+                .map_err(|e| Error::Tokenizer(format!("adding the token `{w}`: {e}")))?;
+            ids.push(Some(out.tok.token_to_id(w).ok_or_else(|| {
+                Error::Tokenizer(format!("could not add the token `{w}`"))
+            })?));
+        }
+        Ok((out, ids))
     }
 
     /// `<|startoftext|>` ids `<|endoftext|>` padding, exactly `max_len` long.
