@@ -38,8 +38,11 @@ fn cli_png(model: &Path, args: &[&str]) -> Vec<u8> {
 
 /// Serves `model` as `id` and posts `body`, returns the PNG response's bytes.
 async fn server_png(id: &str, model: &Path, body: Value) -> Vec<u8> {
-    let t = serve_model(id, model);
-    let r = generate(&t, body).await;
+    server_png_on(&serve_model(id, model), body).await
+}
+
+async fn server_png_on(t: &TestApp, body: Value) -> Vec<u8> {
+    let r = generate(t, body).await;
     assert_eq!(r.status.as_u16(), 200, "{}", r.text());
     base64::engine::general_purpose::STANDARD
         .decode(r.json()["data"][0]["b64_json"].as_str().expect("b64_json"))
@@ -87,6 +90,82 @@ async fn sd15_cli_and_server_give_the_same_pixels_and_infotext() {
     let p = params(&server).expect("server PNGs carry the infotext");
     assert_eq!((p.steps, p.seed, p.sampler.as_str()), (3, 9, "Euler a"));
     assert_eq!(params(&cli), Some(p));
+}
+
+/// The SD add-on fixtures as `--lora-dir`, `--embeddings-dir` and `--taesd-dir`.
+fn addons() -> kiln::engine::AddOns {
+    kiln::engine::AddOns {
+        loras: kiln::engine::LoraLibrary::new(fixture("sd15-tiny-lora")),
+        embeddings_dir: Some(fixture("embeddings-tiny")),
+        taesd_dir: Some(fixture("taesd-tiny")),
+        ..kiln::engine::AddOns::default()
+    }
+}
+
+fn addon_flags() -> Vec<String> {
+    let a = addons();
+    let dir = |p: Option<&Path>| p.expect("set").to_str().expect("utf-8").to_string();
+    vec![
+        "--lora-dir".into(),
+        dir(a.loras.dir()),
+        "--embeddings-dir".into(),
+        dir(a.embeddings_dir.as_deref()),
+        "--taesd-dir".into(),
+        dir(a.taesd_dir.as_deref()),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sd15_loras_embeddings_long_prompts_and_taesd_are_the_same_from_both() {
+    let model = fixture("sd15-tiny");
+    // A LoRA by tag and one by option, an embedding word, a prompt over 75 tokens with a BREAK.
+    let long = format!("{} BREAK threevec on a table", "a red cube, ".repeat(30));
+    let prompt = format!("<lora:kohya:0.7> {long}");
+    let t = serve_model_with("sd15-tiny", &model, addons());
+    for vae in ["full", "taesd"] {
+        let mut args: Vec<String> = [
+            "--prompt",
+            &prompt,
+            "--negative-prompt",
+            "kittyemb",
+            "--lora",
+            "peft:-0.4",
+            "--steps",
+            "3",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--seed",
+            "5",
+            "--vae",
+            vae,
+        ]
+        .map(String::from)
+        .into();
+        args.extend(addon_flags());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cli = cli_png(&model, &args);
+        let server = server_png_on(
+            &t,
+            json!({"prompt": prompt, "negative_prompt": "kittyemb", "num_inference_steps": 3,
+                   "loras": [{"name": "peft", "weight": -0.4}], "size": "32x32", "seed": 5,
+                   "vae": vae}),
+        )
+        .await;
+        assert_eq!(pixels(&cli), pixels(&server), "vae {vae}");
+        // the infotext keeps the prompt as written, tags included
+        let p = kiln::image_io::read_parameters(&server).unwrap().unwrap();
+        assert_eq!(p.prompt, prompt);
+        // and the LoRAs did something
+        let base = server_png_on(
+            &t,
+            json!({"prompt": long, "negative_prompt": "kittyemb", "num_inference_steps": 3,
+                   "size": "32x32", "seed": 5, "vae": vae}),
+        )
+        .await;
+        assert_ne!(pixels(&base), pixels(&server), "vae {vae}: LoRAs applied");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -131,6 +131,14 @@ pub struct GenerateArgs {
     /// prompt does the same.
     #[arg(long = "lora", value_name = "NAME_OR_PATH[:WEIGHT]")]
     pub loras: Vec<String>,
+    /// SD: how prompts are read: a1111 (emphasis `(word:1.2)`, `[word]`, BREAK, no 77-token
+    /// limit; the default) or plain (diffusers: the text as it is).
+    #[arg(long, value_parser = ["a1111", "plain"])]
+    pub prompt_syntax: Option<String>,
+    /// SD: the final decoder: full (the model's VAE) or taesd (`kiln download taesd`; ~10×
+    /// faster, slightly softer).
+    #[arg(long, value_parser = ["full", "taesd"])]
+    pub vae: Option<String>,
     /// Where the add-on folders are by default (loras/, embeddings/, taesd/).
     #[arg(long, env = "KILN_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
@@ -275,6 +283,8 @@ fn job_params(a: &GenerateArgs) -> anyhow::Result<JobParams> {
         eta: a.eta,
         clip_skip: a.clip_skip,
         loras: loras.map_err(flag_error)?,
+        prompt_syntax: a.prompt_syntax.clone(),
+        vae: a.vae.clone(),
         dalle: DalleParams {
             cond_scale: a.cond_scale,
             temperature: a.temperature,

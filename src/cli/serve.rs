@@ -52,6 +52,10 @@ pub struct ServeArgs {
     pub preload: bool,
     #[command(flatten)]
     pub addons: AddOnArgs,
+    /// How SD prompts are read when a request does not say (`prompt_syntax`): a1111 (emphasis,
+    /// BREAK, no 77-token limit) or plain (diffusers).
+    #[arg(long, env = "KILN_PROMPT_SYNTAX", default_value = "a1111", value_parser = ["a1111", "plain"])]
+    pub prompt_syntax: String,
     /// Largest width or height a request may ask for.
     #[arg(long, env = "KILN_MAX_SIZE", default_value_t = Limits::default().max_side)]
     pub max_size: u32,
@@ -174,7 +178,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             },
             loras: addons.loras.clone(),
             lora_paths: false,
+            prompt_syntax: args.prompt_syntax.parse().map_err(anyhow::Error::msg)?,
         },
+        embeddings_dir: addons.embeddings_dir.clone(),
         max_upload_bytes: args.max_upload_mb << 20,
         cors_origins: args.cors_origins.clone(),
         url_ttl: Duration::from_secs(args.url_ttl_secs),

@@ -10,6 +10,7 @@ use super::loras::{LoraLibrary, LoraRef, take_lora_tags};
 use super::{DalleParams, EngineError, ImageJob, InitImage};
 use crate::image_io::mask::{MaskConvention, edit_mask};
 use crate::models::Family;
+use crate::models::sd15::{PromptSyntax, VaeChoice};
 use crate::schedulers::SchedulerKind;
 
 /// A request's model options as given, before defaults and checks.
@@ -31,6 +32,10 @@ pub struct JobParams {
     pub clip_skip: Option<usize>,
     /// SD: LoRAs by name (the prompt's `<lora:NAME:W>` tags are added to these).
     pub loras: Vec<LoraRef>,
+    /// SD: `a1111` or `plain`; the deployment's default when absent.
+    pub prompt_syntax: Option<String>,
+    /// SD: the final decoder, `full` (the model's VAE) or `taesd`.
+    pub vae: Option<String>,
     pub dalle: DalleParams,
     /// Streamed previews (OpenAI `partial_images`).
     pub previews: u32,
@@ -72,6 +77,8 @@ pub struct JobRules {
     /// Whether a LoRA may be named by its path (the CLI: a user's own files), not only by its
     /// name in the library (the server: clients never name server paths).
     pub lora_paths: bool,
+    /// How prompts are read when a request does not say (`--prompt-syntax`).
+    pub prompt_syntax: PromptSyntax,
 }
 
 impl JobRules {
@@ -81,6 +88,7 @@ impl JobRules {
             limits: Limits::CLI,
             loras,
             lora_paths: true,
+            prompt_syntax: PromptSyntax::default(),
         }
     }
 }
@@ -115,6 +123,8 @@ impl JobParams {
             ("eta", self.eta.is_some()),
             ("clip_skip", self.clip_skip.is_some()),
             ("loras", !self.loras.is_empty()),
+            ("prompt_syntax", self.prompt_syntax.is_some()),
+            ("vae", self.vae.is_some()),
             ("cond_scale", d.cond_scale.is_some()),
             ("temperature", d.temperature.is_some()),
             ("top_k", d.top_k.is_some()),
@@ -179,6 +189,9 @@ impl JobParams {
         self.check_ranges()?;
         let init = edit.map(|e| init_image(family, e)).transpose()?;
         let loras = rules.loras.resolve_all(&self.loras, rules.lora_paths)?;
+        let prompt_syntax = parsed::<PromptSyntax>("prompt_syntax", self.prompt_syntax.as_deref())?
+            .unwrap_or(rules.prompt_syntax);
+        let vae = parsed::<VaeChoice>("vae", self.vae.as_deref())?;
         let seed = self.seed.unwrap_or_else(crate::noise::random_seed);
         let mut job = ImageJob::new(self.prompt, width, height, seed);
         job.negative_prompt = self.negative_prompt.unwrap_or_default();
@@ -190,6 +203,8 @@ impl JobParams {
         job.eta = self.eta;
         job.clip_skip = self.clip_skip;
         job.loras = loras;
+        job.prompt_syntax = prompt_syntax;
+        job.vae = vae.unwrap_or_default();
         job.dalle = self.dalle;
         job.init = init;
         job.previews = self.previews as usize;
@@ -274,6 +289,17 @@ impl JobParams {
         }
         Ok(())
     }
+}
+
+/// A named choice (`prompt_syntax`, `vae`), trimmed; empty is absent.
+fn parsed<T: std::str::FromStr>(param: &str, v: Option<&str>) -> Result<Option<T>, EngineError>
+where
+    T::Err: std::fmt::Display,
+{
+    v.map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<T>().map_err(|e| invalid(param, e.to_string())))
+        .transpose()
 }
 
 /// An edit's init image and mask, if the family edits.

@@ -13,7 +13,7 @@ use super::loras::ResolvedLora;
 use crate::image_io::{self, params::Parameters};
 use crate::models::Family;
 use crate::models::dalle_mini::Tokenization;
-use crate::models::sd15::NoiseOverrides;
+use crate::models::sd15::{NoiseOverrides, PromptSyntax, VaeChoice};
 use crate::schedulers::SchedulerKind;
 
 /// The starting image of an edit. `mask` uses the diffusers convention (255 = repaint), as
@@ -68,6 +68,10 @@ pub struct ImageJob {
     /// SD: LoRAs applied for this job only, from the `loras` option and the prompt's
     /// `<lora:…>` tags (which stay in `prompt`, as written, for the image's infotext).
     pub loras: Vec<ResolvedLora>,
+    /// SD: how the prompts are read (A1111 emphasis and chunks, or plain).
+    pub prompt_syntax: PromptSyntax,
+    /// SD: the final decoder.
+    pub vae: VaeChoice,
     pub init: Option<InitImage>,
     pub dalle: DalleParams,
     /// How many intermediate previews the client wants (OpenAI `partial_images`, 0–3).
@@ -92,6 +96,8 @@ impl ImageJob {
             eta: None,
             clip_skip: None,
             loras: Vec::new(),
+            prompt_syntax: PromptSyntax::default(),
+            vae: VaeChoice::default(),
             init: None,
             dalle: DalleParams::default(),
             previews: 0,

@@ -58,7 +58,7 @@ impl<B: Backend> Sd15Pipeline<B> {
             // the prompt without them (the infotext keeps the prompt as written).
             prompt: take_lora_tags(&job.prompt)?.0,
             negative_prompt: job.negative_prompt.clone(),
-            prompt_syntax: Default::default(),
+            prompt_syntax: job.prompt_syntax,
             steps: job.steps.unwrap_or(sd15_defaults::STEPS),
             guidance_scale: job.guidance_scale.unwrap_or(sd15_defaults::GUIDANCE_SCALE),
             scheduler: job.scheduler.unwrap_or(sd15_defaults::SCHEDULER),
@@ -71,7 +71,7 @@ impl<B: Backend> Sd15Pipeline<B> {
             condition,
             strength,
             sample_vae: !x.vae_mean,
-            vae: Default::default(),
+            vae: job.vae,
             vae_tiling: Default::default(),
             noise: x.noise.clone(),
             loras: job
@@ -203,7 +203,7 @@ impl BackendTask for LoadSd15 {
             .precision
             .resolve::<B>(self.place.device, &device)?;
         let mut model = StableDiffusion::<B>::load_as(&self.path, self.edits, &device, dtype)?;
-        model.set_lora_cache_limit(self.addons.lora_cache_bytes);
+        self.addons.attach(&mut model, &device, dtype)?;
         Ok(Box::new(Sd15Pipeline::new(model, self.name)))
     }
 }

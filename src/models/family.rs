@@ -59,6 +59,8 @@ const SD_ONLY: &[&str] = &[
     "eta",
     "clip_skip",
     "loras",
+    "prompt_syntax",
+    "vae",
 ];
 const DALLE_ONLY: &[&str] = &[
     "cond_scale",

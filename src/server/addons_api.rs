@@ -9,6 +9,7 @@ use poem_openapi::{Object, OpenApi, Tags};
 
 use super::AppState;
 use crate::models::sd15::lora::{LoraInfo, inspect};
+use crate::models::sd15::{Embedding, Embeddings};
 
 #[derive(Tags)]
 enum AddOnTags {
@@ -41,6 +42,27 @@ pub struct LoraObject {
 pub struct LoraList {
     pub object: String,
     pub data: Vec<LoraObject>,
+}
+
+/// One textual-inversion embedding of the server's embeddings folder.
+#[derive(Object, Debug)]
+pub struct EmbeddingObject {
+    /// The prompt word that expands to its vectors (the file name without extension).
+    pub id: String,
+    /// Always `textual_inversion`.
+    pub object: String,
+    /// Prompt tokens it takes.
+    pub vectors: Option<u32>,
+    /// Width of its vectors (768 for SD 1.x; a model of another width cannot use it).
+    pub dim: Option<u32>,
+    /// Why the file cannot be read; the fields above are then absent.
+    pub error: Option<String>,
+}
+
+#[derive(Object, Debug)]
+pub struct EmbeddingList {
+    pub object: String,
+    pub data: Vec<EmbeddingObject>,
 }
 
 pub struct AddOnsApi;
@@ -79,7 +101,9 @@ impl AddOnsApi {
                     // The message without the server's path: the name says which file.
                     error: info.as_ref().err().map(|err| match err {
                         crate::Error::Lora { message, .. } => message.clone(),
-                        other => other.to_string().replace(&e.path.display().to_string(), &e.name),
+                        other => other
+                            .to_string()
+                            .replace(&e.path.display().to_string(), &e.name),
                     }),
                     id: e.name,
                     object: "lora".into(),
@@ -88,6 +112,58 @@ impl AddOnsApi {
             })
             .collect();
         Json(LoraList {
+            object: "list".into(),
+            data,
+        })
+    }
+
+    /// List textual-inversion embeddings
+    ///
+    /// The embeddings SD prompts may use by name (extension): files of the server's embeddings
+    /// folder (`--embeddings-dir`, default `models/embeddings/`). Models read the folder when
+    /// they load.
+    #[oai(
+        path = "/v1/textual_inversions",
+        method = "get",
+        operation_id = "listTextualInversions",
+        tag = "AddOnTags::AddOns"
+    )]
+    async fn list_embeddings(&self, state: Data<&Arc<AppState>>) -> Json<EmbeddingList> {
+        let dir = state
+            .config
+            .embeddings_dir
+            .as_deref()
+            .filter(|d| d.is_dir());
+        let files = dir
+            .and_then(|d| Embeddings::files(d).ok())
+            .unwrap_or_default();
+        let data = files
+            .iter()
+            .map(|path| {
+                let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+                match Embedding::read(path) {
+                    Ok(e) => EmbeddingObject {
+                        id: e.name.clone(),
+                        object: "textual_inversion".into(),
+                        vectors: Some(e.count() as u32),
+                        dim: Some(e.dim as u32),
+                        error: None,
+                    },
+                    Err(err) => EmbeddingObject {
+                        id: stem.unwrap_or_default(),
+                        object: "textual_inversion".into(),
+                        vectors: None,
+                        dim: None,
+                        // Without the server's path: the id says which file.
+                        error: Some(
+                            err.to_string()
+                                .replace(&format!("{}: ", path.display()), ""),
+                        ),
+                    },
+                }
+            })
+            .collect();
+        Json(EmbeddingList {
             object: "list".into(),
             data,
         })

@@ -55,6 +55,8 @@ impl From<CreateImageRequest> for GenParams {
                 scheduler: text(r.scheduler),
                 strength: r.strength,
                 loras: loras(r.loras.as_deref()),
+                prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
+                vae: r.vae.map(|v| v.as_str().into()),
                 dalle: DalleParams {
                     cond_scale: r.cond_scale,
                     temperature: r.temperature,
@@ -90,6 +92,8 @@ impl GenParams {
                 scheduler: text(r.scheduler.clone()),
                 strength: r.strength,
                 loras: loras(r.loras.as_ref().map(|j| j.0.as_slice())),
+                prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
+                vae: r.vae.map(|v| v.as_str().into()),
                 ..JobParams::default()
             },
             model: r.model.clone(),

@@ -39,6 +39,8 @@ pub struct ServerConfig {
     /// Largest generated width/height, most denoising steps and images a request may ask for,
     /// and the LoRA library requests name LoRAs from (by name only: never a path).
     pub rules: JobRules,
+    /// The textual-inversion embeddings folder, for `GET /v1/textual_inversions`.
+    pub embeddings_dir: Option<std::path::PathBuf>,
     /// Largest side of an uploaded image (checked before decoding).
     pub max_upload_side: u32,
     pub max_json_bytes: usize,
@@ -60,6 +62,7 @@ impl Default for ServerConfig {
             default_model: None,
             api_key: None,
             rules: JobRules::default(),
+            embeddings_dir: None,
             max_upload_side: 4096,
             max_json_bytes: 1 << 20,
             max_upload_bytes: 32 << 20,

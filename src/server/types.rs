@@ -26,6 +26,44 @@ pub enum OutputFormat {
     Webp,
 }
 
+/// Extension (SD): how the prompt and negative prompt are read.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum PromptSyntaxParam {
+    /// A1111: `(word)` ×1.1, `(word:1.3)`, `[word]` ÷1.1, `BREAK`, no 77-token limit.
+    A1111,
+    /// diffusers: the text as it is, cut at 77 tokens.
+    Plain,
+}
+
+/// Extension (SD): the final decoder.
+#[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
+#[oai(rename_all = "lowercase")]
+pub enum VaeParam {
+    /// The model's own VAE.
+    Full,
+    /// TAESD (when the server has it): about 10× faster, slightly softer.
+    Taesd,
+}
+
+impl PromptSyntaxParam {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::A1111 => "a1111",
+            Self::Plain => "plain",
+        }
+    }
+}
+
+impl VaeParam {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Taesd => "taesd",
+        }
+    }
+}
+
 /// Extension (SD): a LoRA from the server's LoRA folder, applied to this request only.
 #[derive(Object, Debug, Clone, PartialEq)]
 pub struct LoraParam {
@@ -123,6 +161,13 @@ pub struct CreateImageRequest {
     /// the prompt (A1111's syntax) adds to these.
     #[oai(nullable, validator(max_items = 8))]
     pub loras: Option<Vec<LoraParam>>,
+    /// Extension (SD): `a1111` (the server's default unless `--prompt-syntax` says otherwise)
+    /// or `plain`.
+    #[oai(nullable)]
+    pub prompt_syntax: Option<PromptSyntaxParam>,
+    /// Extension (SD): `full` (default) or `taesd`.
+    #[oai(nullable)]
+    pub vae: Option<VaeParam>,
 }
 
 /// Body of `POST /v1/images/edits` (multipart/form-data). Numbers arrive as text parts.
@@ -162,6 +207,8 @@ pub struct CreateImageEditRequest {
     pub strength: Option<f64>,
     /// A JSON array, as the generations body's `loras`: `[{"name": "…", "weight": 0.8}]`.
     pub loras: Option<JsonField<Vec<LoraParam>>>,
+    pub prompt_syntax: Option<PromptSyntaxParam>,
+    pub vae: Option<VaeParam>,
 }
 
 /// One generated image.

@@ -66,18 +66,25 @@ pub fn start_with(models: Vec<ServedModel>, engine: EngineConfig, config: Server
 
 /// The real model at `path` (found as `kiln serve --model ID=PATH` finds it) served as `id`.
 pub fn serve_model(id: &str, path: &std::path::Path) -> TestApp {
+    serve_model_with(id, path, kiln::engine::AddOns::default())
+}
+
+/// [`serve_model`] with SD add-ons, as `kiln serve --lora-dir … --embeddings-dir …
+/// --taesd-dir …` sets them up.
+pub fn serve_model_with(id: &str, path: &std::path::Path, addons: kiln::engine::AddOns) -> TestApp {
     let found = kiln::engine::discover(
         &path.join("does-not-exist"),
         &[(id.into(), path.to_path_buf())],
         kiln::backend::DeviceSpec::Cpu,
-        &kiln::engine::AddOns::default(),
+        &addons,
     )
     .expect("discover");
-    start_with(
-        found.specs,
-        EngineConfig::default(),
-        ServerConfig::default(),
-    )
+    let mut config = ServerConfig {
+        embeddings_dir: addons.embeddings_dir.clone(),
+        ..ServerConfig::default()
+    };
+    config.rules.loras = addons.loras;
+    start_with(found.specs, EngineConfig::default(), config)
 }
 
 pub fn start() -> TestApp {

@@ -37,6 +37,15 @@ const EXTENSIONS: [&str; 3] = ["safetensors", "pt", "bin"];
 impl Embedding {
     /// Reads `path` for a text encoder of width `hidden_size` (768 for SD 1.x).
     pub fn load(path: &Path, hidden_size: usize) -> Result<Self> {
+        Self::read_for(path, Some(hidden_size))
+    }
+
+    /// Reads `path` whatever its width (for listings: `dim` says which models can use it).
+    pub fn read(path: &Path) -> Result<Self> {
+        Self::read_for(path, None)
+    }
+
+    fn read_for(path: &Path, hidden_size: Option<usize>) -> Result<Self> {
         let name = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -98,7 +107,7 @@ impl Embedding {
             [n, d] => (*n, *d),
             s => return Err(tensor_err(format!("shape {s:?}; expected [D] or [n, D]"))),
         };
-        if dim != hidden_size {
+        if let Some(hidden_size) = hidden_size.filter(|&h| h != dim) {
             let hint = match dim {
                 1024 => " (an SD 2.x embedding?)",
                 1280 => " (an SDXL `clip_g` embedding?)",
@@ -146,9 +155,7 @@ impl Embeddings {
     /// that cannot be used is returned with its error and the rest load; only an unreadable
     /// `dir` is an error.
     pub fn load_dir(dir: &Path, hidden_size: usize) -> Result<(Self, Vec<(PathBuf, Error)>)> {
-        let mut files = Vec::new();
-        collect_files(dir, &mut files)?;
-        files.sort();
+        let files = Self::files(dir)?;
         let mut items: Vec<Embedding> = Vec::new();
         let mut failed = Vec::new();
         for path in files {
@@ -168,6 +175,14 @@ impl Embeddings {
         }
         tracing::info!(dir = %dir.display(), loaded = items.len(), skipped = failed.len(), "embeddings");
         Ok((Self::from_list(items)?, failed))
+    }
+
+    /// The embedding files under `dir` (by extension, sub-folders included), sorted.
+    pub fn files(dir: &Path) -> Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        collect_files(dir, &mut files)?;
+        files.sort();
+        Ok(files)
     }
 
     /// A set from loaded embeddings; two with the same name are an error.
