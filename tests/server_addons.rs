@@ -159,3 +159,106 @@ async fn edits_take_loras_as_a_json_form_field() {
     let r = send(t.client.post("/v1/images/edits").multipart(form("film"))).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "not JSON: {}", r.text());
 }
+
+fn fixture(rel: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models/fixtures")
+        .join(rel)
+}
+
+fn tiny_with_addons(taesd: bool) -> TestApp {
+    let addons = kiln::engine::AddOns {
+        loras: LoraLibrary::new(fixture("sd15-tiny-lora")),
+        embeddings_dir: Some(fixture("embeddings-tiny")),
+        taesd_dir: taesd.then(|| fixture("taesd-tiny")),
+        ..kiln::engine::AddOns::default()
+    };
+    serve_model_with("sd15-tiny", &fixture("sd15-tiny"), addons)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_describe_the_real_files_without_server_paths() {
+    let t = tiny_with_addons(false);
+    let v = send(t.client.get("/v1/loras")).await.json();
+    let find = |id: &str| {
+        v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == id)
+            .cloned()
+            .unwrap()
+    };
+    let kohya = find("kohya");
+    assert_eq!(kohya["format"], "kohya");
+    assert!(kohya["rank"].as_u64().unwrap() >= 1 && kohya["conv_modules"].as_u64().unwrap() >= 1);
+    assert!(
+        kohya["text_encoder_modules"].as_u64().unwrap() >= 1,
+        "{kohya}"
+    );
+    assert_eq!(find("peft")["format"], "peft");
+    let sdxl = find("sdxl_keys");
+    assert!(sdxl["error"].as_str().unwrap().contains("SDXL"), "{sdxl}");
+    let text = v.to_string();
+    assert!(
+        !text.contains(env!("CARGO_MANIFEST_DIR")),
+        "no server paths: {text}"
+    );
+
+    let v = send(t.client.get("/v1/textual_inversions")).await.json();
+    let e: Vec<(String, u64, u64)> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["id"].as_str().unwrap().into(),
+                e["vectors"].as_u64().unwrap(),
+                e["dim"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(e.contains(&("threevec".into(), 3, 32)), "{e:?}");
+    assert!(e.contains(&("twopt".into(), 2, 32)), "{e:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lora_that_does_not_fit_and_a_missing_taesd_are_400s() {
+    let t = tiny_with_addons(false);
+    let post = |body: serde_json::Value| t.client.post("/v1/images/generations").body_json(&body);
+    let r = send(post(
+        json!({"prompt": "a", "size": "32x32", "num_inference_steps": 1,
+        "loras": [{"name": "bad_shape"}]}),
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let e = &r.json()["error"];
+    let msg = e["message"].as_str().unwrap();
+    assert!(
+        msg.starts_with("LoRA `bad_shape`") && msg.contains("shape"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains(env!("CARGO_MANIFEST_DIR")),
+        "no server path: {msg}"
+    );
+    assert_eq!(e["param"], "loras");
+    // the base model is untouched and the server goes on
+    let ok = send(post(
+        json!({"prompt": "a", "size": "32x32", "num_inference_steps": 1}),
+    ))
+    .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+
+    let r = send(post(
+        json!({"prompt": "a", "size": "32x32", "vae": "taesd"}),
+    ))
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("kiln download taesd"), "{}", r.text());
+    let r = send(post(json!({"prompt": "a", "vae": "huge"}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    let r = send(post(json!({"prompt": "a", "prompt_syntax": "markdown"}))).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "prompt_syntax");
+}
