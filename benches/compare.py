@@ -35,8 +35,8 @@ What it does:
      `stable-diffusion-cpp-python==0.4.7` (sdcpp row; built from source: ~4 min on 2 quiet cores, 20 under load) into
      it when a selected component needs them;
   2. makes the random full-size weights it needs if absent (never committed): `.cache/sd15-random/`
-     (`models/make_sd15_fixtures.py --full`, ~8.6 GB), `.cache/lcm-lora-random.safetensors` (a
-     random rank-64 kohya LoRA on the modules LCM-LoRA trains, for the lcm row), `.cache/dalle-mini-random/` and
+     (`models/make_sd15_fixtures.py --full`, ~8.6 GB), `.cache/lcm-lora-random/<model>.safetensors`
+     (a random rank-64 kohya LoRA on the modules LCM-LoRA trains, for the lcm row), `.cache/dalle-mini-random/` and
      `.cache/dalle-mega-random/` (`models/make_dalle_fixtures.py full --model mini|mega`,
      1.0 / 5.3 GB of fp16 min-dalle .pt files; mega takes ~20 min and ~9 GB of RAM to make);
   3. builds `cargo build --release --example sd15_bench --example dalle_bench` (kiln's timing
@@ -181,7 +181,7 @@ def lcm_lora(model: Path) -> Path:
     """A random full-size LoRA shaped like LCM-LoRA (kohya keys, rank 64, alpha 64: attention,
     feed-forward, projections, ResNet convolutions incl. 3x3, time embeddings, resamplers), made
     once from the UNet's own module shapes."""
-    out = REPO / ".cache" / "lcm-lora-random.safetensors"
+    out = REPO / ".cache" / "lcm-lora-random" / f"{model.resolve().name}.safetensors"
     if not out.exists():
         sh([VPY, REFS, "make-lcm-lora", model / "unet", out])
     return out

@@ -35,7 +35,7 @@ use kiln::models::sd15::resnet::ResnetBlock2D;
 use kiln::models::sd15::unet_2d::UNet2DConditionModel;
 use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::weights;
-use kiln::models::sd15::{GenerateRequest, StableDiffusion};
+use kiln::models::sd15::{GenerateRequest, LoraSpec, StableDiffusion};
 use kiln::nn::{merge_heads, sdpa, silu, split_heads};
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{KeyTarget, TensorFile, load_into_as, require_complete};
@@ -354,12 +354,25 @@ impl BackendTask for Bench {
                 let sd = StableDiffusion::<B>::load_as(root, false, &device, dtype)
                     .expect("SD 1.5 loads");
                 eprintln!("loaded pipeline in {:.2}s", t0.elapsed().as_secs_f64());
+                // The lcm row: BENCH_IMAGE_GUIDANCE=1 (no CFG batch) and BENCH_LORA=FILE, merged
+                // on the first run and cached, as the server does.
+                let guidance: f64 = env_or("BENCH_IMAGE_GUIDANCE", 7.5);
+                let loras = std::env::var("BENCH_LORA")
+                    .ok()
+                    .map(|p| LoraSpec {
+                        path: p.into(),
+                        weight: 1.0,
+                    })
+                    .into_iter()
+                    .collect();
                 let req = GenerateRequest {
                     prompt: "a photograph of an astronaut riding a horse".into(),
                     steps,
                     scheduler,
+                    guidance_scale: guidance,
                     width: size,
                     height: size,
+                    loras,
                     ..Default::default()
                 };
                 (
@@ -367,7 +380,11 @@ impl BackendTask for Bench {
                         let out = sd.generate(&req, &mut |_, _| true).expect("generates");
                         let _ = out.images.into_data();
                     }),
-                    format!(",\"steps\":{steps},\"scheduler\":\"{}\"", scheduler.id()),
+                    format!(
+                        ",\"steps\":{steps},\"scheduler\":\"{}\",\"guidance\":{guidance},\"lora\":{}",
+                        scheduler.id(),
+                        !req.loras.is_empty()
+                    ),
                 )
             }
             other => panic!("unknown component {other}"),
