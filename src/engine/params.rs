@@ -357,26 +357,6 @@ mod tests {
     }
 
     #[test]
-    fn lora_tags_join_the_loras_and_unknown_names_are_refused() {
-        let l = JobRules::default();
-        let mut p = params();
-        p.prompt = "a cat <lora:film:0.5>".into();
-        let e = p.into_job(Family::Sd15, &l, None).unwrap_err().to_string();
-        assert!(e.contains("unknown LoRA `film`"), "{e}");
-        let mut p = params();
-        p.prompt = "<lora:film>".into();
-        let e = p.into_job(Family::Sd15, &l, None).unwrap_err().to_string();
-        assert!(e.contains("must not be empty"), "{e}");
-        let mut p = params();
-        p.prompt = "a <lora:film>".into();
-        let e = p
-            .into_job(Family::DalleMini, &l, None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("`loras` applies to"), "{e}");
-    }
-
-    #[test]
     fn an_edit_keeps_its_image_size_and_transparency_mask() {
         let l = JobRules::default();
         let mut rgba = image::RgbaImage::new(100, 67);
