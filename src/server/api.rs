@@ -11,6 +11,7 @@ use poem_openapi::{ApiResponse, OpenApi, ResponseContent, Tags};
 
 use super::AppState;
 use super::error::{ApiError, ErrorVariants, bad_request};
+use super::guard::authorized;
 use super::jobs::{GenParams, prepare};
 use super::respond::{ImagesContent, decode_upload, run_job};
 use super::types::*;
@@ -264,25 +265,56 @@ impl Api {
         StatusResult::Ok(Json(StatusResponse { status: true }))
     }
 
-    /// Readiness: 200 when no model is loading, else 503
+    /// Readiness: 200 when a model can serve and none is loading, else 503
+    ///
+    /// Open without the API key (for probes), but then it says only `status`: model ids,
+    /// their load errors and the queue are details for callers with the key.
     #[oai(
         path = "/health",
         method = "get",
         operation_id = "health",
         tag = "ApiTags::Health"
     )]
-    async fn health(&self, state: Data<&Arc<AppState>>) -> HealthResult {
+    async fn health(&self, state: Data<&Arc<AppState>>, req: &poem::Request) -> HealthResult {
         let models = state.engine.models();
-        let stats = state.engine.stats();
+        let details = state
+            .config
+            .api_key
+            .as_deref()
+            .is_none_or(|key| authorized(req, key));
+        let name = |id: &str| {
+            if details {
+                format!(" `{id}`")
+            } else {
+                String::new()
+            }
+        };
+        let unavailable = |message: String, code: &str| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+                .code(code)
+                .into()
+        };
         if let Some(m) = models.iter().find(|m| m.state == ModelState::Loading) {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("model `{}` is loading", m.id),
-            )
-            .code("loading");
-            e.retry_after = Some(5);
-            return e.into();
+            return unavailable(format!("a model{} is loading", name(&m.id)), "loading");
         }
+        if models
+            .iter()
+            .all(|m| matches!(m.state, ModelState::Failed(_)))
+        {
+            return unavailable(
+                "no model can serve: every model failed to load".into(),
+                "no_model",
+            );
+        }
+        if !details {
+            return HealthResult::Ok(Json(HealthResponse {
+                status: "ready".into(),
+                models: None,
+                queue: None,
+                queue_capacity: None,
+            }));
+        }
+        let stats = state.engine.stats();
         let models = models
             .into_iter()
             .map(|m| ModelHealth {
@@ -296,9 +328,9 @@ impl Api {
             .collect();
         HealthResult::Ok(Json(HealthResponse {
             status: "ready".into(),
-            models,
-            queue: stats.in_flight as u32,
-            queue_capacity: stats.capacity as u32,
+            models: Some(models),
+            queue: Some(stats.in_flight as u32),
+            queue_capacity: Some(stats.capacity as u32),
         }))
     }
 }

@@ -20,7 +20,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn authorized(req: &Request, key: &str) -> bool {
+pub(super) fn authorized(req: &Request, key: &str) -> bool {
     let Some(value) = req
         .headers()
         .get(header::AUTHORIZATION)

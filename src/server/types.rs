@@ -335,10 +335,14 @@ pub struct ModelHealth {
 
 #[derive(Object, Debug)]
 pub struct HealthResponse {
-    /// `ready` or `loading`.
+    /// `ready`.
     pub status: String,
-    pub models: Vec<ModelHealth>,
-    /// Jobs queued or running.
-    pub queue: u32,
-    pub queue_capacity: u32,
+    /// The models and their state; only for callers with the API key when one is set.
+    #[oai(skip_serializing_if_is_none)]
+    pub models: Option<Vec<ModelHealth>>,
+    /// Jobs queued or running (with the key, as `models`).
+    #[oai(skip_serializing_if_is_none)]
+    pub queue: Option<u32>,
+    #[oai(skip_serializing_if_is_none)]
+    pub queue_capacity: Option<u32>,
 }
