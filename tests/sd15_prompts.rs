@@ -525,3 +525,47 @@ fn old_module_pickles_are_refused_with_a_hint() {
         "{err}"
     );
 }
+
+/// The demo model's CLIP centres every token (final layer norm 1/0), so A1111's mean
+/// restoration would divide rounding noise by rounding noise; emphasis must still give finite
+/// states there (it used to give a NaN image), and leave SD-like chunks (the references above)
+/// restored exactly as A1111 does.
+#[test]
+fn emphasis_on_a_centred_clip_stays_finite() {
+    // the fixture as committed (not `tiny()`, which swaps in an SD-like final layer norm)
+    let m = StableDiffusion::<B>::load(&sd_tiny(), false, &device()).expect("tiny model loads");
+    let peak = |v: &[f32]| v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    let words = [
+        "red", "cube", "cat", "sky", "tree", "lamp", "river", "stone",
+    ];
+    let many: Vec<String> = (0..64)
+        .map(|i| format!("a ({}:1.{}) {}", words[i % 8], i % 9, words[(i / 8) % 8]))
+        .collect();
+    let fixed = ["a (red:1.2) cube", "[[x]] ((y))", "(a:0) b"];
+    for prompt in fixed.iter().copied().chain(many.iter().map(String::as_str)) {
+        let z = m.encode_prompt_as(prompt, PromptSyntax::A1111, 1).unwrap();
+        let v = z.into_data().to_vec::<f32>().unwrap();
+        let plain = m
+            .encode_prompt(prompt, 1)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        // emphasis scales by at most 1.21 here; noise ÷ noise scaled by orders of magnitude
+        assert!(
+            v.iter().all(|x| x.is_finite()) && peak(&v) <= 2.0 * peak(&plain),
+            "{prompt}: peak {} against {}",
+            peak(&v),
+            peak(&plain)
+        );
+    }
+    // and whole images (the CLI once wrote "the decoded image contains NaN" here)
+    for seed in 0..6 {
+        let mut req = request("a (red:1.2) cube, [blue]", "", PromptSyntax::A1111);
+        req.seed = seed;
+        req.noise = Default::default();
+        let out = m.generate(&req, &mut |_, _| true).unwrap();
+        let v = out.images.into_data().to_vec::<f32>().unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "seed {seed}");
+    }
+}

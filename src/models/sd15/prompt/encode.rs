@@ -83,7 +83,7 @@ impl<B: Backend> StableDiffusion<B> {
                     self.device(),
                 )
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(Tensor::cat(parts, 1))
     }
 
@@ -137,7 +137,7 @@ pub fn encode_chunks<B: Backend>(
     embeddings: &Embeddings,
     clip_skip: usize,
     device: &B::Device,
-) -> Tensor<B, 3> {
+) -> Result<Tensor<B, 3>> {
     let k = chunks.len();
     let s = chunks.first().map_or(0, |c| c.ids.len());
     let (ids, multipliers, fixes) = flatten(chunks);
@@ -157,15 +157,19 @@ pub fn encode_chunks<B: Backend>(
         let m = Tensor::<B, 1>::from_data(TensorData::new(multipliers, [k * s]), device)
             .reshape([k, s, 1])
             .expand([k, s, d]);
-        let mean = |z: &Tensor<B, 3>| z.clone().reshape([k, s * d]).mean_dim(1).reshape([k, 1, 1]);
-        let original = mean(&z);
+        let rows = |z: &Tensor<B, 3>| z.clone().reshape([k, s * d]);
+        let original = rows(&z).mean_dim(1);
         let z = z * m;
-        let new = mean(&z);
-        z * (original / new).expand([k, s, d])
+        let new = rows(&z).mean_dim(1);
+        let size = rows(&z).abs().mean_dim(1);
+        let ratio = restore_ratios(original, new, size)?;
+        z * Tensor::<B, 1>::from_data(TensorData::new(ratio, [k]), device)
+            .reshape([k, 1, 1])
+            .expand([k, s, d])
     } else {
         z
     };
-    z.reshape([1, k * s, d])
+    Ok(z.reshape([1, k * s, d]))
 }
 
 /// `[1, k·77, D]` grown to `chunks` chunks with copies of `empty` (the empty prompt's chunk,
@@ -201,4 +205,35 @@ fn flatten(chunks: &[Chunk]) -> (Vec<i64>, Vec<f32>, Vec<Placement>) {
         .flat_map(|(k, c)| c.fixes.iter().map(move |&(p, e)| (k, p, e)))
         .collect();
     (ids, multipliers, fixes)
+}
+
+/// A1111's mean restoration factor of each chunk, `original mean / weighted mean`, read on the
+/// host (k numbers). Where the weighted mean is ~0 next to the hidden states' own size (a CLIP
+/// whose final layer norm centres every token, as the random demo model's does; never SD's
+/// CLIP, whose means are ~10% of the magnitudes), the division would only amplify rounding
+/// noise into NaN or huge values: the chunk keeps its weighted states unscaled instead.
+fn restore_ratios<B: Backend>(
+    original: Tensor<B, 2>,
+    weighted: Tensor<B, 2>,
+    size: Tensor<B, 2>,
+) -> Result<Vec<f32>> {
+    let host = |t: Tensor<B, 2>| {
+        t.into_data()
+            .convert_dtype(burn::tensor::DType::F32)
+            .to_vec::<f32>()
+            .map_err(|e| Error::invalid(format!("reading prompt means: {e:?}")))
+    };
+    let (o, w, a) = (host(original)?, host(weighted)?, host(size)?);
+    Ok(o.iter()
+        .zip(&w)
+        .zip(&a)
+        .map(|((o, w), a)| {
+            let r = o / w;
+            if w.abs() > 1e-4 * a && r.is_finite() {
+                r
+            } else {
+                1.0
+            }
+        })
+        .collect())
 }
