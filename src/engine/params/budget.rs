@@ -21,9 +21,9 @@ const WORK_UNIT_PIXELS: u64 = 512 * 512;
 /// at 50 steps costs.
 const DALLE_IMAGE_WORK: u64 = 50;
 
-/// The server's default budget: 1000 steps of a 512×512 image (about a minute on a current
-/// datacenter GPU in f16). Every request up to 4 images of 1024×1024 at 50 steps, or 10 of
-/// 512×512 at 100, fits; 10 of 1024×1024 at 150 steps (6000) does not.
+/// The server's default budget: 1000 steps of a 512×512 image, 40 default (25-step) images.
+/// Every request up to 4 images of 1024×1024 at 50 steps, or 10 of 512×512 at 100, fits; 10
+/// of 1024×1024 at 150 steps (6000) does not.
 pub const DEFAULT_MAX_WORK: u64 = 1000;
 
 /// The work of a request for `n` images of `width × height` with `steps` (`None`: the family's
@@ -65,8 +65,8 @@ pub fn check(
         param: None,
         message: format!(
             "this request asks for {asked} units of work ({what}; a unit is one denoising step \
-             of a 512x512 image), more than this server's limit of {}: ask for fewer images, \
-             steps or pixels",
+             of a 512x512 image), more than the limit of {} per request: ask for fewer \
+             images, steps or pixels",
             limits.max_work
         ),
     })
