@@ -62,6 +62,12 @@ pub struct ServeArgs {
     /// Most denoising steps a request may ask for.
     #[arg(long, env = "KILN_MAX_STEPS", default_value_t = Limits::default().max_steps)]
     pub max_steps: u32,
+    /// Most work one request may ask for, in denoising steps of a 512x512 image: an SD request
+    /// costs n × steps × width·height / 512², a DALL·E image 50. The default (1000) passes 4
+    /// images of 1024x1024 at 50 steps; more is refused up front with a 400. Lower it on a CPU.
+    #[arg(long, env = "KILN_MAX_WORK", default_value_t = Limits::default().max_work,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_work: u64,
     /// Largest request body for edits (uploads), in MiB.
     #[arg(long, env = "KILN_MAX_UPLOAD_MB", default_value_t = 32)]
     pub max_upload_mb: usize,
@@ -174,6 +180,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             limits: Limits {
                 max_side: args.max_size,
                 max_steps: args.max_steps,
+                max_work: args.max_work,
                 ..Limits::default()
             },
             loras: addons.loras.clone(),

@@ -49,11 +49,16 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
         let req = Self::request(job);
+        // After the last token the model asks again before each image the VQGAN decodes.
+        let mut sampled = false;
         let out = self.model.generate(&req, &mut |step, total| {
+            let decoding = sampled;
+            sampled |= step == total;
             progress(Progress {
                 step,
                 total,
                 preview: None,
+                decoding,
             })
         })?;
         let (w, h) = (out.width as u32, out.height as u32);

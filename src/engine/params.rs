@@ -6,6 +6,10 @@
 
 use image::DynamicImage;
 
+mod budget;
+
+use budget::DEFAULT_MAX_WORK;
+
 use super::loras::{LoraLibrary, LoraRef, take_lora_tags};
 use super::{DalleParams, EngineError, ImageJob, InitImage};
 use crate::image_io::mask::{MaskConvention, edit_mask};
@@ -50,13 +54,16 @@ pub struct EditInput {
 }
 
 /// Bounds a deployment sets; the defaults are the server's (`kiln serve --max-size`,
-/// `--max-steps`).
+/// `--max-steps`, `--max-work`).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest side of an output image.
     pub max_side: u32,
     pub max_steps: u32,
     pub max_n: u32,
+    /// Most work one request may ask for, in steps of a 512×512 image (n × steps × pixels;
+    /// see `params/budget.rs`).
+    pub max_work: u64,
 }
 
 impl Limits {
@@ -66,6 +73,8 @@ impl Limits {
         max_side: 4096,
         max_steps: 1000,
         max_n: 64,
+        // 100 × the server's default: a long night, not a week.
+        max_work: 100 * DEFAULT_MAX_WORK,
     };
 }
 
@@ -99,6 +108,7 @@ impl Default for Limits {
             max_side: 1024,
             max_steps: 150,
             max_n: 10,
+            max_work: DEFAULT_MAX_WORK,
         }
     }
 }
@@ -185,6 +195,7 @@ impl JobParams {
         }
         let (width, height) = self.size_for(family, limits, edit.as_ref())?;
         let steps = self.steps_within(limits)?;
+        budget::check(family, limits, n, (width, height), self.steps)?;
         let scheduler = self.scheduler_kind()?;
         self.check_ranges()?;
         let init = edit.map(|e| init_image(family, e)).transpose()?;

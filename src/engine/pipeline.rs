@@ -114,11 +114,14 @@ impl ImageJob {
 }
 
 /// Reported after every denoising step; `preview` is only set at [`ImageJob::preview_steps`].
+/// After the last step, pipelines report again before each image (or VAE tile) they decode,
+/// with `decoding` set and `step == total`: not a new step, a chance to cancel the decode.
 #[derive(Debug, Clone)]
 pub struct Progress {
     pub step: usize,
     pub total: usize,
     pub preview: Option<RgbImage>,
+    pub decoding: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -145,8 +148,9 @@ impl GeneratedImage {
     }
 }
 
-/// A loaded model. `progress` is called after each step; returning `false` cancels the job
-/// (the pipeline then returns `Err(EngineError::Cancelled)`).
+/// A loaded model. `progress` is called after each step and before each image (or tile) of
+/// the final decode; returning `false` cancels the job (the pipeline then returns
+/// `Err(EngineError::Cancelled)`).
 ///
 /// Not `Send`: a pipeline is built by its loader on the worker thread that owns it and never
 /// leaves it, so device handles that are not thread-safe are fine.

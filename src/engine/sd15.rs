@@ -147,19 +147,22 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError> {
         let req = Self::request(job)?;
+        // After the last step the model asks again before each image or tile it decodes.
+        let mut denoised = false;
         let out = self
             .model
             .generate_observed(&req, &mut |step, total, latents| {
+                let decoding = denoised;
+                denoised |= step == total;
                 // Streaming previews of image 0: TAESD when loaded, else the latent colour map.
-                let preview = job
-                    .preview_steps(total)
-                    .contains(&step)
+                let preview = (!decoding && job.preview_steps(total).contains(&step))
                     .then(|| self.model.preview(latents, 0).ok())
                     .flatten();
                 progress(Progress {
                     step,
                     total,
                     preview,
+                    decoding,
                 })
             })
             .map_err(|e| lora_error(job, e))?;

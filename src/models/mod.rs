@@ -4,5 +4,6 @@ pub mod dalle_mini;
 mod detect;
 pub mod family;
 pub mod sd15;
+pub mod text_head;
 
 pub use family::{Family, ModelKind};

@@ -82,14 +82,17 @@ pub struct CreateImageRequest {
     #[oai(validator(min_length = 1, max_length = 32000))]
     pub prompt: String,
     /// Model id from `GET /v1/models`; the server's default model when absent.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 256))]
     pub model: Option<String>,
     /// Number of images, 1–10.
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "10")))]
     pub n: Option<u32>,
     /// `WxH`. Stable Diffusion: multiples of 8 up to the server's bound (default 512x512).
     /// DALL·E: rendered at 256x256 and resized. Empty or `auto`: the model's default.
-    #[oai(nullable, validator(pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$"))]
+    #[oai(
+        nullable,
+        validator(max_length = 16, pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$")
+    )]
     pub size: Option<String>,
     /// `b64_json` (default) or `url`.
     #[oai(nullable)]
@@ -110,22 +113,22 @@ pub struct CreateImageRequest {
     #[oai(nullable)]
     pub stream_progress: Option<bool>,
     /// Accepted and ignored.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 64))]
     pub quality: Option<String>,
     /// Accepted and ignored.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 64))]
     pub style: Option<String>,
     /// Accepted and ignored.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 256))]
     pub user: Option<String>,
     /// Accepted and ignored.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 64))]
     pub background: Option<String>,
     /// Accepted and ignored.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 64))]
     pub moderation: Option<String>,
     /// Extension: what the image should not show.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 32000))]
     pub negative_prompt: Option<String>,
     /// Extension: seed of image 0 (image k uses seed + k); 0 or absent = random.
     #[oai(
@@ -140,7 +143,7 @@ pub struct CreateImageRequest {
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "500")))]
     pub num_inference_steps: Option<u32>,
     /// Extension: `pndm` (default), `ddim`, `euler`; diffusers class names and A1111 labels work.
-    #[oai(nullable)]
+    #[oai(nullable, validator(max_length = 64))]
     pub scheduler: Option<String>,
     /// Extension: how much an edit may change the input image, 0–1 (img2img).
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
@@ -182,19 +185,25 @@ pub struct CreateImageEditRequest {
     pub mask: Option<Upload>,
     #[oai(validator(min_length = 1, max_length = 32000))]
     pub prompt: String,
+    #[oai(validator(max_length = 256))]
     pub model: Option<String>,
     #[oai(validator(minimum(value = "1"), maximum(value = "10")))]
     pub n: Option<u32>,
-    #[oai(validator(pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$"))]
+    #[oai(validator(max_length = 16, pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$"))]
     pub size: Option<String>,
     pub response_format: Option<ResponseFormat>,
     pub output_format: Option<OutputFormat>,
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub output_compression: Option<u32>,
+    #[oai(validator(max_length = 64))]
     pub quality: Option<String>,
+    #[oai(validator(max_length = 256))]
     pub user: Option<String>,
+    #[oai(validator(max_length = 64))]
     pub background: Option<String>,
+    #[oai(validator(max_length = 64))]
     pub input_fidelity: Option<String>,
+    #[oai(validator(max_length = 32000))]
     pub negative_prompt: Option<String>,
     #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
     pub seed: Option<u64>,
@@ -202,6 +211,7 @@ pub struct CreateImageEditRequest {
     pub guidance_scale: Option<f64>,
     #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
     pub num_inference_steps: Option<u32>,
+    #[oai(validator(max_length = 64))]
     pub scheduler: Option<String>,
     #[oai(validator(minimum(value = "0"), maximum(value = "1")))]
     pub strength: Option<f64>,

@@ -102,6 +102,7 @@ impl ImagePipeline for FakePipeline {
                 step,
                 total,
                 preview,
+                decoding: false,
             }) {
                 return Err(EngineError::Cancelled);
             }

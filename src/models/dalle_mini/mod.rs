@@ -57,6 +57,7 @@ pub use vqgan::Vqgan;
 
 use crate::error::{Error, Result};
 use crate::models::family::{ModelKind, dalle_defaults};
+use crate::models::text_head::encode_head;
 use crate::nn::{self, Stretch};
 use crate::weights::LoadReport;
 use text_normalizer::TextNormalizer;
@@ -176,21 +177,33 @@ impl<B: Backend> DalleMini<B> {
         self.kind().as_str()
     }
 
-    /// The unconditional and conditional text rows of `prompt`.
+    /// The unconditional and conditional text rows of `prompt`. Only a head of a long prompt
+    /// is normalized and tokenized (see [`crate::models::text_head`]): the row keeps
+    /// `max_len` ids.
     pub fn text_rows(
         &self,
         prompt: &str,
         tokenization: Tokenization,
         seed: u64,
     ) -> Result<[Vec<u32>; 2]> {
+        let max_len = self.tokenizer.max_len;
         let cond = match tokenization {
-            Tokenization::Normalized if self.config.normalize_text => {
-                self.tokenizer
-                    .encode(&self.normalizer.normalize(prompt, seed))?
-                    .0
+            Tokenization::Normalized => {
+                let (ids, _) = encode_head(
+                    prompt,
+                    |head| {
+                        if self.config.normalize_text {
+                            self.tokenizer
+                                .encode(&self.normalizer.normalize(head, seed))
+                        } else {
+                            self.tokenizer.encode(head)
+                        }
+                    },
+                    |&(_, used)| used >= max_len,
+                )?;
+                ids
             }
-            Tokenization::Normalized => self.tokenizer.encode(prompt)?.0,
-            Tokenization::MinDalle => self.tokenizer.min_dalle_row(prompt),
+            Tokenization::MinDalle => self.tokenizer.min_dalle_row(prompt)?,
         };
         Ok([self.tokenizer.uncond_row(), cond])
     }
@@ -256,7 +269,9 @@ impl<B: Backend> DalleMini<B> {
         Ok(tokens)
     }
 
-    /// Text → tokens → images.
+    /// Text → tokens → images. `progress(step, total)` is called after each token step, and
+    /// again with `step == total` before each image the VQGAN decodes; returning `false`
+    /// cancels.
     pub fn generate(
         &self,
         req: &DalleRequest,
@@ -285,7 +300,20 @@ impl<B: Backend> DalleMini<B> {
             progress,
         )?;
         let decoded = start.elapsed();
-        let images = nn::run::<B, _>(Stretch::Layers, || self.vqgan.decode(&tokens, &self.device));
+        // One image at a time, asking `progress` again (step = total) before each, so that a
+        // cancel does not wait for every image to be decoded.
+        let steps = self.config.image_length;
+        let mut images = Vec::with_capacity(tokens.len());
+        for one in &tokens {
+            if !progress(steps, steps) {
+                return Err(Error::Cancelled);
+            }
+            let one = std::slice::from_ref(one);
+            images.push(nn::run::<B, _>(Stretch::Layers, || {
+                self.vqgan.decode(one, &self.device)
+            }));
+        }
+        let images = Tensor::cat(images, 0);
         let [_, _, height, width] = images.dims();
         let rgb8 = vqgan::to_rgb8(images.clone());
         let done = start.elapsed();

@@ -15,6 +15,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 
 use super::text_normalizer::demojize;
 use crate::error::{Error, Result};
+use crate::models::text_head::encode_head;
 
 pub const BOS: u32 = 0;
 pub const PAD: u32 = 1;
@@ -117,12 +118,17 @@ impl DalleTokenizer {
         ids
     }
 
-    /// min-dalle's padded row: the first `max_len` ids, then `<pad>`.
-    pub fn min_dalle_row(&self, text: &str) -> Vec<u32> {
-        let mut ids = self.encode_min_dalle(text);
+    /// min-dalle's padded row: the first `max_len` ids, then `<pad>`. Only a head of a long
+    /// text is read (see [`crate::models::text_head`]).
+    pub fn min_dalle_row(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = encode_head(
+            text,
+            |head| Ok(self.encode_min_dalle(head)),
+            |ids| ids.len() > self.max_len,
+        )?;
         ids.truncate(self.max_len);
         ids.resize(self.max_len, PAD);
-        ids
+        Ok(ids)
     }
 
     /// The unconditional row: `<s></s>` and padding (the tokenisation of `""`).

@@ -2,6 +2,7 @@
 //! [`vae_tiling`](super::vae_tiling)) or TAESD, the VAE encode of init images, and the
 //! streamed previews.
 
+use std::convert::Infallible;
 use std::time::Instant;
 
 use burn::tensor::Tensor;
@@ -37,7 +38,14 @@ impl<B: Backend> StableDiffusion<B> {
 
     /// Latents → images with the full VAE, tiled as [`VaeTiling::Auto`] says.
     pub fn decode(&self, latents: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.decode_full(latents, VaeTiling::Auto)
+        let mut nothing_stops = || Ok::<_, Infallible>(());
+        let Ok(images) = self.decode_images(
+            latents,
+            VaeChoice::Full,
+            VaeTiling::Auto,
+            &mut nothing_stops,
+        );
+        images
     }
 
     /// Latents `[n, C, h, w]` (as the UNet sees them) → images `[n, 3, H, W]` in about [-1, 1],
@@ -48,20 +56,39 @@ impl<B: Backend> StableDiffusion<B> {
         vae: VaeChoice,
         tiling: VaeTiling,
     ) -> Result<Tensor<B, 4>> {
-        self.check_vae(vae)?;
-        match (&self.parts.taesd, vae) {
-            (Some(taesd), VaeChoice::Tiny) => {
-                let t0 = Instant::now();
-                let images = taesd.decode(latents / taesd.scaling_factor);
-                info!(secs = t0.elapsed().as_secs_f32(), "decoded with TAESD");
-                Ok(images)
-            }
-            _ => Ok(self.decode_full(latents, tiling)),
-        }
+        self.decode_checked(latents, vae, tiling, &mut || true)
     }
 
-    /// One image at a time, to bound the VAE's activation memory.
-    fn decode_full(&self, latents: Tensor<B, 4>, tiling: VaeTiling) -> Tensor<B, 4> {
+    /// [`decode_with`](Self::decode_with) that asks `keep_going` before each image (each tile
+    /// when the VAE tiles) and stops with [`Error::Cancelled`] when it says no: a cancel
+    /// reaches the decode too, within one image or tile.
+    pub fn decode_checked(
+        &self,
+        latents: Tensor<B, 4>,
+        vae: VaeChoice,
+        tiling: VaeTiling,
+        keep_going: &mut dyn FnMut() -> bool,
+    ) -> Result<Tensor<B, 4>> {
+        self.check_vae(vae)?;
+        self.decode_images(latents, vae, tiling, &mut || {
+            if keep_going() {
+                Ok(())
+            } else {
+                Err(Error::Cancelled)
+            }
+        })
+    }
+
+    /// One image at a time (to bound the VAE's activation memory), running `check` before each
+    /// image or tile and stopping at its first error. TAESD when `vae` asks for it and it is
+    /// loaded, else the full VAE.
+    fn decode_images<E>(
+        &self,
+        latents: Tensor<B, 4>,
+        vae: VaeChoice,
+        tiling: VaeTiling,
+        check: &mut dyn FnMut() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Tensor<B, 4>, E> {
         let t0 = Instant::now();
         let [n, _, h, w] = latents.dims();
         let (scale, f) = (
@@ -69,25 +96,32 @@ impl<B: Backend> StableDiffusion<B> {
             self.parts.vae_config.scale_factor(),
         );
         let tiles = self.vae_tiles();
-        let tiled = tiling.applies([h, w], tiles.latent, h * w * f * f);
-        let vae = &self.parts.vae;
-        let images: Vec<Tensor<B, 4>> = (0..n)
-            .map(|k| {
-                let z = latents.clone().narrow(0, k, 1) / scale;
-                if tiled {
-                    vae.tiled_decode(z, &tiles)
-                } else {
-                    vae.decode(z)
+        let taesd = self.parts.taesd.as_ref().filter(|_| vae == VaeChoice::Tiny);
+        let tiled = taesd.is_none() && tiling.applies([h, w], tiles.latent, h * w * f * f);
+        let full = &self.parts.vae;
+        let mut images = Vec::with_capacity(n);
+        for k in 0..n {
+            let z = latents.clone().narrow(0, k, 1);
+            images.push(match taesd {
+                Some(taesd) => {
+                    check()?;
+                    taesd.decode(z / taesd.scaling_factor)
                 }
-            })
-            .collect();
+                None if tiled => full.tiled_decode_checked(z / scale, &tiles, check)?,
+                None => {
+                    check()?;
+                    full.decode(z / scale)
+                }
+            });
+        }
         info!(
             images = n,
+            taesd = taesd.is_some(),
             tiled,
             secs = t0.elapsed().as_secs_f32(),
             "decoded"
         );
-        Tensor::cat(images, 0)
+        Ok(Tensor::cat(images, 0))
     }
 
     /// VAE (mean, logvar) of an image `[1, 3, H, W]` in [-1, 1], tiled as `tiling` says.

@@ -158,7 +158,8 @@ impl<B: Backend> StableDiffusion<B> {
     }
 
     /// Denoises from seeded noise (or `init_latents`) and decodes. `progress(step, total)` is
-    /// called after every step; returning `false` cancels.
+    /// called after every step, and again with `step == total` before each image (or VAE tile)
+    /// is decoded; returning `false` cancels.
     pub fn generate(
         &self,
         req: &GenerateRequest,
@@ -271,7 +272,12 @@ impl<B: Backend> StableDiffusion<B> {
             "denoised"
         );
 
-        let images = self.decode_with(latents.clone(), req.vae, req.vae_tiling)?;
+        // The decode asks again (step = total) before each image or tile, so that a cancel
+        // does not wait for every image to be decoded.
+        let last = total - begin;
+        let images = self.decode_checked(latents.clone(), req.vae, req.vae_tiling, &mut || {
+            progress(last, last, &latents)
+        })?;
         let seeds = (0..n as u64).map(|k| req.seed.wrapping_add(k)).collect();
         Ok(GenerateOutput {
             images,

@@ -16,6 +16,7 @@ use tokenizers::{
 
 use super::prompt::Framing;
 use crate::error::{Error, Result};
+use crate::models::text_head::encode_head;
 
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
@@ -40,7 +41,7 @@ pub struct ClipTokenizer {
 /// Token ids of one prompt, framed and padded to `max_len`.
 pub struct Tokens {
     pub ids: Vec<u32>,
-    /// How many prompt tokens were cut to fit.
+    /// How many prompt tokens were cut to fit (of the head [`ClipTokenizer::encode`] read).
     pub dropped: usize,
 }
 
@@ -167,10 +168,12 @@ impl ClipTokenizer {
         Ok((out, ids))
     }
 
-    /// `<|startoftext|>` ids `<|endoftext|>` padding, exactly `max_len` long.
+    /// `<|startoftext|>` ids `<|endoftext|>` padding, exactly `max_len` long. Only a head of
+    /// `text` is tokenized (see [`crate::models::text_head`]), so `dropped` counts the cut tokens of that head:
+    /// more than 0 whenever any were cut.
     pub fn encode(&self, text: &str) -> Result<Tokens> {
-        let raw = self.encode_raw(text)?;
         let room = self.max_len - 2;
+        let raw = encode_head(text, |head| self.encode_raw(head), |raw| raw.len() > room)?;
         let dropped = raw.len().saturating_sub(room);
         let mut ids = Vec::with_capacity(self.max_len);
         ids.push(self.bos);

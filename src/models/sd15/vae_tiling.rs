@@ -8,6 +8,7 @@
 //! against the already-blended neighbours, as its in-place `blend_v`/`blend_h` do. Only two rows
 //! of output tiles are kept.
 
+use std::convert::Infallible;
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
@@ -122,15 +123,31 @@ impl VaeTiling {
 impl<B: Backend> AutoencoderKL<B> {
     /// `decode` of `z` `[B, z, h, w]` in tiles (diffusers' `tiled_decode`).
     pub fn tiled_decode(&self, z: Tensor<B, 4>, tiles: &TileSizes) -> Tensor<B, 4> {
-        tiled(z, tiles.latent, tiles.decode_steps(), |t| self.decode(t))
+        let Ok(images) = self.tiled_decode_checked(z, tiles, &mut || Ok::<_, Infallible>(()));
+        images
+    }
+
+    /// [`tiled_decode`](Self::tiled_decode) that runs `check` before each tile and stops at
+    /// its first error (a cancel).
+    pub fn tiled_decode_checked<E>(
+        &self,
+        z: Tensor<B, 4>,
+        tiles: &TileSizes,
+        check: &mut dyn FnMut() -> std::result::Result<(), E>,
+    ) -> std::result::Result<Tensor<B, 4>, E> {
+        tiled(z, tiles.latent, tiles.decode_steps(), |t| {
+            check()?;
+            Ok(self.decode(t))
+        })
     }
 
     /// [`moments`](AutoencoderKL::moments) of `x` `[B, 3, H, W]` in tiles (diffusers'
     /// `_tiled_encode`). `None` when built without the encoder.
     pub fn tiled_moments(&self, x: Tensor<B, 4>, tiles: &TileSizes) -> Option<Tensor<B, 4>> {
         self.encoder.as_ref()?;
-        let run = |t| self.moments(t).expect("the encoder is there");
-        Some(tiled(x, tiles.sample, tiles.encode_steps(), run))
+        let run = |t| Ok::<_, Infallible>(self.moments(t).expect("the encoder is there"));
+        let Ok(moments) = tiled(x, tiles.sample, tiles.encode_steps(), run);
+        Some(moments)
     }
 
     /// [`encode`](AutoencoderKL::encode) in tiles: (mean, logvar).
@@ -144,13 +161,13 @@ impl<B: Backend> AutoencoderKL<B> {
 }
 
 /// Runs `run` on the `tile × tile` tiles of `x` that start every `steps.stride` cells, blends
-/// and crops the outputs, and joins them.
-fn tiled<B: Backend>(
+/// and crops the outputs, and joins them; the first error of `run` ends it.
+fn tiled<B: Backend, E>(
     x: Tensor<B, 4>,
     tile: usize,
     steps: TileSteps,
-    mut run: impl FnMut(Tensor<B, 4>) -> Tensor<B, 4>,
-) -> Tensor<B, 4> {
+    mut run: impl FnMut(Tensor<B, 4>) -> std::result::Result<Tensor<B, 4>, E>,
+) -> std::result::Result<Tensor<B, 4>, E> {
     let [_, _, h, w] = x.dims();
     let stride = steps.stride.max(1);
     let mut above: Vec<Tensor<B, 4>> = Vec::new();
@@ -162,7 +179,7 @@ fn tiled<B: Backend>(
                 .clone()
                 .narrow(2, i, tile.min(h - i))
                 .narrow(3, j, tile.min(w - j));
-            let mut out = run(part);
+            let mut out = run(part)?;
             if let Some(a) = above.get(col) {
                 out = blend(a, out, steps.blend, 2);
             }
@@ -175,7 +192,7 @@ fn tiled<B: Backend>(
         rows.push(Tensor::cat(kept, 3));
         above = row;
     }
-    Tensor::cat(rows, 2)
+    Ok(Tensor::cat(rows, 2))
 }
 
 /// The first `keep` rows and columns (`tile[:, :, :keep, :keep]`).
