@@ -57,7 +57,10 @@ async fn image_links_ignore_hostile_host_headers() {
     }
     for host in ["example.com:8080", "127.0.0.1", "[::1]:8000", "kiln"] {
         let url = url_with_host(&t, host).await;
-        assert!(url.starts_with(&format!("http://{host}/v1/images/files/")), "{url}");
+        assert!(
+            url.starts_with(&format!("http://{host}/v1/images/files/")),
+            "{url}"
+        );
     }
 }
 
@@ -74,7 +77,9 @@ async fn auth_scheme_is_case_insensitive_and_401_names_it() {
     let r = send(t.client.get("/v1/models")).await;
     r.assert_error(401, None);
     assert_eq!(
-        r.headers.get("www-authenticate").and_then(|v| v.to_str().ok()),
+        r.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
         Some("Bearer")
     );
     for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
@@ -105,7 +110,10 @@ async fn upper_case_json_media_type_gets_the_friendly_check() {
         .await;
         let e = r.assert_error(400, Some("n"));
         let msg = e["message"].as_str().unwrap_or_default();
-        assert!(msg.contains("must be an integer between 1 and 10"), "{ct}: {e}");
+        assert!(
+            msg.contains("must be an integer between 1 and 10"),
+            "{ct}: {e}"
+        );
     }
 }
 

@@ -271,7 +271,10 @@ async fn shutdown_cancels_running_and_refuses_new_jobs() {
         .expect("join");
     assert!(t0.elapsed() < Duration::from_secs(5));
     // Stopped by shutdown: says so (503 `shutting_down` with Retry-After), not `cancelled`.
-    assert!(matches!(ticket.wait().await, Err(EngineError::ShuttingDown)));
+    assert!(matches!(
+        ticket.wait().await,
+        Err(EngineError::ShuttingDown)
+    ));
     assert!(matches!(
         engine.submit("slow", ImageJob::new("x", 8, 8, 1)),
         Err(EngineError::ShuttingDown)

@@ -71,7 +71,8 @@ pub struct ServeArgs {
     /// Images kept for `response_format=url` links (oldest dropped first).
     #[arg(long, env = "KILN_URL_STORE_MAX", default_value_t = 256)]
     pub url_store_max: usize,
-    /// Base URL for image links when behind a proxy (default: from the Host header).
+    /// Base URL for image links when behind a proxy (default: the Host header when it is a
+    /// plain host[:port], else the address the request came in on).
     #[arg(long, env = "KILN_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Seconds to wait for open connections after Ctrl-C / SIGTERM.

@@ -18,8 +18,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use futures_util::StreamExt;
+use futures_util::task::AtomicWaker;
 use poem::http::header;
 use poem::http::uri::Scheme;
 use poem::listener::Acceptor;
@@ -407,7 +407,10 @@ impl Slots {
             return p;
         }
         self.waits += 1;
-        if self.warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+        if self
+            .warned
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
             tracing::warn!(
                 max_connections = self.max,
                 times = self.waits,
