@@ -20,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::conn::{self, ConnLimits, Timed};
+use super::accept::{self, Slots};
+use super::conn::{ConnLimits, Timed};
 
 pub(super) type Key = (SocketAddr, SocketAddr);
 
@@ -133,17 +134,17 @@ async fn watch_connection(stream: Weak<TcpStream>, key: Key, tx: watch::Sender<b
         .remove(&key);
 }
 
-/// Accepts TCP connections: at most `max_connections` open at once (see [`conn::Slots`]),
+/// Accepts TCP connections: at most `max_connections` open at once (see [`Slots`]),
 /// accept errors retried with backoff, each stream watched for EOF and held to the timeouts.
 pub struct WatchedAcceptor {
     inner: TcpAcceptor,
     limits: ConnLimits,
-    slots: conn::Slots,
+    slots: Slots,
 }
 
 impl WatchedAcceptor {
     pub fn new(inner: TcpAcceptor, limits: ConnLimits) -> Self {
-        let slots = conn::Slots::new(limits.max_connections);
+        let slots = Slots::new(limits.max_connections);
         Self {
             inner,
             limits,
@@ -161,7 +162,7 @@ impl Acceptor for WatchedAcceptor {
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
         let slot = self.slots.take().await;
-        let (io, local, remote, scheme) = conn::accept_with_backoff(&mut self.inner).await;
+        let (io, local, remote, scheme) = accept::accept_with_backoff(&mut self.inner).await;
         let io = Arc::new(io);
         let key = match (local.as_socket_addr(), remote.as_socket_addr()) {
             (Some(l), Some(r)) => Some((*l, *r)),

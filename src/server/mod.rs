@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP server (poem + poem-openapi). It validates requests, turns them
 //! into engine jobs and awaits the results; models live in [`crate::engine`].
 
+mod accept;
 mod addons_api;
 mod api;
 mod conn;
@@ -23,9 +24,10 @@ use poem::middleware::{CatchPanic, Cors, Tracing};
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
+pub use accept::accept_with_backoff;
 pub use addons_api::AddOnsApi;
 pub use api::Api;
-pub use conn::{ConnLimits, accept_with_backoff};
+pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use store::ImageStore;
 
