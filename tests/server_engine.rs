@@ -193,6 +193,7 @@ async fn tcp_client_disconnect_cancels_the_job_and_shutdown_is_clean() {
                 let _ = stop_rx.await;
             },
             Duration::from_secs(2),
+            &Default::default(),
         )
         .await
     });
@@ -269,7 +270,11 @@ async fn shutdown_cancels_running_and_refuses_new_jobs() {
         .await
         .expect("join");
     assert!(t0.elapsed() < Duration::from_secs(5));
-    assert!(matches!(ticket.wait().await, Err(EngineError::Cancelled)));
+    // Stopped by shutdown: says so (503 `shutting_down` with Retry-After), not `cancelled`.
+    assert!(matches!(
+        ticket.wait().await,
+        Err(EngineError::ShuttingDown)
+    ));
     assert!(matches!(
         engine.submit("slow", ImageJob::new("x", 8, 8, 1)),
         Err(EngineError::ShuttingDown)

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser};
 use kiln::backend::DeviceSpec;
 use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, JobRules, Limits, discover};
-use kiln::server::{ServerConfig, build_app, serve};
+use kiln::server::{ConnLimits, ServerConfig, build_app, serve};
 use tracing::{info, warn};
 
 use super::addons::AddOnArgs;
@@ -77,12 +77,26 @@ pub struct ServeArgs {
     /// Images kept for `response_format=url` links (oldest dropped first).
     #[arg(long, env = "KILN_URL_STORE_MAX", default_value_t = 256)]
     pub url_store_max: usize,
-    /// Base URL for image links when behind a proxy (default: from the Host header).
+    /// Base URL for image links when behind a proxy (default: the Host header when it is a
+    /// plain host[:port], else the address the request came in on).
     #[arg(long, env = "KILN_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Seconds to wait for open connections after Ctrl-C / SIGTERM.
     #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Open connections at most; more clients wait until one closes. Keep it below `ulimit -n`.
+    #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = ConnLimits::default().max_connections)]
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (from connecting, or from the first
+    /// byte of a later request on the same connection).
+    #[arg(long, env = "KILN_HEADER_TIMEOUT_SECS", default_value_t = ConnLimits::default().header_timeout.as_secs())]
+    pub header_timeout_secs: u64,
+    /// Seconds a kept-alive connection may wait for its next request, or stall reading a response.
+    #[arg(long, env = "KILN_IDLE_TIMEOUT_SECS", default_value_t = ConnLimits::default().idle_timeout.as_secs())]
+    pub idle_timeout_secs: u64,
+    /// Longest pause, in seconds, while a client sends a request body (408 after it).
+    #[arg(long, env = "KILN_BODY_TIMEOUT_SECS", default_value_t = ConnLimits::default().body_timeout.as_secs())]
+    pub body_timeout_secs: u64,
 }
 
 fn parse_model(s: &str) -> Result<(String, PathBuf), String> {
@@ -193,9 +207,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         url_ttl: Duration::from_secs(args.url_ttl_secs),
         url_store_max: args.url_store_max,
         public_url: args.public_url.clone(),
+        connections: ConnLimits {
+            max_connections: args.max_connections.max(1),
+            header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
+        },
         demo_notice,
         ..ServerConfig::default()
     };
+    let limits = config.connections.clone();
     let app = build_app(config, engine.clone())?;
     let addr = format!("{}:{}", args.host, args.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -212,6 +233,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             stopper.begin_shutdown();
         },
         Duration::from_secs(args.shutdown_grace_secs),
+        &limits,
     ));
     engine.shutdown();
     result?;

@@ -89,12 +89,15 @@ impl Worker {
                 Ok(())
             }
             Err(e) => {
-                error!(model = %id, error = %e, "model failed to load");
-                self.set_state(i, ModelState::Failed(e.to_string()));
-                Err(EngineError::Load {
-                    model: id,
-                    message: e.to_string(),
-                })
+                // Loaders report through `EngineError::from(crate::Error)`, whose catch-all is
+                // `Failed` ("generation failed: …"): keep only the cause.
+                let message = match e {
+                    EngineError::Failed(m) => m,
+                    other => other.to_string(),
+                };
+                error!(model = %id, error = %message, "model failed to load");
+                self.set_state(i, ModelState::Failed(message.clone()));
+                Err(EngineError::Load { model: id, message })
             }
         }
     }
@@ -110,9 +113,15 @@ impl Worker {
         let stop = self.ctx.stop.clone();
         let cancelled = || cancel.load(Ordering::Acquire) || stop.load(Ordering::Acquire);
         let counters = self.ctx.counters.clone();
+        // A job stopped by shutdown says so (503 `shutting_down` with Retry-After), as jobs
+        // refused during shutdown do; one whose client left is plainly cancelled.
+        let stopped = |e: EngineError| match e {
+            EngineError::Cancelled if stop.load(Ordering::Acquire) => EngineError::ShuttingDown,
+            e => e,
+        };
         if cancelled() {
             counters.cancelled.fetch_add(1, Ordering::AcqRel);
-            let _ = events.send(JobEvent::Done(Err(EngineError::Cancelled)));
+            let _ = events.send(JobEvent::Done(Err(stopped(EngineError::Cancelled))));
             return;
         }
         let _ = events.send(JobEvent::Started);
@@ -150,9 +159,12 @@ impl Worker {
                 }
             }
         });
+        let result = result.map_err(stopped);
         match &result {
             Ok(_) => counters.completed.fetch_add(1, Ordering::AcqRel),
-            Err(EngineError::Cancelled) => counters.cancelled.fetch_add(1, Ordering::AcqRel),
+            Err(EngineError::Cancelled | EngineError::ShuttingDown) => {
+                counters.cancelled.fetch_add(1, Ordering::AcqRel)
+            }
             Err(e) => {
                 warn!(error = %e, "job failed");
                 counters.failed.fetch_add(1, Ordering::AcqRel)

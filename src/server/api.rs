@@ -50,10 +50,13 @@ macro_rules! api_response {
             /// The queue is full; retry after `Retry-After` seconds.
             #[oai(status = 429)]
             TooManyRequests(Json<ErrorResponse>, #[oai(header = "Retry-After")] u32),
+            /// The server is shutting down; retry after `Retry-After` seconds.
+            #[oai(status = 503)]
+            Unavailable(Json<ErrorResponse>, #[oai(header = "Retry-After")] u32),
             /// Invalid request, unknown model, missing or wrong API key, body too large.
             #[oai(status_range = "4XX")]
             ClientError(StatusCode, Json<ErrorResponse>),
-            /// Generation failed, or the server is loading or shutting down.
+            /// Generation failed, a model could not load, or the client left.
             #[oai(status_range = "5XX")]
             ServerError(StatusCode, Json<ErrorResponse>),
         }
@@ -61,6 +64,9 @@ macro_rules! api_response {
         impl ErrorVariants for $name {
             fn too_many(body: ErrorResponse, retry_after: u32) -> Self {
                 Self::TooManyRequests(Json(body), retry_after)
+            }
+            fn unavailable(body: ErrorResponse, retry_after: u32) -> Self {
+                Self::Unavailable(Json(body), retry_after)
             }
             fn client(status: StatusCode, body: ErrorResponse) -> Self {
                 Self::ClientError(status, Json(body))

@@ -20,7 +20,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-type Key = (SocketAddr, SocketAddr);
+use super::accept::{self, Slots};
+use super::conn::{ConnLimits, Timed};
+
+pub(super) type Key = (SocketAddr, SocketAddr);
 
 /// Live connections: (local, remote) → "closed by the client" flag.
 fn registry() -> &'static Mutex<HashMap<Key, watch::Receiver<bool>>> {
@@ -131,20 +134,41 @@ async fn watch_connection(stream: Weak<TcpStream>, key: Key, tx: watch::Sender<b
         .remove(&key);
 }
 
-pub struct WatchedAcceptor(pub TcpAcceptor);
+/// Accepts TCP connections: at most `max_connections` open at once (see [`Slots`]),
+/// accept errors retried with backoff, each stream watched for EOF and held to the timeouts.
+pub struct WatchedAcceptor {
+    inner: TcpAcceptor,
+    limits: ConnLimits,
+    slots: Slots,
+}
+
+impl WatchedAcceptor {
+    pub fn new(inner: TcpAcceptor, limits: ConnLimits) -> Self {
+        let slots = Slots::new(limits.max_connections);
+        Self {
+            inner,
+            limits,
+            slots,
+        }
+    }
+}
 
 impl Acceptor for WatchedAcceptor {
-    type Io = SharedTcp;
+    type Io = Timed<SharedTcp>;
 
     fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
+        self.inner.local_addr()
     }
 
     async fn accept(&mut self) -> io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let (io, local, remote, scheme) = self.0.accept().await?;
+        let slot = self.slots.take().await;
+        let (io, local, remote, scheme) = accept::accept_with_backoff(&mut self.inner).await;
         let io = Arc::new(io);
-        if let (Some(l), Some(r)) = (local.as_socket_addr(), remote.as_socket_addr()) {
-            let key = (*l, *r);
+        let key = match (local.as_socket_addr(), remote.as_socket_addr()) {
+            (Some(l), Some(r)) => Some((*l, *r)),
+            _ => None,
+        };
+        if let Some(key) = key {
             let (tx, rx) = watch::channel(false);
             registry()
                 .lock()
@@ -152,6 +176,7 @@ impl Acceptor for WatchedAcceptor {
                 .insert(key, rx);
             tokio::spawn(watch_connection(Arc::downgrade(&io), key, tx));
         }
-        Ok((SharedTcp(io), local, remote, scheme))
+        let io = Timed::new(SharedTcp(io), key, self.limits.clone(), slot);
+        Ok((io, local, remote, scheme))
     }
 }

@@ -146,9 +146,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Every typed API response enum has these three error variants.
+/// Every typed API response enum has these error variants.
 pub trait ErrorVariants: Sized {
     fn too_many(body: ErrorResponse, retry_after: u32) -> Self;
+    fn unavailable(body: ErrorResponse, retry_after: u32) -> Self;
     fn client(status: StatusCode, body: ErrorResponse) -> Self;
     fn server(status: StatusCode, body: ErrorResponse) -> Self;
 
@@ -156,6 +157,8 @@ pub trait ErrorVariants: Sized {
         let body = e.body();
         if e.status == StatusCode::TOO_MANY_REQUESTS {
             Self::too_many(body, e.retry_after.unwrap_or(1))
+        } else if let (StatusCode::SERVICE_UNAVAILABLE, Some(s)) = (e.status, e.retry_after) {
+            Self::unavailable(body, s)
         } else if e.status.is_client_error() {
             Self::client(e.status, body)
         } else {

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use poem::http::{Method, StatusCode, header};
+use poem::http::{HeaderValue, Method, StatusCode, header};
 use poem::{Endpoint, IntoResponse, Request, Response};
 
 use super::AppState;
@@ -28,10 +28,11 @@ pub(super) fn authorized(req: &Request, key: &str) -> bool {
     else {
         return false;
     };
-    let token = value
-        .strip_prefix("Bearer ")
-        .or_else(|| value.strip_prefix("bearer "))
-        .unwrap_or("");
+    // The scheme name is case-insensitive (RFC 9110 §11.1).
+    let token = match value.trim_start().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+        _ => "",
+    };
     same(token.trim().as_bytes(), key.as_bytes())
 }
 
@@ -46,12 +47,15 @@ pub async fn guard<E: Endpoint>(
         && req.method() != Method::OPTIONS
         && !authorized(&req, key)
     {
-        let e = ApiError::new(
+        let mut resp = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "missing or wrong API key: send `Authorization: Bearer <key>`",
         )
-        .code("invalid_api_key");
-        return Ok(e.into_response());
+        .code("invalid_api_key")
+        .into_response();
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Ok(resp);
     }
     if req.method() == Method::POST && path.starts_with("/v1/images/") {
         let limit = if path.ends_with("/edits") {
@@ -79,6 +83,14 @@ pub async fn guard<E: Endpoint>(
         let body = match req.take_body().into_bytes_limit(limit).await {
             Ok(b) => b,
             Err(poem::error::ReadBodyError::PayloadTooLarge) => return Ok(too_large()),
+            Err(e) if super::conn::is_timeout(&e) => {
+                let mut resp = ApiError::new(StatusCode::REQUEST_TIMEOUT, e.to_string())
+                    .code("request_timeout")
+                    .into_response();
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return Ok(resp);
+            }
             Err(e) => {
                 return Ok(ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -87,9 +99,12 @@ pub async fn guard<E: Endpoint>(
                 .into_response());
             }
         };
-        let is_json = req
-            .content_type()
-            .is_some_and(|c| c.starts_with("application/json"));
+        // Media types are case-insensitive (RFC 9110 §8.3.1).
+        let is_json = req.content_type().is_some_and(|c| {
+            c.trim_start()
+                .get(..16)
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+        });
         if path == "/v1/images/generations"
             && is_json
             && let Err(e) = state.generation_schema.check(&body)

@@ -1,8 +1,10 @@
 //! The OpenAI-compatible HTTP server (poem + poem-openapi). It validates requests, turns them
 //! into engine jobs and awaits the results; models live in [`crate::engine`].
 
+mod accept;
 mod addons_api;
 mod api;
+mod conn;
 mod disconnect;
 mod encode;
 mod error;
@@ -22,8 +24,10 @@ use poem::middleware::{CatchPanic, Cors, Tracing};
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
+pub use accept::accept_with_backoff;
 pub use addons_api::AddOnsApi;
 pub use api::Api;
+pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use store::ImageStore;
 
@@ -50,8 +54,11 @@ pub struct ServerConfig {
     /// How long `response_format=url` links live, and how many images are kept.
     pub url_ttl: Duration,
     pub url_store_max: usize,
-    /// Base of image links (e.g. behind a proxy); default: from the request's Host header.
+    /// Base of image links (e.g. behind a proxy); default: from the request's Host header when
+    /// it is a plain `host[:port]`, else the address the request came in on.
     pub public_url: Option<String>,
+    /// Connection cap and header / idle / body timeouts.
+    pub connections: ConnLimits,
     /// Shown in logs and `/v1/models` when demo models are served.
     pub demo_notice: Option<String>,
 }
@@ -70,6 +77,7 @@ impl Default for ServerConfig {
             url_ttl: Duration::from_secs(3600),
             url_store_max: 256,
             public_url: None,
+            connections: ConnLimits::default(),
             demo_notice: None,
         }
     }
@@ -86,7 +94,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// `scheme://host` for image links.
+    /// `scheme://host` for image links: `--public-url`, else the Host header if it is a plain
+    /// `host[:port]` (never a path, query or user info a client slipped in), else the address
+    /// the request came in on.
     fn public_base(&self, req: &poem::Request) -> String {
         if let Some(u) = &self.config.public_url {
             return u.trim_end_matches('/').to_string();
@@ -95,9 +105,43 @@ impl AppState {
             .headers()
             .get(poem::http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .unwrap_or("127.0.0.1");
-        format!("http://{host}")
+            .filter(|h| valid_host(h));
+        match (host, req.local_addr().as_socket_addr()) {
+            (Some(h), _) => format!("http://{h}"),
+            (None, Some(a)) => format!("http://{a}"),
+            (None, None) => "http://127.0.0.1".to_string(),
+        }
     }
+}
+
+/// `host[:port]`: a DNS name or IPv4 address (letters, digits, `-`, `.`), or `[IPv6]`, and an
+/// optional decimal port.
+pub(crate) fn valid_host(h: &str) -> bool {
+    let (host, port) = match h.rsplit_once(':') {
+        // `[::1]` without a port: the last colon is inside the brackets.
+        Some((host, _)) if host.contains('[') && !host.ends_with(']') => (h, None),
+        Some((host, port)) => (host, Some(port)),
+        None => (h, None),
+    };
+    let port_ok =
+        port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    let host_ok = match host.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host.len() <= 253
+                && host.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        }
+    };
+    port_ok && host_ok
 }
 
 pub(crate) fn unix_now() -> i64 {
@@ -162,6 +206,7 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
         }
     });
     let guard_state = state.clone();
+    let body_timeout = state.config.connections.body_timeout;
     let app = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
@@ -179,17 +224,20 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .data(state)
         .around(|ep, req| async move { error::finalize(&*ep, req).await })
-        .with(Tracing);
+        .with(Tracing)
+        .around(move |ep, req| async move { conn::track(&*ep, req, body_timeout).await });
     Ok(app)
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets running requests finish for up
-/// to `grace`, and returns.
+/// to `grace`, and returns. `limits` caps and times out connections (the body timeout is
+/// applied by [`build_app`] from [`ServerConfig::connections`]).
 pub async fn serve(
     app: impl Endpoint + 'static,
     addr: &str,
     shutdown: impl std::future::Future<Output = ()> + Send,
     grace: Duration,
+    limits: &ConnLimits,
 ) -> Result<(), ServerError> {
     use poem::listener::{Acceptor, Listener, TcpListener};
     let acceptor = TcpListener::bind(addr)
@@ -199,7 +247,7 @@ pub async fn serve(
             addr: addr.to_string(),
             source,
         })?;
-    let acceptor = disconnect::WatchedAcceptor(acceptor);
+    let acceptor = disconnect::WatchedAcceptor::new(acceptor, limits.clone());
     for a in acceptor
         .local_addr()
         .iter()
