@@ -152,7 +152,7 @@ struct Configs {
 impl Configs {
     fn read(dir: Option<&Path>) -> Result<Self> {
         let path = |rel: &str| dir.map(|d| d.join(rel)).unwrap_or_default();
-        Ok(Self {
+        let cfg = Self {
             clip: config_or_default(&path("text_encoder/config.json"), ClipConfig::load)?,
             unet: config_or_default(&path("unet/config.json"), UNetConfig::load)?,
             vae: config_or_default(&path("vae/config.json"), VaeConfig::load)?,
@@ -164,6 +164,37 @@ impl Configs {
                 Some(t) => ClipTokenizer::from_dir(&t)?,
                 None => ClipTokenizer::builtin()?,
             },
+        };
+        cfg.agree(&path("unet/config.json"))?;
+        Ok(cfg)
+    }
+
+    /// The components must fit together: the UNet reads the text encoder's states and writes
+    /// the VAE's latents (plus mask and masked latents when it is an inpainting UNet).
+    fn agree(&self, unet: &Path) -> Result<()> {
+        let (u, latent) = (&self.unet, self.vae.latent_channels);
+        let message = if u.cross_attention_dim != self.clip.hidden_size {
+            format!(
+                "`cross_attention_dim` {} is not the text encoder's `hidden_size` {}",
+                u.cross_attention_dim, self.clip.hidden_size
+            )
+        } else if u.out_channels != latent {
+            format!(
+                "`out_channels` {} is not the VAE's `latent_channels` {latent}",
+                u.out_channels
+            )
+        } else if u.in_channels != latent && u.in_channels != 2 * latent + 1 {
+            format!(
+                "`in_channels` {} must be the VAE's `latent_channels` {latent} (or {} to inpaint)",
+                u.in_channels,
+                2 * latent + 1
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::Config {
+            path: unet.into(),
+            message,
         })
     }
 }
@@ -334,11 +365,18 @@ pub fn load<B: Backend>(
             let mut cfg = Configs::read(dir)?;
             if dir.is_none() {
                 // Inpainting checkpoints have a 9-channel conv_in; read it off the file.
-                if let Some(s) = file
-                    .tensors
-                    .get("model.diffusion_model.input_blocks.0.0.weight")
-                {
-                    cfg.unet.in_channels = s.shape[1];
+                let key = "model.diffusion_model.input_blocks.0.0.weight";
+                if let Some(s) = file.tensors.get(key) {
+                    cfg.unet.in_channels = match s.shape.as_slice() {
+                        [_, c, _, _] => *c,
+                        other => {
+                            return Err(Error::Tensor {
+                                path: f.clone(),
+                                key: key.into(),
+                                message: format!("shape {other:?}; the UNet's conv_in is 4-d"),
+                            });
+                        }
+                    };
                 }
             }
             // The key maps borrow their configs; `build` takes the originals.
