@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::autoencoder_tiny::AutoencoderTiny;
 use super::clip::ClipTextModel;
-use super::config::{ClipConfig, UNetConfig, VaeConfig};
+use super::config::{ClipConfig, UNetConfig, VaeConfig, components_agree};
 use super::tokenizer::ClipTokenizer;
 use super::unet_2d::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
@@ -165,37 +165,8 @@ impl Configs {
                 None => ClipTokenizer::builtin()?,
             },
         };
-        cfg.agree(&path("unet/config.json"))?;
+        components_agree(&cfg.clip, &cfg.unet, &cfg.vae, &path("unet/config.json"))?;
         Ok(cfg)
-    }
-
-    /// The components must fit together: the UNet reads the text encoder's states and writes
-    /// the VAE's latents (plus mask and masked latents when it is an inpainting UNet).
-    fn agree(&self, unet: &Path) -> Result<()> {
-        let (u, latent) = (&self.unet, self.vae.latent_channels);
-        let message = if u.cross_attention_dim != self.clip.hidden_size {
-            format!(
-                "`cross_attention_dim` {} is not the text encoder's `hidden_size` {}",
-                u.cross_attention_dim, self.clip.hidden_size
-            )
-        } else if u.out_channels != latent {
-            format!(
-                "`out_channels` {} is not the VAE's `latent_channels` {latent}",
-                u.out_channels
-            )
-        } else if u.in_channels != latent && u.in_channels != 2 * latent + 1 {
-            format!(
-                "`in_channels` {} must be the VAE's `latent_channels` {latent} (or {} to inpaint)",
-                u.in_channels,
-                2 * latent + 1
-            )
-        } else {
-            return Ok(());
-        };
-        Err(Error::Config {
-            path: unet.into(),
-            message,
-        })
     }
 }
 
