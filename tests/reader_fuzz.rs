@@ -158,3 +158,20 @@ fn hostile_msgpack_headers_are_refused() {
         }
     }
 }
+
+/// An embedding of 0-d vectors used to divide by zero when listed; one of 70 000-d vectors is
+/// past what any text encoder has.
+#[test]
+fn embedding_shapes_are_checked_before_use() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, shape) in [("zero", [2, 0]), ("wide", [1, 70_000])] {
+        let file = dir.path().join(format!("{name}.safetensors"));
+        let values = vec![0.5f32; shape[0] * shape[1]];
+        kiln::weights::write_f32(&file, "emb_params", &shape, &values).unwrap();
+        let err = Embedding::read(&file).expect_err(name).to_string();
+        assert!(
+            err.contains(&format!("{name}.safetensors")) && err.contains("emb_params"),
+            "{err}"
+        );
+    }
+}
