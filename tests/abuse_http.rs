@@ -117,6 +117,31 @@ async fn upper_case_json_media_type_gets_the_friendly_check() {
     }
 }
 
+#[tokio::test]
+async fn strength_zero_is_refused_by_the_schema_and_the_engine() {
+    let t = start();
+    let r = send(
+        t.client
+            .post("/v1/images/generations")
+            .body_json(&serde_json::json!({"prompt": "x", "strength": 0})),
+    )
+    .await;
+    r.assert_error(400, Some("strength"));
+    let spec = kiln::server::spec_json();
+    assert!(
+        spec.contains("\"exclusiveMinimum\": true") || spec.contains("\"exclusiveMinimum\":true")
+    );
+    let p = kiln::engine::JobParams {
+        prompt: "x".into(),
+        strength: Some(0.0),
+        ..Default::default()
+    };
+    let e = p
+        .into_job(kiln::engine::Family::Sd15, &Default::default(), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("above 0"), "{e}");
+}
+
 /// A model whose loader fails the way real loaders do (a `crate::Error` turned `Failed`).
 fn unloadable(id: &str) -> ServedModel {
     ServedModel {

@@ -287,7 +287,16 @@ impl JobParams {
                 format!("`guidance_scale` must be a non-negative number, got {g}"),
             ));
         }
-        for (name, v) in [("strength", self.strength), ("eta", self.eta)] {
+        if let Some(s) = self
+            .strength
+            .filter(|s| *s <= 0.0 || *s > 1.0 || s.is_nan())
+        {
+            return Err(invalid(
+                "strength",
+                format!("`strength` must be above 0 and at most 1 (0 repaints nothing), got {s}"),
+            ));
+        }
+        for (name, v) in [("eta", self.eta)] {
             if let Some(v) = v.filter(|v| !(0.0..=1.0).contains(v)) {
                 return Err(invalid(
                     name,

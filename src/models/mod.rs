@@ -1,5 +1,6 @@
 //! Model families. Each family owns its modules, weight loading and pipeline.
 
+pub mod config;
 pub mod dalle_mini;
 mod detect;
 pub mod family;

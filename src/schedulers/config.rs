@@ -5,7 +5,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::models::config::{MAX_TIMESTEPS, config_err, in_range, read_json};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -60,18 +61,30 @@ impl Default for SchedulerConfig {
 
 impl SchedulerConfig {
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        if !matches!(cfg.beta_schedule.as_str(), "scaled_linear" | "linear") {
-            return Err(Error::Config {
-                path: path.into(),
-                message: format!("beta_schedule `{}` not supported", cfg.beta_schedule),
-            });
-        }
+        let cfg: Self = read_json(path)?;
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        if !matches!(self.beta_schedule.as_str(), "scaled_linear" | "linear") {
+            return Err(format!(
+                "`beta_schedule` `{}` not supported",
+                self.beta_schedule
+            ));
+        }
+        let t = self.num_train_timesteps;
+        in_range("num_train_timesteps", t, 1, MAX_TIMESTEPS)?;
+        in_range("steps_offset", self.steps_offset, 0, t - 1)?;
+        // β = 0 or 1 makes a σ of 0 or ∞, which the Karras and log-σ schedules divide by.
+        for (field, beta) in [("beta_start", self.beta_start), ("beta_end", self.beta_end)] {
+            if !(beta.is_finite() && beta > 0.0 && beta < 1.0) {
+                return Err(format!(
+                    "`{field}` is {beta}; it must be above 0 and below 1"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Cumulative products of alphas as torch computes them: f32 betas and alphas, the running

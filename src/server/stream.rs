@@ -128,7 +128,7 @@ impl State {
         match ticket.next().await {
             Some(JobEvent::Started) => {}
             Some(JobEvent::Progress(p)) => {
-                if self.meta.progress {
+                if self.meta.progress && !p.decoding {
                     self.pending.push_back(ImageStreamEvent {
                         step: Some(p.step as u32),
                         total: Some(p.total as u32),

@@ -145,8 +145,11 @@ pub struct CreateImageRequest {
     /// Extension: `pndm` (default), `ddim`, `euler`; diffusers class names and A1111 labels work.
     #[oai(nullable, validator(max_length = 64))]
     pub scheduler: Option<String>,
-    /// Extension: how much an edit may change the input image, 0–1 (img2img).
-    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
+    /// Extension: how much an edit may change the input image, 0 < s ≤ 1 (img2img).
+    #[oai(
+        nullable,
+        validator(minimum(value = "0", exclusive = true), maximum(value = "1"))
+    )]
     pub strength: Option<f64>,
     /// Extension (DALL·E): super-condition scale.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
@@ -213,7 +216,7 @@ pub struct CreateImageEditRequest {
     pub num_inference_steps: Option<u32>,
     #[oai(validator(max_length = 64))]
     pub scheduler: Option<String>,
-    #[oai(validator(minimum(value = "0"), maximum(value = "1")))]
+    #[oai(validator(minimum(value = "0", exclusive = true), maximum(value = "1")))]
     pub strength: Option<f64>,
     /// A JSON array, as the generations body's `loras`: `[{"name": "…", "weight": 0.8}]`.
     pub loras: Option<JsonField<Vec<LoraParam>>>,

@@ -5,7 +5,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::models::config::{
+    MAX_CHANNELS, MAX_HEADS, MAX_LAYERS, MAX_LEVELS, MAX_POSITIONS, MAX_SAMPLE, MAX_VOCAB,
+    all_in_range, config_err, in_range, positive, read_json,
+};
 
 /// The fields of dalle-mini's `DalleBartConfig` that change the computation. Flags of variants
 /// that were never published (swinv2, cosine attention, …) are read only to be rejected.
@@ -120,15 +124,8 @@ impl DalleBartConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        cfg.validate().map_err(|message| Error::Config {
-            path: path.into(),
-            message,
-        })?;
+        let cfg: Self = read_json(path)?;
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
     }
 
@@ -170,20 +167,31 @@ impl DalleBartConfig {
                 "`{what}` is not supported (only the published normformer + GLU DalleBart is)"
             ));
         }
+        in_range("d_model", self.d_model, 1, MAX_CHANNELS)?;
+        in_range("encoder_layers", self.encoder_layers, 1, MAX_LAYERS)?;
+        in_range("decoder_layers", self.decoder_layers, 1, MAX_LAYERS)?;
+        in_range("encoder_ffn_dim", self.encoder_ffn_dim, 1, MAX_CHANNELS)?;
+        in_range("decoder_ffn_dim", self.decoder_ffn_dim, 1, MAX_CHANNELS)?;
+        in_range("encoder_vocab_size", self.encoder_vocab_size, 1, MAX_VOCAB)?;
+        in_range("image_vocab_size", self.image_vocab_size, 1, MAX_VOCAB)?;
+        in_range("image_length", self.image_length, 1, MAX_POSITIONS)?;
+        // Every text row holds BOS and EOS.
+        in_range("max_text_length", self.max_text_length, 2, MAX_POSITIONS)?;
         for (heads, name) in [
             (self.encoder_attention_heads, "encoder"),
             (self.decoder_attention_heads, "decoder"),
         ] {
-            if heads == 0 || !self.d_model.is_multiple_of(heads) {
+            in_range(&format!("{name}_attention_heads"), heads, 1, MAX_HEADS)?;
+            if !self.d_model.is_multiple_of(heads) {
                 return Err(format!(
-                    "d_model {} is not divisible by {name}_attention_heads {heads}",
+                    "`d_model` {} is not divisible by `{name}_attention_heads` {heads}",
                     self.d_model
                 ));
             }
         }
         if self.decoder_start_token_id as usize >= self.image_rows() {
             return Err(format!(
-                "decoder_start_token_id {} is outside the {} image rows",
+                "`decoder_start_token_id` {} is outside the {} image rows",
                 self.decoder_start_token_id,
                 self.image_rows()
             ));
@@ -257,35 +265,43 @@ impl Default for VqganConfig {
 
 impl VqganConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        cfg.validate().map_err(|message| Error::Config {
-            path: path.into(),
-            message,
-        })?;
+        let cfg: Self = read_json(path)?;
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
     }
 
     pub fn validate(&self) -> std::result::Result<(), String> {
-        if self.ch_mult.is_empty() {
-            return Err("ch_mult is empty".into());
+        in_range("ch", self.ch, 1, MAX_CHANNELS)?;
+        all_in_range("ch_mult", &self.ch_mult, 1, MAX_CHANNELS, MAX_LEVELS)?;
+        for m in &self.ch_mult {
+            let c = m.saturating_mul(self.ch);
+            if c > MAX_CHANNELS || !c.is_multiple_of(GROUPS) {
+                return Err(format!(
+                    "`ch` {} × `ch_mult` entry {m} = {c} channels: at most {MAX_CHANNELS}, in {GROUPS} groups",
+                    self.ch
+                ));
+            }
         }
-        if let Some(c) = self
-            .ch_mult
-            .iter()
-            .map(|m| m * self.ch)
-            .find(|c| c % GROUPS != 0)
-        {
-            return Err(format!("{c} channels cannot be split into {GROUPS} groups"));
+        in_range("num_res_blocks", self.num_res_blocks, 1, MAX_LAYERS)?;
+        in_range("z_channels", self.z_channels, 1, MAX_CHANNELS)?;
+        in_range("embed_dim", self.embed_dim, 1, MAX_CHANNELS)?;
+        in_range("n_embed", self.n_embed, 1, MAX_VOCAB)?;
+        in_range("out_ch", self.out_ch, 3, 3)?;
+        in_range("resolution", self.resolution, 1, MAX_SAMPLE)?;
+        positive("groupnorm_eps", self.groupnorm_eps, 1.0)?;
+        let up = 1 << (self.ch_mult.len() - 1);
+        if !self.resolution.is_multiple_of(up) {
+            return Err(format!(
+                "`resolution` {} is not divisible by the upsampling factor {up}",
+                self.resolution
+            ));
         }
-        if !self
-            .resolution
-            .is_multiple_of(1 << (self.ch_mult.len() - 1))
-        {
-            return Err("resolution is not divisible by the upsampling factor".into());
+        // The decoder runs at grid · 2^k for each level k.
+        let sizes: Vec<usize> = (0..self.ch_mult.len()).map(|k| self.grid() << k).collect();
+        if let Some(r) = self.attn_resolutions.iter().find(|r| !sizes.contains(r)) {
+            return Err(format!(
+                "`attn_resolutions` entry {r} is not a resolution the decoder runs at ({sizes:?})"
+            ));
         }
         Ok(())
     }

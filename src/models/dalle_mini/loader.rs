@@ -94,15 +94,23 @@ fn find_vqgan(path: &Path, given: Option<&Path>) -> Result<PathBuf> {
 
 /// Shapes decide the config of a min-dalle folder without `config.json` (heads of 64 dims).
 fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
-    let dims = |f: &TensorFile, key: &str| -> Result<Vec<usize>> {
-        f.tensors
+    // The first `rank` dims of a tensor, each at least 1.
+    let dims = |f: &TensorFile, key: &str, rank: usize| -> Result<Vec<usize>> {
+        let err = |message: &str| Error::Tensor {
+            path: f.path.clone(),
+            key: key.into(),
+            message: format!("{message} (needed to infer the config; add a config.json)"),
+        };
+        let shape = f
+            .tensors
             .get(key)
-            .map(|s| s.shape.to_vec())
-            .ok_or_else(|| Error::Tensor {
-                path: f.path.clone(),
-                key: key.into(),
-                message: "not in the file (needed to infer the config; add a config.json)".into(),
-            })
+            .ok_or_else(|| err("not in the file"))?
+            .shape
+            .to_vec();
+        if shape.len() < rank || shape.contains(&0) {
+            return Err(err(&format!("shape {shape:?}")));
+        }
+        Ok(shape)
     };
     let layers = |f: &TensorFile| {
         f.keys()
@@ -116,17 +124,17 @@ fn infer_config(enc: &TensorFile, dec: &TensorFile) -> Result<DalleBartConfig> {
             .max()
             .map_or(0, |m| m + 1)
     };
-    let text = dims(enc, "embed_tokens.weight")?;
-    let image = dims(dec, "embed_tokens.weight")?;
-    let ffn = dims(enc, "layers.0.glu.fc0.weight")?;
+    let text = dims(enc, "embed_tokens.weight", 2)?;
+    let image = dims(dec, "embed_tokens.weight", 1)?;
+    let ffn = dims(enc, "layers.0.glu.fc0.weight", 1)?;
     let (d, heads) = (text[1], (text[1] / 64).max(1));
     let json = serde_json::json!({
         "d_model": d, "encoder_layers": layers(enc), "decoder_layers": layers(dec),
         "encoder_attention_heads": heads, "decoder_attention_heads": heads,
         "encoder_ffn_dim": ffn[0], "decoder_ffn_dim": ffn[0],
         "encoder_vocab_size": text[0], "image_vocab_size": image[0] - 1,
-        "max_text_length": dims(enc, "embed_positions.weight")?[0],
-        "image_length": dims(dec, "embed_positions.weight")?[0],
+        "max_text_length": dims(enc, "embed_positions.weight", 1)?[0],
+        "image_length": dims(dec, "embed_positions.weight", 1)?[0],
         // dalle-mini's start token is the codebook size, 16384, also for mega's padded rows
         "decoder_start_token_id": (image[0] - 1).min(16384),
     });

@@ -18,6 +18,12 @@ use crate::error::{Error, Result};
 /// flax `_MsgpackExtType.ndarray`.
 const EXT_NDARRAY: i8 = 1;
 
+/// Deepest nesting of maps read (flax trees are 5 to 8 deep): bounds the parser's recursion.
+const MAX_DEPTH: usize = 64;
+
+/// Highest array rank read (flax kernels are at most 5-d, scanned convs included).
+const MAX_RANK: u32 = 16;
+
 /// One array leaf: where its bytes are in the file.
 #[derive(Debug, Clone)]
 pub struct ArrayRef {
@@ -52,7 +58,7 @@ impl MsgpackFile {
             pos: 0,
             path,
         };
-        parser.value("", &mut arrays)?;
+        parser.value("", 0, &mut arrays)?;
         if parser.pos != bytes.len() {
             return Err(parser.err(
                 "",
@@ -143,10 +149,18 @@ impl<'a> Parser<'a> {
             .map_err(|_| self.err(key, "a key is not UTF-8"))
     }
 
-    fn value(&mut self, key: &str, out: &mut BTreeMap<String, ArrayRef>) -> Result<()> {
+    fn value(
+        &mut self,
+        key: &str,
+        depth: usize,
+        out: &mut BTreeMap<String, ArrayRef>,
+    ) -> Result<()> {
         let Some(&first) = self.data.get(self.pos) else {
             return Err(self.truncated(key));
         };
+        if depth > MAX_DEPTH {
+            return Err(self.err(key, format!("maps nested deeper than {MAX_DEPTH}")));
+        }
         match Marker::from_u8(first) {
             Marker::FixMap(_) | Marker::Map16 | Marker::Map32 => {
                 let n = self.read(key, decode::read_map_len)?;
@@ -160,7 +174,7 @@ impl<'a> Parser<'a> {
                     } else {
                         format!("{key}.{name}")
                     };
-                    self.value(&child, out)?;
+                    self.value(&child, depth + 1, out)?;
                 }
                 Ok(())
             }
@@ -182,7 +196,7 @@ impl<'a> Parser<'a> {
                         ),
                     ));
                 }
-                let end = self.pos + meta.size as usize;
+                let end = self.pos.saturating_add(meta.size as usize);
                 let array = self.array(key)?;
                 if self.pos != end {
                     return Err(self.err(key, "array payload size mismatch"));
@@ -203,9 +217,13 @@ impl<'a> Parser<'a> {
             return Err(self.err(key, "array payload is not (shape, dtype, data)"));
         }
         let rank = self.read(key, decode::read_array_len)?;
+        if rank > MAX_RANK {
+            return Err(self.err(key, format!("rank {rank} (at most {MAX_RANK} is read)")));
+        }
         let mut shape = Vec::with_capacity(rank as usize);
         for _ in 0..rank {
-            shape.push(self.read(key, decode::read_int::<u64, _>)? as usize);
+            let d = self.read(key, decode::read_int::<u64, _>)?;
+            shape.push(usize::try_from(d).map_err(|_| self.err(key, format!("dimension {d}")))?);
         }
         let dtype_name = self.string(key)?;
         let (dtype, size) = match dtype_name.as_str() {
@@ -216,8 +234,10 @@ impl<'a> Parser<'a> {
             other => return Err(self.err(key, format!("unsupported dtype `{other}`"))),
         };
         let n = self.read(key, decode::read_bin_len)? as usize;
-        let elements: usize = shape.iter().product();
-        if n != elements * size {
+        let bytes = shape
+            .iter()
+            .try_fold(size, |acc: usize, &d| acc.checked_mul(d));
+        if bytes != Some(n) {
             return Err(self.err(
                 key,
                 format!("{n} data bytes for shape {shape:?} of {dtype_name}"),

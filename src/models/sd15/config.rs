@@ -6,15 +6,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::models::config::{config_err, read_json};
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::Config {
-        path: path.into(),
-        message: e.to_string(),
-    })
-}
+mod validate;
+
+pub use validate::components_agree;
 
 /// `unet/config.json` (UNet2DConditionModel).
 #[derive(Debug, Clone, Deserialize)]
@@ -36,6 +33,12 @@ pub struct UNetConfig {
     pub freq_shift: f64,
     pub use_linear_projection: bool,
     pub transformer_layers_per_block: usize,
+    /// Read only to refuse values other than SD 1.x's, which kiln's blocks hard-code.
+    pub downsample_padding: usize,
+    pub mid_block_scale_factor: f64,
+    pub resnet_out_scale_factor: f64,
+    pub conv_in_kernel: usize,
+    pub conv_out_kernel: usize,
 }
 
 impl Default for UNetConfig {
@@ -70,6 +73,11 @@ impl Default for UNetConfig {
             freq_shift: 0.0,
             use_linear_projection: false,
             transformer_layers_per_block: 1,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            resnet_out_scale_factor: 1.0,
+            conv_in_kernel: 3,
+            conv_out_kernel: 3,
         }
     }
 }
@@ -89,36 +97,8 @@ impl UNetConfig {
 
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        cfg.validate().map_err(|message| Error::Config {
-            path: path.into(),
-            message,
-        })?;
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
-    }
-
-    fn validate(&self) -> std::result::Result<(), String> {
-        let n = self.block_out_channels.len();
-        if n == 0 || self.down_block_types.len() != n || self.up_block_types.len() != n {
-            return Err("block_out_channels, down_block_types and up_block_types must have the same non-zero length".into());
-        }
-        for t in self.down_block_types.iter().chain(&self.up_block_types) {
-            if !matches!(
-                t.as_str(),
-                "CrossAttnDownBlock2D" | "DownBlock2D" | "CrossAttnUpBlock2D" | "UpBlock2D"
-            ) {
-                return Err(format!("block type `{t}` is not part of the SD 1.x UNet"));
-            }
-        }
-        if self
-            .block_out_channels
-            .iter()
-            .any(|c| c % self.norm_num_groups != 0 || c % self.heads() != 0)
-        {
-            return Err(
-                "every block width must divide by norm_num_groups and the head count".into(),
-            );
-        }
-        Ok(())
     }
 }
 
@@ -161,17 +141,7 @@ impl Default for VaeConfig {
 impl VaeConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        if cfg.block_out_channels.is_empty()
-            || cfg
-                .block_out_channels
-                .iter()
-                .any(|c| c % cfg.norm_num_groups != 0)
-        {
-            return Err(Error::Config {
-                path: path.into(),
-                message: "bad block_out_channels / norm_num_groups".into(),
-            });
-        }
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
     }
 
@@ -239,39 +209,7 @@ impl Default for TaesdConfig {
 impl TaesdConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        let bad = |message: String| Error::Config {
-            path: path.into(),
-            message,
-        };
-        for (what, ch, blocks) in [
-            (
-                "encoder",
-                &cfg.encoder_block_out_channels,
-                &cfg.num_encoder_blocks,
-            ),
-            (
-                "decoder",
-                &cfg.decoder_block_out_channels,
-                &cfg.num_decoder_blocks,
-            ),
-        ] {
-            // diffusers builds every block and stage conv as c -> c: other widths do not run.
-            if ch.is_empty() || ch.len() != blocks.len() || ch.iter().any(|&c| c != ch[0] || c == 0)
-            {
-                return Err(bad(format!(
-                    "{what}_block_out_channels must be one non-zero width per stage (num_{what}_blocks), got {ch:?} and {blocks:?}"
-                )));
-            }
-        }
-        if cfg.act_fn != "relu"
-            || cfg.upsample_fn != "nearest"
-            || cfg.upsampling_scaling_factor == 0
-        {
-            return Err(bad(format!(
-                "only act_fn \"relu\" with nearest upsampling is supported, got {:?} / {:?} ×{}",
-                cfg.act_fn, cfg.upsample_fn, cfg.upsampling_scaling_factor
-            )));
-        }
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
     }
 
@@ -314,18 +252,7 @@ impl Default for ClipConfig {
 impl ClipConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let cfg: Self = read_json(path)?;
-        if !matches!(cfg.hidden_act.as_str(), "quick_gelu" | "gelu") {
-            return Err(Error::Config {
-                path: path.into(),
-                message: format!("hidden_act `{}` not supported", cfg.hidden_act),
-            });
-        }
-        if cfg.hidden_size % cfg.num_attention_heads != 0 {
-            return Err(Error::Config {
-                path: path.into(),
-                message: "hidden_size must divide by num_attention_heads".into(),
-            });
-        }
+        cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
     }
 }

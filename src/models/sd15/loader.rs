@@ -9,7 +9,7 @@ use tracing::{info, warn};
 
 use super::autoencoder_tiny::AutoencoderTiny;
 use super::clip::ClipTextModel;
-use super::config::{ClipConfig, UNetConfig, VaeConfig};
+use super::config::{ClipConfig, UNetConfig, VaeConfig, components_agree};
 use super::tokenizer::ClipTokenizer;
 use super::unet_2d::UNet2DConditionModel;
 use super::vae::AutoencoderKL;
@@ -152,7 +152,7 @@ struct Configs {
 impl Configs {
     fn read(dir: Option<&Path>) -> Result<Self> {
         let path = |rel: &str| dir.map(|d| d.join(rel)).unwrap_or_default();
-        Ok(Self {
+        let cfg = Self {
             clip: config_or_default(&path("text_encoder/config.json"), ClipConfig::load)?,
             unet: config_or_default(&path("unet/config.json"), UNetConfig::load)?,
             vae: config_or_default(&path("vae/config.json"), VaeConfig::load)?,
@@ -164,7 +164,9 @@ impl Configs {
                 Some(t) => ClipTokenizer::from_dir(&t)?,
                 None => ClipTokenizer::builtin()?,
             },
-        })
+        };
+        components_agree(&cfg.clip, &cfg.unet, &cfg.vae, &path("unet/config.json"))?;
+        Ok(cfg)
     }
 }
 
@@ -334,11 +336,18 @@ pub fn load<B: Backend>(
             let mut cfg = Configs::read(dir)?;
             if dir.is_none() {
                 // Inpainting checkpoints have a 9-channel conv_in; read it off the file.
-                if let Some(s) = file
-                    .tensors
-                    .get("model.diffusion_model.input_blocks.0.0.weight")
-                {
-                    cfg.unet.in_channels = s.shape[1];
+                let key = "model.diffusion_model.input_blocks.0.0.weight";
+                if let Some(s) = file.tensors.get(key) {
+                    cfg.unet.in_channels = match s.shape.as_slice() {
+                        [_, c, _, _] => *c,
+                        other => {
+                            return Err(Error::Tensor {
+                                path: f.clone(),
+                                key: key.into(),
+                                message: format!("shape {other:?}; the UNet's conv_in is 4-d"),
+                            });
+                        }
+                    };
                 }
             }
             // The key maps borrow their configs; `build` takes the originals.

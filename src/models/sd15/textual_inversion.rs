@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::models::config::MAX_CHANNELS;
 use crate::weights::TensorFile;
 
 /// The most vectors one embedding may have: it must fit one 75-token chunk.
@@ -96,15 +97,20 @@ impl Embedding {
                 keys.join(", ")
             )));
         };
-        let (shape, vectors) = file.read_f32(key)?;
         let tensor_err = |message: String| Error::Tensor {
             path: path.into(),
             key: key.into(),
             message,
         };
+        // The shape is checked before the data is read: the file's header sizes the read.
+        let shape = file
+            .tensors
+            .get(key)
+            .map(|t| t.shape.to_vec())
+            .unwrap_or_default();
         let (count, dim) = match shape.as_slice() {
-            [d] => (1, *d),
-            [n, d] => (*n, *d),
+            [d] if *d > 0 => (1, *d),
+            [n, d] if *d > 0 => (*n, *d),
             s => return Err(tensor_err(format!("shape {s:?}; expected [D] or [n, D]"))),
         };
         if let Some(hidden_size) = hidden_size.filter(|&h| h != dim) {
@@ -117,9 +123,21 @@ impl Embedding {
                 "vectors are {dim}-d, this model's text encoder is {hidden_size}-d{hint}"
             )));
         }
+        if dim > MAX_CHANNELS {
+            return Err(tensor_err(format!(
+                "vectors are {dim}-d; at most {MAX_CHANNELS} are read"
+            )));
+        }
         if !(1..=MAX_VECTORS).contains(&count) {
             return Err(tensor_err(format!(
                 "{count} vectors; an embedding must have 1 to {MAX_VECTORS}"
+            )));
+        }
+        let (_, vectors) = file.read_f32(key)?;
+        if vectors.len() != count * dim {
+            return Err(tensor_err(format!(
+                "{} values for shape {shape:?}",
+                vectors.len()
             )));
         }
         if vectors.iter().any(|v| !v.is_finite()) {
