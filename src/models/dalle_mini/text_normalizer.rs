@@ -23,8 +23,13 @@ fn re(pattern: &str) -> Regex {
     Regex::new(pattern).expect("normaliser patterns are valid")
 }
 
-fn sub(pattern: &Regex, text: &str, rep: &str) -> String {
-    pattern.replace_all(text, rep).into_owned()
+/// `replace_all` without its panic when backtracking gives up (hostile text): step skipped.
+fn sub(pattern: &Regex, text: &str, rep: impl fancy_regex::Replacer) -> String {
+    let out = pattern.try_replacen(text, 0, rep).map(|t| t.into_owned());
+    out.unwrap_or_else(|e| {
+        tracing::warn!("text normaliser step skipped: {e}");
+        text.to_string()
+    })
 }
 
 /// Compiled patterns of every step.
@@ -188,12 +193,10 @@ impl TextNormalizer {
     }
 
     fn expand_hashtags(&self, t: &str) -> String {
-        self.hashtag
-            .replace_all(t, |c: &Captures| match &self.hashtags {
-                Some(h) => h.split(&c[1]),
-                None => c[1].to_string(),
-            })
-            .into_owned()
+        sub(&self.hashtag, t, |c: &Captures| match &self.hashtags {
+            Some(h) => h.split(&c[1]),
+            None => c[1].to_string(),
+        })
     }
 }
 
