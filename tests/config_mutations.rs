@@ -89,21 +89,12 @@ fn set(root: &mut Value, path: &[Value], to: Value) {
     *v = to;
 }
 
+/// A fixture without its fp16 single files and reference tensors.
 fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            if e.file_name() != "refs" {
-                copy_dir(&e.path(), &dst);
-            }
-        } else if !e.file_name().to_string_lossy().contains("fp16.safetensors")
-            && e.file_name() != "refs.safetensors"
-        {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
+    copy_tree(from, to, &|p| {
+        let name = p.file_name().unwrap_or_default().to_string_lossy();
+        !name.contains("fp16.safetensors") && name != "refs.safetensors"
+    });
 }
 
 /// Mutates every number of `config` (relative to `root`) and loads with `load`; returns the

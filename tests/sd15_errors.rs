@@ -8,21 +8,12 @@ use std::path::Path;
 use common::*;
 use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 
+/// The tiny SD folder without its own weights at the top level (kept: model_index.json).
 fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            if e.file_name() != "refs" {
-                copy_dir(&e.path(), &dst);
-            }
-        } else if e.path().parent() != Some(sd_tiny().as_path())
-            || e.file_name() == "model_index.json"
-        {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
+    copy_tree(from, to, &|p| {
+        p.parent() != Some(sd_tiny().as_path())
+            || p.file_name() == Some("model_index.json".as_ref())
+    });
 }
 
 fn load_err(path: &Path) -> String {

@@ -2,7 +2,7 @@
 //! `tensor_on` and `values` take any backend (`wgpu_parity.rs` runs on wgpu).
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -78,4 +78,21 @@ pub fn assert_close_scaled(what: &str, got: &[f32], want: &[f32], tol: f32) {
         "{what}: max |diff| = {d:e} (scale {scale}) > {tol:e} relative"
     );
     eprintln!("{what}: max |diff| = {d:e}, scale {scale}");
+}
+
+/// Copies the tree `from` into `to`, leaving out `refs/` folders and the files `keep` refuses
+/// (a fixture to break in a tempdir without its large reference tensors).
+pub fn copy_tree(from: &Path, to: &Path, keep: &dyn Fn(&Path) -> bool) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            if e.file_name() != "refs" {
+                copy_tree(&e.path(), &dst, keep);
+            }
+        } else if keep(&e.path()) {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
 }

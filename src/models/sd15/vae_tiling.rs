@@ -85,23 +85,22 @@ impl TileSizes {
 
     /// `tiled_decode`'s `overlap_size`, `blend_extent`, `row_limit` (Python's `int()` truncates).
     pub fn decode_steps(&self) -> TileSteps {
-        let f = self.overlap_factor;
-        let blend = (self.sample as f64 * f) as usize;
-        TileSteps {
-            stride: (self.latent as f64 * (1.0 - f)) as usize,
-            blend,
-            keep: self.sample - blend,
-        }
+        self.steps(self.latent, self.sample)
     }
 
     /// `_tiled_encode`'s `overlap_size`, `blend_extent`, `row_limit`.
     pub fn encode_steps(&self) -> TileSteps {
+        self.steps(self.sample, self.latent)
+    }
+
+    /// Tiles of `input` cells overlapping by the factor, giving tiles of `output` cells.
+    fn steps(&self, input: usize, output: usize) -> TileSteps {
         let f = self.overlap_factor;
-        let blend = (self.latent as f64 * f) as usize;
+        let blend = (output as f64 * f) as usize;
         TileSteps {
-            stride: (self.sample as f64 * (1.0 - f)) as usize,
+            stride: (input as f64 * (1.0 - f)) as usize,
             blend,
-            keep: self.latent - blend,
+            keep: output - blend,
         }
     }
 }
