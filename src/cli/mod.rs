@@ -21,6 +21,11 @@ pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
 
+    /// Log lines as `text` (for people) or `json` (one object a line, for log collectors; a
+    /// request's lines carry its `id` in `span`).
+    #[arg(long, env = "KILN_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
+    pub log_format: String,
+
     /// Without a subcommand, `kiln` serves (options from KILN_* environment variables).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -40,17 +45,24 @@ pub enum Command {
     Models(models::ModelsArgs),
 }
 
-pub fn init_logging(verbose: u8) {
+pub fn init_logging(verbose: u8, format: &str) {
     let default = match verbose {
         0 => "info",
         1 => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        "json" => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        _ => logs.try_init(),
+    };
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {

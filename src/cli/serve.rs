@@ -81,8 +81,10 @@ pub struct ServeArgs {
     /// plain host[:port], else the address the request came in on).
     #[arg(long, env = "KILN_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Seconds to wait for open connections after Ctrl-C / SIGTERM.
-    #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    /// Drain on SIGTERM / Ctrl-C: readiness turns 503 and new jobs are refused (503 +
+    /// Retry-After) at once, while the jobs already queued or running finish for up to this
+    /// many seconds; only what still runs then is cancelled. A second signal cancels at once.
+    #[arg(long, env = "KILN_SHUTDOWN_GRACE_SECS", default_value_t = 60)]
     pub shutdown_grace_secs: u64,
     /// Open connections at most; more clients wait until one closes. Keep it below `ulimit -n`.
     #[arg(long, env = "KILN_MAX_CONNECTIONS", default_value_t = ConnLimits::default().max_connections)]
@@ -137,6 +139,40 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+/// How long finished responses get to reach their clients once the jobs are done (or cancelled).
+const RESPONSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Resolves when the server should stop accepting: after a signal, once every accepted job is
+/// done, or the grace period is over (then the rest is cancelled), or a second signal came.
+/// Until then the listener stays open, so probes and late clients get a 503 with Retry-After
+/// rather than a refused connection.
+async fn drain(engine: EngineHandle, grace: Duration) {
+    shutdown_signal().await;
+    let pending = engine.stats().in_flight;
+    info!(
+        jobs = pending,
+        grace_secs = grace.as_secs(),
+        "draining: readiness is 503, new jobs are refused, accepted jobs finish"
+    );
+    engine.begin_drain();
+    let idle = async {
+        while engine.stats().in_flight > 0 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        _ = idle => info!("drained: every accepted job finished"),
+        _ = tokio::time::sleep(grace) => {
+            warn!(jobs = engine.stats().in_flight, "grace period over: cancelling the jobs still queued or running");
+            engine.begin_shutdown();
+        }
+        _ = shutdown_signal() => {
+            warn!(jobs = engine.stats().in_flight, "second signal: cancelling the jobs still queued or running");
+            engine.begin_shutdown();
+        }
     }
 }
 
@@ -223,16 +259,13 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let stopper = engine.clone();
+    let grace = Duration::from_secs(args.shutdown_grace_secs);
     let result = runtime.block_on(serve(
         app,
         &addr,
-        async move {
-            shutdown_signal().await;
-            info!("shutting down: no new connections, cancelling queued and running jobs");
-            stopper.begin_shutdown();
-        },
-        Duration::from_secs(args.shutdown_grace_secs),
+        drain(engine.clone(), grace),
+        // After the jobs: time for their responses to reach the clients.
+        RESPONSE_GRACE,
         &limits,
     ));
     engine.shutdown();

@@ -86,6 +86,8 @@ struct Inner {
     states: Arc<Mutex<Vec<ModelState>>>,
     in_flight: Arc<AtomicUsize>,
     max_queue: usize,
+    preload: bool,
+    draining: AtomicBool,
     stop: Arc<AtomicBool>,
     counters: Arc<Counters>,
 }
@@ -146,6 +148,8 @@ impl EngineHandle {
             states,
             in_flight: Arc::new(AtomicUsize::new(0)),
             max_queue: config.max_queue.max(1),
+            preload: config.preload,
+            draining: AtomicBool::new(false),
             stop,
             counters,
         };
@@ -213,9 +217,27 @@ impl EngineHandle {
         }
     }
 
+    /// Whether [`Self::begin_drain`] (or a shutdown) has begun: no new jobs are taken.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire) || self.inner.stop.load(Ordering::Acquire)
+    }
+
+    /// LEAD STUB (the devices branch has the real one): refuses new jobs, lets the rest finish.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether models load at start (`--preload`) rather than on first use.
+    pub fn preloads(&self) -> bool {
+        self.inner.preload
+    }
+
+    /// LEAD STUB: replaced by the devices branch.
+    pub fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     /// Queues `job` for `model`, or fails at once when the queue is full.
     pub fn submit(&self, model: &str, job: ImageJob) -> Result<JobTicket, EngineError> {
-        if self.inner.stop.load(Ordering::Acquire) {
+        if self.is_draining() {
             return Err(EngineError::ShuttingDown);
         }
         let idx = self

@@ -11,15 +11,14 @@ use poem_openapi::{ApiResponse, OpenApi, ResponseContent, Tags};
 
 use super::AppState;
 use super::error::{ApiError, ErrorVariants, bad_request};
-use super::guard::authorized;
 use super::jobs::{GenParams, prepare};
 use super::respond::{ImagesContent, decode_upload, run_job};
 use super::types::*;
-use crate::engine::{EditInput, ModelInfo, ModelState};
+use crate::engine::{EditInput, ModelInfo};
 use crate::image_io::mask::MaskConvention;
 
 #[derive(Tags)]
-enum ApiTags {
+pub(super) enum ApiTags {
     /// Image generation and editing (OpenAI compatible)
     Images,
     /// Models served
@@ -258,85 +257,5 @@ impl Api {
             .code("model_not_found")
             .into(),
         }
-    }
-
-    /// Service status (the Prem services' health check, also at `/v1/`)
-    #[oai(
-        path = "/v1",
-        method = "get",
-        operation_id = "status",
-        tag = "ApiTags::Health"
-    )]
-    async fn status(&self) -> StatusResult {
-        StatusResult::Ok(Json(StatusResponse { status: true }))
-    }
-
-    /// Readiness: 200 when a model can serve and none is loading, else 503
-    ///
-    /// Open without the API key (for probes), but then it says only `status`: model ids,
-    /// their load errors and the queue are details for callers with the key.
-    #[oai(
-        path = "/health",
-        method = "get",
-        operation_id = "health",
-        tag = "ApiTags::Health"
-    )]
-    async fn health(&self, state: Data<&Arc<AppState>>, req: &poem::Request) -> HealthResult {
-        let models = state.engine.models();
-        let details = state
-            .config
-            .api_key
-            .as_deref()
-            .is_none_or(|key| authorized(req, key));
-        let name = |id: &str| {
-            if details {
-                format!(" `{id}`")
-            } else {
-                String::new()
-            }
-        };
-        let unavailable = |message: String, code: &str| {
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
-                .code(code)
-                .into()
-        };
-        if let Some(m) = models.iter().find(|m| m.state == ModelState::Loading) {
-            return unavailable(format!("a model{} is loading", name(&m.id)), "loading");
-        }
-        if models
-            .iter()
-            .all(|m| matches!(m.state, ModelState::Failed(_)))
-        {
-            return unavailable(
-                "no model can serve: every model failed to load".into(),
-                "no_model",
-            );
-        }
-        if !details {
-            return HealthResult::Ok(Json(HealthResponse {
-                status: "ready".into(),
-                models: None,
-                queue: None,
-                queue_capacity: None,
-            }));
-        }
-        let stats = state.engine.stats();
-        let models = models
-            .into_iter()
-            .map(|m| ModelHealth {
-                id: m.id,
-                state: m.state.label().into(),
-                error: match m.state {
-                    ModelState::Failed(e) => Some(e),
-                    _ => None,
-                },
-            })
-            .collect();
-        HealthResult::Ok(Json(HealthResponse {
-            status: "ready".into(),
-            models: Some(models),
-            queue: Some(stats.in_flight as u32),
-            queue_capacity: Some(stats.capacity as u32),
-        }))
     }
 }

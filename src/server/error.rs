@@ -62,6 +62,7 @@ impl ApiError {
                 ty: self.ty.to_string(),
                 param: self.param.clone(),
                 code: self.code.clone(),
+                request_id: super::observe::current_id(),
             },
         }
     }

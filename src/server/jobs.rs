@@ -167,6 +167,7 @@ pub fn prepare(
         .param("model")
         .code("model_not_found")
     })?;
+    super::observe::set_model(&model.id);
     let quality = p.output_compression.unwrap_or(100);
     if quality > 100 {
         return Err(ApiError::invalid(

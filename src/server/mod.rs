@@ -9,7 +9,10 @@ mod disconnect;
 mod encode;
 mod error;
 mod guard;
+mod health_api;
 mod jobs;
+mod metrics;
+mod observe;
 mod respond;
 mod schema_check;
 mod store;
@@ -20,7 +23,7 @@ mod upload;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use poem::middleware::{CatchPanic, Cors, Tracing};
+use poem::middleware::{CatchPanic, Cors};
 use poem::{Endpoint, EndpointExt, Route};
 use poem_openapi::OpenApiService;
 
@@ -29,6 +32,7 @@ pub use addons_api::AddOnsApi;
 pub use api::Api;
 pub use conn::ConnLimits;
 pub use error::ApiError;
+pub use health_api::HealthApi;
 pub use store::ImageStore;
 
 use crate::engine::{EngineHandle, JobRules};
@@ -91,6 +95,7 @@ pub struct AppState {
     pub default_model: String,
     pub demo_notice: Option<String>,
     generation_schema: BodySchema,
+    metrics: metrics::ServerMetrics,
 }
 
 impl AppState {
@@ -152,8 +157,8 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 /// The OpenAPI service; `openapi.json` is `service().spec()`.
-pub fn service() -> OpenApiService<(Api, AddOnsApi), ()> {
-    OpenApiService::new((Api, AddOnsApi), "kiln", env!("CARGO_PKG_VERSION")).description(
+pub fn service() -> OpenApiService<(Api, AddOnsApi, HealthApi), ()> {
+    OpenApiService::new((Api, AddOnsApi, HealthApi), "kiln", env!("CARGO_PKG_VERSION")).description(
         "OpenAI-compatible image generation (Stable Diffusion 1.5, DALL·E Mini) served by kiln.",
     )
 }
@@ -189,6 +194,7 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
         None => ids.first().cloned().ok_or(ServerError::NoModels)?,
     };
     let state = Arc::new(AppState {
+        metrics: metrics::ServerMetrics::new(&engine),
         engine,
         store: ImageStore::new(config.url_ttl, config.url_store_max),
         default_model,
@@ -206,6 +212,7 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
         }
     });
     let guard_state = state.clone();
+    let observe_state = state.clone();
     let body_timeout = state.config.connections.body_timeout;
     let app = Route::new()
         .at("/openapi.json", api.spec_endpoint())
@@ -224,7 +231,10 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
         .with_if(cors.is_some(), cors.unwrap_or_default())
         .data(state)
         .around(|ep, req| async move { error::finalize(&*ep, req).await })
-        .with(Tracing)
+        .around(move |ep, req| {
+            let state = observe_state.clone();
+            async move { observe::observe(&*ep, req, state).await }
+        })
         .around(move |ep, req| async move { conn::track(&*ep, req, body_timeout).await });
     Ok(app)
 }

@@ -306,6 +306,9 @@ pub struct ErrorBody {
     pub param: Option<String>,
     #[oai(nullable)]
     pub code: Option<String>,
+    /// Extension: the request's `X-Request-Id`, to quote when reporting the error.
+    #[oai(skip_serializing_if_is_none)]
+    pub request_id: Option<String>,
 }
 
 /// OpenAI's model object, plus kiln's extensions.
@@ -336,6 +339,13 @@ pub struct ModelList {
 #[derive(Object, Debug)]
 pub struct StatusResponse {
     pub status: bool,
+}
+
+/// `GET /health/live`.
+#[derive(Object, Debug)]
+pub struct LiveResponse {
+    /// `ok`.
+    pub status: String,
 }
 
 #[derive(Object, Debug)]
