@@ -53,6 +53,77 @@ impl std::fmt::Display for DeviceSpec {
     }
 }
 
+/// `--device`: one device or a comma list (`cuda:0,cuda:1`). The server runs one worker with a
+/// replica of every model per entry. Each entry has a label, unique in the list, that names its
+/// worker in logs, metrics and `/health`: the device's own name (`cuda:1`), with `#k` (the k-th
+/// time, from 0) added when the same device is listed more than once (`cpu,cpu` → `cpu#0`,
+/// `cpu#1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceList(Vec<(String, DeviceSpec)>);
+
+impl DeviceList {
+    /// `(label, device)` in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, DeviceSpec)> {
+        self.0.iter().map(|(l, d)| (l.as_str(), *d))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The device when the list holds exactly one (`kiln generate` runs on one).
+    pub fn single(&self) -> Option<DeviceSpec> {
+        match self.0.as_slice() {
+            [(_, d)] => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+impl From<DeviceSpec> for DeviceList {
+    fn from(d: DeviceSpec) -> Self {
+        Self(vec![(d.to_string(), d)])
+    }
+}
+
+impl FromStr for DeviceList {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let specs = s
+            .split(',')
+            .map(|part| {
+                if part.trim().is_empty() {
+                    return Err(Error::Device(format!(
+                        "empty entry in the device list `{s}`; use e.g. cpu or cuda:0,cuda:1"
+                    )));
+                }
+                part.parse::<DeviceSpec>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let labels = specs.iter().enumerate().map(|(i, d)| {
+            let same = |e: &DeviceSpec| e == d;
+            if specs.iter().filter(|e| same(e)).count() == 1 {
+                d.to_string()
+            } else {
+                format!("{d}#{}", specs[..i].iter().filter(|e| same(e)).count())
+            }
+        });
+        Ok(Self(labels.zip(specs.iter().copied()).collect()))
+    }
+}
+
+impl std::fmt::Display for DeviceList {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let labels: Vec<&str> = self.0.iter().map(|(l, _)| l.as_str()).collect();
+        f.write_str(&labels.join(","))
+    }
+}
+
 /// Work to run on whichever backend the user picked.
 pub trait BackendTask {
     type Output;
@@ -174,6 +245,23 @@ mod tests {
         assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
         assert!("cpu:1".parse::<DeviceSpec>().is_err());
         assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn device_lists_get_unique_labels() {
+        let labels = |s: &str| {
+            let list: DeviceList = s.parse().unwrap();
+            list.iter().map(|(l, _)| l.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(labels("cpu"), ["cpu"]);
+        assert_eq!(labels("cpu,cpu"), ["cpu#0", "cpu#1"]);
+        assert_eq!(labels("cuda:0, cuda:1"), ["cuda:0", "cuda:1"]);
+        assert_eq!(labels("wgpu:0,wgpu:1,wgpu:0"), ["wgpu:0#0", "wgpu:1", "wgpu:0#1"]);
+        let list: DeviceList = "cpu,cpu".parse().unwrap();
+        assert_eq!(list.single(), None);
+        assert_eq!("cuda".parse::<DeviceList>().unwrap().single(), Some(DeviceSpec::Cuda(0)));
+        assert!("cpu,".parse::<DeviceList>().is_err());
+        assert!("cpu,tpu".parse::<DeviceList>().is_err());
     }
 
     #[cfg(feature = "cpu")]

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
 
-use crate::backend::DeviceSpec;
+use crate::backend::{DeviceList, DeviceSpec};
 use crate::error::{Error, Result};
 
 /// What the user asked for (`--precision`, `KILN_PRECISION`).
@@ -83,6 +83,42 @@ impl std::fmt::Display for Placement {
             Precision::Auto => write!(f, "{}", self.device),
             p => write!(f, "{} ({p})", self.device),
         }
+    }
+}
+
+/// Where the server runs its models: every device of `--device` (each gets a replica of every
+/// model), all in one precision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placements {
+    pub devices: DeviceList,
+    pub precision: Precision,
+}
+
+impl Placements {
+    /// `(label, placement)` per device, in the order given.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Placement)> {
+        self.devices.iter().map(|(label, device)| {
+            let place = Placement {
+                device,
+                precision: self.precision,
+            };
+            (label, place)
+        })
+    }
+}
+
+impl From<Placement> for Placements {
+    fn from(p: Placement) -> Self {
+        Self {
+            devices: p.device.into(),
+            precision: p.precision,
+        }
+    }
+}
+
+impl From<DeviceSpec> for Placements {
+    fn from(d: DeviceSpec) -> Self {
+        Placement::from(d).into()
     }
 }
 

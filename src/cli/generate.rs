@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln::backend::DeviceSpec;
+use kiln::backend::{DeviceList, DeviceSpec};
 use kiln::engine::{
     DalleParams, EditInput, EngineError, GeneratedImage, JobExtras, JobParams, JobRules,
     loader_for, loras::parse_lora_arg, pipeline,
@@ -82,7 +82,7 @@ pub struct GenerateArgs {
     /// clip_skip=1 is 2 here).
     #[arg(long)]
     pub clip_skip: Option<usize>,
-    /// cpu, wgpu[:N] or cuda[:N].
+    /// cpu, wgpu[:N] or cuda[:N] (one device; a list is for `kiln serve`).
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
     /// auto (f16 on wgpu/cuda, f32 on cpu), f32 or f16. The VAE stays f32 when its config
@@ -146,8 +146,19 @@ pub struct GenerateArgs {
     pub addons: AddOnArgs,
 }
 
+/// The device of `--device`, which takes one here (`KILN_DEVICE` may hold the server's list).
+fn one_device(s: &str) -> anyhow::Result<DeviceSpec> {
+    let list: DeviceList = s.parse().with_context(|| format!("--device {s}"))?;
+    list.single().ok_or_else(|| {
+        anyhow::anyhow!(
+            "--device {s}: `kiln generate` runs on one device, not {} (a list is for `kiln serve`)",
+            list.len()
+        )
+    })
+}
+
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
-    let device: DeviceSpec = args.device.parse()?;
+    let device = one_device(&args.device)?;
     let precision: Precision = args.precision.parse()?;
     let kind = model_kind(&args)?;
     let family = kind.family();

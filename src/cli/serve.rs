@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser};
-use kiln::backend::DeviceSpec;
+use kiln::backend::DeviceList;
 use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, JobRules, Limits, discover};
 use kiln::server::{ConnLimits, ServerConfig, build_app, serve};
 use tracing::{info, warn};
@@ -28,7 +28,10 @@ pub struct ServeArgs {
     /// Model used when a request names none (default: the first one).
     #[arg(long, env = "KILN_DEFAULT_MODEL")]
     pub default_model: Option<String>,
-    /// cpu, wgpu[:N] or cuda[:N].
+    /// cpu, wgpu[:N] or cuda[:N], or a comma list (cuda:0,cuda:1): one worker per entry, each
+    /// with a replica of every model; a request goes to the least-loaded one. Logs and metrics
+    /// name a worker by its device, with #K added when a device is listed twice (cpu,cpu:
+    /// cpu#0 and cpu#1).
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
     /// auto (f16 on wgpu/cuda, f32 on cpu), f32 or f16. The VAE stays f32 when its config
@@ -158,13 +161,8 @@ async fn drain(engine: EngineHandle, grace: Duration) {
         "draining: readiness is 503, new jobs are refused, accepted jobs finish"
     );
     engine.begin_drain();
-    let idle = async {
-        while engine.stats().in_flight > 0 {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
     tokio::select! {
-        _ = idle => info!("drained: every accepted job finished"),
+        _ = engine.wait_idle() => info!("drained: every accepted job finished"),
         _ = tokio::time::sleep(grace) => {
             warn!(jobs = engine.stats().in_flight, "grace period over: cancelling the jobs still queued or running");
             engine.begin_shutdown();
@@ -177,12 +175,15 @@ async fn drain(engine: EngineHandle, grace: Duration) {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let device = kiln::precision::Placement {
-        device: args.device.parse::<DeviceSpec>()?,
+    let device = kiln::precision::Placements {
+        devices: args
+            .device
+            .parse::<DeviceList>()
+            .with_context(|| format!("--device {}", args.device))?,
         precision: args.precision.parse()?,
     };
     let addons = args.addons.resolve(&args.models_dir);
-    let mut found = discover(&args.models_dir, &args.models, device, &addons)?;
+    let mut found = discover(&args.models_dir, &args.models, device.clone(), &addons)?;
     if found.demo && args.models.is_empty() {
         // First run: fetch the default model when the Hub is reachable (unless --offline);
         // `ensure_model` logs the loud fallback line itself when it cannot.
@@ -192,7 +193,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             match kiln::download::ensure_model(id, &args.models_dir, &hub) {
                 Ok(kiln::download::EnsureOutcome::Downloaded(dir)) => {
                     info!(model = id, dir = %dir.display(), "downloaded the default model");
-                    found = discover(&args.models_dir, &args.models, device, &addons)?;
+                    found = discover(&args.models_dir, &args.models, device.clone(), &addons)?;
                 }
                 Ok(outcome) => info!(?outcome, "default model"),
                 Err(e) => warn!("{id}: download failed: {e}; continuing with what is installed"),

@@ -15,6 +15,7 @@ use crate::precision::Placement;
 
 pub struct DallePipeline<B: Backend> {
     model: DalleMini<B>,
+    device: B::Device,
 }
 
 impl<B: Backend> DallePipeline<B> {
@@ -41,6 +42,10 @@ impl<B: Backend> DallePipeline<B> {
 impl<B: Backend> ImagePipeline for DallePipeline<B> {
     fn family(&self) -> Family {
         Family::DalleMini
+    }
+
+    fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
+        crate::backend::device_memory::<B>(&self.device)
     }
 
     fn generate(
@@ -95,6 +100,7 @@ impl BackendTask for LoadDalle {
             .resolve::<B>(self.place.device, &device)?;
         Ok(Box::new(DallePipeline {
             model: DalleMini::<B>::load_as(&self.path, None, &device, dtype)?,
+            device,
         }))
     }
 }

@@ -1,5 +1,7 @@
-//! The engine: owns the loaded pipelines on one worker thread per device, fed by a bounded
-//! queue (`queue.rs`). The HTTP layer only talks to an [`EngineHandle`]: `submit` an
+//! The engine: owns the loaded pipelines on one worker thread per device (each device holding a
+//! replica of every model), fed by a bounded queue that sends each job to the least-loaded
+//! replica of its model (`handle.rs`, `queue.rs`). The HTTP layer only talks to an
+//! [`EngineHandle`]: `submit` an
 //! [`ImageJob`] built by [`JobParams::into_job`], then await the [`JobTicket`]'s events.
 //! Dropping a ticket cancels its job (between steps), which is how a client disconnect reaches
 //! the model. `kiln generate` builds the same job and runs it through the same family adapter
@@ -7,7 +9,9 @@
 
 mod addons;
 mod dalle;
+mod handle;
 pub mod loras;
+mod metrics;
 mod params;
 pub mod pipeline;
 mod queue;
@@ -26,8 +30,9 @@ pub use params::{EditInput, JobParams, JobRules, Limits};
 pub use pipeline::{
     DalleParams, GeneratedImage, ImageJob, ImagePipeline, InitImage, JobExtras, Progress,
 };
-pub(crate) use queue::{Counters, Queued};
-pub use queue::{EngineHandle, JobEvent, JobTicket};
+pub use handle::EngineHandle;
+pub(crate) use queue::Queued;
+pub use queue::{JobEvent, JobTicket};
 pub use registry::{DEMO_HELP, Discovery, discover, loader_for};
 pub use sd15::{Sd15Pipeline, sd15_loader};
 
@@ -81,12 +86,14 @@ impl From<crate::Error> for EngineError {
 /// Builds a pipeline; runs on the worker thread that will own it.
 pub type Loader = Arc<dyn Fn() -> Result<Box<dyn ImagePipeline>, EngineError> + Send + Sync>;
 
-/// A model the engine serves: an id, its family and device, and how to load it.
+/// A model the engine serves on one device: an id, its family and device, and how to load it.
+/// The same id on several devices is one model with a replica on each.
 #[derive(Clone)]
 pub struct ServedModel {
     pub id: String,
     pub family: Family,
-    /// Worker that owns it (`cpu`, `cuda:0`, ...); one thread per distinct value.
+    /// Label of the worker that owns it (`cpu`, `cuda:0`, `cpu#1`: see
+    /// [`crate::backend::DeviceList`]); one thread per distinct value.
     pub device: String,
     /// Where it comes from, for logs and `/v1/models`.
     pub source: String,
@@ -134,6 +141,24 @@ pub struct ModelInfo {
     pub state: ModelState,
 }
 
+/// One model on one device ([`EngineHandle::replicas`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub device: String,
+    pub state: ModelState,
+}
+
+/// One device's worker ([`EngineHandle::devices`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceLoad {
+    pub device: String,
+    /// Jobs sent to it and not started.
+    pub waiting: usize,
+    /// 0 or 1.
+    pub running: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     /// Jobs queued or running at once, over all workers; more → [`EngineError::QueueFull`].
@@ -153,6 +178,7 @@ impl Default for EngineConfig {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Jobs accepted and not done; 0 = [`EngineHandle::is_idle`].
     pub in_flight: usize,
     pub capacity: usize,
     pub completed: u64,

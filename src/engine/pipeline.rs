@@ -156,6 +156,11 @@ impl GeneratedImage {
 /// leaves it, so device handles that are not thread-safe are fine.
 pub trait ImagePipeline {
     fn family(&self) -> Family;
+    /// What the backend reports of its device's memory (GPU backends; `None` on the CPU).
+    /// Called on the thread that runs the pipeline, whose stream's pools cubecl counts.
+    fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
+        None
+    }
     fn generate(
         &mut self,
         job: &ImageJob,

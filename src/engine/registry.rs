@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use super::{AddOns, EngineError, Family, Loader, ServedModel, dalle_loader, sd15_loader};
 use crate::models::ModelKind;
 use crate::models::family::NOT_MODEL_DIRS;
-use crate::precision::Placement;
+use crate::precision::{Placement, Placements};
 
 /// Printed when only demo models are served.
 pub const DEMO_HELP: &str = "To serve real Stable Diffusion 1.5 weights, put a diffusers folder under models/, e.g.\n  \
@@ -47,34 +47,39 @@ pub fn loader_for(
     }
 }
 
+/// One [`ServedModel`] per device of `places`: the model's replicas.
 fn served(
     id: &str,
     kind: ModelKind,
     path: &Path,
-    device: Placement,
+    places: &Placements,
     demo: bool,
     addons: &AddOns,
-) -> ServedModel {
-    ServedModel {
-        id: id.to_string(),
-        family: kind.family(),
-        device: device.to_string(),
-        source: path.display().to_string(),
-        demo,
-        loader: loader_for(kind, path, id, device, true, addons),
-    }
+) -> Vec<ServedModel> {
+    places
+        .iter()
+        .map(|(label, place)| ServedModel {
+            id: id.to_string(),
+            family: kind.family(),
+            device: label.to_string(),
+            source: path.display().to_string(),
+            demo,
+            loader: loader_for(kind, path, id, place, true, addons),
+        })
+        .collect()
 }
 
 /// Explicit models first (in the order given), then every diffusers folder directly under
 /// `models_dir` except the catalog's `NOT_MODEL_DIRS` (id = folder name); with neither, the demo
-/// models. SD models load with `addons`.
+/// models. SD models load with `addons`. Every model gets one replica per device of `devices`
+/// (in `specs`, a model's replicas follow each other).
 pub fn discover(
     models_dir: &Path,
     explicit: &[(String, PathBuf)],
-    device: impl Into<Placement>,
+    devices: impl Into<Placements>,
     addons: &AddOns,
 ) -> Result<Discovery, EngineError> {
-    let device = device.into();
+    let places = devices.into();
     let mut specs = Vec::new();
     for (id, path) in explicit {
         if !path.exists() {
@@ -91,7 +96,7 @@ pub fn discover(
                 path.display()
             ),
         })?;
-        specs.push(served(id, kind, path, device, false, addons));
+        specs.extend(served(id, kind, path, &places, false, addons));
     }
     if let Ok(entries) = std::fs::read_dir(models_dir) {
         let mut found: Vec<(PathBuf, ModelKind)> = entries
@@ -108,7 +113,7 @@ pub fn discover(
                 continue;
             }
             info!(model = %id, kind = %kind, path = %p.display(), "found model");
-            specs.push(served(&id, kind, &p, device, false, addons));
+            specs.extend(served(&id, kind, &p, &places, false, addons));
         }
     } else {
         warn!(dir = %models_dir.display(), "models directory not found");
@@ -133,11 +138,11 @@ pub fn discover(
             ),
         });
     };
-    specs.push(served(
+    specs.extend(served(
         "sd15-demo",
         ModelKind::Sd15,
         tiny,
-        device,
+        &places,
         true,
         addons,
     ));
@@ -150,7 +155,7 @@ pub fn discover(
             .filter(|k| k.family() == Family::DalleMini)
             .map(|k| (p, k))
     }) {
-        specs.push(served("dalle-mini-demo", kind, p, device, true, addons));
+        specs.extend(served("dalle-mini-demo", kind, p, &places, true, addons));
     }
     Ok(Discovery { specs, demo: true })
 }

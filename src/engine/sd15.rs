@@ -141,6 +141,10 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         Family::Sd15
     }
 
+    fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
+        crate::backend::device_memory::<B>(self.model.device())
+    }
+
     fn generate(
         &mut self,
         job: &ImageJob,

@@ -90,44 +90,45 @@ pub struct ServerMetrics {
 
 impl ServerMetrics {
     pub fn new(engine: &EngineHandle) -> Self {
-        let mut registry = Registry::with_prefix("kiln");
+        // No prefix: the engine's families (`register_metrics`) carry `kiln_` in their names.
+        let mut registry = Registry::default();
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: Histograms<DurationLabels> =
             Family::new_with_constructor(request_histogram as fn() -> Histogram);
         let (ready, draining, stored_images) = (Gauge::default(), Gauge::default(), Gauge::default());
         let resident_bytes = Gauge::<u64, AtomicU64>::default();
         registry.register(
-            "http_requests",
+            "kiln_http_requests",
             "HTTP requests answered, by endpoint, served model (empty when none) and status",
             requests.clone(),
         );
         registry.register(
-            "http_request_duration_seconds",
+            "kiln_http_request_duration_seconds",
             "Time from a request's arrival to its response headers (for event streams: to the stream's start)",
             durations.clone(),
         );
         registry.register(
-            "ready",
+            "kiln_ready",
             "1 when /health/ready answers 200 (models loaded, not draining)",
             ready.clone(),
         );
         registry.register(
-            "draining",
+            "kiln_draining",
             "1 from SIGTERM/SIGINT until exit: no new jobs, the accepted ones finish",
             draining.clone(),
         );
         registry.register(
-            "image_store_images",
+            "kiln_image_store_images",
             "Images kept for response_format=url links (in a shared directory: by all replicas)",
             stored_images.clone(),
         );
         registry.register(
-            "process_resident_memory_bytes",
+            "kiln_process_resident_memory_bytes",
             "Resident memory of this process (Linux)",
             resident_bytes.clone(),
         );
         registry.register(
-            "build",
+            "kiln_build",
             "The kiln version and the backends compiled in",
             Info::new(vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
