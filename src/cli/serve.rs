@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Args, Parser};
 use kiln::backend::DeviceList;
 use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, JobRules, Limits, discover};
-use kiln::server::{ConnLimits, ServerConfig, build_app, serve};
+use kiln::server::{ConnLimits, ServerConfig, StoreKind, build_app, serve};
 use tracing::{info, warn};
 
 use super::addons::AddOnArgs;
@@ -80,6 +80,13 @@ pub struct ServeArgs {
     /// Images kept for `response_format=url` links (oldest dropped first).
     #[arg(long, env = "KILN_URL_STORE_MAX", default_value_t = 256)]
     pub url_store_max: usize,
+    /// MiB kept for `response_format=url` links (oldest dropped first; default: no byte cap).
+    #[arg(long, env = "KILN_URL_STORE_MAX_MIB", value_parser = clap::value_parser!(u64).range(1..))]
+    pub url_store_max_mib: Option<u64>,
+    /// Where `response_format=url` images live: `memory` (this process), or `dir:PATH`, a
+    /// directory replicas share (NFS/EFS, a ReadWriteMany volume) so any replica serves any link.
+    #[arg(long, env = "KILN_IMAGE_STORE", default_value = "memory")]
+    pub image_store: StoreKind,
     /// Base URL for image links when behind a proxy (default: the Host header when it is a
     /// plain host[:port], else the address the request came in on).
     #[arg(long, env = "KILN_PUBLIC_URL")]
@@ -243,6 +250,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         cors_origins: args.cors_origins.clone(),
         url_ttl: Duration::from_secs(args.url_ttl_secs),
         url_store_max: args.url_store_max,
+        url_store_max_bytes: args.url_store_max_mib.map(|m| m << 20),
+        image_store: args.image_store.clone(),
         public_url: args.public_url.clone(),
         connections: ConnLimits {
             max_connections: args.max_connections.max(1),

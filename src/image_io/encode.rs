@@ -32,6 +32,9 @@ impl std::str::FromStr for ImageFormat {
 }
 
 impl ImageFormat {
+    /// Every format, e.g. to recognise an extension exactly (`from_str` is lenient).
+    pub const ALL: [Self; 3] = [Self::Png, Self::Jpeg, Self::Webp];
+
     /// From a file name's extension.
     pub fn from_path(path: &Path) -> Option<Self> {
         path.extension()

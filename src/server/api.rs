@@ -15,6 +15,7 @@ use super::jobs::{GenParams, prepare};
 use super::respond::{ImagesContent, decode_upload, run_job};
 use super::types::*;
 use crate::engine::{EditInput, ModelInfo};
+use crate::image_io::ImageFormat;
 use crate::image_io::mask::MaskConvention;
 
 #[derive(Tags)]
@@ -27,6 +28,7 @@ pub(super) enum ApiTags {
     Health,
 }
 
+/// One variant per [`ImageFormat`] (poem-openapi needs each content type spelled here).
 #[derive(ResponseContent)]
 pub enum FileContent {
     #[oai(content_type = "image/png")]
@@ -204,14 +206,17 @@ impl Api {
         tag = "ApiTags::Images"
     )]
     async fn image_file(&self, state: Data<&Arc<AppState>>, id: Path<String>) -> FileResult {
-        match state.store.get(&id.0) {
-            Some((bytes, "image/jpeg")) => FileResult::Ok(FileContent::Jpeg(Binary(bytes))),
-            Some((bytes, "image/webp")) => FileResult::Ok(FileContent::Webp(Binary(bytes))),
-            Some((bytes, _)) => FileResult::Ok(FileContent::Png(Binary(bytes))),
-            None => ApiError::new(StatusCode::NOT_FOUND, "no such image (image links expire)")
+        match state.store.get(&id.0).await {
+            Ok(Some((bytes, format))) => FileResult::Ok(match format {
+                ImageFormat::Png => FileContent::Png(Binary(bytes)),
+                ImageFormat::Jpeg => FileContent::Jpeg(Binary(bytes)),
+                ImageFormat::Webp => FileContent::Webp(Binary(bytes)),
+            }),
+            Ok(None) => ApiError::new(StatusCode::NOT_FOUND, "no such image (image links expire)")
                 .param("id")
                 .code("not_found")
                 .into(),
+            Err(e) => ApiError::from(e).into(),
         }
     }
 

@@ -18,16 +18,6 @@ impl From<OutputFormat> for ImageFormat {
     }
 }
 
-impl OutputFormat {
-    pub fn content_type(self) -> &'static str {
-        ImageFormat::from(self).content_type()
-    }
-
-    pub fn extension(self) -> &'static str {
-        ImageFormat::from(self).extension()
-    }
-}
-
 /// Encodes `img` on a blocking thread. `quality` (`output_compression`, 0–100) applies to JPEG
 /// (0 is taken as 1); PNG and WebP are lossless. `params` goes into PNG files.
 pub async fn encode(

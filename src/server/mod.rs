@@ -33,7 +33,7 @@ pub use api::Api;
 pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use health_api::HealthApi;
-pub use store::ImageStore;
+pub use store::{ImageStore, StoreError, StoreKind, StoreLimits};
 
 use crate::engine::{EngineHandle, JobRules};
 use schema_check::BodySchema;
@@ -55,9 +55,12 @@ pub struct ServerConfig {
     pub max_upload_bytes: usize,
     /// Allowed CORS origins; empty = CORS off, `*` = any origin.
     pub cors_origins: Vec<String>,
-    /// How long `response_format=url` links live, and how many images are kept.
+    /// How long `response_format=url` links live, how many images (and bytes) are kept,
+    /// and where (memory, or a directory replicas share).
     pub url_ttl: Duration,
     pub url_store_max: usize,
+    pub url_store_max_bytes: Option<u64>,
+    pub image_store: StoreKind,
     /// Base of image links (e.g. behind a proxy); default: from the request's Host header when
     /// it is a plain `host[:port]`, else the address the request came in on.
     pub public_url: Option<String>,
@@ -80,6 +83,8 @@ impl Default for ServerConfig {
             cors_origins: Vec::new(),
             url_ttl: Duration::from_secs(3600),
             url_store_max: 256,
+            url_store_max_bytes: None,
+            image_store: StoreKind::Memory,
             public_url: None,
             connections: ConnLimits::default(),
             demo_notice: None,
@@ -183,6 +188,8 @@ pub enum ServerError {
     },
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    ImageStore(#[from] StoreError),
 }
 
 /// The whole HTTP app: the API, `/openapi.json`, `/docs`, middlewares.
@@ -196,7 +203,14 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
     let state = Arc::new(AppState {
         metrics: metrics::ServerMetrics::new(&engine),
         engine,
-        store: ImageStore::new(config.url_ttl, config.url_store_max),
+        store: ImageStore::open(
+            &config.image_store,
+            StoreLimits {
+                ttl: config.url_ttl,
+                max_images: config.url_store_max,
+                max_bytes: config.url_store_max_bytes,
+            },
+        )?,
         default_model,
         demo_notice: config.demo_notice.clone(),
         generation_schema: BodySchema::of::<types::CreateImageRequest>(),

@@ -56,9 +56,9 @@ async fn respond(
         encoded.push((encode(g.image, g.params, fmt, q).await?, g.seed));
     }
     let base = state.public_base(req);
-    let data = encoded
-        .into_iter()
-        .map(|(bytes, seed)| match p.response_format {
+    let mut data = Vec::with_capacity(encoded.len());
+    for (bytes, seed) in encoded {
+        data.push(match p.response_format {
             ResponseFormat::B64Json => ImageData {
                 b64_json: Some(base64::Engine::encode(
                     &base64::engine::general_purpose::STANDARD,
@@ -69,16 +69,16 @@ async fn respond(
                 seed,
             },
             ResponseFormat::Url => {
-                let id = state.store.put(bytes, fmt.content_type(), fmt.extension());
+                let id = state.store.put(bytes, fmt.into()).await?;
                 ImageData {
                     b64_json: None,
-                    url: Some(format!("{base}/v1/images/files/{id}")),
+                    url: Some(format!("{base}/v1/images/files/{}", id.as_str())),
                     revised_prompt: None,
                     seed,
                 }
             }
-        })
-        .collect();
+        });
+    }
     Ok(ImagesResponse {
         created: unix_now(),
         data,
