@@ -8,7 +8,7 @@ use super::params;
 use crate::error::{Error, Result};
 
 /// Output file formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ImageFormat {
     Png,
     Jpeg,
