@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # CI check of the Helm chart without helm (none on CI, and it cannot be fetched): renders every
 # template with deploy/helm/render (helm's template engine rebuilt from Debian's Go, sprig and
-# sigs.k8s.io/yaml) for each values case, then validates the manifests (validate.py: YAML,
-# Kubernetes schemas, KEDA/ServiceMonitor fields, the chart's own promises).
+# sigs.k8s.io/yaml) for each values case, strict as `helm lint --strict` (a misspelt .Values key
+# fails), then validates the manifests (validate.py: YAML, Kubernetes schemas, KEDA and
+# ServiceMonitor field names and required fields, the chart's own promises).
 # Needs: go (Debian golang-go) with golang-github-masterminds-sprig-dev and
 # golang-k8s-sigs-yaml-dev; PYTHON with kubernetes-validate (a venv).
 # Not covered: `helm lint` and chart packaging, .Capabilities/lookup (the chart uses neither), and
@@ -18,12 +19,15 @@ mkdir -p "$out"
 GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE="$PWD/.cache/go-build" \
     go build -o "$out/render" ./deploy/helm/render
 
-render() { # NAME [values files...]
+render_quiet() { # NAME [values files...]: manifests to $out/NAME.yaml, NOTES and errors to .notes
     local name=$1; shift
     local args=()
     for f in "$@"; do args+=(-f "$f"); done
-    "$out/render" "${args[@]}" -name kiln -namespace images "$chart" \
+    "$out/render" -strict "${args[@]}" -name kiln -namespace images "$chart" \
         >"$out/$name.yaml" 2>"$out/$name.notes"
+}
+render() { # as render_quiet, and a failed render shows why
+    render_quiet "$@" || { echo "$1: render failed:" >&2; cat "$out/$1.notes" >&2; return 1; }
 }
 
 render default
@@ -37,7 +41,7 @@ render existing deploy/helm/ci/existing.yaml
     --existing shared-images "$out/existing.yaml"
 
 # `required` must stop a render that would deploy an empty API key.
-if render missing-key deploy/helm/ci/missing-key.yaml; then
+if render_quiet missing-key deploy/helm/ci/missing-key.yaml; then
     echo "missing-key: rendered, but apiKey.enabled without a key must fail" >&2; exit 1
 fi
 grep -q 'apiKey.value (or apiKey.existingSecret) is required' "$out/missing-key.notes" \

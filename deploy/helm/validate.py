@@ -3,14 +3,18 @@
 YAML with apiVersion/kind/metadata.name; core kinds against Kubernetes' JSON schemas (the PyPI
 package kubernetes-validate, offline, strict: unknown fields are errors) for the chart's oldest
 supported version and the newest bundled one; KEDA's ScaledObject and prometheus-operator's
-ServiceMonitor (no schemas bundled) for the fields those operators require; and the chart's own
-promises that no schema can see: selectors match, volumes and Secrets referenced exist, the
-startup probe tolerates long loads, the grace period outlasts the drain.
+ServiceMonitor (no schemas bundled): their metadata and the ScaledObject's HPA behavior against
+the core schemas, every other field against the CRDs' field names (a misspelt field is an
+error, as the API server's strict field validation makes it) and the fields those operators
+require; and the chart's own promises that no schema can see: selectors match, named ports,
+volumes and Secrets referenced exist, the startup probe tolerates long loads, the grace period
+outlasts the drain, the download init container names a model.
 
 Usage: validate.py [--existing NAME]... FILE.yaml   (NAME: a PVC or Secret the values say
 already exists in the cluster)
 """
 import argparse
+import re
 import sys
 
 import yaml
@@ -23,6 +27,40 @@ CORE = {("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ServiceAccount"),
 # 20 minutes: a cold start may download SD 1.5 (~2.1 GB) and load it before the first ready.
 MIN_STARTUP_SECS = 20 * 60
 
+# Field names of the CRDs' parts the chart may render (KEDA 2.x ScaledObject,
+# prometheus-operator monitoring.coreos.com/v1 ServiceMonitor); None: a free-form map.
+SCALED_OBJECT_SPEC = {
+    "scaleTargetRef": {"name", "apiVersion", "kind", "envSourceContainerName"},
+    "pollingInterval": None, "cooldownPeriod": None, "initialCooldownPeriod": None,
+    "idleReplicaCount": None, "minReplicaCount": None, "maxReplicaCount": None,
+    "fallback": {"failureThreshold", "replicas", "behavior"},
+    "advanced": {"restoreToOriginalReplicaCount", "horizontalPodAutoscalerConfig",
+                 "scalingModifiers"},
+    "triggers": None,
+}
+HPA_CONFIG = {"name", "behavior"}
+TRIGGER = {"type", "name", "metadata", "authenticationRef", "metricType", "useCachedMetrics"}
+SERVICE_MONITOR_SPEC = {
+    "jobLabel", "targetLabels", "podTargetLabels", "endpoints", "selector", "selectorMechanism",
+    "namespaceSelector", "sampleLimit", "scrapeProtocols", "fallbackScrapeProtocol",
+    "targetLimit", "labelLimit", "labelNameLengthLimit", "labelValueLengthLimit",
+    "scrapeClassicHistograms", "nativeHistogramBucketLimit", "nativeHistogramMinBucketFactor",
+    "convertClassicHistogramsToNHCB", "keepDroppedTargets", "attachMetadata", "scrapeClass",
+    "bodySizeLimit", "serviceDiscoveryRole",
+}
+ENDPOINT = {
+    "port", "targetPort", "path", "scheme", "params", "interval", "scrapeTimeout", "tlsConfig",
+    "bearerTokenFile", "bearerTokenSecret", "authorization", "honorLabels", "honorTimestamps",
+    "trackTimestampsStaleness", "basicAuth", "oauth2", "metricRelabelings", "relabelings",
+    "proxyUrl", "noProxy", "proxyFromEnvironment", "proxyConnectHeader", "followRedirects",
+    "enableHttp2", "filterRunning",
+}
+# prometheus-operator's Duration pattern (its CRD rejects anything else).
+DURATION = re.compile(r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?"
+                      r"(([0-9]+)s)?(([0-9]+)ms)?)$")
+DURATION_UNITS = [("ms", 0.001), ("y", 365 * 86400), ("w", 7 * 86400), ("d", 86400),
+                  ("h", 3600), ("m", 60), ("s", 1)]
+
 errors = []
 
 
@@ -34,10 +72,55 @@ def subset(small, big):
     return all(big.get(k) == v for k, v in (small or {}).items())
 
 
+def unknown_fields(doc, where, obj, allowed):
+    """Fields of obj (a map) not in allowed: what a CRD's structural schema rejects."""
+    if not isinstance(obj, dict):
+        fail(doc, f"{where} must be a map, got {type(obj).__name__}")
+        return
+    for k in obj:
+        if k not in allowed:
+            fail(doc, f"unknown field {where}.{k}")
+
+
+def core_schema(doc, what, synthetic):
+    """Validates a part of a custom resource that is a core type, inside a synthetic core object."""
+    for v in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(synthetic, v, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            fail(doc, f"{what}, Kubernetes {v} schema: {e.message} at {'.'.join(map(str, e.path))}")
+
+
+def seconds(duration):
+    total, rest = 0.0, duration
+    for unit, factor in DURATION_UNITS:
+        m = re.match(rf"^([0-9]+){unit}", rest)
+        if m:
+            total += int(m.group(1)) * factor
+            rest = rest[m.end():]
+    return total
+
+
 def check_scaled_object(doc, deployments):
     if doc.get("apiVersion") != "keda.sh/v1alpha1":
         fail(doc, f"apiVersion {doc.get('apiVersion')} is not keda.sh/v1alpha1")
     spec = doc.get("spec") or {}
+    core_schema(doc, "metadata", {"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": doc["metadata"]})
+    unknown_fields(doc, "spec", spec, SCALED_OBJECT_SPEC)
+    for k, allowed in SCALED_OBJECT_SPEC.items():
+        if allowed and k in spec:
+            unknown_fields(doc, f"spec.{k}", spec[k], allowed)
+    hpa = (spec.get("advanced") or {}).get("horizontalPodAutoscalerConfig")
+    if hpa is not None:
+        unknown_fields(doc, "spec.advanced.horizontalPodAutoscalerConfig", hpa, HPA_CONFIG)
+        if isinstance(hpa, dict) and "behavior" in hpa:
+            # The HPA's own behavior type: KEDA copies it into the HPA it creates.
+            core_schema(doc, "spec.advanced.horizontalPodAutoscalerConfig.behavior", {
+                "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "behavior-check"},
+                "spec": {"scaleTargetRef": {"kind": "Deployment", "name": "x"},
+                         "maxReplicas": 1, "behavior": hpa["behavior"]}})
     target = (spec.get("scaleTargetRef") or {}).get("name")
     if target not in deployments:
         fail(doc, f"scaleTargetRef.name {target!r} is not a rendered Deployment")
@@ -52,7 +135,8 @@ def check_scaled_object(doc, deployments):
     triggers = spec.get("triggers") or []
     if not triggers:
         fail(doc, "no triggers")
-    for t in triggers:
+    for i, t in enumerate(triggers):
+        unknown_fields(doc, f"spec.triggers[{i}]", t, TRIGGER)
         meta = t.get("metadata") or {}
         if not isinstance(t.get("type"), str):
             fail(doc, "trigger without a type")
@@ -80,6 +164,9 @@ def check_service_monitor(doc, services):
     if doc.get("apiVersion") != "monitoring.coreos.com/v1":
         fail(doc, f"apiVersion {doc.get('apiVersion')} is not monitoring.coreos.com/v1")
     spec = doc.get("spec") or {}
+    core_schema(doc, "metadata", {"apiVersion": "v1", "kind": "ConfigMap",
+                                  "metadata": doc["metadata"]})
+    unknown_fields(doc, "spec", spec, SERVICE_MONITOR_SPEC)
     match = (spec.get("selector") or {}).get("matchLabels")
     if not match:
         fail(doc, "spec.selector.matchLabels is required")
@@ -89,7 +176,15 @@ def check_service_monitor(doc, services):
     endpoints = spec.get("endpoints") or []
     if not endpoints:
         fail(doc, "spec.endpoints is required")
-    for ep in endpoints:
+    for i, ep in enumerate(endpoints):
+        unknown_fields(doc, f"spec.endpoints[{i}]", ep, ENDPOINT)
+        for key in ("interval", "scrapeTimeout"):
+            if key in ep and not (isinstance(ep[key], str) and DURATION.match(ep[key])):
+                fail(doc, f"endpoint {key} {ep[key]!r} is not a Prometheus duration")
+        if all(isinstance(ep.get(k), str) and DURATION.match(ep[k])
+               for k in ("interval", "scrapeTimeout")) \
+                and seconds(ep["scrapeTimeout"]) > seconds(ep["interval"]):
+            fail(doc, "endpoint scrapeTimeout is longer than its interval (Prometheus refuses it)")
         ports = {p.get("name") for s in selected for p in s["spec"].get("ports", [])}
         if ep.get("port") not in ports:
             fail(doc, f"endpoint port {ep.get('port')!r} is not a port name of the Service")
@@ -105,6 +200,16 @@ def check_deployment(doc, claims, secrets, services):
         fail(doc, "selector.matchLabels do not match the pod labels")
     if not any(subset(s["spec"].get("selector"), labels) for s in services.values()):
         fail(doc, "no Service selects its pods")
+    pod_ports = [p for c in pod["spec"]["containers"] for p in c.get("ports", [])]
+    for s in services.values():
+        if not subset(s["spec"].get("selector"), labels):
+            continue
+        for p in s["spec"].get("ports", []):
+            target = p.get("targetPort", p.get("port"))
+            if isinstance(target, str) and target not in {q.get("name") for q in pod_ports}:
+                fail(s, f"targetPort {target!r} is not a named port of the pods it selects")
+            elif isinstance(target, int) and target not in {q.get("containerPort") for q in pod_ports}:
+                fail(s, f"targetPort {target} is not a containerPort of the pods it selects")
     pspec = pod["spec"]
     volumes = {v["name"]: v for v in pspec.get("volumes", [])}
     for v in volumes.values():
@@ -112,7 +217,16 @@ def check_deployment(doc, claims, secrets, services):
         if claim is not None and claim not in claims:
             fail(doc, f"volume {v['name']} uses PVC {claim!r}, neither rendered nor --existing")
     containers = pspec.get("initContainers", []) + pspec["containers"]
+    for c in pspec.get("initContainers", []):
+        args = c.get("args") or []
+        if args[:1] == ["download"] and (len(args) < 2 or str(args[1]).startswith("-")):
+            fail(doc, f"init container {c['name']} runs `kiln download` without a model id")
     for c in containers:
+        port_names = {p.get("name") for p in c.get("ports", [])}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
+            if isinstance(port, str) and port not in port_names:
+                fail(doc, f"container {c['name']} {probe} uses port {port!r}, not a port it names")
         for m in c.get("volumeMounts", []):
             if m["name"] not in volumes:
                 fail(doc, f"container {c['name']} mounts undefined volume {m['name']}")
@@ -166,7 +280,10 @@ def main():
     ap.add_argument("file")
     args = ap.parse_args()
     with open(args.file) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d is not None]
+        try:
+            docs = [d for d in yaml.safe_load_all(f) if d is not None]
+        except yaml.YAMLError as e:
+            sys.exit(f"{args.file}: FAILED, not valid YAML: {e}")
     if not docs:
         sys.exit(f"{args.file}: no documents")
     by_kind = {}

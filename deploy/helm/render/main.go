@@ -7,12 +7,14 @@
 //     .Release (Name, Namespace, Service, IsInstall, IsUpgrade, Revision), .Chart (Chart.yaml,
 //     capitalised as helm does: Name, Version, AppVersion, ...), .Template (Name, BasePath);
 //   - sprig's functions plus helm's include, tpl, required, toYaml, fromYaml, toJson;
-//   - missingkey=zero with "<no value>" removed, as helm renders by default.
+//   - missingkey=zero with "<no value>" removed, as helm renders by default; with -strict,
+//     missingkey=error, as `helm lint --strict` does: a misspelt .Values key fails the render
+//     instead of silently rendering nothing.
 //
 // .Files, .Capabilities, lookup and subcharts are not implemented: the chart must not use them
 // (a template that does fails here with "function not defined" or a nil map access).
 //
-// Usage: render [-f values.yaml]... [-name RELEASE] [-namespace NS] CHART_DIR
+// Usage: render [-strict] [-f values.yaml]... [-name RELEASE] [-namespace NS] CHART_DIR
 // Prints every rendered template as `# Source: CHART/templates/FILE` documents, as helm does;
 // files whose names start with "_" only define templates, NOTES.txt is printed as a comment.
 package main
@@ -103,18 +105,23 @@ func main() {
 	flag.Var(&valueFiles, "f", "values file (repeatable, later wins)")
 	name := flag.String("name", "kiln", "release name")
 	namespace := flag.String("namespace", "default", "release namespace")
+	strict := flag.Bool("strict", false, "fail on a missing map key (helm lint --strict) instead of rendering it empty")
 	flag.Parse()
 	if flag.NArg() != 1 {
-		fmt.Fprintln(os.Stderr, "usage: render [-f values.yaml]... [-name R] [-namespace NS] CHART_DIR")
+		fmt.Fprintln(os.Stderr, "usage: render [-strict] [-f values.yaml]... [-name R] [-namespace NS] CHART_DIR")
 		os.Exit(2)
 	}
-	if err := run(flag.Arg(0), valueFiles, *name, *namespace); err != nil {
+	missingKey := "missingkey=zero"
+	if *strict {
+		missingKey = "missingkey=error"
+	}
+	if err := run(flag.Arg(0), valueFiles, *name, *namespace, missingKey); err != nil {
 		fmt.Fprintln(os.Stderr, "render:", err)
 		os.Exit(1)
 	}
 }
 
-func run(chartDir string, valueFiles []string, name, namespace string) error {
+func run(chartDir string, valueFiles []string, name, namespace, missingKey string) error {
 	chart, err := readYAML(filepath.Join(chartDir, "Chart.yaml"))
 	if err != nil {
 		return err
@@ -145,7 +152,7 @@ func run(chartDir string, valueFiles []string, name, namespace string) error {
 		return err
 	}
 	sort.Strings(files)
-	t := template.New("gotpl").Option("missingkey=zero")
+	t := template.New("gotpl").Option(missingKey)
 	includedNames := map[string]int{}
 	funcs := sprig.TxtFuncMap()
 	funcs["toYaml"] = toYAML
@@ -165,7 +172,7 @@ func run(chartDir string, valueFiles []string, name, namespace string) error {
 		if err != nil {
 			return "", err
 		}
-		inner, err := clone.New("tpl").Option("missingkey=zero").Parse(text)
+		inner, err := clone.New("tpl").Option(missingKey).Parse(text)
 		if err != nil {
 			return "", fmt.Errorf("tpl: %w", err)
 		}
