@@ -32,18 +32,24 @@ render() { # as render_quiet, and a failed render shows why
 
 render default
 "$PYTHON" deploy/helm/validate.py "$out/default.yaml"
-render cuda-keda "$chart/values-cuda-keda.yaml"
+render cuda-keda "$chart/values-cuda-keda.yaml" deploy/helm/ci/api-key.yaml
 "$PYTHON" deploy/helm/validate.py "$out/cuda-keda.yaml"
 grep -q 'sum(kiln_queue_waiting{namespace=\\"images\\",service=\\"kiln\\"})' "$out/cuda-keda.yaml" \
     || { echo "cuda-keda: the KEDA query is not the release's kiln_queue_waiting" >&2; exit 1; }
+grep -q '^ *nvidia.com/gpu: 1$' "$out/cuda-keda.yaml" \
+    || { echo "cuda-keda: no nvidia.com/gpu limit" >&2; exit 1; }
 render existing deploy/helm/ci/existing.yaml
 "$PYTHON" deploy/helm/validate.py --existing kiln-keys --existing hf-token \
     --existing shared-images "$out/existing.yaml"
 
-# `required` must stop a render that would deploy an empty API key.
-if render_quiet missing-key deploy/helm/ci/missing-key.yaml; then
-    echo "missing-key: rendered, but apiKey.enabled without a key must fail" >&2; exit 1
-fi
-grep -q 'apiKey.value (or apiKey.existingSecret) is required' "$out/missing-key.notes" \
-    || { cat "$out/missing-key.notes" >&2; exit 1; }
+# `required` must stop a render that would deploy an empty API key: apiKey.enabled alone, and
+# values-cuda-keda.yaml without the --set apiKey.value an install adds.
+for case in missing-key:deploy/helm/ci/missing-key.yaml cuda-keda-no-key:$chart/values-cuda-keda.yaml; do
+    name=${case%%:*}
+    if render_quiet "$name" "${case#*:}"; then
+        echo "$name: rendered, but apiKey.enabled without a key must fail" >&2; exit 1
+    fi
+    grep -q 'apiKey.value (or apiKey.existingSecret) is required' "$out/$name.notes" \
+        || { cat "$out/$name.notes" >&2; exit 1; }
+done
 echo "helm chart: all cases render and validate"
