@@ -269,6 +269,22 @@ def check_deployment(doc, claims, secrets, services):
     sleep = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
     if grace <= drain + sleep:
         fail(doc, f"terminationGracePeriodSeconds {grace} must exceed preStop {sleep} s + drain {drain} s")
+    if env.get("KILN_LOG_FORMAT", "text") not in ("text", "json"):
+        fail(doc, f"KILN_LOG_FORMAT {env['KILN_LOG_FORMAT']!r} is not text or json")
+    mounts = {m["mountPath"]: m["name"] for m in main.get("volumeMounts", [])}
+    if env.get("KILN_MODELS_DIR") not in mounts:
+        fail(doc, f"KILN_MODELS_DIR {env.get('KILN_MODELS_DIR')!r} is not a mounted volume")
+    store = env.get("KILN_IMAGE_STORE") or "memory"
+    if store.startswith("dir:"):
+        # Links from one replica are served by every replica only on one shared volume.
+        vol = volumes.get(mounts.get(store[4:]), {})
+        claim = (vol.get("persistentVolumeClaim") or {}).get("claimName")
+        if claim is None:
+            fail(doc, f"KILN_IMAGE_STORE {store}: not a PersistentVolumeClaim mounted there")
+        elif isinstance(claims.get(claim), dict) and "ReadWriteMany" not in claims[claim].get("accessModes", []):
+            fail(doc, f"KILN_IMAGE_STORE {store}: PVC {claim} is not ReadWriteMany")
+    elif store != "memory":
+        fail(doc, f"KILN_IMAGE_STORE {store!r} is not memory or dir:PATH")
     limits = (main.get("resources") or {}).get("limits") or {}
     if "nvidia.com/gpu" in limits and env.get("KILN_DEVICE", "cpu").startswith("cpu"):
         fail(doc, "requests nvidia.com/gpu but KILN_DEVICE is cpu")
@@ -309,7 +325,9 @@ def main():
         return {n: d for (k, n), d in by_kind.items() if k == kind}
 
     deployments, services = named("Deployment"), named("Service")
-    claims = set(named("PersistentVolumeClaim")) | set(args.existing)
+    # Rendered PVCs by name with their spec; --existing ones as True (spec unknown).
+    claims = {n: d.get("spec") or {} for n, d in named("PersistentVolumeClaim").items()}
+    claims.update({n: True for n in args.existing if n not in claims})
     secrets = {n: d.get("stringData") or d.get("data") or {} for n, d in named("Secret").items()}
     secrets.update({n: True for n in args.existing})
     if len(deployments) != 1:
