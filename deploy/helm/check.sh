@@ -16,7 +16,7 @@ out=.cache/helm-check
 mkdir -p "$out"
 
 # GOPATH mode, offline: Debian installs the Go libraries under /usr/share/gocode.
-GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS= GOCACHE="$PWD/.cache/go-build" \
+GOPATH=/usr/share/gocode GO111MODULE=off GOFLAGS='' GOCACHE="$PWD/.cache/go-build" \
     go build -o "$out/render" ./deploy/helm/render
 
 render_quiet() { # NAME [values files...]: manifests to $out/NAME.yaml, NOTES and errors to .notes
