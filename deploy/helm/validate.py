@@ -265,6 +265,12 @@ def check_deployment(doc, claims, secrets, services):
             fail(doc, f"startupProbe gives up after {secs} s, under {MIN_STARTUP_SECS} s")
     grace = pspec.get("terminationGracePeriodSeconds", 30)
     drain = int(env.get("KILN_SHUTDOWN_GRACE_SECS") or 60)
+    args = [str(a) for a in main.get("args", [])]
+    for i, a in enumerate(args):  # a flag wins over the variable
+        if a == "--shutdown-grace-secs" and i + 1 < len(args):
+            drain = int(args[i + 1])
+        elif a.startswith("--shutdown-grace-secs="):
+            drain = int(a.split("=", 1)[1])
     pre_stop = main.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     sleep = int(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0
     if grace <= drain + sleep:
