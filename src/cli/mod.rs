@@ -5,6 +5,7 @@ mod download;
 mod generate;
 mod models;
 mod openapi;
+mod probe;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +44,8 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// List the models installed under the models directory.
     Models(models::ModelsArgs),
+    /// Check a running server's health (exit 0 when GET /health/ready or /health/live is 200).
+    Probe(probe::ProbeArgs),
 }
 
 pub fn init_logging(verbose: u8, format: &str) {
@@ -72,6 +75,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Openapi(args)) => openapi::run(args),
         Some(Command::Download(args)) => download::run(args),
         Some(Command::Models(args)) => models::run(args),
+        Some(Command::Probe(args)) => probe::run(args),
         None => serve::run(serve::default_args()),
     }
 }
