@@ -90,13 +90,16 @@ pub async fn observe<E: Endpoint>(
         .take()
         .unwrap_or_default();
     state.metrics.observe_request(endpoint, &model, status, secs);
+    // Probes and scrapes come every few seconds from every kubelet and Prometheus: their
+    // lines would drown the requests' at the default level.
+    let routine = endpoint.starts_with("/health") || endpoint == "/metrics";
     span.in_scope(|| {
-        tracing::info!(
-            status = status.as_u16(),
-            secs,
-            model = %model,
-            "request done"
-        )
+        let status = status.as_u16();
+        if routine && status < 500 {
+            tracing::debug!(status, secs, "request done");
+        } else {
+            tracing::info!(status, secs, model = %model, "request done");
+        }
     });
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert(REQUEST_ID, v);
