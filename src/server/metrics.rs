@@ -119,7 +119,7 @@ impl ServerMetrics {
         );
         registry.register(
             "kiln_image_store_images",
-            "Images kept for response_format=url links (in a shared directory: by all replicas)",
+            "Images kept for response_format=url links (a shared directory: as counted at this replica's last write or sweep)",
             stored_images.clone(),
         );
         registry.register(
