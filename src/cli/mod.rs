@@ -61,8 +61,10 @@ pub fn init_logging(verbose: u8, format: &str) {
     let _ = match format {
         "json" => logs
             .json()
+            // `span`: the innermost (a worker's `job`); `spans`: all of them, so a worker's
+            // line also carries its request's `id`.
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init(),
         _ => logs.try_init(),
     };

@@ -131,24 +131,51 @@ pub fn default_args() -> ServeArgs {
     EnvOnly::parse_from(["kiln"]).args
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM and SIGINT (Ctrl-C), listened for from creation on: a second signal that comes while
+/// the first is being handled is not lost (a fresh `ctrl_c()` future only listens once polled).
+struct Signals {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Needs the runtime: call it inside a task.
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
-            Err(_) => std::future::pending().await,
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+        #[cfg(not(unix))]
+        Self {}
+    }
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            let Self { term, int } = self;
+            tokio::select! {
+                _ = recv(term) => {},
+                _ = recv(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
@@ -160,7 +187,8 @@ const RESPONSE_GRACE: Duration = Duration::from_secs(10);
 /// Until then the listener stays open, so probes and late clients get a 503 with Retry-After
 /// rather than a refused connection.
 async fn drain(engine: EngineHandle, grace: Duration) {
-    shutdown_signal().await;
+    let mut signals = Signals::new();
+    signals.next().await;
     let pending = engine.stats().in_flight;
     info!(
         jobs = pending,
@@ -174,7 +202,7 @@ async fn drain(engine: EngineHandle, grace: Duration) {
             warn!(jobs = engine.stats().in_flight, "grace period over: cancelling the jobs still queued or running");
             engine.begin_shutdown();
         }
-        _ = shutdown_signal() => {
+        _ = signals.next() => {
             warn!(jobs = engine.stats().in_flight, "second signal: cancelling the jobs still queued or running");
             engine.begin_shutdown();
         }
