@@ -256,10 +256,16 @@ mod tests {
         assert_eq!(labels("cpu"), ["cpu"]);
         assert_eq!(labels("cpu,cpu"), ["cpu#0", "cpu#1"]);
         assert_eq!(labels("cuda:0, cuda:1"), ["cuda:0", "cuda:1"]);
-        assert_eq!(labels("wgpu:0,wgpu:1,wgpu:0"), ["wgpu:0#0", "wgpu:1", "wgpu:0#1"]);
+        assert_eq!(
+            labels("wgpu:0,wgpu:1,wgpu:0"),
+            ["wgpu:0#0", "wgpu:1", "wgpu:0#1"]
+        );
         let list: DeviceList = "cpu,cpu".parse().unwrap();
         assert_eq!(list.single(), None);
-        assert_eq!("cuda".parse::<DeviceList>().unwrap().single(), Some(DeviceSpec::Cuda(0)));
+        assert_eq!(
+            "cuda".parse::<DeviceList>().unwrap().single(),
+            Some(DeviceSpec::Cuda(0))
+        );
         assert!("cpu,".parse::<DeviceList>().is_err());
         assert!("cpu,tpu".parse::<DeviceList>().is_err());
     }

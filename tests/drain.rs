@@ -4,101 +4,16 @@
 //! rest is cancelled. Also: `--log-format json|text` lines of a request carry its id.
 #![cfg(unix)]
 
-use std::io::Read;
-use std::net::TcpListener;
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-/// Every wait of this file gives up after this (the whole file takes ~4 s on 2 cores).
-const BOUND: Duration = Duration::from_secs(60);
-
-struct Server {
-    child: Child,
-    base: String,
-    /// The stderr reader, when the log is kept.
-    log: Option<JoinHandle<String>>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `kiln serve --offline` on the demo models and a free port, with `extra` flags; keeps the
-/// stderr log when `log_format` is given.
-fn start(extra: &[&str], log_format: Option<&str>) -> Server {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let empty = tempfile::tempdir().expect("tempdir");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    cmd.args(["serve", "--offline", "--port", &port.to_string()])
-        .args(extra)
-        .arg("--models-dir")
-        .arg(empty.path())
-        .stdout(Stdio::null());
-    match log_format {
-        Some(f) => cmd
-            .args(["--log-format", f])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped()),
-        None => cmd.env("RUST_LOG", "warn").stderr(Stdio::null()),
-    };
-    let mut child = cmd.spawn().expect("kiln serve starts");
-    let log = child.stderr.take().map(|mut err| {
-        std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        })
-    });
-    drop(empty);
-    let s = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        log,
-    };
-    let t0 = Instant::now();
-    while ureq::get(&format!("{}/health/live", s.base))
-        .call()
-        .is_err()
-    {
-        assert!(t0.elapsed() < BOUND, "server did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    s
-}
+mod process_common;
+use process_common::{BOUND, Server, start, start_logged};
 
 impl Server {
-    fn signal(&self, sig: libc::c_int) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("a pid");
-        // SAFETY: kill(2) on our own child, which has not been reaped (we hold `child`).
-        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill failed");
-    }
-
-    /// Waits for the process to exit, at most `within`.
-    fn exit(&mut self, within: Duration) -> ExitStatus {
-        let t0 = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                return status;
-            }
-            assert!(
-                t0.elapsed() < within,
-                "still running {within:?} after the signal"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
     /// Jobs waiting plus running, from /metrics.
     fn queue_depth(&self) -> u64 {
         let text = ureq::get(&format!("{}/metrics", self.base))
@@ -219,14 +134,14 @@ fn assert_image(a: &Answer) {
 
 #[test]
 fn sigterm_lets_accepted_jobs_finish_then_exits_0() {
-    let mut s = start(&["--max-queue", "8"], None);
+    let mut s = start(&["--max-queue", "8"]);
     // Warm up: the first job loads the demo model.
     assert_image(&generate(&s.base, 2, 64, None).expect("warm-up"));
     // 4 jobs of 150 steps at 64² run one after another on the one worker: 1.4 s each alone on
     // 2 cores (20 steps take 0.12 s: too short to see all 4 in the queue), ~5.5 s in all.
     let clients: Vec<_> = (0..4).map(|_| spawn_generate(&s.base, 150, 64)).collect();
     s.wait_depth(4);
-    s.signal(libc::SIGTERM);
+    s.signal("TERM");
 
     let ready = until_status(&s.base, "/health/ready", 503);
     assert_eq!(ready.code(), "draining", "{}", ready.body);
@@ -256,11 +171,11 @@ fn sigterm_lets_accepted_jobs_finish_then_exits_0() {
 
 #[test]
 fn past_the_grace_period_the_rest_is_cancelled() {
-    let mut s = start(&["--shutdown-grace-secs", "1"], None);
+    let mut s = start(&["--shutdown-grace-secs", "1"]);
     // 150 steps at 256² run 11.6 s alone on 2 cores: far past the 1 s grace.
     let client = spawn_generate(&s.base, 150, 256);
     s.wait_depth(1);
-    s.signal(libc::SIGTERM);
+    s.signal("TERM");
     let status = s.exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{status:?}");
     match client.join().expect("client thread") {
@@ -276,14 +191,14 @@ fn past_the_grace_period_the_rest_is_cancelled() {
 #[test]
 fn a_second_signal_cancels_at_once() {
     // The default grace is 60 s; the second signal must not wait for it.
-    let mut s = start(&[], None);
+    let mut s = start(&[]);
     let client = spawn_generate(&s.base, 150, 256);
     s.wait_depth(1);
-    s.signal(libc::SIGTERM);
+    s.signal("TERM");
     until_status(&s.base, "/health/ready", 503);
     // At once: the signal listeners exist from the first signal on, so one that comes while
     // the drain begins is not lost.
-    s.signal(libc::SIGINT);
+    s.signal("INT");
     let status = s.exit(Duration::from_secs(20));
     assert_eq!(status.code(), Some(0), "{status:?}");
     if let Ok(a) = client.join().expect("client thread") {
@@ -294,13 +209,13 @@ fn a_second_signal_cancels_at_once() {
 
 /// Serves one request with id `test-req-42`, stops, and returns the log.
 fn log_of_one_request(format: &str) -> String {
-    let mut s = start(&[], Some(format));
+    let mut s = start_logged(&[], format);
     let a = generate(&s.base, 2, 64, Some("test-req-42")).expect("generation");
     assert_image(&a);
-    s.signal(libc::SIGTERM);
+    s.signal("TERM");
     let status = s.exit(BOUND);
     assert_eq!(status.code(), Some(0), "{status:?}");
-    s.log.take().expect("log kept").join().expect("log reader")
+    s.log()
 }
 
 #[test]

@@ -161,7 +161,10 @@ fn device_lists_parse_with_unique_labels() {
 #[tokio::test]
 async fn two_devices_run_two_jobs_at_once() {
     let gate = Arc::new(Gate::default());
-    let e = start(vec![gated("m", "cpu#0", &gate), gated("m", "cpu#1", &gate)], 4);
+    let e = start(
+        vec![gated("m", "cpu#0", &gate), gated("m", "cpu#1", &gate)],
+        4,
+    );
     let mut a = e.submit("m", job("a")).expect("a");
     let mut b = e.submit("m", job("b")).expect("b");
     // Both inside their pipelines while the gate is shut: one worker could hold only one.
@@ -181,7 +184,10 @@ async fn two_devices_run_two_jobs_at_once() {
 #[tokio::test]
 async fn dropping_a_ticket_cancels_only_its_job() {
     let gate = Arc::new(Gate::default());
-    let e = start(vec![gated("m", "cpu#0", &gate), gated("m", "cpu#1", &gate)], 4);
+    let e = start(
+        vec![gated("m", "cpu#0", &gate), gated("m", "cpu#1", &gate)],
+        4,
+    );
     let a = e.submit("m", job("a")).expect("a");
     let b = e.submit("m", job("b")).expect("b");
     until("both jobs running", || gate.entered() == 2).await;
@@ -206,7 +212,10 @@ async fn dropping_a_ticket_cancels_only_its_job() {
 async fn a_replica_that_fails_to_load_hands_its_jobs_to_the_other() {
     let gate = Arc::new(Gate::default());
     gate.open();
-    let e = start(vec![unloadable("m", "cpu#0"), gated("m", "cpu#1", &gate)], 8);
+    let e = start(
+        vec![unloadable("m", "cpu#0"), gated("m", "cpu#1", &gate)],
+        8,
+    );
     // The first job goes to cpu#0 (tie), fails to load there and moves to cpu#1.
     let tickets: Vec<_> = (0..4)
         .map(|i| e.submit("m", job(&format!("j{i}"))).expect("submit"))
@@ -306,7 +315,10 @@ fn has(text: &str, line: &str) {
 #[tokio::test]
 async fn metrics_count_queue_jobs_images_and_steps() {
     let gate = Arc::new(Gate::default());
-    let e = start(vec![gated("m", "cpu#0", &gate), gated("m", "cpu#1", &gate)], 5);
+    let e = start(
+        vec![gated("m", "cpu#0", &gate), gated("m", "cpu#1", &gate)],
+        5,
+    );
     let a = e.submit("m", job("a")).expect("a");
     let b = e.submit("m", job("b")).expect("b");
     let c = e.submit("m", job("c")).expect("c");
@@ -317,8 +329,14 @@ async fn metrics_count_queue_jobs_images_and_steps() {
     has(&text, r#"kiln_queue_running{device="cpu#1"} 1"#);
     has(&text, r#"kiln_queue_waiting{device="cpu#0"} 1"#);
     has(&text, r#"kiln_queue_waiting{device="cpu#1"} 0"#);
-    has(&text, r#"kiln_model_state{model="m",device="cpu#0",state="ready"} 1"#);
-    has(&text, r#"kiln_model_state{model="m",device="cpu#0",state="loading"} 0"#);
+    has(
+        &text,
+        r#"kiln_model_state{model="m",device="cpu#0",state="ready"} 1"#,
+    );
+    has(
+        &text,
+        r#"kiln_model_state{model="m",device="cpu#0",state="loading"} 0"#,
+    );
     gate.open();
     let mut two = job("d");
     two.n = 2;
@@ -332,16 +350,29 @@ async fn metrics_count_queue_jobs_images_and_steps() {
     has(&text, r#"kiln_queue_waiting{device="cpu#0"} 0"#);
     has(&text, r#"kiln_queue_running{device="cpu#0"} 0"#);
     // a and c ran on cpu#0, b on cpu#1; d went to the first idle one, cpu#0 (tie) or cpu#1.
-    let ran = |device: &str| gate.log.lock().unwrap().iter().filter(|(d, _)| d == device).count();
+    let ran = |device: &str| {
+        gate.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(d, _)| d == device)
+            .count()
+    };
     let images = |device: &str| ran(device) + if gate.ran_on("d") == [device] { 1 } else { 0 };
     for device in ["cpu#0", "cpu#1"] {
         has(
             &text,
-            &format!(r#"kiln_jobs_total{{model="m",device="{device}",outcome="completed"}} {}"#, ran(device)),
+            &format!(
+                r#"kiln_jobs_total{{model="m",device="{device}",outcome="completed"}} {}"#,
+                ran(device)
+            ),
         );
         has(
             &text,
-            &format!(r#"kiln_images_generated_total{{model="m",device="{device}"}} {}"#, images(device)),
+            &format!(
+                r#"kiln_images_generated_total{{model="m",device="{device}"}} {}"#,
+                images(device)
+            ),
         );
         has(
             &text,

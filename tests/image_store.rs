@@ -7,72 +7,19 @@
 //! before sending, and the point is what the server does with them.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
+mod process_common;
+use process_common::{Server, start as serve};
 
 /// One `kiln serve` on the demo models, sharing `store`, with `extra` flags.
 fn start(store: &Path, extra: &[&str]) -> Server {
-    let port = free_port();
-    let empty = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--offline",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-        ])
-        .arg("--models-dir")
-        .arg(empty.path())
-        .arg("--image-store")
-        .arg(format!("dir:{}", store.display()))
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kiln serve starts");
-    // the models dir may go: the demo models come from the source tree's fixtures
-    drop(empty);
-    let s = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-        port,
-    };
-    let t0 = Instant::now();
-    while get(&s, "/health/live").0 != 200 {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "server did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    s
+    let store = format!("dir:{}", store.display());
+    serve(&[&["--image-store", store.as_str()], extra].concat())
 }
 
 /// Two replicas on one store directory.

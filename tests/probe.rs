@@ -129,7 +129,11 @@ fn bad_options_are_errors_naming_them() {
     assert!(text(&o).contains("--url"), "{}", text(&o));
     let o = probe(&["started"], None);
     assert!(!o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains("live") && text(&o).contains("ready"), "{}", text(&o));
+    assert!(
+        text(&o).contains("live") && text(&o).contains("ready"),
+        "{}",
+        text(&o)
+    );
     let o = probe(&["--timeout-secs", "0"], None);
     assert!(!o.status.success(), "{}", text(&o));
     assert!(text(&o).contains("--timeout-secs"), "{}", text(&o));

@@ -8,63 +8,17 @@
 //! for 60 s (`.ci/run`).
 
 use std::io::Read;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+mod process_common;
+use process_common::{Server, start as serve};
 
 fn start() -> Server {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let empty = tempfile::tempdir().expect("tempdir");
-    let child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args([
-            "serve",
-            "--offline",
-            "--port",
-            &port.to_string(),
-            "--max-queue",
-            "6",
-        ])
-        .arg("--models-dir")
-        .arg(empty.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kiln serve starts");
-    // the models dir may go: the demo models come from the source tree's fixtures
-    drop(empty);
-    let s = Server {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let t0 = Instant::now();
-    while ureq::get(&format!("{}/v1/", s.base)).call().is_err() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "server did not come up"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    s
+    serve(&["--max-queue", "6"])
 }
 
 fn rss_kib(pid: u32) -> u64 {

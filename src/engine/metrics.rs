@@ -185,7 +185,11 @@ impl Collector for Scrape {
         const STATES: [&str; 4] = ["unloaded", "loading", "ready", "failed"];
         let series = self.replicas.iter().zip(&states).flat_map(|((m, d), s)| {
             STATES.map(|state| {
-                let labels = [("model", m.as_str()), ("device", d.as_str()), ("state", state)];
+                let labels = [
+                    ("model", m.as_str()),
+                    ("device", d.as_str()),
+                    ("state", state),
+                ];
                 (labels, i64::from(s.label() == state))
             })
         });
@@ -196,19 +200,23 @@ impl Collector for Scrape {
             series,
         )?;
         // Only the GPU backends report memory: on the CPU the family stays out of the scrape.
-        let memory: Vec<_> = self.workers.iter().flat_map(|(device, load)| {
-            let kinds = [
-                ("in_use", &load.memory_in_use),
-                ("reserved", &load.memory_reserved),
-            ];
-            kinds.into_iter().filter_map(move |(kind, v)| {
-                let v = v.load(Ordering::Acquire);
-                (v != u64::MAX).then(|| {
-                    let labels = [("device", device.as_str()), ("kind", kind)];
-                    (labels, i64::try_from(v).unwrap_or(i64::MAX))
+        let memory: Vec<_> = self
+            .workers
+            .iter()
+            .flat_map(|(device, load)| {
+                let kinds = [
+                    ("in_use", &load.memory_in_use),
+                    ("reserved", &load.memory_reserved),
+                ];
+                kinds.into_iter().filter_map(move |(kind, v)| {
+                    let v = v.load(Ordering::Acquire);
+                    (v != u64::MAX).then(|| {
+                        let labels = [("device", device.as_str()), ("kind", kind)];
+                        (labels, i64::try_from(v).unwrap_or(i64::MAX))
+                    })
                 })
             })
-        }).collect();
+            .collect();
         if memory.is_empty() {
             return Ok(());
         }

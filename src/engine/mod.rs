@@ -25,12 +25,12 @@ pub use crate::models::Family;
 pub use crate::schedulers::SchedulerKind;
 pub use addons::AddOns;
 pub use dalle::{DallePipeline, dalle_loader};
+pub use handle::EngineHandle;
 pub use loras::{LoraLibrary, LoraRef, ResolvedLora};
 pub use params::{EditInput, JobParams, JobRules, Limits};
 pub use pipeline::{
     DalleParams, GeneratedImage, ImageJob, ImagePipeline, InitImage, JobExtras, Progress,
 };
-pub use handle::EngineHandle;
 pub(crate) use queue::Queued;
 pub use queue::{JobEvent, JobTicket};
 pub use registry::{DEMO_HELP, Discovery, discover, loader_for};

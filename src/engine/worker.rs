@@ -96,7 +96,8 @@ impl Worker {
         if let Some(m) = self.loaded.get(&own).and_then(|p| p.device_memory()) {
             let load = &self.ctx.load;
             load.memory_in_use.store(m.bytes_in_use, Ordering::Release);
-            load.memory_reserved.store(m.bytes_reserved, Ordering::Release);
+            load.memory_reserved
+                .store(m.bytes_reserved, Ordering::Release);
         }
     }
 
@@ -105,7 +106,11 @@ impl Worker {
             return Ok(());
         }
         let o = &self.ctx.replicas[own];
-        let (id, loader, gauge) = (o.id.clone(), o.loader.clone(), o.metrics.load_seconds.clone());
+        let (id, loader, gauge) = (
+            o.id.clone(),
+            o.loader.clone(),
+            o.metrics.load_seconds.clone(),
+        );
         self.set_state(own, ModelState::Loading);
         let t0 = Instant::now();
         info!(model = %id, device = %self.ctx.device, "loading model");

@@ -26,7 +26,10 @@ pub enum LiveResult {
 #[derive(ApiResponse)]
 pub enum MetricsResult {
     /// The Prometheus text exposition format, version 0.0.4.
-    #[oai(status = 200, content_type = "text/plain; version=0.0.4; charset=utf-8")]
+    #[oai(
+        status = 200,
+        content_type = "text/plain; version=0.0.4; charset=utf-8"
+    )]
     Ok(PlainText<String>),
     /// The figures could not be encoded.
     #[oai(status = 500)]
@@ -48,14 +51,27 @@ pub fn readiness(state: &AppState, details: bool) -> Result<(), ApiError> {
         ));
     }
     let models = state.engine.models();
-    let name = |id: &str| if details { format!(" `{id}`") } else { String::new() };
+    let name = |id: &str| {
+        if details {
+            format!(" `{id}`")
+        } else {
+            String::new()
+        }
+    };
     let preload = state.engine.preloads();
-    if let Some(m) = models.iter().find(|m| {
-        m.state == ModelState::Loading || (preload && m.state == ModelState::Unloaded)
-    }) {
-        return Err(unavailable(format!("a model{} is loading", name(&m.id)), "loading"));
+    if let Some(m) = models
+        .iter()
+        .find(|m| m.state == ModelState::Loading || (preload && m.state == ModelState::Unloaded))
+    {
+        return Err(unavailable(
+            format!("a model{} is loading", name(&m.id)),
+            "loading",
+        ));
     }
-    if models.iter().all(|m| matches!(m.state, ModelState::Failed(_))) {
+    if models
+        .iter()
+        .all(|m| matches!(m.state, ModelState::Failed(_)))
+    {
         return Err(unavailable(
             "no model can serve: every model failed to load".into(),
             "no_model",
@@ -69,7 +85,12 @@ pub struct HealthApi;
 #[OpenApi]
 impl HealthApi {
     /// Service status (the Prem services' health check, also at `/v1/`)
-    #[oai(path = "/v1", method = "get", operation_id = "status", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/v1",
+        method = "get",
+        operation_id = "status",
+        tag = "ApiTags::Health"
+    )]
     async fn status(&self) -> StatusResult {
         StatusResult::Ok(Json(StatusResponse { status: true }))
     }
@@ -78,9 +99,16 @@ impl HealthApi {
     ///
     /// For a Kubernetes `livenessProbe`: it does not depend on models or load, so a busy or
     /// draining server is not restarted.
-    #[oai(path = "/health/live", method = "get", operation_id = "live", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/health/live",
+        method = "get",
+        operation_id = "live",
+        tag = "ApiTags::Health"
+    )]
     async fn live(&self) -> LiveResult {
-        LiveResult::Ok(Json(LiveResponse { status: "ok".into() }))
+        LiveResult::Ok(Json(LiveResponse {
+            status: "ok".into(),
+        }))
     }
 
     /// Readiness: 200 when models are loaded and the server is not draining, else 503
@@ -88,13 +116,23 @@ impl HealthApi {
     /// For a `readinessProbe` and a `startupProbe`. Open without the API key, but then it says
     /// only `status`: model ids, their load errors and the queue are details for callers with
     /// the key.
-    #[oai(path = "/health/ready", method = "get", operation_id = "ready", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/health/ready",
+        method = "get",
+        operation_id = "ready",
+        tag = "ApiTags::Health"
+    )]
     async fn ready(&self, state: Data<&Arc<AppState>>, req: &poem::Request) -> HealthResult {
         health(&state, req)
     }
 
     /// Readiness, as `/health/ready` (kept for existing health checks)
-    #[oai(path = "/health", method = "get", operation_id = "health", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/health",
+        method = "get",
+        operation_id = "health",
+        tag = "ApiTags::Health"
+    )]
     async fn health(&self, state: Data<&Arc<AppState>>, req: &poem::Request) -> HealthResult {
         health(&state, req)
     }
@@ -103,7 +141,12 @@ impl HealthApi {
     ///
     /// Queue depth (`kiln_queue_waiting` is the one to autoscale on), requests, latencies,
     /// images, model states and load times; each metric is described in the README.
-    #[oai(path = "/metrics", method = "get", operation_id = "metrics", tag = "ApiTags::Health")]
+    #[oai(
+        path = "/metrics",
+        method = "get",
+        operation_id = "metrics",
+        tag = "ApiTags::Health"
+    )]
     async fn metrics(&self, state: Data<&Arc<AppState>>) -> MetricsResult {
         match super::metrics::render(&state) {
             Ok(text) => MetricsResult::Ok(PlainText(text)),

@@ -95,7 +95,8 @@ impl ServerMetrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let durations: Histograms<DurationLabels> =
             Family::new_with_constructor(request_histogram as fn() -> Histogram);
-        let (ready, draining, stored_images) = (Gauge::default(), Gauge::default(), Gauge::default());
+        let (ready, draining, stored_images) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
         let resident_bytes = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "kiln_http_requests",
@@ -147,7 +148,13 @@ impl ServerMetrics {
         }
     }
 
-    pub fn observe_request(&self, endpoint: &'static str, model: &str, status: StatusCode, secs: f64) {
+    pub fn observe_request(
+        &self,
+        endpoint: &'static str,
+        model: &str,
+        status: StatusCode,
+        secs: f64,
+    ) {
         self.requests
             .get_or_create(&RequestLabels {
                 endpoint,
@@ -175,7 +182,9 @@ fn resident_bytes() -> Option<u64> {
 /// The scrape: sets the read-at-scrape figures, then encodes every family.
 pub fn render(state: &AppState) -> Result<String, std::fmt::Error> {
     let m = &state.metrics;
-    m.ready.set(i64::from(super::health_api::readiness(state, false).is_ok()));
+    m.ready.set(i64::from(
+        super::health_api::readiness(state, false).is_ok(),
+    ));
     m.draining.set(i64::from(state.engine.is_draining()));
     m.stored_images.set(state.store.len() as i64);
     if let Some(rss) = resident_bytes() {
@@ -192,9 +201,18 @@ mod tests {
 
     #[test]
     fn endpoint_labels_are_bounded() {
-        assert_eq!(endpoint_label("/v1/images/generations"), "/v1/images/generations");
-        assert_eq!(endpoint_label("/v1/images/generations/"), "/v1/images/generations");
-        assert_eq!(endpoint_label("/v1/images/files/abc.png"), "/v1/images/files/{id}");
+        assert_eq!(
+            endpoint_label("/v1/images/generations"),
+            "/v1/images/generations"
+        );
+        assert_eq!(
+            endpoint_label("/v1/images/generations/"),
+            "/v1/images/generations"
+        );
+        assert_eq!(
+            endpoint_label("/v1/images/files/abc.png"),
+            "/v1/images/files/{id}"
+        );
         assert_eq!(endpoint_label("/v1/models/sd15-demo"), "/v1/models/{model}");
         assert_eq!(endpoint_label("/v1/"), "/v1");
         assert_eq!(endpoint_label("/docs/index.css"), "/docs");

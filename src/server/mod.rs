@@ -163,7 +163,12 @@ pub(crate) fn unix_now() -> i64 {
 
 /// The OpenAPI service; `openapi.json` is `service().spec()`.
 pub fn service() -> OpenApiService<(Api, AddOnsApi, HealthApi), ()> {
-    OpenApiService::new((Api, AddOnsApi, HealthApi), "kiln", env!("CARGO_PKG_VERSION")).description(
+    OpenApiService::new(
+        (Api, AddOnsApi, HealthApi),
+        "kiln",
+        env!("CARGO_PKG_VERSION"),
+    )
+    .description(
         "OpenAI-compatible image generation (Stable Diffusion 1.5, DALL·E Mini) served by kiln.",
     )
 }

@@ -89,7 +89,9 @@ pub async fn observe<E: Endpoint>(
         .unwrap_or_else(|p| p.into_inner())
         .take()
         .unwrap_or_default();
-    state.metrics.observe_request(endpoint, &model, status, secs);
+    state
+        .metrics
+        .observe_request(endpoint, &model, status, secs);
     // Probes and scrapes come every few seconds from every kubelet and Prometheus: their
     // lines would drown the requests' at the default level.
     let routine = endpoint.starts_with("/health") || endpoint == "/metrics";

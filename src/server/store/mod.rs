@@ -128,8 +128,11 @@ impl ImageId {
 
     pub fn parse(s: &str) -> Option<Self> {
         let (hex, ext) = s.split_once('.')?;
-        let hex_ok = hex.len() == ID_HEX && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        let format = ImageFormat::ALL.into_iter().find(|f| f.extension() == ext)?;
+        let hex_ok =
+            hex.len() == ID_HEX && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let format = ImageFormat::ALL
+            .into_iter()
+            .find(|f| f.extension() == ext)?;
         hex_ok.then(|| Self {
             name: s.to_string(),
             format,

@@ -22,7 +22,11 @@ fn ids_are_strict() {
     let id = ImageId::random(ImageFormat::Png);
     assert_eq!(id.as_str().len(), 32 + ".png".len());
     assert_eq!(ImageId::parse(id.as_str()), Some(id.clone()));
-    assert_ne!(ImageId::random(ImageFormat::Png), id, "128 random bits each");
+    assert_ne!(
+        ImageId::random(ImageFormat::Png),
+        id,
+        "128 random bits each"
+    );
     for bad in [
         "../etc/passwd",
         "/etc/passwd",
@@ -63,23 +67,44 @@ fn both_stores_keep_their_caps_and_ttl() {
     for kind in [StoreKind::Memory, StoreKind::Dir(tmp.path().join("imgs"))] {
         rt().block_on(async {
             let store = ImageStore::open(&kind, limits(60_000, 2, Some(25))).expect("open");
-            let a = store.put(vec![1; 10], ImageFormat::Png).await.expect("put a");
+            let a = store
+                .put(vec![1; 10], ImageFormat::Png)
+                .await
+                .expect("put a");
             // Distinct modification times for the directory's oldest-first order.
             std::thread::sleep(Duration::from_millis(20));
-            let b = store.put(vec![2; 10], ImageFormat::Jpeg).await.expect("put b");
+            let b = store
+                .put(vec![2; 10], ImageFormat::Jpeg)
+                .await
+                .expect("put b");
             std::thread::sleep(Duration::from_millis(20));
             assert_eq!(store.len(), 2, "{kind:?}");
             // A third image: over the count cap, so the oldest goes.
-            let c = store.put(vec![3; 10], ImageFormat::Webp).await.expect("put c");
-            assert!(store.get(a.as_str()).await.expect("get").is_none(), "{kind:?}");
+            let c = store
+                .put(vec![3; 10], ImageFormat::Webp)
+                .await
+                .expect("put c");
+            assert!(
+                store.get(a.as_str()).await.expect("get").is_none(),
+                "{kind:?}"
+            );
             let (bytes, format) = store.get(b.as_str()).await.expect("get").expect("b kept");
             assert_eq!((bytes, format), (vec![2; 10], ImageFormat::Jpeg));
             assert!(store.get(c.as_str()).await.expect("get").is_some());
             std::thread::sleep(Duration::from_millis(20));
             // 20 bytes: over the 25-byte cap with both others, so only it stays.
-            let d = store.put(vec![4; 20], ImageFormat::Png).await.expect("put d");
-            assert!(store.get(b.as_str()).await.expect("get").is_none(), "{kind:?}");
-            assert!(store.get(c.as_str()).await.expect("get").is_none(), "{kind:?}");
+            let d = store
+                .put(vec![4; 20], ImageFormat::Png)
+                .await
+                .expect("put d");
+            assert!(
+                store.get(b.as_str()).await.expect("get").is_none(),
+                "{kind:?}"
+            );
+            assert!(
+                store.get(c.as_str()).await.expect("get").is_none(),
+                "{kind:?}"
+            );
             assert!(store.get(d.as_str()).await.expect("get").is_some());
             assert!(store.get("../d.png").await.expect("get").is_none());
         });
@@ -90,7 +115,10 @@ fn both_stores_keep_their_caps_and_ttl() {
             let a = store.put(vec![1; 4], ImageFormat::Png).await.expect("put");
             assert!(store.get(a.as_str()).await.expect("get").is_some());
             std::thread::sleep(Duration::from_millis(300));
-            assert!(store.get(a.as_str()).await.expect("get").is_none(), "{kind:?} expired");
+            assert!(
+                store.get(a.as_str()).await.expect("get").is_none(),
+                "{kind:?} expired"
+            );
         });
     }
 }
@@ -110,7 +138,10 @@ fn a_shared_directory_serves_every_replica() {
             ids.push(store.put(vec![i; 8], ImageFormat::Png).await.expect("put"));
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(one.get(ids[0].as_str()).await.expect("get").is_none(), "evicted over both");
+        assert!(
+            one.get(ids[0].as_str()).await.expect("get").is_none(),
+            "evicted over both"
+        );
         for id in &ids[1..] {
             assert!(one.get(id.as_str()).await.expect("get").is_some());
             assert!(two.get(id.as_str()).await.expect("get").is_some());
@@ -140,7 +171,10 @@ fn the_directory_store_serves_only_its_own_files() {
         assert_eq!(store.len(), 0);
         assert!(store.get(planted).await.expect("get").is_none());
     });
-    assert!(dir.join("notes.txt").exists(), "foreign files are not touched");
+    assert!(
+        dir.join("notes.txt").exists(),
+        "foreign files are not touched"
+    );
     assert_eq!(std::fs::read(&secret).expect("read"), b"secret");
 }
 
