@@ -6,6 +6,7 @@ mod addons_api;
 mod api;
 mod conn;
 mod disconnect;
+mod edit_form;
 mod encode;
 mod error;
 mod guard;
