@@ -33,7 +33,8 @@ impl DirStore {
             limits,
             count: AtomicUsize::new(0),
         };
-        let probe = write_tmp(dir, b"").map_err(|e| StoreError::io(dir, "write a file in it", e))?;
+        let probe =
+            write_tmp(dir, b"").map_err(|e| StoreError::io(dir, "write a file in it", e))?;
         std::fs::remove_file(&probe).map_err(|e| StoreError::io(dir, "remove a file in it", e))?;
         store.sweep(None)?;
         Ok(store)

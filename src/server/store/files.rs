@@ -95,7 +95,10 @@ fn open_no_follow(path: &Path) -> std::io::Result<File> {
 #[cfg(not(unix))]
 fn open_no_follow(path: &Path) -> std::io::Result<File> {
     if !std::fs::symlink_metadata(path)?.is_file() {
-        return Err(std::io::Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
     }
     File::open(path)
 }
