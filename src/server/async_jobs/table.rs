@@ -152,9 +152,12 @@ impl JobTable {
         }
     }
 
-    /// Drops a record the engine refused (never written anywhere).
+    /// Drops the record of a submit that did not reach its 202 (and its file, if it was
+    /// being written).
     pub fn remove(&self, id: &JobId) {
-        self.lock().map.remove(id);
+        if self.lock().map.remove(id).is_some() {
+            self.forget(vec![id.clone()]);
+        }
     }
 
     /// Changes a record (and its `updated_at`); false when it is gone.
@@ -304,20 +307,24 @@ impl JobTable {
     /// This replica's jobs, newest first, without their images.
     pub fn list(&self, limit: usize) -> Vec<JobRecord> {
         let mut gone = Vec::new();
-        let mut all: Vec<(u64, JobRecord)> = {
+        let list = {
             let mut e = self.lock();
             self.expire(&mut e, &mut gone);
-            e.map.values().map(|x| (x.seq, x.view())).collect()
+            let mut all: Vec<&mut Entry> = e.map.values_mut().collect();
+            all.sort_by_key(|x| std::cmp::Reverse(x.seq));
+            all.into_iter()
+                .take(limit)
+                .map(|x| {
+                    // Out of the record while it is viewed: the images are never copied.
+                    let data = x.record.data.take();
+                    let r = x.view();
+                    x.record.data = data;
+                    r
+                })
+                .collect()
         };
         self.forget(gone);
-        all.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-        all.into_iter()
-            .take(limit)
-            .map(|(_, mut r)| {
-                r.data = None;
-                r
-            })
-            .collect()
+        list
     }
 
     /// Removes finished records past their expiry.

@@ -58,21 +58,15 @@ pub async fn submit(
         data: None,
     };
     jobs.reserve(&id, record)?;
-    let ticket = match state.engine.submit(&p.model.id, p.job.clone()) {
-        Ok(t) => t,
-        Err(e) => {
-            jobs.remove(&id);
-            return Err(e.into());
-        }
-    };
+    // Until the task owns the job, an early return or a client hanging up (poem drops this
+    // future) removes the record; the ticket, dropped with it, cancels the job.
+    let mut undo = Unsubmitted(Some((jobs, &id)));
+    let ticket = state.engine.submit(&p.model.id, p.job.clone())?;
     let control = ticket.control();
     jobs.attach(&id, control.clone());
     // Written before the 202, so any replica can read the job as soon as the client has its id.
-    if let Err(e) = jobs.save(&id).await {
-        control.cancel();
-        jobs.remove(&id);
-        return Err(e);
-    }
+    jobs.save(&id).await?;
+    undo.0 = None;
     let base = state.public_base(req);
     let guard = Abandon {
         state: state.clone(),
@@ -90,6 +84,17 @@ pub async fn submit(
         queue_position: control.queue_position(),
         created_at: now,
     })
+}
+
+/// Removes a reserved record on drop, unless defused (`.0 = None`).
+struct Unsubmitted<'a>(Option<(&'a super::JobTable, &'a JobId)>);
+
+impl Drop for Unsubmitted<'_> {
+    fn drop(&mut self) {
+        if let Some((jobs, id)) = self.0 {
+            jobs.remove(id);
+        }
+    }
 }
 
 /// The job tasks alive, for the drain.
@@ -163,6 +168,7 @@ async fn run(
     // while the job waits or runs, it is rewritten well within that.
     let beat = (jobs.config().stale / 4).max(Duration::from_secs(1));
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut saved = Instant::now();
     let result = loop {
         let save_now = tokio::select! {
