@@ -98,7 +98,7 @@ pub struct ServeArgs {
     pub max_jobs: usize,
     /// Async jobs: MiB of results (b64 images, links) kept by this replica (oldest finished
     /// dropped first; the newest is kept even when alone larger).
-    #[arg(long, env = "KILN_JOBS_MAX_MIB", default_value_t = 512,
+    #[arg(long, env = "KILN_JOBS_MAX_MIB", default_value_t = JobsConfig::default().max_bytes.unwrap_or(0) >> 20,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs_max_mib: u64,
     /// Async jobs with `--image-store dir:PATH`: a queued or running job whose record was not
