@@ -328,6 +328,22 @@ async fn finished_jobs_expire_and_the_oldest_are_evicted_first() {
         .filter_map(|j| j["id"].as_str())
         .collect();
     assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+
+    // The byte cap: the newest finished job's images stay even when alone larger.
+    let config = ServerConfig {
+        jobs: JobsConfig {
+            max_bytes: Some(1),
+            ..JobsConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let t = app(vec![fake("fake-sd")], 4, config);
+    let a = accepted(&t, small("a")).await;
+    status_is(&t, &a, "succeeded").await;
+    let b = accepted(&t, small("b")).await;
+    status_is(&t, &b, "succeeded").await;
+    job(&t, &a).await.assert_error(404, Some("id"));
+    assert!(job(&t, &b).await.json()["data"][0]["b64_json"].is_string());
 }
 
 /// A webhook receiver on 127.0.0.1 that answers each request with the next status of
