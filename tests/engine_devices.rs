@@ -446,3 +446,34 @@ async fn worker_log_lines_carry_the_submitters_span() {
     );
     e.shutdown();
 }
+
+#[tokio::test]
+async fn queue_position_counts_the_jobs_ahead_on_the_same_device() {
+    let gate = Arc::new(Gate::default());
+    let e = start(vec![gated("m", "cpu#0", &gate)], 8);
+    let mut a = e.submit("m", job("a")).expect("a");
+    started(&mut a).await;
+    let (b, c, d) = (
+        e.submit("m", job("b")).expect("b"),
+        e.submit("m", job("c")).expect("c"),
+        e.submit("m", job("d")).expect("d"),
+    );
+    until("a inside", || gate.entered() == 1).await;
+    // The running job has no place; the waiting ones count those ahead of them.
+    assert_eq!(a.control().queue_position(), None);
+    assert_eq!(b.control().queue_position(), Some(0));
+    assert_eq!(c.control().queue_position(), Some(1));
+    assert_eq!(d.control().queue_position(), Some(2));
+    // Cancelling through a control (the ticket's owner keeps it) drops c unstarted.
+    c.control().cancel();
+    let (bc, dc) = (b.control(), d.control());
+    gate.open();
+    assert!(a.wait().await.is_ok());
+    assert!(b.wait().await.is_ok());
+    assert!(matches!(c.wait().await, Err(EngineError::Cancelled)));
+    assert!(d.wait().await.is_ok());
+    assert_eq!(bc.queue_position(), None);
+    assert_eq!(dc.queue_position(), None);
+    assert_eq!(gate.ran_on("c"), Vec::<String>::new());
+    e.shutdown();
+}

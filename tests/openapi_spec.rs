@@ -29,8 +29,49 @@ fn spec_lists_every_endpoint() {
         "/v1/models/{model}",
         "/v1",
         "/health",
+        "/v1/images/jobs/generations",
+        "/v1/images/jobs/edits",
+        "/v1/images/jobs",
+        "/v1/images/jobs/{id}",
     ] {
         assert!(paths.contains_key(p), "missing {p}");
+    }
+    // Jobs: 202 with `Location`, GET and DELETE of one job, full schemas.
+    let submit = &paths["/v1/images/jobs/generations"]["post"]["responses"]["202"];
+    let headers = submit["headers"].as_object().expect("headers");
+    assert!(
+        headers.keys().any(|h| h.eq_ignore_ascii_case("location")),
+        "{submit}"
+    );
+    assert!(paths["/v1/images/jobs/{id}"].get("delete").is_some());
+    let schemas = &spec["components"]["schemas"];
+    let job_body = &schemas["CreateImageJobRequest"]["properties"];
+    for f in ["prompt", "size", "seed", "response_format", "webhook_url"] {
+        assert!(job_body.get(f).is_some(), "CreateImageJobRequest lacks {f}");
+    }
+    let edit_form = &paths["/v1/images/jobs/edits"]["post"]["requestBody"]["content"]["multipart/form-data"]
+        ["schema"]["properties"];
+    for f in ["image", "mask", "prompt", "webhook_url"] {
+        assert!(edit_form.get(f).is_some(), "the edit job form lacks {f}");
+    }
+    for f in [
+        "id",
+        "status",
+        "queue_position",
+        "step",
+        "total_steps",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "expires_at",
+        "error",
+        "data",
+        "replica",
+    ] {
+        assert!(
+            schemas["ImageJob"]["properties"].get(f).is_some(),
+            "ImageJob lacks {f}"
+        );
     }
     let gen_body = &spec["components"]["schemas"]["CreateImageRequest"]["properties"];
     for f in [

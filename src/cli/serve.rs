@@ -7,7 +7,9 @@ use anyhow::Context;
 use clap::{Args, Parser};
 use kiln::backend::DeviceList;
 use kiln::engine::{DEMO_HELP, EngineConfig, EngineHandle, JobRules, Limits, discover};
-use kiln::server::{ConnLimits, ServerConfig, StoreKind, build_app, serve};
+use kiln::server::{
+    Background, ConnLimits, JobsConfig, ServerConfig, StoreKind, WebhookAllow, build_server, serve,
+};
 use tracing::{info, warn};
 
 use super::addons::AddOnArgs;
@@ -87,6 +89,33 @@ pub struct ServeArgs {
     /// directory replicas share (NFS/EFS, a ReadWriteMany volume) so any replica serves any link.
     #[arg(long, env = "KILN_IMAGE_STORE", default_value = "memory")]
     pub image_store: StoreKind,
+    /// Async jobs: seconds a finished job's record and results are kept.
+    #[arg(long, env = "KILN_JOB_TTL_SECS", default_value_t = JobsConfig::default().ttl.as_secs())]
+    pub job_ttl_secs: u64,
+    /// Async jobs: records kept by this replica (oldest finished dropped first; when all are
+    /// unfinished, new jobs get 429).
+    #[arg(long, env = "KILN_MAX_JOBS", default_value_t = JobsConfig::default().max_jobs)]
+    pub max_jobs: usize,
+    /// Async jobs: MiB of results (b64 images, links) kept by this replica (oldest finished
+    /// dropped first; the newest is kept even when alone larger).
+    #[arg(long, env = "KILN_JOBS_MAX_MIB", default_value_t = JobsConfig::default().max_bytes.unwrap_or(0) >> 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub jobs_max_mib: u64,
+    /// Async jobs with `--image-store dir:PATH`: a queued or running job whose record was not
+    /// rewritten for this many seconds is reported failed (`replica_lost`) by other replicas.
+    #[arg(long, env = "KILN_JOB_STALE_SECS", default_value_t = JobsConfig::default().stale.as_secs(),
+          value_parser = clap::value_parser!(u64).range(4..))]
+    pub job_stale_secs: u64,
+    /// Hosts job webhooks may be sent to (exact names or IP literals, comma list; `*` = any
+    /// host). Without it, a job with `webhook_url` is refused (400). See README "Async jobs"
+    /// on SSRF.
+    #[arg(
+        long = "webhook-allow",
+        env = "KILN_WEBHOOK_ALLOW",
+        value_delimiter = ',',
+        value_name = "HOST"
+    )]
+    pub webhook_allow: Vec<String>,
     /// Base URL for image links when behind a proxy (default: the Host header when it is a
     /// plain host[:port], else the address the request came in on).
     #[arg(long, env = "KILN_PUBLIC_URL")]
@@ -186,7 +215,7 @@ const RESPONSE_GRACE: Duration = Duration::from_secs(10);
 /// done, or the grace period is over (then the rest is cancelled), or a second signal came.
 /// Until then the listener stays open, so probes and late clients get a 503 with Retry-After
 /// rather than a refused connection.
-async fn drain(engine: EngineHandle, grace: Duration) {
+async fn drain(engine: EngineHandle, jobs: Background, grace: Duration) {
     let mut signals = Signals::new();
     signals.next().await;
     let pending = engine.stats().in_flight;
@@ -197,7 +226,10 @@ async fn drain(engine: EngineHandle, grace: Duration) {
     );
     engine.begin_drain();
     tokio::select! {
-        _ = engine.wait_idle() => info!("drained: every accepted job finished"),
+        // Async jobs: the engine's part, then their records and webhooks.
+        _ = async { engine.wait_idle().await; jobs.jobs_settled().await } => {
+            info!("drained: every accepted job finished");
+        }
         _ = tokio::time::sleep(grace) => {
             warn!(jobs = engine.stats().in_flight, "grace period over: cancelling the jobs still queued or running");
             engine.begin_shutdown();
@@ -288,10 +320,17 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             body_timeout: Duration::from_secs(args.body_timeout_secs.max(1)),
         },
         demo_notice,
+        jobs: JobsConfig {
+            ttl: Duration::from_secs(args.job_ttl_secs),
+            max_jobs: args.max_jobs.max(1),
+            max_bytes: Some(args.jobs_max_mib << 20),
+            stale: Duration::from_secs(args.job_stale_secs),
+            webhook_allow: WebhookAllow::from_list(&args.webhook_allow),
+        },
         ..ServerConfig::default()
     };
     let limits = config.connections.clone();
-    let app = build_app(config, engine.clone())?;
+    let (app, jobs) = build_server(config, engine.clone())?;
     let addr = format!("{}:{}", args.host, args.port);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -301,7 +340,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let result = runtime.block_on(serve(
         app,
         &addr,
-        drain(engine.clone(), grace),
+        drain(engine.clone(), jobs, grace),
         // After the jobs: time for their responses to reach the clients.
         RESPONSE_GRACE,
         &limits,

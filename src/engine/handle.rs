@@ -208,7 +208,14 @@ impl EngineHandle {
             .tx
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        guard.as_ref().is_some_and(|tx| tx.send(msg).is_ok())
+        let Some(tx) = guard.as_ref() else {
+            return false;
+        };
+        // Numbered under the sender's lock: the numbers follow the channel's order.
+        if let worker::Msg::Job(q) = &msg {
+            q.slot.enqueue();
+        }
+        tx.send(msg).is_ok()
     }
 
     fn states(&self) -> Vec<ModelState> {
@@ -371,7 +378,12 @@ impl EngineHandle {
             })
             .map_err(|_| EngineError::QueueFull(max))?;
         // Dropping `slot` gives the place back.
-        let slot = Slot::new(inner.admission.clone(), inner.workers[worker].load.clone());
+        let place = Arc::default();
+        let slot = Slot::new(
+            inner.admission.clone(),
+            inner.workers[worker].load.clone(),
+            Arc::clone(&place),
+        );
         // The place was taken before this check, both SeqCst: either the caller of `begin_drain`
         // sees this job in `is_idle`, or this call sees the drain and gives the place back.
         if refused() {
@@ -392,7 +404,7 @@ impl EngineHandle {
         if !self.send(worker, worker::Msg::Job(Box::new(queued))) {
             return Err(EngineError::ShuttingDown);
         }
-        Ok(JobTicket { rx, cancel })
+        Ok(JobTicket { rx, cancel, place })
     }
 
     /// The replica of `model` for the next job: the one whose worker has the fewest jobs

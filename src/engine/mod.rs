@@ -32,7 +32,7 @@ pub use pipeline::{
     DalleParams, GeneratedImage, ImageJob, ImagePipeline, InitImage, JobExtras, Progress,
 };
 pub(crate) use queue::Queued;
-pub use queue::{JobEvent, JobTicket};
+pub use queue::{JobControl, JobEvent, JobTicket};
 pub use registry::{DEMO_HELP, Discovery, discover, loader_for};
 pub use sd15::{Sd15Pipeline, sd15_loader};
 

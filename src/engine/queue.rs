@@ -2,8 +2,8 @@
 //! submitter follows and cancels it through, and the [`Slot`] that counts it against the
 //! bounded queue and its worker's load until the worker is done with it.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc as tmpsc};
 
@@ -36,6 +36,10 @@ pub(crate) struct WorkerLoad {
     /// (the CPU, or nothing loaded yet).
     pub memory_in_use: AtomicU64,
     pub memory_reserved: AtomicU64,
+    /// Jobs sent into this worker's FIFO channel so far: the next one gets this number.
+    pub sent: AtomicU64,
+    /// Jobs the worker has taken off its channel so far.
+    pub taken: AtomicU64,
 }
 
 impl WorkerLoad {
@@ -61,23 +65,36 @@ pub(crate) struct Admission {
     pub idle: Notify,
 }
 
+/// Where a waiting job is: its worker's load and its number in that worker's channel; `None`
+/// while no worker channel holds it (not sent yet, taken by a worker, or done).
+type Place = Arc<Mutex<Option<(Arc<WorkerLoad>, u64)>>>;
+
 /// Holds one place in the bounded queue, and counts as waiting or running on one worker, until
 /// the worker is done with the job (or drops it on shutdown).
 pub(crate) struct Slot {
     admission: Arc<Admission>,
     load: Arc<WorkerLoad>,
     running: bool,
+    place: Place,
 }
 
 impl Slot {
     /// A place already taken in `admission` (see `EngineHandle::submit`), waiting on `load`.
-    pub fn new(admission: Arc<Admission>, load: Arc<WorkerLoad>) -> Self {
+    pub fn new(admission: Arc<Admission>, load: Arc<WorkerLoad>, place: Place) -> Self {
         load.waiting.fetch_add(1, Ordering::AcqRel);
         Self {
             admission,
             load,
             running: false,
+            place,
         }
+    }
+
+    /// Numbers the job in its worker's channel. Called with the channel's sender locked, just
+    /// before the send, so numbers follow the channel's FIFO order exactly.
+    pub fn enqueue(&self) {
+        let number = self.load.sent.fetch_add(1, Ordering::AcqRel);
+        *lock(&self.place) = Some((self.load.clone(), number));
     }
 
     fn counter(&self) -> &AtomicUsize {
@@ -93,7 +110,9 @@ impl Slot {
         if !self.running {
             self.load.waiting.fetch_sub(1, Ordering::AcqRel);
             self.load.running.fetch_add(1, Ordering::AcqRel);
+            self.load.taken.fetch_add(1, Ordering::AcqRel);
             self.running = true;
+            *lock(&self.place) = None;
         }
     }
 
@@ -132,13 +151,50 @@ pub(crate) struct Queued {
     pub slot: Slot,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// A submitted job. Dropping it (e.g. because the HTTP client went away) cancels the job.
 pub struct JobTicket {
     pub(crate) rx: tmpsc::UnboundedReceiver<JobEvent>,
     pub(crate) cancel: Arc<AtomicBool>,
+    pub(crate) place: Place,
+}
+
+/// Cancels a job and reads its place in the queue, apart from its [`JobTicket`] (which whoever
+/// awaits the result owns). Cheap to clone; holds no resources of the job.
+#[derive(Clone)]
+pub struct JobControl {
+    cancel: Arc<AtomicBool>,
+    place: Place,
+}
+
+impl JobControl {
+    /// Asks the job to stop: a waiting job is dropped when its worker reaches it, a running one
+    /// stops at its next step (or within the final decode).
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Release);
+    }
+
+    /// How many jobs wait ahead of this one in its device's queue (0: it starts when the
+    /// running job ends); `None` once a worker has taken it. Jobs ahead that were cancelled are
+    /// counted until their worker drops them (which takes no time).
+    pub fn queue_position(&self) -> Option<u64> {
+        let place = lock(&self.place);
+        let (load, number) = place.as_ref()?;
+        Some(number.saturating_sub(load.taken.load(Ordering::Acquire)))
+    }
 }
 
 impl JobTicket {
+    pub fn control(&self) -> JobControl {
+        JobControl {
+            cancel: self.cancel.clone(),
+            place: self.place.clone(),
+        }
+    }
+
     pub async fn next(&mut self) -> Option<JobEvent> {
         self.rx.recv().await
     }

@@ -11,12 +11,11 @@ use poem_openapi::{ApiResponse, OpenApi, ResponseContent, Tags};
 
 use super::AppState;
 use super::error::{ApiError, ErrorVariants, bad_request};
-use super::jobs::{GenParams, prepare};
-use super::respond::{ImagesContent, decode_upload, run_job};
+use super::jobs::{GenParams, prepare, prepare_edit};
+use super::respond::{ImagesContent, run_job};
 use super::types::*;
-use crate::engine::{EditInput, ModelInfo};
+use crate::engine::ModelInfo;
 use crate::image_io::ImageFormat;
-use crate::image_io::mask::MaskConvention;
 
 #[derive(Tags)]
 pub(super) enum ApiTags {
@@ -26,6 +25,8 @@ pub(super) enum ApiTags {
     Models,
     /// Health checks
     Health,
+    /// Async image jobs: submit, poll, cancel
+    Jobs,
 }
 
 /// One variant per [`ImageFormat`] (poem-openapi needs each content type spelled here).
@@ -39,15 +40,14 @@ pub enum FileContent {
     Webp(Binary<Vec<u8>>),
 }
 
-/// Declares an operation's response enum: its success variant plus the error variants.
+/// Declares an operation's response enum: its success variant (200 with `$ok`, or the variants
+/// given in brackets) plus the error variants.
 macro_rules! api_response {
-    ($name:ident, $ok:ty, $doc:literal) => {
+    ($name:ident, [$($ok:tt)*]) => {
         #[derive(ApiResponse)]
         #[oai(bad_request_handler = "bad_request")]
         pub enum $name {
-            #[doc = $doc]
-            #[oai(status = 200)]
-            Ok($ok),
+            $($ok)*
             /// The queue is full; retry after `Retry-After` seconds.
             #[oai(status = 429)]
             TooManyRequests(Json<ErrorResponse>, #[oai(header = "Retry-After")] u32),
@@ -83,7 +83,15 @@ macro_rules! api_response {
             }
         }
     };
+    ($name:ident, $ok:ty, $doc:literal) => {
+        api_response!($name, [
+            #[doc = $doc]
+            #[oai(status = 200)]
+            Ok($ok),
+        ]);
+    };
 }
+pub(super) use api_response;
 
 api_response!(
     ImagesResult,
@@ -168,29 +176,7 @@ impl Api {
         body: CreateImageEditRequest,
     ) -> ImagesResult {
         let result = async {
-            let params = GenParams::from_edit(&body);
-            let mut uploads = body.images.0;
-            if let Some(first) = body.image {
-                uploads.insert(0, first);
-            }
-            let Some(first) = uploads.into_iter().next() else {
-                return Err(ApiError::invalid(
-                    "image",
-                    "an image is required: send it as `image` (or `image[]`)",
-                ));
-            };
-            let max = state.config.max_upload_side;
-            let image = decode_upload(first, "image", max).await?;
-            let mask = match body.mask {
-                None => None,
-                Some(m) => Some(decode_upload(m, "mask", max).await?),
-            };
-            let edit = EditInput {
-                image,
-                mask,
-                convention: MaskConvention::Auto,
-            };
-            let p = prepare(&state, params, Some(edit))?;
+            let p = prepare_edit(&state, body).await?;
             run_job(&state, req, p, "image_edit").await
         };
         result

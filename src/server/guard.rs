@@ -105,9 +105,13 @@ pub async fn guard<E: Endpoint>(
                 .get(..16)
                 .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
         });
-        if path == "/v1/images/generations"
-            && is_json
-            && let Err(e) = state.generation_schema.check(&body)
+        let schema = match path.as_str() {
+            "/v1/images/generations" => Some(&state.generation_schema),
+            "/v1/images/jobs/generations" => Some(&state.job_schema),
+            _ => None,
+        };
+        if let Some(schema) = schema.filter(|_| is_json)
+            && let Err(e) = schema.check(&body)
         {
             return Ok(e.into_response());
         }

@@ -3,10 +3,12 @@
 
 use super::AppState;
 use super::error::ApiError;
+use super::respond::decode_upload;
 use super::types::{
     CreateImageEditRequest, CreateImageRequest, LoraParam, OutputFormat, ResponseFormat,
 };
 use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, LoraRef, ModelInfo};
+use crate::image_io::mask::MaskConvention;
 
 /// What a generation or an edit asks for, after transport parsing: the model options plus how
 /// to deliver the images.
@@ -201,4 +203,35 @@ pub fn prepare(
         stream: p.stream,
         stream_progress: p.stream_progress,
     })
+}
+
+/// An edit form: its uploads decoded (within `--max-upload-side`), then [`prepare`]d. The
+/// synchronous route and the job route both take this one path.
+pub async fn prepare_edit(
+    state: &AppState,
+    body: CreateImageEditRequest,
+) -> Result<Prepared, ApiError> {
+    let params = GenParams::from_edit(&body);
+    let mut uploads = body.images.0;
+    if let Some(first) = body.image {
+        uploads.insert(0, first);
+    }
+    let Some(first) = uploads.into_iter().next() else {
+        return Err(ApiError::invalid(
+            "image",
+            "an image is required: send it as `image` (or `image[]`)",
+        ));
+    };
+    let max = state.config.max_upload_side;
+    let image = decode_upload(first, "image", max).await?;
+    let mask = match body.mask {
+        None => None,
+        Some(m) => Some(decode_upload(m, "mask", max).await?),
+    };
+    let edit = EditInput {
+        image,
+        mask,
+        convention: MaskConvention::Auto,
+    };
+    prepare(state, params, Some(edit))
 }

@@ -24,6 +24,10 @@ const ENDPOINTS: &[&str] = &[
     "/v1/images/generations",
     "/v1/images/edits",
     "/v1/images/files/{id}",
+    "/v1/images/jobs/generations",
+    "/v1/images/jobs/edits",
+    "/v1/images/jobs",
+    "/v1/images/jobs/{id}",
     "/v1/models",
     "/v1/models/{model}",
     "/v1/loras",
@@ -48,6 +52,8 @@ pub fn endpoint_label(path: &str) -> &'static str {
     }
     if path.starts_with("/v1/images/files/") {
         "/v1/images/files/{id}"
+    } else if path.starts_with("/v1/images/jobs/") {
+        "/v1/images/jobs/{id}"
     } else if path.starts_with("/v1/models/") {
         "/v1/models/{model}"
     } else if path.starts_with("/docs/") {
@@ -214,6 +220,15 @@ mod tests {
             "/v1/images/files/{id}"
         );
         assert_eq!(endpoint_label("/v1/models/sd15-demo"), "/v1/models/{model}");
+        assert_eq!(endpoint_label("/v1/images/jobs"), "/v1/images/jobs");
+        assert_eq!(
+            endpoint_label("/v1/images/jobs/edits"),
+            "/v1/images/jobs/edits"
+        );
+        assert_eq!(
+            endpoint_label("/v1/images/jobs/job_0a"),
+            "/v1/images/jobs/{id}"
+        );
         assert_eq!(endpoint_label("/v1/"), "/v1");
         assert_eq!(endpoint_label("/docs/index.css"), "/docs");
         assert_eq!(endpoint_label("/"), "other");

@@ -4,8 +4,10 @@
 mod accept;
 mod addons_api;
 mod api;
+mod async_jobs;
 mod conn;
 mod disconnect;
+mod edit_form;
 mod encode;
 mod error;
 mod guard;
@@ -30,6 +32,8 @@ use poem_openapi::OpenApiService;
 pub use accept::accept_with_backoff;
 pub use addons_api::AddOnsApi;
 pub use api::Api;
+pub use async_jobs::api::JobsApi;
+pub use async_jobs::{JobStoreError, JobsConfig, WebhookAllow};
 pub use conn::ConnLimits;
 pub use error::ApiError;
 pub use health_api::HealthApi;
@@ -68,6 +72,8 @@ pub struct ServerConfig {
     pub connections: ConnLimits,
     /// Shown in logs and `/v1/models` when demo models are served.
     pub demo_notice: Option<String>,
+    /// Async jobs: how long and how many records are kept, and where webhooks may go.
+    pub jobs: JobsConfig,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +94,7 @@ impl Default for ServerConfig {
             public_url: None,
             connections: ConnLimits::default(),
             demo_notice: None,
+            jobs: JobsConfig::default(),
         }
     }
 }
@@ -97,9 +104,11 @@ pub struct AppState {
     pub engine: EngineHandle,
     pub config: ServerConfig,
     pub store: ImageStore,
+    pub jobs: async_jobs::JobTable,
     pub default_model: String,
     pub demo_notice: Option<String>,
     generation_schema: BodySchema,
+    job_schema: BodySchema,
     metrics: metrics::ServerMetrics,
 }
 
@@ -162,9 +171,9 @@ pub(crate) fn unix_now() -> i64 {
 }
 
 /// The OpenAPI service; `openapi.json` is `service().spec()`.
-pub fn service() -> OpenApiService<(Api, AddOnsApi, HealthApi), ()> {
+pub fn service() -> OpenApiService<(Api, AddOnsApi, HealthApi, JobsApi), ()> {
     OpenApiService::new(
-        (Api, AddOnsApi, HealthApi),
+        (Api, AddOnsApi, HealthApi, JobsApi),
         "kiln",
         env!("CARGO_PKG_VERSION"),
     )
@@ -195,10 +204,34 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     ImageStore(#[from] StoreError),
+    #[error(transparent)]
+    JobStore(#[from] JobStoreError),
+}
+
+/// What the server process keeps a hand on besides the app: the async jobs, whose tasks the
+/// drain waits for.
+pub struct Background {
+    state: Arc<AppState>,
+}
+
+impl Background {
+    /// Returns once no async job's task is alive: each accepted job has its final record
+    /// (and its webhook tries are over). With the engine drained, nothing new starts one.
+    pub async fn jobs_settled(&self) {
+        self.state.jobs.tasks.settled().await;
+    }
 }
 
 /// The whole HTTP app: the API, `/openapi.json`, `/docs`, middlewares.
 pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endpoint, ServerError> {
+    build_server(config, engine).map(|(app, _)| app)
+}
+
+/// [`build_app`], plus the [`Background`] handle `kiln serve` drains with.
+pub fn build_server(
+    config: ServerConfig,
+    engine: EngineHandle,
+) -> Result<(impl Endpoint, Background), ServerError> {
     let ids: Vec<String> = engine.models().into_iter().map(|m| m.id).collect();
     let default_model = match &config.default_model {
         Some(d) if ids.contains(d) => d.clone(),
@@ -216,9 +249,11 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
                 max_bytes: config.url_store_max_bytes,
             },
         )?,
+        jobs: async_jobs::JobTable::open(&config.image_store, config.jobs.clone())?,
         default_model,
         demo_notice: config.demo_notice.clone(),
         generation_schema: BodySchema::of::<types::CreateImageRequest>(),
+        job_schema: BodySchema::of::<types::CreateImageJobRequest>(),
         config,
     });
     let api = service();
@@ -230,6 +265,9 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
             Cors::new().allow_origins(origins.iter().map(String::as_str))
         }
     });
+    let background = Background {
+        state: state.clone(),
+    };
     let guard_state = state.clone();
     let observe_state = state.clone();
     let body_timeout = state.config.connections.body_timeout;
@@ -255,7 +293,7 @@ pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endp
             async move { observe::observe(&*ep, req, state).await }
         })
         .around(move |ep, req| async move { conn::track(&*ep, req, body_timeout).await });
-    Ok(app)
+    Ok((app, background))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets running requests finish for up

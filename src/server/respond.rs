@@ -43,10 +43,11 @@ pub(super) async fn decode_upload(
     })
 }
 
-/// Encodes the finished images and delivers them inline (b64) or through the URL store.
-async fn respond(
+/// Encodes the finished images and delivers them inline (b64) or through the URL store, with
+/// links under `base` (`scheme://host`). Jobs deliver their images with it too.
+pub(super) async fn deliver(
     state: &AppState,
-    req: &poem::Request,
+    base: &str,
     p: &Prepared,
     images: Vec<GeneratedImage>,
 ) -> Result<ImagesResponse, ApiError> {
@@ -55,7 +56,6 @@ async fn respond(
     for g in images {
         encoded.push((encode(g.image, g.params, fmt, q).await?, g.seed));
     }
-    let base = state.public_base(req);
     let mut data = Vec::with_capacity(encoded.len());
     for (bytes, seed) in encoded {
         data.push(match p.response_format {
@@ -110,7 +110,8 @@ pub(super) async fn run_job(
         r = ticket.wait() => r?,
         () = gone => return Err(ApiError::new(StatusCode::BAD_REQUEST, "the client closed the connection").code("client_closed")),
     };
+    let base = state.public_base(req);
     Ok(ImagesContent::Json(Json(
-        respond(state, req, &p, images).await?,
+        deliver(state, &base, &p, images).await?,
     )))
 }

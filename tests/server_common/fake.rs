@@ -2,6 +2,7 @@
 //! an optional delay per step so queueing and cancellation can be observed.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use image::{Rgb, RgbImage};
@@ -19,6 +20,9 @@ pub struct FakeConfig {
     pub panic_prompt: Option<String>,
     /// A prompt that makes `generate` fail with an error.
     pub fail_prompt: Option<String>,
+    /// Each step waits (still reporting progress, so it can be cancelled) until this is set:
+    /// tests hold jobs running without timing them.
+    pub gate: Option<Arc<AtomicBool>>,
 }
 
 impl Default for FakeConfig {
@@ -29,6 +33,7 @@ impl Default for FakeConfig {
             default_steps: 4,
             panic_prompt: None,
             fail_prompt: None,
+            gate: None,
         }
     }
 }
@@ -95,6 +100,23 @@ impl ImagePipeline for FakePipeline {
         let previews = job.preview_steps(total);
         for step in 1..=total {
             std::thread::sleep(self.cfg.step_delay);
+            while self
+                .cfg
+                .gate
+                .as_ref()
+                .is_some_and(|g| !g.load(Ordering::Acquire))
+            {
+                let p = Progress {
+                    step: step - 1,
+                    total,
+                    preview: None,
+                    decoding: false,
+                };
+                if !progress(p) {
+                    return Err(EngineError::Cancelled);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
             let preview = previews
                 .contains(&step)
                 .then(|| Self::render(job.seed, w, h, step as f32 / total as f32));

@@ -42,6 +42,17 @@ pub fn slow(id: &str, step_ms: u64) -> ServedModel {
     )
 }
 
+/// A fake whose steps wait until `gate` is set (cancellable meanwhile).
+pub fn gated(id: &str, gate: &std::sync::Arc<std::sync::atomic::AtomicBool>) -> ServedModel {
+    FakePipeline::spec(
+        id,
+        FakeConfig {
+            gate: Some(gate.clone()),
+            ..FakeConfig::default()
+        },
+    )
+}
+
 pub fn dalle(id: &str) -> ServedModel {
     FakePipeline::spec(
         id,

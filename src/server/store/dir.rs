@@ -9,20 +9,13 @@
 //! FIFO); writes go to a temporary file in the same directory, renamed into place, so a
 //! reader sees a whole image or none.
 
-use std::fs::{File, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
+use super::files::{STALE_TMP, TMP_PREFIX, age, open_regular, remove, write_atomic, write_tmp};
 use super::{ImageId, StoreError, StoreLimits};
-
-/// Prefix of files being written; never a valid id (ids start with a hex digit).
-const TMP_PREFIX: &str = ".tmp-";
-
-/// A temporary file this old was left by a writer that died: writing one image takes well
-/// under a second, even on a network filesystem.
-const STALE_TMP: Duration = Duration::from_secs(600);
 
 pub(super) struct DirStore {
     dir: PathBuf,
@@ -40,7 +33,8 @@ impl DirStore {
             limits,
             count: AtomicUsize::new(0),
         };
-        let probe = store.write_tmp(b"")?;
+        let probe =
+            write_tmp(dir, b"").map_err(|e| StoreError::io(dir, "write a file in it", e))?;
         std::fs::remove_file(&probe).map_err(|e| StoreError::io(dir, "remove a file in it", e))?;
         store.sweep(None)?;
         Ok(store)
@@ -52,11 +46,8 @@ impl DirStore {
 
     pub(super) fn put(&self, id: &ImageId, bytes: &[u8]) -> Result<(), StoreError> {
         self.sweep(Some(bytes.len() as u64))?;
-        let tmp = self.write_tmp(bytes)?;
-        if let Err(e) = std::fs::rename(&tmp, self.dir.join(id.as_str())) {
-            remove(&tmp);
-            return Err(StoreError::io(&self.dir, "rename an image into place", e));
-        }
+        write_atomic(&self.dir, id.as_str(), bytes)
+            .map_err(|e| StoreError::io(&self.dir, "write an image into place", e))?;
         self.count.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
@@ -64,20 +55,9 @@ impl DirStore {
     pub(super) fn get(&self, id: &ImageId) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.dir.join(id.as_str());
         let err = |e| StoreError::io(&self.dir, "read an image", e);
-        let mut file = match open_no_follow(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(e) if not_a_file(&e) => {
-                tracing::warn!(path = %path.display(), "image store: not a regular file (symlink?); not served");
-                return Ok(None);
-            }
-            Err(e) => return Err(err(e)),
-        };
-        let meta = file.metadata().map_err(err)?;
-        if !meta.is_file() {
-            tracing::warn!(path = %path.display(), "image store: not a regular file; not served");
+        let Some((mut file, meta)) = open_regular(&path).map_err(err)? else {
             return Ok(None);
-        }
+        };
         if self.expired(&meta) {
             remove(&path);
             return Ok(None);
@@ -89,29 +69,6 @@ impl DirStore {
 
     fn expired(&self, meta: &std::fs::Metadata) -> bool {
         age(meta) >= self.limits.ttl
-    }
-
-    /// Writes `bytes` to a new temporary file in the directory (flushed to disk).
-    fn write_tmp(&self, bytes: &[u8]) -> Result<PathBuf, StoreError> {
-        let tmp = self
-            .dir
-            .join(format!("{TMP_PREFIX}{:032x}", rand::random::<u128>()));
-        // `create_new` (O_EXCL) never follows a symlink planted at that name.
-        let written = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .and_then(|mut f| {
-                f.write_all(bytes)?;
-                f.sync_all()
-            });
-        match written {
-            Ok(()) => Ok(tmp),
-            Err(e) => {
-                remove(&tmp);
-                Err(StoreError::io(&self.dir, "write a file in it", e))
-            }
-        }
     }
 
     /// Removes expired images and stale temporary files, then the oldest images while the
@@ -167,53 +124,4 @@ impl DirStore {
         self.count.store(count, Ordering::Relaxed);
         Ok(())
     }
-}
-
-/// How long ago the file was last written (zero if its time is ahead of this clock).
-fn age(meta: &std::fs::Metadata) -> Duration {
-    meta.modified()
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .unwrap_or(Duration::ZERO)
-}
-
-/// Removes a file (a symlink itself, never its target); one already gone is fine, and a
-/// failure is logged: the next sweep retries.
-fn remove(path: &Path) {
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(path = %path.display(), "image store: cannot remove: {e}"),
-    }
-}
-
-/// Opens for reading without following a symlink in the last component (the only one an id
-/// controls), and without blocking on a FIFO.
-#[cfg(unix)]
-fn open_no_follow(path: &Path) -> std::io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-}
-
-/// Elsewhere: refuse what `symlink_metadata` shows is not a regular file (racy, unlike unix).
-#[cfg(not(unix))]
-fn open_no_follow(path: &Path) -> std::io::Result<File> {
-    if !std::fs::symlink_metadata(path)?.is_file() {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    File::open(path)
-}
-
-/// The open refused a symlink (ELOOP) or a socket (ENXIO).
-fn not_a_file(e: &std::io::Error) -> bool {
-    #[cfg(unix)]
-    return matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO));
-    #[cfg(not(unix))]
-    return e.kind() == ErrorKind::InvalidInput;
 }

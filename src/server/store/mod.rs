@@ -7,6 +7,7 @@
 //! extension is the one record of its content type ([`ImageFormat`]).
 
 mod dir;
+pub(crate) mod files;
 mod memory;
 #[cfg(test)]
 mod tests;
