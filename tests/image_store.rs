@@ -210,7 +210,9 @@ fn count_cap_holds_across_replicas() {
     let files = std::fs::read_dir(store.path())
         .expect("list the store")
         .filter_map(|e| e.ok())
+        // images only: not writers' `.tmp-` files, nor the async jobs' `jobs/` folder
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
         .count();
     assert_eq!(files, 3, "images left in the shared directory");
 }

@@ -1,5 +1,5 @@
 //! [`EngineHandle`]: starts one worker per device, sends each job to the least-loaded replica
-//! of its model, and reports models, replicas, stats and metrics; drain and shutdown.
+//! of its model; drain and shutdown. What it reports (models, load, metrics): `report.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,54 +9,51 @@ use std::thread::JoinHandle;
 use tokio::sync::mpsc as tmpsc;
 use tracing::info;
 
-use super::metrics::{EngineMetrics, Scrape};
+use super::metrics::EngineMetrics;
 use super::queue::{Admission, Counters, JobTicket, Queued, Slot, WorkerLoad};
-use super::{
-    DeviceLoad, EngineConfig, EngineError, EngineStats, ImageJob, ModelInfo, ModelState,
-    ReplicaInfo, ServedModel, worker,
-};
+use super::{EngineConfig, EngineError, ImageJob, ModelState, ServedModel, worker};
 
 /// A model id and its replicas (indices in `Inner::replicas`).
-struct Model {
-    spec: ServedModel,
-    replicas: Vec<usize>,
+pub(super) struct Model {
+    pub(super) spec: ServedModel,
+    pub(super) replicas: Vec<usize>,
 }
 
-struct Replica {
-    model: usize,
-    worker: usize,
-    device: String,
+pub(super) struct Replica {
+    pub(super) model: usize,
+    pub(super) worker: usize,
+    pub(super) device: String,
 }
 
-struct Worker {
-    device: String,
+pub(super) struct Worker {
+    pub(super) device: String,
     tx: Mutex<Option<mpsc::Sender<worker::Msg>>>,
-    load: Arc<WorkerLoad>,
+    pub(super) load: Arc<WorkerLoad>,
 }
 
 pub(crate) struct Inner {
-    models: Vec<Model>,
-    replicas: Vec<Replica>,
-    workers: Vec<Worker>,
+    pub(super) models: Vec<Model>,
+    pub(super) replicas: Vec<Replica>,
+    pub(super) workers: Vec<Worker>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     /// Per replica.
-    states: Arc<Mutex<Vec<ModelState>>>,
-    admission: Arc<Admission>,
-    max_queue: usize,
+    pub(super) states: Arc<Mutex<Vec<ModelState>>>,
+    pub(super) admission: Arc<Admission>,
+    pub(super) max_queue: usize,
     /// `--preload`: every replica starts loading at once (readiness waits for them).
     preload: bool,
     /// Set by `begin_drain`: new jobs are refused, accepted ones go on.
     draining: AtomicBool,
     /// Set by `begin_shutdown`: accepted jobs are cancelled too.
     stop: Arc<AtomicBool>,
-    counters: Arc<Counters>,
-    metrics: EngineMetrics,
+    pub(super) counters: Arc<Counters>,
+    pub(super) metrics: EngineMetrics,
 }
 
 /// Cheap to clone; all clones share the same workers.
 #[derive(Clone)]
 pub struct EngineHandle {
-    inner: Arc<Inner>,
+    pub(super) inner: Arc<Inner>,
 }
 
 impl EngineHandle {
@@ -216,142 +213,6 @@ impl EngineHandle {
             q.slot.enqueue();
         }
         tx.send(msg).is_ok()
-    }
-
-    fn states(&self) -> Vec<ModelState> {
-        self.inner
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    /// One entry per model id. Its state sums up its replicas': ready when one is, else
-    /// loading, else unloaded; failed only when every replica failed (the message names each
-    /// device when there are several).
-    pub fn models(&self) -> Vec<ModelInfo> {
-        let states = self.states();
-        let inner = &self.inner;
-        inner
-            .models
-            .iter()
-            .map(|m| {
-                let of = |r: &usize| (inner.replicas[*r].device.as_str(), &states[*r]);
-                let all: Vec<(&str, &ModelState)> = m.replicas.iter().map(of).collect();
-                let any = |s: ModelState| all.iter().any(|(_, x)| **x == s);
-                let state = if any(ModelState::Ready) {
-                    ModelState::Ready
-                } else if any(ModelState::Loading) {
-                    ModelState::Loading
-                } else if any(ModelState::Unloaded) {
-                    ModelState::Unloaded
-                } else {
-                    let errors: Vec<String> = all
-                        .iter()
-                        .filter_map(|(d, s)| match s {
-                            ModelState::Failed(e) if all.len() > 1 => Some(format!("{d}: {e}")),
-                            ModelState::Failed(e) => Some(e.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    ModelState::Failed(errors.join("; "))
-                };
-                ModelInfo {
-                    id: m.spec.id.clone(),
-                    family: m.spec.family,
-                    source: m.spec.source.clone(),
-                    demo: m.spec.demo,
-                    state,
-                }
-            })
-            .collect()
-    }
-
-    pub fn model(&self, id: &str) -> Option<ModelInfo> {
-        self.models().into_iter().find(|m| m.id == id)
-    }
-
-    /// Every replica: each model on each device, with its own state.
-    pub fn replicas(&self) -> Vec<ReplicaInfo> {
-        let states = self.states();
-        let inner = &self.inner;
-        inner
-            .replicas
-            .iter()
-            .zip(states)
-            .map(|(r, state)| ReplicaInfo {
-                id: inner.models[r.model].spec.id.clone(),
-                device: r.device.clone(),
-                state,
-            })
-            .collect()
-    }
-
-    /// The jobs waiting and running on each device's worker.
-    pub fn devices(&self) -> Vec<DeviceLoad> {
-        self.inner
-            .workers
-            .iter()
-            .map(|w| DeviceLoad {
-                device: w.device.clone(),
-                waiting: w.load.waiting.load(Ordering::Acquire),
-                running: w.load.running.load(Ordering::Acquire),
-            })
-            .collect()
-    }
-
-    pub fn stats(&self) -> EngineStats {
-        let c = &self.inner.counters;
-        EngineStats {
-            in_flight: self.inner.admission.in_flight.load(Ordering::SeqCst),
-            capacity: self.inner.max_queue,
-            completed: c.completed.load(Ordering::Acquire),
-            cancelled: c.cancelled.load(Ordering::Acquire),
-            failed: c.failed.load(Ordering::Acquire),
-        }
-    }
-
-    /// No accepted job is queued or running: each has sent its `Done` (or was dropped by
-    /// shutdown). After [`Self::begin_drain`] it stays true once true.
-    pub fn is_idle(&self) -> bool {
-        self.inner.admission.in_flight.load(Ordering::SeqCst) == 0
-    }
-
-    /// Returns once [`Self::is_idle`]; with [`Self::begin_drain`] before, once every accepted
-    /// job is done (wrap it in a timeout for a grace period).
-    pub async fn wait_idle(&self) {
-        let admission = &self.inner.admission;
-        loop {
-            let idle = admission.idle.notified();
-            tokio::pin!(idle);
-            // Registered before the check, so a wake-up between the two is not lost.
-            idle.as_mut().enable();
-            if self.is_idle() {
-                return;
-            }
-            idle.await;
-        }
-    }
-
-    /// Adds the engine's metrics (see `metrics.rs` for the names) to `registry`, which must
-    /// not have a prefix: the names already start with `kiln_`. Call it once per registry.
-    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
-        let inner = &self.inner;
-        let scrape = Scrape {
-            workers: inner
-                .workers
-                .iter()
-                .map(|w| (w.device.clone(), w.load.clone()))
-                .collect(),
-            replicas: inner
-                .replicas
-                .iter()
-                .map(|r| (inner.models[r.model].spec.id.clone(), r.device.clone()))
-                .collect(),
-            states: inner.states.clone(),
-            capacity: inner.max_queue,
-        };
-        inner.metrics.register(registry, scrape);
     }
 
     /// Queues `job` for `model` on its least-loaded replica, or fails at once when the queue is

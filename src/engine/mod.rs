@@ -16,6 +16,7 @@ mod params;
 pub mod pipeline;
 mod queue;
 mod registry;
+mod report;
 mod sd15;
 mod worker;
 
