@@ -101,13 +101,21 @@ def seconds(duration):
     return total
 
 
-def check_scaled_object(doc, deployments):
-    if doc.get("apiVersion") != "keda.sh/v1alpha1":
-        fail(doc, f"apiVersion {doc.get('apiVersion')} is not keda.sh/v1alpha1")
+def custom_resource(doc, api_version, spec_fields):
+    """The checks every custom resource gets: its apiVersion, its metadata against the core
+    ObjectMeta schema (borrowed from a ConfigMap), and no unknown field in its spec. Returns
+    the spec."""
+    if doc.get("apiVersion") != api_version:
+        fail(doc, f"apiVersion {doc.get('apiVersion')} is not {api_version}")
     spec = doc.get("spec") or {}
     core_schema(doc, "metadata", {"apiVersion": "v1", "kind": "ConfigMap",
                                   "metadata": doc["metadata"]})
-    unknown_fields(doc, "spec", spec, SCALED_OBJECT_SPEC)
+    unknown_fields(doc, "spec", spec, spec_fields)
+    return spec
+
+
+def check_scaled_object(doc, deployments):
+    spec = custom_resource(doc, "keda.sh/v1alpha1", SCALED_OBJECT_SPEC)
     for k, allowed in SCALED_OBJECT_SPEC.items():
         if allowed and k in spec:
             unknown_fields(doc, f"spec.{k}", spec[k], allowed)
@@ -161,12 +169,7 @@ def check_scaled_object(doc, deployments):
 
 
 def check_service_monitor(doc, services):
-    if doc.get("apiVersion") != "monitoring.coreos.com/v1":
-        fail(doc, f"apiVersion {doc.get('apiVersion')} is not monitoring.coreos.com/v1")
-    spec = doc.get("spec") or {}
-    core_schema(doc, "metadata", {"apiVersion": "v1", "kind": "ConfigMap",
-                                  "metadata": doc["metadata"]})
-    unknown_fields(doc, "spec", spec, SERVICE_MONITOR_SPEC)
+    spec = custom_resource(doc, "monitoring.coreos.com/v1", SERVICE_MONITOR_SPEC)
     match = (spec.get("selector") or {}).get("matchLabels")
     if not match:
         fail(doc, "spec.selector.matchLabels is required")
