@@ -16,6 +16,7 @@ pub mod noise;
 pub mod precision;
 pub mod schedulers;
 pub mod server;
+mod sync;
 pub mod weights;
 
 pub use alloc::tune_allocator;

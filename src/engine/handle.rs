@@ -12,6 +12,7 @@ use tracing::info;
 use super::metrics::EngineMetrics;
 use super::queue::{Admission, Counters, JobTicket, Queued, Slot, WorkerLoad};
 use super::{EngineConfig, EngineError, ImageJob, ModelState, ServedModel, worker};
+use crate::sync::Locked;
 
 /// A model id and its replicas (indices in `Inner::replicas`).
 pub(super) struct Model {
@@ -187,11 +188,7 @@ impl EngineHandle {
             .name(format!("kiln-worker-{device}"))
             .spawn(move || worker::run(ctx))
             .map_err(|e| EngineError::Failed(format!("cannot start a worker thread: {e}")))?;
-        inner
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(thread);
+        inner.threads.locked().push(thread);
         Ok(())
     }
 
@@ -201,10 +198,7 @@ impl EngineHandle {
     }
 
     fn send(&self, worker: usize, msg: worker::Msg) -> bool {
-        let guard = self.inner.workers[worker]
-            .tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let guard = self.inner.workers[worker].tx.locked();
         let Some(tx) = guard.as_ref() else {
             return false;
         };
@@ -274,7 +268,7 @@ impl EngineHandle {
     /// load, as a lone model does); `None` when nothing is left.
     fn pick(&self, model: usize, tried: &[usize]) -> Option<usize> {
         let inner = &self.inner;
-        let states = inner.states.lock().unwrap_or_else(|p| p.into_inner());
+        let states = inner.states.locked();
         let untried = inner.models[model]
             .replicas
             .iter()
@@ -324,7 +318,7 @@ impl EngineHandle {
     pub fn begin_shutdown(&self) {
         self.inner.stop.store(true, Ordering::SeqCst);
         for w in &self.inner.workers {
-            if let Some(tx) = w.tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            if let Some(tx) = w.tx.locked().take() {
                 let _ = tx.send(worker::Msg::Stop);
             }
         }
@@ -333,13 +327,7 @@ impl EngineHandle {
     /// [`Self::begin_shutdown`], then waits for the workers to exit. Idempotent.
     pub fn shutdown(&self) {
         self.begin_shutdown();
-        let threads: Vec<_> = self
-            .inner
-            .threads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
+        let threads: Vec<_> = self.inner.threads.locked().drain(..).collect();
         for t in threads {
             let _ = t.join();
         }

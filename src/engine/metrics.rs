@@ -26,6 +26,7 @@ use prometheus_client::registry::Registry;
 
 use super::ModelState;
 use super::queue::WorkerLoad;
+use crate::sync::Locked;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReplicaLabels {
@@ -177,11 +178,7 @@ impl Collector for Scrape {
             MetricType::Gauge,
         )?;
         ConstGauge::new(capacity).encode(metric)?;
-        let states = self
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let states = self.states.locked().clone();
         const STATES: [&str; 4] = ["unloaded", "loading", "ready", "failed"];
         let series = self.replicas.iter().zip(&states).flat_map(|((m, d), s)| {
             STATES.map(|state| {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{Notify, mpsc as tmpsc};
 
 use super::{EngineError, GeneratedImage, ImageJob, Progress};
+use crate::sync::Locked;
 
 /// What a job reports, in order: `Started`, `Progress`×steps, then exactly one `Done`.
 #[derive(Debug)]
@@ -94,7 +95,7 @@ impl Slot {
     /// before the send, so numbers follow the channel's FIFO order exactly.
     pub fn enqueue(&self) {
         let number = self.load.sent.fetch_add(1, Ordering::AcqRel);
-        *lock(&self.place) = Some((self.load.clone(), number));
+        *self.place.locked() = Some((self.load.clone(), number));
     }
 
     fn counter(&self) -> &AtomicUsize {
@@ -112,7 +113,7 @@ impl Slot {
             self.load.running.fetch_add(1, Ordering::AcqRel);
             self.load.taken.fetch_add(1, Ordering::AcqRel);
             self.running = true;
-            *lock(&self.place) = None;
+            *self.place.locked() = None;
         }
     }
 
@@ -151,10 +152,6 @@ pub(crate) struct Queued {
     pub slot: Slot,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// A submitted job. Dropping it (e.g. because the HTTP client went away) cancels the job.
 pub struct JobTicket {
     pub(crate) rx: tmpsc::UnboundedReceiver<JobEvent>,
@@ -181,7 +178,7 @@ impl JobControl {
     /// running job ends); `None` once a worker has taken it. Jobs ahead that were cancelled are
     /// counted until their worker drops them (which takes no time).
     pub fn queue_position(&self) -> Option<u64> {
-        let place = lock(&self.place);
+        let place = self.place.locked();
         let (load, number) = place.as_ref()?;
         Some(number.saturating_sub(load.taken.load(Ordering::Acquire)))
     }

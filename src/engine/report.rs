@@ -6,14 +6,11 @@ use std::sync::atomic::Ordering;
 use super::handle::EngineHandle;
 use super::metrics::Scrape;
 use super::{DeviceLoad, EngineStats, ModelInfo, ModelState, ReplicaInfo};
+use crate::sync::Locked;
 
 impl EngineHandle {
     fn states(&self) -> Vec<ModelState> {
-        self.inner
-            .states
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.inner.states.locked().clone()
     }
 
     /// One entry per model id. Its state sums up its replicas': ready when one is, else

@@ -16,6 +16,7 @@ use super::{
     EngineError, EngineHandle, ImagePipeline, JobEvent, Loader, ModelState, Progress, Queued,
     pipeline,
 };
+use crate::sync::Locked;
 
 pub(crate) enum Msg {
     Job(Box<Queued>),
@@ -85,7 +86,7 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 impl Worker {
     fn set_state(&self, own: usize, s: ModelState) {
         let r = self.ctx.replicas[own].replica;
-        let mut states = self.ctx.states.lock().unwrap_or_else(|p| p.into_inner());
+        let mut states = self.ctx.states.locked();
         if let Some(slot) = states.get_mut(r) {
             *slot = s;
         }

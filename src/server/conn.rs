@@ -25,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::disconnect::Key;
+use crate::sync::Locked;
 
 /// Limits on connections; `kiln serve --max-connections`, `--header-timeout-secs`,
 /// `--idle-timeout-secs`, `--body-timeout-secs`.
@@ -114,10 +115,7 @@ impl<T> Timed<T> {
     ) -> Self {
         let activity = Arc::new(Activity::default());
         if let Some(k) = key {
-            registry()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(k, activity.clone());
+            registry().locked().insert(k, activity.clone());
         }
         let now = tokio::time::Instant::now();
         Self {
@@ -145,10 +143,7 @@ impl<T> Timed<T> {
 impl<T> Drop for Timed<T> {
     fn drop(&mut self) {
         if let Some(k) = self.key {
-            registry()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&k);
+            registry().locked().remove(&k);
         }
     }
 }
@@ -304,13 +299,7 @@ pub async fn track<E: Endpoint>(
         (Some(l), Some(r)) => Some((*l, *r)),
         _ => None,
     };
-    let activity = key.and_then(|k| {
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&k)
-            .cloned()
-    });
+    let activity = key.and_then(|k| registry().locked().get(&k).cloned());
     let busy = activity.map(Busy::begin);
     if has_body(&req) {
         let body = req.take_body();

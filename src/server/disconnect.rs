@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::accept::{self, Slots};
 use super::conn::{ConnLimits, Timed};
+use crate::sync::Locked;
 
 pub(super) type Key = (SocketAddr, SocketAddr);
 
@@ -41,13 +42,7 @@ pub fn closed(req: &poem::Request) -> impl Future<Output = ()> + Send + 'static 
         (Some(l), Some(r)) => Some((*l, *r)),
         _ => None,
     };
-    let rx = key.and_then(|k| {
-        registry()
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&k)
-            .cloned()
-    });
+    let rx = key.and_then(|k| registry().locked().get(&k).cloned());
     async move {
         match rx {
             Some(mut rx) => {
@@ -128,10 +123,7 @@ async fn watch_connection(stream: Weak<TcpStream>, key: Key, tx: watch::Sender<b
             Err(_) => {}
         }
     }
-    registry()
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .remove(&key);
+    registry().locked().remove(&key);
 }
 
 /// Accepts TCP connections: at most `max_connections` open at once (see [`Slots`]),
@@ -170,10 +162,7 @@ impl Acceptor for WatchedAcceptor {
         };
         if let Some(key) = key {
             let (tx, rx) = watch::channel(false);
-            registry()
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key, rx);
+            registry().locked().insert(key, rx);
             tokio::spawn(watch_connection(Arc::downgrade(&io), key, tx));
         }
         let io = Timed::new(SharedTcp(io), key, self.limits.clone(), slot);

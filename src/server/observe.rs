@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use super::AppState;
 use super::metrics::endpoint_label;
+use crate::sync::Locked;
 
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -37,7 +38,7 @@ pub fn current_id() -> Option<String> {
 /// Records which served model the current request uses.
 pub fn set_model(id: &str) {
     let _ = CURRENT.try_with(|c| {
-        *c.model.lock().unwrap_or_else(|p| p.into_inner()) = Some(id.to_string());
+        *c.model.locked() = Some(id.to_string());
     });
 }
 
@@ -83,12 +84,7 @@ pub async fn observe<E: Endpoint>(
         .await;
     let status = resp.status();
     let secs = t0.elapsed().as_secs_f64();
-    let model = ctx
-        .model
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take()
-        .unwrap_or_default();
+    let model = ctx.model.locked().take().unwrap_or_default();
     state
         .metrics
         .observe_request(endpoint, &model, status, secs);

@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::sync::Locked;
+
 /// A job's closure with its lifetime erased; [`Team::run`] waits for every index it hands
 /// out to finish before the closure goes out of scope.
 #[derive(Clone, Copy)]
@@ -60,7 +62,7 @@ impl Team {
 
     /// The job of generation `g`, if it is still the current one.
     fn job(&self, g: u32) -> Option<(JobPtr, usize)> {
-        let slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+        let slot = self.slot.locked();
         match *slot {
             (sg, Some(job), n) if sg == g => Some((job, n)),
             _ => None,
@@ -73,7 +75,7 @@ impl Team {
         // waiting in `run` and the closure is alive.
         let f = unsafe { &*job.0 };
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| f(i))) {
-            let mut slot = self.panic.lock().unwrap_or_else(|p| p.into_inner());
+            let mut slot = self.panic.locked();
             slot.get_or_insert(e);
         }
         self.done.fetch_add(1, Ordering::Release);
@@ -131,14 +133,14 @@ impl Team {
         let job: JobPtr = JobPtr(unsafe {
             std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
         });
-        *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = (g, Some(job), n);
+        *self.slot.locked() = (g, Some(job), n);
         self.done.store(0, Ordering::Relaxed);
         self.word.store(u64::from(g) << 32, Ordering::Release);
         self.claim_all(g, Some((job, n)));
         while self.done.load(Ordering::Acquire) < n {
             std::hint::spin_loop();
         }
-        if let Some(e) = self.panic.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(e) = self.panic.locked().take() {
             resume_unwind(e);
         }
     }

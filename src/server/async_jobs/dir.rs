@@ -20,6 +20,7 @@ use super::{JobId, JobStoreError};
 use crate::server::store::files::{
     STALE_TMP, TMP_PREFIX, age, open_regular, remove, write_atomic, write_tmp,
 };
+use crate::sync::Locked;
 
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
@@ -94,7 +95,7 @@ impl JobDir {
     /// most once a minute. Errors are logged: a sweep is housekeeping, never a request's fault.
     fn sweep(&self) {
         {
-            let mut last = self.last_sweep.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.last_sweep.locked();
             if last.is_some_and(|t| t.elapsed() < SWEEP_EVERY) {
                 return;
             }

@@ -15,6 +15,7 @@ use crate::engine::JobControl;
 use crate::server::StoreKind;
 use crate::server::error::ApiError;
 use crate::server::unix_now;
+use crate::sync::Locked;
 
 struct Entry {
     record: JobRecord,
@@ -102,7 +103,7 @@ impl JobTable {
     }
 
     fn lock(&self) -> MutexGuard<'_, Entries> {
-        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+        self.entries.locked()
     }
 
     /// Takes a place for a new job (before the engine sees it): drops expired records, evicts

@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use super::{ImageId, StoreLimits};
+use crate::sync::Locked;
 
 struct Entry {
     bytes: Vec<u8>,
@@ -33,7 +34,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     pub(super) fn put(&self, id: ImageId, bytes: Vec<u8>) {
