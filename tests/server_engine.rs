@@ -14,17 +14,6 @@ use poem::http::StatusCode;
 use serde_json::json;
 use server_common::*;
 
-async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn saturated_queue_answers_429_with_retry_after() {
     let t = start_with(

@@ -1,7 +1,7 @@
 //! Helpers for the server tests: an app on fake pipelines, and JSON/PNG/SSE helpers.
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 pub use fake::{FakeConfig, FakePipeline};
@@ -197,4 +197,16 @@ pub fn sse_events(body: &str) -> Vec<(String, Value)> {
             Some((event.unwrap_or_else(|| "message".into()), data))
         })
         .collect()
+}
+
+/// Polls `cond` every 10 ms; the 20 s deadline only turns a hang into a failure.
+pub async fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
