@@ -11,7 +11,7 @@ use image::RgbImage;
 use kiln::backend::DeviceList;
 use kiln::engine::{
     EngineConfig, EngineError, EngineHandle, Family, GeneratedImage, ImageJob, ImagePipeline,
-    JobEvent, JobTicket, ModelState, Progress, ServedModel,
+    JobEvent, JobTicket, ModelState, Progress, ServedModel, TokenUsage,
 };
 
 /// Holds every gated pipeline's steps until opened; records who ran what.
@@ -51,6 +51,10 @@ struct Gated {
 impl ImagePipeline for Gated {
     fn family(&self) -> Family {
         Family::Sd15
+    }
+
+    fn usage(&self, _job: &ImageJob) -> Result<TokenUsage, EngineError> {
+        Ok(TokenUsage::default())
     }
 
     fn generate(
@@ -221,8 +225,8 @@ async fn a_replica_that_fails_to_load_hands_its_jobs_to_the_other() {
         .map(|i| e.submit("m", job(&format!("j{i}"))).expect("submit"))
         .collect();
     for t in tickets {
-        let images = t.wait().await.expect("every job is served");
-        assert_eq!(images.len(), 1);
+        let out = t.wait().await.expect("every job is served");
+        assert_eq!(out.images.len(), 1);
     }
     assert!(gate.ran_on("j0") == ["cpu#1"]);
     let replicas = e.replicas();

@@ -56,10 +56,10 @@ async fn defaults_and_seed_semantics() {
 }
 
 #[tokio::test]
-async fn unknown_and_ignored_fields_are_accepted() {
+async fn unknown_fields_are_ignored_and_openai_fields_accepted() {
     let t = start();
     let r = generate(&t, json!({
-        "prompt": "x", "size": "64x64", "quality": "hd", "style": "vivid", "user": "u1", "background": "auto",
+        "prompt": "x", "size": "64x64", "quality": "hd", "user": "u1", "background": "auto",
         "moderation": "low", "safety_identifier": "abc", "something_new": {"a": 1}, "negative_prompt": "",
         "guidance_scale": 7.5, "num_inference_steps": 3, "scheduler": "Euler", "strength": 0.5,
         "response_format": null, "n": null

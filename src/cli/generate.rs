@@ -32,7 +32,8 @@ pub struct GenerateArgs {
     /// checked against them when given.
     #[arg(long, value_parser = ["sd15", "dalle-mini", "dalle-mega"])]
     pub model: Option<String>,
-    #[arg(long)]
+    /// The text to draw (may be left out with --variation).
+    #[arg(long, default_value = "")]
     pub prompt: String,
     /// What the image should not show (SD).
     #[arg(long)]
@@ -72,6 +73,22 @@ pub struct GenerateArgs {
     /// Share of the init image to repaint, 0 < s ≤ 1 (default 0.8; 1.0 when inpainting).
     #[arg(long, requires = "image")]
     pub strength: Option<f64>,
+    /// SD: a variation of --image (the API's /v1/images/variations): --prompt may be left
+    /// out, and --strength defaults to 0.6.
+    #[arg(long, requires = "image")]
+    pub variation: bool,
+    /// SD: how closely an edit keeps --image when --strength is not given: low (0.8, 1.0 when
+    /// inpainting) or high (0.5); the API's `input_fidelity`.
+    #[arg(long, requires = "image", value_parser = ["low", "high"])]
+    pub input_fidelity: Option<String>,
+    /// The API's `quality`: low, medium or high (SD: 12, 25 or 50 steps when --steps is not
+    /// given; DALL·E: medium only). Not --quality, which is the JPEG quality.
+    #[arg(long, value_parser = ["low", "medium", "high", "standard", "hd", "auto"])]
+    pub quality_tier: Option<String>,
+    /// With the safety checker on (--safety-checker): auto (its standard threshold) or low
+    /// (less strict).
+    #[arg(long, value_parser = ["auto", "low"])]
+    pub moderation: Option<String>,
     /// Use the mean of the VAE's latent distribution for the init image instead of a sample.
     #[arg(long, requires = "image")]
     pub vae_mean: bool,
@@ -182,14 +199,20 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         Family::Sd15 => "step",
         Family::DalleMini => "token",
     });
-    let images = pipeline::run(model.as_mut(), &job, &mut |p| {
+    let out = pipeline::run(model.as_mut(), &job, &mut |p| {
         bar.set_length(p.total as u64);
         bar.set_position(p.step as u64);
         true
     })
     .map_err(flag_error)?;
     bar.finish_and_clear();
-    write_outputs(&args, format, &images)
+    for w in &out.withheld {
+        eprintln!(
+            "image {} (seed {}) withheld: the safety checker flagged it",
+            w.index, w.seed
+        );
+    }
+    write_outputs(&args, format, &out.images)
 }
 
 /// What --model-path holds (the catalog's detection), checked against --model when given.
@@ -307,6 +330,10 @@ fn job_params(a: &GenerateArgs) -> anyhow::Result<JobParams> {
             }),
         },
         previews: 0,
+        quality: a.quality_tier.clone(),
+        input_fidelity: a.input_fidelity.clone(),
+        moderation: a.moderation.clone(),
+        variation: a.variation,
     })
 }
 
@@ -325,6 +352,7 @@ fn flag_error(e: EngineError) -> anyhow::Error {
                 "num_inference_steps" => "--steps".to_string(),
                 "loras" => "--lora".to_string(),
                 "size" => "--width/--height".to_string(),
+                "quality" => "--quality-tier".to_string(),
                 other => format!("--{}", other.replace('_', "-")),
             };
             anyhow::anyhow!("{}", message.replace(&format!("`{p}`"), &flag))

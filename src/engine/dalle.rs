@@ -7,8 +7,11 @@ use std::sync::Arc;
 use burn::tensor::backend::Backend;
 use image::RgbImage;
 
-use super::{EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress};
+use super::{
+    EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress, TokenUsage,
+};
 use crate::backend::{BackendTask, dispatch};
+use crate::models::dalle_mini::tokenizer::PAD;
 use crate::models::dalle_mini::{DalleMini, DalleRequest};
 use crate::models::family::dalle_defaults;
 use crate::precision::Placement;
@@ -46,6 +49,21 @@ impl<B: Backend> ImagePipeline for DallePipeline<B> {
 
     fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
         crate::backend::device_memory::<B>(&self.device)
+    }
+
+    /// Text: the BART encoder's tokens of the prompt (start and end included, padding not).
+    /// Output: the image tokens the decoder sampled, 256 (16×16 VQGAN codes) per image.
+    fn usage(&self, job: &ImageJob) -> Result<TokenUsage, EngineError> {
+        let req = Self::request(job);
+        let [_, cond] = self
+            .model
+            .text_rows(&req.prompt, req.tokenization, req.seed)?;
+        let text = cond.iter().filter(|&&id| id != PAD).count();
+        Ok(TokenUsage {
+            text_tokens: text as u32,
+            image_tokens: 0,
+            output_tokens: (self.model.config.image_length * job.n) as u32,
+        })
     }
 
     fn generate(

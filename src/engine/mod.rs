@@ -12,6 +12,7 @@ mod dalle;
 mod handle;
 pub mod loras;
 mod metrics;
+pub mod output;
 mod params;
 pub mod pipeline;
 mod queue;
@@ -28,7 +29,8 @@ pub use addons::AddOns;
 pub use dalle::{DallePipeline, dalle_loader};
 pub use handle::EngineHandle;
 pub use loras::{LoraLibrary, LoraRef, ResolvedLora};
-pub use params::{EditInput, JobParams, JobRules, Limits};
+pub use output::{JobOutput, Moderation, TokenUsage, Withheld};
+pub use params::{EditInput, InputFidelity, JobParams, JobRules, Limits, Quality};
 pub use pipeline::{
     DalleParams, GeneratedImage, ImageJob, ImagePipeline, InitImage, JobExtras, Progress,
 };
@@ -61,6 +63,11 @@ pub enum EngineError {
     Panicked(String),
     #[error("the request was cancelled")]
     Cancelled,
+    /// The safety checker flagged every image of the job.
+    #[error(
+        "the request was rejected by the safety system: the safety checker flagged every generated image ({images} of {images})"
+    )]
+    Blocked { images: usize },
     #[error("the server is shutting down")]
     ShuttingDown,
 }

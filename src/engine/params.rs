@@ -7,11 +7,13 @@
 use image::DynamicImage;
 
 mod budget;
+mod choices;
 
 use budget::DEFAULT_MAX_WORK;
+pub use choices::{InputFidelity, Quality};
 
 use super::loras::{LoraLibrary, LoraRef, take_lora_tags};
-use super::{DalleParams, EngineError, ImageJob, InitImage};
+use super::{DalleParams, EngineError, ImageJob, InitImage, Moderation};
 use crate::image_io::mask::{MaskConvention, edit_mask};
 use crate::models::Family;
 use crate::models::sd15::{PromptSyntax, VaeChoice};
@@ -43,6 +45,15 @@ pub struct JobParams {
     pub dalle: DalleParams,
     /// Streamed previews (OpenAI `partial_images`).
     pub previews: u32,
+    /// OpenAI's `quality` tier (SD: the steps when none are given); see `params/choices.rs`.
+    pub quality: Option<String>,
+    /// OpenAI's `input_fidelity` (SD edits: the strength when none is given).
+    pub input_fidelity: Option<String>,
+    /// `auto` or `low`: how strictly a safety checker judges the images.
+    pub moderation: Option<String>,
+    /// A variation of the edit image (`/v1/images/variations`): the prompt may be empty, and
+    /// the strength defaults to the variation's.
+    pub variation: bool,
 }
 
 /// An edit's inputs as decoded: the image, and a mask read with `convention`.
@@ -135,6 +146,7 @@ impl JobParams {
             ("loras", !self.loras.is_empty()),
             ("prompt_syntax", self.prompt_syntax.is_some()),
             ("vae", self.vae.is_some()),
+            ("input_fidelity", self.input_fidelity.is_some()),
             ("cond_scale", d.cond_scale.is_some()),
             ("temperature", d.temperature.is_some()),
             ("top_k", d.top_k.is_some()),
@@ -156,8 +168,21 @@ impl JobParams {
     ) -> Result<ImageJob, EngineError> {
         let limits = &rules.limits;
         let (text, tagged) = take_lora_tags(&self.prompt)?;
-        if text.trim().is_empty() {
+        if text.trim().is_empty() && !self.variation {
             return Err(invalid("prompt", "`prompt` must not be empty"));
+        }
+        if self.variation && edit.is_none() {
+            return Err(invalid("image", "a variation needs an image"));
+        }
+        if self.variation && family.edits_unsupported().is_some() {
+            return Err(EngineError::Unsupported {
+                param: Some("model".into()),
+                message: format!(
+                    "{} models cannot make variations: they generate from text only (their \
+                     decoder reads no image); use a Stable Diffusion model",
+                    family.label()
+                ),
+            });
         }
         self.loras.extend(tagged);
         if self
@@ -194,6 +219,20 @@ impl JobParams {
             ));
         }
         let (width, height) = self.size_for(family, limits, edit.as_ref())?;
+        let quality = Quality::parse(self.quality.as_deref())?;
+        if self.steps.is_none()
+            && let Some(q) = quality
+        {
+            self.steps = q.steps(family)?;
+        }
+        let fidelity = InputFidelity::parse(self.input_fidelity.as_deref())?;
+        if edit.is_none() && fidelity.is_some() {
+            return Err(invalid(
+                "input_fidelity",
+                "`input_fidelity` applies to edits, which have an input image",
+            ));
+        }
+        let moderation = parsed::<Moderation>("moderation", self.moderation.as_deref())?;
         let steps = self.steps_within(limits)?;
         budget::check(family, limits, n, (width, height), self.steps)?;
         let scheduler = self.scheduler_kind()?;
@@ -210,7 +249,13 @@ impl JobParams {
         job.steps = steps;
         job.guidance_scale = self.guidance_scale;
         job.scheduler = scheduler;
-        job.strength = self.strength;
+        job.strength = if init.is_some() {
+            choices::edit_strength(self.strength, fidelity, self.variation)
+        } else {
+            self.strength
+        };
+        job.quality = quality.unwrap_or_default();
+        job.moderation = moderation.unwrap_or_default();
         job.eta = self.eta;
         job.clip_skip = self.clip_skip;
         job.loras = loras;

@@ -10,6 +10,8 @@ use image::{GrayImage, RgbImage};
 
 use super::EngineError;
 use super::loras::ResolvedLora;
+use super::output::{JobOutput, Moderation, TokenUsage};
+use super::params::Quality;
 use crate::image_io::{self, params::Parameters};
 use crate::models::Family;
 use crate::models::dalle_mini::Tokenization;
@@ -76,6 +78,10 @@ pub struct ImageJob {
     pub dalle: DalleParams,
     /// How many intermediate previews the client wants (OpenAI `partial_images`, 0–3).
     pub previews: usize,
+    /// How strictly a pipeline with a safety checker judges the images (and previews).
+    pub moderation: Moderation,
+    /// The `quality` tier asked for (it set `steps` when those were not given).
+    pub quality: Quality,
     pub extras: JobExtras,
 }
 
@@ -101,6 +107,8 @@ impl ImageJob {
             init: None,
             dalle: DalleParams::default(),
             previews: 0,
+            moderation: Moderation::default(),
+            quality: Quality::default(),
             extras: JobExtras::default(),
         }
     }
@@ -166,22 +174,35 @@ pub trait ImagePipeline {
         job: &ImageJob,
         progress: &mut dyn FnMut(Progress) -> bool,
     ) -> Result<Vec<GeneratedImage>, EngineError>;
+    /// The tokens `job` consumes and produces, in the family's own units (see [`TokenUsage`]).
+    fn usage(&self, job: &ImageJob) -> Result<TokenUsage, EngineError>;
+    /// One flag per image: `true` withholds it. A pipeline without a safety checker flags
+    /// nothing.
+    fn moderate(
+        &mut self,
+        _job: &ImageJob,
+        images: &[GeneratedImage],
+    ) -> Result<Vec<bool>, EngineError> {
+        Ok(vec![false; images.len()])
+    }
 }
 
-/// Runs `job` on `pipeline` and brings every image to the size asked for (a family with a
+/// Runs `job` on `pipeline`, withholds what its safety checker flags (see
+/// [`JobOutput::moderated`]) and brings every image to the size asked for (a family with a
 /// native size renders that; see [`image_io::resize`]). The engine's workers and `kiln generate`
 /// both come through here.
 pub fn run(
     pipeline: &mut dyn ImagePipeline,
     job: &ImageJob,
     progress: &mut dyn FnMut(Progress) -> bool,
-) -> Result<Vec<GeneratedImage>, EngineError> {
+) -> Result<JobOutput, EngineError> {
+    let usage = pipeline.usage(job)?;
     let images = pipeline.generate(job, progress)?;
-    Ok(images
-        .into_iter()
-        .map(|mut g| {
-            g.image = image_io::resize(g.image, job.width, job.height);
-            g
-        })
-        .collect())
+    let flagged = pipeline.moderate(job, &images)?;
+    let mut out = JobOutput::moderated(images, &flagged, usage)?;
+    for g in &mut out.images {
+        let img = std::mem::take(&mut g.image);
+        g.image = image_io::resize(img, job.width, job.height);
+    }
+    Ok(out)
 }

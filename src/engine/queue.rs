@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc as tmpsc};
 
-use super::{EngineError, GeneratedImage, ImageJob, Progress};
+use super::{EngineError, ImageJob, JobOutput, Progress};
 use crate::sync::Locked;
 
 /// What a job reports, in order: `Started`, `Progress`×steps, then exactly one `Done`.
@@ -15,7 +15,7 @@ use crate::sync::Locked;
 pub enum JobEvent {
     Started,
     Progress(Progress),
-    Done(Result<Vec<GeneratedImage>, EngineError>),
+    Done(Result<JobOutput, EngineError>),
 }
 
 #[derive(Default)]
@@ -197,7 +197,7 @@ impl JobTicket {
     }
 
     /// Waits for the result, skipping progress events.
-    pub async fn wait(mut self) -> Result<Vec<GeneratedImage>, EngineError> {
+    pub async fn wait(mut self) -> Result<JobOutput, EngineError> {
         loop {
             match self.rx.recv().await {
                 Some(JobEvent::Done(r)) => return r,

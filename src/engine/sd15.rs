@@ -9,6 +9,7 @@ use burn::tensor::{DType, Tensor};
 use super::loras::take_lora_tags;
 use super::{
     AddOns, EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Loader, Progress,
+    TokenUsage,
 };
 use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
@@ -143,6 +144,28 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
 
     fn device_memory(&self) -> Option<crate::backend::DeviceMemory> {
         crate::backend::device_memory::<B>(self.model.device())
+    }
+
+    /// Text: the prompt's tokens, and the negative prompt's when guidance reads it
+    /// (`guidance_scale > 1`). Image: one per latent position (8×8 pixels) of the input an
+    /// edit encodes; output: one per latent position of each image the UNet denoised.
+    fn usage(&self, job: &ImageJob) -> Result<TokenUsage, EngineError> {
+        let syntax = job.prompt_syntax;
+        let guided = job.guidance_scale.unwrap_or(sd15_defaults::GUIDANCE_SCALE) > 1.0;
+        let prompt = take_lora_tags(&job.prompt)?.0;
+        let mut text = self.model.prompt_tokens(&prompt, syntax)?;
+        if guided {
+            text += self.model.prompt_tokens(&job.negative_prompt, syntax)?;
+        }
+        let [_, h, w] = self
+            .model
+            .latent_shape(job.width as usize, job.height as usize);
+        let positions = (h * w) as u32;
+        Ok(TokenUsage {
+            text_tokens: text as u32,
+            image_tokens: if job.init.is_some() { positions } else { 0 },
+            output_tokens: positions * job.n as u32,
+        })
     }
 
     fn generate(

@@ -190,10 +190,15 @@ impl Worker {
         let result = result.map_err(stopped);
         let (counters, metrics) = (&self.ctx.counters, &self.ctx.replicas[own].metrics);
         match &result {
-            Ok(images) => {
+            Ok(out) => {
                 counters.completed.fetch_add(1, Ordering::AcqRel);
                 metrics.completed.inc();
-                metrics.images.inc_by(images.len() as u64);
+                metrics.images.inc_by(out.images.len() as u64);
+            }
+            // The job ran; the safety checker withheld what it made.
+            Err(EngineError::Blocked { .. }) => {
+                counters.completed.fetch_add(1, Ordering::AcqRel);
+                metrics.completed.inc();
             }
             Err(EngineError::Cancelled | EngineError::ShuttingDown) => {
                 counters.cancelled.fetch_add(1, Ordering::AcqRel);
@@ -215,7 +220,7 @@ impl Worker {
         own: usize,
         q: &Queued,
         cancelled: &dyn Fn() -> bool,
-    ) -> Result<Vec<super::GeneratedImage>, EngineError> {
+    ) -> Result<super::JobOutput, EngineError> {
         let Some(loaded) = self.loaded.get_mut(&own) else {
             return Err(EngineError::Failed("model vanished after loading".into()));
         };

@@ -34,6 +34,22 @@ pub mod sd15_defaults {
     pub const SIZE: u32 = 512;
     /// 1 = the last CLIP layer (A1111's "Clip skip" 1).
     pub const CLIP_SKIP: usize = 1;
+    /// A variation's strength (`/v1/images/variations`): the input's composition and colours
+    /// stay, its details are repainted.
+    pub const VARIATION_STRENGTH: f64 = 0.6;
+    /// An edit's strength with `input_fidelity: high` (img2img and inpainting alike), where
+    /// diffusers' defaults are 0.8 and 1.0.
+    pub const HIGH_FIDELITY_STRENGTH: f64 = 0.5;
+
+    /// The steps of each `quality` tier: `medium` is [`STEPS`]; `low` about half for drafts;
+    /// `high` diffusers' own default of 50.
+    pub fn quality_steps(q: crate::engine::Quality) -> usize {
+        match q {
+            crate::engine::Quality::Low => 12,
+            crate::engine::Quality::Medium => STEPS,
+            crate::engine::Quality::High => 50,
+        }
+    }
 }
 
 /// DALL·E Mini/Mega's default sampling parameters: dalle-mini's inference notebook.
@@ -52,6 +68,7 @@ pub mod dalle_defaults {
 /// the CLI's flags are the same with dashes.
 const SD_ONLY: &[&str] = &[
     "negative_prompt",
+    "input_fidelity",
     "num_inference_steps",
     "guidance_scale",
     "scheduler",

@@ -7,13 +7,15 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem_openapi::param::Path;
 use poem_openapi::payload::{Binary, Json};
-use poem_openapi::{ApiResponse, OpenApi, ResponseContent, Tags};
+use poem_openapi::{ApiRequest, ApiResponse, OpenApi, ResponseContent, Tags};
 
 use super::AppState;
+use super::edit_input::prepare_edit;
 use super::error::{ApiError, ErrorVariants, bad_request};
-use super::jobs::{GenParams, prepare, prepare_edit};
+use super::jobs::{GenParams, edit_form, prepare};
 use super::respond::{ImagesContent, run_job};
 use super::types::*;
+use super::variation::{CreateImageEditJsonRequest, CreateImageVariationRequest};
 use crate::engine::ModelInfo;
 use crate::image_io::ImageFormat;
 
@@ -112,6 +114,13 @@ api_response!(
     "Always `{\"status\": true}`."
 );
 
+/// An edit as a multipart form (files) or as JSON (`data:` URLs).
+#[derive(ApiRequest)]
+pub enum EditBody {
+    Form(CreateImageEditRequest),
+    Json(Json<CreateImageEditJsonRequest>),
+}
+
 pub struct Api;
 
 fn model_object(m: ModelInfo, notice: Option<&str>) -> Model {
@@ -152,7 +161,7 @@ impl Api {
     ) -> ImagesResult {
         let result = async {
             let p = prepare(&state, GenParams::from(body.0), None)?;
-            run_job(&state, req, p, "image_generation").await
+            run_job(&state, req, p).await
         };
         result
             .await
@@ -161,8 +170,11 @@ impl Api {
 
     /// Edit an image
     ///
-    /// multipart/form-data with `image` (or repeated `image[]`), optional `mask` (transparent
-    /// pixels = area to repaint), and the text fields of generations (numbers as text).
+    /// multipart/form-data with `image` (or `image[]`), optional `mask` (transparent pixels =
+    /// area to repaint) and the text fields of generations (numbers as text); or JSON with
+    /// `images: [{"image_url": "data:..."}]` and optional `mask: {"image_url": ...}` (only
+    /// `data:` URLs: kiln fetches nothing). One input image. `stream: true` answers with
+    /// `image_edit.*` Server-Sent Events.
     #[oai(
         path = "/v1/images/edits",
         method = "post",
@@ -173,11 +185,43 @@ impl Api {
         &self,
         state: Data<&Arc<AppState>>,
         req: &poem::Request,
-        body: CreateImageEditRequest,
+        body: EditBody,
     ) -> ImagesResult {
         let result = async {
-            let p = prepare_edit(&state, body).await?;
-            run_job(&state, req, p, "image_edit").await
+            let (params, sources) = match body {
+                EditBody::Form(form) => edit_form(form),
+                EditBody::Json(json) => json.0.into_parts(),
+            };
+            let p = prepare_edit(&state, params, sources).await?;
+            run_job(&state, req, p).await
+        };
+        result
+            .await
+            .map_or_else(ImagesResult::from, ImagesResult::Ok)
+    }
+
+    /// Create variations of an image
+    ///
+    /// As openai-python's `images.create_variation` sends it (multipart `image`, `n`, `size`,
+    /// `response_format`, `user`). Stable Diffusion: image-to-image from the input at strength
+    /// 0.6 with an empty prompt (extensions: `prompt`, `strength`, `seed`, ...). DALL·E models
+    /// read no image: 400.
+    #[oai(
+        path = "/v1/images/variations",
+        method = "post",
+        operation_id = "createImageVariation",
+        tag = "ApiTags::Images"
+    )]
+    async fn create_image_variation(
+        &self,
+        state: Data<&Arc<AppState>>,
+        req: &poem::Request,
+        body: CreateImageVariationRequest,
+    ) -> ImagesResult {
+        let result = async {
+            let (params, sources) = body.into_parts();
+            let p = prepare_edit(&state, params, sources).await?;
+            run_job(&state, req, p).await
         };
         result
             .await

@@ -5,7 +5,10 @@
 use poem_openapi::Multipart;
 use poem_openapi::types::multipart::{JsonField, Upload};
 
-use super::types::{LoraParam, OutputFormat, PromptSyntaxParam, ResponseFormat, VaeParam};
+use super::types::{
+    Background, InputFidelityParam, LoraParam, ModerationParam, OutputFormat, PromptSyntaxParam,
+    QualityParam, ResponseFormat, VaeParam,
+};
 use super::upload::UploadList;
 
 macro_rules! edit_forms {
@@ -59,14 +62,24 @@ edit_forms! {
     pub output_format: Option<OutputFormat>,
     #[oai(validator(minimum(value = "0"), maximum(value = "100")))]
     pub output_compression: Option<u32>,
-    #[oai(validator(max_length = 64))]
-    pub quality: Option<String>,
+    /// As in generations: SD's steps when `num_inference_steps` is not given.
+    pub quality: Option<QualityParam>,
+    /// The end user the client acts for; written to the request's log line.
     #[oai(validator(max_length = 256))]
     pub user: Option<String>,
-    #[oai(validator(max_length = 64))]
-    pub background: Option<String>,
-    #[oai(validator(max_length = 64))]
-    pub input_fidelity: Option<String>,
+    /// `auto` or `opaque`; `transparent` is refused.
+    pub background: Option<Background>,
+    /// `high`: keep more of the input (SD: strength 0.5 when `strength` is not given).
+    pub input_fidelity: Option<InputFidelityParam>,
+    /// With the SD safety checker on: `auto` or `low`.
+    pub moderation: Option<ModerationParam>,
+    /// Stream Server-Sent Events (`image_edit.partial_image`, `image_edit.completed`).
+    pub stream: Option<bool>,
+    /// Previews to stream before the final image, 0–3.
+    #[oai(validator(minimum(value = "0"), maximum(value = "3")))]
+    pub partial_images: Option<u32>,
+    /// Extension: also stream `image_edit.progress` events (step, total).
+    pub stream_progress: Option<bool>,
     #[oai(validator(max_length = 32000))]
     pub negative_prompt: Option<String>,
     #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]

@@ -124,6 +124,12 @@ impl From<EngineError> for ApiError {
             EngineError::Load { .. } => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg).code("model_load_failed")
             }
+            // As OpenAI answers a generation its safety system blocks: 400, this type and code
+            // (openai-python raises `BadRequestError` with `.code == "moderation_blocked"`).
+            EngineError::Blocked { .. } => ApiError {
+                ty: "image_generation_user_error",
+                ..ApiError::new(StatusCode::BAD_REQUEST, msg).code("moderation_blocked")
+            },
             EngineError::Failed(_) | EngineError::Panicked(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, msg).code("generation_failed")
             }

@@ -2,13 +2,13 @@
 //! one translation to a job ([`JobParams::into_job`]), which the CLI uses too.
 
 use super::AppState;
+use super::choices::{Background, check_background};
+use super::edit_input::{EditSources, ImageSource};
 use super::error::ApiError;
-use super::respond::decode_upload;
 use super::types::{
     CreateImageEditRequest, CreateImageRequest, LoraParam, OutputFormat, ResponseFormat,
 };
 use crate::engine::{DalleParams, EditInput, ImageJob, JobParams, LoraRef, ModelInfo};
-use crate::image_io::mask::MaskConvention;
 
 /// What a generation or an edit asks for, after transport parsing: the model options plus how
 /// to deliver the images.
@@ -22,6 +22,9 @@ pub struct GenParams {
     pub output_compression: Option<u32>,
     pub stream: bool,
     pub stream_progress: bool,
+    pub background: Option<Background>,
+    pub style: Option<String>,
+    pub user: Option<String>,
 }
 
 /// Empty text is the same as absent (form fields and SDKs send `""` for "not set").
@@ -67,6 +70,8 @@ impl From<CreateImageRequest> for GenParams {
                     tokenization: None,
                 },
                 previews: r.partial_images.unwrap_or(0),
+                quality: r.quality.map(|q| q.as_str().into()),
+                moderation: r.moderation.map(|m| m.as_str().into()),
                 ..JobParams::default()
             },
             model: r.model,
@@ -76,6 +81,9 @@ impl From<CreateImageRequest> for GenParams {
             output_compression: r.output_compression,
             stream: r.stream.unwrap_or(false),
             stream_progress: r.stream_progress.unwrap_or(false),
+            background: r.background,
+            style: r.style,
+            user: r.user,
         }
     }
 }
@@ -96,6 +104,10 @@ impl GenParams {
                 loras: loras(r.loras.as_ref().map(|j| j.0.as_slice())),
                 prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
                 vae: r.vae.map(|v| v.as_str().into()),
+                previews: r.partial_images.unwrap_or(0),
+                quality: r.quality.map(|q| q.as_str().into()),
+                input_fidelity: r.input_fidelity.map(|f| f.as_str().into()),
+                moderation: r.moderation.map(|m| m.as_str().into()),
                 ..JobParams::default()
             },
             model: r.model.clone(),
@@ -103,7 +115,11 @@ impl GenParams {
             response_format: r.response_format,
             output_format: r.output_format,
             output_compression: r.output_compression,
-            ..Self::default()
+            stream: r.stream.unwrap_or(false),
+            stream_progress: r.stream_progress.unwrap_or(false),
+            background: r.background,
+            style: None,
+            user: r.user.clone(),
         }
     }
 }
@@ -113,6 +129,8 @@ impl GenParams {
 pub struct Prepared {
     pub model: ModelInfo,
     pub job: ImageJob,
+    /// `image_generation` or `image_edit`: the stream's event names.
+    pub kind: &'static str,
     pub response_format: ResponseFormat,
     pub output_format: OutputFormat,
     pub quality: u8,
@@ -170,6 +188,10 @@ pub fn prepare(
         .code("model_not_found")
     })?;
     super::observe::set_model(&model.id);
+    if let Some(u) = p.user.as_deref() {
+        super::observe::set_user(u);
+    }
+    check_background(p.background, p.style.as_deref())?;
     let quality = p.output_compression.unwrap_or(100);
     if quality > 100 {
         return Err(ApiError::invalid(
@@ -182,6 +204,7 @@ pub fn prepare(
         Some((w, h)) => (Some(w), Some(h)),
         None => (None, None),
     };
+    let edit_kind = edit.is_some();
     let mut job = params
         .into_job(model.family, &state.config.rules, edit)
         .map_err(|e| {
@@ -197,6 +220,11 @@ pub fn prepare(
     Ok(Prepared {
         model,
         job,
+        kind: if edit_kind {
+            "image_edit"
+        } else {
+            "image_generation"
+        },
         response_format: p.response_format.unwrap_or_default(),
         output_format: p.output_format.unwrap_or_default(),
         quality: quality as u8,
@@ -205,33 +233,17 @@ pub fn prepare(
     })
 }
 
-/// An edit form: its uploads decoded (within `--max-upload-side`), then [`prepare`]d. The
-/// synchronous route and the job route both take this one path.
-pub async fn prepare_edit(
-    state: &AppState,
-    body: CreateImageEditRequest,
-) -> Result<Prepared, ApiError> {
+/// An edit form's text fields and its image parts, for
+/// [`prepare_edit`](super::edit_input::prepare_edit). The synchronous route and the job route
+/// both take this one path.
+pub fn edit_form(body: CreateImageEditRequest) -> (GenParams, EditSources) {
     let params = GenParams::from_edit(&body);
-    let mut uploads = body.images.0;
-    if let Some(first) = body.image {
-        uploads.insert(0, first);
-    }
-    let Some(first) = uploads.into_iter().next() else {
-        return Err(ApiError::invalid(
-            "image",
-            "an image is required: send it as `image` (or `image[]`)",
-        ));
+    let part = |name: &str, u| (name.to_string(), ImageSource::Part(u));
+    let mut images: Vec<_> = body.image.into_iter().map(|u| part("image", u)).collect();
+    images.extend(body.images.0.into_iter().map(|u| part("image[]", u)));
+    let sources = EditSources {
+        images,
+        mask: body.mask.map(ImageSource::Part),
     };
-    let max = state.config.max_upload_side;
-    let image = decode_upload(first, "image", max).await?;
-    let mask = match body.mask {
-        None => None,
-        Some(m) => Some(decode_upload(m, "mask", max).await?),
-    };
-    let edit = EditInput {
-        image,
-        mask,
-        convention: MaskConvention::Auto,
-    };
-    prepare(state, params, Some(edit))
+    (params, sources)
 }

@@ -5,9 +5,11 @@ mod accept;
 mod addons_api;
 mod api;
 mod async_jobs;
+mod choices;
 mod conn;
 mod disconnect;
 mod edit_form;
+mod edit_input;
 mod encode;
 mod error;
 mod guard;
@@ -21,6 +23,8 @@ mod store;
 mod stream;
 pub mod types;
 mod upload;
+mod usage;
+mod variation;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -109,6 +113,7 @@ pub struct AppState {
     pub demo_notice: Option<String>,
     generation_schema: BodySchema,
     job_schema: BodySchema,
+    edit_schema: BodySchema,
     metrics: metrics::ServerMetrics,
 }
 
@@ -254,6 +259,7 @@ pub fn build_server(
         demo_notice: config.demo_notice.clone(),
         generation_schema: BodySchema::of::<types::CreateImageRequest>(),
         job_schema: BodySchema::of::<types::CreateImageJobRequest>(),
+        edit_schema: BodySchema::of::<variation::CreateImageEditJsonRequest>(),
         config,
     });
     let api = service();

@@ -24,6 +24,9 @@ pub struct RequestCtx {
     pub id: String,
     /// The served model the request was resolved to (a label of the request metrics).
     model: Mutex<Option<String>>,
+    /// The API's `user`: the end user the client acts for, kept for the request's log line
+    /// (what OpenAI asks it for: telling abusive end users apart).
+    user: Mutex<Option<String>>,
 }
 
 tokio::task_local! {
@@ -39,6 +42,14 @@ pub fn current_id() -> Option<String> {
 pub fn set_model(id: &str) {
     let _ = CURRENT.try_with(|c| {
         *c.model.locked() = Some(id.to_string());
+    });
+}
+
+/// Records the request's `user` for its log line (written with `?`, so quotes and control
+/// characters are escaped).
+pub fn set_user(user: &str) {
+    let _ = CURRENT.try_with(|c| {
+        *c.user.locked() = Some(user.to_string());
     });
 }
 
@@ -74,6 +85,7 @@ pub async fn observe<E: Endpoint>(
     let ctx = Arc::new(RequestCtx {
         id: id.clone(),
         model: Mutex::new(None),
+        user: Mutex::new(None),
     });
     let t0 = Instant::now();
     let mut resp = CURRENT
@@ -85,6 +97,7 @@ pub async fn observe<E: Endpoint>(
     let status = resp.status();
     let secs = t0.elapsed().as_secs_f64();
     let model = ctx.model.locked().take().unwrap_or_default();
+    let user = ctx.user.locked().take();
     state
         .metrics
         .observe_request(endpoint, &model, status, secs);
@@ -96,7 +109,7 @@ pub async fn observe<E: Endpoint>(
         if routine && status < 500 {
             tracing::debug!(status, secs, "request done");
         } else {
-            tracing::info!(status, secs, model = %model, "request done");
+            tracing::info!(status, secs, model = %model, user = ?user, "request done");
         }
     });
     if let Ok(v) = HeaderValue::from_str(&id) {

@@ -14,7 +14,7 @@ use poem_openapi::types::{ToJSON, Type};
 
 use super::encode::encode;
 use super::error::ApiError;
-use super::types::{ImageStreamEvent, OutputFormat, Usage};
+use super::types::{Background, ImageStreamEvent, OutputFormat, QualityTier, Usage};
 use super::unix_now;
 use crate::engine::{JobEvent, JobTicket};
 use crate::image_io::params::Parameters;
@@ -62,7 +62,10 @@ pub struct StreamMeta {
     pub prefix: &'static str,
     pub size: String,
     pub output_format: OutputFormat,
+    /// `output_compression`.
     pub quality: u8,
+    /// The `quality` tier.
+    pub tier: QualityTier,
     pub progress: bool,
 }
 
@@ -73,8 +76,8 @@ impl StreamMeta {
             created_at: unix_now(),
             b64_json: None,
             size: Some(self.size.clone()),
-            quality: Some("auto".into()),
-            background: Some("opaque".into()),
+            quality: Some(self.tier),
+            background: Some(Background::Opaque),
             output_format: Some(self.output_format),
             partial_image_index: None,
             image_index: None,
@@ -82,6 +85,7 @@ impl StreamMeta {
             step: None,
             total: None,
             usage: None,
+            withheld: Vec::new(),
             error: None,
         }
     }
@@ -150,15 +154,21 @@ impl State {
                     }
                 }
             }
-            Some(JobEvent::Done(Ok(images))) => {
+            Some(JobEvent::Done(Ok(out))) => {
                 self.ticket = None;
-                for (k, g) in images.into_iter().enumerate() {
+                // Each completed event carries the whole request's usage and withheld images.
+                let usage = Usage::from(out.usage);
+                let withheld: Vec<_> = out.withheld.iter().map(|&w| w.into()).collect();
+                let mut index = (0..).filter(|k| !out.withheld.iter().any(|w| w.index == *k));
+                for g in out.images {
+                    let k = index.next().unwrap_or_default();
                     match b64(g.image, g.params, &self.meta).await {
                         Ok(b) => self.pending.push_back(ImageStreamEvent {
                             b64_json: Some(b),
                             image_index: Some(k as u32),
                             seed: Some(g.seed),
-                            usage: Some(Usage::default()),
+                            usage: Some(usage.clone()),
+                            withheld: withheld.clone(),
                             ..self.meta.event("completed")
                         }),
                         Err(e) => {

@@ -3,7 +3,11 @@
 
 use poem_openapi::{Enum, Object};
 
+pub use super::choices::{
+    Background, InputFidelityParam, ModerationParam, QualityParam, QualityTier,
+};
 pub use super::edit_form::{CreateImageEditRequest, CreateImageJobEditRequest};
+pub use super::usage::{InputTokensDetails, OutputTokensDetails, Usage};
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum ResponseFormat {
@@ -111,21 +115,22 @@ pub struct CreateImageRequest {
     /// Extension: also stream `image_generation.progress` events (step, total).
     #[oai(nullable)]
     pub stream_progress: Option<bool>,
-    /// Accepted and ignored.
-    #[oai(nullable, validator(max_length = 64))]
-    pub quality: Option<String>,
-    /// Accepted and ignored.
+    /// `low`, `medium`, `high` (`standard`, `hd`, `auto` too). SD: 12, 25 or 50 steps when
+    /// `num_inference_steps` is not given; DALL·E: `medium` only.
+    #[oai(nullable)]
+    pub quality: Option<QualityParam>,
+    /// DALL·E 3's `vivid`/`natural`: no kiln model has a style setting, so any value is refused.
     #[oai(nullable, validator(max_length = 64))]
     pub style: Option<String>,
-    /// Accepted and ignored.
+    /// The end user the client acts for; written to the request's log line.
     #[oai(nullable, validator(max_length = 256))]
     pub user: Option<String>,
-    /// Accepted and ignored.
-    #[oai(nullable, validator(max_length = 64))]
-    pub background: Option<String>,
-    /// Accepted and ignored.
-    #[oai(nullable, validator(max_length = 64))]
-    pub moderation: Option<String>,
+    /// `auto` or `opaque`; `transparent` is refused (kiln's models paint every pixel).
+    #[oai(nullable)]
+    pub background: Option<Background>,
+    /// With the SD safety checker on: `auto` (standard threshold) or `low` (less strict).
+    #[oai(nullable)]
+    pub moderation: Option<ModerationParam>,
     /// Extension: what the image should not show.
     #[oai(nullable, validator(max_length = 32000))]
     pub negative_prompt: Option<String>,
@@ -205,9 +210,34 @@ pub struct ImagesResponse {
     /// Unix seconds.
     pub created: i64,
     pub data: Vec<ImageData>,
+    /// Always `opaque`: kiln's models paint every pixel.
+    pub background: Background,
     pub output_format: OutputFormat,
+    /// The quality tier the images were made at.
+    pub quality: QualityTier,
     /// `WxH` of the returned images.
     pub size: String,
+    pub usage: Usage,
+    /// Extension: images the safety checker withheld (absent when none was).
+    #[oai(skip_serializing_if_is_empty, default)]
+    pub withheld: Vec<WithheldImage>,
+}
+
+/// An image the safety checker flagged: it is not in `data`.
+#[derive(Object, Debug, Clone)]
+pub struct WithheldImage {
+    /// Its index among the `n` images asked for.
+    pub index: u32,
+    pub seed: u64,
+}
+
+impl From<crate::engine::Withheld> for WithheldImage {
+    fn from(w: crate::engine::Withheld) -> Self {
+        Self {
+            index: w.index as u32,
+            seed: w.seed,
+        }
+    }
 }
 
 /// One Server-Sent Event of a streamed generation; `type` is also the SSE event name.
@@ -223,9 +253,9 @@ pub struct ImageStreamEvent {
     #[oai(skip_serializing_if_is_none)]
     pub size: Option<String>,
     #[oai(skip_serializing_if_is_none)]
-    pub quality: Option<String>,
+    pub quality: Option<QualityTier>,
     #[oai(skip_serializing_if_is_none)]
-    pub background: Option<String>,
+    pub background: Option<Background>,
     #[oai(skip_serializing_if_is_none)]
     pub output_format: Option<OutputFormat>,
     #[oai(skip_serializing_if_is_none)]
@@ -241,16 +271,11 @@ pub struct ImageStreamEvent {
     pub total: Option<u32>,
     #[oai(skip_serializing_if_is_none)]
     pub usage: Option<Usage>,
+    /// Extension (completed events): the images the safety checker withheld, when any was.
+    #[oai(skip_serializing_if_is_empty, default)]
+    pub withheld: Vec<WithheldImage>,
     #[oai(skip_serializing_if_is_none)]
     pub error: Option<ErrorBody>,
-}
-
-/// Token usage (always zero here; present because OpenAI's completed events carry it).
-#[derive(Object, Debug, Clone, Default)]
-pub struct Usage {
-    pub input_tokens: u32,
-    pub output_tokens: u32,
-    pub total_tokens: u32,
 }
 
 /// The OpenAI error envelope, used for every non-2xx response.

@@ -37,6 +37,13 @@ def create_edit():
     check_b64_images(r["data"], 1, (64, 64))
 
 
+def create_variation():
+    r = openai.Image.create_variation(image=io.BytesIO(png_bytes(64, 64)), n=1, size="64x64",
+                                      num_inference_steps=2)
+    check_b64_images(r["data"], 1, (64, 64))
+    assert r["usage"]["input_tokens_details"]["image_tokens"] == 64, r["usage"]
+
+
 def model_list():
     models = openai.Model.list()["data"]
     ids = [m["id"] for m in models]
@@ -69,6 +76,7 @@ def errors():
 f.run("Image.create as documented by Prem (512x512)", prem_documented_call)
 f.run("Image.create with extension keywords", extensions_as_keywords)
 f.run("Image.create_edit", create_edit)
+f.run("Image.create_variation", create_variation)
 f.run("Model.list", model_list)
 f.run("errors are InvalidRequestError/AuthenticationError", errors)
 f.exit()

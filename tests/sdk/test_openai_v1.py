@@ -34,12 +34,81 @@ def generate_url_and_jpeg():
     assert decode_image(base64.b64decode(r.data[0].b64_json), "JPEG").size == (64, 64)
 
 
-def edit(multi):
-    image = [("a.png", png_bytes(64, 64), "image/png"), ("b.png", png_bytes(64, 64), "image/png")] if multi \
-        else ("in.png", png_bytes(64, 64), "image/png")
-    r = client.images.edit(image=image, mask=("m.png", png_bytes(64, 64, True), "image/png"), prompt="blue",
+def check_usage(usage, image_tokens):
+    """usage as the SD demo model counts it: CLIP tokens in, one token per 8x8 latent position."""
+    u = usage.model_dump() if hasattr(usage, "model_dump") else usage
+    d = u["input_tokens_details"]
+    assert d["text_tokens"] > 0 and d["image_tokens"] == image_tokens, u
+    assert u["input_tokens"] == d["text_tokens"] + d["image_tokens"], u
+    assert u["total_tokens"] == u["input_tokens"] + u["output_tokens"], u
+
+
+def generate_response_fields():
+    r = client.images.generate(prompt="a fox", n=2, size="64x64", quality="low", extra_body=FAST)
+    assert (r.background, r.output_format, r.quality, r.size) == ("opaque", "png", "low", "64x64"), r
+    check_usage(r.usage, 0)
+    assert r.usage.output_tokens == 2 * 8 * 8, r.usage  # n x (64/8)^2 latent positions
+    try:
+        client.images.generate(prompt="x", background="transparent", size="64x64")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "background", e.body
+    else:
+        raise AssertionError("background=transparent accepted")
+
+
+def edit():
+    r = client.images.edit(image=("in.png", png_bytes(64, 64), "image/png"),
+                           mask=("m.png", png_bytes(64, 64, True), "image/png"), prompt="blue",
                            size="64x64", response_format="b64_json", extra_body={"guidance_scale": 7.5, **FAST})
     check_b64_images([d.model_dump() for d in r.data], 1, (64, 64))
+    check_usage(r.usage, 8 * 8)
+
+
+def edit_two_images_refused():
+    image = [("a.png", png_bytes(64, 64), "image/png"), ("b.png", png_bytes(64, 64), "image/png")]
+    try:
+        client.images.edit(image=image, prompt="blue", size="64x64", extra_body=FAST)
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "image" and "one" in e.body["message"], e.body
+    else:
+        raise AssertionError("two input images accepted (one would be dropped)")
+
+
+def edit_stream():
+    events = list(client.images.edit(image=("in.png", png_bytes(64, 64), "image/png"), prompt="blue",
+                                     size="64x64", stream=True, partial_images=1, extra_body=FAST))
+    types = [e.type for e in events]
+    assert types and types[-1] == "image_edit.completed", types
+    assert set(types) <= {"image_edit.partial_image", "image_edit.completed"}, types
+    assert decode_image(base64.b64decode(events[-1].b64_json)).size == (64, 64)
+    check_usage(events[-1].usage, 8 * 8)
+
+
+def edit_json():
+    url = "data:image/png;base64," + base64.b64encode(png_bytes(64, 64)).decode()
+    r = client.post("/images/edits", cast_to=openai.types.ImagesResponse,
+                    body={"images": [{"image_url": url}], "prompt": "blue", "size": "64x64", **FAST})
+    check_b64_images([d.model_dump() for d in r.data], 1, (64, 64))
+    try:
+        client.post("/images/edits", cast_to=openai.types.ImagesResponse,
+                    body={"images": [{"image_url": "https://example.com/a.png"}], "prompt": "blue"})
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "images[0].image_url", e.body
+    else:
+        raise AssertionError("an https image_url was accepted")
+
+
+def variation():
+    r = client.images.create_variation(image=("in.png", png_bytes(64, 64), "image/png"), n=2, size="64x64",
+                                       response_format="b64_json", extra_body=FAST)
+    check_b64_images([d.model_dump() for d in r.data], 2, (64, 64))
+    check_usage(r.usage, 8 * 8)
+    try:
+        client.images.create_variation(image=("in.png", png_bytes(64, 64), "image/png"), model="dalle-mini-demo")
+    except openai.BadRequestError as e:
+        assert e.body["param"] == "model" and "variation" in e.body["message"], e.body
+    else:
+        raise AssertionError("a DALL-E variation was accepted")
 
 
 def stream():
@@ -88,8 +157,12 @@ def errors():
 print("openai %s -> %s" % (openai.__version__, base))
 f.run("images.generate + extra_body", generate)
 f.run("images.generate url / jpeg", generate_url_and_jpeg)
-f.run("images.edit", lambda: edit(False))
-f.run("images.edit with image[] x2", lambda: edit(True))
+f.run("images.generate: background/quality/usage fields", generate_response_fields)
+f.run("images.edit", edit)
+f.run("images.edit with image[] x2 refused", edit_two_images_refused)
+f.run("images.edit stream=True", edit_stream)
+f.run("images/edits as JSON with a data: URL", edit_json)
+f.run("images.create_variation", variation)
 f.run("images.generate stream=True", stream)
 f.run("models.list / retrieve", models)
 f.run("errors", errors)

@@ -8,7 +8,8 @@ use std::time::Duration;
 use image::{Rgb, RgbImage};
 
 use kiln::engine::{
-    EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Progress, ServedModel,
+    EngineError, Family, GeneratedImage, ImageJob, ImagePipeline, Moderation, Progress,
+    ServedModel, TokenUsage,
 };
 
 #[derive(Debug, Clone)]
@@ -75,9 +76,32 @@ impl FakePipeline {
     }
 }
 
+/// The fake safety checker's word: with `moderation: auto`, it flags the images of a prompt
+/// containing it whose index is even (image 0 always); with `low`, none.
+pub const FLAG_WORD: &str = "flagme";
+
 impl ImagePipeline for FakePipeline {
     fn family(&self) -> Family {
         self.cfg.family
+    }
+
+    /// Words of the prompt plus start and end; one output token per 8×8 pixels.
+    fn usage(&self, job: &ImageJob) -> Result<TokenUsage, EngineError> {
+        let positions = job.width / 8 * (job.height / 8);
+        Ok(TokenUsage {
+            text_tokens: job.prompt.split_whitespace().count() as u32 + 2,
+            image_tokens: if job.init.is_some() { positions } else { 0 },
+            output_tokens: positions * job.n as u32,
+        })
+    }
+
+    fn moderate(
+        &mut self,
+        job: &ImageJob,
+        images: &[GeneratedImage],
+    ) -> Result<Vec<bool>, EngineError> {
+        let flag = job.prompt.contains(FLAG_WORD) && job.moderation == Moderation::Auto;
+        Ok((0..images.len()).map(|i| flag && i % 2 == 0).collect())
     }
 
     fn generate(

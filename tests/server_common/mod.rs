@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 pub use fake::{FakeConfig, FakePipeline};
-mod fake;
+pub mod fake;
 
 use kiln::engine::{EngineConfig, EngineHandle, Family, ServedModel};
 use kiln::server::{ServerConfig, build_app};

@@ -14,8 +14,9 @@ use super::table::Cancelled;
 use super::task::submit;
 use crate::server::AppState;
 use crate::server::api::{ApiTags, api_response};
+use crate::server::edit_input::prepare_edit;
 use crate::server::error::{ApiError, ErrorVariants, bad_request};
-use crate::server::jobs::{GenParams, prepare, prepare_edit};
+use crate::server::jobs::{GenParams, edit_form, prepare};
 use crate::server::types::{CreateImageJobEditRequest, CreateImageJobRequest, ErrorResponse};
 
 api_response!(
@@ -88,15 +89,7 @@ impl JobsApi {
                 request,
                 webhook_url,
             } = body.0;
-            if request.stream == Some(true) {
-                // A job's images come by polling or webhook; an event stream is the
-                // synchronous route's, which the client keeps open to the end.
-                return Err(ApiError::invalid(
-                    "stream",
-                    "`stream` is not available for jobs: poll the job (or give `webhook_url`); \
-                     to stream, use POST /v1/images/generations",
-                ));
-            }
+            refuse_stream(request.stream, "generations")?;
             let hook = webhook(&state, webhook_url.as_deref())?;
             let p = prepare(&state, GenParams::from(request), None)?;
             submit(&state, req, JobKind::Generation, p, hook).await
@@ -122,8 +115,10 @@ impl JobsApi {
     ) -> JobSubmitResult {
         let result = async {
             let (form, webhook_url) = body.split();
+            refuse_stream(form.stream, "edits")?;
             let hook = webhook(&state, webhook_url.as_deref())?;
-            let p = prepare_edit(&state, form).await?;
+            let (params, sources) = edit_form(form);
+            let p = prepare_edit(&state, params, sources).await?;
             submit(&state, req, JobKind::Edit, p, hook).await
         };
         result.await.into()
@@ -198,4 +193,19 @@ impl JobsApi {
             Err(e) => e.into(),
         }
     }
+}
+
+/// A job's images come by polling or webhook; an event stream is the synchronous route's
+/// (`POST /v1/images/{route}`), which the client keeps open to the end.
+fn refuse_stream(stream: Option<bool>, route: &str) -> Result<(), ApiError> {
+    if stream == Some(true) {
+        return Err(ApiError::invalid(
+            "stream",
+            format!(
+                "`stream` is not available for jobs: poll the job (or give `webhook_url`); \
+                 to stream, use POST /v1/images/{route}"
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -4,7 +4,9 @@
 use poem_openapi::{Enum, Object};
 
 use super::JobsConfig;
-use crate::server::types::{ErrorBody, ImageData, OutputFormat, ResponseFormat};
+use crate::server::types::{
+    ErrorBody, ImageData, OutputFormat, ResponseFormat, Usage, WithheldImage,
+};
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq)]
 #[oai(rename_all = "lowercase")]
@@ -103,6 +105,12 @@ pub struct JobRecord {
     /// The images, exactly as the synchronous call returns them (b64 or url).
     #[oai(skip_serializing_if_is_none)]
     pub data: Option<Vec<ImageData>>,
+    /// The tokens used, as the synchronous response's `usage`.
+    #[oai(skip_serializing_if_is_none)]
+    pub usage: Option<Usage>,
+    /// Images the safety checker withheld (as the synchronous response's `withheld`).
+    #[oai(skip_serializing_if_is_empty, default)]
+    pub withheld: Vec<WithheldImage>,
 }
 
 impl JobRecord {

@@ -56,6 +56,8 @@ pub async fn submit(
         webhook: webhook.as_ref().map(|_| WebhookStatus::Pending),
         created: None,
         data: None,
+        usage: None,
+        withheld: Vec::new(),
     };
     jobs.reserve(&id, record)?;
     // Until the task owns the job, an early return or a client hanging up (poem drops this
@@ -200,7 +202,7 @@ async fn run(
         }
     };
     let outcome = match result {
-        Ok(images) => deliver(state, &base, &p, images).await,
+        Ok(out) => deliver(state, &base, &p, out).await,
         Err(e) => Err(ApiError::from(e)),
     };
     match outcome {
@@ -209,6 +211,8 @@ async fn run(
             jobs.finish(id, JobStatus::Succeeded, |r| {
                 r.created = Some(images.created);
                 r.data = Some(images.data);
+                r.usage = Some(images.usage);
+                r.withheld = images.withheld;
             });
             tracing::info!(images = n, "job succeeded");
         }

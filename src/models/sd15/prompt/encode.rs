@@ -93,6 +93,20 @@ impl<B: Backend> StableDiffusion<B> {
             .chunks(&self.parts.tokenizer, text, syntax)
     }
 
+    /// Tokens of `text` the text encoder reads, padding left out: each chunk's start and end
+    /// tokens and the prompt tokens between them (an empty prompt reads 2).
+    pub fn prompt_tokens(&self, text: &str, syntax: PromptSyntax) -> Result<usize> {
+        let eos = self.parts.tokenizer.framing().eos;
+        Ok(self
+            .prompt_chunks(text, syntax)?
+            .iter()
+            .map(|c| {
+                let body = c.ids.iter().skip(1).position(|&id| id == eos);
+                body.map_or(c.ids.len(), |i| i + 2)
+            })
+            .sum())
+    }
+
     /// Prompt and negative prompt encoded, the shorter padded with empty-prompt chunks to the
     /// other's length (A1111's `pad_cond_uncond`), so both fit one batched UNet call.
     pub fn encode_prompt_pair(
