@@ -295,7 +295,10 @@ async fn try_it_page_loads_without_the_key_and_holds_no_key_nor_external_urls() 
     let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok());
     assert!(ct.is_some_and(|c| c.starts_with("text/html")), "{ct:?}");
     let html = r.text();
-    assert!(!html.contains("sekrit-page-key"), "the page must not hold the key");
+    assert!(
+        !html.contains("sekrit-page-key"),
+        "the page must not hold the key"
+    );
     // The API calls it makes and the docs link.
     for needle in [
         "/v1/images/generations",
