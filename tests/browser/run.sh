@@ -33,30 +33,13 @@ fi
 (cd tests/browser && timeout 120 npm ci --no-audit --no-fund --loglevel=error)
 
 SHOT_DIR=${SHOT_DIR:-$(mktemp -d)}
-LOG=$(mktemp)
-PID=""
-cleanup() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; fi; }
-trap cleanup EXIT
-
-# As tests/sdk/run.sh: kiln serve on a free port, ready when /health answers.
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$BIN" serve --offline --port "$PORT" --models-dir "$ROOT/models" --api-key "$KEY" --preload --max-size 128 >"$LOG" 2>&1 &
-PID=$!
-ready=0
-for _ in $(seq 1 120); do
-    if python3 -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=2)" "http://127.0.0.1:$PORT/health" 2>/dev/null; then ready=1; break; fi
-    kill -0 "$PID" 2>/dev/null || { cat "$LOG"; echo "kiln serve died"; exit 1; }
-    sleep 1
-done
-[ $ready = 1 ] || { cat "$LOG"; echo "kiln serve not ready"; exit 1; }
-
 status=0
+# start_server / stop_server
+source tests/demo_server.sh
+start_server --max-size 128
 (cd tests/browser && KILN_URL="http://127.0.0.1:$PORT" KILN_KEY="$KEY" SHOT_DIR="$SHOT_DIR" CHROMIUM="$CHROMIUM" \
     timeout 180 node --test --test-timeout=90000 page.test.mjs) || status=1
-kill -TERM "$PID"
-wait "$PID" || { echo "FAIL kiln serve exit status $? on SIGTERM"; status=1; }
-PID=""
-if [ $status -ne 0 ]; then echo "--- server log (tail)"; tail -40 "$LOG"; fi
+stop_server
 trap - EXIT
 rm -f "$LOG"
 echo "screenshots: $SHOT_DIR"
