@@ -284,6 +284,63 @@ async fn api_key_is_enforced_when_configured() {
 }
 
 #[tokio::test]
+async fn try_it_page_loads_without_the_key_and_holds_no_key_nor_external_urls() {
+    let cfg = ServerConfig {
+        api_key: Some("sekrit-page-key".into()),
+        ..ServerConfig::default()
+    };
+    let t = start_with(vec![fake("fake-sd")], EngineConfig::default(), cfg);
+    let r = send(t.client.get("/")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let ct = r.headers.get("content-type").and_then(|v| v.to_str().ok());
+    assert!(ct.is_some_and(|c| c.starts_with("text/html")), "{ct:?}");
+    let html = r.text();
+    assert!(
+        !html.contains("sekrit-page-key"),
+        "the page must not hold the key"
+    );
+    // The API calls it makes and the docs link.
+    for needle in [
+        "/v1/images/generations",
+        "/v1/models",
+        "href=\"/docs\"",
+        "type=\"password\"",
+    ] {
+        assert!(html.contains(needle), "page lacks {needle}");
+    }
+    // Nothing from another origin: no absolute or protocol-relative links, sources or imports.
+    let lower = html.to_lowercase();
+    for bad in ["http://", "https://", "@import", "url("] {
+        assert!(!lower.contains(bad), "page references `{bad}`");
+    }
+    for attr in ["src=", "href=", "action="] {
+        for (i, _) in lower.match_indices(attr) {
+            let value = lower[i + attr.len()..].trim_start_matches(['"', '\'']);
+            let same_origin = value.starts_with('/') && !value.starts_with("//");
+            assert!(
+                same_origin || value.starts_with("data:"),
+                "{attr} must be a same-origin path or data: {}",
+                &value[..value.len().min(40)]
+            );
+        }
+    }
+    // HEAD too; other methods 405 with `Allow`, in the envelope.
+    let head = send(t.client.head("/")).await;
+    assert_eq!(head.status, StatusCode::OK);
+    let post = send(t.client.post("/").body("x")).await;
+    post.assert_error(405, None);
+    assert_eq!(
+        post.headers.get("allow").and_then(|v| v.to_str().ok()),
+        Some("GET, HEAD")
+    );
+    // The API behind it still wants the key; unknown paths are still 404s.
+    send(t.client.get("/v1/models"))
+        .await
+        .assert_error(401, None);
+    send(t.client.get("/nope")).await.assert_error(404, None);
+}
+
+#[tokio::test]
 async fn body_limits_answer_413() {
     let cfg = ServerConfig {
         max_json_bytes: 1000,

@@ -39,6 +39,7 @@ const ENDPOINTS: &[&str] = &[
     "/metrics",
     "/openapi.json",
     "/docs",
+    "/",
 ];
 
 /// The route label of `path`; `other` for anything unrouted.
@@ -231,7 +232,7 @@ mod tests {
         );
         assert_eq!(endpoint_label("/v1/"), "/v1");
         assert_eq!(endpoint_label("/docs/index.css"), "/docs");
-        assert_eq!(endpoint_label("/"), "other");
+        assert_eq!(endpoint_label("/"), "/");
         assert_eq!(endpoint_label("/wp-admin/x.php"), "other");
         assert_eq!(endpoint_label("/v1/images/generationsX"), "other");
     }

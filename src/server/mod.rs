@@ -17,6 +17,7 @@ mod health_api;
 mod jobs;
 mod metrics;
 mod observe;
+mod page;
 mod respond;
 mod schema_check;
 mod store;
@@ -227,7 +228,7 @@ impl Background {
     }
 }
 
-/// The whole HTTP app: the API, `/openapi.json`, `/docs`, middlewares.
+/// The whole HTTP app: the API, `/openapi.json`, `/docs`, the page at `/`, middlewares.
 pub fn build_app(config: ServerConfig, engine: EngineHandle) -> Result<impl Endpoint, ServerError> {
     build_server(config, engine).map(|(app, _)| app)
 }
@@ -286,6 +287,9 @@ pub fn build_server(
             poem::endpoint::make_sync(|_| poem::web::Json(serde_json::json!({"status": true}))),
         )
         .nest("/", api)
+        // The "try it" page: a plain route like `/docs`, not in the spec. Not `.at("/")`:
+        // poem's router gives `/` to the API nested at `/` (its catch-all wins on an empty rest).
+        .around(|ep, req| async move { page::or_route(&*ep, req).await })
         .with(CatchPanic::new().with_handler(error::panic_response))
         .around(move |ep, req| {
             let state = guard_state.clone();
