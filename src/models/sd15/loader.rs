@@ -94,7 +94,7 @@ fn list(files: &[PathBuf]) -> String {
 
 /// The first existing weight file of a diffusers component folder, preferring safetensors and
 /// full precision (`model.safetensors`, `model.fp16.safetensors`, `model.bin`, …).
-fn component_file(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
+pub(super) fn component_file(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
     let mut tried = Vec::new();
     for ext in ["safetensors", "bin"] {
         for stem in stems {
