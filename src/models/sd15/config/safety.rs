@@ -7,16 +7,32 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::config::{
-    MAX_CHANNELS, MAX_HEADS, MAX_LAYERS, MAX_SAMPLE, config_err, in_range, positive, read_json,
+    MAX_CHANNELS, MAX_HEADS, MAX_LAYERS, MAX_SAMPLE, config_err, in_range, parse_json_within,
+    positive, read_json,
 };
 
 type Check = std::result::Result<(), String>;
 
+/// The parts of the file read before `vision_config` is parsed on its own (so that an error
+/// names its field).
+#[derive(Deserialize)]
+struct TopLevel {
+    #[serde(default = "default_projection_dim")]
+    projection_dim: usize,
+    #[serde(default)]
+    vision_config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    vision_config_dict: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn default_projection_dim() -> usize {
+    SafetyCheckerConfig::default().projection_dim
+}
+
 /// `safety_checker/config.json`: what `StableDiffusionSafetyChecker` builds from a `CLIPConfig`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default)]
+#[derive(Debug, Clone)]
 pub struct SafetyCheckerConfig {
     /// Width of `visual_projection` and of the concept embeddings (the top-level value; the
     /// vision config's own `projection_dim` is not used by the checker).
@@ -75,21 +91,13 @@ impl SafetyCheckerConfig {
     /// Reads the file; transformers-4.x files may also carry `vision_config_dict`, whose values
     /// win over `vision_config`'s (as `CLIPConfig.__init__` applies them).
     pub fn load(path: &Path) -> Result<Self> {
-        let mut raw: serde_json::Value = read_json(path)?;
-        if let Some(obj) = raw.as_object_mut()
-            && let Some(serde_json::Value::Object(over)) = obj.remove("vision_config_dict")
-        {
-            let vision = obj
-                .entry("vision_config")
-                .or_insert_with(|| serde_json::json!({}));
-            if let Some(v) = vision.as_object_mut() {
-                v.extend(over);
-            }
-        }
-        let cfg: Self = serde_json::from_value(raw).map_err(|e| Error::Config {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let top: TopLevel = read_json(path)?;
+        let mut vision = top.vision_config.unwrap_or_default();
+        vision.extend(top.vision_config_dict.unwrap_or_default());
+        let cfg = Self {
+            projection_dim: top.projection_dim,
+            vision_config: parse_json_within(path, "vision_config", vision.into())?,
+        };
         cfg.validate().map_err(config_err(path))?;
         Ok(cfg)
     }
@@ -251,8 +259,8 @@ impl ImageProcessorConfig {
 
     fn check_scales(&self) -> Check {
         positive("rescale_factor", self.rescale_factor, 1.0)?;
-        for (i, s) in self.image_std.iter().enumerate() {
-            positive(&format!("image_std[{i}]"), f64::from(*s), 1e6)?;
+        for s in self.image_std {
+            positive("image_std", f64::from(s), 1e6)?;
         }
         if self.image_mean.iter().any(|m| !m.is_finite()) {
             return Err("`image_mean` must be finite".into());
