@@ -130,7 +130,7 @@ impl SafetyCheckerConfig {
             1,
             MAX_HEADS,
         )?;
-        if v.hidden_size % v.num_attention_heads != 0 {
+        if !v.hidden_size.is_multiple_of(v.num_attention_heads) {
             return Err(
                 "`vision_config.hidden_size` must be a multiple of `num_attention_heads`".into(),
             );
@@ -138,7 +138,7 @@ impl SafetyCheckerConfig {
         in_range("vision_config.num_channels", v.num_channels, 3, 3)?;
         in_range("vision_config.image_size", v.image_size, 1, MAX_SAMPLE)?;
         in_range("vision_config.patch_size", v.patch_size, 1, v.image_size)?;
-        if v.image_size % v.patch_size != 0 {
+        if !v.image_size.is_multiple_of(v.patch_size) {
             return Err("`vision_config.image_size` must be a multiple of `patch_size`".into());
         }
         positive("vision_config.layer_norm_eps", v.layer_norm_eps, 1.0)
@@ -190,9 +190,9 @@ impl Default for ImageProcessorConfig {
             do_rescale: true,
             rescale_factor: 1.0 / 255.0,
             do_normalize: true,
-            // OPENAI_CLIP_MEAN / OPENAI_CLIP_STD
+            // OPENAI_CLIP_MEAN / OPENAI_CLIP_STD (as f32, which is how they are used)
             image_mean: [0.481_454_66, 0.457_827_5, 0.408_210_73],
-            image_std: [0.268_629_54, 0.261_302_58, 0.275_777_1],
+            image_std: [0.268_629_54, 0.261_302_6, 0.275_777_1],
         }
     }
 }
