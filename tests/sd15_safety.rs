@@ -252,15 +252,17 @@ fn load_err(root: &Path) -> String {
     }
 }
 
-/// Rewrites `safety_checker/model.safetensors` through `edit(name, shape) -> Some(new shape)`
-/// (None drops the tensor), and adds `extra`.
-fn rewrite(root: &Path, edit: &dyn Fn(&str, &[usize]) -> Option<Vec<usize>>, extra: Option<&str>) {
+/// Rewrites `safety_checker/model.safetensors` through `edit(name, shape) -> Some((new name, new
+/// shape))` (None drops the tensor; data is cut or zero-padded), and adds `extra` `[2]`.
+type Edit<'a> = &'a dyn Fn(&str, &[usize]) -> Option<(String, Vec<usize>)>;
+
+fn rewrite(root: &Path, edit: Edit<'_>, extra: Option<&str>) {
     let f = root.join("safety_checker/model.safetensors");
     let bytes = std::fs::read(&f).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>, safetensors::Dtype)> = Vec::new();
     for (name, view) in st.tensors() {
-        if let Some(shape) = edit(&name, view.shape()) {
+        if let Some((name, shape)) = edit(&name, view.shape()) {
             let n: usize = shape.iter().product::<usize>() * view.dtype().bitsize() / 8;
             let mut data = view.data().to_vec();
             data.resize(n, 0);
@@ -273,109 +275,70 @@ fn rewrite(root: &Path, edit: &dyn Fn(&str, &[usize]) -> Option<Vec<usize>>, ext
     let views: Vec<(String, safetensors::tensor::TensorView)> = owned
         .iter()
         .map(|(n, s, d, t)| {
-            (
-                n.clone(),
-                safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap(),
-            )
+            let view = safetensors::tensor::TensorView::new(*t, s.clone(), d).unwrap();
+            (n.clone(), view)
         })
         .collect();
     std::fs::write(&f, safetensors::serialize(views, None).unwrap()).unwrap();
 }
 
+/// The tiny checker copied to a tempdir and broken by `edit`; the load error, which must
+/// name each of `names`.
+fn broken(edit: impl FnOnce(&Path), names: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    copy_checker(dir.path());
+    edit(dir.path());
+    let err = load_err(dir.path());
+    assert!(names.iter().all(|n| err.contains(n)), "{names:?}: {err}");
+}
+
+fn replace_in(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "{from}");
+    std::fs::write(file, text.replace(from, to)).unwrap();
+}
+
 #[test]
 fn bad_checker_folders_name_file_and_key() {
-    // no folder
     let err = load_err(Path::new("/nonexistent/model"));
     assert!(err.contains("/nonexistent/model/safety_checker"), "{err}");
-
-    // no weight file
-    let dir = tempfile::tempdir().unwrap();
-    copy_checker(dir.path());
-    std::fs::remove_file(dir.path().join("safety_checker/model.safetensors")).unwrap();
-    assert!(!SafetyChecker::<B>::is_installed(dir.path()));
-    let err = load_err(dir.path());
-    assert!(
-        err.contains("safety_checker") && err.contains("model.safetensors"),
-        "{err}"
+    let st = "model.safetensors";
+    let no_weights = |root: &Path| {
+        std::fs::remove_file(root.join("safety_checker/model.safetensors")).unwrap();
+        assert!(!SafetyChecker::<B>::is_installed(root));
+    };
+    broken(no_weights, &["safety_checker", st]);
+    let keep = |n: &str, s: &[usize]| Some((n.to_string(), s.to_vec()));
+    let wrong_shape = |n: &str, s: &[usize]| match n {
+        "concept_embeds" => Some((n.to_string(), vec![17, 8])),
+        _ => keep(n, s),
+    };
+    broken(
+        |r| rewrite(r, &wrong_shape, None),
+        &[st, "`concept_embeds`"],
     );
-
-    // wrong shape
-    let dir = tempfile::tempdir().unwrap();
-    copy_checker(dir.path());
-    rewrite(
-        dir.path(),
-        &|n, s| {
-            Some(if n == "concept_embeds" {
-                vec![17, 8]
-            } else {
-                s.to_vec()
-            })
-        },
-        None,
+    let missing = |n: &str, s: &[usize]| (n != "visual_projection.weight").then(|| keep(n, s))?;
+    broken(
+        |r| rewrite(r, &missing, None),
+        &[st, "visual_projection.weight"],
     );
-    let err = load_err(dir.path());
-    assert!(
-        err.contains("model.safetensors") && err.contains("`concept_embeds`"),
-        "{err}"
+    let extra = "vision_model.vision_model.extra.weight";
+    broken(
+        |r| rewrite(r, &keep, Some(extra)),
+        &[st, &format!("`{extra}`")],
     );
-
-    // a missing tensor
-    let dir = tempfile::tempdir().unwrap();
-    copy_checker(dir.path());
-    rewrite(
-        dir.path(),
-        &|n, s| (n != "visual_projection.weight").then(|| s.to_vec()),
-        None,
-    );
-    let err = load_err(dir.path());
-    assert!(
-        err.contains("model.safetensors") && err.contains("visual_projection.weight"),
-        "{err}"
-    );
-
-    // an unknown tensor
-    let dir = tempfile::tempdir().unwrap();
-    copy_checker(dir.path());
-    rewrite(
-        dir.path(),
-        &|_, s| Some(s.to_vec()),
-        Some("vision_model.vision_model.extra.weight"),
-    );
-    let err = load_err(dir.path());
-    assert!(
-        err.contains("model.safetensors")
-            && err.contains("`vision_model.vision_model.extra.weight`"),
-        "{err}"
-    );
-
-    // a config the preprocessing cannot serve
-    let dir = tempfile::tempdir().unwrap();
-    copy_checker(dir.path());
-    let pre = dir
-        .path()
-        .join("feature_extractor/preprocessor_config.json");
-    let text = std::fs::read_to_string(&pre)
-        .unwrap()
-        .replace("\"crop_size\": 32", "\"crop_size\": 30");
-    std::fs::write(&pre, text).unwrap();
-    let err = load_err(dir.path());
-    assert!(
-        err.contains("preprocessor_config.json") && err.contains("crop_size"),
-        "{err}"
-    );
-
-    // a vision config whose patches do not tile the image
-    let dir = tempfile::tempdir().unwrap();
-    copy_checker(dir.path());
-    let cfg = dir.path().join("safety_checker/config.json");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("\"patch_size\": 4", "\"patch_size\": 5");
-    std::fs::write(&cfg, text).unwrap();
-    let err = load_err(dir.path());
-    assert!(
-        err.contains("config.json") && err.contains("patch_size"),
-        "{err}"
+    // configs the model or the preprocessing cannot serve
+    let pre = "feature_extractor/preprocessor_config.json";
+    let crop = |r: &Path| replace_in(&r.join(pre), "\"crop_size\": 32", "\"crop_size\": 30");
+    broken(crop, &[pre, "`crop_size`"]);
+    let cfg = "safety_checker/config.json";
+    let patch = |r: &Path| replace_in(&r.join(cfg), "\"patch_size\": 4", "\"patch_size\": 5");
+    broken(
+        patch,
+        &[
+            cfg,
+            "`vision_config.image_size` must be a multiple of `patch_size`",
+        ],
     );
 }
 
@@ -384,16 +347,11 @@ fn transformers_5_key_names_load_too() {
     // transformers ≥ 5 saves the tower as `vision_model.*` and drops position_ids.
     let dir = tempfile::tempdir().unwrap();
     copy_checker(dir.path());
-    let f = dir.path().join("safety_checker/model.safetensors");
-    let bytes = std::fs::read(&f).unwrap();
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let views: Vec<(String, safetensors::tensor::TensorView)> = st
-        .tensors()
-        .into_iter()
-        .filter(|(n, _)| !n.ends_with("position_ids"))
-        .map(|(n, v)| (n.replace("vision_model.vision_model.", "vision_model."), v))
-        .collect();
-    std::fs::write(&f, safetensors::serialize(views, None).unwrap()).unwrap();
+    let v5 = |n: &str, s: &[usize]| {
+        let name = n.replace("vision_model.vision_model.", "vision_model.");
+        (!n.ends_with("position_ids")).then(|| (name, s.to_vec()))
+    };
+    rewrite(dir.path(), &v5, None);
     let c = SafetyChecker::<B>::load(dir.path(), &device()).unwrap();
     let v = c.check(&images(), 0.0).unwrap();
     assert_eq!(flags(&v, |v| v.nsfw), refs("nsfw_adj0"));

@@ -131,7 +131,11 @@ pub struct Components<B: Backend> {
     pub sources: WeightSources,
 }
 
-fn config_or_default<T: Default>(path: &Path, load: fn(&Path) -> Result<T>) -> Result<T> {
+/// The config at `path` when the file exists, `T`'s defaults (SD 1.5's) otherwise.
+pub(super) fn config_or_default<T: Default>(
+    path: &Path,
+    load: fn(&Path) -> Result<T>,
+) -> Result<T> {
     if path.is_file() {
         load(path)
     } else {

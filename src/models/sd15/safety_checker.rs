@@ -17,7 +17,7 @@ use tracing::info;
 use super::clip_image_processor::ClipImageProcessor;
 use super::clip_vision::ClipVisionModel;
 use super::config::{ImageProcessorConfig, SafetyCheckerConfig};
-use super::loader::component_file;
+use super::loader::{component_file, config_or_default};
 use super::weights::safety_checker_key;
 use crate::error::{Error, Result};
 use crate::nn::{Linear, WeightLayout};
@@ -177,12 +177,7 @@ impl<B: Backend> SafetyChecker<B> {
                 "no such folder (no safety checker installed)",
             ));
         }
-        let config_path = sc.join("config.json");
-        let config = if config_path.is_file() {
-            SafetyCheckerConfig::load(&config_path)?
-        } else {
-            SafetyCheckerConfig::default()
-        };
+        let config = config_or_default(&sc.join("config.json"), SafetyCheckerConfig::load)?;
         let image_size = config.vision_config.image_size;
         let pre = root.join(FEATURE_EXTRACTOR_DIR).join(PREPROCESSOR_CONFIG);
         let pre_cfg = if pre.is_file() {
