@@ -11,12 +11,13 @@ use burn::tensor::DType;
 use common::*;
 use kiln::error::Error;
 use kiln::models::dalle_mini::DalleMini;
-use kiln::models::sd15::{AutoencoderTiny, StableDiffusion};
+use kiln::models::sd15::{AutoencoderTiny, SafetyChecker, StableDiffusion};
 use serde_json::Value;
 
 /// Fields kiln does not read (training-only settings, token ids the tokenizer files decide,
-/// legacy duplicates): any value loads.
-const IGNORED: [(&str, &str); 19] = [
+/// legacy duplicates): any value loads. A nested field is `outer.inner`; `outer` alone covers
+/// all of it.
+const IGNORED: &[(&str, &str)] = &[
     ("unet/config.json", "addition_embed_type_num_heads"), // addition_embed_type is null
     ("unet/config.json", "dropout"),
     ("unet/config.json", "sample_size"), // only diffusers' default image size
@@ -36,6 +37,23 @@ const IGNORED: [(&str, &str); 19] = [
     ("config.json", "init_std"),
     ("vqgan/config.json", "in_channels"), // the encoder half is not built
     ("vqgan/config.json", "dropout"),
+    ("safety_checker/config.json", "text_config"), // the checker has no text tower
+    ("safety_checker/config.json", "initializer_factor"),
+    ("safety_checker/config.json", "logit_scale_init_value"),
+    (
+        "safety_checker/config.json",
+        "vision_config.attention_dropout",
+    ),
+    (
+        "safety_checker/config.json",
+        "vision_config.initializer_factor",
+    ),
+    (
+        "safety_checker/config.json",
+        "vision_config.initializer_range",
+    ),
+    ("safety_checker/config.json", "vision_config.projection_dim"), // the top-level one is used
+    ("feature_extractor/preprocessor_config.json", "image_mean"), // read; any finite mean is valid
 ];
 
 /// DALL·E's own token ids and generation lengths kiln takes from the VQGAN grid instead.
@@ -113,7 +131,12 @@ fn mutate_all(
     let kind = config;
     let mut failures = Vec::new();
     for path in paths {
-        let field = path[0].as_str().unwrap().to_string();
+        let top = path[0].as_str().unwrap();
+        let field = path
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(".");
         for value in VALUES {
             let mut j = json.clone();
             let to: Value = serde_json::from_str(&value.to_string()).unwrap();
@@ -122,6 +145,7 @@ fn mutate_all(
             let case = format!("{config} {path:?} = {value}");
             let outcome = catch_unwind(AssertUnwindSafe(load));
             let ignored = IGNORED.contains(&(kind, field.as_str()))
+                || IGNORED.contains(&(kind, top))
                 || (kind == "config.json" && DALLE_IGNORED.contains(&field.as_str()));
             let valid = VALID.contains(&(kind, field.as_str(), value));
             match outcome {
@@ -164,6 +188,23 @@ fn sd15_config_numbers() {
         "vae/config.json",
         "text_encoder/config.json",
         "scheduler/scheduler_config.json",
+    ] {
+        failures.extend(mutate_all(&root, config, &load));
+    }
+    check(failures);
+}
+
+#[test]
+fn safety_checker_config_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("sd15");
+    copy_dir(&sd_tiny(), &root);
+    let load = || SafetyChecker::<B>::load(&root, &device()).map(drop);
+    load().expect("the unmutated copy loads");
+    let mut failures = Vec::new();
+    for config in [
+        "safety_checker/config.json",
+        "feature_extractor/preprocessor_config.json",
     ] {
         failures.extend(mutate_all(&root, config, &load));
     }

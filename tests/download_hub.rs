@@ -25,7 +25,7 @@ fn sd15_download_has_the_diffusers_layout_and_loads() {
     let (hub, spec) = sd15_hub();
     let tmp = tempfile::tempdir().unwrap();
     let report = download_model(&spec, tmp.path(), &hub.config()).unwrap();
-    assert_eq!(report.fetched.len(), 12, "{report:?}");
+    assert_eq!(report.fetched.len(), 15, "{report:?}");
     let dir = tmp.path().join("sd15");
     for (_, f) in spec.files() {
         assert_eq!(
@@ -63,12 +63,16 @@ fn sd15_download_has_the_diffusers_layout_and_loads() {
         "downloaded folder does not load: {:?}",
         sd.err()
     );
+    type Checker = kiln::models::sd15::SafetyChecker<B>;
+    assert!(Checker::is_installed(&dir));
+    let checker = Checker::load(&dir, &burn::backend::flex::FlexDevice);
+    assert!(checker.is_ok(), "safety checker: {:?}", checker.err());
 
     // a second run touches neither the network nor the files
     let before = hub.log().len();
     let again = download_model(&spec, tmp.path(), &hub.config()).unwrap();
     assert!(again.fetched.is_empty());
-    assert_eq!(again.present.len(), 12);
+    assert_eq!(again.present.len(), 15);
     assert_eq!(hub.log().len(), before);
 
     let listed = installed_models(tmp.path()).unwrap();

@@ -65,7 +65,7 @@ fn offline_with_the_files_succeeds_without_network() {
     let before = hub.log().len();
     let offline = hub.config().with_offline(true);
     let report = download_model(&spec, tmp.path(), &offline).unwrap();
-    assert_eq!(report.present.len(), 12);
+    assert_eq!(report.present.len(), 15);
     assert_eq!(
         ensure_model("sd15", tmp.path(), &offline).unwrap(),
         EnsureOutcome::Present(tmp.path().join("sd15"))

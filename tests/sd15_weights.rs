@@ -9,7 +9,8 @@ use std::collections::{BTreeSet, HashMap};
 use burn::tensor::Shape;
 use common::*;
 use kiln::models::sd15::clip::ClipTextModel;
-use kiln::models::sd15::config::{ClipConfig, UNetConfig, VaeConfig};
+use kiln::models::sd15::config::{ClipConfig, SafetyCheckerConfig, UNetConfig, VaeConfig};
+use kiln::models::sd15::safety_checker::StableDiffusionSafetyChecker;
 use kiln::models::sd15::unet_2d::UNet2DConditionModel;
 use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::{StableDiffusion, weights};
@@ -118,6 +119,40 @@ fn full_size_diffusers_manifests_are_consumed_exactly() {
         &manifest("sd15-diffusers-vae.json"),
         param_shapes(&AutoencoderKL::<B>::new(&VaeConfig::default(), true, &d)),
         &weights::vae_key,
+    );
+}
+
+#[test]
+fn full_size_safety_checker_manifest_is_consumed_exactly() {
+    let params = || {
+        param_shapes(&StableDiffusionSafetyChecker::<B>::new(
+            &SafetyCheckerConfig::default(),
+            &device(),
+        ))
+    };
+    let keys = manifest("sd15-diffusers-safety_checker.json");
+    assert_covered(
+        "safety_checker",
+        &keys,
+        params(),
+        &weights::safety_checker_key,
+    );
+    // The same tensors as transformers ≥ 5 writes them: `vision_model.*`, no position_ids.
+    let v5: Vec<_> = keys
+        .iter()
+        .filter(|(k, _)| !k.ends_with("position_ids"))
+        .map(|(k, s)| {
+            (
+                k.replace("vision_model.vision_model.", "vision_model."),
+                s.clone(),
+            )
+        })
+        .collect();
+    assert_covered(
+        "safety_checker (transformers 5 names)",
+        &v5,
+        params(),
+        &weights::safety_checker_key,
     );
 }
 

@@ -22,7 +22,7 @@ pub fn run(args: ModelsArgs) -> anyhow::Result<()> {
     }
     if models.is_empty() {
         println!(
-            "No models in {}. `kiln download sd15` fetches Stable Diffusion 1.5 (about 2.1 GB);",
+            "No models in {}. `kiln download sd15` fetches Stable Diffusion 1.5 (about 2.7 GB);",
             args.models_dir.display()
         );
         println!("until then `kiln serve` serves the tiny demo models (noise, not pictures).");

@@ -8,7 +8,9 @@
 //!   That scan and other projects' pins show the configs, the tokenizer files, the three
 //!   `*.fp16.safetensors` and `vae/diffusion_pytorch_model.safetensors` at it; the fp32
 //!   `text_encoder/model.safetensors` and `unet/diffusion_pytorch_model.safetensors` were not
-//!   seen listed there.
+//!   seen listed there, nor were the safety checker's files (`safety_checker/config.json`,
+//!   `safety_checker/model{.fp16}.safetensors`, `feature_extractor/preprocessor_config.json`),
+//!   which the repository's `main` has.
 //! - The VQGAN is pinned to the commit dalle-mini's own inference code loads.
 //! - `dalle-mini/dalle-mini` and `dalle-mini/dalle-mega` follow `main`: no public pin of a commit
 //!   of these model repositories was found (dalle-mini's code loads them from W&B artifacts with
@@ -148,11 +150,13 @@ fn repo(repo: &str, revision: &str, files: Vec<RepoFile>) -> RepoSpec {
     }
 }
 
-/// SD 1.5 diffusers folder: configs, tokenizer and the three weight files. The loader prefers
-/// `model.safetensors` but also finds `model.fp16.safetensors`, so the fp16 files keep their names.
+/// SD 1.5 diffusers folder: configs, tokenizer, the three weight files and the safety checker
+/// (`safety_checker/` + `feature_extractor/`). The loaders prefer `model.safetensors` but also
+/// find `model.fp16.safetensors`, so the fp16 files keep their names.
 fn sd15(fp16: bool) -> DownloadRecipe {
     let v = if fp16 { ".fp16" } else { "" };
     let text = format!("text_encoder/model{v}.safetensors");
+    let safety = format!("safety_checker/model{v}.safetensors");
     let unet = format!("unet/diffusion_pytorch_model{v}.safetensors");
     let vae = format!("vae/diffusion_pytorch_model{v}.safetensors");
     let mut files = same(&[
@@ -165,16 +169,18 @@ fn sd15(fp16: bool) -> DownloadRecipe {
         "text_encoder/config.json",
         "unet/config.json",
         "vae/config.json",
+        "safety_checker/config.json",
+        "feature_extractor/preprocessor_config.json",
     ]);
-    files.extend(same(&[&text, &unet, &vae]));
+    files.extend(same(&[&text, &unet, &vae, &safety]));
     DownloadRecipe {
         id: ModelKind::Sd15.as_str().into(),
         kind: Contents::Model(ModelKind::Sd15),
         dir: ModelKind::Sd15.as_str().into(),
         precision: if fp16 { "fp16" } else { "fp32" }.into(),
         sources: vec![repo(SD15_REPO, SD15_REVISION, files)],
-        // ≈ 246 MB + 1.72 GB + 167 MB in fp16, twice that in fp32
-        approx_bytes: Some(if fp16 { 2_133_000_000 } else { 4_265_000_000 }),
+        // ≈ 246 MB + 1.72 GB + 167 MB + 608 MB (safety checker) in fp16, twice that in fp32
+        approx_bytes: Some(if fp16 { 2_741_000_000 } else { 5_481_000_000 }),
     }
 }
 

@@ -7,6 +7,7 @@ mod decode;
 mod encode;
 pub mod mask;
 pub mod params;
+pub mod pil_resize;
 
 use std::path::Path;
 

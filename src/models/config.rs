@@ -36,16 +36,35 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| Error::Config {
         path: path.into(),
-        message: match culprit::<T>(&text) {
+        message: match serde_json::from_str(&text)
+            .ok()
+            .and_then(|v| culprit::<T>(&v))
+        {
             Some(field) => format!("`{field}`: {e}"),
             None => e.to_string(),
         },
     })
 }
 
-/// The top-level key whose removal makes `text` parse (or leaves only that key missing).
-fn culprit<T: DeserializeOwned>(text: &str) -> Option<String> {
-    let serde_json::Value::Object(obj) = serde_json::from_str(text).ok()? else {
+/// [`read_json`] for the object `within` of an already parsed file (a nested config such as
+/// a `CLIPConfig`'s `vision_config`): an error names the field as `within.field`.
+pub(crate) fn parse_json_within<T: DeserializeOwned>(
+    path: &Path,
+    within: &str,
+    value: serde_json::Value,
+) -> Result<T> {
+    serde_json::from_value(value.clone()).map_err(|e| Error::Config {
+        path: path.into(),
+        message: match culprit::<T>(&value) {
+            Some(field) => format!("`{within}.{field}`: {e}"),
+            None => format!("`{within}`: {e}"),
+        },
+    })
+}
+
+/// The top-level key whose removal makes `value` parse (or leaves only that key missing).
+fn culprit<T: DeserializeOwned>(value: &serde_json::Value) -> Option<String> {
+    let serde_json::Value::Object(obj) = value else {
         return None;
     };
     obj.keys()

@@ -50,6 +50,9 @@ pub struct ClipAttention<B: Backend> {
     pub v_proj: Linear<B>,
     pub out_proj: Linear<B>,
     pub heads: usize,
+    /// The text tower attends causally (each token to those before it), the vision tower to
+    /// every patch.
+    pub causal: bool,
 }
 
 #[derive(Module, Debug)]
@@ -61,34 +64,27 @@ pub struct ClipMlp<B: Backend> {
 
 impl<B: Backend> ClipTextModel<B> {
     pub fn new(cfg: &ClipConfig, device: &B::Device) -> Self {
-        let d = cfg.hidden_size;
-        let ln = || LayerNorm::new(d, cfg.layer_norm_eps, true, device);
-        let layers = (0..cfg.num_hidden_layers)
-            .map(|_| ClipEncoderLayer {
-                self_attn: ClipAttention {
-                    q_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
-                    k_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
-                    v_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
-                    out_proj: Linear::new(d, d, true, WeightLayout::InOut, device),
-                    heads: cfg.num_attention_heads,
-                },
-                layer_norm1: ln(),
-                mlp: ClipMlp {
-                    fc1: Linear::new(d, cfg.intermediate_size, true, WeightLayout::InOut, device),
-                    fc2: Linear::new(cfg.intermediate_size, d, true, WeightLayout::InOut, device),
-                    quick: cfg.hidden_act == "quick_gelu",
-                },
-                layer_norm2: ln(),
-            })
-            .collect();
+        let shape = ClipEncoderShape {
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            num_hidden_layers: cfg.num_hidden_layers,
+            num_attention_heads: cfg.num_attention_heads,
+            hidden_act: &cfg.hidden_act,
+            layer_norm_eps: cfg.layer_norm_eps,
+            causal: true,
+        };
         Self {
             text_model: ClipTextTransformer {
                 embeddings: ClipTextEmbeddings {
-                    token_embedding: Embedding::new(cfg.vocab_size, d, device),
-                    position_embedding: Embedding::new(cfg.max_position_embeddings, d, device),
+                    token_embedding: Embedding::new(cfg.vocab_size, cfg.hidden_size, device),
+                    position_embedding: Embedding::new(
+                        cfg.max_position_embeddings,
+                        cfg.hidden_size,
+                        device,
+                    ),
                 },
-                encoder: ClipEncoder { layers },
-                final_layer_norm: ln(),
+                encoder: ClipEncoder::new(&shape, device),
+                final_layer_norm: shape.layer_norm(device),
             },
         }
     }
@@ -129,11 +125,63 @@ impl<B: Backend> ClipTextModel<B> {
         }
         let mut h = tokens + m.embeddings.position_embedding.forward(pos);
         let n = m.encoder.layers.len().saturating_sub(clip_skip.max(1) - 1);
-        for layer in &m.encoder.layers[..n] {
-            h = layer.forward(h);
-        }
+        h = m.encoder.forward(h, n);
         // f32 out whatever the weights' dtype: callers mix it with host-made tensors.
         m.final_layer_norm.forward(h).cast(DType::F32)
+    }
+}
+
+/// The sizes of a CLIP encoder stack, shared by the text tower (`CLIPTextConfig`) and the
+/// vision tower (`CLIPVisionConfig`), which differ only in their embeddings and in masking.
+pub struct ClipEncoderShape<'a> {
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    /// `quick_gelu` or `gelu` (checked when the config is read).
+    pub hidden_act: &'a str,
+    pub layer_norm_eps: f64,
+    pub causal: bool,
+}
+
+impl ClipEncoderShape<'_> {
+    pub fn layer_norm<B: Backend>(&self, device: &B::Device) -> LayerNorm<B> {
+        LayerNorm::new(self.hidden_size, self.layer_norm_eps, true, device)
+    }
+}
+
+impl<B: Backend> ClipEncoder<B> {
+    pub fn new(shape: &ClipEncoderShape<'_>, device: &B::Device) -> Self {
+        let (d, inner) = (shape.hidden_size, shape.intermediate_size);
+        let linear = |i, o| Linear::new(i, o, true, WeightLayout::InOut, device);
+        let layers = (0..shape.num_hidden_layers)
+            .map(|_| ClipEncoderLayer {
+                self_attn: ClipAttention {
+                    q_proj: linear(d, d),
+                    k_proj: linear(d, d),
+                    v_proj: linear(d, d),
+                    out_proj: linear(d, d),
+                    heads: shape.num_attention_heads,
+                    causal: shape.causal,
+                },
+                layer_norm1: shape.layer_norm(device),
+                mlp: ClipMlp {
+                    fc1: linear(d, inner),
+                    fc2: linear(inner, d),
+                    quick: shape.hidden_act == "quick_gelu",
+                },
+                layer_norm2: shape.layer_norm(device),
+            })
+            .collect();
+        Self { layers }
+    }
+
+    /// The first `n` layers applied to `h` `[B, S, D]`.
+    pub fn forward(&self, mut h: Tensor<B, 3>, n: usize) -> Tensor<B, 3> {
+        for layer in &self.layers[..n.min(self.layers.len())] {
+            h = layer.forward(h);
+        }
+        h
     }
 }
 
@@ -159,6 +207,6 @@ impl<B: Backend> ClipAttention<B> {
         let k = split_heads(self.k_proj.forward(x.clone()), self.heads);
         let v = split_heads(self.v_proj.forward(x), self.heads);
         self.out_proj
-            .forward_add(merge_heads(sdpa(q, k, v, true)), residual)
+            .forward_add(merge_heads(sdpa(q, k, v, self.causal)), residual)
     }
 }

@@ -9,8 +9,10 @@ use serde::Deserialize;
 use crate::error::Result;
 use crate::models::config::{config_err, read_json};
 
+mod safety;
 mod validate;
 
+pub use safety::{ClipVisionConfig, ImageProcessorConfig, SafetyCheckerConfig, SizeSpec};
 pub use validate::components_agree;
 
 /// `unet/config.json` (UNet2DConditionModel).

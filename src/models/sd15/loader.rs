@@ -94,7 +94,7 @@ fn list(files: &[PathBuf]) -> String {
 
 /// The first existing weight file of a diffusers component folder, preferring safetensors and
 /// full precision (`model.safetensors`, `model.fp16.safetensors`, `model.bin`, …).
-fn component_file(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
+pub(super) fn component_file(dir: &Path, stems: &[&str]) -> Result<PathBuf> {
     let mut tried = Vec::new();
     for ext in ["safetensors", "bin"] {
         for stem in stems {
@@ -131,7 +131,11 @@ pub struct Components<B: Backend> {
     pub sources: WeightSources,
 }
 
-fn config_or_default<T: Default>(path: &Path, load: fn(&Path) -> Result<T>) -> Result<T> {
+/// The config at `path` when the file exists, `T`'s defaults (SD 1.5's) otherwise.
+pub(super) fn config_or_default<T: Default>(
+    path: &Path,
+    load: fn(&Path) -> Result<T>,
+) -> Result<T> {
     if path.is_file() {
         load(path)
     } else {

@@ -103,6 +103,31 @@ pub fn clip_key(key: &str) -> KeyTarget {
     }
 }
 
+/// Key mapper for `safety_checker/model.safetensors`. The published file (transformers 4.x)
+/// nests the vision tower as `vision_model.vision_model.*` and carries the int64
+/// `…embeddings.position_ids` buffer (ignored); transformers ≥ 5 writes `vision_model.*`
+/// without the inner prefix. Both are accepted.
+pub fn safety_checker_key(key: &str) -> KeyTarget {
+    if key.ends_with("embeddings.position_ids") {
+        return KeyTarget::Ignore;
+    }
+    match key.strip_prefix("vision_model.") {
+        Some(rest)
+            if [
+                "embeddings.",
+                "pre_layrnorm.",
+                "encoder.",
+                "post_layernorm.",
+            ]
+            .iter()
+            .any(|p| rest.starts_with(p)) =>
+        {
+            KeyTarget::Param(format!("vision_model.vision_model.{rest}"))
+        }
+        _ => KeyTarget::Param(key.to_string()),
+    }
+}
+
 pub fn unet_key(key: &str) -> KeyTarget {
     KeyTarget::Param(diffusers_to_path(key))
 }
