@@ -6,17 +6,17 @@ Run by hand only (never by CI), with the venv of make_sd15_fixtures.py (+ torchv
 measure transformers 5's default torchvision image processor against the PIL one):
 
     .venv-ref/bin/pip install torch torchvision diffusers transformers safetensors numpy pillow accelerate
-    .venv-ref/bin/python models/make_sd15_safety_fixtures.py            # -> models/fixtures/sd15-tiny/{safety_checker,feature_extractor}/, refs/safety*
+    .venv-ref/bin/python models/make_sd15_safety_fixtures.py            # -> models/fixtures/safety-tiny/{safety_checker,feature_extractor}/, refs/
     .venv-ref/bin/python models/make_sd15_safety_fixtures.py --manifest # -> models/manifests/sd15-diffusers-safety_checker.json (meta device)
     .venv-ref/bin/python models/make_sd15_safety_fixtures.py --full DIR # full-size random checker in DIR (1.2 GB, never committed)
 
 Writes:
-  sd15-tiny/safety_checker/{config.json,model.safetensors}  tiny CLIPConfig (vision: hidden 32, 2 layers, 4 heads,
+  safety-tiny/safety_checker/{config.json,model.safetensors}  tiny CLIPConfig (vision: hidden 32, 2 layers, 4 heads,
       intermediate 37, patch 4, image 32; projection_dim 16), fp32, under the published (transformers 4.x) key names
       `vision_model.vision_model.*` plus the int64 buffer `vision_model.vision_model.embeddings.position_ids` [1,65]
-  sd15-tiny/feature_extractor/preprocessor_config.json  SD 1.5's file in its old format with 32 for 224
-  sd15-tiny/refs/safety_{0..3}.png  test images (RGB, different aspect ratios, three need resizing)
-  sd15-tiny/refs/safety.safetensors  references, each tensor's recipe in the metadata key "how"
+  safety-tiny/feature_extractor/preprocessor_config.json  SD 1.5's file in its old format with 32 for 224
+  safety-tiny/refs/safety_{0..3}.png  test images (RGB, different aspect ratios, three need resizing)
+  safety-tiny/refs/safety.safetensors  references, each tensor's recipe in the metadata key "how"
 
 The concept / special-care embeddings are chosen (least squares on the test images' embeddings) so that at
 adjustment 0 image 0 is flagged (by 0.07, so still at -0.05), image 1 is a special-care hit (0.03 above) whose +0.01 flags a concept that is 0.004
@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = REPO / "models/fixtures/sd15-tiny"
+TINY = REPO / "models/fixtures/safety-tiny"
 SEED = 1234
 ADJUSTMENTS = {"adj0": 0.0, "adjm005": -0.05}
 

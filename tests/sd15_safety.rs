@@ -1,5 +1,5 @@
 //! The safety checker against diffusers' `StableDiffusionSafetyChecker` and transformers'
-//! `CLIPImageProcessor` on the tiny random checker of `sd15-tiny` (references by
+//! `CLIPImageProcessor` on the tiny random checker of `safety-tiny` (references by
 //! `models/make_sd15_safety_fixtures.py`), on the CPU backend in f32:
 //! - pixel_values equal the PIL path's within 1e-6 (the Pillow port is exact; what is left is
 //!   f32 rounding, measured 0);
@@ -17,19 +17,26 @@ use image::RgbImage;
 use kiln::models::sd15::config::SafetyCheckerConfig;
 use kiln::models::sd15::safety_checker::{StableDiffusionSafetyChecker, verdict};
 use kiln::models::sd15::{SafetyChecker, SafetyVerdict};
+use kiln::weights::TensorFile;
 
 const EMBED_TOL: f32 = 1e-4;
 const PIXEL_TOL: f32 = 1e-6;
 const ADJUSTMENTS: [(&str, f32); 2] = [("adj0", 0.0), ("adjm005", -0.05)];
 
+/// The tiny checker's own fixture (not inside `sd15-tiny`: the demo model runs unchecked).
+fn safety_tiny() -> std::path::PathBuf {
+    fixture("safety-tiny")
+}
+
 fn refs(key: &str) -> Vec<f32> {
-    reference("safety.safetensors", key).1
+    let f = TensorFile::open(&safety_tiny().join("refs/safety.safetensors")).expect("refs");
+    f.read_f32(key).expect("reference tensor").1
 }
 
 fn images() -> Vec<RgbImage> {
     (0..4)
         .map(|i| {
-            image::open(sd_tiny().join(format!("refs/safety_{i}.png")))
+            image::open(safety_tiny().join(format!("refs/safety_{i}.png")))
                 .expect("test image")
                 .to_rgb8()
         })
@@ -37,7 +44,7 @@ fn images() -> Vec<RgbImage> {
 }
 
 fn checker() -> SafetyChecker<B> {
-    SafetyChecker::load(&sd_tiny(), &device()).expect("tiny safety checker")
+    SafetyChecker::load(&safety_tiny(), &device()).expect("tiny safety checker")
 }
 
 fn flags(v: &[SafetyVerdict], f: impl Fn(&SafetyVerdict) -> bool) -> Vec<f32> {
@@ -223,7 +230,7 @@ fn torchvision_processor_difference_is_measured() {
 
 #[test]
 fn tiny_fixture_is_installed_and_batches_agree() {
-    assert!(SafetyChecker::<B>::is_installed(&sd_tiny()));
+    assert!(SafetyChecker::<B>::is_installed(&safety_tiny()));
     assert!(!SafetyChecker::<B>::is_installed(Path::new("/nonexistent")));
     let c = checker();
     let imgs = images();
@@ -238,10 +245,10 @@ fn tiny_fixture_is_installed_and_batches_agree() {
     assert!(c.check(&[RgbImage::new(0, 5)], 0.0).is_err());
 }
 
-/// `sd15-tiny`'s `safety_checker/` and `feature_extractor/` in a tempdir.
+/// `safety-tiny`'s `safety_checker/` and `feature_extractor/` in a tempdir.
 fn copy_checker(to: &Path) {
     for sub in ["safety_checker", "feature_extractor"] {
-        copy_tree(&sd_tiny().join(sub), &to.join(sub), &|_| true);
+        copy_tree(&safety_tiny().join(sub), &to.join(sub), &|_| true);
     }
 }
 

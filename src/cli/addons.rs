@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use kiln::engine::{AddOns, LoraLibrary};
+use kiln::engine::{AddOns, LoraLibrary, SafetyMode};
 use kiln::models::sd15::lora::DEFAULT_CACHE_BYTES;
 
 #[derive(Args, Debug, Clone)]
@@ -26,6 +26,15 @@ pub struct AddOnArgs {
     /// 1.5 replaces about 3.2 GiB.
     #[arg(long, env = "KILN_LORA_CACHE_MIB", default_value_t = DEFAULT_CACHE_BYTES >> 20)]
     pub lora_cache_mib: usize,
+    /// SD's safety checker: auto (run it where `safety_checker/` and `feature_extractor/` are
+    /// installed, as diffusers does), on (an SD model without one fails to load), off. Flagged
+    /// images are never returned or written.
+    #[arg(long, env = "KILN_SAFETY_CHECKER", default_value = "auto")]
+    pub safety_checker: SafetyMode,
+    /// A folder with `safety_checker/` and `feature_extractor/` to use for every SD model
+    /// (default: each model's own folder).
+    #[arg(long, env = "KILN_SAFETY_CHECKER_DIR")]
+    pub safety_checker_dir: Option<PathBuf>,
 }
 
 impl AddOnArgs {
@@ -42,6 +51,8 @@ impl AddOnArgs {
             a.taesd_dir = Some(d.clone());
         }
         a.lora_cache_bytes = self.lora_cache_mib << 20;
+        a.safety = self.safety_checker;
+        a.safety_dir = self.safety_checker_dir.clone();
         a
     }
 }

@@ -1,7 +1,8 @@
 //! Where an SD 1.5 model's add-ons live: the LoRA library, the textual-inversion embeddings
 //! folder and TAESD. By default the folders of the models directory (`models/loras/`,
 //! `models/embeddings/`, `models/taesd/`); `--lora-dir`, `--embeddings-dir` and `--taesd-dir`
-//! move them.
+//! move them. The safety checker is the model's own (`safety_checker/` and `feature_extractor/`
+//! beside its `unet/`), used as `--safety-checker` says; `--safety-checker-dir` points elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,7 @@ use super::EngineError;
 use super::loras::LoraLibrary;
 use crate::models::family::{EMBEDDINGS_DIR, LORAS_DIR, TAESD_DIR};
 use crate::models::sd15::lora::DEFAULT_CACHE_BYTES;
-use crate::models::sd15::{AutoencoderTiny, Embeddings, StableDiffusion};
+use crate::models::sd15::{AutoencoderTiny, Embeddings, SafetyChecker, StableDiffusion};
 
 #[derive(Debug, Clone)]
 pub struct AddOns {
@@ -25,6 +26,37 @@ pub struct AddOns {
     /// Bound on the memory of the LoRA-merged model variants each SD model keeps for later
     /// requests (bytes of the weights they replace; 0 = rebuild every time).
     pub lora_cache_bytes: usize,
+    /// Whether SD models run their safety checker on every image and preview.
+    pub safety: SafetyMode,
+    /// A folder with `safety_checker/` and `feature_extractor/` for every SD model; `None`:
+    /// each model's own folder.
+    pub safety_dir: Option<PathBuf>,
+}
+
+/// `--safety-checker`: `auto` runs it where its weights are installed (as diffusers'
+/// `StableDiffusionPipeline` does by default), `on` refuses to load an SD model without one,
+/// `off` never runs it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SafetyMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+impl std::str::FromStr for SafetyMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(SafetyMode::Auto),
+            "on" => Ok(SafetyMode::On),
+            "off" => Ok(SafetyMode::Off),
+            other => Err(format!(
+                "unknown safety checker mode `{other}`: expected auto, on or off"
+            )),
+        }
+    }
 }
 
 impl Default for AddOns {
@@ -35,6 +67,8 @@ impl Default for AddOns {
             embeddings_dir: None,
             taesd_dir: None,
             lora_cache_bytes: DEFAULT_CACHE_BYTES,
+            safety: SafetyMode::default(),
+            safety_dir: None,
         }
     }
 }
@@ -62,6 +96,42 @@ impl AddOns {
         attach_embeddings(model, self.embeddings_dir.as_deref())?;
         attach_taesd(model, self.taesd_dir.as_deref(), device, dtype);
         Ok(())
+    }
+}
+
+impl AddOns {
+    /// The safety checker of the SD model at `model_path` (a diffusers folder, or a single file
+    /// whose folder holds the checker), as [`SafetyMode`] says. A checker that is there but
+    /// does not load is an error in every mode but `off`: a model never serves unchecked
+    /// because its checker is broken.
+    pub fn safety_checker<B: Backend>(
+        &self,
+        model_path: &Path,
+        device: &B::Device,
+    ) -> Result<Option<SafetyChecker<B>>, EngineError> {
+        if self.safety == SafetyMode::Off {
+            return Ok(None);
+        }
+        let own = if model_path.is_dir() {
+            model_path
+        } else {
+            model_path.parent().unwrap_or(Path::new("."))
+        };
+        let root = self.safety_dir.as_deref().unwrap_or(own);
+        if !SafetyChecker::<B>::is_installed(root) {
+            if self.safety == SafetyMode::On {
+                return Err(EngineError::Failed(format!(
+                    "--safety-checker on: no safety checker in {} (it needs safety_checker/ and \
+                     feature_extractor/; `kiln download sd15` fetches them)",
+                    root.display()
+                )));
+            }
+            info!(dir = %root.display(), "no safety checker installed: images are not checked");
+            return Ok(None);
+        }
+        let checker = SafetyChecker::<B>::load(root, device)?;
+        info!(dir = %root.display(), "safety checker on: flagged images and previews are withheld");
+        Ok(Some(checker))
     }
 }
 

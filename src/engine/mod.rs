@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use crate::models::Family;
 pub use crate::schedulers::SchedulerKind;
-pub use addons::AddOns;
+pub use addons::{AddOns, SafetyMode};
 pub use dalle::{DallePipeline, dalle_loader};
 pub use handle::EngineHandle;
 pub use loras::{LoraLibrary, LoraRef, ResolvedLora};

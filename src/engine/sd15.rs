@@ -14,13 +14,15 @@ use super::{
 use crate::backend::{BackendTask, dispatch};
 use crate::image_io::{self, params::Parameters};
 use crate::models::family::sd15_defaults;
-use crate::models::sd15::{GenerateRequest, LoraSpec, StableDiffusion, img2img};
+use crate::models::sd15::{GenerateRequest, LoraSpec, SafetyChecker, StableDiffusion, img2img};
 use crate::precision::Placement;
 
 pub struct Sd15Pipeline<B: Backend> {
     model: StableDiffusion<B>,
     /// Written into the images' infotext as the model.
     name: String,
+    /// Judges every image and preview when present (`--safety-checker`).
+    checker: Option<SafetyChecker<B>>,
 }
 
 impl<B: Backend> Sd15Pipeline<B> {
@@ -28,7 +30,23 @@ impl<B: Backend> Sd15Pipeline<B> {
         Self {
             model,
             name: name.into(),
+            checker: None,
         }
+    }
+
+    /// Runs `checker` on this model's images from now on.
+    pub fn with_checker(mut self, checker: Option<SafetyChecker<B>>) -> Self {
+        self.checker = checker;
+        self
+    }
+
+    /// Whether the checker flags `images` at `job`'s moderation; all pass without one.
+    fn flags(&self, job: &ImageJob, images: &[image::RgbImage]) -> Result<Vec<bool>, EngineError> {
+        let Some(checker) = &self.checker else {
+            return Ok(vec![false; images.len()]);
+        };
+        let verdicts = checker.check(images, job.moderation.adjustment())?;
+        Ok(verdicts.iter().map(|v| v.nsfw).collect())
     }
 
     /// The model request of `job`: the job's options, the family's defaults for the rest.
@@ -146,6 +164,15 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         crate::backend::device_memory::<B>(self.model.device())
     }
 
+    fn moderate(
+        &mut self,
+        job: &ImageJob,
+        images: &[GeneratedImage],
+    ) -> Result<Vec<bool>, EngineError> {
+        let rgb: Vec<image::RgbImage> = images.iter().map(|g| g.image.clone()).collect();
+        self.flags(job, &rgb)
+    }
+
     /// Text: the prompt's tokens, and the negative prompt's when guidance reads it
     /// (`guidance_scale > 1`). Image: one per latent position (8×8 pixels) of the input an
     /// edit encodes; output: one per latent position of each image the UNet denoised.
@@ -182,9 +209,14 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
                 let decoding = denoised;
                 denoised |= step == total;
                 // Streaming previews of image 0: TAESD when loaded, else the latent colour map.
+                // With a safety checker, a preview it flags (or cannot judge) is not sent.
                 let preview = (!decoding && job.preview_steps(total).contains(&step))
                     .then(|| self.model.preview(latents, 0).ok())
-                    .flatten();
+                    .flatten()
+                    .filter(|p| {
+                        self.flags(job, std::slice::from_ref(p))
+                            .is_ok_and(|f| f == [false])
+                    });
                 progress(Progress {
                     step,
                     total,
@@ -234,7 +266,10 @@ impl BackendTask for LoadSd15 {
             .resolve::<B>(self.place.device, &device)?;
         let mut model = StableDiffusion::<B>::load_as(&self.path, self.edits, &device, dtype)?;
         self.addons.attach(&mut model, &device, dtype)?;
-        Ok(Box::new(Sd15Pipeline::new(model, self.name)))
+        let checker = self.addons.safety_checker::<B>(&self.path, &device)?;
+        Ok(Box::new(
+            Sd15Pipeline::new(model, self.name).with_checker(checker),
+        ))
     }
 }
 

@@ -327,7 +327,13 @@ fn simple(
 /// fixture's (fp32) files, which the loader reads under either name.
 pub fn sd15_fixture_content(_repo: &str, remote: &str) -> Vec<u8> {
     let local = remote.replace(".fp16.safetensors", ".safetensors");
-    std::fs::read(fixture("sd15-tiny").join(local)).expect("fixture file")
+    // The tiny safety checker is a fixture of its own (the demo model runs without one).
+    let dir = if local.starts_with("safety_checker/") || local.starts_with("feature_extractor/") {
+        "safety-tiny"
+    } else {
+        "sd15-tiny"
+    };
+    std::fs::read(fixture(dir).join(local)).expect("fixture file")
 }
 
 /// Content for the DALL·E specs from the tiny flax fixture (+ a small word list).
