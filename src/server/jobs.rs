@@ -54,7 +54,7 @@ impl From<CreateImageRequest> for GenParams {
                 seed: seed(r.seed),
                 steps: r.num_inference_steps,
                 guidance_scale: r.guidance_scale,
-                scheduler: text(r.scheduler),
+                scheduler: r.scheduler.map(|s| s.0),
                 strength: r.strength,
                 loras: loras(r.loras.as_deref()),
                 prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
@@ -91,7 +91,7 @@ impl GenParams {
                 seed: seed(r.seed),
                 steps: r.num_inference_steps,
                 guidance_scale: r.guidance_scale,
-                scheduler: text(r.scheduler.clone()),
+                scheduler: r.scheduler.as_ref().map(|s| s.0.clone()),
                 strength: r.strength,
                 loras: loras(r.loras.as_ref().map(|j| j.0.as_slice())),
                 prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
@@ -212,18 +212,21 @@ pub async fn prepare_edit(
     body: CreateImageEditRequest,
 ) -> Result<Prepared, ApiError> {
     let params = GenParams::from_edit(&body);
-    let mut uploads = body.images.0;
-    if let Some(first) = body.image {
-        uploads.insert(0, first);
-    }
-    let Some(first) = uploads.into_iter().next() else {
+    let mut uploads = body.image.0;
+    uploads.extend(body.images.0);
+    if uploads.is_empty() {
         return Err(ApiError::invalid(
             "image",
             "an image is required: send it as `image` (or `image[]`)",
         ));
-    };
+    }
     let max = state.config.max_upload_side;
-    let image = decode_upload(first, "image", max).await?;
+    // Every part must be an image (the spec says so), though only the first is edited.
+    let mut images = Vec::with_capacity(uploads.len());
+    for upload in uploads {
+        images.push(decode_upload(upload, "image", max).await?);
+    }
+    let image = images.swap_remove(0);
     let mask = match body.mask {
         None => None,
         Some(m) => Some(decode_upload(m, "mask", max).await?),

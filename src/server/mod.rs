@@ -3,6 +3,7 @@
 
 mod accept;
 mod addons_api;
+mod allow;
 mod api;
 mod async_jobs;
 mod conn;
@@ -16,6 +17,7 @@ mod jobs;
 mod metrics;
 mod observe;
 mod respond;
+mod scheduler_param;
 mod schema_check;
 mod store;
 mod stream;
@@ -271,6 +273,12 @@ pub fn build_server(
     let guard_state = state.clone();
     let observe_state = state.clone();
     let body_timeout = state.config.connections.body_timeout;
+    let allow = Arc::new(
+        allow::AllowTable::of::<(Api, AddOnsApi, HealthApi, JobsApi)>(&[
+            ("/openapi.json", &[poem::http::Method::GET]),
+            ("/docs", &[poem::http::Method::GET]),
+        ]),
+    );
     let app = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
@@ -281,6 +289,10 @@ pub fn build_server(
         )
         .nest("/", api)
         .with(CatchPanic::new().with_handler(error::panic_response))
+        .around(move |ep, req| {
+            let allow = allow.clone();
+            async move { allow::add_allow(&*ep, req, &allow).await }
+        })
         .around(move |ep, req| {
             let state = guard_state.clone();
             async move { guard::guard(&*ep, req, state).await }

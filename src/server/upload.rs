@@ -1,7 +1,7 @@
 //! Multipart uploads: repeated `image[]` parts. Decoding them (with size limits) is
 //! `image_io::decode`'s.
 
-use poem_openapi::registry::MetaSchemaRef;
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::types::{ParseError, ParseFromMultipartField, ParseResult, Type};
 
@@ -52,5 +52,67 @@ impl ParseFromMultipartField for UploadList {
                 .map_err(ParseError::propagate)?,
         );
         Ok(self)
+    }
+}
+
+/// The `image` part of an edit form: one file part, or the part repeated for several images
+/// (the first one is edited). Required in the spec, as in OpenAI's, whose schema this is
+/// (`anyOf`: a binary, or an array of them). Parsing leaves a missing part to the handler,
+/// because openai-python names repeated parts `image[]`, which stand in for it.
+#[derive(Default, Debug)]
+pub struct ImageParts(pub Vec<Upload>);
+
+impl Type for ImageParts {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = Self;
+    type RawElementValueType = Upload;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        "string_binary_or_array".into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        let many = MetaSchema {
+            min_items: Some(1),
+            ..<Vec<Upload> as Type>::schema_ref().unwrap_inline().clone()
+        };
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            any_of: vec![
+                <Upload as Type>::schema_ref(),
+                MetaSchemaRef::Inline(Box::new(many)),
+            ],
+            ..MetaSchema::ANY
+        }))
+    }
+
+    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
+        Some(self)
+    }
+
+    fn raw_element_iter<'a>(
+        &'a self,
+    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
+        Box::new(self.0.iter())
+    }
+}
+
+impl ParseFromMultipartField for ImageParts {
+    async fn parse_from_multipart(field: Option<poem::web::Field>) -> ParseResult<Self> {
+        Ok(Self(
+            UploadList::parse_from_multipart(field)
+                .await
+                .map_err(ParseError::propagate)?
+                .0,
+        ))
+    }
+
+    async fn parse_from_repeated_field(self, field: poem::web::Field) -> ParseResult<Self> {
+        Ok(Self(
+            UploadList(self.0)
+                .parse_from_repeated_field(field)
+                .await
+                .map_err(ParseError::propagate)?
+                .0,
+        ))
     }
 }
