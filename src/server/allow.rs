@@ -9,22 +9,20 @@ use poem_openapi::OpenApi;
 pub struct AllowTable(Vec<(Vec<String>, HeaderValue)>);
 
 impl AllowTable {
-    /// From the operations of `T`, plus the routes outside the spec (`extra`: path, methods).
-    /// `HEAD` is listed wherever `GET` is: poem answers it from the `GET` endpoint. `OPTIONS`
-    /// is not: it is answered only as a CORS preflight, and only when CORS is on.
-    pub fn of<T: OpenApi>(extra: &[(&str, &[Method])]) -> Self {
-        let mut paths: Vec<(String, Vec<Method>)> = T::meta()
+    /// From the operations of `T`. `HEAD` is listed wherever `GET` is: poem answers it from
+    /// the `GET` endpoint. `OPTIONS` is not: it is answered only as a CORS preflight, and only
+    /// when CORS is on.
+    pub fn of<T: OpenApi>() -> Self {
+        let paths = T::meta()
             .into_iter()
             .flat_map(|api| api.paths)
-            .map(|p| (p.path, p.operations.into_iter().map(|o| o.method).collect()))
-            .collect();
-        paths.extend(extra.iter().map(|(p, m)| (p.to_string(), m.to_vec())));
+            .map(|p| (p.path, p.operations.into_iter().map(|o| o.method)));
         let mut rows: Vec<(Vec<String>, Vec<Method>)> = Vec::new();
         for (path, methods) in paths {
             let segments = split(&path);
             match rows.iter_mut().find(|(s, _)| *s == segments) {
                 Some((_, m)) => m.extend(methods),
-                None => rows.push((segments, methods)),
+                None => rows.push((segments, methods.collect())),
             }
         }
         Self(
