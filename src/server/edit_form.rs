@@ -79,6 +79,7 @@ edit_forms! {
     pub guidance_scale: Option<f64>,
     #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub num_inference_steps: Option<u32>,
+    /// As the generations body's `scheduler`: a name of the enum, spelled as listed.
     pub scheduler: Option<SchedulerName>,
     #[oai(validator(minimum(value = "0", exclusive = true), maximum(value = "1")))]
     pub strength: Option<f64>,
