@@ -106,6 +106,7 @@ pub struct CreateImageRequest {
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
     pub output_compression: Option<u32>,
     /// Stream Server-Sent Events (`image_generation.partial_image`, `image_generation.completed`).
+    /// A job (`POST /v1/images/jobs/generations`) cannot stream: there it must be absent or false.
     #[oai(nullable)]
     pub stream: Option<bool>,
     /// Previews to stream before the final image, 0–3.
