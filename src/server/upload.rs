@@ -1,74 +1,58 @@
-//! Multipart uploads: repeated `image[]` parts. Decoding them (with size limits) is
-//! `image_io::decode`'s.
+//! Multipart file parts that may repeat: `image` (one or more) and openai-python's `image[]`.
+//! Decoding them (with size limits) is `image_io::decode`'s.
+
+use std::marker::PhantomData;
 
 use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::types::{ParseError, ParseFromMultipartField, ParseResult, Type};
 
+/// What the spec says of a repeatable file part: whether it is required, and its schema.
+pub trait PartsSpec: Send + Sync {
+    const IS_REQUIRED: bool;
+    fn name() -> &'static str;
+    fn schema_ref() -> MetaSchemaRef;
+}
+
+/// The parts of one field name, in order; parsing takes any number, and what must be there is
+/// the handler's to check (see [`ImageParts`]).
+#[derive(Debug)]
+pub struct Parts<S>(pub Vec<Upload>, PhantomData<S>);
+
+impl<S> Default for Parts<S> {
+    fn default() -> Self {
+        Self(Vec::new(), PhantomData)
+    }
+}
+
 /// Zero or more repeated file parts. Unlike `Vec<Upload>`, optional in the generated spec.
-#[derive(Default, Debug)]
-pub struct UploadList(pub Vec<Upload>);
+#[derive(Debug)]
+pub struct Optional;
 
-impl Type for UploadList {
+impl PartsSpec for Optional {
     const IS_REQUIRED: bool = false;
-    type RawValueType = Self;
-    type RawElementValueType = Upload;
 
-    fn name() -> std::borrow::Cow<'static, str> {
-        "[string_binary]".into()
+    fn name() -> &'static str {
+        "[string_binary]"
     }
 
     fn schema_ref() -> MetaSchemaRef {
         <Vec<Upload> as Type>::schema_ref()
     }
-
-    fn as_raw_value(&self) -> Option<&Self::RawValueType> {
-        Some(self)
-    }
-
-    fn raw_element_iter<'a>(
-        &'a self,
-    ) -> Box<dyn Iterator<Item = &'a Self::RawElementValueType> + 'a> {
-        Box::new(self.0.iter())
-    }
 }
 
-impl ParseFromMultipartField for UploadList {
-    async fn parse_from_multipart(field: Option<poem::web::Field>) -> ParseResult<Self> {
-        match field {
-            Some(f) => Ok(Self(vec![
-                Upload::parse_from_multipart(Some(f))
-                    .await
-                    .map_err(ParseError::propagate)?,
-            ])),
-            None => Ok(Self(Vec::new())),
-        }
-    }
+/// One file part, or the part repeated (the first one is edited): OpenAI's schema for `image`
+/// (`anyOf`: a binary, or an array of them), required as there. A form without it still
+/// parses, because openai-python names repeated parts `image[]`, which stand in for it; the
+/// handler refuses a form with neither, naming `image`.
+#[derive(Debug)]
+pub struct OneOrMore;
 
-    async fn parse_from_repeated_field(mut self, field: poem::web::Field) -> ParseResult<Self> {
-        self.0.push(
-            Upload::parse_from_multipart(Some(field))
-                .await
-                .map_err(ParseError::propagate)?,
-        );
-        Ok(self)
-    }
-}
-
-/// The `image` part of an edit form: one file part, or the part repeated for several images
-/// (the first one is edited). Required in the spec, as in OpenAI's, whose schema this is
-/// (`anyOf`: a binary, or an array of them). Parsing leaves a missing part to the handler,
-/// because openai-python names repeated parts `image[]`, which stand in for it.
-#[derive(Default, Debug)]
-pub struct ImageParts(pub Vec<Upload>);
-
-impl Type for ImageParts {
+impl PartsSpec for OneOrMore {
     const IS_REQUIRED: bool = true;
-    type RawValueType = Self;
-    type RawElementValueType = Upload;
 
-    fn name() -> std::borrow::Cow<'static, str> {
-        "string_binary_or_array".into()
+    fn name() -> &'static str {
+        "string_binary_or_array"
     }
 
     fn schema_ref() -> MetaSchemaRef {
@@ -84,6 +68,25 @@ impl Type for ImageParts {
             ..MetaSchema::ANY
         }))
     }
+}
+
+/// `image[]`.
+pub type UploadList = Parts<Optional>;
+/// `image`.
+pub type ImageParts = Parts<OneOrMore>;
+
+impl<S: PartsSpec> Type for Parts<S> {
+    const IS_REQUIRED: bool = S::IS_REQUIRED;
+    type RawValueType = Self;
+    type RawElementValueType = Upload;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        S::name().into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        S::schema_ref()
+    }
 
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
         Some(self)
@@ -96,23 +99,21 @@ impl Type for ImageParts {
     }
 }
 
-impl ParseFromMultipartField for ImageParts {
+impl<S: PartsSpec> ParseFromMultipartField for Parts<S> {
     async fn parse_from_multipart(field: Option<poem::web::Field>) -> ParseResult<Self> {
-        Ok(Self(
-            UploadList::parse_from_multipart(field)
-                .await
-                .map_err(ParseError::propagate)?
-                .0,
-        ))
+        let parts = Self::default();
+        match field {
+            Some(f) => parts.parse_from_repeated_field(f).await,
+            None => Ok(parts),
+        }
     }
 
-    async fn parse_from_repeated_field(self, field: poem::web::Field) -> ParseResult<Self> {
-        Ok(Self(
-            UploadList(self.0)
-                .parse_from_repeated_field(field)
+    async fn parse_from_repeated_field(mut self, field: poem::web::Field) -> ParseResult<Self> {
+        self.0.push(
+            Upload::parse_from_multipart(Some(field))
                 .await
-                .map_err(ParseError::propagate)?
-                .0,
-        ))
+                .map_err(ParseError::propagate)?,
+        );
+        Ok(self)
     }
 }
