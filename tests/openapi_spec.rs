@@ -36,7 +36,7 @@ fn spec_lists_every_endpoint() {
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
-    // Jobs: 202 with `Location`, GET and DELETE of one job, full schemas.
+    // Jobs: 202 with `Location`, GET and cancel of one job, full schemas.
     let submit = &paths["/v1/images/jobs/generations"]["post"]["responses"]["202"];
     let headers = submit["headers"].as_object().expect("headers");
     assert!(
