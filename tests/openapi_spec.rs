@@ -36,14 +36,14 @@ fn spec_lists_every_endpoint() {
     ] {
         assert!(paths.contains_key(p), "missing {p}");
     }
-    // Jobs: 202 with `Location`, GET and DELETE of one job, full schemas.
+    // Jobs: 202 with `Location`, GET and cancel of one job, full schemas.
     let submit = &paths["/v1/images/jobs/generations"]["post"]["responses"]["202"];
     let headers = submit["headers"].as_object().expect("headers");
     assert!(
         headers.keys().any(|h| h.eq_ignore_ascii_case("location")),
         "{submit}"
     );
-    assert!(paths["/v1/images/jobs/{id}"].get("delete").is_some());
+    assert!(paths["/v1/images/jobs/{id}/cancel"].get("post").is_some());
     let schemas = &spec["components"]["schemas"];
     let job_body = &schemas["CreateImageJobRequest"]["properties"];
     for f in ["prompt", "size", "seed", "response_format", "webhook_url"] {
@@ -53,6 +53,38 @@ fn spec_lists_every_endpoint() {
         ["schema"]["properties"];
     for f in ["image", "mask", "prompt", "webhook_url"] {
         assert!(edit_form.get(f).is_some(), "the edit job form lacks {f}");
+    }
+    // `image` is required in both edit forms (one part or repeated: OpenAI's anyOf).
+    for path in ["/v1/images/edits", "/v1/images/jobs/edits"] {
+        let form = &paths[path]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"];
+        let required: Vec<&str> = form["required"]
+            .as_array()
+            .expect("required")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(required.contains(&"image"), "{path}: {required:?}");
+        assert_eq!(
+            form["properties"]["image"]["anyOf"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+    }
+    // `scheduler`: every name of the scheduler table, and nothing else.
+    let table: Vec<&str> = kiln::schedulers::REGISTRY
+        .iter()
+        .flat_map(|(_, names)| names.iter().copied())
+        .collect();
+    let listed: Vec<&str> = schemas["SchedulerName"]["enum"]
+        .as_array()
+        .expect("SchedulerName enum")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(listed, table);
+    for n in ["pndm", "EulerAncestralDiscreteScheduler", "DPM++ 2M Karras"] {
+        assert!(listed.contains(&n), "{n}");
     }
     for f in [
         "id",

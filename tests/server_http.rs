@@ -140,6 +140,13 @@ async fn every_validation_error_names_its_param() {
             400,
             "scheduler",
         ),
+        // The spec's enum is exact, so the server is: no case folding, no empty name.
+        (
+            json!({"prompt": "x", "scheduler": "EULER A"}),
+            400,
+            "scheduler",
+        ),
+        (json!({"prompt": "x", "scheduler": ""}), 400, "scheduler"),
         (json!({"prompt": "x", "seed": -1}), 400, "seed"),
         (json!({"prompt": "x", "strength": 2}), 400, "strength"),
         (
@@ -206,6 +213,40 @@ async fn routing_errors_get_the_envelope() {
             .and_then(|v| v.to_str().ok()),
         Some("false")
     );
+}
+
+/// Every 405 says which methods the path takes (RFC 9110 §15.5.6): the operations' methods,
+/// HEAD wherever GET is (poem answers it from GET). A literal path segment is not mistaken
+/// for a `{param}`.
+#[tokio::test]
+async fn method_not_allowed_lists_the_allowed_methods() {
+    let t = start();
+    let allow = |r: &Reply| {
+        r.headers
+            .get("allow")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    for (method, path, want) in [
+        ("GET", "/v1/images/generations", "POST"),
+        ("PUT", "/v1/images/edits", "POST"),
+        ("TRACE", "/v1/models", "GET, HEAD"),
+        ("DELETE", "/v1/models/some-model", "GET, HEAD"),
+        ("PATCH", "/v1/images/jobs", "GET, HEAD"),
+        ("GET", "/v1/images/jobs/edits", "POST"),
+        ("PUT", "/v1/images/jobs/job_x", "GET, HEAD"),
+        ("GET", "/v1/images/jobs/job_x/cancel", "POST"),
+        ("POST", "/health/live", "GET, HEAD"),
+    ] {
+        let m: poem::http::Method = method.parse().expect("method");
+        let r = send(t.client.request(m, path)).await;
+        r.assert_error(405, None);
+        assert_eq!(allow(&r).as_deref(), Some(want), "{method} {path}");
+    }
+    // HEAD is served where GET is, as the header says.
+    let r = send(t.client.head("/v1/models")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.bytes.is_empty());
 }
 
 #[tokio::test]
@@ -500,6 +541,16 @@ async fn edit_validation_errors_name_their_param() {
     send(t.client.post("/v1/images/edits").multipart(no_image))
         .await
         .assert_error(400, Some("image"));
+    // Every image part must be an image, though only the first is edited.
+    let second_not_image =
+        edit_form("image", png_bytes(32, 32, false)).bytes("image[]", b"{}".to_vec());
+    send(
+        t.client
+            .post("/v1/images/edits")
+            .multipart(second_not_image),
+    )
+    .await
+    .assert_error(400, Some("image"));
     let no_prompt = poem::test::TestForm::new().bytes("image", png_bytes(8, 8, false));
     send(t.client.post("/v1/images/edits").multipart(no_prompt))
         .await

@@ -42,7 +42,7 @@ async fn job(t: &TestApp, id: &str) -> Reply {
 }
 
 async fn cancel(t: &TestApp, id: &str) -> Reply {
-    send(t.client.delete(format!("{JOBS}/{id}"))).await
+    send(t.client.post(format!("{JOBS}/{id}/cancel"))).await
 }
 
 /// Polls the job until `done` holds; returns that record.
@@ -453,7 +453,7 @@ async fn every_job_route_needs_the_api_key() {
         send(t.client.post(format!("{JOBS}/edits")).multipart(form())).await,
         send(t.client.get(JOBS)).await,
         send(t.client.get(format!("{JOBS}/{some}"))).await,
-        send(t.client.delete(format!("{JOBS}/{some}"))).await,
+        send(t.client.post(format!("{JOBS}/{some}/cancel"))).await,
     ];
     for r in replies {
         assert_eq!(r.assert_error(401, None)["code"], "invalid_api_key");

@@ -7,9 +7,9 @@ use poem_openapi::types::multipart::{JsonField, Upload};
 
 use super::types::{
     Background, InputFidelityParam, LoraParam, ModerationParam, OutputFormat, PromptSyntaxParam,
-    QualityParam, ResponseFormat, VaeParam,
+    QualityParam, ResponseFormat, SchedulerName, VaeParam,
 };
-use super::upload::UploadList;
+use super::upload::{ImageParts, UploadList};
 
 macro_rules! edit_forms {
     ($($(#[$meta:meta])* pub $field:ident: $ty:ty,)*) => {
@@ -44,8 +44,10 @@ macro_rules! edit_forms {
 
 edit_forms! {
     /// The image to edit (any of PNG, JPEG, WebP; file name and part type are not trusted).
-    pub image: Option<Upload>,
-    /// Repeated image parts, as openai-python sends several images. The first one is edited.
+    /// Repeated for several images: each must be an image, the first one is edited.
+    pub image: ImageParts,
+    /// `image`, as openai-python names the parts of several images: these may stand in for
+    /// `image` (a form with neither is refused, naming `image`).
     #[oai(rename = "image[]")]
     pub images: UploadList,
     /// PNG whose fully transparent pixels mark the area to repaint (OpenAI convention).
@@ -86,10 +88,10 @@ edit_forms! {
     pub seed: Option<u64>,
     #[oai(validator(minimum(value = "0"), maximum(value = "50")))]
     pub guidance_scale: Option<f64>,
-    #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub num_inference_steps: Option<u32>,
-    #[oai(validator(max_length = 64))]
-    pub scheduler: Option<String>,
+    /// As the generations body's `scheduler`: a name of the enum, spelled as listed.
+    pub scheduler: Option<SchedulerName>,
     #[oai(validator(minimum(value = "0", exclusive = true), maximum(value = "1")))]
     pub strength: Option<f64>,
     /// A JSON array, as the generations body's `loras`: `[{"name": "…", "weight": 0.8}]`.

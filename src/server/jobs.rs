@@ -57,7 +57,7 @@ impl From<CreateImageRequest> for GenParams {
                 seed: seed(r.seed),
                 steps: r.num_inference_steps,
                 guidance_scale: r.guidance_scale,
-                scheduler: text(r.scheduler),
+                scheduler: r.scheduler.map(|s| s.0),
                 strength: r.strength,
                 loras: loras(r.loras.as_deref()),
                 prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
@@ -99,7 +99,7 @@ impl GenParams {
                 seed: seed(r.seed),
                 steps: r.num_inference_steps,
                 guidance_scale: r.guidance_scale,
-                scheduler: text(r.scheduler.clone()),
+                scheduler: r.scheduler.as_ref().map(|s| s.0.clone()),
                 strength: r.strength,
                 loras: loras(r.loras.as_ref().map(|j| j.0.as_slice())),
                 prompt_syntax: r.prompt_syntax.map(|p| p.as_str().into()),
@@ -239,7 +239,7 @@ pub fn prepare(
 pub fn edit_form(body: CreateImageEditRequest) -> (GenParams, EditSources) {
     let params = GenParams::from_edit(&body);
     let part = |name: &str, u| (name.to_string(), ImageSource::Part(u));
-    let mut images: Vec<_> = body.image.into_iter().map(|u| part("image", u)).collect();
+    let mut images: Vec<_> = body.image.0.into_iter().map(|u| part("image", u)).collect();
     images.extend(body.images.0.into_iter().map(|u| part("image[]", u)));
     let sources = EditSources {
         images,

@@ -3,6 +3,7 @@
 
 mod accept;
 mod addons_api;
+mod allow;
 mod api;
 mod async_jobs;
 mod choices;
@@ -19,6 +20,7 @@ mod metrics;
 mod observe;
 mod page;
 mod respond;
+mod scheduler_param;
 mod schema_check;
 mod store;
 mod stream;
@@ -278,6 +280,8 @@ pub fn build_server(
     let guard_state = state.clone();
     let observe_state = state.clone();
     let body_timeout = state.config.connections.body_timeout;
+    // `/openapi.json`, `/docs` and `/v1/` answer any method, so only the operations can 405.
+    let allow = Arc::new(allow::AllowTable::of::<(Api, AddOnsApi, HealthApi, JobsApi)>());
     let app = Route::new()
         .at("/openapi.json", api.spec_endpoint())
         .nest("/docs", api.swagger_ui())
@@ -291,6 +295,10 @@ pub fn build_server(
         // poem's router gives `/` to the API nested at `/` (its catch-all wins on an empty rest).
         .around(|ep, req| async move { page::or_route(&*ep, req).await })
         .with(CatchPanic::new().with_handler(error::panic_response))
+        .around(move |ep, req| {
+            let allow = allow.clone();
+            async move { allow::add_allow(&*ep, req, &allow).await }
+        })
         .around(move |ep, req| {
             let state = guard_state.clone();
             async move { guard::guard(&*ep, req, state).await }

@@ -7,6 +7,7 @@ pub use super::choices::{
     Background, InputFidelityParam, ModerationParam, QualityParam, QualityTier,
 };
 pub use super::edit_form::{CreateImageEditRequest, CreateImageJobEditRequest};
+pub use super::scheduler_param::SchedulerName;
 pub use super::usage::{InputTokensDetails, OutputTokensDetails, Usage};
 
 #[derive(Enum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -87,11 +88,13 @@ pub struct CreateImageRequest {
     /// Model id from `GET /v1/models`; the server's default model when absent.
     #[oai(nullable, validator(max_length = 256))]
     pub model: Option<String>,
-    /// Number of images, 1–10.
+    /// Number of images, 1–10, within the server's work budget (`--max-work`: n × steps ×
+    /// pixels).
     #[oai(nullable, validator(minimum(value = "1"), maximum(value = "10")))]
     pub n: Option<u32>,
-    /// `WxH`. Stable Diffusion: multiples of 8 up to the server's bound (default 512x512).
-    /// DALL·E: rendered at 256x256 and resized. Empty or `auto`: the model's default.
+    /// `WxH`. Stable Diffusion: each side a multiple of 8 from 8 up to the server's
+    /// `--max-size` (default 1024; default size 512x512). DALL·E: each side 16 to `--max-size`,
+    /// rendered at 256x256 and resized. Empty or `auto`: the model's default.
     #[oai(
         nullable,
         validator(max_length = 16, pattern = r"^(auto|[0-9]{1,5}x[0-9]{1,5})?$")
@@ -107,6 +110,7 @@ pub struct CreateImageRequest {
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
     pub output_compression: Option<u32>,
     /// Stream Server-Sent Events (`image_generation.partial_image`, `image_generation.completed`).
+    /// A job (`POST /v1/images/jobs/generations`) cannot stream: there it must be absent or false.
     #[oai(nullable)]
     pub stream: Option<bool>,
     /// Previews to stream before the final image, 0–3.
@@ -143,12 +147,15 @@ pub struct CreateImageRequest {
     /// Extension: classifier-free guidance scale (SD, default 7.5).
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "50")))]
     pub guidance_scale: Option<f64>,
-    /// Extension: denoising steps (SD, default 25).
-    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "500")))]
+    /// Extension: denoising steps (SD, default 25): 1 to the server's `--max-steps` (default
+    /// 150); never more than SD 1.5's 1000 training timesteps.
+    #[oai(nullable, validator(minimum(value = "1"), maximum(value = "1000")))]
     pub num_inference_steps: Option<u32>,
-    /// Extension: `pndm` (default), `ddim`, `euler`; diffusers class names and A1111 labels work.
-    #[oai(nullable, validator(max_length = 64))]
-    pub scheduler: Option<String>,
+    /// Extension (SD): the sampler, `pndm` by default. kiln's ids (`ddim`, `euler`, `euler_a`,
+    /// `dpmpp_2m_karras`, …), diffusers' class names (`EulerAncestralDiscreteScheduler`) and
+    /// A1111's labels (`Euler a`, `DPM++ 2M Karras`), spelled exactly as the enum lists them.
+    #[oai(nullable)]
+    pub scheduler: Option<SchedulerName>,
     /// Extension: how much an edit may change the input image, 0 < s ≤ 1 (img2img).
     #[oai(
         nullable,
@@ -158,14 +165,20 @@ pub struct CreateImageRequest {
     /// Extension (DALL·E): super-condition scale.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
     pub cond_scale: Option<f64>,
-    /// Extension (DALL·E): sampling temperature.
-    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "100")))]
+    /// Extension (DALL·E): sampling temperature, above 0.
+    #[oai(
+        nullable,
+        validator(minimum(value = "0", exclusive = true), maximum(value = "100"))
+    )]
     pub temperature: Option<f64>,
-    /// Extension (DALL·E): top-k sampling.
+    /// Extension (DALL·E): top-k sampling; 0 = no top-k filter.
     #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1000000")))]
     pub top_k: Option<u32>,
-    /// Extension (DALL·E): nucleus sampling.
-    #[oai(nullable, validator(minimum(value = "0"), maximum(value = "1")))]
+    /// Extension (DALL·E): nucleus sampling, 0 < p ≤ 1 (1 = no nucleus filter).
+    #[oai(
+        nullable,
+        validator(minimum(value = "0", exclusive = true), maximum(value = "1"))
+    )]
     pub top_p: Option<f64>,
     /// Extension (SD): LoRAs for this request, each with its weight. `<lora:NAME:WEIGHT>` in
     /// the prompt (A1111's syntax) adds to these.

@@ -1,25 +1,91 @@
-//! Multipart uploads: repeated `image[]` parts. Decoding them (with size limits) is
-//! `image_io::decode`'s.
+//! Multipart file parts that may repeat: `image` (one or more) and openai-python's `image[]`.
+//! Decoding them (with size limits) is `image_io::decode`'s.
 
-use poem_openapi::registry::MetaSchemaRef;
+use std::marker::PhantomData;
+
+use poem_openapi::registry::{MetaSchema, MetaSchemaRef};
 use poem_openapi::types::multipart::Upload;
 use poem_openapi::types::{ParseError, ParseFromMultipartField, ParseResult, Type};
 
+/// What the spec says of a repeatable file part: whether it is required, and its schema.
+pub trait PartsSpec: Send + Sync {
+    const IS_REQUIRED: bool;
+    fn name() -> &'static str;
+    fn schema_ref() -> MetaSchemaRef;
+}
+
+/// The parts of one field name, in order; parsing takes any number, and what must be there is
+/// the handler's to check (see [`ImageParts`]).
+#[derive(Debug)]
+pub struct Parts<S>(pub Vec<Upload>, PhantomData<S>);
+
+impl<S> Default for Parts<S> {
+    fn default() -> Self {
+        Self(Vec::new(), PhantomData)
+    }
+}
+
 /// Zero or more repeated file parts. Unlike `Vec<Upload>`, optional in the generated spec.
-#[derive(Default, Debug)]
-pub struct UploadList(pub Vec<Upload>);
+#[derive(Debug)]
+pub struct Optional;
 
-impl Type for UploadList {
+impl PartsSpec for Optional {
     const IS_REQUIRED: bool = false;
-    type RawValueType = Self;
-    type RawElementValueType = Upload;
 
-    fn name() -> std::borrow::Cow<'static, str> {
-        "[string_binary]".into()
+    fn name() -> &'static str {
+        "[string_binary]"
     }
 
     fn schema_ref() -> MetaSchemaRef {
         <Vec<Upload> as Type>::schema_ref()
+    }
+}
+
+/// One file part, or the part repeated (the first one is edited): OpenAI's schema for `image`
+/// (`anyOf`: a binary, or an array of them), required as there. A form without it still
+/// parses, because openai-python names repeated parts `image[]`, which stand in for it; the
+/// handler refuses a form with neither, naming `image`.
+#[derive(Debug)]
+pub struct OneOrMore;
+
+impl PartsSpec for OneOrMore {
+    const IS_REQUIRED: bool = true;
+
+    fn name() -> &'static str {
+        "string_binary_or_array"
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        let many = MetaSchema {
+            min_items: Some(1),
+            ..<Vec<Upload> as Type>::schema_ref().unwrap_inline().clone()
+        };
+        MetaSchemaRef::Inline(Box::new(MetaSchema {
+            any_of: vec![
+                <Upload as Type>::schema_ref(),
+                MetaSchemaRef::Inline(Box::new(many)),
+            ],
+            ..MetaSchema::ANY
+        }))
+    }
+}
+
+/// `image[]`.
+pub type UploadList = Parts<Optional>;
+/// `image`.
+pub type ImageParts = Parts<OneOrMore>;
+
+impl<S: PartsSpec> Type for Parts<S> {
+    const IS_REQUIRED: bool = S::IS_REQUIRED;
+    type RawValueType = Self;
+    type RawElementValueType = Upload;
+
+    fn name() -> std::borrow::Cow<'static, str> {
+        S::name().into()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        S::schema_ref()
     }
 
     fn as_raw_value(&self) -> Option<&Self::RawValueType> {
@@ -33,15 +99,12 @@ impl Type for UploadList {
     }
 }
 
-impl ParseFromMultipartField for UploadList {
+impl<S: PartsSpec> ParseFromMultipartField for Parts<S> {
     async fn parse_from_multipart(field: Option<poem::web::Field>) -> ParseResult<Self> {
+        let parts = Self::default();
         match field {
-            Some(f) => Ok(Self(vec![
-                Upload::parse_from_multipart(Some(f))
-                    .await
-                    .map_err(ParseError::propagate)?,
-            ])),
-            None => Ok(Self(Vec::new())),
+            Some(f) => parts.parse_from_repeated_field(f).await,
+            None => Ok(parts),
         }
     }
 

@@ -14,6 +14,7 @@ use super::edit_input::{EditSources, ImageRef, ImageSource};
 use super::jobs::GenParams;
 use super::types::{
     CreateImageRequest, InputFidelityParam, ModerationParam, OutputFormat, ResponseFormat,
+    SchedulerName,
 };
 use crate::engine::JobParams;
 
@@ -49,12 +50,12 @@ pub struct CreateImageVariationRequest {
     pub strength: Option<f64>,
     #[oai(validator(minimum(value = "0"), maximum(value = "4294967295")))]
     pub seed: Option<u64>,
-    #[oai(validator(minimum(value = "1"), maximum(value = "500")))]
+    #[oai(validator(minimum(value = "1"), maximum(value = "1000")))]
     pub num_inference_steps: Option<u32>,
     #[oai(validator(minimum(value = "0"), maximum(value = "50")))]
     pub guidance_scale: Option<f64>,
-    #[oai(validator(max_length = 64))]
-    pub scheduler: Option<String>,
+    /// As the generations body's `scheduler`: a name of the enum, spelled as listed.
+    pub scheduler: Option<SchedulerName>,
 }
 
 impl CreateImageVariationRequest {

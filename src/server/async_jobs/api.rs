@@ -168,11 +168,13 @@ impl JobsApi {
     /// Cancel a job
     ///
     /// A queued or running job becomes `cancelled` at once and its device stops at its next
-    /// step; a finished job is answered as it is (nothing to cancel). Only the replica running
-    /// a job can cancel it: through another one, 409 `job_on_other_replica`.
+    /// step; a finished job is answered as it is (nothing to cancel). The record stays readable
+    /// (`GET`) until it expires, which is why this is OpenAI's `POST …/cancel` and not a
+    /// `DELETE`. Only the replica running a job can cancel it: through another one, 409
+    /// `job_on_other_replica`.
     #[oai(
-        path = "/v1/images/jobs/:id",
-        method = "delete",
+        path = "/v1/images/jobs/:id/cancel",
+        method = "post",
         operation_id = "cancelImageJob",
         tag = "ApiTags::Jobs"
     )]

@@ -1,5 +1,6 @@
 //! Async jobs: the bodies of the synchronous image routes, answered `202` with a job id, then
-//! polled (`GET /v1/images/jobs/{id}`), cancelled (`DELETE`) or called back (webhook).
+//! polled (`GET /v1/images/jobs/{id}`), cancelled (`POST /v1/images/jobs/{id}/cancel`) or
+//! called back (webhook).
 //!
 //! A job goes through the engine's one queue like a synchronous request (same limits, 429,
 //! drain, metrics); a task of this process owns its ticket, so the job outlives the request

@@ -19,7 +19,7 @@ pub enum JobStatus {
     Succeeded,
     /// Done: `error` says why (`replica_lost`: the replica that ran it is gone).
     Failed,
-    /// Cancelled by `DELETE` before it finished.
+    /// Cancelled (`POST …/cancel`) before it finished.
     Cancelled,
 }
 

@@ -46,7 +46,7 @@ struct Entries {
     next_seq: u64,
 }
 
-/// What `DELETE` found.
+/// What a cancel found.
 pub enum Cancelled {
     /// The record after the cancel (or as it was, when the job had already finished).
     Record(JobRecord),
