@@ -225,9 +225,10 @@ impl<B: Backend> SafetyChecker<B> {
         for img in images {
             values.extend(self.processor.preprocess(img)?);
         }
+        // f32 whatever the backend's default float: the weights are loaded as f32.
         Ok(Tensor::from_data(
             TensorData::new(values, [images.len(), 3, s, s]),
-            device,
+            (device, DType::F32),
         ))
     }
 
