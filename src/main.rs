@@ -1,9 +1,5 @@
 //! The `kiln` command line.
 
-// The server's middleware stack (`server::build_server`) nests one type per layer; laying it
-// out for `kiln serve` goes past rustc's default query depth of 128.
-#![recursion_limit = "256"]
-
 mod cli;
 
 use clap::Parser;

@@ -2,6 +2,7 @@
 //! clear errors for bad arguments.
 
 mod common;
+mod safety_common;
 
 use std::process::Command;
 
@@ -262,4 +263,46 @@ fn dalle_generate_detects_the_family_and_saves_tokens() {
         "{}",
         stderr(&o)
     );
+}
+
+/// `--safety-checker` as `kiln serve` reads it: a checker that flags everything withholds every
+/// image (an error, no file written); `on` without a checker refuses to run.
+#[test]
+fn generate_withholds_what_the_safety_checker_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let checker = dir.path().join("checker");
+    safety_common::checker_with_threshold(&checker, -2.0);
+    let model = common::sd_tiny();
+    let out = dir.path().join("out.png");
+    let run = |mode: &str, checker_dir: &std::path::Path| {
+        kiln(&[
+            "generate",
+            "--model-path",
+            model.to_str().unwrap(),
+            "--prompt",
+            "a red cube",
+            "--steps",
+            "2",
+            "--width",
+            "32",
+            "--height",
+            "32",
+            "--safety-checker",
+            mode,
+            "--safety-checker-dir",
+            checker_dir.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+        ])
+    };
+    let o = run("auto", &checker);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("safety"), "{}", stderr(&o));
+    assert!(!out.exists(), "a flagged image was written");
+    let o = run("on", dir.path());
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no safety checker"), "{}", stderr(&o));
+    let o = run("off", &checker);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(out.exists());
 }

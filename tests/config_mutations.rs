@@ -197,8 +197,8 @@ fn sd15_config_numbers() {
 #[test]
 fn safety_checker_config_numbers() {
     let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("sd15");
-    copy_dir(&sd_tiny(), &root);
+    let root = dir.path().join("safety");
+    copy_dir(&fixture("safety-tiny"), &root);
     let load = || SafetyChecker::<B>::load(&root, &device()).map(drop);
     load().expect("the unmutated copy loads");
     let mut failures = Vec::new();

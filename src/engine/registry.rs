@@ -11,10 +11,12 @@ use crate::models::family::NOT_MODEL_DIRS;
 use crate::precision::{Placement, Placements};
 
 /// Printed when only demo models are served.
-pub const DEMO_HELP: &str = "To serve real Stable Diffusion 1.5 weights, put a diffusers folder under models/, e.g.\n  \
+pub const DEMO_HELP: &str = "To serve real Stable Diffusion 1.5 weights, put a diffusers folder under models/: \
+`kiln download sd15` fetches one, or\n  \
 hf download stable-diffusion-v1-5/stable-diffusion-v1-5 model_index.json 'scheduler/*' 'tokenizer/*' \
 text_encoder/config.json text_encoder/model.safetensors unet/config.json unet/diffusion_pytorch_model.safetensors \
-vae/config.json vae/diffusion_pytorch_model.safetensors --local-dir models/sd15\n\
+vae/config.json vae/diffusion_pytorch_model.safetensors safety_checker/config.json safety_checker/model.safetensors \
+feature_extractor/preprocessor_config.json --local-dir models/sd15\n\
 or pass --model ID=PATH (a diffusers folder or a .safetensors/.ckpt file), then restart.";
 
 /// The models found, and whether they are only the demo fallback.

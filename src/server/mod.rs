@@ -311,7 +311,8 @@ pub fn build_server(
             async move { observe::observe(&*ep, req, state).await }
         })
         .around(move |ep, req| async move { conn::track(&*ep, req, body_timeout).await });
-    Ok((app, background))
+    // Boxed: the layers' nested types are laid out once, here, not in every crate that serves.
+    Ok((app.boxed(), background))
 }
 
 /// Serves until `shutdown` resolves, then stops accepting, lets running requests finish for up
