@@ -10,7 +10,7 @@ use poem_openapi::payload::{Binary, Json};
 use poem_openapi::{ApiRequest, ApiResponse, OpenApi, ResponseContent, Tags};
 
 use super::AppState;
-use super::edit_input::prepare_edit;
+use super::edit_input::{EditSources, prepare_edit};
 use super::error::{ApiError, ErrorVariants, bad_request};
 use super::jobs::{GenParams, edit_form, prepare};
 use super::respond::{ImagesContent, run_job};
@@ -140,6 +140,21 @@ fn model_object(m: ModelInfo, notice: Option<&str>) -> Model {
     }
 }
 
+/// An edit or a variation: its images decoded, the job prepared and run.
+async fn run_edit(
+    state: &AppState,
+    req: &poem::Request,
+    (params, sources): (GenParams, EditSources),
+) -> ImagesResult {
+    let result = async {
+        let p = prepare_edit(state, params, sources).await?;
+        run_job(state, req, p).await
+    };
+    result
+        .await
+        .map_or_else(ImagesResult::from, ImagesResult::Ok)
+}
+
 #[OpenApi]
 impl Api {
     /// Create images from a prompt
@@ -187,17 +202,11 @@ impl Api {
         req: &poem::Request,
         body: EditBody,
     ) -> ImagesResult {
-        let result = async {
-            let (params, sources) = match body {
-                EditBody::Form(form) => edit_form(form),
-                EditBody::Json(json) => json.0.into_parts(),
-            };
-            let p = prepare_edit(&state, params, sources).await?;
-            run_job(&state, req, p).await
+        let parts = match body {
+            EditBody::Form(form) => edit_form(form),
+            EditBody::Json(json) => json.0.into_parts(),
         };
-        result
-            .await
-            .map_or_else(ImagesResult::from, ImagesResult::Ok)
+        run_edit(&state, req, parts).await
     }
 
     /// Create variations of an image
@@ -218,14 +227,7 @@ impl Api {
         req: &poem::Request,
         body: CreateImageVariationRequest,
     ) -> ImagesResult {
-        let result = async {
-            let (params, sources) = body.into_parts();
-            let p = prepare_edit(&state, params, sources).await?;
-            run_job(&state, req, p).await
-        };
-        result
-            .await
-            .map_or_else(ImagesResult::from, ImagesResult::Ok)
+        run_edit(&state, req, body.into_parts()).await
     }
 
     /// Download an image created with `response_format=url`

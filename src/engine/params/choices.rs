@@ -92,7 +92,7 @@ pub fn edit_strength(
     fidelity: Option<InputFidelity>,
     variation: bool,
 ) -> Option<f64> {
-    strength.or_else(|| match (variation, fidelity) {
+    strength.or(match (variation, fidelity) {
         (true, _) => Some(sd15_defaults::VARIATION_STRENGTH),
         (false, Some(InputFidelity::High)) => Some(sd15_defaults::HIGH_FIDELITY_STRENGTH),
         (false, _) => None,
