@@ -75,6 +75,23 @@ async fn responses_carry_background_quality_size_and_usage() {
     r.assert_error(400, Some("quality"));
     let r = generate(&t, json!({"prompt": "x", "quality": "ultra"})).await;
     r.assert_error(400, Some("quality"));
+    // The tier is the step count when none is given (`low` = 12), and steps given win.
+    for (body, steps) in [
+        (json!({"quality": "low"}), 12),
+        (json!({"quality": "low", "num_inference_steps": 3}), 3),
+    ] {
+        let mut body = body;
+        body["prompt"] = json!("x");
+        body["size"] = json!("64x64");
+        body["stream"] = json!(true);
+        body["stream_progress"] = json!(true);
+        let events = sse_events(&generate(&t, body).await.text());
+        let progress = events
+            .iter()
+            .find(|(n, _)| n == "image_generation.progress")
+            .expect("progress events");
+        assert_eq!(progress.1["total"], steps, "{events:?}");
+    }
 }
 
 #[tokio::test]

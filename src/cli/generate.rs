@@ -3,24 +3,25 @@
 //! ([`pipeline::run`]), without the queue: the same options and seed give the same pixels as
 //! `POST /v1/images/generations`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{DeviceList, DeviceSpec};
 use kiln::engine::{
-    DalleParams, EditInput, EngineError, GeneratedImage, JobExtras, JobParams, JobRules,
-    loader_for, loras::parse_lora_arg, pipeline,
+    DalleParams, EditInput, EngineError, JobExtras, JobParams, JobRules, loader_for,
+    loras::parse_lora_arg, pipeline,
 };
 use kiln::image_io::{self, CLI_MAX_SIDE, ImageFormat, mask::MaskConvention};
 use kiln::models::dalle_mini::Tokenization;
 use kiln::models::sd15::NoiseOverrides;
 use kiln::models::{Family, ModelKind};
 use kiln::precision::{Placement, Precision};
-use kiln::weights::{TensorFile, write_f32};
+use kiln::weights::TensorFile;
 
 use super::addons::AddOnArgs;
+use super::generate_out::write_outputs;
 
 #[derive(Args, Debug)]
 pub struct GenerateArgs {
@@ -359,43 +360,6 @@ fn flag_error(e: EngineError) -> anyhow::Error {
         }
         _ => e.into(),
     }
-}
-
-/// Writes the images (numbered when several), their latents or tokens when asked.
-fn write_outputs(
-    a: &GenerateArgs,
-    format: ImageFormat,
-    images: &[GeneratedImage],
-) -> anyhow::Result<()> {
-    for (k, g) in images.iter().enumerate() {
-        let path = image_io::numbered_path(&a.output, k, images.len());
-        let params = g.params.as_ref().filter(|_| !a.no_metadata);
-        let bytes = image_io::encode(&g.image, format, a.quality, params)?;
-        std::fs::write(&path, bytes).with_context(|| format!("writing {}", path.display()))?;
-        println!("{} (seed {})", path.display(), g.seed);
-    }
-    if let Some(p) = &a.save_latents {
-        let mut shape = vec![images.len()];
-        let mut values = Vec::new();
-        for g in images {
-            let (s, v) = g.latents.as_ref().context("the pipeline kept no latents")?;
-            if shape.len() == 1 {
-                shape.extend(s);
-            }
-            values.extend_from_slice(v);
-        }
-        write_f32(p, "latents", &shape, &values)?;
-    }
-    if let Some(p) = &a.save_tokens {
-        let tokens: Vec<&Vec<u32>> = images.iter().filter_map(|g| g.tokens.as_ref()).collect();
-        write_json(p, &tokens)?;
-    }
-    Ok(())
-}
-
-fn write_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    std::fs::write(path, serde_json::to_string(value)?)
-        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// The output format: --format, else --output's extension, else PNG; --quality is JPEG's only.

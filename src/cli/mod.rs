@@ -3,6 +3,7 @@
 mod addons;
 mod download;
 mod generate;
+mod generate_out;
 mod models;
 mod openapi;
 mod probe;
