@@ -64,6 +64,13 @@ async fn a_checker_that_flags_everything_blocks_images_and_previews() {
         .text("num_inference_steps", "3");
     let r = send(t.client.post("/v1/images/variations").multipart(form)).await;
     assert_eq!(r.assert_error(400, None)["code"], "moderation_blocked");
+    // Operators see it: 2 + 1 + 1 images withheld.
+    let metrics = send(t.client.get("/metrics")).await.text();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("kiln_images_withheld_total{"))
+        .unwrap_or_else(|| panic!("no withheld counter in {metrics}"));
+    assert!(line.ends_with(" 4"), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@
 //!   read at scrape time from the atomics and states the engine keeps anyway ([`Scrape`]), so
 //!   the job path does nothing for them;
 //! - `kiln_jobs_total{model,device,outcome}`, `kiln_images_generated_total{model,device}`,
+//!   `kiln_images_withheld_total{model,device}` (flagged by the safety checker),
 //!   `kiln_step_duration_seconds{model,device}` and `kiln_model_load_duration_seconds{model,device}`
 //!   are counted by the workers through handles taken once per replica ([`ReplicaMetrics`]):
 //!   an atomic add per event, no lookup or lock.
@@ -53,6 +54,7 @@ fn step_histogram() -> Histogram {
 pub(crate) struct EngineMetrics {
     jobs: Family<JobLabels, Counter>,
     images: Family<ReplicaLabels, Counter>,
+    withheld: Family<ReplicaLabels, Counter>,
     steps: Family<ReplicaLabels, Histogram, fn() -> Histogram>,
     load_seconds: Family<ReplicaLabels, Gauge<f64, AtomicU64>>,
 }
@@ -62,6 +64,7 @@ impl EngineMetrics {
         Self {
             jobs: Family::default(),
             images: Family::default(),
+            withheld: Family::default(),
             steps: Family::new_with_constructor(step_histogram),
             load_seconds: Family::default(),
         }
@@ -85,6 +88,7 @@ impl EngineMetrics {
             cancelled: job("cancelled"),
             failed: job("failed"),
             images: self.images.get_or_create_owned(&labels),
+            withheld: self.withheld.get_or_create_owned(&labels),
             steps: self.steps.get_or_create_owned(&labels),
             load_seconds: self.load_seconds.get_or_create_owned(&labels),
         }
@@ -101,6 +105,11 @@ impl EngineMetrics {
             "kiln_images_generated",
             "Images generated",
             self.images.clone(),
+        );
+        registry.register(
+            "kiln_images_withheld",
+            "Images the safety checker flagged and kiln did not return",
+            self.withheld.clone(),
         );
         registry.register(
             "kiln_step_duration_seconds",
@@ -123,6 +132,7 @@ pub(crate) struct ReplicaMetrics {
     pub cancelled: Counter,
     pub failed: Counter,
     pub images: Counter,
+    pub withheld: Counter,
     pub steps: Histogram,
     pub load_seconds: Gauge<f64, AtomicU64>,
 }

@@ -194,11 +194,13 @@ impl Worker {
                 counters.completed.fetch_add(1, Ordering::AcqRel);
                 metrics.completed.inc();
                 metrics.images.inc_by(out.images.len() as u64);
+                metrics.withheld.inc_by(out.withheld.len() as u64);
             }
             // The job ran; the safety checker withheld what it made.
-            Err(EngineError::Blocked { .. }) => {
+            Err(EngineError::Blocked { images }) => {
                 counters.completed.fetch_add(1, Ordering::AcqRel);
                 metrics.completed.inc();
+                metrics.withheld.inc_by(*images as u64);
             }
             Err(EngineError::Cancelled | EngineError::ShuttingDown) => {
                 counters.cancelled.fetch_add(1, Ordering::AcqRel);
