@@ -112,6 +112,13 @@ async fn transparent_background_and_style_are_refused_not_ignored() {
     .await
     .json();
     assert_eq!(v["background"], "opaque");
+    // A stream carries b64 images: asking it for links is refused, not ignored.
+    let r = generate(
+        &t,
+        json!({"prompt": "x", "stream": true, "response_format": "url"}),
+    )
+    .await;
+    r.assert_error(400, Some("response_format"));
 }
 
 #[tokio::test]

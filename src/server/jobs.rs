@@ -192,6 +192,13 @@ pub fn prepare(
         super::observe::set_user(u);
     }
     check_background(p.background, p.style.as_deref())?;
+    if p.stream && p.response_format == Some(ResponseFormat::Url) {
+        return Err(ApiError::invalid(
+            "response_format",
+            "a stream carries its images as `b64_json` (as OpenAI's do); for links, send \
+             `response_format: url` without `stream`",
+        ));
+    }
     let quality = p.output_compression.unwrap_or(100);
     if quality > 100 {
         return Err(ApiError::invalid(
