@@ -357,6 +357,8 @@ impl BackendTask for Bench {
                 // The lcm row: BENCH_IMAGE_GUIDANCE=1 (no CFG batch) and BENCH_LORA=FILE, merged
                 // on the first run and cached, as the server does.
                 let guidance: f64 = env_or("BENCH_IMAGE_GUIDANCE", 7.5);
+                // BENCH_IMAGE_N images in one request: the UNet runs at batch 2n with CFG.
+                let n: usize = env_or("BENCH_IMAGE_N", 1);
                 let loras = std::env::var("BENCH_LORA")
                     .ok()
                     .map(|p| LoraSpec {
@@ -372,6 +374,7 @@ impl BackendTask for Bench {
                     guidance_scale: guidance,
                     width: size,
                     height: size,
+                    n,
                     loras,
                     ..Default::default()
                 };
@@ -381,7 +384,7 @@ impl BackendTask for Bench {
                         let _ = out.images.into_data();
                     }),
                     format!(
-                        ",\"steps\":{steps},\"scheduler\":\"{}\",\"guidance\":{guidance},\"lora\":{}",
+                        ",\"steps\":{steps},\"n\":{n},\"scheduler\":\"{}\",\"guidance\":{guidance},\"lora\":{}",
                         scheduler.id(),
                         !req.loras.is_empty()
                     ),

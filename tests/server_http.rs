@@ -398,6 +398,28 @@ async fn body_limits_answer_413() {
     send(t.client.post("/v1/images/edits").multipart(form))
         .await
         .assert_error(413, None);
+    // Variations carry an image too: the upload limit, not the JSON one.
+    let variation = |bytes: usize| {
+        poem::test::TestForm::new().field(
+            poem::test::TestFormField::bytes(vec![0u8; bytes])
+                .name("image")
+                .filename("a.png"),
+        )
+    };
+    let r = send(
+        t.client
+            .post("/v1/images/variations")
+            .multipart(variation(1500)),
+    )
+    .await;
+    r.assert_error(400, Some("image"));
+    let r = send(
+        t.client
+            .post("/v1/images/variations")
+            .multipart(variation(5000)),
+    )
+    .await;
+    r.assert_error(413, None);
 }
 
 #[tokio::test]

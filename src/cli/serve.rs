@@ -73,7 +73,7 @@ pub struct ServeArgs {
     #[arg(long, env = "KILN_MAX_WORK", default_value_t = Limits::default().max_work,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_work: u64,
-    /// Largest request body for edits (uploads), in MiB.
+    /// Largest request body for edits and variations (uploads, or JSON with data: URLs), in MiB.
     #[arg(long, env = "KILN_MAX_UPLOAD_MB", default_value_t = 32)]
     pub max_upload_mb: usize,
     /// Lifetime of `response_format=url` links, in seconds.

@@ -58,7 +58,8 @@ pub async fn guard<E: Endpoint>(
         return Ok(resp);
     }
     if req.method() == Method::POST && path.starts_with("/v1/images/") {
-        let limit = if path.ends_with("/edits") {
+        // Edits and variations carry images (as files, or as data: URLs in a JSON edit).
+        let limit = if path.ends_with("/edits") || path.ends_with("/variations") {
             state.config.max_upload_bytes
         } else {
             state.config.max_json_bytes
