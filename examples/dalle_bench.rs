@@ -115,9 +115,15 @@ impl BackendTask for Bench {
                 time_runs(timed, 0, || step(&mut cache, &mut feed))
             }
             "image" => {
+                // BENCH_IMAGE_N images in one request: the decoder runs at batch 2n.
+                let n: usize = std::env::var("BENCH_IMAGE_N")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                extra += &format!(",\"n\":{n}");
                 let req = DalleRequest {
                     prompt: PROMPT.into(),
-                    n: 1,
+                    n,
                     seed: 0,
                     cond_scale: sampling.cond_scale,
                     temperature: sampling.temperature,
