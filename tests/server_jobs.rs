@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use kiln::engine::EngineConfig;
 use kiln::server::{JobsConfig, ServerConfig, StoreKind, WebhookAllow};
 use poem::http::StatusCode;
@@ -156,6 +157,25 @@ async fn dalle_job_with_links_and_an_edit_job() {
     let v = status_is(&t, &id, "succeeded").await;
     assert_eq!(v["kind"], "edit");
     assert_eq!(v["data"].as_array().map(Vec::len), Some(2));
+    assert_eq!(v["usage"]["input_tokens_details"]["image_tokens"], 64);
+
+    // The JSON form too, as `POST /v1/images/edits` takes it: data: URLs only.
+    let url = format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png_bytes(64, 64, false))
+    );
+    let body = json!({"images": [{"image_url": url}], "prompt": "blue", "size": "64x64"});
+    let r = send(t.client.post(format!("{JOBS}/edits")).body_json(&body)).await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+    let v = status_is(&t, &id, "succeeded").await;
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(1));
+    let body = json!({"images": [{"image_url": "http://x/a.png"}], "prompt": "blue"});
+    let r = send(t.client.post(format!("{JOBS}/edits")).body_json(&body)).await;
+    r.assert_error(400, Some("images[0].image_url"));
+    let body = json!({"images": [{"image_url": url}], "prompt": "blue", "stream": true});
+    let r = send(t.client.post(format!("{JOBS}/edits")).body_json(&body)).await;
+    r.assert_error(400, Some("stream"));
 }
 
 #[tokio::test]

@@ -110,6 +110,7 @@ pub async fn guard<E: Endpoint>(
             "/v1/images/generations" => Some(&state.generation_schema),
             "/v1/images/jobs/generations" => Some(&state.job_schema),
             "/v1/images/edits" => Some(&state.edit_schema),
+            "/v1/images/jobs/edits" => Some(&state.job_edit_schema),
             _ => None,
         };
         if let Some(schema) = schema.filter(|_| is_json)

@@ -117,6 +117,7 @@ pub struct AppState {
     generation_schema: BodySchema,
     job_schema: BodySchema,
     edit_schema: BodySchema,
+    job_edit_schema: BodySchema,
     metrics: metrics::ServerMetrics,
 }
 
@@ -263,6 +264,7 @@ pub fn build_server(
         generation_schema: BodySchema::of::<types::CreateImageRequest>(),
         job_schema: BodySchema::of::<types::CreateImageJobRequest>(),
         edit_schema: BodySchema::of::<variation::CreateImageEditJsonRequest>(),
+        job_edit_schema: BodySchema::of::<variation::CreateImageJobEditJsonRequest>(),
         config,
     });
     let api = service();

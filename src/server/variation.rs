@@ -126,6 +126,17 @@ impl CreateImageEditJsonRequest {
     }
 }
 
+/// Body of `POST /v1/images/jobs/edits` as JSON: the JSON edit plus `webhook_url`.
+#[derive(Object, Debug)]
+pub struct CreateImageJobEditJsonRequest {
+    #[oai(flatten)]
+    pub edit: CreateImageEditJsonRequest,
+    /// Extension (jobs): an http(s) URL that gets the finished job (POST, JSON), when the
+    /// server allows its host (`--webhook-allow`).
+    #[oai(nullable, validator(max_length = 2048))]
+    pub webhook_url: Option<String>,
+}
+
 impl From<ImageRef> for ImageSource {
     fn from(r: ImageRef) -> Self {
         ImageSource::Ref(r)

@@ -18,6 +18,14 @@ use crate::server::edit_input::prepare_edit;
 use crate::server::error::{ApiError, ErrorVariants, bad_request};
 use crate::server::jobs::{GenParams, edit_form, prepare};
 use crate::server::types::{CreateImageJobEditRequest, CreateImageJobRequest, ErrorResponse};
+use crate::server::variation::CreateImageJobEditJsonRequest;
+
+/// A job's edit as a multipart form or as JSON, as `POST /v1/images/edits` takes it.
+#[derive(poem_openapi::ApiRequest)]
+pub enum JobEditBody {
+    Form(CreateImageJobEditRequest),
+    Json(Json<CreateImageJobEditJsonRequest>),
+}
 
 api_response!(
     JobSubmitResult,
@@ -99,8 +107,8 @@ impl JobsApi {
 
     /// Edit an image, as a job
     ///
-    /// The multipart form of `POST /v1/images/edits` plus an optional `webhook_url` field.
-    /// Answers as `POST /v1/images/jobs/generations` does.
+    /// The body of `POST /v1/images/edits` (multipart form, or JSON with `data:` URLs) plus
+    /// an optional `webhook_url` field. Answers as `POST /v1/images/jobs/generations` does.
     #[oai(
         path = "/v1/images/jobs/edits",
         method = "post",
@@ -111,13 +119,22 @@ impl JobsApi {
         &self,
         state: Data<&Arc<AppState>>,
         req: &poem::Request,
-        body: CreateImageJobEditRequest,
+        body: JobEditBody,
     ) -> JobSubmitResult {
         let result = async {
-            let (form, webhook_url) = body.split();
-            refuse_stream(form.stream, "edits")?;
+            let ((params, sources), webhook_url) = match body {
+                JobEditBody::Form(form) => {
+                    let (form, webhook_url) = form.split();
+                    refuse_stream(form.stream, "edits")?;
+                    (edit_form(form), webhook_url)
+                }
+                JobEditBody::Json(json) => {
+                    let CreateImageJobEditJsonRequest { edit, webhook_url } = json.0;
+                    refuse_stream(edit.request.stream, "edits")?;
+                    (edit.into_parts(), webhook_url)
+                }
+            };
             let hook = webhook(&state, webhook_url.as_deref())?;
-            let (params, sources) = edit_form(form);
             let p = prepare_edit(&state, params, sources).await?;
             submit(&state, req, JobKind::Edit, p, hook).await
         };
