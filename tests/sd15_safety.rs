@@ -240,7 +240,7 @@ fn tiny_fixture_is_installed_and_batches_agree() {
     let v = c.check(&five, 0.0).unwrap();
     assert_eq!(v.len(), 5);
     assert_eq!(v[4], v[1]);
-    assert!(c.check(&[], 0.0).unwrap().is_empty());
+    assert!(c.check::<RgbImage>(&[], 0.0).unwrap().is_empty());
     assert!(c.check(&imgs, f32::NAN).is_err());
     assert!(c.check(&[RgbImage::new(0, 5)], 0.0).is_err());
 }

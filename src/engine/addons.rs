@@ -97,9 +97,7 @@ impl AddOns {
         attach_taesd(model, self.taesd_dir.as_deref(), device, dtype);
         Ok(())
     }
-}
 
-impl AddOns {
     /// The safety checker of the SD model at `model_path` (a diffusers folder, or a single file
     /// whose folder holds the checker), as [`SafetyMode`] says. A checker that is there but
     /// does not load is an error in every mode but `off`: a model never serves unchecked

@@ -41,7 +41,7 @@ impl<B: Backend> Sd15Pipeline<B> {
     }
 
     /// Whether the checker flags `images` at `job`'s moderation; all pass without one.
-    fn flags(&self, job: &ImageJob, images: &[image::RgbImage]) -> Result<Vec<bool>, EngineError> {
+    fn flags(&self, job: &ImageJob, images: &[&image::RgbImage]) -> Result<Vec<bool>, EngineError> {
         let Some(checker) = &self.checker else {
             return Ok(vec![false; images.len()]);
         };
@@ -169,7 +169,7 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
         job: &ImageJob,
         images: &[GeneratedImage],
     ) -> Result<Vec<bool>, EngineError> {
-        let rgb: Vec<image::RgbImage> = images.iter().map(|g| g.image.clone()).collect();
+        let rgb: Vec<&image::RgbImage> = images.iter().map(|g| &g.image).collect();
         self.flags(job, &rgb)
     }
 
@@ -213,10 +213,7 @@ impl<B: Backend> ImagePipeline for Sd15Pipeline<B> {
                 let preview = (!decoding && job.preview_steps(total).contains(&step))
                     .then(|| self.model.preview(latents, 0).ok())
                     .flatten()
-                    .filter(|p| {
-                        self.flags(job, std::slice::from_ref(p))
-                            .is_ok_and(|f| f == [false])
-                    });
+                    .filter(|p| self.flags(job, &[p]).is_ok_and(|f| f == [false]));
                 progress(Progress {
                     step,
                     total,

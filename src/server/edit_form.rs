@@ -44,7 +44,7 @@ macro_rules! edit_forms {
 
 edit_forms! {
     /// The image to edit (any of PNG, JPEG, WebP; file name and part type are not trusted).
-    /// Repeated for several images: each must be an image, the first one is edited.
+    /// One image: kiln's models edit one, so several parts (here or as `image[]`) are a 400.
     pub image: ImageParts,
     /// `image`, as openai-python names the parts of several images: these may stand in for
     /// `image` (a form with neither is refused, naming `image`).

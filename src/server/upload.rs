@@ -41,8 +41,9 @@ impl PartsSpec for Optional {
     }
 }
 
-/// One file part, or the part repeated (the first one is edited): OpenAI's schema for `image`
-/// (`anyOf`: a binary, or an array of them), required as there. A form without it still
+/// One file part, or the part repeated: OpenAI's schema for `image` (`anyOf`: a binary, or an
+/// array of them), required as there; kiln's edits take one image and refuse more. A form
+/// without it still
 /// parses, because openai-python names repeated parts `image[]`, which stand in for it; the
 /// handler refuses a form with neither, naming `image`.
 #[derive(Debug)]

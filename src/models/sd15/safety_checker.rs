@@ -4,6 +4,7 @@
 //! `safety_checker/model.safetensors`; images are prepared by [`ClipImageProcessor`] as
 //! `feature_extractor/preprocessor_config.json` says.
 
+use std::borrow::Borrow;
 use std::path::Path;
 use std::time::Instant;
 
@@ -219,11 +220,15 @@ impl<B: Backend> SafetyChecker<B> {
     }
 
     /// `pixel_values` `[n, 3, S, S]` of `images`, as `CLIPImageProcessor` makes them.
-    pub fn pixel_values(&self, images: &[RgbImage], device: &B::Device) -> Result<Tensor<B, 4>> {
+    pub fn pixel_values<I: Borrow<RgbImage>>(
+        &self,
+        images: &[I],
+        device: &B::Device,
+    ) -> Result<Tensor<B, 4>> {
         let s = self.config.vision_config.image_size;
         let mut values = Vec::with_capacity(images.len() * 3 * s * s);
         for img in images {
-            values.extend(self.processor.preprocess(img)?);
+            values.extend(self.processor.preprocess(img.borrow())?);
         }
         // f32 whatever the backend's default float: the weights are loaded as f32.
         Ok(Tensor::from_data(
@@ -234,7 +239,13 @@ impl<B: Backend> SafetyChecker<B> {
 
     /// One verdict per image; `adjustment` is added to every score before the comparison
     /// with 0 (0.0: diffusers' standard thresholds; negative: less strict).
-    pub fn check(&self, images: &[RgbImage], adjustment: f32) -> Result<Vec<SafetyVerdict>> {
+    /// Takes images or references to them (`&[RgbImage]`, `&[&RgbImage]`): a caller never
+    /// copies its images to have them judged.
+    pub fn check<I: Borrow<RgbImage>>(
+        &self,
+        images: &[I],
+        adjustment: f32,
+    ) -> Result<Vec<SafetyVerdict>> {
         if !adjustment.is_finite() {
             return Err(Error::InvalidArgument(format!(
                 "safety checker adjustment {adjustment} is not a finite number"
