@@ -21,7 +21,7 @@ use burn::module::Param;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
 use kiln::nn::{Conv2d, GroupNorm, Linear, WeightLayout, sdpa, silu};
 use kiln::schedulers::{EulerDiscrete, Scheduler, SchedulerConfig};
 
@@ -283,6 +283,51 @@ fn main() {
             },
         );
     }
+    // Every UNet level in f32 and with bf16 weights (`--precision bf16`: bf16 products, f32
+    // sums), 3×3 and 1×1.
+    for (ch, hw, k) in [(320usize, 64usize, 3usize), (640, 32, 3), (1280, 16, 3), (1280, 8, 3), (320, 64, 1), (1280, 16, 1)] {
+        let xl = Tensor::<B, 4>::random([2, ch, hw, hw], n, &d);
+        let wl = Tensor::<B, 4>::random([ch, ch, k, k], n, &d);
+        let bl = Tensor::<B, 1>::random([ch], n, &d);
+        for dtype in [DType::F32, DType::BF16] {
+            let kl = conv(&wl.clone().cast(dtype), &bl);
+            bench(
+                &format!("conv{k}x{k} {ch}->{ch} [2,{ch},{hw},{hw}] kiln {dtype:?}"),
+                &filter,
+                iters,
+                2.0 * (2 * ch * hw * hw * ch * k * k) as f64,
+                "GFLOP/s",
+                || {
+                    let _ = kl.forward(xl.clone());
+                    sync(&d);
+                },
+            );
+        }
+    }
+    for (rows, d_in, d_out) in [(8192usize, 320usize, 320usize), (2048, 640, 5120), (512, 5120, 1280), (154, 768, 1280)] {
+        let xr = Tensor::<B, 2>::random([rows, d_in], n, &d);
+        let wr = Tensor::<B, 2>::random([d_out, d_in], n, &d);
+        let br = Tensor::<B, 1>::random([d_out], n, &d);
+        for dtype in [DType::F32, DType::BF16] {
+            let lin = Linear {
+                weight: Param::from_tensor(wr.clone().transpose().cast(dtype)),
+                bias: Some(Param::from_tensor(br.clone())),
+                layout: WeightLayout::InOut,
+            };
+            bench(
+                &format!("linear {d_in}->{d_out} [{rows},{d_in}] kiln {dtype:?}"),
+                &filter,
+                iters,
+                2.0 * (rows * d_in * d_out) as f64,
+                "GFLOP/s",
+                || {
+                    let _ = lin.forward(xr.clone());
+                    sync(&d);
+                },
+            );
+        }
+    }
+
     let w1 = Tensor::<B, 4>::random([320, 320, 1, 1], n, &d);
     let flops = 2.0 * (2 * 320 * 64 * 64 * 320_u64) as f64;
     let kconv1 = conv(&w1, &bias);

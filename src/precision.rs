@@ -18,6 +18,11 @@ pub enum Precision {
     Auto,
     F32,
     F16,
+    /// bf16: on the CPU the Linear and convolution weights are held in bf16 (half the memory)
+    /// and multiplied in bf16 with f32 sums (AVX512-BF16 `vdpbf16ps` where the CPU has it,
+    /// widened to f32 elsewhere), everything between the layers in f32; on wgpu/cuda, bf16
+    /// throughout where the device supports it.
+    Bf16,
 }
 
 impl FromStr for Precision {
@@ -28,8 +33,9 @@ impl FromStr for Precision {
             "auto" => Ok(Self::Auto),
             "f32" | "fp32" | "float32" | "full" => Ok(Self::F32),
             "f16" | "fp16" | "float16" | "half" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
             other => Err(Error::invalid(format!(
-                "unknown precision `{other}`; use auto, f32 or f16"
+                "unknown precision `{other}`; use auto, f32, f16 or bf16"
             ))),
         }
     }
@@ -41,15 +47,24 @@ impl std::fmt::Display for Precision {
             Self::Auto => "auto",
             Self::F32 => "f32",
             Self::F16 => "f16",
+            Self::Bf16 => "bf16",
         })
     }
 }
 
 impl Precision {
-    /// The dtype the weights and activations of UNet, text encoder and BART use on `device`.
+    /// The dtype the weights of UNet, text encoder and BART are stored in on `device`; their
+    /// activations are in [`crate::nn::compute_dtype`] of it (the same, but f32 for bf16 on
+    /// the CPU).
     pub fn resolve<B: Backend>(self, spec: DeviceSpec, device: &B::Device) -> Result<DType> {
         let f16_ok = B::supports_dtype(device, DType::F16);
         match self {
+            Self::Bf16 if spec == DeviceSpec::Cpu || B::supports_dtype(device, DType::BF16) => {
+                Ok(DType::BF16)
+            }
+            Self::Bf16 => Err(Error::Device(format!(
+                "device `{spec}` cannot compute in bf16; use --precision f16 or f32"
+            ))),
             Self::F32 => Ok(DType::F32),
             Self::F16 if f16_ok => Ok(DType::F16),
             Self::F16 => Err(Error::Device(format!(
@@ -131,6 +146,7 @@ mod tests {
         assert_eq!("FP16".parse::<Precision>().unwrap(), Precision::F16);
         assert_eq!("f32".parse::<Precision>().unwrap(), Precision::F32);
         assert_eq!("auto".parse::<Precision>().unwrap(), Precision::Auto);
+        assert_eq!("BF16".parse::<Precision>().unwrap(), Precision::Bf16);
         assert!("f8".parse::<Precision>().is_err());
     }
 
@@ -141,6 +157,8 @@ mod tests {
         let d = burn::backend::flex::FlexDevice;
         let cpu = DeviceSpec::Cpu;
         assert_eq!(Precision::Auto.resolve::<B>(cpu, &d).unwrap(), DType::F32);
+        assert_eq!(crate::nn::compute_dtype::<B>(DType::BF16), DType::F32);
         assert_eq!(Precision::F16.resolve::<B>(cpu, &d).unwrap(), DType::F16);
+        assert_eq!(Precision::Bf16.resolve::<B>(cpu, &d).unwrap(), DType::BF16);
     }
 }

@@ -36,8 +36,9 @@ pub struct ServeArgs {
     /// cpu#0 and cpu#1).
     #[arg(long, env = "KILN_DEVICE", default_value = "cpu")]
     pub device: String,
-    /// auto (f16 on wgpu/cuda, f32 on cpu), f32 or f16. The VAE stays f32 when its config
-    /// says `force_upcast` (SD 1.5's does), as diffusers does.
+    /// auto (f16 on wgpu/cuda, f32 on cpu), f32, f16 or bf16 (on the CPU: SD's weights held
+    /// and multiplied in bf16, f32 between layers). The VAE stays f32 when its config says
+    /// `force_upcast` (SD 1.5's does), as diffusers does.
     #[arg(long, env = "KILN_PRECISION", default_value = "auto")]
     pub precision: String,
     /// Require `Authorization: Bearer KEY` on /v1 endpoints.

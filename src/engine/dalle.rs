@@ -112,10 +112,16 @@ impl BackendTask for LoadDalle {
     type Output = Result<Box<dyn ImagePipeline>, EngineError>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let dtype = self
+        let mut dtype = self
             .place
             .precision
             .resolve::<B>(self.place.device, &device)?;
+        if crate::nn::compute_dtype::<B>(dtype) != dtype {
+            // bf16 on the CPU is SD's: DALL·E's decode steps are bound by reading the weights,
+            // which it already does in f16 as the file has them (half the bytes of f32).
+            tracing::info!(path = %self.path.display(), "DALL·E on the CPU ignores bf16: it computes in f32 from its f16 weights");
+            dtype = burn::tensor::DType::F32;
+        }
         Ok(Box::new(DallePipeline {
             model: DalleMini::<B>::load_as(&self.path, None, &device, dtype)?,
             device,

@@ -26,6 +26,25 @@ fn flex_opt<B: Backend, const D: usize>(
     t.map_or(Some(None), |t| to_flex(t).map(Some))
 }
 
+/// A Linear's or convolution's weight as the CPU's GEMM kernels take it: f32, or bf16, which
+/// makes the layer compute in bf16 (see [`compute_dtype`]).
+#[cfg(feature = "cpu")]
+fn gemm_weight<B: Backend, const D: usize>(w: &Tensor<B, D>) -> Option<burn_flex::FlexTensor> {
+    cpu::to_flex_of(w, &cpu::GEMM_WEIGHTS)
+}
+
+/// The dtype of the activations of a model whose GEMM weights (Linear, Conv2d) are stored as
+/// `weights` on `B`: the same, except bf16 on the CPU, where the kernels multiply bf16 weights
+/// with f32 activations rounded as they are packed and everything between the layers (norms,
+/// softmax, residuals) stays f32 (`--precision bf16`).
+pub fn compute_dtype<B: Backend>(weights: DType) -> DType {
+    #[cfg(feature = "cpu")]
+    if weights == DType::BF16 && cpu::is_flex::<B>() {
+        return DType::F32;
+    }
+    weights
+}
+
 /// `x W + b (+ residual)` with `W` stored `[in, out]` (`WeightLayout::InOut`), by the CPU's
 /// GEMM with the bias and the residual added in its output pass.
 pub fn linear<B: Backend, const D: usize>(
@@ -35,7 +54,7 @@ pub fn linear<B: Backend, const D: usize>(
     residual: Option<&Tensor<B, D>>,
 ) -> Option<Tensor<B, D>> {
     #[cfg(feature = "cpu")]
-    if let (Some(fx), Some(fw), Some(fb)) = (to_flex(x), to_flex(w), flex_opt(bias)) {
+    if let (Some(fx), Some(fw), Some(fb)) = (to_flex(x), gemm_weight(w), flex_opt(bias)) {
         let r = residual.and_then(to_flex);
         let mut out_dims = x.dims();
         out_dims[D - 1] = w.dims()[1];
@@ -54,7 +73,7 @@ pub fn linear_geglu<B: Backend, const D: usize>(
     bias: Option<&Tensor<B, 1>>,
 ) -> Option<Tensor<B, D>> {
     #[cfg(feature = "cpu")]
-    if let (Some(fx), Some(fw), Some(fb)) = (to_flex(x), to_flex(w), flex_opt(bias))
+    if let (Some(fx), Some(fw), Some(fb)) = (to_flex(x), gemm_weight(w), flex_opt(bias))
         && w.dims()[1].is_multiple_of(2)
     {
         return Some(from_flex(cpu::linear_geglu(&fx, &fw, fb.as_ref())));
@@ -288,7 +307,7 @@ pub fn conv_same<B: Backend>(
     #[cfg(feature = "cpu")]
     if is_same(w.dims()[2], stride, padding)
         && let (Some(fx), Some(fw), Some(fb), Some(fa)) =
-            (to_flex(x), to_flex(w), flex_opt(bias), flex_opt(add))
+            (to_flex(x), gemm_weight(w), flex_opt(bias), flex_opt(add))
     {
         return cpu::conv_same(&fx, &fw, fb.as_ref(), fa.as_ref()).map(from_flex);
     }
@@ -310,7 +329,7 @@ pub fn conv3x3_fused<B: Backend>(
     #[cfg(feature = "cpu")]
     if is_same(w.dims()[2], stride, padding)
         && let (Some(fx), Some(fw), Some(fb), Some(fa)) =
-            (to_flex(x), to_flex(w), flex_opt(bias), flex_opt(add))
+            (to_flex(x), gemm_weight(w), flex_opt(bias), flex_opt(add))
     {
         let norm;
         let input = match input {

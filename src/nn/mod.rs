@@ -16,6 +16,6 @@ pub mod kernels;
 mod layers;
 mod ops;
 
-pub use kernels::{Stretch, run};
+pub use kernels::{Stretch, compute_dtype, run};
 pub use layers::{Conv2d, Embedding, GroupNorm, LayerNorm, Linear, WeightLayout, conv1x1, conv3x3};
 pub use ops::*;

@@ -151,14 +151,39 @@ pub fn load_into<B: Backend, M: Module<B>>(
 }
 
 /// [`load_into`] with the parameters stored as `dtype` (f16 models load straight to f16,
-/// without an f32 copy on the device).
+/// without an f32 copy on the device). Where the backend computes such weights in another
+/// dtype ([`crate::nn::compute_dtype`]: bf16 on the CPU multiplies in bf16 under f32
+/// activations), only the GEMM weights ([`is_gemm_weight`]) are stored as `dtype`, the rest
+/// (biases, norms, embeddings) as the activations' dtype.
 pub fn load_into_as<B: Backend, M: Module<B>>(
     module: M,
     file: &TensorFile,
     map: &dyn Fn(&str) -> KeyTarget,
     dtype: DType,
 ) -> Result<(M, LoadReport)> {
-    load_into_with(module, file, map, &|_, _| dtype)
+    let compute = crate::nn::compute_dtype::<B>(dtype);
+    if compute == dtype {
+        return load_into_with(module, file, map, &|_, _| dtype);
+    }
+    let shapes = param_shapes(&module);
+    let rank = |path: &str| shapes.get(path).map_or(0, |s| s.num_dims());
+    load_into_with(module, file, map, &|path, _| {
+        if is_gemm_weight(path, rank(path)) {
+            dtype
+        } else {
+            compute
+        }
+    })
+}
+
+/// Whether parameter `path` of rank `rank` is the weight of a `Linear` or `Conv2d` (what the
+/// GEMM kernels multiply by): a matrix or kernel named `weight`, except an embedding table
+/// (`token_embedding.weight`), which is looked up, not multiplied.
+fn is_gemm_weight(path: &str, rank: usize) -> bool {
+    let mut seg = path.rsplit('.');
+    rank >= 2
+        && seg.next() == Some("weight")
+        && !seg.next().is_some_and(|s| s.ends_with("embedding"))
 }
 
 /// [`load_into_as`] with the dtype chosen per parameter: `dtype(path, dtype in the file)`.

@@ -127,8 +127,9 @@ pub fn pipeline<B: Backend>(
 pub fn pipeline_in<B: Backend>(device: &B::Device, dtype: DType) -> (Vec<f32>, Vec<f32>) {
     let m = StableDiffusion::<B>::load_as(&sd_tiny(), false, device, dtype).expect("loads");
     assert_eq!(m.parts.unet.conv_in.weight.val().dtype(), dtype);
+    // Norms are in the activations' dtype: the weights' own, but f32 for bf16 on the CPU.
     let norm = &m.parts.text_encoder.text_model.final_layer_norm;
-    assert_eq!(norm.weight.val().dtype(), dtype);
+    assert_eq!(norm.weight.val().dtype(), kiln::nn::compute_dtype::<B>(dtype));
     assert_eq!(m.parts.vae.post_quant_conv.weight.val().dtype(), DType::F32);
     let (shape, noise) = reference("pipeline_ddim4.safetensors", "init_noise");
     let req = GenerateRequest {
@@ -147,6 +148,22 @@ pub fn pipeline_in<B: Backend>(device: &B::Device, dtype: DType) -> (Vec<f32>, V
     let out = m.generate(&req, &mut |_, _| true).expect("generation runs");
     assert_eq!(out.latents.dtype(), DType::F32, "pipeline tensors stay f32");
     (values(out.latents), values(out.images))
+}
+
+/// [`pipeline_in`] bf16 (`--precision bf16`) against diffusers' fp32 run within `tol_fp32` of
+/// its scale and against diffusers' bf16 run (UNet and text encoder in bf16) within `tol_bf16`;
+/// the image against both as well.
+pub fn bf16_pipeline<B: Backend>(device: &B::Device, tol_fp32: f32, tol_bf16: f32) {
+    let (latents, image) = pipeline_in::<B>(device, DType::BF16);
+    for (file, tol) in [
+        ("pipeline_ddim4.safetensors", tol_fp32),
+        ("pipeline_ddim4_bf16.safetensors", tol_bf16),
+    ] {
+        let (_, want) = reference(file, "final_latents");
+        assert_close_scaled(&format!("bf16 final latents vs {file}"), &latents, &want, tol);
+        let (_, want_img) = reference(file, "image");
+        assert_close_scaled(&format!("bf16 image vs {file}"), &image, &want_img, tol);
+    }
 }
 
 /// [`pipeline_in`] f16 against diffusers' fp32 references within `tol` of their scale (the

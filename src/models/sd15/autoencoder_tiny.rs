@@ -223,7 +223,7 @@ impl<B: Backend> AutoencoderTiny<B> {
         self.decoder.layers[0]
             .conv2d
             .as_ref()
-            .map_or(DType::F32, |c| c.weight.val().dtype())
+            .map_or(DType::F32, |c| c.compute_dtype())
     }
 
     /// `AutoencoderTiny.decode`: latents as the UNet sees them (divided by `scaling_factor`,

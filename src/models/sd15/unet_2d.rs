@@ -92,7 +92,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let batch = sample.dims()[0];
         let device = sample.device();
         // Runs in the dtype of the weights (f16 on GPUs); answers in the caller's dtype.
-        let (dtype, out_dtype) = (self.conv_in.weight.val().dtype(), sample.dtype());
+        let (dtype, out_dtype) = (self.conv_in.compute_dtype(), sample.dtype());
         let sample = sample.cast(dtype);
         let context = &context.clone().cast(dtype);
         let t = timestep_embedding::<B>(

@@ -187,7 +187,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// Latents (already divided by the scaling factor) `[B, z, h, w]` → image in about [-1, 1].
     pub fn decode(&self, z: Tensor<B, 4>) -> Tensor<B, 4> {
         let d = &self.decoder;
-        let (dtype, out_dtype) = (self.post_quant_conv.weight.val().dtype(), z.dtype());
+        let (dtype, out_dtype) = (self.post_quant_conv.compute_dtype(), z.dtype());
         let mut x = d
             .conv_in
             .forward(self.post_quant_conv.forward(z.cast(dtype)));
@@ -215,7 +215,7 @@ impl<B: Backend> AutoencoderKL<B> {
     /// (and its tiled encode blends).
     pub fn moments(&self, x: Tensor<B, 4>) -> Option<Tensor<B, 4>> {
         let (e, quant) = (self.encoder.as_ref()?, self.quant_conv.as_ref()?);
-        let (dtype, out_dtype) = (e.conv_in.weight.val().dtype(), x.dtype());
+        let (dtype, out_dtype) = (e.conv_in.compute_dtype(), x.dtype());
         let mut h = e.conv_in.forward(x.cast(dtype));
         for block in &e.down_blocks {
             for r in &block.resnets {

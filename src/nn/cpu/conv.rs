@@ -12,7 +12,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::winograd::{self, Prologue};
-use super::{SendPtr, contiguous, dims, gemm_tile, new_tensor, norms, slice};
+use super::{Mat, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice};
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
 fn direct_only() -> bool {
@@ -136,7 +136,6 @@ pub(crate) fn conv_same(
     };
     let ws_ = w.layout().strides();
     let (so, sc, sh, sw) = (ws_[0], ws_[1], ws_[2], ws_[3]);
-    let w0 = w.layout().start_offset();
     let bias = bias.map(contiguous);
     let p = k / 2;
     let wp = wd + 2 * p;
@@ -169,7 +168,7 @@ pub(crate) fn conv_same(
 
     let mut out = vec![0.0f32; n * o * h * wd];
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), w.storage::<f32>());
+    let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), mat(&w, sc, so));
     let bs = bias.as_ref().map(slice);
     let adds = add
         .as_ref()
@@ -185,19 +184,19 @@ pub(crate) fn conv_same(
             for kw in 0..k {
                 let first = kh == 0 && kw == 0;
                 let rhs = &xs[img * c * plane + y0 * wp + kh * wp + kw..];
-                let lhs =
-                    ws[w0 + o0 * so as usize + kh * sh as usize + kw * sw as usize..].as_ptr();
+                // The tap's O×C matrix: rows o0.. of the weight at offset kh·sh + kw·sw.
+                let lhs = ws.at(o0, 0).shifted(kh as isize * sh + kw as isize * sw);
                 // SAFETY: acc is m×cols row-major; lhs element (r, ci) is at r·so + ci·sc
                 // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
                 // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
                 unsafe {
-                    gemm_tile(
+                    gemm(
                         [m, cols, c],
                         acc.as_mut_ptr(),
                         cols,
                         !first,
-                        (lhs, sc, so),
-                        (rhs.as_ptr(), 1, plane as isize),
+                        lhs,
+                        Mat::F32(rhs.as_ptr(), 1, plane as isize),
                         1.0,
                     );
                 }

@@ -4,7 +4,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{SendPtr, contiguous, dims, gemm_tile, math, new_tensor, simd_dispatch, slice};
+use super::{Mat, SendPtr, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch, slice};
 
 /// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
 const TILE_ROWS: usize = 256;
@@ -162,7 +162,7 @@ pub(crate) fn linear_geglu(
     *shape.last_mut().expect("rank >= 1") = inner;
     let b = bias.map(contiguous);
     let bs = b.as_ref().map(slice);
-    let (xs, ws) = (slice(&x), slice(&wt));
+    let (xs, ws) = (slice(&x), mat(&wt, 1, n2 as isize));
     let mut out = vec![0.0f32; m * inner];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let tiles = Tiles::new(m, inner);
@@ -183,13 +183,13 @@ pub(crate) fn linear_geglu(
                 // SAFETY: buf is rows×cols; `x` rows r0..r1 (stride k) and `wt` columns
                 // half+c0..half+c1 (stride n2) are in bounds.
                 unsafe {
-                    gemm_tile(
+                    gemm(
                         [rows, cols, k],
                         buf.as_mut_ptr(),
                         cols,
                         bs.is_some(),
-                        (xs.as_ptr().add(r0 * k), 1, k as isize),
-                        (ws.as_ptr().add(half + c0), 1, n2 as isize),
+                        Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize),
+                        ws.at(0, half + c0),
                         1.0,
                     );
                 }
@@ -221,7 +221,7 @@ pub(crate) fn linear(
     *shape.last_mut().expect("rank >= 1") = n;
     let (b, r) = (bias.map(contiguous), residual.map(contiguous));
     let (bs, rs) = (b.as_ref().map(slice), r.as_ref().map(slice));
-    let (xs, ws) = (slice(&x), slice(&wt));
+    let (xs, ws) = (slice(&x), mat(&wt, 1, n as isize));
     let mut out = vec![0.0f32; m * n];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let tiles = Tiles::new(m, n);
@@ -249,13 +249,13 @@ pub(crate) fn linear(
         // SAFETY: the tile is (r1-r0)×(c1-c0) inside `out` (row stride n); `x` rows r0..r1
         // (stride k) and `wt` columns c0..c1 (stride n) are in bounds.
         unsafe {
-            gemm_tile(
+            gemm(
                 [r1 - r0, c1 - c0, k],
                 out_ptr.0.add(r0 * n + c0),
                 n,
                 bs.is_some() || rs.is_some(),
-                (xs.as_ptr().add(r0 * k), 1, k as isize),
-                (ws.as_ptr().add(c0), 1, n as isize),
+                Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize),
+                ws.at(0, c0),
                 1.0,
             );
         }

@@ -59,6 +59,12 @@ impl<B: Backend> Conv2d<B> {
         }
     }
 
+    /// The dtype this layer's input and output are in: its weight's, except a bf16 weight on
+    /// the CPU, which computes under f32 activations (see [`kernels::compute_dtype`]).
+    pub fn compute_dtype(&self) -> burn::tensor::DType {
+        kernels::compute_dtype::<B>(self.weight.val().dtype())
+    }
+
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         self.forward_impl(x, None)
     }
@@ -151,6 +157,13 @@ impl<B: Backend> Conv2d<B> {
             [1, 1],
             1,
         );
+        // A bf16 weight under f32 activations (`--precision bf16` on the CPU) where no kernel
+        // took the case (a stride-2 convolution): widened for this call only.
+        let w = if w.dtype() == x.dtype() {
+            w
+        } else {
+            w.cast(x.dtype())
+        };
         conv2d_op(x, w, b, options)
     }
 }

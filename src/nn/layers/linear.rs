@@ -138,6 +138,13 @@ impl<B: Backend> Linear<B> {
         if let Some(y) = kernels::linear(&x, &w, bias.as_ref(), residual.as_ref()) {
             return y;
         }
+        // bf16 weights under f32 activations (`--precision bf16`) where the kernel does not
+        // take the case: widened for this call only.
+        let w = if w.dtype() == x.dtype() {
+            w
+        } else {
+            w.cast(x.dtype())
+        };
         let y = x.matmul(w.unsqueeze::<D>());
         let y = match bias {
             Some(b) => y + b.unsqueeze::<D>(),

@@ -21,7 +21,7 @@ mod input;
 pub(crate) use input::Prologue;
 use input::{input_transform, tile_runs};
 
-use super::{SendPtr, contiguous, gemm_tile, new_tensor, simd_dispatch, slice};
+use super::{Mat, SendPtr, contiguous, gemm, new_tensor, simd_dispatch, slice};
 
 /// Output tiles (2×2 pixels each) per task: the GEMMs get 128 columns, and the task's `V`
 /// and `M` scratch stay within a few MB.
@@ -50,12 +50,39 @@ fn at(v: [f32; 4]) -> [f32; 2] {
     [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
 }
 
-/// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight read through its strides.
-fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
+/// `U` as the GEMMs read it: f32, or bf16 for a bf16 weight (the layer computes in bf16).
+enum Transformed {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+impl Transformed {
+    /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight read through its strides (f32 or bf16);
+    /// transformed in f32 either way, then rounded to bf16 once for a bf16 weight.
+    fn of(w: &FlexTensor, o: usize, c: usize) -> Self {
+        if w.dtype() == burn::tensor::DType::BF16 {
+            let wide: Vec<f32> = w.storage::<half::bf16>().iter().map(|v| v.to_f32()).collect();
+            let u = transform_weights(&wide, w, o, c);
+            Self::Bf16(u.iter().map(|&v| half::bf16::from_f32(v).to_bits()).collect())
+        } else {
+            Self::F32(transform_weights(w.storage::<f32>(), w, o, c))
+        }
+    }
+
+    /// `U_ξ` as the GEMM's `O×C` row-major left operand.
+    fn at(&self, xi: usize, o: usize, c: usize) -> Mat {
+        match self {
+            Self::F32(u) => Mat::F32(u[xi * o * c..].as_ptr(), 1, c as isize),
+            Self::Bf16(u) => Mat::Bf16(u[xi * o * c..].as_ptr(), 1, c as isize),
+        }
+    }
+}
+
+/// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` whose storage (as f32) is `ws`.
+fn transform_weights(ws: &[f32], w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
     let st = w.layout().strides();
     let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
     let w0 = w.layout().start_offset() as isize;
-    let ws = w.storage::<f32>();
     let mut u = vec![0.0f32; 16 * o * c];
     let u_ptr = SendPtr(u.as_mut_ptr());
     (0..o).into_par_iter().for_each(|oi| {
@@ -207,7 +234,7 @@ pub(crate) fn conv3x3(
     let o = w.layout().shape()[0];
     let x = contiguous(x);
     let xs = slice(&x);
-    let u = transform_weights(w, o, c);
+    let u = Transformed::of(w, o, c);
     let bias = bias.map(contiguous);
     let bs = bias.as_ref().map(slice);
     let add = add.map(|(a, per_channel)| (contiguous(a), per_channel));
@@ -241,13 +268,13 @@ pub(crate) fn conv3x3(
             for xi in 0..16 {
                 // SAFETY: M_ξ is O×tb row-major, U_ξ O×C row-major, V_ξ C×tb row-major.
                 unsafe {
-                    gemm_tile(
+                    gemm(
                         [o, tb, c],
                         sc.m.as_mut_ptr().add(xi * o * tb),
                         tb,
                         false,
-                        (u.as_ptr().add(xi * o * c), 1, c as isize),
-                        (sc.v.as_ptr().add(xi * c * tb), 1, tb as isize),
+                        u.at(xi, o, c),
+                        Mat::F32(sc.v.as_ptr().add(xi * c * tb), 1, tb as isize),
                         1.0,
                     );
                 }

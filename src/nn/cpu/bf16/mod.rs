@@ -1,0 +1,295 @@
+//! GEMM with bf16 operands and f32 sums: the CPU's `--precision bf16` (see
+//! `crate::precision`). A layer computes in bf16 when its weight is held in bf16 (the loader
+//! chooses that, one fact): the kernels then call [`gemm_tile`] here instead of the f32 one,
+//! with the weight read as stored and the f32 activations rounded to bf16 (nearest-even) as
+//! they are packed. Norms, softmax, element-wise ops and everything between layers stay f32.
+//!
+//! On a CPU without AVX512-BF16 (or not x86) the same products are made by widening the
+//! bf16-rounded operands to f32 for the f32 GEMM: same inputs, same results up to summation
+//! order, at f32 speed.
+
+mod kernel;
+
+use std::cell::RefCell;
+
+use half::bf16;
+
+/// One operand: element `(i, j)` at `ptr + i·rs + j·cs` (in elements).
+#[derive(Clone, Copy)]
+pub(crate) enum Mat {
+    F32(*const f32, isize, isize),
+    Bf16(*const u16, isize, isize),
+}
+
+// SAFETY: a `Mat` only reads, and the kernels share one between tasks only while the tensor
+// it points into is alive and unchanged (a weight, an input).
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    /// The same matrix from element `(i, j)` on.
+    pub(crate) fn at(self, i: usize, j: usize) -> Mat {
+        match self {
+            Mat::F32(_, cs, rs) | Mat::Bf16(_, cs, rs) => {
+                self.shifted(i as isize * rs + j as isize * cs)
+            }
+        }
+    }
+
+    /// The matrix `elems` elements further into its storage, same strides.
+    pub(crate) fn shifted(self, elems: isize) -> Mat {
+        match self {
+            Mat::F32(p, cs, rs) => Mat::F32(p.wrapping_offset(elems), cs, rs),
+            Mat::Bf16(p, cs, rs) => Mat::Bf16(p.wrapping_offset(elems), cs, rs),
+        }
+    }
+
+    /// Element `(i, j)` rounded to bf16.
+    ///
+    /// # Safety
+    /// `(i, j)` must be inside the matrix.
+    unsafe fn bf16_at(self, i: usize, j: usize) -> u16 {
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            match self {
+                Mat::F32(p, cs, rs) => {
+                    bf16::from_f32(*p.offset(i as isize * rs + j as isize * cs)).to_bits()
+                }
+                Mat::Bf16(p, cs, rs) => *p.offset(i as isize * rs + j as isize * cs),
+            }
+        }
+    }
+
+    /// Row `i` from column `j` when it is contiguous.
+    fn row(self, i: usize, j: usize) -> Option<Row> {
+        match self {
+            // SAFETY (both): only an address, dereferenced within the caller's bounds.
+            Mat::F32(p, 1, rs) => Some(Row::F32(p.wrapping_offset(i as isize * rs + j as isize))),
+            Mat::Bf16(p, 1, rs) => Some(Row::Bf16(p.wrapping_offset(i as isize * rs + j as isize))),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Row {
+    F32(*const f32),
+    Bf16(*const u16),
+}
+
+/// k values per packed block: a B strip of 256 × 32 bf16 (16 KiB) stays in L1 while every A
+/// strip of the block passes it.
+const KC: usize = 256;
+
+#[derive(Default)]
+struct Packs {
+    a: Vec<u32>,
+    b: Vec<u16>,
+    wide: Vec<f32>,
+}
+
+thread_local! {
+    static PACKS: RefCell<Packs> = RefCell::default();
+}
+
+/// `dst = [dst +] scale · lhs · rhs`, `lhs` `m×k`, `rhs` `k×n`, `dst` `m×n` row-major (row
+/// stride `dst_rs`), products of bf16-rounded operands summed in f32, on the calling thread
+/// (the callers parallelise over tiles).
+///
+/// # Safety
+/// Every element addressed through the operands' pointers and strides must be in bounds, and
+/// `dst` must not alias them or another thread's tile.
+pub(crate) unsafe fn gemm_tile(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    PACKS.with_borrow_mut(|packs| {
+        #[cfg(target_arch = "x86_64")]
+        if kernel::available() {
+            // SAFETY: forwarded to the caller; the CPU has the kernel's features.
+            unsafe { gemm_avx512([m, n, k], dst, dst_rs, accumulate, lhs, rhs, scale, packs) };
+            return;
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe { gemm_widened([m, n, k], dst, dst_rs, accumulate, lhs, rhs, scale, packs) };
+    });
+}
+
+/// The portable path: both operands rounded to bf16 and widened to f32, then the f32 GEMM.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_widened(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    packs: &mut Packs,
+) {
+    let wide = &mut packs.wide;
+    wide.clear();
+    // SAFETY: (i, j) inside each operand, as the caller promises.
+    unsafe {
+        wide.extend((0..m * k).map(|t| bf16::from_bits(lhs.bf16_at(t / k, t % k)).to_f32()));
+        wide.extend((0..k * n).map(|t| bf16::from_bits(rhs.bf16_at(t / n, t % n)).to_f32()));
+        let (a, b) = wide.split_at(m * k);
+        super::gemm_tile(
+            [m, n, k],
+            dst,
+            dst_rs,
+            accumulate,
+            (a.as_ptr(), 1, k as isize),
+            (b.as_ptr(), 1, n as isize),
+            scale,
+        );
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_avx512(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    packs: &mut Packs,
+) {
+    use kernel::{MR, NR};
+    let (a_strips, b_strips) = (m.div_ceil(MR), n.div_ceil(NR));
+    if k == 0 {
+        // No products: the sum is zero.
+        for i in 0..m {
+            // SAFETY: row i of dst has n values.
+            let row = unsafe { std::slice::from_raw_parts_mut(dst.add(i * dst_rs), n) };
+            if !accumulate {
+                row.fill(0.0);
+            }
+        }
+        return;
+    }
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let kc2 = kc.div_ceil(2);
+        packs.b.clear();
+        packs.b.resize(b_strips * kc2 * 64, 0);
+        packs.a.clear();
+        packs.a.resize(a_strips * kc2 * MR, 0);
+        // SAFETY: the packing reads operand elements (k0.., ..) inside the operands and writes
+        // inside the buffers just sized.
+        unsafe {
+            pack_b(rhs, k0, kc, n, &mut packs.b);
+            pack_a(lhs, k0, kc, m, &mut packs.a);
+        }
+        let load = accumulate || k0 > 0;
+        for js in 0..b_strips {
+            let (j0, nr) = (js * NR, NR.min(n - js * NR));
+            let b = packs.b[js * kc2 * 64..].as_ptr();
+            for is in 0..a_strips {
+                let (i0, mr) = (is * MR, MR.min(m - is * MR));
+                // SAFETY: the strips hold kc2 pairs; the mr×nr window at (i0, j0) is in dst.
+                unsafe {
+                    kernel::kernel(
+                        kc2,
+                        packs.a[is * kc2 * MR..].as_ptr(),
+                        b,
+                        dst.add(i0 * dst_rs + j0),
+                        dst_rs,
+                        [mr, nr],
+                        load,
+                        scale,
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Packs rows `k0..k0+kc` of `rhs` (all `n` columns) as B strips.
+///
+/// # Safety
+/// The rows and columns are inside `rhs`; `out` holds `n.div_ceil(NR) · kc.div_ceil(2) · 64`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
+    use kernel::NR;
+    let kc2 = kc.div_ceil(2);
+    for (js, strip) in out.chunks_exact_mut(kc2 * 64).enumerate() {
+        let (j0, nr) = (js * NR, NR.min(n - js * NR));
+        for (p, pair) in strip.chunks_exact_mut(64).enumerate() {
+            let (r0, r1) = (k0 + 2 * p, (2 * p + 1 < kc).then_some(k0 + 2 * p + 1));
+            // SAFETY: rows r0, r1 < k0 + kc and columns j0..j0+nr are in rhs.
+            unsafe {
+                let second = r1.map(|r| rhs.row(r, j0));
+                match (rhs.row(r0, j0), second) {
+                    (Some(Row::F32(a)), None) => kernel::pack_b_pair_f32(a, None, nr, pair.as_mut_ptr()),
+                    (Some(Row::F32(a)), Some(Some(Row::F32(b)))) => {
+                        kernel::pack_b_pair_f32(a, Some(b), nr, pair.as_mut_ptr())
+                    }
+                    (Some(Row::Bf16(a)), None) => kernel::pack_b_pair_bf16(a, None, nr, pair.as_mut_ptr()),
+                    (Some(Row::Bf16(a)), Some(Some(Row::Bf16(b)))) => {
+                        kernel::pack_b_pair_bf16(a, Some(b), nr, pair.as_mut_ptr())
+                    }
+                    _ => {
+                        for j in 0..nr {
+                            pair[2 * j] = rhs.bf16_at(r0, j0 + j);
+                            pair[2 * j + 1] = r1.map_or(0, |r| rhs.bf16_at(r, j0 + j));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Packs columns `k0..k0+kc` of `lhs` (all `m` rows) as A strips; rows past `m` stay zero.
+///
+/// # Safety
+/// The rows and columns are inside `lhs`; `out` holds `m.div_ceil(MR) · kc.div_ceil(2) · MR`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: &mut [u32]) {
+    use kernel::MR;
+    let kc2 = kc.div_ceil(2);
+    for i in 0..m {
+        let slot = out[(i / MR) * kc2 * MR + i % MR..].as_mut_ptr();
+        // SAFETY: row i, columns k0..k0+kc are in lhs; slot + (kc2-1)·MR is in the strip.
+        unsafe {
+            match lhs.row(i, k0) {
+                Some(Row::F32(r)) => kernel::pack_a_row_f32(r, kc, slot),
+                // A bf16 row's consecutive pairs are already the u32s the kernel broadcasts.
+                Some(Row::Bf16(r)) => {
+                    for p in 0..kc / 2 {
+                        *slot.add(p * MR) = r.add(2 * p).cast::<u32>().read_unaligned();
+                    }
+                    if kc % 2 == 1 {
+                        *slot.add((kc / 2) * MR) = *r.add(kc - 1) as u32;
+                    }
+                }
+                None => {
+                    for p in 0..kc2 {
+                        let lo = lhs.bf16_at(i, k0 + 2 * p) as u32;
+                        let hi = if 2 * p + 1 < kc {
+                            lhs.bf16_at(i, k0 + 2 * p + 1) as u32
+                        } else {
+                            0
+                        };
+                        *slot.add(p * MR) = lo | (hi << 16);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
