@@ -2,7 +2,7 @@
 """Reference-side workers of `benches/compare.py`: one process = one implementation loading one
 model and timing one component; prints one JSON line on stdout (as kiln's examples/*_bench.rs do).
 
-    .venv-ref/bin/python benches/compare_refs.py diffusers  <clip|unet|unet-bf16|vae|image> <sd15-folder>  TIMED WARMUP [--threads N]
+    .venv-ref/bin/python benches/compare_refs.py diffusers  <clip|unet|unet-bf16|vae|image|image-bf16> <sd15-folder>  TIMED WARMUP [--threads N]
     .venv-ref/bin/python benches/compare_refs.py diffusers  lcm <sd15-folder> TIMED WARMUP --lora LORA.safetensors
     .venv-ref/bin/python benches/compare_refs.py make-lcm-lora <unet-folder> OUT.safetensors
     .venv-ref/bin/python benches/compare_refs.py sdcpp      image                 <sd15 .safetensors> TIMED WARMUP [--threads N]
@@ -94,8 +94,11 @@ def diffusers(component: str, model: Path, threads: int, device: str = "cpu", dt
     torch.set_grad_enabled(False)
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
-    # unet-bf16: the CPU step in bfloat16, which PyTorch runs on AMX/AVX512-BF16 where present.
-    dt = getattr(torch, DTYPES["bf16" if component == "unet-bf16" else dtype])
+    # unet-bf16 / image-bf16: the CPU step / whole pipeline in bfloat16 (torch_dtype, as a
+    # diffusers user would: VAE included), which PyTorch runs on AMX/AVX512-BF16 where present.
+    bf16_row = component.endswith("-bf16")
+    component = component.removesuffix("-bf16")
+    dt = getattr(torch, DTYPES["bf16" if bf16_row else dtype])
     g = torch.Generator(device=device).manual_seed(0)
     lat = size_env() // 8
     randn = lambda *shape: torch.randn(*shape, generator=g, device=device).to(dt)
@@ -103,7 +106,7 @@ def diffusers(component: str, model: Path, threads: int, device: str = "cpu", dt
         m = CLIPTextModel.from_pretrained(str(model / "text_encoder"), torch_dtype=dt).to(device).eval()
         ids = torch.randint(0, 49408, (1, 77), generator=g, device=device)
         fn = lambda: m(ids).last_hidden_state
-    elif component in ("unet", "unet-bf16"):
+    elif component == "unet":
         m = UNet2DConditionModel.from_pretrained(str(model / "unet"), torch_dtype=dt).to(device).eval()
         x = randn(2, m.config.in_channels, lat, lat)
         t = torch.tensor([981, 981], device=device)

@@ -12,7 +12,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::winograd::{self, Prologue};
-use super::{Mat, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice};
+use super::{Mat, PackedA, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice};
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
 fn direct_only() -> bool {
@@ -43,7 +43,8 @@ fn check_add(add: Option<&FlexTensor>, out: [usize; 4]) -> Option<Option<(FlexTe
 
 /// Whether a 3×3 convolution with an `h`×`w` output goes to the Winograd kernel.
 fn winograd(w: &FlexTensor, h: usize, wd: usize) -> bool {
-    winograd::worth_it(h, wd) && !direct_only() && w.layout().has_positive_strides()
+    let bf16 = w.dtype() == burn::tensor::DType::BF16;
+    winograd::worth_it(h, wd, bf16) && !direct_only() && w.layout().has_positive_strides()
 }
 
 /// What [`conv3x3_of`] applies to its input on the way in.
@@ -169,6 +170,22 @@ pub(crate) fn conv_same(
     let mut out = vec![0.0f32; n * o * h * wd];
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), mat(&w, sc, so));
+    // The tap's O-block × C matrix: rows o0.. of the weight at offset kh·sh + kw·sw.
+    let tap = |kh: usize, kw: usize, o0: usize| ws.at(o0, 0).shifted(kh as isize * sh + kw as isize * sw);
+    // A bf16 weight is packed once per (tap, channel block) for the bf16 kernel instead of
+    // by every task: at the 8×8 level a task's 80 columns made packing a third of the work.
+    let packed: Vec<PackedA> = if w.dtype() == burn::tensor::DType::BF16 {
+        (0..k * k * oblocks)
+            .into_par_iter()
+            .map(|t| {
+                let (kh, kw, ob) = (t / (k * oblocks), (t / oblocks) % k, t % oblocks);
+                let (o0, o1) = (ob * oblk, ((ob + 1) * oblk).min(o));
+                PackedA::new(tap(kh, kw, o0), o1 - o0, c)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let bs = bias.as_ref().map(slice);
     let adds = add
         .as_ref()
@@ -184,8 +201,10 @@ pub(crate) fn conv_same(
             for kw in 0..k {
                 let first = kh == 0 && kw == 0;
                 let rhs = &xs[img * c * plane + y0 * wp + kh * wp + kw..];
-                // The tap's O×C matrix: rows o0.. of the weight at offset kh·sh + kw·sw.
-                let lhs = ws.at(o0, 0).shifted(kh as isize * sh + kw as isize * sw);
+                let lhs = match packed.get((kh * k + kw) * oblocks + ob) {
+                    Some(p) => p.mat(),
+                    None => tap(kh, kw, o0),
+                };
                 // SAFETY: acc is m×cols row-major; lhs element (r, ci) is at r·so + ci·sc
                 // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
                 // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.

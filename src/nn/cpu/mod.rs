@@ -28,7 +28,7 @@ use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
-pub(crate) use bf16::Mat;
+pub(crate) use bf16::{Mat, PackedA};
 pub(crate) use attention_one::attention_one;
 pub(crate) use conv::{Input, conv_same, conv3x3_of};
 pub(crate) use gemv::gemv_many;

@@ -194,6 +194,8 @@ mod tests {
             // Winograd (k = 3, ≥ 32×32): odd sizes leave partial tiles on both edges.
             (2, 16, 24, 33, 35, 3, true),
             (1, 5, 150, 32, 32, 3, false),
+            // f32 Winograd from 16×16 planes.
+            (2, 8, 24, 16, 20, 3, true),
         ] {
             let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d);
             let wt = Tensor::<Flex, 4>::random([o, c, k, k], n, &d);

@@ -17,7 +17,7 @@ use std::mem::transmute;
 
 /// Rows of A per micro-kernel call: 12 rows × 2 registers = 24 accumulators, with 2 registers
 /// of B and one broadcast inside the 32 the CPU has.
-pub(super) const MR: usize = 12;
+pub(super) use super::MR;
 /// Columns of B per micro-kernel call (two 16-lane registers).
 pub(super) const NR: usize = 32;
 

@@ -3,7 +3,7 @@
 
 use half::bf16;
 
-use super::{Mat, Packs, gemm_tile, gemm_widened};
+use super::{Mat, PackedA, Packs, gemm_tile, gemm_widened};
 
 /// The portable path (CPUs without AVX512-BF16), as `gemm_tile` would call it there.
 unsafe fn widened(
@@ -61,8 +61,9 @@ fn check(gemm: Gemm) {
         [77, 96, 64],
     ];
     for (t, &[m, n, k]) in shapes.iter().enumerate() {
-        for case in 0..4 {
-            let (transposed_a, bf16_b, accumulate) = (case & 1 == 1, case & 2 == 2, case == 3);
+        // case 4: A packed once beforehand (a convolution's weight), from a transposed view.
+        for case in 0..5 {
+            let (transposed_a, bf16_b, accumulate) = (case & 1 == 1 || case == 4, case & 2 == 2, case == 3);
             let a = values(m * k, t as u32 * 7 + case);
             let b = values(k * n, t as u32 * 11 + case + 100);
             let b16: Vec<u16> = b.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
@@ -77,6 +78,8 @@ fn check(gemm: Gemm) {
             } else {
                 Mat::F32(a_store.as_ptr(), 1, k as isize)
             };
+            let packed = (case == 4).then(|| PackedA::new(lhs, m, k));
+            let lhs = packed.as_ref().map_or(lhs, PackedA::mat);
             let rhs = if bf16_b {
                 Mat::Bf16(b16.as_ptr(), 1, n as isize)
             } else {
