@@ -22,7 +22,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Distribution, Tensor};
-use kiln::nn::{Conv2d, GroupNorm, Linear, WeightLayout, sdpa, silu};
+use kiln::nn::{Conv2d, GroupNorm, Linear, WeightLayout, sdpa, sdpa_for, silu};
 use kiln::schedulers::{EulerDiscrete, Scheduler, SchedulerConfig};
 
 type B = Flex;
@@ -88,6 +88,17 @@ fn main() {
         "GFLOP/s",
         || {
             let _ = sdpa(q.clone(), k.clone(), v.clone(), false);
+            sync(&d);
+        },
+    );
+    bench(
+        "attention self  [2,8,4096,40] bf16 products",
+        &filter,
+        iters,
+        flops,
+        "GFLOP/s",
+        || {
+            let _ = sdpa_for(q.clone(), k.clone(), v.clone(), false, DType::BF16);
             sync(&d);
         },
     );

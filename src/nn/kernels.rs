@@ -119,8 +119,10 @@ pub fn matvec_rows_many<B: Backend, const D: usize, const N: usize>(
     None
 }
 
-/// Whether [`matvec_rows`] on backend `B` takes f16 weights (the CPU backend).
-pub fn matvec_reads_f16<B: Backend>() -> bool {
+/// Whether the GEMM and GEMV kernels of backend `B` ([`linear`], the convolutions,
+/// [`matvec_rows`]) take f16 weights under f32 activations, widening them as they read them
+/// (exact): the CPU backend. A loader then keeps an f16 file's weights f16 in memory.
+pub fn reads_f16_weights<B: Backend>() -> bool {
     #[cfg(feature = "cpu")]
     if cpu::is_flex::<B>() {
         return true;
@@ -199,13 +201,15 @@ pub fn transpose_last2<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
 }
 
 /// Attention with the default `1/√d` scale on the CPU: kiln's one-query kernel for decode
-/// steps (one query, not causal; mask or not), its blocked kernel without a mask.
+/// steps (one query, not causal; mask or not), its blocked kernel without a mask, whose
+/// products are bf16 (f32 sums) if `in_bf16`.
 pub fn attention<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
     v: &Tensor<B, 4>,
     masked: Option<&Tensor<B, 4, Bool>>,
     causal: bool,
+    in_bf16: bool,
 ) -> Option<Tensor<B, 4>> {
     #[cfg(feature = "cpu")]
     if let (Some(fq), Some(fk), Some(fv)) = (to_flex(q), to_flex(k), to_flex(v)) {
@@ -218,7 +222,7 @@ pub fn attention<B: Backend>(
         let out = out.or_else(|| {
             masked
                 .is_none()
-                .then(|| cpu::attention(&fq, &fk, &fv, causal))
+                .then(|| cpu::attention(&fq, &fk, &fv, causal, in_bf16))
                 .flatten()
         });
         return out.map(from_flex);

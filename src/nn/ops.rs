@@ -122,6 +122,19 @@ pub fn sdpa<B: Backend>(
     sdpa_masked(q, k, v, None, causal)
 }
 
+/// [`sdpa`] inside a layer whose projection weights are held as `weights`: bf16 ones on the
+/// CPU (`--precision bf16`) make the score and output products bf16 too (f32 sums; softmax
+/// in f32), as diffusers' bf16 attention is.
+pub fn sdpa_for<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    causal: bool,
+    weights: burn::tensor::DType,
+) -> Tensor<B, 4> {
+    attend(q, k, v, None, causal, weights == burn::tensor::DType::BF16)
+}
+
 /// [`sdpa`] where `masked` (true: ignore that key, shaped like the scores) may hide keys.
 /// The CPU backend takes kiln's one-query kernel for decode steps (mask or not) and its
 /// blocked kernel without a mask; Burn's attention does the rest.
@@ -132,8 +145,19 @@ pub fn sdpa_masked<B: Backend>(
     masked: Option<Tensor<B, 4, burn::tensor::Bool>>,
     causal: bool,
 ) -> Tensor<B, 4> {
+    attend(q, k, v, masked, causal, false)
+}
+
+fn attend<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    masked: Option<Tensor<B, 4, burn::tensor::Bool>>,
+    causal: bool,
+    in_bf16: bool,
+) -> Tensor<B, 4> {
     use burn::tensor::ops::AttentionModuleOptions;
-    if let Some(y) = kernels::attention(&q, &k, &v, masked.as_ref(), causal) {
+    if let Some(y) = kernels::attention(&q, &k, &v, masked.as_ref(), causal, in_bf16) {
         return y;
     }
     let opts = AttentionModuleOptions {

@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
 use crate::nn::{
-    Conv2d, GroupNorm, LayerNorm, Linear, WeightLayout, conv1x1, merge_heads, sdpa, split_heads,
+    Conv2d, GroupNorm, LayerNorm, Linear, WeightLayout, conv1x1, merge_heads, sdpa_for, split_heads,
 };
 
 #[derive(Module, Debug)]
@@ -54,7 +54,8 @@ impl<B: Backend> Attention<B> {
         let q = split_heads(self.to_q.forward(x), self.heads);
         let k = split_heads(self.to_k.forward(ctx.clone()), self.heads);
         let v = split_heads(self.to_v.forward(ctx), self.heads);
-        self.to_out[0].forward_add(merge_heads(sdpa(q, k, v, false)), residual)
+        let held = self.to_q.weight.val().dtype();
+        self.to_out[0].forward_add(merge_heads(sdpa_for(q, k, v, false, held)), residual)
     }
 }
 

@@ -12,6 +12,7 @@ mod attention;
 mod bf16;
 mod attention_one;
 mod conv;
+mod operand;
 mod gemm_nt;
 mod gemv;
 mod math;
@@ -28,7 +29,8 @@ use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
-pub(crate) use bf16::{Mat, PackedA};
+pub(crate) use bf16::PackedA;
+pub(crate) use operand::{GEMM_WEIGHTS, Mat, gemm, mat};
 pub(crate) use attention_one::attention_one;
 pub(crate) use conv::{Input, conv_same, conv3x3_of};
 pub(crate) use gemv::gemv_many;
@@ -122,46 +124,7 @@ pub(crate) fn write_position<B: Backend>(
     }
 }
 
-/// The weight dtypes the GEMM kernels (Linear, convolutions) read as stored: f32, and bf16,
-/// in which case the layer computes in bf16 (`--precision bf16`, see [`gemm`]).
-pub(crate) const GEMM_WEIGHTS: [DType; 2] = [DType::F32, DType::BF16];
-
-/// A GEMM operand over `t`'s storage from its start offset, `(i, j)` at `i·rs + j·cs`: bf16
-/// for a bf16 tensor, f32 otherwise.
-pub(crate) fn mat(t: &FlexTensor, cs: isize, rs: isize) -> Mat {
-    let start = t.layout().start_offset();
-    match t.dtype() {
-        DType::BF16 => Mat::Bf16(t.storage::<half::bf16>()[start..].as_ptr().cast(), cs, rs),
-        _ => Mat::F32(t.storage::<f32>()[start..].as_ptr(), cs, rs),
-    }
-}
-
-/// `dst = [dst +] scale · lhs · rhs` as [`gemm_tile`] does, in bf16 (f32 sums) when either
-/// operand is bf16: a bf16 weight is what asks a layer to compute in bf16.
-///
-/// # Safety
-/// As [`gemm_tile`].
-pub(crate) unsafe fn gemm(
-    mnk: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    scale: f32,
-) {
-    // SAFETY (both): forwarded to the caller.
-    unsafe {
-        match (lhs, rhs) {
-            (Mat::F32(a, acs, ars), Mat::F32(b, bcs, brs)) => {
-                gemm_tile(mnk, dst, dst_rs, accumulate, (a, acs, ars), (b, bcs, brs), scale)
-            }
-            _ => bf16::gemm_tile(mnk, dst, dst_rs, accumulate, lhs, rhs, scale),
-        }
-    }
-}
-
-/// The f32 or bf16 convolution weight `[O, C, k, k]` held as `[k, k, O, C]` in memory, seen through a
+/// The f32, f16 or bf16 convolution weight `[O, C, k, k]` held as `[k, k, O, C]` in memory, seen through a
 /// permuted view with the logical shape `[O, C, k, k]`: per kernel tap a contiguous O×C matrix
 /// that gemm reads in place (1.5x faster on the 8×8 UNet level, where re-packing the weight
 /// cost as much as the GEMM). Other dtypes are left as they are.

@@ -59,10 +59,14 @@ impl<B: Backend> Conv2d<B> {
         }
     }
 
-    /// The dtype this layer's input and output are in: its weight's, except a bf16 weight on
-    /// the CPU, which computes under f32 activations (see [`kernels::compute_dtype`]).
+    /// The dtype this layer's input and output are in: its bias's, which loaders keep in the
+    /// activations' dtype, where the weight may be held otherwise (bf16 or f16 under f32 on
+    /// the CPU); without a bias, the weight's as [`kernels::compute_dtype`] reads it.
     pub fn compute_dtype(&self) -> burn::tensor::DType {
-        kernels::compute_dtype::<B>(self.weight.val().dtype())
+        match &self.bias {
+            Some(b) => b.val().dtype(),
+            None => kernels::compute_dtype::<B>(self.weight.val().dtype()),
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {

@@ -39,7 +39,7 @@ impl WeightLayout {
     /// widening them on every call) on backend `B`: `OutIn` on the CPU, whose GEMV and GEMM
     /// read f16 directly. A loader keeps such weights f16 where the model computes in f32.
     pub fn reads_f16<B: Backend>(self) -> bool {
-        self == WeightLayout::OutIn && kernels::matvec_reads_f16::<B>()
+        self == WeightLayout::OutIn && kernels::reads_f16_weights::<B>()
     }
 }
 

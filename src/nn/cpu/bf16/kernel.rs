@@ -129,14 +129,16 @@ pub(super) unsafe fn pack_b_pair_bf16(r0: *const u16, r1: Option<*const u16>, nr
     }
 }
 
-/// Converts `kc` contiguous f32 of one A row into `kc.div_ceil(2)` bf16 pairs written `MR`
-/// apart from `out` (the row's slot in a packed A strip); an odd `kc` pads with zero.
+/// Converts `kc` contiguous f32 into `kc.div_ceil(2)` bf16 pairs written `stride` u32 apart
+/// from `out`: one A row into its slot of a packed A strip (`stride` = [`MR`]), or one B
+/// column stored contiguously (attention's keys) into a B strip (`stride` = [`NR`]); an odd
+/// `kc` pads with zero.
 ///
 /// # Safety
-/// [`available`]; `row` has `kc` readable values; `out` is inside a strip of `kc.div_ceil(2)`
-/// k-pairs.
+/// [`available`]; `row` has `kc` readable values; `out` is inside a strip of
+/// `kc.div_ceil(2)` k-pairs.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn pack_a_row_f32(row: *const f32, kc: usize, out: *mut u32) {
+pub(super) unsafe fn pack_row_f32(row: *const f32, kc: usize, out: *mut u32, stride: usize) {
     let mut pairs = [0u32; 16];
     // SAFETY: masked loads read inside the row; writes go to pair slots below kc.div_ceil(2).
     unsafe {
@@ -149,7 +151,7 @@ pub(super) unsafe fn pack_a_row_f32(row: *const f32, kc: usize, out: *mut u32) {
             _mm512_storeu_si512(pairs.as_mut_ptr().cast(), transmute(_mm512_cvtne2ps_pbh(hi, lo)));
             let p0 = k0 / 2;
             for (q, &v) in pairs.iter().enumerate().take(left.div_ceil(2).min(16)) {
-                *out.add((p0 + q) * MR) = v;
+                out.add((p0 + q) * stride).write_unaligned(v);
             }
         }
     }

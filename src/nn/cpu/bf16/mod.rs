@@ -12,16 +12,9 @@ mod kernel;
 
 use std::cell::RefCell;
 
-use half::bf16;
+use half::{bf16, f16};
 
-/// One operand: element `(i, j)` at `ptr + i·rs + j·cs` (in elements).
-#[derive(Clone, Copy)]
-pub(crate) enum Mat {
-    F32(*const f32, isize, isize),
-    Bf16(*const u16, isize, isize),
-    /// A left operand packed once by [`PackedA`] (its data, `m`, `k`): only whole, as `lhs`.
-    Packed(*const u32, usize, usize),
-}
+use super::Mat;
 
 /// A left operand `m×k` packed once for many GEMMs (a convolution's weight, which every task
 /// multiplies): per k block of [`KC`], the A strips the micro-kernel reads. Packing it per
@@ -57,37 +50,7 @@ impl PackedA {
 /// is the same for the portable path).
 const MR: usize = 12;
 
-// SAFETY: a `Mat` only reads, and the kernels share one between tasks only while the tensor
-// it points into is alive and unchanged (a weight, an input).
-unsafe impl Send for Mat {}
-unsafe impl Sync for Mat {}
-
 impl Mat {
-    /// The same matrix from element `(i, j)` on.
-    pub(crate) fn at(self, i: usize, j: usize) -> Mat {
-        match self {
-            Mat::F32(_, cs, rs) | Mat::Bf16(_, cs, rs) => {
-                self.shifted(i as isize * rs + j as isize * cs)
-            }
-            Mat::Packed(..) => {
-                assert_eq!((i, j), (0, 0), "a packed operand is used whole");
-                self
-            }
-        }
-    }
-
-    /// The matrix `elems` elements further into its storage, same strides.
-    pub(crate) fn shifted(self, elems: isize) -> Mat {
-        match self {
-            Mat::F32(p, cs, rs) => Mat::F32(p.wrapping_offset(elems), cs, rs),
-            Mat::Bf16(p, cs, rs) => Mat::Bf16(p.wrapping_offset(elems), cs, rs),
-            Mat::Packed(..) => {
-                assert_eq!(elems, 0, "a packed operand is used whole");
-                self
-            }
-        }
-    }
-
     /// Element `(i, j)` rounded to bf16.
     ///
     /// # Safety
@@ -100,6 +63,10 @@ impl Mat {
                     bf16::from_f32(*p.offset(i as isize * rs + j as isize * cs)).to_bits()
                 }
                 Mat::Bf16(p, cs, rs) => *p.offset(i as isize * rs + j as isize * cs),
+                Mat::F16(p, cs, rs) => {
+                    let v = f16::from_bits(*p.offset(i as isize * rs + j as isize * cs));
+                    bf16::from_f32(v.to_f32()).to_bits()
+                }
                 Mat::Packed(p, m, k) => {
                     let strips = m.div_ceil(MR);
                     let (k0, kk) = ((j / KC) * KC, j % KC);
@@ -284,6 +251,20 @@ unsafe fn gemm_avx512(
 unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
     use kernel::NR;
     let kc2 = kc.div_ceil(2);
+    if let Mat::F32(p, cs, 1) = rhs
+        && cs != 1
+    {
+        // Columns stored contiguously (attention's Kᵀ: one key per column): each column's
+        // pairs are neighbours, converted as a row and written one lane apart.
+        for (js, strip) in out.chunks_exact_mut(kc2 * 64).enumerate() {
+            for jj in 0..NR.min(n - js * NR) {
+                let col = p.wrapping_offset(k0 as isize + (js * NR + jj) as isize * cs);
+                // SAFETY: column js·NR + jj, rows k0..k0+kc are in rhs; lane jj of the strip.
+                unsafe { kernel::pack_row_f32(col, kc, strip.as_mut_ptr().cast::<u32>().add(jj), NR) };
+            }
+        }
+        return;
+    }
     for (js, strip) in out.chunks_exact_mut(kc2 * 64).enumerate() {
         let (j0, nr) = (js * NR, NR.min(n - js * NR));
         for (p, pair) in strip.chunks_exact_mut(64).enumerate() {
@@ -324,7 +305,7 @@ unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: &mut [u32]) {
         unsafe {
             match lhs.row(i, k0) {
                 #[cfg(target_arch = "x86_64")]
-                Some(Row::F32(r)) if kernel::available() => kernel::pack_a_row_f32(r, kc, slot),
+                Some(Row::F32(r)) if kernel::available() => kernel::pack_row_f32(r, kc, slot, MR),
                 // A bf16 row's consecutive pairs are already the u32s the kernel broadcasts.
                 Some(Row::Bf16(r)) => {
                     for p in 0..kc / 2 {

@@ -61,8 +61,9 @@ fn check(gemm: Gemm) {
         [77, 96, 64],
     ];
     for (t, &[m, n, k]) in shapes.iter().enumerate() {
-        // case 4: A packed once beforehand (a convolution's weight), from a transposed view.
-        for case in 0..5 {
+        // case 4: A packed once beforehand (a convolution's weight), from a transposed view;
+        // case 5: B stored by columns (attention's Kᵀ).
+        for case in 0..6 {
             let (transposed_a, bf16_b, accumulate) = (case & 1 == 1 || case == 4, case & 2 == 2, case == 3);
             let a = values(m * k, t as u32 * 7 + case);
             let b = values(k * n, t as u32 * 11 + case + 100);
@@ -80,7 +81,10 @@ fn check(gemm: Gemm) {
             };
             let packed = (case == 4).then(|| PackedA::new(lhs, m, k));
             let lhs = packed.as_ref().map_or(lhs, PackedA::mat);
-            let rhs = if bf16_b {
+            let b_cols: Vec<f32> = (0..k * n).map(|t| b[(t % k) * n + t / k]).collect();
+            let rhs = if case == 5 {
+                Mat::F32(b_cols.as_ptr(), k as isize, 1)
+            } else if bf16_b {
                 Mat::Bf16(b16.as_ptr(), 1, n as isize)
             } else {
                 Mat::F32(b.as_ptr(), 1, n as isize)

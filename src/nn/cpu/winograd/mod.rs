@@ -13,6 +13,7 @@
 //! The transforms only add, subtract and halve, so the error stays at f32 rounding of the
 //! GEMM sums (checked against Burn's convolution in the tests, within 1e-5 relative).
 
+use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -65,7 +66,7 @@ impl Transformed {
     /// transformed in f32 either way.
     fn of(w: &FlexTensor, o: usize, c: usize) -> Self {
         let u = transform_weights(w, o, c);
-        if w.dtype() != burn::tensor::DType::BF16 {
+        if w.dtype() != DType::BF16 {
             return Self::F32(u);
         }
         let packed = (0..16)
@@ -90,7 +91,7 @@ impl Transformed {
     }
 }
 
-/// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` (f32 or bf16, any strides): per output
+/// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` (f32, f16 or bf16, any strides): per output
 /// channel, its 9 taps are gathered as rows over the input channels, then transformed 16
 /// channels at a time. (Transforming channel by channel, with 16 scattered stores each, cost
 /// as much as the bf16 GEMMs of a 640-channel 32×32 convolution.)
@@ -98,7 +99,7 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
     let st = w.layout().strides();
     let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
     let w0 = w.layout().start_offset() as isize;
-    let bf16 = w.dtype() == burn::tensor::DType::BF16;
+    let dtype = w.dtype();
     let mut u = vec![0.0f32; 16 * o * c];
     let u_ptr = SendPtr(u.as_mut_ptr());
     (0..o)
@@ -109,12 +110,24 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
             for (t, row) in taps.chunks_exact_mut(c).enumerate() {
                 let base = w0 + oi as isize * so + (t / 3) as isize * sh + (t % 3) as isize * sw;
                 let at = |ci: usize| (base + ci as isize * sc) as usize;
-                if bf16 {
-                    let ws = w.storage::<half::bf16>();
-                    row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-                } else {
-                    let ws = w.storage::<f32>();
-                    row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)]);
+                match dtype {
+                    DType::BF16 => {
+                        let ws = w.storage::<half::bf16>();
+                        row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
+                    }
+                    DType::F16 if sc == 1 => {
+                        use half::slice::HalfFloatSliceExt;
+                        let ws = &w.storage::<half::f16>()[at(0)..at(0) + c];
+                        ws.convert_to_f32_slice(row);
+                    }
+                    DType::F16 => {
+                        let ws = w.storage::<half::f16>();
+                        row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
+                    }
+                    _ => {
+                        let ws = w.storage::<f32>();
+                        row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)]);
+                    }
                 }
             }
             // SAFETY: rows (ξ, oi) of u, c long each; each oi is written by one task.

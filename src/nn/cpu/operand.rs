@@ -1,0 +1,148 @@
+//! The GEMM operand and the one place a tile's GEMM is chosen by its operands' dtypes:
+//! f32 × f32 is the f32 GEMM; a bf16 operand (a weight held in bf16, `--precision bf16`)
+//! makes it the bf16 GEMM; an f16 operand (a weight kept as an f16 file has it under f32
+//! activations: half the resident memory) is widened to f32 for the f32 GEMM, which is exact.
+
+use std::cell::RefCell;
+
+use burn::tensor::DType;
+use burn_flex::FlexTensor;
+use half::f16;
+
+use super::{bf16, gemm_tile};
+
+/// The weight dtypes the GEMM kernels (Linear, convolutions) read as stored: f32; f16, which
+/// they widen (exactly) and multiply in f32; and bf16, in which case the layer computes in
+/// bf16 (`--precision bf16`).
+pub(crate) const GEMM_WEIGHTS: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+/// One operand: element `(i, j)` at `ptr + i·rs + j·cs` (in elements).
+#[derive(Clone, Copy)]
+pub(crate) enum Mat {
+    F32(*const f32, isize, isize),
+    /// f16 bits.
+    F16(*const u16, isize, isize),
+    /// bf16 bits.
+    Bf16(*const u16, isize, isize),
+    /// A left operand packed once by [`bf16::PackedA`] (its data, `m`, `k`): only whole, as
+    /// `lhs`.
+    Packed(*const u32, usize, usize),
+}
+
+// SAFETY: a `Mat` only reads, and the kernels share one between tasks only while the tensor
+// it points into is alive and unchanged (a weight, an input).
+unsafe impl Send for Mat {}
+unsafe impl Sync for Mat {}
+
+impl Mat {
+    /// The same matrix from element `(i, j)` on.
+    pub(crate) fn at(self, i: usize, j: usize) -> Mat {
+        match self {
+            Mat::F32(_, cs, rs) | Mat::F16(_, cs, rs) | Mat::Bf16(_, cs, rs) => {
+                self.shifted(i as isize * rs + j as isize * cs)
+            }
+            Mat::Packed(..) => {
+                assert_eq!((i, j), (0, 0), "a packed operand is used whole");
+                self
+            }
+        }
+    }
+
+    /// The matrix `elems` elements further into its storage, same strides.
+    pub(crate) fn shifted(self, elems: isize) -> Mat {
+        match self {
+            Mat::F32(p, cs, rs) => Mat::F32(p.wrapping_offset(elems), cs, rs),
+            Mat::F16(p, cs, rs) => Mat::F16(p.wrapping_offset(elems), cs, rs),
+            Mat::Bf16(p, cs, rs) => Mat::Bf16(p.wrapping_offset(elems), cs, rs),
+            Mat::Packed(..) => {
+                assert_eq!(elems, 0, "a packed operand is used whole");
+                self
+            }
+        }
+    }
+}
+
+/// A GEMM operand over `t`'s storage from its start offset, `(i, j)` at `i·rs + j·cs`, by the
+/// tensor's dtype (f32, f16 or bf16).
+pub(crate) fn mat(t: &FlexTensor, cs: isize, rs: isize) -> Mat {
+    let start = t.layout().start_offset();
+    match t.dtype() {
+        DType::BF16 => Mat::Bf16(t.storage::<half::bf16>()[start..].as_ptr().cast(), cs, rs),
+        DType::F16 => Mat::F16(t.storage::<f16>()[start..].as_ptr().cast(), cs, rs),
+        _ => Mat::F32(t.storage::<f32>()[start..].as_ptr(), cs, rs),
+    }
+}
+
+thread_local! {
+    /// Where a task widens the f16 operand of its GEMM: one weight panel (a Linear tile's
+    /// `K × 256` columns, a convolution tap's channel block), reused call after call.
+    static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `dst = [dst +] scale · lhs · rhs` as [`gemm_tile`] does: in f32 for f32 and f16 operands
+/// (f16 widened first), in bf16 with f32 sums when either operand is bf16 or packed for it.
+///
+/// # Safety
+/// As [`gemm_tile`].
+pub(crate) unsafe fn gemm(
+    [m, n, k]: [usize; 3],
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+) {
+    // SAFETY (all): forwarded to the caller; a widened operand is a contiguous copy of the
+    // f16 one's elements, which are in bounds by the same promise.
+    unsafe {
+        match (lhs, rhs) {
+            (Mat::F32(a, acs, ars), Mat::F32(b, bcs, brs)) => gemm_tile(
+                [m, n, k],
+                dst,
+                dst_rs,
+                accumulate,
+                (a, acs, ars),
+                (b, bcs, brs),
+                scale,
+            ),
+            (Mat::F16(..), Mat::F32(b, bcs, brs)) => WIDE.with_borrow_mut(|wide| {
+                widen(lhs, m, k, wide);
+                let a = (wide.as_ptr(), 1, k as isize);
+                gemm_tile([m, n, k], dst, dst_rs, accumulate, a, (b, bcs, brs), scale)
+            }),
+            (Mat::F32(a, acs, ars), Mat::F16(..)) => WIDE.with_borrow_mut(|wide| {
+                widen(rhs, k, n, wide);
+                let b = (wide.as_ptr(), 1, n as isize);
+                gemm_tile([m, n, k], dst, dst_rs, accumulate, (a, acs, ars), b, scale)
+            }),
+            _ => bf16::gemm_tile([m, n, k], dst, dst_rs, accumulate, lhs, rhs, scale),
+        }
+    }
+}
+
+/// The `rows × cols` f16 matrix `src` into `out`, contiguous row-major f32.
+///
+/// # Safety
+/// `src` is an `F16` operand with every `(i, j)` in bounds.
+unsafe fn widen(src: Mat, rows: usize, cols: usize, out: &mut Vec<f32>) {
+    use half::slice::HalfFloatSliceExt;
+    let Mat::F16(p, cs, rs) = src else {
+        unreachable!("widen takes f16 operands")
+    };
+    out.clear();
+    out.resize(rows * cols, 0.0);
+    for (i, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+        // SAFETY: (i, j) in bounds, as the caller promises.
+        unsafe {
+            let first = p.offset(i as isize * rs).cast::<f16>();
+            if cs == 1 {
+                std::slice::from_raw_parts(first, cols).convert_to_f32_slice(row);
+            } else {
+                for (j, r) in row.iter_mut().enumerate() {
+                    *r = (*first.offset(j as isize * cs)).to_f32();
+                }
+            }
+        }
+    }
+}
