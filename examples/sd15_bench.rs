@@ -36,7 +36,7 @@ use kiln::models::sd15::unet_2d::UNet2DConditionModel;
 use kiln::models::sd15::vae::AutoencoderKL;
 use kiln::models::sd15::weights;
 use kiln::models::sd15::{GenerateRequest, LoraSpec, StableDiffusion};
-use kiln::nn::{merge_heads, sdpa, silu, split_heads};
+use kiln::nn::{merge_heads, sdpa_for, silu, split_heads};
 use kiln::schedulers::SchedulerKind;
 use kiln::weights::{KeyTarget, TensorFile, load_into_as, require_complete};
 
@@ -114,7 +114,8 @@ fn p_attn<B: Backend>(
             split_heads(v, a.heads),
         )
     });
-    let o = p.t(tag, || sdpa(q, k, v, false));
+    let held = a.to_q.weight.val().dtype();
+    let o = p.t(tag, || sdpa_for(q, k, v, false, held));
     let o = p.t("copies(split/merge heads)", || merge_heads(o));
     p.t("linear(qkv,out)", || a.to_out[0].forward_add(o, residual))
 }

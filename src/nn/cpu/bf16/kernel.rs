@@ -7,8 +7,10 @@
 //! Layouts (both zero-padded, so the kernel never branches on edges inside its loop):
 //! - packed B: per strip of [`NR`] columns, per k-pair `p`, 64 bf16: for column `j` of the
 //!   strip the pair `(b[2p][j], b[2p+1][j])`, columns 0–15 then 16–31 (one register each);
-//! - packed A: per strip of [`MR`] rows, per k-pair `p`, `MR` pairs `(a[i][2p], a[i][2p+1])`
-//!   as u32, broadcast to every lane.
+//! - packed A: per strip of [`MR`] rows, per row, its k-pairs `(a[i][2p], a[i][2p+1])` as u32,
+//!   each broadcast to every lane (rows, not k-pairs, outermost: packing an f32 row is then a
+//!   conversion with vector stores, where interleaving the 12 rows cost a third of the
+//!   attention's bf16 products).
 
 #![cfg(target_arch = "x86_64")]
 
@@ -32,14 +34,16 @@ pub(super) fn available() -> bool {
 }
 
 /// `dst[i][j] = scale · Σ_p a·b (+ dst[i][j] if load)` for `i < mr`, `j < nr`, over `kc2`
-/// k-pairs of one packed A strip and one packed B strip.
+/// k-pairs of one packed A strip and one packed B strip, `NV` registers (16 columns each) of
+/// it: 2, or 1 for a last strip of at most 16 columns (attention's 40-wide heads: 48 columns
+/// computed instead of 64).
 ///
 /// # Safety
-/// [`available`] must be true; `a` holds `kc2 · MR` u32 and `b` `kc2 · 64` u16; `dst` rows
-/// `0..mr` (stride `dst_rs`) have `nr ≤ NR` writable values each.
+/// [`available`] must be true; `a` holds `MR` rows of `kc2` u32 and `b` `kc2 · 64` u16; `dst` rows
+/// `0..mr` (stride `dst_rs`) have `nr ≤ 16·NV` writable values each.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 #[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn kernel(
+pub(super) unsafe fn kernel<const NV: usize>(
     kc2: usize,
     a: *const u32,
     b: *const u16,
@@ -49,18 +53,19 @@ pub(super) unsafe fn kernel(
     load: bool,
     scale: f32,
 ) {
-    let mut c = [[_mm512_setzero_ps(); 2]; MR];
+    let mut c = [[_mm512_setzero_ps(); NV]; MR];
     // SAFETY (whole body): the reads stay inside the packed strips and the writes inside the
     // `mr × nr` window of `dst`, as the caller promises.
     unsafe {
         for p in 0..kc2 {
-            let b0: __m512bh = transmute(_mm512_loadu_si512(b.add(64 * p).cast()));
-            let b1: __m512bh = transmute(_mm512_loadu_si512(b.add(64 * p + 32).cast()));
-            let ap = a.add(MR * p);
+            let bv: [__m512bh; NV] =
+                std::array::from_fn(|h| transmute(_mm512_loadu_si512(b.add(64 * p + 32 * h).cast())));
+            let ap = a.add(p);
             for (i, ci) in c.iter_mut().enumerate() {
-                let av: __m512bh = transmute(_mm512_set1_epi32(*ap.add(i) as i32));
-                ci[0] = _mm512_dpbf16_ps(ci[0], av, b0);
-                ci[1] = _mm512_dpbf16_ps(ci[1], av, b1);
+                let av: __m512bh = transmute(_mm512_set1_epi32(*ap.add(i * kc2) as i32));
+                for h in 0..NV {
+                    ci[h] = _mm512_dpbf16_ps(ci[h], av, bv[h]);
+                }
             }
         }
         let masks: [__mmask16; 2] = [
@@ -70,7 +75,7 @@ pub(super) unsafe fn kernel(
         let s = _mm512_set1_ps(scale);
         for (i, ci) in c.iter().enumerate().take(mr) {
             let d = dst.add(i * dst_rs);
-            for h in 0..2 {
+            for h in 0..NV {
                 let mut v = _mm512_mul_ps(ci[h], s);
                 if load {
                     v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], d.add(16 * h)));
@@ -130,9 +135,9 @@ pub(super) unsafe fn pack_b_pair_bf16(r0: *const u16, r1: Option<*const u16>, nr
 }
 
 /// Converts `kc` contiguous f32 into `kc.div_ceil(2)` bf16 pairs written `stride` u32 apart
-/// from `out`: one A row into its slot of a packed A strip (`stride` = [`MR`]), or one B
-/// column stored contiguously (attention's keys) into a B strip (`stride` = [`NR`]); an odd
-/// `kc` pads with zero.
+/// from `out`: one A row into its row of a packed A strip (`stride` 1), or one B column stored
+/// contiguously (attention's keys) into a B strip (`stride` = [`NR`]); an odd `kc` pads with
+/// zero.
 ///
 /// # Safety
 /// [`available`]; `row` has `kc` readable values; `out` is inside a strip of
@@ -148,9 +153,15 @@ pub(super) unsafe fn pack_row_f32(row: *const f32, kc: usize, out: *mut u32, str
             let m1 = (((1u32 << left.saturating_sub(16).min(16)) - 1) & 0xFFFF) as u16;
             let lo = _mm512_maskz_loadu_ps(m0, row.add(k0));
             let hi = _mm512_maskz_loadu_ps(m1, row.add(k0 + 16));
-            _mm512_storeu_si512(pairs.as_mut_ptr().cast(), transmute(_mm512_cvtne2ps_pbh(hi, lo)));
-            let p0 = k0 / 2;
-            for (q, &v) in pairs.iter().enumerate().take(left.div_ceil(2).min(16)) {
+            let v: __m512i = transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            let (p0, n) = (k0 / 2, left.div_ceil(2).min(16));
+            if stride == 1 {
+                let m = (((1u32 << n) - 1) & 0xFFFF) as u16;
+                _mm512_mask_storeu_epi32(out.add(p0).cast(), m, v);
+                continue;
+            }
+            _mm512_storeu_si512(pairs.as_mut_ptr().cast(), v);
+            for (q, &v) in pairs.iter().enumerate().take(n) {
                 out.add((p0 + q) * stride).write_unaligned(v);
             }
         }

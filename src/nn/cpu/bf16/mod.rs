@@ -71,7 +71,7 @@ impl Mat {
                     let strips = m.div_ceil(MR);
                     let (k0, kk) = ((j / KC) * KC, j % KC);
                     let kc2 = (k.min(k0 + KC) - k0).div_ceil(2);
-                    let at = strips * MR * (k0 / 2) + (i / MR) * kc2 * MR + (kk / 2) * MR + i % MR;
+                    let at = strips * MR * (k0 / 2) + (i / MR) * kc2 * MR + (i % MR) * kc2 + kk / 2;
                     (*p.add(at) >> (16 * (kk % 2))) as u16
                 }
             }
@@ -227,16 +227,12 @@ unsafe fn gemm_avx512(
                 let (i0, mr) = (is * MR, MR.min(m - is * MR));
                 // SAFETY: the strips hold kc2 pairs; the mr×nr window at (i0, j0) is in dst.
                 unsafe {
-                    kernel::kernel(
-                        kc2,
-                        a_block.add(is * kc2 * MR),
-                        b,
-                        dst.add(i0 * dst_rs + j0),
-                        dst_rs,
-                        [mr, nr],
-                        load,
-                        scale,
-                    );
+                    let (a, d) = (a_block.add(is * kc2 * MR), dst.add(i0 * dst_rs + j0));
+                    if nr > 16 {
+                        kernel::kernel::<2>(kc2, a, b, d, dst_rs, [mr, nr], load, scale);
+                    } else {
+                        kernel::kernel::<1>(kc2, a, b, d, dst_rs, [mr, nr], load, scale);
+                    }
                 }
             }
         }
@@ -300,19 +296,17 @@ unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
 unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: &mut [u32]) {
     let kc2 = kc.div_ceil(2);
     for i in 0..m {
-        let slot = out[(i / MR) * kc2 * MR + i % MR..].as_mut_ptr();
-        // SAFETY: row i, columns k0..k0+kc are in lhs; slot + (kc2-1)·MR is in the strip.
+        let slot = out[(i / MR) * kc2 * MR + (i % MR) * kc2..].as_mut_ptr();
+        // SAFETY: row i, columns k0..k0+kc are in lhs; slot + kc2 - 1 is in the strip.
         unsafe {
             match lhs.row(i, k0) {
                 #[cfg(target_arch = "x86_64")]
-                Some(Row::F32(r)) if kernel::available() => kernel::pack_row_f32(r, kc, slot, MR),
+                Some(Row::F32(r)) if kernel::available() => kernel::pack_row_f32(r, kc, slot, 1),
                 // A bf16 row's consecutive pairs are already the u32s the kernel broadcasts.
                 Some(Row::Bf16(r)) => {
-                    for p in 0..kc / 2 {
-                        *slot.add(p * MR) = r.add(2 * p).cast::<u32>().read_unaligned();
-                    }
+                    std::ptr::copy_nonoverlapping(r.cast::<u8>(), slot.cast::<u8>(), 4 * (kc / 2));
                     if kc % 2 == 1 {
-                        *slot.add((kc / 2) * MR) = *r.add(kc - 1) as u32;
+                        *slot.add(kc / 2) = *r.add(kc - 1) as u32;
                     }
                 }
                 _ => {
@@ -323,7 +317,7 @@ unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: &mut [u32]) {
                         } else {
                             0
                         };
-                        *slot.add(p * MR) = lo | (hi << 16);
+                        *slot.add(p) = lo | (hi << 16);
                     }
                 }
             }
