@@ -15,6 +15,8 @@ Components (kiln vs reference):
   image-bf16   the whole image, kiln --precision bf16 (VAE f32)               vs diffusers torch_dtype=bf16 (VAE too)
   vae          VAE decode 1x4x64x64 -> 512x512                                vs diffusers
   image        whole SD pipeline 512x512, CFG 7.5, DDIM, BENCH_IMAGE_STEPS    vs diffusers
+               (kiln loads <model>/sd15-random-fp16.safetensors where it exists: fp16 weights
+               kept f16 in memory, computed in f32; diffusers the fp32 folder)
   lcm          whole SD pipeline 512x512 with an LCM-LoRA: LCM scheduler, 4 steps, guidance 1
                (UNet at batch 1), the LoRA applied once per process (kiln: merged on the first
                request and cached; diffusers: load_lora_weights + fuse_lora)    vs diffusers
@@ -168,7 +170,11 @@ def commands(c: str, path: Path, timed: int, warm: int):
     ref = [VPY, REFS, {"diffusers": "diffusers", "sd.cpp": "sdcpp", "min-dalle": "min-dalle"}[COMPONENTS[c][4]]]
     if c in ("clip", "unet", "unet-bf16", "vae", "image", "image-bf16"):
         env = {"BENCH_PRECISION": "bf16"} if c.endswith("-bf16") else {}
-        return [BIN / "sd15_bench", path, c.removesuffix("-bf16"), timed, warm], env, ref + [c, path, timed, warm]
+        # Whole images: kiln from the fp16 single file where the model has one (what `kiln
+        # download` fetches: f16 weights stay f16 in memory), diffusers from the fp32 folder.
+        half = path / "sd15-random-fp16.safetensors"
+        kpath = half if c.startswith("image") and half.exists() else path
+        return [BIN / "sd15_bench", kpath, c.removesuffix("-bf16"), timed, warm], env, ref + [c, path, timed, warm]
     if c == "lcm":
         lora = lcm_lora(path)
         env = {"BENCH_IMAGE_SCHEDULER": "lcm", "BENCH_IMAGE_STEPS": "4", "BENCH_IMAGE_GUIDANCE": "1",
