@@ -296,7 +296,14 @@ fn main() {
     }
     // Every UNet level in f32 and with bf16 weights (`--precision bf16`: bf16 products, f32
     // sums), 3×3 and 1×1.
-    for (ch, hw, k) in [(320usize, 64usize, 3usize), (640, 32, 3), (1280, 16, 3), (1280, 8, 3), (320, 64, 1), (1280, 16, 1)] {
+    for (ch, hw, k) in [
+        (320usize, 64usize, 3usize),
+        (640, 32, 3),
+        (1280, 16, 3),
+        (1280, 8, 3),
+        (320, 64, 1),
+        (1280, 16, 1),
+    ] {
         let xl = Tensor::<B, 4>::random([2, ch, hw, hw], n, &d);
         let wl = Tensor::<B, 4>::random([ch, ch, k, k], n, &d);
         let bl = Tensor::<B, 1>::random([ch], n, &d);
@@ -315,7 +322,12 @@ fn main() {
             );
         }
     }
-    for (rows, d_in, d_out) in [(8192usize, 320usize, 320usize), (2048, 640, 5120), (512, 5120, 1280), (154, 768, 1280)] {
+    for (rows, d_in, d_out) in [
+        (8192usize, 320usize, 320usize),
+        (2048, 640, 5120),
+        (512, 5120, 1280),
+        (154, 768, 1280),
+    ] {
         let xr = Tensor::<B, 2>::random([rows, d_in], n, &d);
         let wr = Tensor::<B, 2>::random([d_out, d_in], n, &d);
         let br = Tensor::<B, 1>::random([d_out], n, &d);

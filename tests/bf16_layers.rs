@@ -55,7 +55,10 @@ fn bf16_weight_convolutions_match_f32_of_rounded_operands() {
         let opts = PaddedConvOptions::asymmetric([stride; 2], [pad[0]; 2], [pad[0]; 2], [1, 1], 1);
         let want = conv2d(rounded(&x), rounded(&wt), Some(b), opts);
         let err = rel_err(conv.forward(x), want);
-        assert!(err <= tol, "{batch}x{c}x{h}x{w} k{k} s{stride} -> {o}: {err:e} > {tol:e}");
+        assert!(
+            err <= tol,
+            "{batch}x{c}x{h}x{w} k{k} s{stride} -> {o}: {err:e} > {tol:e}"
+        );
         eprintln!("conv {batch}x{c}x{h}x{w} k{k} s{stride} -> {o}: {err:e} of scale");
     }
 }
@@ -77,7 +80,11 @@ fn bf16_weight_linears_match_f32_of_rounded_operands() {
         let (bf, f32_rounded) = (lin(as_bf16(&w)), lin(rounded(&w)));
         let xr = rounded(&x);
         for (what, got, want) in [
-            ("plain", bf.forward(x.clone()), f32_rounded.forward(xr.clone())),
+            (
+                "plain",
+                bf.forward(x.clone()),
+                f32_rounded.forward(xr.clone()),
+            ),
             (
                 "+residual",
                 bf.forward_add(x.clone(), r.clone()),
@@ -93,4 +100,3 @@ fn bf16_weight_linears_match_f32_of_rounded_operands() {
         }
     }
 }
-

@@ -101,7 +101,11 @@ fn single_file_and_folder_give_identical_outputs() {
         // the RAM) under f32 activations: widening is exact, so the outputs are identical.
         let unet = &single.parts.unet;
         assert_eq!(unet.conv_in.weight.val().dtype(), DType::F16, "{file}");
-        assert_eq!(unet.conv_in.bias.as_ref().unwrap().val().dtype(), DType::F32, "{file}");
+        assert_eq!(
+            unet.conv_in.bias.as_ref().unwrap().val().dtype(),
+            DType::F32,
+            "{file}"
+        );
         let got = values(single.generate(&req, &mut |_, _| true).unwrap().images);
         assert_eq!(
             max_abs_diff(&got, &want),

@@ -173,13 +173,16 @@ pub fn load_into_as<B: Backend, M: Module<B>>(
     }
     let shapes = param_shapes(&module);
     let rank = |path: &str| shapes.get(path).map_or(0, |s| s.num_dims());
-    load_into_with(module, file, map, &|path, file_dtype| {
-        match is_gemm_weight(path, rank(path)) {
+    load_into_with(
+        module,
+        file,
+        map,
+        &|path, file_dtype| match is_gemm_weight(path, rank(path)) {
             true if keep_f16 && file_dtype == DType::F16 => DType::F16,
             true => dtype,
             false => compute,
-        }
-    })
+        },
+    )
 }
 
 /// Whether parameter `path` of rank `rank` is the weight of a `Linear` or `Conv2d` (what the

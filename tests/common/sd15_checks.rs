@@ -129,7 +129,10 @@ pub fn pipeline_in<B: Backend>(device: &B::Device, dtype: DType) -> (Vec<f32>, V
     assert_eq!(m.parts.unet.conv_in.weight.val().dtype(), dtype);
     // Norms are in the activations' dtype: the weights' own, but f32 for bf16 on the CPU.
     let norm = &m.parts.text_encoder.text_model.final_layer_norm;
-    assert_eq!(norm.weight.val().dtype(), kiln::nn::compute_dtype::<B>(dtype));
+    assert_eq!(
+        norm.weight.val().dtype(),
+        kiln::nn::compute_dtype::<B>(dtype)
+    );
     assert_eq!(m.parts.vae.post_quant_conv.weight.val().dtype(), DType::F32);
     let (shape, noise) = reference("pipeline_ddim4.safetensors", "init_noise");
     let req = GenerateRequest {
@@ -160,7 +163,12 @@ pub fn bf16_pipeline<B: Backend>(device: &B::Device, tol_fp32: f32, tol_bf16: f3
         ("pipeline_ddim4_bf16.safetensors", tol_bf16),
     ] {
         let (_, want) = reference(file, "final_latents");
-        assert_close_scaled(&format!("bf16 final latents vs {file}"), &latents, &want, tol);
+        assert_close_scaled(
+            &format!("bf16 final latents vs {file}"),
+            &latents,
+            &want,
+            tol,
+        );
         let (_, want_img) = reference(file, "image");
         assert_close_scaled(&format!("bf16 image vs {file}"), &image, &want_img, tol);
     }

@@ -10,7 +10,7 @@ use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{Mat, SendPtr, bf16, gemm_tile, math, simd_dispatch};
+use super::{Mat, Product, SendPtr, bf16, gemm, math, simd_dispatch};
 
 /// Queries per task: each task packs every K and V block for its GEMMs, so more rows per
 /// task amortise that (kernel bench, 64×64 level: 64 → 256 rows, 329 → 273 ms).
@@ -102,28 +102,23 @@ struct Scratch {
 }
 
 /// One of the two products of a key block: in bf16 with f32 sums for a layer whose weights
-/// are bf16 (`--precision bf16`: 1.7x the f32 rate on the 64×64 level), in f32 otherwise.
+/// are bf16 (`--precision bf16`: 1.4x the f32 rate at the 64×64 level), in f32 otherwise.
 ///
 /// # Safety
-/// As [`gemm_tile`].
-#[allow(clippy::too_many_arguments)]
+/// As [`gemm`].
 unsafe fn product(
     in_bf16: bool,
-    mnk: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: (*const f32, isize, isize),
-    rhs: (*const f32, isize, isize),
-    scale: f32,
+    p: Product,
+    a: (*const f32, isize, isize),
+    b: (*const f32, isize, isize),
 ) {
+    let (a, b) = (Mat::F32(a.0, a.1, a.2), Mat::F32(b.0, b.1, b.2));
     // SAFETY (both): forwarded to the caller.
     unsafe {
         if in_bf16 {
-            let (a, b) = (Mat::F32(lhs.0, lhs.1, lhs.2), Mat::F32(rhs.0, rhs.1, rhs.2));
-            bf16::gemm_tile(mnk, dst, dst_rs, accumulate, a, b, scale);
+            bf16::gemm_tile(p, a, b);
         } else {
-            gemm_tile(mnk, dst, dst_rs, accumulate, lhs, rhs, scale);
+            gemm(p, a, b);
         }
     }
 }
@@ -169,15 +164,19 @@ pub(crate) fn attention(
                 // SAFETY: the views are in bounds for these sizes; scores is rows×kb and acc
                 // rows×dv, both row-major.
                 unsafe {
+                    let p = Product {
+                        mnk: [rows, kb, d],
+                        dst: sc.scores.as_mut_ptr(),
+                        dst_rs: kb,
+                        accumulate: false,
+                        scale,
+                    };
+                    let q = (qv.at(bi, hi, q0), qv.strides[3], qv.strides[2]);
                     product(
                         in_bf16,
-                        [rows, kb, d],
-                        sc.scores.as_mut_ptr(),
-                        kb,
-                        false,
-                        (qv.at(bi, hi, q0), qv.strides[3], qv.strides[2]),
+                        p,
+                        q,
                         (kv.at(bi, hi, k0), kv.strides[2], kv.strides[3]),
-                        scale,
                     );
                 }
                 softmax_block(
@@ -197,16 +196,15 @@ pub(crate) fn attention(
                 }
                 // SAFETY: as above.
                 unsafe {
-                    product(
-                        in_bf16,
-                        [rows, dv, kb],
-                        sc.acc.as_mut_ptr(),
-                        dv,
-                        k0 > 0,
-                        (sc.scores.as_ptr(), 1, kb as isize),
-                        (vv.at(bi, hi, k0), vv.strides[3], vv.strides[2]),
-                        1.0,
-                    );
+                    let p = Product {
+                        mnk: [rows, dv, kb],
+                        dst: sc.acc.as_mut_ptr(),
+                        dst_rs: dv,
+                        accumulate: k0 > 0,
+                        scale: 1.0,
+                    };
+                    let v = (vv.at(bi, hi, k0), vv.strides[3], vv.strides[2]);
+                    product(in_bf16, p, (sc.scores.as_ptr(), 1, kb as isize), v);
                 }
             }
             for (i, (row, &l)) in sc.acc.chunks_exact(dv).zip(&sc.l).enumerate() {

@@ -12,7 +12,9 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::winograd::{self, Prologue};
-use super::{Mat, PackedA, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice};
+use super::{
+    Mat, PackedA, Product, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice,
+};
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
 fn direct_only() -> bool {
@@ -171,7 +173,8 @@ pub(crate) fn conv_same(
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), mat(&w, sc, so));
     // The tap's O-block × C matrix: rows o0.. of the weight at offset kh·sh + kw·sw.
-    let tap = |kh: usize, kw: usize, o0: usize| ws.at(o0, 0).shifted(kh as isize * sh + kw as isize * sw);
+    let tap =
+        |kh: usize, kw: usize, o0: usize| ws.at(o0, 0).shifted(kh as isize * sh + kw as isize * sw);
     // A bf16 weight is packed once per (tap, channel block) for the bf16 kernel instead of
     // by every task: at the 8×8 level a task's 80 columns made packing a third of the work.
     let packed: Vec<PackedA> = if w.dtype() == burn::tensor::DType::BF16 {
@@ -209,15 +212,14 @@ pub(crate) fn conv_same(
                 // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
                 // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
                 unsafe {
-                    gemm(
-                        [m, cols, c],
-                        acc.as_mut_ptr(),
-                        cols,
-                        !first,
-                        lhs,
-                        Mat::F32(rhs.as_ptr(), 1, plane as isize),
-                        1.0,
-                    );
+                    let p = Product {
+                        mnk: [m, cols, c],
+                        dst: acc.as_mut_ptr(),
+                        dst_rs: cols,
+                        accumulate: !first,
+                        scale: 1.0,
+                    };
+                    gemm(p, lhs, Mat::F32(rhs.as_ptr(), 1, plane as isize));
                 }
             }
         }

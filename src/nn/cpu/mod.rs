@@ -9,14 +9,14 @@
 //! lanes, `exp`/`erf` are ~1 ulp / 1.5e-7 polynomials); the parity tests run through them.
 
 mod attention;
-mod bf16;
 mod attention_one;
+mod bf16;
 mod conv;
-mod operand;
 mod gemm_nt;
 mod gemv;
 mod math;
 mod norms;
+mod operand;
 mod rows;
 mod team;
 mod weight_rows;
@@ -29,12 +29,12 @@ use burn::tensor::{Bytes, DType, Shape, Tensor, TensorPrimitive};
 use burn_flex::{FlexTensor, Layout};
 
 pub(crate) use attention::attention;
-pub(crate) use bf16::PackedA;
-pub(crate) use operand::{GEMM_WEIGHTS, Mat, gemm, mat};
 pub(crate) use attention_one::attention_one;
+pub(crate) use bf16::PackedA;
 pub(crate) use conv::{Input, conv_same, conv3x3_of};
 pub(crate) use gemv::gemv_many;
 pub(crate) use norms::{group_norm, layer_norm};
+pub(crate) use operand::{GEMM_WEIGHTS, Mat, Product, gemm, mat};
 pub(crate) use rows::{geglu, gelu_mul, linear, linear_geglu, quick_gelu, transpose_last2};
 pub(crate) use team::with_team;
 

@@ -79,44 +79,57 @@ thread_local! {
     static WIDE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `dst = [dst +] scale · lhs · rhs` as [`gemm_tile`] does: in f32 for f32 and f16 operands
-/// (f16 widened first), in bf16 with f32 sums when either operand is bf16 or packed for it.
+/// One tile's GEMM: `dst = [dst +] scale · lhs · rhs` (`+` if `accumulate`), `lhs` `m×k`,
+/// `rhs` `k×n`, into the `m×n` row-major window at `dst` (row stride `dst_rs`).
+#[derive(Clone, Copy)]
+pub(crate) struct Product {
+    pub(crate) mnk: [usize; 3],
+    pub(crate) dst: *mut f32,
+    pub(crate) dst_rs: usize,
+    pub(crate) accumulate: bool,
+    pub(crate) scale: f32,
+}
+
+impl Product {
+    /// [`gemm_tile`] with f32 operands `(pointer, column stride, row stride)`.
+    ///
+    /// # Safety
+    /// As [`gemm_tile`].
+    unsafe fn f32(self, a: (*const f32, isize, isize), b: (*const f32, isize, isize)) {
+        let Product {
+            mnk,
+            dst,
+            dst_rs,
+            accumulate,
+            scale,
+        } = self;
+        // SAFETY: forwarded to the caller.
+        unsafe { gemm_tile(mnk, dst, dst_rs, accumulate, a, b, scale) }
+    }
+}
+
+/// `p` on the calling thread: in f32 for f32 and f16 operands (f16 widened first), in bf16
+/// with f32 sums when either operand is bf16 or packed for it.
 ///
 /// # Safety
-/// As [`gemm_tile`].
-pub(crate) unsafe fn gemm(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    scale: f32,
-) {
+/// Every element addressed through the operands and `p.dst` must be in bounds, and `p.dst`
+/// must not alias the operands or another thread's tile.
+pub(crate) unsafe fn gemm(p: Product, lhs: Mat, rhs: Mat) {
+    let [m, n, k] = p.mnk;
     // SAFETY (all): forwarded to the caller; a widened operand is a contiguous copy of the
     // f16 one's elements, which are in bounds by the same promise.
     unsafe {
         match (lhs, rhs) {
-            (Mat::F32(a, acs, ars), Mat::F32(b, bcs, brs)) => gemm_tile(
-                [m, n, k],
-                dst,
-                dst_rs,
-                accumulate,
-                (a, acs, ars),
-                (b, bcs, brs),
-                scale,
-            ),
+            (Mat::F32(a, acs, ars), Mat::F32(b, bcs, brs)) => p.f32((a, acs, ars), (b, bcs, brs)),
             (Mat::F16(..), Mat::F32(b, bcs, brs)) => WIDE.with_borrow_mut(|wide| {
                 widen(lhs, m, k, wide);
-                let a = (wide.as_ptr(), 1, k as isize);
-                gemm_tile([m, n, k], dst, dst_rs, accumulate, a, (b, bcs, brs), scale)
+                p.f32((wide.as_ptr(), 1, k as isize), (b, bcs, brs))
             }),
             (Mat::F32(a, acs, ars), Mat::F16(..)) => WIDE.with_borrow_mut(|wide| {
                 widen(rhs, k, n, wide);
-                let b = (wide.as_ptr(), 1, n as isize);
-                gemm_tile([m, n, k], dst, dst_rs, accumulate, (a, acs, ars), b, scale)
+                p.f32((a, acs, ars), (wide.as_ptr(), 1, n as isize))
             }),
-            _ => bf16::gemm_tile([m, n, k], dst, dst_rs, accumulate, lhs, rhs, scale),
+            _ => bf16::gemm_tile(p, lhs, rhs),
         }
     }
 }

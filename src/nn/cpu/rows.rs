@@ -4,7 +4,9 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::{Mat, SendPtr, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch, slice};
+use super::{
+    Mat, Product, SendPtr, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch, slice,
+};
 
 /// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
 const TILE_ROWS: usize = 256;
@@ -183,15 +185,15 @@ pub(crate) fn linear_geglu(
                 // SAFETY: buf is rows×cols; `x` rows r0..r1 (stride k) and `wt` columns
                 // half+c0..half+c1 (stride n2) are in bounds.
                 unsafe {
-                    gemm(
-                        [rows, cols, k],
-                        buf.as_mut_ptr(),
-                        cols,
-                        bs.is_some(),
-                        Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize),
-                        ws.at(0, half + c0),
-                        1.0,
-                    );
+                    let p = Product {
+                        mnk: [rows, cols, k],
+                        dst: buf.as_mut_ptr(),
+                        dst_rs: cols,
+                        accumulate: bs.is_some(),
+                        scale: 1.0,
+                    };
+                    let x = Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize);
+                    gemm(p, x, ws.at(0, half + c0));
                 }
             }
             // SAFETY: this task alone owns columns c0..c1 of rows r0..r1 of `out`.
@@ -249,14 +251,17 @@ pub(crate) fn linear(
         // SAFETY: the tile is (r1-r0)×(c1-c0) inside `out` (row stride n); `x` rows r0..r1
         // (stride k) and `wt` columns c0..c1 (stride n) are in bounds.
         unsafe {
+            let p = Product {
+                mnk: [r1 - r0, c1 - c0, k],
+                dst: out_ptr.0.add(r0 * n + c0),
+                dst_rs: n,
+                accumulate: bs.is_some() || rs.is_some(),
+                scale: 1.0,
+            };
             gemm(
-                [r1 - r0, c1 - c0, k],
-                out_ptr.0.add(r0 * n + c0),
-                n,
-                bs.is_some() || rs.is_some(),
+                p,
                 Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize),
                 ws.at(0, c0),
-                1.0,
             );
         }
     });

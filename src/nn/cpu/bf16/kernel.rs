@@ -58,8 +58,9 @@ pub(super) unsafe fn kernel<const NV: usize>(
     // `mr × nr` window of `dst`, as the caller promises.
     unsafe {
         for p in 0..kc2 {
-            let bv: [__m512bh; NV] =
-                std::array::from_fn(|h| transmute(_mm512_loadu_si512(b.add(64 * p + 32 * h).cast())));
+            let bv: [__m512bh; NV] = std::array::from_fn(|h| {
+                transmute(_mm512_loadu_si512(b.add(64 * p + 32 * h).cast()))
+            });
             let ap = a.add(p);
             for (i, ci) in c.iter_mut().enumerate() {
                 let av: __m512bh = transmute(_mm512_set1_epi32(*ap.add(i * kc2) as i32));
@@ -101,13 +102,20 @@ fn interleave(v: __m512i) -> __m512i {
 /// # Safety
 /// [`available`]; the rows have `nr` readable values at `j0`; `out` has 64 writable u16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn pack_b_pair_f32(r0: *const f32, r1: Option<*const f32>, nr: usize, out: *mut u16) {
+pub(super) unsafe fn pack_b_pair_f32(
+    r0: *const f32,
+    r1: Option<*const f32>,
+    nr: usize,
+    out: *mut u16,
+) {
     // SAFETY: masked loads read only the first `nr` values of each row.
     unsafe {
         for h in 0..2 {
             let m = (((1u32 << nr.saturating_sub(16 * h).min(16)) - 1) & 0xFFFF) as u16;
             let lo = _mm512_maskz_loadu_ps(m, r0.add(16 * h));
-            let hi = r1.map_or(_mm512_setzero_ps(), |r| _mm512_maskz_loadu_ps(m, r.add(16 * h)));
+            let hi = r1.map_or(_mm512_setzero_ps(), |r| {
+                _mm512_maskz_loadu_ps(m, r.add(16 * h))
+            });
             let both: __m512i = transmute(_mm512_cvtne2ps_pbh(hi, lo));
             _mm512_storeu_si512(out.add(32 * h).cast(), interleave(both));
         }
@@ -119,7 +127,12 @@ pub(super) unsafe fn pack_b_pair_f32(r0: *const f32, r1: Option<*const f32>, nr:
 /// # Safety
 /// As [`pack_b_pair_f32`].
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn pack_b_pair_bf16(r0: *const u16, r1: Option<*const u16>, nr: usize, out: *mut u16) {
+pub(super) unsafe fn pack_b_pair_bf16(
+    r0: *const u16,
+    r1: Option<*const u16>,
+    nr: usize,
+    out: *mut u16,
+) {
     // SAFETY: masked loads read only the first `nr` values of each row.
     unsafe {
         for h in 0..2 {

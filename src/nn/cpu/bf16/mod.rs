@@ -14,7 +14,7 @@ use std::cell::RefCell;
 
 use half::{bf16, f16};
 
-use super::Mat;
+use super::{Mat, Product};
 
 /// A left operand `m×k` packed once for many GEMMs (a convolution's weight, which every task
 /// multiplies): per k block of [`KC`], the A strips the micro-kernel reads. Packing it per
@@ -110,22 +110,13 @@ thread_local! {
     static PACKS: RefCell<Packs> = RefCell::default();
 }
 
-/// `dst = [dst +] scale · lhs · rhs`, `lhs` `m×k`, `rhs` `k×n`, `dst` `m×n` row-major (row
-/// stride `dst_rs`), products of bf16-rounded operands summed in f32, on the calling thread
-/// (the callers parallelise over tiles).
+/// `p` with products of bf16-rounded operands summed in f32, on the calling thread (the
+/// callers parallelise over tiles).
 ///
 /// # Safety
-/// Every element addressed through the operands' pointers and strides must be in bounds, and
-/// `dst` must not alias them or another thread's tile.
-pub(crate) unsafe fn gemm_tile(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    scale: f32,
-) {
+/// As [`super::gemm`].
+pub(crate) unsafe fn gemm_tile(p: Product, lhs: Mat, rhs: Mat) {
+    let [m, n, _] = p.mnk;
     if m == 0 || n == 0 {
         return;
     }
@@ -133,26 +124,17 @@ pub(crate) unsafe fn gemm_tile(
         #[cfg(target_arch = "x86_64")]
         if kernel::available() {
             // SAFETY: forwarded to the caller; the CPU has the kernel's features.
-            unsafe { gemm_avx512([m, n, k], dst, dst_rs, accumulate, lhs, rhs, scale, packs) };
+            unsafe { gemm_avx512(p, lhs, rhs, packs) };
             return;
         }
         // SAFETY: forwarded to the caller.
-        unsafe { gemm_widened([m, n, k], dst, dst_rs, accumulate, lhs, rhs, scale, packs) };
+        unsafe { gemm_widened(p, lhs, rhs, packs) };
     });
 }
 
 /// The portable path: both operands rounded to bf16 and widened to f32, then the f32 GEMM.
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_widened(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    scale: f32,
-    packs: &mut Packs,
-) {
+unsafe fn gemm_widened(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
+    let [m, n, k] = p.mnk;
     let wide = &mut packs.wide;
     wide.clear();
     // SAFETY: (i, j) inside each operand, as the caller promises.
@@ -160,31 +142,24 @@ unsafe fn gemm_widened(
         wide.extend((0..m * k).map(|t| bf16::from_bits(lhs.bf16_at(t / k, t % k)).to_f32()));
         wide.extend((0..k * n).map(|t| bf16::from_bits(rhs.bf16_at(t / n, t % n)).to_f32()));
         let (a, b) = wide.split_at(m * k);
-        super::gemm_tile(
-            [m, n, k],
-            dst,
-            dst_rs,
-            accumulate,
-            (a.as_ptr(), 1, k as isize),
-            (b.as_ptr(), 1, n as isize),
-            scale,
+        super::gemm(
+            p,
+            Mat::F32(a.as_ptr(), 1, k as isize),
+            Mat::F32(b.as_ptr(), 1, n as isize),
         );
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_avx512(
-    [m, n, k]: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    scale: f32,
-    packs: &mut Packs,
-) {
+unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
     use kernel::NR;
+    let Product {
+        mnk: [m, n, k],
+        dst,
+        dst_rs,
+        accumulate,
+        scale,
+    } = p;
     let (a_strips, b_strips) = (m.div_ceil(MR), n.div_ceil(NR));
     if k == 0 {
         // No products: the sum is zero.
@@ -256,7 +231,9 @@ unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
             for jj in 0..NR.min(n - js * NR) {
                 let col = p.wrapping_offset(k0 as isize + (js * NR + jj) as isize * cs);
                 // SAFETY: column js·NR + jj, rows k0..k0+kc are in rhs; lane jj of the strip.
-                unsafe { kernel::pack_row_f32(col, kc, strip.as_mut_ptr().cast::<u32>().add(jj), NR) };
+                unsafe {
+                    kernel::pack_row_f32(col, kc, strip.as_mut_ptr().cast::<u32>().add(jj), NR)
+                };
             }
         }
         return;
@@ -269,11 +246,15 @@ unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
             unsafe {
                 let second = r1.map(|r| rhs.row(r, j0));
                 match (rhs.row(r0, j0), second) {
-                    (Some(Row::F32(a)), None) => kernel::pack_b_pair_f32(a, None, nr, pair.as_mut_ptr()),
+                    (Some(Row::F32(a)), None) => {
+                        kernel::pack_b_pair_f32(a, None, nr, pair.as_mut_ptr())
+                    }
                     (Some(Row::F32(a)), Some(Some(Row::F32(b)))) => {
                         kernel::pack_b_pair_f32(a, Some(b), nr, pair.as_mut_ptr())
                     }
-                    (Some(Row::Bf16(a)), None) => kernel::pack_b_pair_bf16(a, None, nr, pair.as_mut_ptr()),
+                    (Some(Row::Bf16(a)), None) => {
+                        kernel::pack_b_pair_bf16(a, None, nr, pair.as_mut_ptr())
+                    }
                     (Some(Row::Bf16(a)), Some(Some(Row::Bf16(b)))) => {
                         kernel::pack_b_pair_bf16(a, Some(b), nr, pair.as_mut_ptr())
                     }

@@ -3,24 +3,16 @@
 
 use half::bf16;
 
-use super::{Mat, PackedA, Packs, gemm_tile, gemm_widened};
+use super::{Mat, PackedA, Packs, Product, gemm_tile, gemm_widened};
 
 /// The portable path (CPUs without AVX512-BF16), as `gemm_tile` would call it there.
-unsafe fn widened(
-    mnk: [usize; 3],
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    scale: f32,
-) {
+unsafe fn widened(p: Product, lhs: Mat, rhs: Mat) {
     let mut packs = Packs::default();
     // SAFETY: forwarded.
-    unsafe { gemm_widened(mnk, dst, dst_rs, accumulate, lhs, rhs, scale, &mut packs) }
+    unsafe { gemm_widened(p, lhs, rhs, &mut packs) }
 }
 
-type Gemm = unsafe fn([usize; 3], *mut f32, usize, bool, Mat, Mat, f32);
+type Gemm = unsafe fn(Product, Mat, Mat);
 
 /// A deterministic spread of values in (-2, 2).
 fn values(len: usize, seed: u32) -> Vec<f32> {
@@ -64,7 +56,8 @@ fn check(gemm: Gemm) {
         // case 4: A packed once beforehand (a convolution's weight), from a transposed view;
         // case 5: B stored by columns (attention's Kᵀ).
         for case in 0..6 {
-            let (transposed_a, bf16_b, accumulate) = (case & 1 == 1 || case == 4, case & 2 == 2, case == 3);
+            let (transposed_a, bf16_b, accumulate) =
+                (case & 1 == 1 || case == 4, case & 2 == 2, case == 3);
             let a = values(m * k, t as u32 * 7 + case);
             let b = values(k * n, t as u32 * 11 + case + 100);
             let b16: Vec<u16> = b.iter().map(|&v| bf16::from_f32(v).to_bits()).collect();
@@ -94,7 +87,14 @@ fn check(gemm: Gemm) {
             let mut dst = start.clone();
             let scale = 0.5;
             // SAFETY: every operand is exactly its stated size; dst is m rows of dst_rs.
-            unsafe { gemm([m, n, k], dst.as_mut_ptr(), dst_rs, accumulate, lhs, rhs, scale) };
+            let p = Product {
+                mnk: [m, n, k],
+                dst: dst.as_mut_ptr(),
+                dst_rs,
+                accumulate,
+                scale,
+            };
+            unsafe { gemm(p, lhs, rhs) };
             for i in 0..m {
                 for j in 0..dst_rs {
                     let got = dst[i * dst_rs + j] as f64;

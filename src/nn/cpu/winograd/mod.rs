@@ -22,7 +22,7 @@ mod input;
 pub(crate) use input::Prologue;
 use input::{input_transform, tile_runs};
 
-use super::{Mat, PackedA, SendPtr, contiguous, gemm, new_tensor, simd_dispatch, slice};
+use super::{Mat, PackedA, Product, SendPtr, contiguous, gemm, new_tensor, simd_dispatch, slice};
 
 /// Output tiles (2×2 pixels each) per task: the GEMMs get 128 columns, and the task's `V`
 /// and `M` scratch stay within a few MB.
@@ -113,7 +113,9 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
                 match dtype {
                     DType::BF16 => {
                         let ws = w.storage::<half::bf16>();
-                        row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
+                        row.iter_mut()
+                            .enumerate()
+                            .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
                     }
                     DType::F16 if sc == 1 => {
                         use half::slice::HalfFloatSliceExt;
@@ -122,11 +124,15 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
                     }
                     DType::F16 => {
                         let ws = w.storage::<half::f16>();
-                        row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
+                        row.iter_mut()
+                            .enumerate()
+                            .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
                     }
                     _ => {
                         let ws = w.storage::<f32>();
-                        row.iter_mut().enumerate().for_each(|(ci, r)| *r = ws[at(ci)]);
+                        row.iter_mut()
+                            .enumerate()
+                            .for_each(|(ci, r)| *r = ws[at(ci)]);
                     }
                 }
             }
@@ -339,15 +345,15 @@ pub(crate) fn conv3x3(
             for xi in 0..16 {
                 // SAFETY: M_ξ is O×tb row-major, U_ξ O×C row-major, V_ξ C×tb row-major.
                 unsafe {
-                    gemm(
-                        [o, tb, c],
-                        sc.m.as_mut_ptr().add(xi * o * tb),
-                        tb,
-                        false,
-                        u.at(xi, o, c),
-                        Mat::F32(sc.v.as_ptr().add(xi * c * tb), 1, tb as isize),
-                        1.0,
-                    );
+                    let p = Product {
+                        mnk: [o, tb, c],
+                        dst: sc.m.as_mut_ptr().add(xi * o * tb),
+                        dst_rs: tb,
+                        accumulate: false,
+                        scale: 1.0,
+                    };
+                    let v = Mat::F32(sc.v.as_ptr().add(xi * c * tb), 1, tb as isize);
+                    gemm(p, u.at(xi, o, c), v);
                 }
             }
             sc.y.resize(4 * tb, 0.0);
