@@ -129,6 +129,13 @@ pub(crate) unsafe fn gemm(p: Product, lhs: Mat, rhs: Mat) {
                 widen(rhs, k, n, wide);
                 p.f32((a, acs, ars), (wide.as_ptr(), 1, n as isize))
             }),
+            // Both f16 (no kernel passes that today: activations are f32): both widened.
+            (Mat::F16(..), Mat::F16(..)) => WIDE.with_borrow_mut(|wide| {
+                let mut b = Vec::new();
+                widen(lhs, m, k, wide);
+                widen(rhs, k, n, &mut b);
+                p.f32((wide.as_ptr(), 1, k as isize), (b.as_ptr(), 1, n as isize))
+            }),
             _ => bf16::gemm_tile(p, lhs, rhs),
         }
     }
@@ -155,6 +162,56 @@ unsafe fn widen(src: Mat, rows: usize, cols: usize, out: &mut Vec<f32>) {
                 for (j, r) in row.iter_mut().enumerate() {
                     *r = (*first.offset(j as isize * cs)).to_f32();
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::{Mat, Product, gemm};
+
+    /// f16 operands (either side, both, strided) give the f32 product of their values.
+    #[test]
+    fn f16_operands_are_widened_exactly() {
+        let [m, n, k] = [5usize, 7, 9];
+        let a: Vec<f32> = (0..m * k)
+            .map(|t| f16::from_f32(t as f32 * 0.37 - 4.0).to_f32())
+            .collect();
+        let b: Vec<f32> = (0..k * n)
+            .map(|t| f16::from_f32(2.5 - t as f32 * 0.11).to_f32())
+            .collect();
+        let a16: Vec<u16> = a.iter().map(|&v| f16::from_f32(v).to_bits()).collect();
+        // b by columns: column stride k, row stride 1.
+        let b16: Vec<u16> = (0..k * n)
+            .map(|t| f16::from_f32(b[(t % k) * n + t / k]).to_bits())
+            .collect();
+        let want: Vec<f32> = (0..m * n)
+            .map(|t| (0..k).map(|p| a[(t / n) * k + p] * b[p * n + t % n]).sum())
+            .collect();
+        let (fa, fb) = (
+            Mat::F32(a.as_ptr(), 1, k as isize),
+            Mat::F32(b.as_ptr(), 1, n as isize),
+        );
+        let (ha, hb) = (
+            Mat::F16(a16.as_ptr(), 1, k as isize),
+            Mat::F16(b16.as_ptr(), k as isize, 1),
+        );
+        for (lhs, rhs) in [(ha, fb), (fa, hb), (ha, hb)] {
+            let mut dst = vec![0.0f32; m * n];
+            let p = Product {
+                mnk: [m, n, k],
+                dst: dst.as_mut_ptr(),
+                dst_rs: n,
+                accumulate: false,
+                scale: 1.0,
+            };
+            // SAFETY: the operands are m×k and k×n as described; dst is m×n.
+            unsafe { gemm(p, lhs, rhs) };
+            for (g, w) in dst.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-4 * w.abs().max(1.0), "{g} vs {w}");
             }
         }
     }
