@@ -1,7 +1,7 @@
 //! GEMM with bf16 operands and f32 sums: the CPU's `--precision bf16` (see
 //! `crate::precision`). A layer computes in bf16 when its weight is held in bf16 (the loader
-//! chooses that, one fact): the kernels then call [`gemm_tile`] here instead of the f32 one,
-//! with the weight read as stored and the f32 activations rounded to bf16 (nearest-even) as
+//! chooses that, one fact): the kernels' GEMM (`super::gemm`, which picks by operand dtype)
+//! then sends the tile to [`gemm_tile`] here instead of the f32 one, with the weight read as stored and the f32 activations rounded to bf16 (nearest-even) as
 //! they are packed. Norms, softmax, element-wise ops and everything between layers stay f32.
 //!
 //! On a CPU without AVX512-BF16 (or not x86) the same products are made by widening the
