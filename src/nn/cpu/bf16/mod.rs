@@ -32,7 +32,7 @@ impl PackedA {
         let mut data = vec![0u32; strips * MR * k.div_ceil(2)];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
-            let at = strips * MR * (k0 / 2);
+            let at = block_at(m, k0);
             let len = strips * MR * kc.div_ceil(2);
             // SAFETY: the caller's lhs is m×k; the block's slice is sized for pack_a.
             unsafe { pack_a(lhs, k0, kc, m, &mut data[at..at + len]) };
@@ -44,6 +44,12 @@ impl PackedA {
     pub(crate) fn mat(&self) -> Mat {
         Mat::Packed(self.data.as_ptr(), self.m, self.k)
     }
+}
+
+/// Where the k block starting at `k0` (a multiple of [`KC`]) of an `m`-row [`PackedA`]
+/// begins: every earlier block holds `KC / 2` pairs for each of the padded rows.
+fn block_at(m: usize, k0: usize) -> usize {
+    m.div_ceil(MR) * MR * (k0 / 2)
 }
 
 /// Rows per A strip, as the micro-kernel takes them (12 wherever it runs: the packed layout
@@ -68,10 +74,9 @@ impl Mat {
                     bf16::from_f32(v.to_f32()).to_bits()
                 }
                 Mat::Packed(p, m, k) => {
-                    let strips = m.div_ceil(MR);
                     let (k0, kk) = ((j / KC) * KC, j % KC);
                     let kc2 = (k.min(k0 + KC) - k0).div_ceil(2);
-                    let at = strips * MR * (k0 / 2) + (i / MR) * kc2 * MR + (i % MR) * kc2 + kk / 2;
+                    let at = block_at(m, k0) + (i / MR) * kc2 * MR + (i % MR) * kc2 + kk / 2;
                     (*p.add(at) >> (16 * (kk % 2))) as u16
                 }
             }
@@ -184,7 +189,7 @@ unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
             match lhs {
                 Mat::Packed(p, pm, pk) => {
                     assert_eq!((pm, pk), (m, k), "a packed operand is used whole");
-                    p.add(a_strips * MR * (k0 / 2))
+                    p.add(block_at(m, k0))
                 }
                 _ => {
                     packs.a.clear();

@@ -71,13 +71,8 @@ impl Transformed {
         }
         let packed = (0..16)
             .into_par_iter()
-            .map(|xi| {
-                let rounded: Vec<u16> = u[xi * o * c..(xi + 1) * o * c]
-                    .iter()
-                    .map(|&v| half::bf16::from_f32(v).to_bits())
-                    .collect();
-                PackedA::new(Mat::Bf16(rounded.as_ptr(), 1, c as isize), o, c)
-            })
+            // Packing rounds the f32 rows to bf16 (nearest-even) as it converts them.
+            .map(|xi| PackedA::new(Mat::F32(u[xi * o * c..].as_ptr(), 1, c as isize), o, c))
             .collect();
         Self::Bf16(packed)
     }
