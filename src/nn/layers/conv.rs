@@ -195,10 +195,12 @@ mod tests {
             (3, 5, 7, 6, 11, 5, true),
             (2, 64, 96, 40, 33, 3, true),
             (2, 24, 40, 9, 13, 1, true),
-            // Winograd (k = 3, ≥ 32×32): odd sizes leave partial tiles on both edges.
+            // Winograd F(4×4) (k = 3, ≥ 32×32): odd sizes leave partial tiles on both edges;
+            // a long channel sum, where its transforms' rounding adds up most.
             (2, 16, 24, 33, 35, 3, true),
             (1, 5, 150, 32, 32, 3, false),
-            // f32 Winograd from 16×16 planes.
+            (1, 640, 8, 34, 32, 3, true),
+            // F(2×2) from 16×16 planes.
             (2, 8, 24, 16, 20, 3, true),
         ] {
             let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d);
@@ -235,8 +237,15 @@ mod tests {
                     assert_eq!(got.dims(), want.dims());
                     let err: f32 = (got - want.clone()).abs().max().into_scalar();
                     let scale: f32 = want.abs().max().into_scalar();
+                    // F(4×4)'s transforms scale by up to 8 and 1/24: 1.1e-5 of scale on the
+                    // 640-channel case, where F(2×2) and the direct kernel stay under 1e-5.
+                    let tol = if k == 3 && h * w >= 32 * 32 {
+                        4e-5
+                    } else {
+                        1e-5
+                    };
                     assert!(
-                        err <= 1e-5 * scale.max(1.0),
+                        err <= tol * scale.max(1.0),
                         "{what} {batch}x{c}x{h}x{w} k{k} -> {o}: max |diff| {err} (scale {scale})"
                     );
                 }

@@ -1,57 +1,83 @@
-//! 3×3 stride-1 "same" convolutions by Winograd F(2×2, 3×3) (Lavin & Gray, 2015).
+//! 3×3 stride-1 "same" convolutions by Winograd's minimal filtering (Lavin & Gray, 2015), in
+//! two variants ([`Variant`]): F(2×2, 3×3) (`f2`) and F(4×4, 3×3) (`f4`).
 //!
-//! Each 2×2 block of outputs comes from a 4×4 input tile: in the transformed domain the 9
-//! multiply-adds per output and input channel become 16 per 4 outputs, so the GEMMs, which are
-//! the whole cost, do 2.25x fewer FLOPs than the shifted GEMMs of `conv_same`. Per transform
-//! position ξ (16 of them) a task multiplies `U_ξ` `[O, C]` by `V_ξ` `[C, tiles]`.
+//! Each m×m block of outputs comes from an (m+2)×(m+2) input tile: in the transformed domain
+//! the 9 multiply-adds per output and input channel become (m+2)² per m² outputs, so the
+//! GEMMs, which are the whole cost, do 2.25x (F2) or 4x (F4) fewer FLOPs than the shifted
+//! GEMMs of `conv_same`. Per transform position ξ a task multiplies `U_ξ` `[O, C]` by `V_ξ`
+//! `[C, tiles]`.
 //!
 //! The weight transform `U = G g Gᵀ` is redone on every call instead of being kept: kept, it
-//! would cost 16/9 of the convolution weights in RAM (1.5 GB more for an SD UNet). It costs one
-//! pass over the weights, small against the convolution on the large planes where this kernel
-//! is used ([`worth_it`]); on small planes every task would stream all of `U`.
-//!
-//! The transforms only add, subtract and halve, so the error stays at f32 rounding of the
-//! GEMM sums (checked against Burn's convolution in the tests, within 1e-5 relative).
+//! would cost 16/9 (F2) or 4x (F4) of the convolution weights in RAM (1.5 GB more for an SD
+//! UNet with F2). It costs one pass over the weights, small against the convolution on the
+//! large planes where this kernel is used ([`worth_it`]); on small planes every task would
+//! stream all of `U`.
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod f2;
+mod f4;
 mod input;
 
 pub(crate) use input::Prologue;
-use input::{input_transform, tile_runs};
+use input::tile_runs;
 
-use super::{Mat, PackedA, Product, SendPtr, contiguous, gemm, new_tensor, simd_dispatch, slice};
+use super::{Mat, PackedA, Product, SendPtr, contiguous, gemm, new_tensor, slice};
 
-/// Output tiles (2×2 pixels each) per task: the GEMMs get 128 columns, and the task's `V`
-/// and `M` scratch stay within a few MB.
-const TILES_PER_TASK: usize = 128;
+/// The two tile sizes.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    F2,
+    F4,
+}
 
-/// Whether the Winograd kernel beats `conv_same` for this plane, where the weight transform
-/// and the per-task reads of `U` are amortised over enough tiles: from 16×16 in f32 (1280
-/// channels at 16×16: 53 ms against 78 direct, 2 cores), from 32×32 for a bf16 weight, whose
-/// direct GEMMs run at twice the rate while the transform costs the same (16×16: 52 ms
-/// against 46).
+impl Variant {
+    /// The variant for an `h`×`w` output, `None` where the shifted GEMMs of `conv_same` are
+    /// faster: there the weight transform and the per-task reads of `U` are not amortised
+    /// over enough tiles. f32 takes F2 from 16×16 (1280 channels at 16×16: 53 ms against 78
+    /// direct, 2 cores) and F4 from 32×32 (640 at 32×32: 43 -> 29 ms; 320 at 64×64: 39 -> 26
+    /// ms); at 16×16 F4's 4x larger `U` (236 MB at 1280 channels) costs more than its
+    /// GEMMs save. A bf16 weight takes F2 from 32×32: its direct GEMMs run at twice the rate
+    /// while the transform costs the same (16×16: 52 ms against 46), and F4's transforms
+    /// would scale the bf16 rounding of the transformed operands by up to 8.
+    fn of(h: usize, w: usize, bf16: bool) -> Option<Self> {
+        let plane = h * w;
+        match bf16 {
+            true if plane >= 32 * 32 => Some(Self::F2),
+            false if plane >= 32 * 32 => Some(Self::F4),
+            false if plane >= 16 * 16 => Some(Self::F2),
+            _ => None,
+        }
+    }
+
+    /// Output tile side m.
+    fn m(self) -> usize {
+        match self {
+            Self::F2 => 2,
+            Self::F4 => 4,
+        }
+    }
+
+    /// Transform positions (m+2)².
+    fn positions(self) -> usize {
+        (self.m() + 2) * (self.m() + 2)
+    }
+
+    /// Output tiles per task: 512 (F2) or 1024 (F4) output pixels, so the GEMMs get 128 or
+    /// 64 columns and the task's `V` and `M` scratch stay within a few MB.
+    fn tiles_per_task(self) -> usize {
+        match self {
+            Self::F2 => 128,
+            Self::F4 => 64,
+        }
+    }
+}
+
+/// Whether the Winograd kernel beats `conv_same` for an `h`×`w` output plane.
 pub(crate) fn worth_it(h: usize, w: usize, bf16: bool) -> bool {
-    h * w >= if bf16 { 32 * 32 } else { 16 * 16 }
-}
-
-/// `G` applied to three values.
-#[inline(always)]
-fn g3(v: [f32; 3]) -> [f32; 4] {
-    [
-        v[0],
-        0.5 * (v[0] + v[1] + v[2]),
-        0.5 * (v[0] - v[1] + v[2]),
-        v[2],
-    ]
-}
-
-/// `Aᵀ` applied to four values.
-#[inline(always)]
-fn at(v: [f32; 4]) -> [f32; 2] {
-    [v[0] + v[1] + v[2], v[1] - v[2] - v[3]]
+    Variant::of(h, w, bf16).is_some()
 }
 
 /// `U` as the GEMMs read it: f32, or for a bf16 weight (the layer computes in bf16) each
@@ -62,14 +88,14 @@ enum Transformed {
 }
 
 impl Transformed {
-    /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight (f32 or bf16) read through its strides,
-    /// transformed in f32 either way.
-    fn of(w: &FlexTensor, o: usize, c: usize) -> Self {
-        let u = transform_weights(w, o, c);
+    /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight (f32, f16 or bf16) read through its
+    /// strides, transformed in f32 either way.
+    fn of(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Self {
+        let u = transform_weights(w, o, c, v);
         if w.dtype() != DType::BF16 {
             return Self::F32(u);
         }
-        let packed = (0..16)
+        let packed = (0..v.positions())
             .into_par_iter()
             // Packing rounds the f32 rows to bf16 (nearest-even) as it converts them.
             .map(|xi| PackedA::new(Mat::F32(u[xi * o * c..].as_ptr(), 1, c as isize), o, c))
@@ -90,12 +116,12 @@ impl Transformed {
 /// channel, its 9 taps are gathered as rows over the input channels, then transformed 16
 /// channels at a time. (Transforming channel by channel, with 16 scattered stores each, cost
 /// as much as the bf16 GEMMs of a 640-channel 32×32 convolution.)
-fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
+fn transform_weights(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Vec<f32> {
     let st = w.layout().strides();
     let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
     let w0 = w.layout().start_offset() as isize;
     let dtype = w.dtype();
-    let mut u = vec![0.0f32; 16 * o * c];
+    let mut u = vec![0.0f32; v.positions() * o * c];
     let u_ptr = SendPtr(u.as_mut_ptr());
     (0..o)
         .into_par_iter()
@@ -132,55 +158,19 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize) -> Vec<f32> {
                 }
             }
             // SAFETY: rows (ξ, oi) of u, c long each; each oi is written by one task.
-            let out: [&mut [f32]; 16] = std::array::from_fn(|xi| unsafe {
+            let row = |xi: usize| unsafe {
                 std::slice::from_raw_parts_mut(u_ptr.0.add((xi * o + oi) * c), c)
-            });
-            transform_taps(taps, c, out);
+            };
+            match v {
+                Variant::F2 => f2::transform_taps(taps, c, std::array::from_fn(row)),
+                Variant::F4 => f4::transform_taps(taps, c, std::array::from_fn(row)),
+            }
         });
     u
 }
 
-simd_dispatch! {
-    /// `U = G g Gᵀ` for `c` channels at once: `taps` holds the 9 taps `g[kh][kw]` as rows of
-    /// `c`, `out[4i + j]` receives `U[i][j]` per channel. The arithmetic of `g3` applied to
-    /// columns then rows, in lanes of 16 channels.
-    fn transform_taps(taps: &[f32], c: usize, out: [&mut [f32]; 16]) {
-        const L: usize = 16;
-        #[allow(unused_mut)] // the macro's signature cannot say `mut out`
-        let mut out = out;
-        for c0 in (0..c).step_by(L) {
-            let len = L.min(c - c0);
-            let g: [[f32; L]; 9] = std::array::from_fn(|t| {
-                let mut v = [0.0f32; L];
-                v[..len].copy_from_slice(&taps[t * c + c0..t * c + c0 + len]);
-                v
-            });
-            // G g: each column kw of g through G (4 rows of lanes per column).
-            let cols: [[[f32; L]; 4]; 3] = std::array::from_fn(|kw| {
-                let [a, b, d] = [&g[kw], &g[3 + kw], &g[6 + kw]];
-                let mut r = [[0.0f32; L]; 4];
-                for l in 0..L {
-                    let v = g3([a[l], b[l], d[l]]);
-                    for i in 0..4 {
-                        r[i][l] = v[i];
-                    }
-                }
-                r
-            });
-            for i in 0..4 {
-                for l in 0..len {
-                    let row = g3([cols[0][i][l], cols[1][i][l], cols[2][i][l]]);
-                    for j in 0..4 {
-                        out[4 * i + j][c0 + l] = row[j];
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Scratch of one task: transformed input `V[ξ][c][t]`, products `M[ξ][o][t]`, the four
-/// row combinations of one tile row, and one channel's outputs `Y[ij][t]`.
+/// Scratch of one task: transformed input `V[ξ][c][t]`, products `M[ξ][o][t]`, the combined
+/// rows of one tile row, and one channel's outputs `Y[ij][t]`.
 #[derive(Default)]
 struct Scratch {
     v: Vec<f32>,
@@ -190,93 +180,86 @@ struct Scratch {
     y: Vec<f32>,
 }
 
-/// `Y = Aᵀ M A` of output channel `oi` for all `tb` tiles: `y` holds `Y[00]`, `Y[01]`,
-/// `Y[10]`, `Y[11]`, each `tb` long (lanes over tiles, so it vectorises).
-#[inline(always)]
-fn output_transform(m: &[f32], o: usize, oi: usize, tb: usize, y: &mut [f32]) {
-    let mm: [&[f32]; 16] = std::array::from_fn(|xi| &m[(xi * o + oi) * tb..][..tb]);
-    let (y00, rest) = y.split_at_mut(tb);
-    let (y01, rest) = rest.split_at_mut(tb);
-    let (y10, y11) = rest.split_at_mut(tb);
-    for t in 0..tb {
-        // Aᵀ over rows (ξ = 4a + b, a the row), then · A over the columns.
-        let c: [[f32; 2]; 4] =
-            std::array::from_fn(|b| at([mm[b][t], mm[4 + b][t], mm[8 + b][t], mm[12 + b][t]]));
-        let [a00, a01] = at([c[0][0], c[1][0], c[2][0], c[3][0]]);
-        let [a10, a11] = at([c[0][1], c[1][1], c[2][1], c[3][1]]);
-        y00[t] = a00;
-        y01[t] = a01;
-        y10[t] = a10;
-        y11[t] = a11;
-    }
+/// Where a task's outputs go: `O` channels of an `H`×`W` plane of image `img`, its tiles
+/// `t0..t0 + tb`, plus bias `[O]` and the fused add (shaped as the output, or `[N·O]` when
+/// per channel), into the output tensor's storage.
+#[derive(Clone, Copy)]
+struct OutputStage<'a> {
+    ohw: [usize; 3],
+    img: usize,
+    t0: usize,
+    tb: usize,
+    bias: Option<&'a [f32]>,
+    add: Option<(&'a [f32], bool)>,
+    out: SendPtr,
 }
 
-simd_dispatch! {
-    /// Output transform `Y = Aᵀ M A` of every channel of one task's tiles (image `img`, tiles
-    /// `t0..t0 + tb`), plus bias and the fused add, stored into the output.
-    #[allow(clippy::too_many_arguments)]
-    fn output_stage(
-        m: &[f32],
-        y: &mut [f32],
-        ohw: [usize; 3],
-        img: usize,
-        t0: usize,
-        tb: usize,
-        bs: Option<&[f32]>,
-        adds: Option<(&[f32], bool)>,
-        out_ptr: SendPtr,
-    ) {
-        let [o, h, wd] = ohw;
-        let tw = wd.div_ceil(2);
-        let residual = match adds {
-            Some((a, false)) => Some(a),
-            _ => None,
-        };
-        for oi in 0..o {
-            let ch = img * o + oi;
-            let mut b = bs.map_or(0.0, |b| b[oi]);
-            if let Some((a, true)) = adds {
-                b += a[ch];
-            }
-            output_transform(m, o, oi, tb, y);
-            let (y00, rest) = y.split_at(tb);
-            let (y01, rest) = rest.split_at(tb);
-            let (y10, y11) = rest.split_at(tb);
-            // A tile row's run of tiles at a time: two output rows, left to right, so the
-            // stores vectorise (per tile, finding the row and column took two integer
-            // divisions).
-            for (t, ty, tx0, run) in tile_runs(t0, tb, tw) {
-                for (i, left, right) in [(0, y00, y01), (1, y10, y11)] {
-                    let yy = 2 * ty + i;
-                    if yy >= h {
-                        continue;
-                    }
-                    // Columns 2·tx0 .. 2·(tx0 + run) of the row, the last one cut off when
-                    // the width is odd.
-                    let start = (ch * h + yy) * wd + 2 * tx0;
-                    let len = (2 * run).min(wd - 2 * tx0);
-                    // SAFETY: tiles are disjoint, so each output pixel of image img is
-                    // written by exactly one task, and the columns are inside the row.
-                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(start), len) };
-                    let (l, r) = (&left[t..t + run], &right[t..t + run]);
-                    match residual {
-                        Some(a) => {
-                            let a = &a[start..start + len];
-                            for (((d, a), &l), &r) in
-                                dst.chunks_mut(2).zip(a.chunks(2)).zip(l).zip(r)
-                            {
-                                d[0] = l + b + a[0];
-                                if let (Some(d1), Some(&a1)) = (d.get_mut(1), a.get(1)) {
-                                    *d1 = r + b + a1;
-                                }
+/// A variant's output transform: `Y = Aᵀ M A` of output channel `oi` for all `tb` tiles of
+/// `M` (`M[ξ][o][t]`, `O` channels) into `y[(m·i + j)·tb + t]` for an m×m tile.
+trait OutputTransform {
+    /// (A trait, not a closure or fn pointer: those were not inlined into the SIMD caller
+    /// and ran as SSE code, 10% of a bf16 64×64 convolution.)
+    fn apply(m: &[f32], o: usize, oi: usize, tb: usize, y: &mut [f32]);
+}
+
+/// The output stage with m×m tiles (`M` = m): per output channel, `T` makes `Y`, then bias
+/// and add go on as the rows are stored.
+#[inline(always)]
+fn output_stage_with<T: OutputTransform, const M: usize>(
+    m: &[f32],
+    y: &mut [f32],
+    st: &OutputStage<'_>,
+) {
+    let OutputStage {
+        ohw: [o, h, wd],
+        img,
+        t0,
+        tb,
+        bias,
+        add,
+        out,
+    } = *st;
+    let tw = wd.div_ceil(M);
+    let residual = match add {
+        Some((a, false)) => Some(a),
+        _ => None,
+    };
+    for oi in 0..o {
+        let ch = img * o + oi;
+        let mut b = bias.map_or(0.0, |b| b[oi]);
+        if let Some((a, true)) = add {
+            b += a[ch];
+        }
+        T::apply(m, o, oi, tb, y);
+        // A tile row's run of tiles at a time: M output rows, left to right, so the stores
+        // vectorise (per tile, finding the row and column took two integer divisions).
+        for (t, ty, tx0, run) in tile_runs(t0, tb, tw) {
+            for i in 0..M {
+                let yy = M * ty + i;
+                if yy >= h {
+                    break;
+                }
+                // Columns M·tx0 .. M·(tx0 + run) of the row, the last tile cut off where the
+                // width is not a multiple of M.
+                let start = (ch * h + yy) * wd + M * tx0;
+                let len = (M * run).min(wd - M * tx0);
+                // SAFETY: tiles are disjoint, so each output pixel of image img is written by
+                // exactly one task, and the columns are inside the row.
+                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(start), len) };
+                let cols: [&[f32]; M] = std::array::from_fn(|j| &y[(M * i + j) * tb + t..][..run]);
+                match residual {
+                    Some(a) => {
+                        let a = &a[start..start + len];
+                        for (k, (d, a)) in dst.chunks_mut(M).zip(a.chunks(M)).enumerate() {
+                            for (j, (d, &a)) in d.iter_mut().zip(a).enumerate() {
+                                *d = cols[j][k] + b + a;
                             }
                         }
-                        None => {
-                            for ((d, &l), &r) in dst.chunks_mut(2).zip(l).zip(r) {
-                                d[0] = l + b + 0.0;
-                                if let Some(d1) = d.get_mut(1) {
-                                    *d1 = r + b + 0.0;
-                                }
+                    }
+                    None => {
+                        for (k, d) in dst.chunks_mut(M).enumerate() {
+                            for (j, d) in d.iter_mut().enumerate() {
+                                *d = cols[j][k] + b + 0.0;
                             }
                         }
                     }
@@ -290,6 +273,7 @@ simd_dispatch! {
 /// positive strides), optional bias `[O]`, optional `add` (residual shaped as the output, or
 /// `[N, O, 1, 1]` when `per_channel`); the convolution's input is `x` through `pro` (with
 /// `Affine`, `scale`/`shift` are `[N·C]`; with `Upsample2x` the output is `[N, O, 2H, 2W]`).
+/// Only for planes where [`worth_it`] holds.
 pub(crate) fn conv3x3(
     x: &FlexTensor,
     w: &FlexTensor,
@@ -304,28 +288,28 @@ pub(crate) fn conv3x3(
         _ => (s[2], s[3]),
     };
     let o = w.layout().shape()[0];
+    let variant = Variant::of(h, wd, w.dtype() == DType::BF16).unwrap_or(Variant::F2);
+    let (mt, xis, per_task) = (variant.m(), variant.positions(), variant.tiles_per_task());
     let x = contiguous(x);
     let xs = slice(&x);
-    let u = Transformed::of(w, o, c);
+    let u = Transformed::of(w, o, c, variant);
     let bias = bias.map(contiguous);
     let bs = bias.as_ref().map(slice);
     let add = add.map(|(a, per_channel)| (contiguous(a), per_channel));
     let adds = add.as_ref().map(|(a, pc)| (slice(a), *pc));
 
-    let (th, tw) = (h.div_ceil(2), wd.div_ceil(2));
-    let tiles = th * tw;
-    let chunks = tiles.div_ceil(TILES_PER_TASK);
+    let tiles = h.div_ceil(mt) * wd.div_ceil(mt);
+    let chunks = tiles.div_ceil(per_task);
     let mut out = vec![0.0f32; n * o * h * wd];
     let out_ptr = SendPtr(out.as_mut_ptr());
     (0..n * chunks)
         .into_par_iter()
         .for_each_init(Scratch::default, |sc, task| {
-            let out_ptr = out_ptr;
             let (img, chunk) = (task / chunks, task % chunks);
-            let t0 = chunk * TILES_PER_TASK;
-            let tb = TILES_PER_TASK.min(tiles - t0);
-            sc.v.resize(16 * c * tb, 0.0);
-            sc.m.resize(16 * o * tb, 0.0);
+            let t0 = chunk * per_task;
+            let tb = per_task.min(tiles - t0);
+            sc.v.resize(xis * c * tb, 0.0);
+            sc.m.resize(xis * o * tb, 0.0);
             let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
             let pro = match pro {
                 Prologue::Affine { scale, shift, silu } => Prologue::Affine {
@@ -336,8 +320,11 @@ pub(crate) fn conv3x3(
                 p => p,
             };
             let (dims, rows, ring) = ([c, h, wd], &mut sc.rows, &mut sc.ring);
-            input_transform(plane, pro, dims, t0, tb, rows, ring, &mut sc.v);
-            for xi in 0..16 {
+            match variant {
+                Variant::F2 => f2::input_transform(plane, pro, dims, t0, tb, rows, ring, &mut sc.v),
+                Variant::F4 => f4::input_transform(plane, pro, dims, t0, tb, rows, ring, &mut sc.v),
+            }
+            for xi in 0..xis {
                 // SAFETY: M_ξ is O×tb row-major, U_ξ O×C row-major, V_ξ C×tb row-major.
                 unsafe {
                     let p = Product {
@@ -351,9 +338,20 @@ pub(crate) fn conv3x3(
                     gemm(p, u.at(xi, o, c), v);
                 }
             }
-            sc.y.resize(4 * tb, 0.0);
-            let dims = [o, h, wd];
-            output_stage(&sc.m, &mut sc.y, dims, img, t0, tb, bs, adds, out_ptr);
+            sc.y.resize(mt * mt * tb, 0.0);
+            let st = OutputStage {
+                ohw: [o, h, wd],
+                img,
+                t0,
+                tb,
+                bias: bs,
+                add: adds,
+                out: out_ptr,
+            };
+            match variant {
+                Variant::F2 => f2::output_stage(&sc.m, &mut sc.y, &st),
+                Variant::F4 => f4::output_stage(&sc.m, &mut sc.y, &st),
+            }
         });
     new_tensor(out, vec![n, o, h, wd])
 }

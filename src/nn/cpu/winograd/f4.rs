@@ -1,0 +1,237 @@
+//! Winograd F(4×4, 3×3) (Lavin & Gray's matrices, points 0, ±1, ±2, ∞): each 4×4 block of
+//! outputs from a 6×6 input tile, 36 transform positions, so the GEMMs do 4x fewer FLOPs than
+//! direct convolution where F(2×2) does 2.25x. Its transforms scale by up to 8 and by 1/24,
+//! which costs precision: against Burn's convolution, 1.1e-5 of the output's scale over 640
+//! input channels (tested within 4e-5), where F(2×2) stays under 1e-5
+//! (`same_conv_kernel_matches_burn_conv`). The f32 variant for the large planes; bf16
+//! operands, rounded after the transforms, keep F(2×2).
+
+use super::super::simd_dispatch;
+use super::input::{Prologue, tile_rows, tile_runs};
+use super::{OutputStage, OutputTransform, output_stage_with};
+
+/// `G` (6×3) applied to three values.
+#[inline(always)]
+fn g6(v: [f32; 3]) -> [f32; 6] {
+    let (a, b, c) = (v[0], v[1], v[2]);
+    let (ac, b12) = (a * (1.0 / 24.0) + c * (1.0 / 6.0), b * (1.0 / 12.0));
+    [
+        a * 0.25,
+        (a + b + c) * (-1.0 / 6.0),
+        (a - b + c) * (-1.0 / 6.0),
+        ac + b12,
+        ac - b12,
+        c,
+    ]
+}
+
+/// `Bᵀ` (6×6) applied to six values.
+#[inline(always)]
+fn bt(d: [f32; 6]) -> [f32; 6] {
+    // Shared terms: r1, r2 = ±4(d1 + ... ) and r3, r4 = ±2(...): d4 - 4d2 and d4 - d2 are
+    // common to each pair.
+    let (p, q) = (d[4] - 4.0 * d[2], d[3] - 4.0 * d[1]);
+    let (s, u) = (d[4] - d[2], 2.0 * (d[3] - d[1]));
+    [
+        4.0 * d[0] - 5.0 * d[2] + d[4],
+        p + q,
+        p - q,
+        s + u,
+        s - u,
+        4.0 * d[1] - 5.0 * d[3] + d[5],
+    ]
+}
+
+/// `Aᵀ` (4×6) applied to six values.
+#[inline(always)]
+fn at(m: [f32; 6]) -> [f32; 4] {
+    let (a, b) = (m[1] + m[2], m[1] - m[2]);
+    let (c, d) = (m[3] + m[4], m[3] - m[4]);
+    [m[0] + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m[5]]
+}
+
+simd_dispatch! {
+    /// `U = G g Gᵀ` for `c` channels at once: `taps` holds the 9 taps `g[kh][kw]` as rows of
+    /// `c`, `out[6i + j]` receives `U[i][j]` per channel, in lanes of 16 channels.
+    fn transform_taps(taps: &[f32], c: usize, out: [&mut [f32]; 36]) {
+        const L: usize = 16;
+        #[allow(unused_mut)] // the macro's signature cannot say `mut out`
+        let mut out = out;
+        for c0 in (0..c).step_by(L) {
+            let len = L.min(c - c0);
+            let g: [[f32; L]; 9] = std::array::from_fn(|t| {
+                let mut v = [0.0f32; L];
+                v[..len].copy_from_slice(&taps[t * c + c0..t * c + c0 + len]);
+                v
+            });
+            // G g: each column kw of g through G (6 rows of lanes per column).
+            let cols: [[[f32; L]; 6]; 3] = std::array::from_fn(|kw| {
+                let [a, b, d] = [&g[kw], &g[3 + kw], &g[6 + kw]];
+                let mut r = [[0.0f32; L]; 6];
+                for l in 0..L {
+                    let v = g6([a[l], b[l], d[l]]);
+                    for i in 0..6 {
+                        r[i][l] = v[i];
+                    }
+                }
+                r
+            });
+            // · Gᵀ over each row i, whole lanes into arrays, then copied out (stored value by
+            // value into 36 slices it stayed scalar).
+            for i in 0..6 {
+                let mut rows = [[0.0f32; L]; 6];
+                for l in 0..L {
+                    let row = g6([cols[0][i][l], cols[1][i][l], cols[2][i][l]]);
+                    for j in 0..6 {
+                        rows[j][l] = row[j];
+                    }
+                }
+                for (j, row) in rows.iter().enumerate() {
+                    out[6 * i + j][c0..c0 + len].copy_from_slice(&row[..len]);
+                }
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// [`output_stage_with`] for 4×4 output tiles.
+    fn output_stage(m: &[f32], y: &mut [f32], st: &OutputStage<'_>) {
+        output_stage_with::<Tiles, 4>(m, y, st)
+    }
+}
+
+/// `Y = Aᵀ M A` of output channel `oi` for all `tb` tiles: `y[(4i + j)·tb + t]` is `Y[i][j]`
+/// of tile `t` (lanes over tiles, so it vectorises).
+struct Tiles;
+
+impl OutputTransform for Tiles {
+    #[inline(always)]
+    fn apply(m: &[f32], o: usize, oi: usize, tb: usize, y: &mut [f32]) {
+        // In lanes of 16 tiles copied into arrays, as `transform_taps` does: indexing 36
+        // slices per tile stayed scalar (the output stage took half the GEMMs' time).
+        const L: usize = 16;
+        for t0 in (0..tb).step_by(L) {
+            let len = L.min(tb - t0);
+            // Aᵀ over the rows (ξ = 6a + b, a the row) of each column b...
+            let mut c = [[[0.0f32; L]; 4]; 6];
+            for (b, c) in c.iter_mut().enumerate() {
+                let col: [[f32; L]; 6] = std::array::from_fn(|a| {
+                    let mut v = [0.0f32; L];
+                    v[..len].copy_from_slice(&m[((6 * a + b) * o + oi) * tb + t0..][..len]);
+                    v
+                });
+                for l in 0..L {
+                    let r = at([
+                        col[0][l], col[1][l], col[2][l], col[3][l], col[4][l], col[5][l],
+                    ]);
+                    for i in 0..4 {
+                        c[i][l] = r[i];
+                    }
+                }
+            }
+            // ...then · A over the columns of each row i.
+            for i in 0..4 {
+                let mut out = [[0.0f32; L]; 4];
+                for l in 0..L {
+                    let r = at([
+                        c[0][i][l], c[1][i][l], c[2][i][l], c[3][i][l], c[4][i][l], c[5][i][l],
+                    ]);
+                    for j in 0..4 {
+                        out[j][l] = r[j];
+                    }
+                }
+                for (j, out) in out.iter().enumerate() {
+                    y[(4 * i + j) * tb + t0..][..len].copy_from_slice(&out[..len]);
+                }
+            }
+        }
+    }
+}
+
+simd_dispatch! {
+    /// `V = Bᵀ d B` for tiles `t0..t0+tb` of one image (`plane` `[C, H, W]`, or as `pro` says),
+    /// into `v[ξ][c][t]`. As in F(2×2): `Bᵀ` over the six input rows of a tile row for every
+    /// column at once, then each combined row split by column mod 4 so that `· B` over a
+    /// tile's six columns is six contiguous lane loops over the tiles.
+    #[allow(clippy::ptr_arg, clippy::too_many_arguments)]
+    fn input_transform(
+        plane: &[f32],
+        pro: Prologue<'_>,
+        chw: [usize; 3],
+        t0: usize,
+        tb: usize,
+        rows: &mut Vec<f32>,
+        ring: &mut Vec<f32>,
+        v: &mut [f32],
+    ) {
+        let [c, h, wd] = chw;
+        let tw = wd.div_ceil(4);
+        // Padded row width: one zero column left, zeros right up to 4·(tw + 1) (tile tx reads
+        // padded columns 4tx .. 4tx + 6).
+        let (wp, pw) = (4 * tw + 4, tw + 1);
+        rows.clear();
+        rows.resize(6 * wp + 4 * pw, 0.0);
+        let (rows, split) = rows.split_at_mut(6 * wp);
+        let zero = vec![0.0f32; wd];
+        ring.resize(6 * wd, 0.0);
+        let in_plane = match pro {
+            Prologue::Upsample2x => (h / 2) * (wd / 2),
+            _ => h * wd,
+        };
+        let stride = c * tb;
+        for ci in 0..c {
+            let xc = &plane[ci * in_plane..(ci + 1) * in_plane];
+            let mut made = [isize::MIN; 6];
+            for (t, ty, tx0, n_here) in tile_runs(t0, tb, tw) {
+                let y0 = 4 * ty as isize - 1;
+                let d: [&[f32]; 6] = tile_rows(pro, xc, ci, h, y0, &mut made, ring, &zero);
+                {
+                    // Locals of one length, as below.
+                    let [x0, x1, x2, x3, x4, x5] = d.map(|r| &r[..wd]);
+                    let (r0, rest) = rows.split_at_mut(wp);
+                    let (r1, rest) = rest.split_at_mut(wp);
+                    let (r2, rest) = rest.split_at_mut(wp);
+                    let (r3, rest) = rest.split_at_mut(wp);
+                    let (r4, r5) = rest.split_at_mut(wp);
+                    let (r0, r1, r2) = (&mut r0[1..wd + 1], &mut r1[1..wd + 1], &mut r2[1..wd + 1]);
+                    let (r3, r4, r5) = (&mut r3[1..wd + 1], &mut r4[1..wd + 1], &mut r5[1..wd + 1]);
+                    for q in 0..wd {
+                        let b = bt([x0[q], x1[q], x2[q], x3[q], x4[q], x5[q]]);
+                        (r0[q], r1[q], r2[q]) = (b[0], b[1], b[2]);
+                        (r3[q], r4[q], r5[q]) = (b[3], b[4], b[5]);
+                    }
+                }
+                for (i, r) in rows.chunks_exact(wp).enumerate() {
+                    // Tile tx reads r[4tx .. 4tx + 6]: phases p_j[k] = r[4k + j].
+                    let (p0, rest) = split.split_at_mut(pw);
+                    let (p1, rest) = rest.split_at_mut(pw);
+                    let (p2, p3) = rest.split_at_mut(pw);
+                    let phases = p0.iter_mut().zip(p1.iter_mut()).zip(p2.iter_mut().zip(p3.iter_mut()));
+                    for (quad, ((a, b), (c, d))) in r.chunks_exact(4).zip(phases) {
+                        (*a, *b, *c, *d) = (quad[0], quad[1], quad[2], quad[3]);
+                    }
+                    // Slices of one length as locals, so the lane loop has no bounds checks
+                    // (in arrays of slices it stayed scalar).
+                    let n = n_here;
+                    let (e0, e1, e2) = (&p0[tx0..][..n], &p1[tx0..][..n], &p2[tx0..][..n]);
+                    let (e3, e4, e5) = (&p3[tx0..][..n], &p0[tx0 + 1..][..n], &p1[tx0 + 1..][..n]);
+                    // Into V[6i + j][ci][t..], j = 0..6 (one channel plane of V apart).
+                    let v0 = &mut v[(6 * i * c + ci) * tb + t..];
+                    let (d0, rest) = v0.split_at_mut(stride);
+                    let (d1, rest) = rest.split_at_mut(stride);
+                    let (d2, rest) = rest.split_at_mut(stride);
+                    let (d3, rest) = rest.split_at_mut(stride);
+                    let (d4, d5) = rest.split_at_mut(stride);
+                    let (d0, d1, d2) = (&mut d0[..n], &mut d1[..n], &mut d2[..n]);
+                    let (d3, d4, d5) = (&mut d3[..n], &mut d4[..n], &mut d5[..n]);
+                    for k in 0..n {
+                        let b = bt([e0[k], e1[k], e2[k], e3[k], e4[k], e5[k]]);
+                        (d0[k], d1[k], d2[k]) = (b[0], b[1], b[2]);
+                        (d3[k], d4[k], d5[k]) = (b[3], b[4], b[5]);
+                    }
+                }
+            }
+        }
+    }
+}
