@@ -294,8 +294,9 @@ fn main() {
             },
         );
     }
-    // Every UNet level in f32 and with bf16 weights (`--precision bf16`: bf16 products, f32
-    // sums), 3×3 and 1×1.
+    // Every UNet level with f32 weights, f16 weights (the fp16 files kept as stored: widened
+    // in the kernels, computed in f32) and bf16 weights (`--precision bf16`: bf16 products,
+    // f32 sums), 3×3 and 1×1.
     for (ch, hw, k) in [
         (320usize, 64usize, 3usize),
         (640, 32, 3),
@@ -307,7 +308,7 @@ fn main() {
         let xl = Tensor::<B, 4>::random([2, ch, hw, hw], n, &d);
         let wl = Tensor::<B, 4>::random([ch, ch, k, k], n, &d);
         let bl = Tensor::<B, 1>::random([ch], n, &d);
-        for dtype in [DType::F32, DType::BF16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
             let kl = conv(&wl.clone().cast(dtype), &bl);
             bench(
                 &format!("conv{k}x{k} {ch}->{ch} [2,{ch},{hw},{hw}] kiln {dtype:?}"),
@@ -331,7 +332,7 @@ fn main() {
         let xr = Tensor::<B, 2>::random([rows, d_in], n, &d);
         let wr = Tensor::<B, 2>::random([d_out, d_in], n, &d);
         let br = Tensor::<B, 1>::random([d_out], n, &d);
-        for dtype in [DType::F32, DType::BF16] {
+        for dtype in [DType::F32, DType::F16, DType::BF16] {
             let lin = Linear {
                 weight: Param::from_tensor(wr.clone().transpose().cast(dtype)),
                 bias: Some(Param::from_tensor(br.clone())),

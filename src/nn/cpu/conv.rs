@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::winograd::{self, Prologue};
 use super::{
     Mat, PackedA, Product, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice,
+    widened_once,
 };
 
 /// `KILN_CONV=direct` turns the Winograd path off (for A/B timing and for bisecting).
@@ -168,6 +169,9 @@ pub(crate) fn conv_same(
         oblk = (oblk / 2).next_multiple_of(8);
     }
     let oblocks = o.div_ceil(oblk);
+    // Each (image, band) task widens its f16 taps: widen once where that is many times over
+    // (a 64×64-level 1×1 convolution has 16 such tasks). Same layout, so the strides hold.
+    let w = widened_once(&w, n * bands).unwrap_or(w);
 
     let mut out = vec![0.0f32; n * o * h * wd];
     let out_ptr = SendPtr(out.as_mut_ptr());

@@ -5,9 +5,10 @@
 
 use std::cell::RefCell;
 
-use burn::tensor::DType;
+use burn::tensor::{Bytes, DType};
 use burn_flex::FlexTensor;
 use half::f16;
+use rayon::prelude::*;
 
 use super::{bf16, gemm_tile};
 
@@ -71,6 +72,38 @@ pub(crate) fn mat(t: &FlexTensor, cs: isize, rs: isize) -> Mat {
         DType::F16 => Mat::F16(t.storage::<f16>()[start..].as_ptr().cast(), cs, rs),
         _ => Mat::F32(t.storage::<f32>()[start..].as_ptr(), cs, rs),
     }
+}
+
+/// Largest f16 weight [`widened_once`] copies (f32 bytes): the UNet's 64×64- and 32×32-level
+/// weights (up to 13 MB) are below it, the 16×16 level's 1280×10240 GEGLU projection (52 MB,
+/// read by only two row tiles) stays widened per tile rather than add its copy to the peak.
+const WIDEN_ONCE_MAX: usize = 16 << 20;
+
+/// `w` (an f16 weight) widened to f32 once, same layout, for a call whose tasks would each
+/// widen the same panels again, `reuse` times over: a 64×64-level Linear has 32 row tiles,
+/// so per tile its weight was converted 32 times (f16→f32 was ~5% of an SD step on f16
+/// weights). `None`, widen per tile as before, for other dtypes, `reuse` < 3, a weight above
+/// [`WIDEN_ONCE_MAX`] or one that is a view into a larger buffer.
+pub(crate) fn widened_once(w: &FlexTensor, reuse: usize) -> Option<FlexTensor> {
+    use half::slice::HalfFloatSliceExt;
+    if w.dtype() != DType::F16 || reuse < 3 {
+        return None;
+    }
+    let layout = w.layout();
+    let src = w.storage::<f16>();
+    let whole = layout.start_offset() == 0 && src.len() == layout.num_elements();
+    if 4 * src.len() > WIDEN_ONCE_MAX || !whole {
+        return None;
+    }
+    let mut out = vec![0.0f32; src.len()];
+    out.par_chunks_mut(1 << 16)
+        .zip(src.par_chunks(1 << 16))
+        .for_each(|(o, s)| s.convert_to_f32_slice(o));
+    Some(FlexTensor::new(
+        Bytes::from_elems(out),
+        layout.clone(),
+        DType::F32,
+    ))
 }
 
 thread_local! {

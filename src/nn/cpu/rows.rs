@@ -6,6 +6,7 @@ use rayon::prelude::*;
 
 use super::{
     Mat, Product, SendPtr, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch, slice,
+    widened_once,
 };
 
 /// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
@@ -120,6 +121,12 @@ impl Tiles {
         let tc = TILE_COLS
             .min(n.div_ceil(want_cols).next_multiple_of(16).max(64))
             .min(n.max(1));
+        // Columns shared out evenly: 320 as 160 + 160, not 256 + 64, whose narrow tile ran at
+        // a fraction of the GEMM rate.
+        let tc = n
+            .div_ceil(n.div_ceil(tc))
+            .next_multiple_of(16)
+            .min(n.max(1));
         let nc = n.div_ceil(tc);
         Self { m, n, tr, tc, nc }
     }
@@ -160,6 +167,7 @@ pub(crate) fn linear_geglu(
     bias: Option<&FlexTensor>,
 ) -> FlexTensor {
     let (x, wt, mut shape, [m, k, n2]) = operands(x, wt);
+    let wt = widened_once(&wt, m.div_ceil(TILE_ROWS)).unwrap_or(wt);
     let inner = n2 / 2;
     *shape.last_mut().expect("rank >= 1") = inner;
     let b = bias.map(contiguous);
@@ -220,6 +228,7 @@ pub(crate) fn linear(
     residual: Option<&FlexTensor>,
 ) -> FlexTensor {
     let (x, wt, mut shape, [m, k, n]) = operands(x, wt);
+    let wt = widened_once(&wt, m.div_ceil(TILE_ROWS)).unwrap_or(wt);
     *shape.last_mut().expect("rank >= 1") = n;
     let (b, r) = (bias.map(contiguous), residual.map(contiguous));
     let (bs, rs) = (b.as_ref().map(slice), r.as_ref().map(slice));

@@ -253,6 +253,35 @@ mod tests {
         }
     }
 
+    /// f16 weights (an fp16 checkpoint's, kept as stored) give the bits of the same values in
+    /// f32: widened once per call (1×1 over three row bands of two images), per task (3×3 at
+    /// 8×8, two tasks) and inside the Winograd weight transform (16×20).
+    #[test]
+    fn f16_weights_equal_f32_weights() {
+        use burn::tensor::DType;
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        for (c, o, h, w, k) in [(24, 40, 40, 33, 1), (16, 24, 8, 8, 3), (8, 24, 16, 20, 3)] {
+            let x = Tensor::<Flex, 4>::random([2, c, h, w], n, &d);
+            let w32 = Tensor::<Flex, 4>::random([o, c, k, k], n, &d)
+                .cast(DType::F16)
+                .cast(DType::F32);
+            let b = Tensor::<Flex, 1>::random([o], n, &d);
+            let conv = |weight: Tensor<Flex, 4>| Conv2d {
+                weight: Param::from_tensor(relayout_conv_weight(weight)),
+                bias: Some(Param::from_tensor(b.clone())),
+                stride: 1,
+                padding: [k / 2; 4],
+            };
+            let (c16, c32) = (conv(w32.clone().cast(DType::F16)), conv(w32));
+            assert_eq!(
+                bits(c16.forward(x.clone())),
+                bits(c32.forward(x)),
+                "{c}->{o} {h}x{w} k{k}"
+            );
+        }
+    }
+
     fn bits(t: Tensor<Flex, 4>) -> Vec<u32> {
         let v = t.into_data().to_vec::<f32>().unwrap();
         v.into_iter().map(f32::to_bits).collect()

@@ -344,4 +344,30 @@ mod tests {
             assert!(err < 1e-4, "{rows} rows: max |diff| {err}");
         }
     }
+
+    /// f16 `InOut` weights (an fp16 checkpoint's, kept as stored) give the bits of the same
+    /// weights in f32, through `forward` and `forward_geglu`, both where each tile widens its
+    /// panel (200 rows: one row tile) and where the weight is widened once for the call
+    /// (1100 rows: five row tiles); 900 columns share out unevenly over 256-wide tiles.
+    #[test]
+    fn f16_weights_equal_f32_widened_per_tile_or_once() {
+        use burn::tensor::DType;
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let w32 = Tensor::<Flex, 2>::random([64, 900], n, &d)
+            .cast(DType::F16)
+            .cast(DType::F32);
+        let b = Tensor::<Flex, 1>::random([900], n, &d);
+        let (l32, l16) = (
+            in_out(&w32, Some(b.clone())),
+            in_out(&w32.clone().cast(DType::F16), Some(b)),
+        );
+        for rows in [200, 1100] {
+            let x = Tensor::<Flex, 3>::random([1, rows, 64], n, &d);
+            let (got, want) = (l16.forward(x.clone()), l32.forward(x.clone()));
+            assert_eq!(got.into_data(), want.into_data(), "{rows} rows");
+            let (got, want) = (l16.forward_geglu(x.clone()), l32.forward_geglu(x));
+            assert_eq!(got.into_data(), want.into_data(), "{rows} rows, GEGLU");
+        }
+    }
 }
