@@ -10,7 +10,7 @@ use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{Mat, Product, SendPtr, bf16, gemm, math, simd_dispatch};
+use super::{Mat, Product, Unfilled, bf16, gemm, math, simd_dispatch};
 
 /// Queries per task: each task packs every K and V block for its GEMMs, so more rows per
 /// task amortise that (kernel bench, 64×64 level: 64 → 256 rows, 329 → 273 ms).
@@ -141,8 +141,8 @@ pub(crate) fn attention(
     }
     let scale = 1.0 / (d as f32).sqrt();
     let causal = causal.then_some(skv as isize - sq as isize);
-    let mut out = vec![0.0f32; b * sq * h * dv];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(b * sq * h * dv);
+    let out_ptr = out.ptr();
     let blocks = sq.div_ceil(BLOCK_Q);
     (0..b * h * blocks)
         .into_par_iter()
@@ -228,7 +228,9 @@ pub(crate) fn attention(
         0,
     );
     Some(FlexTensor::new(
-        burn::tensor::Bytes::from_elems(out),
+        // SAFETY: the tasks cover every (batch, head, query block), each writing all Dv
+        // values of its rows.
+        burn::tensor::Bytes::from_elems(unsafe { out.filled() }),
         layout,
         burn::tensor::DType::F32,
     ))

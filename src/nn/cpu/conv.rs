@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::winograd::{self, Prologue};
 use super::{
-    Mat, PackedA, Product, SendPtr, contiguous, dims, gemm, mat, new_tensor, norms, slice,
+    Mat, PackedA, Product, Unfilled, contiguous, dims, gemm, mat, new_tensor, norms, slice,
     widened_once,
 };
 
@@ -173,8 +173,8 @@ pub(crate) fn conv_same(
     // (a 64×64-level 1×1 convolution has 16 such tasks). Same layout, so the strides hold.
     let w = widened_once(&w, n * bands).unwrap_or(w);
 
-    let mut out = vec![0.0f32; n * o * h * wd];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(n * o * h * wd);
+    let out_ptr = out.ptr();
     let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), mat(&w, sc, so));
     // The tap's O-block × C matrix: rows o0.. of the weight at offset kh·sh + kw·sw.
     let tap =
@@ -254,5 +254,6 @@ pub(crate) fn conv_same(
             }
         }
     });
-    Some(new_tensor(out, vec![n, o, h, wd]))
+    // SAFETY: the tasks cover every (image, row band, channel block), each all its pixels.
+    Some(new_tensor(unsafe { out.filled() }, vec![n, o, h, wd]))
 }

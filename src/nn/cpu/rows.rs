@@ -5,8 +5,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    Mat, Product, SendPtr, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch, slice,
-    widened_once,
+    Mat, Product, SendPtr, Unfilled, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch,
+    slice, widened_once,
 };
 
 /// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
@@ -173,8 +173,8 @@ pub(crate) fn linear_geglu(
     let b = bias.map(contiguous);
     let bs = b.as_ref().map(slice);
     let (xs, ws) = (slice(&x), mat(&wt, 1, n2 as isize));
-    let mut out = vec![0.0f32; m * inner];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(m * inner);
+    let out_ptr = out.ptr();
     let tiles = Tiles::new(m, inner);
     (0..tiles.count())
         .into_par_iter()
@@ -213,7 +213,8 @@ pub(crate) fn linear_geglu(
                 cols,
             );
         });
-    new_tensor(out, shape)
+    // SAFETY: the tiles cover the output, and `geglu_tile` writes each tile whole.
+    new_tensor(unsafe { out.filled() }, shape)
 }
 
 /// `x Wt + b (+ r)` with `Wt` `[K, N]` contiguous, as parallel tiles of the output, each a
@@ -233,8 +234,12 @@ pub(crate) fn linear(
     let (b, r) = (bias.map(contiguous), residual.map(contiguous));
     let (bs, rs) = (b.as_ref().map(slice), r.as_ref().map(slice));
     let (xs, ws) = (slice(&x), mat(&wt, 1, n as isize));
-    let mut out = vec![0.0f32; m * n];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    // A GEMM over k = 0 writes nothing: cleared then.
+    let mut out = Unfilled::new(m * n);
+    if k == 0 {
+        out = Unfilled::zeroed(m * n);
+    }
+    let out_ptr = out.ptr();
     let tiles = Tiles::new(m, n);
     (0..tiles.count()).into_par_iter().for_each(|t| {
         let out_ptr = out_ptr;
@@ -274,7 +279,8 @@ pub(crate) fn linear(
             );
         }
     });
-    new_tensor(out, shape)
+    // SAFETY: the tiles cover the output, and each tile's GEMM (k > 0) writes all of it.
+    new_tensor(unsafe { out.filled() }, shape)
 }
 
 /// `x` `[B, M, N]` → contiguous `[B, N, M]` (NCHW ↔ tokens), parallel over 64×64 tiles. Flex

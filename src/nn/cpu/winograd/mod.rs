@@ -24,7 +24,7 @@ mod input;
 pub(crate) use input::Prologue;
 use input::tile_runs;
 
-use super::{Mat, PackedA, Product, SendPtr, contiguous, gemm, new_tensor, slice};
+use super::{Mat, PackedA, Product, SendPtr, Unfilled, contiguous, gemm, new_tensor, slice};
 
 /// The two tile sizes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -121,8 +121,8 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Vec<f32>
     let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
     let w0 = w.layout().start_offset() as isize;
     let dtype = w.dtype();
-    let mut u = vec![0.0f32; v.positions() * o * c];
-    let u_ptr = SendPtr(u.as_mut_ptr());
+    let mut u = Unfilled::new(v.positions() * o * c);
+    let u_ptr = u.ptr();
     (0..o)
         .into_par_iter()
         .for_each_init(Vec::new, |taps: &mut Vec<f32>, oi| {
@@ -166,7 +166,8 @@ fn transform_weights(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Vec<f32>
                 Variant::F4 => f4::transform_taps(taps, c, std::array::from_fn(row)),
             }
         });
-    u
+    // SAFETY: every output channel's task writes its row of every transform position.
+    unsafe { u.filled() }
 }
 
 /// Scratch of one task: transformed input `V[ξ][c][t]`, products `M[ξ][o][t]`, the combined
@@ -300,8 +301,8 @@ pub(crate) fn conv3x3(
 
     let tiles = h.div_ceil(mt) * wd.div_ceil(mt);
     let chunks = tiles.div_ceil(per_task);
-    let mut out = vec![0.0f32; n * o * h * wd];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(n * o * h * wd);
+    let out_ptr = out.ptr();
     (0..n * chunks)
         .into_par_iter()
         .for_each_init(Scratch::default, |sc, task| {
@@ -353,5 +354,7 @@ pub(crate) fn conv3x3(
                 Variant::F4 => f4::output_stage(&sc.m, &mut sc.y, &st),
             }
         });
-    new_tensor(out, vec![n, o, h, wd])
+    // SAFETY: the tasks cover every tile of every image, and each tile every output channel
+    // and pixel of its block (cut at the edges).
+    new_tensor(unsafe { out.filled() }, vec![n, o, h, wd])
 }
