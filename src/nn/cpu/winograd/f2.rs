@@ -5,6 +5,7 @@
 
 use super::super::simd_dispatch;
 use super::input::{Prologue, tile_rows, tile_runs};
+use super::weights::{WeightTransform, transform_taps_with};
 use super::{OutputStage, OutputTransform, output_stage_with};
 
 /// `G` applied to three values.
@@ -31,46 +32,19 @@ fn bt(v: [f32; 4]) -> [f32; 4] {
 }
 
 simd_dispatch! {
-    /// `U = G g Gᵀ` for `c` channels at once: `taps` holds the 9 taps `g[kh][kw]` as rows of
-    /// `c`, `out[4i + j]` receives `U[i][j]` per channel. The arithmetic of `g3` applied to
-    /// columns then rows, in lanes of 16 channels.
-    fn transform_taps(taps: &[f32], c: usize, out: [&mut [f32]; 16]) {
-        const L: usize = 16;
-        #[allow(unused_mut)] // the macro's signature cannot say `mut out`
-        let mut out = out;
-        for c0 in (0..c).step_by(L) {
-            let len = L.min(c - c0);
-            let g: [[f32; L]; 9] = std::array::from_fn(|t| {
-                let mut v = [0.0f32; L];
-                v[..len].copy_from_slice(&taps[t * c + c0..t * c + c0 + len]);
-                v
-            });
-            // G g: each column kw of g through G (4 rows of lanes per column).
-            let cols: [[[f32; L]; 4]; 3] = std::array::from_fn(|kw| {
-                let [a, b, d] = [&g[kw], &g[3 + kw], &g[6 + kw]];
-                let mut r = [[0.0f32; L]; 4];
-                for l in 0..L {
-                    let v = g3([a[l], b[l], d[l]]);
-                    for i in 0..4 {
-                        r[i][l] = v[i];
-                    }
-                }
-                r
-            });
-            // · Gᵀ over each row i into whole lanes, then copied out (see `f4`).
-            for i in 0..4 {
-                let mut rows = [[0.0f32; L]; 4];
-                for l in 0..L {
-                    let row = g3([cols[0][i][l], cols[1][i][l], cols[2][i][l]]);
-                    for j in 0..4 {
-                        rows[j][l] = row[j];
-                    }
-                }
-                for (j, row) in rows.iter().enumerate() {
-                    out[4 * i + j][c0..c0 + len].copy_from_slice(&row[..len]);
-                }
-            }
-        }
+    /// [`transform_taps_with`] with this variant's `G`.
+    fn transform_taps(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+        transform_taps_with::<G, 4>(taps, c, out)
+    }
+}
+
+/// This variant's `G`.
+struct G;
+
+impl WeightTransform<4> for G {
+    #[inline(always)]
+    fn g(v: [f32; 3]) -> [f32; 4] {
+        g3(v)
     }
 }
 

@@ -8,6 +8,7 @@
 
 use super::super::simd_dispatch;
 use super::input::{Prologue, tile_rows, tile_runs};
+use super::weights::{WeightTransform, transform_taps_with};
 use super::{OutputStage, OutputTransform, output_stage_with};
 
 /// `G` (6×3) applied to three values.
@@ -51,46 +52,19 @@ fn at(m: [f32; 6]) -> [f32; 4] {
 }
 
 simd_dispatch! {
-    /// `U = G g Gᵀ` for `c` channels at once: `taps` holds the 9 taps `g[kh][kw]` as rows of
-    /// `c`, `out[6i + j]` receives `U[i][j]` per channel, in lanes of 16 channels.
-    fn transform_taps(taps: &[f32], c: usize, out: [&mut [f32]; 36]) {
-        const L: usize = 16;
-        #[allow(unused_mut)] // the macro's signature cannot say `mut out`
-        let mut out = out;
-        for c0 in (0..c).step_by(L) {
-            let len = L.min(c - c0);
-            let g: [[f32; L]; 9] = std::array::from_fn(|t| {
-                let mut v = [0.0f32; L];
-                v[..len].copy_from_slice(&taps[t * c + c0..t * c + c0 + len]);
-                v
-            });
-            // G g: each column kw of g through G (6 rows of lanes per column).
-            let cols: [[[f32; L]; 6]; 3] = std::array::from_fn(|kw| {
-                let [a, b, d] = [&g[kw], &g[3 + kw], &g[6 + kw]];
-                let mut r = [[0.0f32; L]; 6];
-                for l in 0..L {
-                    let v = g6([a[l], b[l], d[l]]);
-                    for i in 0..6 {
-                        r[i][l] = v[i];
-                    }
-                }
-                r
-            });
-            // · Gᵀ over each row i, whole lanes into arrays, then copied out (stored value by
-            // value into 36 slices it stayed scalar).
-            for i in 0..6 {
-                let mut rows = [[0.0f32; L]; 6];
-                for l in 0..L {
-                    let row = g6([cols[0][i][l], cols[1][i][l], cols[2][i][l]]);
-                    for j in 0..6 {
-                        rows[j][l] = row[j];
-                    }
-                }
-                for (j, row) in rows.iter().enumerate() {
-                    out[6 * i + j][c0..c0 + len].copy_from_slice(&row[..len]);
-                }
-            }
-        }
+    /// [`transform_taps_with`] with this variant's `G`.
+    fn transform_taps(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+        transform_taps_with::<G, 6>(taps, c, out)
+    }
+}
+
+/// This variant's `G`.
+struct G;
+
+impl WeightTransform<6> for G {
+    #[inline(always)]
+    fn g(v: [f32; 3]) -> [f32; 6] {
+        g6(v)
     }
 }
 

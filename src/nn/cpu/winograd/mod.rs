@@ -20,9 +20,11 @@ use rayon::prelude::*;
 mod f2;
 mod f4;
 mod input;
+mod weights;
 
 pub(crate) use input::Prologue;
 use input::tile_runs;
+use weights::transform_weights;
 
 use super::{Mat, PackedA, Product, SendPtr, Unfilled, contiguous, gemm, new_tensor, slice};
 
@@ -91,7 +93,10 @@ impl Transformed {
     /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight (f32, f16 or bf16) read through its
     /// strides, transformed in f32 either way.
     fn of(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Self {
-        let u = transform_weights(w, o, c, v);
+        let u = transform_weights(w, o, c, v.positions(), |taps, c, out| match v {
+            Variant::F2 => f2::transform_taps(taps, c, out),
+            Variant::F4 => f4::transform_taps(taps, c, out),
+        });
         if w.dtype() != DType::BF16 {
             return Self::F32(u);
         }
@@ -110,64 +115,6 @@ impl Transformed {
             Self::Bf16(u) => u[xi].mat(),
         }
     }
-}
-
-/// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` (f32, f16 or bf16, any strides): per output
-/// channel, its 9 taps are gathered as rows over the input channels, then transformed 16
-/// channels at a time. (Transforming channel by channel, with 16 scattered stores each, cost
-/// as much as the bf16 GEMMs of a 640-channel 32×32 convolution.)
-fn transform_weights(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Vec<f32> {
-    let st = w.layout().strides();
-    let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
-    let w0 = w.layout().start_offset() as isize;
-    let dtype = w.dtype();
-    let mut u = Unfilled::new(v.positions() * o * c);
-    let u_ptr = u.ptr();
-    (0..o)
-        .into_par_iter()
-        .for_each_init(Vec::new, |taps: &mut Vec<f32>, oi| {
-            let u_ptr = u_ptr;
-            taps.resize(9 * c, 0.0);
-            for (t, row) in taps.chunks_exact_mut(c).enumerate() {
-                let base = w0 + oi as isize * so + (t / 3) as isize * sh + (t % 3) as isize * sw;
-                let at = |ci: usize| (base + ci as isize * sc) as usize;
-                match dtype {
-                    DType::BF16 => {
-                        let ws = w.storage::<half::bf16>();
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-                    }
-                    DType::F16 if sc == 1 => {
-                        use half::slice::HalfFloatSliceExt;
-                        let ws = &w.storage::<half::f16>()[at(0)..at(0) + c];
-                        ws.convert_to_f32_slice(row);
-                    }
-                    DType::F16 => {
-                        let ws = w.storage::<half::f16>();
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-                    }
-                    _ => {
-                        let ws = w.storage::<f32>();
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(ci, r)| *r = ws[at(ci)]);
-                    }
-                }
-            }
-            // SAFETY: rows (ξ, oi) of u, c long each; each oi is written by one task.
-            let row = |xi: usize| unsafe {
-                std::slice::from_raw_parts_mut(u_ptr.0.add((xi * o + oi) * c), c)
-            };
-            match v {
-                Variant::F2 => f2::transform_taps(taps, c, std::array::from_fn(row)),
-                Variant::F4 => f4::transform_taps(taps, c, std::array::from_fn(row)),
-            }
-        });
-    // SAFETY: every output channel's task writes its row of every transform position.
-    unsafe { u.filled() }
 }
 
 /// Scratch of one task: transformed input `V[ξ][c][t]`, products `M[ξ][o][t]`, the combined
