@@ -271,7 +271,7 @@ impl Unfilled {
     /// # Safety
     /// Every one of its elements has been written.
     pub(crate) unsafe fn filled(mut self) -> Vec<f32> {
-        // SAFETY: the capacity is the length, and the caller promises all of it is written.
+        // SAFETY: `with_capacity` gave at least this length; the caller promises it written.
         unsafe { self.0.set_len(self.1) };
         self.0
     }

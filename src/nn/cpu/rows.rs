@@ -124,7 +124,7 @@ impl Tiles {
         // Columns shared out evenly: 320 as 160 + 160, not 256 + 64, whose narrow tile ran at
         // a fraction of the GEMM rate.
         let tc = n
-            .div_ceil(n.div_ceil(tc))
+            .div_ceil(n.div_ceil(tc).max(1))
             .next_multiple_of(16)
             .min(n.max(1));
         let nc = n.div_ceil(tc);
