@@ -248,8 +248,8 @@ unsafe impl Sync for SendPtr {}
 
 /// An output buffer that a kernel's tasks fill completely, every element written through
 /// [`Unfilled::ptr`] before anything reads it, allocated without clearing: `vec![0.0; n]`
-/// cleared it on the calling thread while the pool waited (glibc's calloc clears recycled
-/// heap blocks), ~1% of an SD step's samples and all of it serial.
+/// cleared it on the calling thread while the pool waited (the allocator keeps freed memory
+/// for reuse, so a zeroed allocation is a memset), ~1% of an SD step's samples, all serial.
 pub(crate) struct Unfilled(Vec<f32>, usize);
 
 impl Unfilled {
