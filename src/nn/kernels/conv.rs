@@ -129,6 +129,16 @@ pub fn conv3x3_fused<B: Backend>(
     None
 }
 
+/// An f16 or bf16 weight widened to f32 on Flex, in parallel (Flex's own cast is one thread);
+/// `None` elsewhere, where the caller casts as usual.
+pub fn widened<B: Backend>(w: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "cpu")]
+    if let Some(fw) = gemm_weight(w) {
+        return cpu::widened(&fw).map(from_flex);
+    }
+    None
+}
+
 /// `conv2d(x, w, bias)` in half precision on a backend other than Flex (whose f16 convolution
 /// is already an im2col GEMM): there, Burn's direct convolution kernel would sum in f16, so it
 /// runs as one matmul over the gathered taps (`gpu::conv2d_gemm`). `x` back as `Err` elsewhere.

@@ -5,10 +5,10 @@
 //! ones on the GPU backends to `gpu::conv2d_gemm` (both chosen in `nn::kernels`).
 
 use burn::module::{Module, Param};
-use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::{conv2d as conv2d_op, interpolate};
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions, PaddedConvOptions};
+use burn::tensor::{DType, Tensor};
 
 use super::super::kernels::{self, ConvInput};
 use super::{GroupNorm, zeros};
@@ -161,10 +161,15 @@ impl<B: Backend> Conv2d<B> {
             [1, 1],
             1,
         );
-        // A bf16 weight under f32 activations (`--precision bf16` on the CPU) where no kernel
-        // took the case (a stride-2 convolution): widened for this call only.
+        // An f16 or bf16 weight under f32 activations (an fp16 file's, or `--precision bf16`,
+        // on the CPU) where no kernel took the case (a stride-2 convolution): widened for this
+        // call only.
         let w = if w.dtype() == x.dtype() {
             w
+        } else if x.dtype() == DType::F32
+            && let Some(wide) = kernels::widened(&w)
+        {
+            wide
         } else {
             w.cast(x.dtype())
         };
@@ -255,13 +260,18 @@ mod tests {
 
     /// f16 weights (an fp16 checkpoint's, kept as stored) give the bits of the same values in
     /// f32: widened once per call (1×1 over three row bands of two images), per task (3×3 at
-    /// 8×8, two tasks) and inside the Winograd weight transform (16×20).
+    /// 8×8, two tasks), inside the Winograd weight transform (16×20) and, for Burn's own
+    /// convolution (stride 2), before the call.
     #[test]
     fn f16_weights_equal_f32_weights() {
-        use burn::tensor::DType;
         let d = Default::default();
         let n = Distribution::Normal(0.0, 1.0);
-        for (c, o, h, w, k) in [(24, 40, 40, 33, 1), (16, 24, 8, 8, 3), (8, 24, 16, 20, 3)] {
+        for (c, o, h, w, k, stride) in [
+            (24, 40, 40, 33, 1, 1),
+            (16, 24, 8, 8, 3, 1),
+            (8, 24, 16, 20, 3, 1),
+            (8, 16, 9, 12, 3, 2),
+        ] {
             let x = Tensor::<Flex, 4>::random([2, c, h, w], n, &d);
             let w32 = Tensor::<Flex, 4>::random([o, c, k, k], n, &d)
                 .cast(DType::F16)
@@ -270,14 +280,14 @@ mod tests {
             let conv = |weight: Tensor<Flex, 4>| Conv2d {
                 weight: Param::from_tensor(relayout_conv_weight(weight)),
                 bias: Some(Param::from_tensor(b.clone())),
-                stride: 1,
+                stride,
                 padding: [k / 2; 4],
             };
             let (c16, c32) = (conv(w32.clone().cast(DType::F16)), conv(w32));
             assert_eq!(
                 bits(c16.forward(x.clone())),
                 bits(c32.forward(x)),
-                "{c}->{o} {h}x{w} k{k}"
+                "{c}->{o} {h}x{w} k{k} stride {stride}"
             );
         }
     }
