@@ -226,6 +226,11 @@ struct Bench(common::Args);
 fn main() {
     let usage = "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]";
     let args = common::Args::parse(usage, "unet", 2);
+    // `RUST_LOG=kiln=debug` shows the pipeline's per-step times (the `image` component).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     common::run_on("sd15_bench", args.spec, Bench(args));
 }
 

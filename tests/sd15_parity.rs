@@ -28,6 +28,11 @@ fn unet_matches_diffusers() {
 }
 
 #[test]
+fn unet_runs_guidance_copies_once_before_cross_attention() {
+    sd15_checks::unet_copies::<B>(&device(), 0.0); // bit-identical: no kernel sums differently by batch
+}
+
+#[test]
 fn vae_decode_and_encode_match_diffusers() {
     sd15_checks::vae_decode_and_encode::<B>(&device(), TOL);
 }

@@ -53,6 +53,11 @@ fn sd15_unet() {
 }
 
 #[test]
+fn sd15_unet_copies() {
+    sd15_checks::unet_copies::<Wgpu>(&device(), TOL);
+}
+
+#[test]
 fn sd15_vae_decode_and_encode() {
     sd15_checks::vae_decode_and_encode::<Wgpu>(&device(), TOL);
 }

@@ -3,13 +3,15 @@
 //! with `#[path]` by crates that also declare `mod common`.
 #![allow(dead_code)]
 
-use burn::tensor::DType;
 use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Tensor};
 use kiln::image_io::to_u8;
 use kiln::models::sd15::{GenerateRequest, NoiseOverrides, StableDiffusion};
 use kiln::schedulers::SchedulerKind;
 
-use crate::common::{assert_close, assert_close_scaled, reference, sd_tiny, tensor_on, values};
+use crate::common::{
+    assert_close, assert_close_scaled, max_abs_diff, reference, sd_tiny, tensor_on, values,
+};
 
 pub const PROMPT: &str = "a photograph of an astronaut riding a horse";
 
@@ -42,6 +44,29 @@ pub fn unet<B: Backend>(device: &B::Device, tol: f32) {
         &tensor_on::<B, 3>(&cs, ctx, device),
     );
     assert_close("unet out", &values(out), &want, tol);
+}
+
+/// `forward_copies` (classifier-free guidance's shared prefix: the layers before the first
+/// cross-attention run once) answers what the stacked batch answers, with contexts whose copies
+/// differ.
+pub fn unet_copies<B: Backend>(device: &B::Device, tol: f32) {
+    let m = model::<B>(false, device);
+    let (ss, sample) = reference("unet.safetensors", "sample");
+    let (_, t) = reference("unet.safetensors", "timestep");
+    let (cs, ctx) = reference("unet.safetensors", "encoder_hidden_states");
+    let x = tensor_on::<B, 4>(&ss, sample, device);
+    let ctx = tensor_on::<B, 3>(&cs, ctx, device);
+    let contexts = Tensor::cat(vec![ctx.clone(), ctx.flip([0]) * 0.5], 0);
+    let unet = &m.parts.unet;
+    let t = t[0] as f64;
+    let stacked = values(unet.forward(Tensor::cat(vec![x.clone(), x.clone()], 0), t, &contexts));
+    let copies = values(unet.forward_copies(x, 2, t, &contexts));
+    assert_close("unet copies vs stacked batch", &copies, &stacked, tol);
+    let half = stacked.len() / 2;
+    assert!(
+        max_abs_diff(&stacked[..half], &stacked[half..]) > 1e-3,
+        "the two contexts should give different predictions"
+    );
 }
 
 pub fn vae_decode_and_encode<B: Backend>(device: &B::Device, tol: f32) {

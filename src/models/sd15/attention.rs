@@ -115,9 +115,26 @@ impl<B: Backend> BasicTransformerBlock<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 3>, context: &Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_copies(x, context, 1)
+    }
+
+    /// [`forward`](Self::forward) of `copies` stacked copies of `x` (`[n, S, C]`) against
+    /// `context` `[copies·n, T, D]`: the self-attention runs once on `n` samples, and the
+    /// copies are made before the cross-attention, the first layer where they differ.
+    pub fn forward_copies(
+        &self,
+        x: Tensor<B, 3>,
+        context: &Tensor<B, 3>,
+        copies: usize,
+    ) -> Tensor<B, 3> {
         let x = self
             .attn1
             .forward_add(self.norm1.forward(x.clone()), None, x);
+        let x = if copies > 1 {
+            x.repeat_dim(0, copies)
+        } else {
+            x
+        };
         let x = self
             .attn2
             .forward_add(self.norm2.forward(x.clone()), Some(context), x);
@@ -155,15 +172,33 @@ impl<B: Backend> Transformer2DModel<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>, context: &Tensor<B, 3>) -> Tensor<B, 4> {
+        self.forward_copies(x, context, 1)
+    }
+
+    /// [`forward`](Self::forward) of `copies` stacked copies of `x` (`[n, C, h, w]`) against
+    /// `context` `[copies·n, T, D]`, answering `[copies·n, C, h, w]`: the norm, `proj_in` and
+    /// the first block's self-attention run on `n` samples only
+    /// ([`BasicTransformerBlock::forward_copies`]).
+    pub fn forward_copies(
+        &self,
+        x: Tensor<B, 4>,
+        context: &Tensor<B, 3>,
+        copies: usize,
+    ) -> Tensor<B, 4> {
         let [_, _, h, w] = x.dims();
         let residual = x.clone();
         let x = self.proj_in.forward(self.norm.forward(x));
         // Contiguous tokens: every block reads them through LayerNorm and the residual adds.
         let mut t = crate::nn::nchw_to_tokens(x);
-        for block in &self.transformer_blocks {
-            t = block.forward(t, context);
+        for (i, block) in self.transformer_blocks.iter().enumerate() {
+            t = block.forward_copies(t, context, if i == 0 { copies } else { 1 });
         }
         let x = crate::nn::tokens_to_nchw(t, [h, w]);
+        let residual = if copies > 1 {
+            residual.repeat_dim(0, copies)
+        } else {
+            residual
+        };
         self.proj_out.forward_add(x, residual)
     }
 }

@@ -199,11 +199,6 @@ impl<B: Backend> super::StableDiffusion<B> {
                     vae_draw(rng)
                 })?;
             let extra = Tensor::cat(vec![lat_mask, masked], 1);
-            let extra = if req.guidance_scale > 1.0 {
-                Tensor::cat(vec![extra.clone(), extra], 0)
-            } else {
-                extra
-            };
             return Ok(Prepared {
                 latents,
                 begin,

@@ -227,17 +227,13 @@ impl<B: Backend> StableDiffusion<B> {
         let t_loop = Instant::now();
         for (i, &t) in timesteps.iter().enumerate().skip(begin) {
             let ts = Instant::now();
-            let input = if guided {
-                Tensor::cat(vec![latents.clone(), latents.clone()], 0)
-            } else {
-                latents.clone()
-            };
-            let input = scheduler.scale_model_input(input, i);
+            // With guidance the UNet runs the latents against both contexts (`forward_copies`).
+            let input = scheduler.scale_model_input(latents.clone(), i);
             let input = match &extra {
                 Some(e) => Tensor::cat(vec![input, e.clone()], 1),
                 None => input,
             };
-            let eps = unet.forward(input, t, &context);
+            let eps = unet.forward_copies(input, if guided { 2 } else { 1 }, t, &context);
             let eps = if guided {
                 let uncond = eps.clone().narrow(0, 0, n);
                 let text = eps.narrow(0, n, n);

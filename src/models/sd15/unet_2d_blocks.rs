@@ -79,21 +79,28 @@ impl<B: Backend> DownBlock<B> {
         }
     }
 
-    /// Returns the block output and the skip states the up path consumes.
+    /// Returns the block output and the skip states the up path consumes. With `copies` > 1,
+    /// `x` holds the batch once (`temb` and `ctx` hold it `copies` times) and the copies are
+    /// made inside the first attention (see `UNet2DConditionModel::forward_copies`); the block
+    /// must have attentions then.
     pub fn forward(
         &self,
         mut x: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
         ctx: &Tensor<B, 3>,
+        mut copies: usize,
     ) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
         for (j, resnet) in self.resnets.iter().enumerate() {
-            x = resnet.forward(x, Some(temb));
+            let n = x.dims()[0];
+            x = resnet.forward(x, Some(&temb.clone().narrow(0, 0, n)));
             if let Some(attn) = self.attentions.get(j) {
-                x = attn.forward(x, ctx);
+                x = attn.forward_copies(x, ctx, copies);
+                copies = 1;
             }
             skips.push(x.clone());
         }
+        debug_assert_eq!(copies, 1, "copies were asked of a block without attention");
         for down in &self.downsamplers {
             x = down.forward(x);
             skips.push(x.clone());
