@@ -4,10 +4,13 @@
 //! then sends the tile to [`gemm_tile`] here instead of the f32 one, with the weight read as stored and the f32 activations rounded to bf16 (nearest-even) as
 //! they are packed. Norms, softmax, element-wise ops and everything between layers stay f32.
 //!
+//! Where the CPU has AMX-BF16 (and Linux grants it) the tiles of [`amx`] make the products,
+//! reading the same packed strips; elsewhere with AVX512-BF16 the micro-kernel of [`kernel`].
 //! On a CPU without AVX512-BF16 (or not x86) the same products are made by widening the
 //! bf16-rounded operands to f32 for the f32 GEMM: same inputs, same results up to summation
 //! order, at f32 speed.
 
+mod amx;
 mod kernel;
 
 use std::cell::RefCell;
@@ -29,11 +32,12 @@ pub(crate) struct PackedA {
 impl PackedA {
     pub(crate) fn new(lhs: Mat, m: usize, k: usize) -> Self {
         let strips = m.div_ceil(MR);
-        let mut data = vec![0u32; strips * MR * k.div_ceil(2)];
+        let blocks: usize = (0..k).step_by(KC).map(|k0| kc_pairs(KC.min(k - k0))).sum();
+        let mut data = vec![0u32; strips * MR * blocks];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let at = block_at(m, k0);
-            let len = strips * MR * kc.div_ceil(2);
+            let len = strips * MR * kc_pairs(kc);
             // SAFETY: the caller's lhs is m×k; the block's slice is sized for pack_a.
             unsafe { pack_a(lhs, k0, kc, m, &mut data[at..at + len]) };
         }
@@ -50,6 +54,17 @@ impl PackedA {
 /// begins: every earlier block holds `KC / 2` pairs for each of the padded rows.
 fn block_at(m: usize, k0: usize) -> usize {
     m.div_ceil(MR) * MR * (k0 / 2)
+}
+
+/// k-pairs a packed block of `kc` k values holds: `kc / 2` rounded up, and up to a multiple of
+/// 16 (zeros) where the AMX kernel runs, whose tiles are 16 pairs deep. `KC / 2` is such a
+/// multiple, so [`block_at`] holds either way.
+fn kc_pairs(kc: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if amx::available() {
+        return kc.div_ceil(32) * 16;
+    }
+    kc.div_ceil(2)
 }
 
 /// Rows per A strip, as the micro-kernel takes them (12 wherever it runs: the packed layout
@@ -75,7 +90,7 @@ impl Mat {
                 }
                 Mat::Packed(p, m, k) => {
                     let (k0, kk) = ((j / KC) * KC, j % KC);
-                    let kc2 = (k.min(k0 + KC) - k0).div_ceil(2);
+                    let kc2 = kc_pairs(k.min(k0 + KC) - k0);
                     let at = block_at(m, k0) + (i / MR) * kc2 * MR + (i % MR) * kc2 + kk / 2;
                     (*p.add(at) >> (16 * (kk % 2))) as u16
                 }
@@ -177,9 +192,10 @@ unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
         }
         return;
     }
+    let amx = amx::available();
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
-        let kc2 = kc.div_ceil(2);
+        let kc2 = kc_pairs(kc);
         packs.b.clear();
         packs.b.resize(b_strips * kc2 * 64, 0);
         // SAFETY: the packing reads operand elements (k0.., ..) inside the operands and writes
@@ -203,6 +219,21 @@ unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
         for js in 0..b_strips {
             let (j0, nr) = (js * NR, NR.min(n - js * NR));
             let b = packs.b[js * kc2 * 64..].as_ptr();
+            if amx {
+                for is in (0..a_strips).step_by(2) {
+                    let i0 = is * MR;
+                    let mr = [MR.min(m - i0), MR.min(m.saturating_sub(i0 + MR))];
+                    // SAFETY: strips is and is + 1 (when mr[1] > 0) hold kc2 pairs, a multiple
+                    // of 16 (kc_pairs); the rows i0..i0 + mr[0] + mr[1] by nr columns are in dst.
+                    unsafe {
+                        let a = a_block.add(is * kc2 * MR);
+                        let d = dst.add(i0 * dst_rs + j0);
+                        let a1 = a.wrapping_add(kc2 * MR);
+                        amx::kernel(kc2, [a, a1], b, d, dst_rs, mr, nr, load, scale);
+                    }
+                }
+                continue;
+            }
             for is in 0..a_strips {
                 let (i0, mr) = (is * MR, MR.min(m - is * MR));
                 // SAFETY: the strips hold kc2 pairs; the mr×nr window at (i0, j0) is in dst.
@@ -222,11 +253,12 @@ unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
 /// Packs rows `k0..k0+kc` of `rhs` (all `n` columns) as B strips.
 ///
 /// # Safety
-/// The rows and columns are inside `rhs`; `out` holds `n.div_ceil(NR) · kc.div_ceil(2) · 64`.
+/// The rows and columns are inside `rhs`; `out` holds `n.div_ceil(NR) · kc_pairs(kc) · 64`
+/// (zero: the padding pairs are not written).
 #[cfg(target_arch = "x86_64")]
 unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
     use kernel::NR;
-    let kc2 = kc.div_ceil(2);
+    let kc2 = kc_pairs(kc);
     if let Mat::F32(p, cs, 1) = rhs
         && cs != 1
     {
@@ -245,7 +277,7 @@ unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
     }
     for (js, strip) in out.chunks_exact_mut(kc2 * 64).enumerate() {
         let (j0, nr) = (js * NR, NR.min(n - js * NR));
-        for (p, pair) in strip.chunks_exact_mut(64).enumerate() {
+        for (p, pair) in strip.chunks_exact_mut(64).take(kc.div_ceil(2)).enumerate() {
             let (r0, r1) = (k0 + 2 * p, (2 * p + 1 < kc).then_some(k0 + 2 * p + 1));
             // SAFETY: rows r0, r1 < k0 + kc and columns j0..j0+nr are in rhs.
             unsafe {
@@ -278,9 +310,10 @@ unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
 /// Packs columns `k0..k0+kc` of `lhs` (all `m` rows) as A strips; rows past `m` stay zero.
 ///
 /// # Safety
-/// The rows and columns are inside `lhs`; `out` holds `m.div_ceil(MR) · kc.div_ceil(2) · MR`.
+/// The rows and columns are inside `lhs`; `out` holds `m.div_ceil(MR) · kc_pairs(kc) · MR`
+/// (zero: the padding pairs are not written).
 unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: &mut [u32]) {
-    let kc2 = kc.div_ceil(2);
+    let kc2 = kc_pairs(kc);
     for i in 0..m {
         let slot = out[(i / MR) * kc2 * MR + (i % MR) * kc2..].as_mut_ptr();
         // SAFETY: row i, columns k0..k0+kc are in lhs; slot + kc2 - 1 is in the strip.
@@ -296,7 +329,7 @@ unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: &mut [u32]) {
                     }
                 }
                 _ => {
-                    for p in 0..kc2 {
+                    for p in 0..kc.div_ceil(2) {
                         let lo = lhs.bf16_at(i, k0 + 2 * p) as u32;
                         let hi = if 2 * p + 1 < kc {
                             lhs.bf16_at(i, k0 + 2 * p + 1) as u32

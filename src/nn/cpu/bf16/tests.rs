@@ -31,6 +31,8 @@ fn round(v: f32) -> f64 {
     bf16::from_f32(v).to_f64()
 }
 
+/// The kernel this CPU runs: AMX tiles where it has AMX-BF16 (odd strip counts, padded k
+/// blocks), the AVX512-BF16 kernel with `KILN_AMX=off` or without AMX.
 #[test]
 fn matches_f64_products_of_rounded_operands() {
     check(gemm_tile);

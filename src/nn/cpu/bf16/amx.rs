@@ -1,0 +1,179 @@
+//! The AMX micro-kernel: `tdpbf16ps` multiplies a 12×32 bf16 tile of A by a 32×16 tile of B
+//! (as k-pairs) into a 12×16 f32 tile in one instruction, where `vdpbf16ps` does 16 columns × 2
+//! k of one row. On Intel Xeons with AMX-BF16, whose `vdpbf16ps` is slower than their f32 FMA
+//! (kernel bench, 2 Xeon cores: Linear 320→320 [8192] 195 GFLOP/s in bf16 against 318 in f32),
+//! this is what makes `--precision bf16` worth having there.
+//!
+//! It reads the same packed strips as [`super::kernel`] (A: per row, k-pairs as u32; B: per
+//! k-pair, 32 columns of pairs, i.e. AMX's VNNI layout), with one difference: a packed block's
+//! k-pairs are padded with zeros to a multiple of 16 ([`super::kc_pairs`]), a tile's depth.
+//! Two A strips by one B strip (four accumulator tiles) per call, so each loaded tile is used
+//! twice.
+//!
+//! The instructions are written with `asm!` (Rust's AMX intrinsics are unstable). Tile
+//! registers are only touched inside one `asm!` block: zeroed, accumulated, stored.
+
+#![cfg(target_arch = "x86_64")]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::cell::Cell;
+
+use super::MR;
+
+/// Tile configuration (palette 1): tiles 0–3 accumulators (`MR` rows × 16 f32), 4–5 A
+/// (`MR` rows × 16 k-pairs), 6–7 B (16 k-pairs × 16 columns of pairs); 64 bytes per row.
+#[repr(C, align(64))]
+struct TileConfig([u8; 64]);
+
+impl TileConfig {
+    fn new() -> Self {
+        let mut c = [0u8; 64];
+        c[0] = 1; // palette
+        for t in 0..8 {
+            // colsb[t] (u16 at 16 + 2t), rows[t] (u8 at 48 + t)
+            c[16 + 2 * t] = 64;
+            c[48 + t] = if t >= 6 { 16 } else { MR as u8 };
+        }
+        Self(c)
+    }
+}
+
+/// Whether this process may run [`kernel`]: the CPU has AMX-BF16 (and the AVX512-BF16 the
+/// packing uses), Linux granted this process the tile state, and `KILN_AMX` is not `off`
+/// (read once: the packed layouts depend on it, so it never changes within a process).
+pub(super) fn available() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        if std::env::var("KILN_AMX").is_ok_and(|v| v == "off" || v == "0") {
+            return false;
+        }
+        // CPUID leaf 7 (present on every CPU with AVX-512, checked first): EDX bit 22
+        // AMX-BF16, bit 24 AMX-TILE.
+        let has = super::kernel::available() && {
+            let r = __cpuid_count(7, 0);
+            r.edx & (1 << 22) != 0 && r.edx & (1 << 24) != 0
+        };
+        has && granted()
+    })
+}
+
+/// Linux hands out the large tile state only on request (`ARCH_REQ_XCOMP_PERM` for
+/// `XFEATURE_XTILEDATA`, process-wide); without it the first tile instruction is killed.
+#[cfg(target_os = "linux")]
+fn granted() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: arch_prctl with these arguments only changes this process's permissions.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_arch_prctl,
+            ARCH_REQ_XCOMP_PERM,
+            XFEATURE_XTILEDATA,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("AMX present but not granted by the kernel: bf16 GEMMs use AVX512-BF16");
+    }
+    rc == 0
+}
+
+#[cfg(not(target_os = "linux"))]
+fn granted() -> bool {
+    false
+}
+
+thread_local! {
+    /// Whether `ldtilecfg` has run on this thread (every call uses the same configuration).
+    static CONFIGURED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// `dst[i][j] = scale · Σ_p a·b (+ dst[i][j] if load)` for rows `i < mr[0]` of A strip `a[0]`
+/// then `i < mr[1]` of `a[1]` (`mr[1] == 0`: one strip), `j < nr` of the B strip `b`, over
+/// `kc2` k-pairs (a multiple of 16). Row `i` of the second strip is `dst` row `MR + i`.
+///
+/// # Safety
+/// [`available`]; each A strip holds `MR` rows of `kc2` u32, `b` holds `kc2 · 64` u16; `dst`
+/// rows `0..MR + mr[1]` (stride `dst_rs`) have `nr ≤ 32` writable values each.
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn kernel(
+    kc2: usize,
+    a: [*const u32; 2],
+    b: *const u16,
+    dst: *mut f32,
+    dst_rs: usize,
+    mr: [usize; 2],
+    nr: usize,
+    load: bool,
+    scale: f32,
+) {
+    debug_assert!(kc2 % 16 == 0 && kc2 > 0);
+    if !CONFIGURED.get() {
+        let cfg = TileConfig::new();
+        // SAFETY: a valid palette-1 configuration; this thread was granted the tile state.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+        CONFIGURED.set(true);
+    }
+    // The second strip's rows go to accumulators 2–3; with one strip they repeat the first
+    // (computed, not stored).
+    let a1 = if mr[1] > 0 { a[1] } else { a[0] };
+    let mut c = [0f32; 2 * MR * 32];
+    // SAFETY: every tile load reads 16 pairs (64 bytes) of MR rows of an A strip, or 16
+    // pair-rows of 128 bytes of the B strip, inside the strips for the `kc2 / 16` steps;
+    // the stores write `c`'s 2·MR rows of 32 f32.
+    unsafe {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{c} + {sc}*1], tmm0",
+            "tilestored [{c} + {sc}*1 + 64], tmm1",
+            "tilestored [{c1} + {sc}*1], tmm2",
+            "tilestored [{c1} + {sc}*1 + 64], tmm3",
+            a0 = inout(reg) a[0] => _,
+            a1 = inout(reg) a1 => _,
+            b = inout(reg) b => _,
+            n = inout(reg) kc2 / 16 => _,
+            sa = in(reg) kc2 * 4,
+            sb = in(reg) 128usize,
+            c = in(reg) c.as_mut_ptr(),
+            c1 = in(reg) c.as_mut_ptr().add(MR * 32),
+            sc = in(reg) 128usize,
+            options(nostack),
+        );
+    }
+    let masks: [__mmask16; 2] = [
+        (((1u32 << nr.min(16)) - 1) & 0xFFFF) as u16,
+        (((1u32 << nr.saturating_sub(16)) - 1) & 0xFFFF) as u16,
+    ];
+    let s = _mm512_set1_ps(scale);
+    for i in (0..mr[0]).chain(MR..MR + mr[1]) {
+        // SAFETY: row i of dst has nr writable values (masked); c row i has 32.
+        unsafe {
+            let d = dst.add(i * dst_rs);
+            for h in 0..2 {
+                let mut v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr().add(i * 32 + 16 * h)), s);
+                if load {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], d.add(16 * h)));
+                }
+                _mm512_mask_storeu_ps(d.add(16 * h), masks[h], v);
+            }
+        }
+    }
+}
