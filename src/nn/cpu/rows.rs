@@ -5,8 +5,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    Mat, Product, SendPtr, Unfilled, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch,
-    slice, widened_once,
+    Mat, PackedA, Product, SendPtr, Unfilled, contiguous, dims, gemm, mat, math, new_tensor,
+    simd_dispatch, slice, widened_once,
 };
 
 /// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
@@ -147,6 +147,28 @@ impl Tiles {
     }
 }
 
+/// Rows `r0..r1` of `x` (`k` wide) as a tile's left operand. For a bf16 weight (the layer
+/// computes in bf16) they are packed for the bf16 kernel once and kept in `held` while the
+/// task goes on through the row tile's other column tiles (rayon hands a task neighbouring
+/// tiles, which share rows): converted per GEMM, a GEGLU's rows were packed for each of its
+/// 10 column tiles (bf16 SD UNet step on AMX 2.55 -> X s).
+fn tile_rows(
+    held: &mut Option<(usize, PackedA)>,
+    bf16: bool,
+    xs: &[f32],
+    k: usize,
+    [r0, r1]: [usize; 2],
+) -> Mat {
+    let x = Mat::F32(xs[r0 * k..].as_ptr(), 1, k as isize);
+    if !bf16 {
+        return x;
+    }
+    match held {
+        Some((at, packed)) if *at == r0 => packed.mat(),
+        _ => held.insert((r0, PackedA::new(x, r1 - r0, k))).1.mat(),
+    }
+}
+
 /// Contiguous `x` `[…, K]` and `Wt` `[K, N]`, the shape of `x`, and `[M, K, N]`.
 fn operands(x: &FlexTensor, wt: &FlexTensor) -> (FlexTensor, FlexTensor, Vec<usize>, [usize; 3]) {
     let (x, wt) = (contiguous(x), contiguous(wt));
@@ -176,12 +198,14 @@ pub(crate) fn linear_geglu(
     let mut out = Unfilled::new(m * inner);
     let out_ptr = out.ptr();
     let tiles = Tiles::new(m, inner);
-    (0..tiles.count())
-        .into_par_iter()
-        .for_each_init(Vec::new, |scratch: &mut Vec<f32>, t| {
+    let bf16 = wt.dtype() == burn::tensor::DType::BF16;
+    (0..tiles.count()).into_par_iter().for_each_init(
+        || (Vec::new(), None),
+        |(scratch, held), t| {
             let out_ptr = out_ptr;
             let [r0, r1, c0, c1] = tiles.get(t);
             let (rows, cols) = (r1 - r0, c1 - c0);
+            let x = tile_rows(held, bf16, xs, k, [r0, r1]);
             scratch.resize(2 * rows * cols, 0.0);
             let (value, gate) = scratch.split_at_mut(rows * cols);
             for (half, buf) in [(0, &mut *value), (inner, &mut *gate)] {
@@ -200,7 +224,6 @@ pub(crate) fn linear_geglu(
                         accumulate: bs.is_some(),
                         scale: 1.0,
                     };
-                    let x = Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize);
                     gemm(p, x, ws.at(0, half + c0));
                 }
             }
@@ -212,7 +235,8 @@ pub(crate) fn linear_geglu(
                 inner,
                 cols,
             );
-        });
+        },
+    );
     // SAFETY: the tiles cover the output, and `geglu_tile` writes each tile whole.
     new_tensor(unsafe { out.filled() }, shape)
 }
@@ -241,44 +265,46 @@ pub(crate) fn linear(
     }
     let out_ptr = out.ptr();
     let tiles = Tiles::new(m, n);
-    (0..tiles.count()).into_par_iter().for_each(|t| {
-        let out_ptr = out_ptr;
-        let [r0, r1, c0, c1] = tiles.get(t);
-        for row in r0..r1 {
-            // SAFETY: this task alone owns columns c0..c1 of rows r0..r1 of `out`.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * n + c0), c1 - c0) };
-            match (bs, rs) {
-                (Some(b), Some(r)) => {
-                    for ((o, &r), &b) in o
-                        .iter_mut()
-                        .zip(&r[row * n + c0..row * n + c1])
-                        .zip(&b[c0..c1])
-                    {
-                        *o = r + b;
+    let bf16 = wt.dtype() == burn::tensor::DType::BF16 && tiles.nc > 1;
+    (0..tiles.count()).into_par_iter().for_each_init(
+        || None,
+        |held, t| {
+            let out_ptr = out_ptr;
+            let [r0, r1, c0, c1] = tiles.get(t);
+            let x = tile_rows(held, bf16, xs, k, [r0, r1]);
+            for row in r0..r1 {
+                // SAFETY: this task alone owns columns c0..c1 of rows r0..r1 of `out`.
+                let o =
+                    unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(row * n + c0), c1 - c0) };
+                match (bs, rs) {
+                    (Some(b), Some(r)) => {
+                        for ((o, &r), &b) in o
+                            .iter_mut()
+                            .zip(&r[row * n + c0..row * n + c1])
+                            .zip(&b[c0..c1])
+                        {
+                            *o = r + b;
+                        }
                     }
+                    (Some(b), None) => o.copy_from_slice(&b[c0..c1]),
+                    (None, Some(r)) => o.copy_from_slice(&r[row * n + c0..row * n + c1]),
+                    (None, None) => {}
                 }
-                (Some(b), None) => o.copy_from_slice(&b[c0..c1]),
-                (None, Some(r)) => o.copy_from_slice(&r[row * n + c0..row * n + c1]),
-                (None, None) => {}
             }
-        }
-        // SAFETY: the tile is (r1-r0)×(c1-c0) inside `out` (row stride n); `x` rows r0..r1
-        // (stride k) and `wt` columns c0..c1 (stride n) are in bounds.
-        unsafe {
-            let p = Product {
-                mnk: [r1 - r0, c1 - c0, k],
-                dst: out_ptr.0.add(r0 * n + c0),
-                dst_rs: n,
-                accumulate: bs.is_some() || rs.is_some(),
-                scale: 1.0,
-            };
-            gemm(
-                p,
-                Mat::F32(xs.as_ptr().add(r0 * k), 1, k as isize),
-                ws.at(0, c0),
-            );
-        }
-    });
+            // SAFETY: the tile is (r1-r0)×(c1-c0) inside `out` (row stride n); `x` rows r0..r1
+            // (stride k) and `wt` columns c0..c1 (stride n) are in bounds.
+            unsafe {
+                let p = Product {
+                    mnk: [r1 - r0, c1 - c0, k],
+                    dst: out_ptr.0.add(r0 * n + c0),
+                    dst_rs: n,
+                    accumulate: bs.is_some() || rs.is_some(),
+                    scale: 1.0,
+                };
+                gemm(p, x, ws.at(0, c0));
+            }
+        },
+    );
     // SAFETY: the tiles cover the output, and each tile's GEMM (k > 0) writes all of it.
     new_tensor(unsafe { out.filled() }, shape)
 }

@@ -4,7 +4,8 @@
 //! 58 for f32 FMA (a register-only loop), so the GEMMs that are most of a UNet step can run at
 //! up to twice the f32 rate; the sums stay f32.
 //!
-//! Layouts (both zero-padded, so the kernel never branches on edges inside its loop):
+//! Layouts (both padded to whole strips, so the kernel never branches on edges inside its loop;
+//! padding k-pairs are zero, padding rows and columns are computed and never stored):
 //! - packed B: per strip of [`NR`] columns, per k-pair `p`, 64 bf16: for column `j` of the
 //!   strip the pair `(b[2p][j], b[2p+1][j])`, columns 0–15 then 16–31 (one register each);
 //! - packed A: per strip of [`MR`] rows, per row, its k-pairs `(a[i][2p], a[i][2p+1])` as u32,

@@ -32,8 +32,8 @@ pub(crate) struct PackedA {
 impl PackedA {
     pub(crate) fn new(lhs: Mat, m: usize, k: usize) -> Self {
         let strips = m.div_ceil(MR);
-        let blocks: usize = (0..k).step_by(KC).map(|k0| kc_pairs(KC.min(k - k0))).sum();
-        let mut data = vec![0u32; strips * MR * blocks];
+        let pairs: usize = (0..k).step_by(KC).map(|k0| kc_pairs(KC.min(k - k0))).sum();
+        let mut data = vec![0u32; strips * MR * pairs];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let at = block_at(m, k0);
@@ -258,8 +258,9 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     }
 }
 
-/// Packs rows `k0..k0+kc` of `rhs` (all `n` columns) as B strips, padding pairs and the last
-/// strip's columns past `n` zeroed.
+/// Packs rows `k0..k0+kc` of `rhs` (all `n` columns) as B strips, padding pairs zeroed. The
+/// last strip's columns past `n` may keep what the buffer held (Kᵀ's path): the kernels
+/// compute those columns but never store them.
 ///
 /// # Safety
 /// The rows and columns are inside `rhs`; `out` holds `n.div_ceil(NR) · kc_pairs(kc) · 64`.
@@ -267,9 +268,8 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
 unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
     use kernel::NR;
     let (kc2, real) = (kc_pairs(kc), kc.div_ceil(2));
-    for (js, strip) in out.chunks_exact_mut(kc2 * 64).enumerate() {
-        let from = if n - js * NR < NR { 0 } else { real * 64 };
-        strip[from..].fill(0);
+    for strip in out.chunks_exact_mut(kc2 * 64) {
+        strip[real * 64..].fill(0);
     }
     if let Mat::F32(p, cs, 1) = rhs
         && cs != 1
