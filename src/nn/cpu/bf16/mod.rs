@@ -197,7 +197,9 @@ unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
         let kc = KC.min(k - k0);
         let kc2 = kc_pairs(kc);
         // Buffers only grow: the packing writes every value the kernels read into a stored
-        // output (clearing them was 5% of a bf16 UNet step's samples on AMX).
+        // output (clearing them was 5% of a bf16 UNet step's samples on AMX). Padding pairs
+        // are zeroed on both sides: one would do for finite values, both keep a stale NaN or
+        // ∞ out of the sums (the tests fail only with neither).
         let (b_len, a_len) = (b_strips * kc2 * 64, a_strips * kc2 * MR);
         grow(&mut packs.b, b_len);
         // SAFETY: the packing reads operand elements (k0.., ..) inside the operands and writes
