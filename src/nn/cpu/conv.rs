@@ -197,63 +197,66 @@ pub(crate) fn conv_same(
     let adds = add
         .as_ref()
         .map(|(a, per_channel)| (slice(a), *per_channel));
-    (0..n * bands * oblocks).into_par_iter().for_each(|t| {
-        let out_ptr = out_ptr;
-        let (img, band, ob) = (t / (bands * oblocks), (t / oblocks) % bands, t % oblocks);
-        let (y0, y1) = (band * rows, ((band + 1) * rows).min(h));
-        let (o0, o1) = (ob * oblk, ((ob + 1) * oblk).min(o));
-        let (m, cols) = (o1 - o0, (y1 - y0) * wp);
-        let mut acc = vec![0.0f32; m * cols];
-        for kh in 0..k {
-            for kw in 0..k {
-                let first = kh == 0 && kw == 0;
-                let rhs = &xs[img * c * plane + y0 * wp + kh * wp + kw..];
-                let lhs = match packed.get((kh * k + kw) * oblocks + ob) {
-                    Some(p) => p.mat(),
-                    None => tap(kh, kw, o0),
-                };
-                // SAFETY: acc is m×cols row-major; lhs element (r, ci) is at r·so + ci·sc
-                // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
-                // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
-                unsafe {
-                    let p = Product {
-                        mnk: [m, cols, c],
-                        dst: acc.as_mut_ptr(),
-                        dst_rs: cols,
-                        accumulate: !first,
-                        scale: 1.0,
+    // Each worker's accumulator is reused as is: the first tap's GEMM overwrites all of it.
+    (0..n * bands * oblocks)
+        .into_par_iter()
+        .for_each_init(Vec::new, |acc, t| {
+            let out_ptr = out_ptr;
+            let (img, band, ob) = (t / (bands * oblocks), (t / oblocks) % bands, t % oblocks);
+            let (y0, y1) = (band * rows, ((band + 1) * rows).min(h));
+            let (o0, o1) = (ob * oblk, ((ob + 1) * oblk).min(o));
+            let (m, cols) = (o1 - o0, (y1 - y0) * wp);
+            acc.resize(m * cols, 0.0);
+            for kh in 0..k {
+                for kw in 0..k {
+                    let first = kh == 0 && kw == 0;
+                    let rhs = &xs[img * c * plane + y0 * wp + kh * wp + kw..];
+                    let lhs = match packed.get((kh * k + kw) * oblocks + ob) {
+                        Some(p) => p.mat(),
+                        None => tap(kh, kw, o0),
                     };
-                    gemm(p, lhs, Mat::F32(rhs.as_ptr(), 1, plane as isize));
-                }
-            }
-        }
-        // Keep the first W of every wide row, adding the bias.
-        for (r, acc_row) in acc.chunks_exact(cols).enumerate() {
-            let ch = o0 + r;
-            let mut b = bs.map_or(0.0, |b| b[ch]);
-            if let Some((a, true)) = adds {
-                b += a[img * o + ch];
-            }
-            for y in y0..y1 {
-                let src = &acc_row[(y - y0) * wp..(y - y0) * wp + wd];
-                let at = ((img * o + ch) * h + y) * wd;
-                // SAFETY: each task owns channels o0..o1 of rows y0..y1 of image img.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), wd) };
-                match adds {
-                    Some((a, false)) => {
-                        for ((d, &s), &r) in dst.iter_mut().zip(src).zip(&a[at..at + wd]) {
-                            *d = s + b + r;
-                        }
-                    }
-                    _ => {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = s + b;
-                        }
+                    // SAFETY: acc is m×cols row-major; lhs element (r, ci) is at r·so + ci·sc
+                    // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
+                    // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
+                    unsafe {
+                        let p = Product {
+                            mnk: [m, cols, c],
+                            dst: acc.as_mut_ptr(),
+                            dst_rs: cols,
+                            accumulate: !first,
+                            scale: 1.0,
+                        };
+                        gemm(p, lhs, Mat::F32(rhs.as_ptr(), 1, plane as isize));
                     }
                 }
             }
-        }
-    });
+            // Keep the first W of every wide row, adding the bias.
+            for (r, acc_row) in acc.chunks_exact(cols).enumerate() {
+                let ch = o0 + r;
+                let mut b = bs.map_or(0.0, |b| b[ch]);
+                if let Some((a, true)) = adds {
+                    b += a[img * o + ch];
+                }
+                for y in y0..y1 {
+                    let src = &acc_row[(y - y0) * wp..(y - y0) * wp + wd];
+                    let at = ((img * o + ch) * h + y) * wd;
+                    // SAFETY: each task owns channels o0..o1 of rows y0..y1 of image img.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(out_ptr.0.add(at), wd) };
+                    match adds {
+                        Some((a, false)) => {
+                            for ((d, &s), &r) in dst.iter_mut().zip(src).zip(&a[at..at + wd]) {
+                                *d = s + b + r;
+                            }
+                        }
+                        _ => {
+                            for (d, &s) in dst.iter_mut().zip(src) {
+                                *d = s + b;
+                            }
+                        }
+                    }
+                }
+            }
+        });
     // SAFETY: the tasks cover every (image, row band, channel block), each all its pixels.
     Some(new_tensor(unsafe { out.filled() }, vec![n, o, h, wd]))
 }
