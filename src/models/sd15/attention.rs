@@ -59,6 +59,15 @@ impl<B: Backend> Attention<B> {
     }
 }
 
+/// `copies` copies of `x` stacked along the batch (`x` itself for one).
+pub(super) fn stacked<B: Backend, const D: usize>(x: Tensor<B, D>, copies: usize) -> Tensor<B, D> {
+    if copies > 1 {
+        x.repeat_dim(0, copies)
+    } else {
+        x
+    }
+}
+
 /// GEGLU: `proj` makes value and gate halves; out = value · gelu(gate).
 #[derive(Module, Debug)]
 pub struct GeGlu<B: Backend> {
@@ -130,11 +139,7 @@ impl<B: Backend> BasicTransformerBlock<B> {
         let x = self
             .attn1
             .forward_add(self.norm1.forward(x.clone()), None, x);
-        let x = if copies > 1 {
-            x.repeat_dim(0, copies)
-        } else {
-            x
-        };
+        let x = stacked(x, copies);
         let x = self
             .attn2
             .forward_add(self.norm2.forward(x.clone()), Some(context), x);
@@ -194,11 +199,6 @@ impl<B: Backend> Transformer2DModel<B> {
             t = block.forward_copies(t, context, if i == 0 { copies } else { 1 });
         }
         let x = crate::nn::tokens_to_nchw(t, [h, w]);
-        let residual = if copies > 1 {
-            residual.repeat_dim(0, copies)
-        } else {
-            residual
-        };
-        self.proj_out.forward_add(x, residual)
+        self.proj_out.forward_add(x, stacked(residual, copies))
     }
 }

@@ -4,6 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
+use super::attention::stacked;
 use super::config::UNetConfig;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::unet_2d_blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
@@ -113,12 +114,11 @@ impl<B: Backend> UNet2DConditionModel<B> {
                 .down_blocks
                 .first()
                 .is_some_and(|b| !b.attentions.is_empty());
-        let sample = if copies > 1 && !shared {
-            sample.repeat_dim(0, copies)
+        let (sample, copies) = if shared {
+            (sample, copies)
         } else {
-            sample
+            (stacked(sample, copies), 1)
         };
-        let copies = if shared { copies } else { 1 };
         let batch = sample.dims()[0] * copies;
         let device = sample.device();
         // Runs in the dtype of the weights (f16 on GPUs); answers in the caller's dtype.
@@ -136,11 +136,7 @@ impl<B: Backend> UNet2DConditionModel<B> {
         let temb = self.time_embedding.forward(t);
 
         let mut x = self.conv_in.forward(sample);
-        let mut skips = vec![if copies > 1 {
-            x.clone().repeat_dim(0, copies)
-        } else {
-            x.clone()
-        }];
+        let mut skips = vec![stacked(x.clone(), copies)];
         for (i, block) in self.down_blocks.iter().enumerate() {
             let (out, s) = block.forward(x, &temb, context, if i == 0 { copies } else { 1 });
             x = out;
