@@ -108,7 +108,7 @@ pub(super) unsafe fn kernel(
     load: bool,
     scale: f32,
 ) {
-    debug_assert!(kc2 % 16 == 0 && kc2 > 0);
+    debug_assert!(kc2.is_multiple_of(16) && kc2 > 0);
     if !CONFIGURED.get() {
         let cfg = TileConfig::new();
         // SAFETY: a valid palette-1 configuration; this thread was granted the tile state.
