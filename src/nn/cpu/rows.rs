@@ -151,7 +151,7 @@ impl Tiles {
 /// computes in bf16) they are packed for the bf16 kernel once and kept in `held` while the
 /// task goes on through the row tile's other column tiles (rayon hands a task neighbouring
 /// tiles, which share rows): converted per GEMM, a GEGLU's rows were packed for each of its
-/// 10 column tiles (bf16 SD UNet step on AMX 2.55 -> X s).
+/// 10 column tiles (a bf16 SD UNet step's Linears on AMX: 0.64 -> 0.54 s).
 fn tile_rows(
     held: &mut Option<(usize, PackedA)>,
     bf16: bool,
