@@ -147,11 +147,11 @@ impl Tiles {
     }
 }
 
-/// Rows `r0..r1` of `x` (`k` wide) as a tile's left operand. For a bf16 weight (the layer
-/// computes in bf16) they are packed for the bf16 kernel once and kept in `held` while the
-/// task goes on through the row tile's other column tiles (rayon hands a task neighbouring
-/// tiles, which share rows): converted per GEMM, a GEGLU's rows were packed for each of its
-/// 10 column tiles (a bf16 SD UNet step's Linears on AMX: 0.64 -> 0.54 s).
+/// Rows `r0..r1` of `x` (`k` wide) as a tile's left operand. Where `bf16` (the weight operand
+/// is bf16, so the GEMM takes its bf16 kernel) they are packed for that kernel once and kept in
+/// `held` while the task goes on through the row tile's other column tiles (rayon hands a task
+/// neighbouring tiles, which share rows): converted per GEMM, a GEGLU's rows were packed for
+/// each of its 10 column tiles (a bf16 SD UNet step's Linears on AMX: 0.64 -> 0.54 s).
 fn tile_rows(
     held: &mut Option<(usize, PackedA)>,
     bf16: bool,
@@ -198,7 +198,7 @@ pub(crate) fn linear_geglu(
     let mut out = Unfilled::new(m * inner);
     let out_ptr = out.ptr();
     let tiles = Tiles::new(m, inner);
-    let bf16 = wt.dtype() == burn::tensor::DType::BF16;
+    let bf16 = matches!(ws, Mat::Bf16(..));
     (0..tiles.count()).into_par_iter().for_each_init(
         || (Vec::new(), None),
         |(scratch, held), t| {
@@ -265,7 +265,7 @@ pub(crate) fn linear(
     }
     let out_ptr = out.ptr();
     let tiles = Tiles::new(m, n);
-    let bf16 = wt.dtype() == burn::tensor::DType::BF16 && tiles.nc > 1;
+    let bf16 = matches!(ws, Mat::Bf16(..)) && tiles.nc > 1;
     (0..tiles.count()).into_par_iter().for_each_init(
         || None,
         |held, t| {

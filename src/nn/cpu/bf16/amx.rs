@@ -19,7 +19,7 @@ use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::Cell;
 
-use super::MR;
+use super::{MR, kernel};
 
 /// Tile configuration (palette 1): tiles 0–3 accumulators (`MR` rows × 16 f32), 4–5 A
 /// (`MR` rows × 16 k-pairs), 6–7 B (16 k-pairs × 16 columns of pairs); 64 bytes per row.
@@ -158,22 +158,13 @@ pub(super) unsafe fn kernel(
             options(nostack),
         );
     }
-    let masks: [__mmask16; 2] = [
-        (((1u32 << nr.min(16)) - 1) & 0xFFFF) as u16,
-        (((1u32 << nr.saturating_sub(16)) - 1) & 0xFFFF) as u16,
-    ];
-    let s = _mm512_set1_ps(scale);
+    let (masks, s) = (kernel::column_masks(nr), _mm512_set1_ps(scale));
     for i in (0..mr[0]).chain(MR..MR + mr[1]) {
         // SAFETY: row i of dst has nr writable values (masked); c row i has 32.
         unsafe {
-            let d = dst.add(i * dst_rs);
-            for h in 0..2 {
-                let mut v = _mm512_mul_ps(_mm512_loadu_ps(c.as_ptr().add(i * 32 + 16 * h)), s);
-                if load {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], d.add(16 * h)));
-                }
-                _mm512_mask_storeu_ps(d.add(16 * h), masks[h], v);
-            }
+            let row = c.as_ptr().add(i * 32);
+            let v = [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))];
+            kernel::store_row(dst.add(i * dst_rs), v, masks, s, load);
         }
     }
 }

@@ -71,20 +71,43 @@ pub(super) unsafe fn kernel<const NV: usize>(
                 }
             }
         }
-        let masks: [__mmask16; 2] = [
-            (((1u32 << nr.min(16)) - 1) & 0xFFFF) as u16,
-            (((1u32 << nr.saturating_sub(16)) - 1) & 0xFFFF) as u16,
-        ];
-        let s = _mm512_set1_ps(scale);
+        let (masks, s) = (column_masks(nr), _mm512_set1_ps(scale));
         for (i, ci) in c.iter().enumerate().take(mr) {
-            let d = dst.add(i * dst_rs);
-            for h in 0..NV {
-                let mut v = _mm512_mul_ps(ci[h], s);
-                if load {
-                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(masks[h], d.add(16 * h)));
-                }
-                _mm512_mask_storeu_ps(d.add(16 * h), masks[h], v);
+            store_row(dst.add(i * dst_rs), *ci, masks, s, load);
+        }
+    }
+}
+
+/// Lane masks of the first `nr ≤ 32` columns of a row held in two registers.
+pub(super) fn column_masks(nr: usize) -> [__mmask16; 2] {
+    [
+        (((1u32 << nr.min(16)) - 1) & 0xFFFF) as u16,
+        (((1u32 << nr.saturating_sub(16)) - 1) & 0xFFFF) as u16,
+    ]
+}
+
+/// The micro-kernels' epilogue for one row: `d[j] = scale · v (+ d[j] if load)` for the
+/// columns `masks` ([`column_masks`]) leave on, 16 per register of `v`.
+///
+/// # Safety
+/// `d` has the masked columns writable (and readable if `load`).
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn store_row<const NV: usize>(
+    d: *mut f32,
+    v: [__m512; NV],
+    masks: [__mmask16; 2],
+    scale: __m512,
+    load: bool,
+) {
+    for h in 0..NV {
+        let mut x = _mm512_mul_ps(v[h], scale);
+        // SAFETY: masked loads and stores touch only the columns the caller vouches for.
+        unsafe {
+            if load {
+                x = _mm512_add_ps(x, _mm512_maskz_loadu_ps(masks[h], d.add(16 * h)));
             }
+            _mm512_mask_storeu_ps(d.add(16 * h), masks[h], x);
         }
     }
 }
