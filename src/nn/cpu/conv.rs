@@ -1,4 +1,5 @@
-//! Stride-1 "same" convolutions (odd kernel k, padding k/2) as k² shifted GEMMs.
+//! Stride-1 "same" convolutions (odd kernel k, padding k/2) as k² shifted GEMMs, and stride-2
+//! ones as the same GEMMs over the padded input's four phases ([`conv_stride2`]).
 //!
 //! Flex lowers convolutions through a single-threaded NCHW→NHWC copy and a 512-pixel im2col
 //! tile of `C·k²` rows that falls out of L2. Here the input is zero-padded once (rows of
@@ -130,17 +131,6 @@ pub(crate) fn conv_same(
         return Some(winograd::conv3x3(x, w, bias, add, Prologue::Plain));
     }
     let x = contiguous(x);
-    // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
-    // keeps it as [k, k, O, C] in memory (see `relayout_conv_weight`), which spares gemm a
-    // repack.
-    let w = if w.layout().has_positive_strides() {
-        w.clone()
-    } else {
-        contiguous(w)
-    };
-    let ws_ = w.layout().strides();
-    let (so, sc, sh, sw) = (ws_[0], ws_[1], ws_[2], ws_[3]);
-    let bias = bias.map(contiguous);
     let p = k / 2;
     let wp = wd + 2 * p;
     // Slack of k-1 so the last row's rightmost shifted view stays inside the plane.
@@ -159,7 +149,103 @@ pub(crate) fn conv_same(
             });
         xp
     });
+    let input = Shifted {
+        data: xp.as_deref().unwrap_or(slice(&x)),
+        chan: plane,
+        wide: wp,
+        tap: |img: usize, kh: usize, kw: usize| img * c * plane + kh * wp + kw,
+    };
+    Some(shifted_gemms(&input, w, bias, add, [n, c, o, h, wd]))
+}
 
+/// A convolution with stride 2 (odd kernel k, `padding` `[top, left, bottom, right]`), same
+/// contract as [`conv_same`] otherwise. The zero-padded input is split into its four
+/// phases (even/odd rows × even/odd columns); tap (kh, kw) reads phase (kh mod 2, kw mod 2)
+/// shifted by (kh/2, kw/2), which makes it the shifted GEMMs of [`conv_same`] over planes of
+/// the output's size. Burn's convolution took an SD UNet step's three stride-2 convolutions
+/// at ~0.1 s, on one thread for its layout copies and in f32 for a bf16 weight.
+pub(crate) fn conv_stride2(
+    x: &FlexTensor,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    add: Option<&FlexTensor>,
+    [top, left, bottom, right]: [usize; 4],
+) -> Option<FlexTensor> {
+    let [n, c, hi, wi] = dims4(x);
+    let [o, wc, k, k2] = dims4(w);
+    let (ph, pw) = (hi + top + bottom, wi + left + right);
+    if wc != c || k != k2 || k % 2 == 0 || n * c * hi * wi == 0 || o == 0 || ph < k || pw < k {
+        return None;
+    }
+    let (h, wd) = ((ph - k) / 2 + 1, (pw - k) / 2 + 1);
+    let add = check_add(add, [n, o, h, wd])?;
+    // A phase plane holds the rows and columns the taps reach: k/2 past the output's.
+    let (hq, wq) = (h + k / 2, wd + k / 2);
+    let plane = hq * wq + k / 2;
+    let x = contiguous(x);
+    let xs = slice(&x);
+    let mut xq = vec![0.0f32; n * 4 * c * plane];
+    // Phase (a, b) of channel ci of image img: plane ((img·4 + 2a + b)·C + ci), whose (i, j) is
+    // the padded input's (2i + a, 2j + b).
+    xq.par_chunks_mut(plane).enumerate().for_each(|(t, dst)| {
+        let (img, phase, ci) = (t / (4 * c), (t / c) % 4, t % c);
+        let src = &xs[(img * c + ci) * hi * wi..][..hi * wi];
+        for i in 0..hq {
+            let Some(r) = (2 * i + phase / 2).checked_sub(top).filter(|&r| r < hi) else {
+                continue;
+            };
+            let row = &src[r * wi..][..wi];
+            for (j, d) in dst[i * wq..(i + 1) * wq].iter_mut().enumerate() {
+                if let Some(&v) = (2 * j + phase % 2).checked_sub(left).and_then(|s| row.get(s)) {
+                    *d = v;
+                }
+            }
+        }
+    });
+    let input = Shifted {
+        data: &xq,
+        chan: plane,
+        wide: wq,
+        tap: |img: usize, kh: usize, kw: usize| {
+            (img * 4 + 2 * (kh % 2) + kw % 2) * c * plane + (kh / 2) * wq + kw / 2
+        },
+    };
+    Some(shifted_gemms(&input, w, bias, add, [n, c, o, h, wd]))
+}
+
+/// The input of [`shifted_gemms`], zero-padded: for tap (kh, kw) of image `img`, channel `ci`'s
+/// plane starts at `data[tap(img, kh, kw) + ci·chan..]`, and output row y's `wide` columns
+/// (its `W` pixels, then columns computed and dropped) at `y·wide` in it.
+struct Shifted<'a, F> {
+    data: &'a [f32],
+    chan: usize,
+    wide: usize,
+    tap: F,
+}
+
+/// `out[:, y·wide + j] = Σ_taps W[:, :, kh, kw] · plane_tap[:, y·wide + j]` as parallel tasks,
+/// then bias and `add` folded into writing the first `W` of every wide row: `w` is `[O, C, k,
+/// k]` through its strides, the output `[N, O, H, W]`.
+fn shifted_gemms<F: Fn(usize, usize, usize) -> usize + Sync>(
+    input: &Shifted<'_, F>,
+    w: &FlexTensor,
+    bias: Option<&FlexTensor>,
+    add: Option<(FlexTensor, bool)>,
+    [n, c, o, h, wd]: [usize; 5],
+) -> FlexTensor {
+    let k = dims4(w)[2];
+    // Any positive-stride weight layout works: the GEMM reads it through strides. `Conv2d`
+    // keeps it as [k, k, O, C] in memory (see `relayout_conv_weight`), which spares gemm a
+    // repack.
+    let w = if w.layout().has_positive_strides() {
+        w.clone()
+    } else {
+        contiguous(w)
+    };
+    let ws_ = w.layout().strides();
+    let (so, sc, sh, sw) = (ws_[0], ws_[1], ws_[2], ws_[3]);
+    let bias = bias.map(contiguous);
+    let wp = input.wide;
     // Row bands per image, then split output channels until there is work for every thread.
     let rows = (COLS_PER_TASK / wp).clamp(1, h);
     let bands = h.div_ceil(rows);
@@ -175,7 +261,7 @@ pub(crate) fn conv_same(
 
     let mut out = Unfilled::new(n * o * h * wd);
     let out_ptr = out.ptr();
-    let (xs, ws) = (xp.as_deref().unwrap_or(slice(&x)), mat(&w, sc, so));
+    let (xs, ws) = (input.data, mat(&w, sc, so));
     // The tap's O-block × C matrix: rows o0.. of the weight at offset kh·sh + kw·sw.
     let tap =
         |kh: usize, kw: usize, o0: usize| ws.at(o0, 0).shifted(kh as isize * sh + kw as isize * sw);
@@ -210,14 +296,14 @@ pub(crate) fn conv_same(
             for kh in 0..k {
                 for kw in 0..k {
                     let first = kh == 0 && kw == 0;
-                    let rhs = &xs[img * c * plane + y0 * wp + kh * wp + kw..];
+                    let rhs = &xs[(input.tap)(img, kh, kw) + y0 * wp..];
                     let lhs = match packed.get((kh * k + kw) * oblocks + ob) {
                         Some(p) => p.mat(),
                         None => tap(kh, kw, o0),
                     };
                     // SAFETY: acc is m×cols row-major; lhs element (r, ci) is at r·so + ci·sc
-                    // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·plane + j
-                    // within `xs`: every index is in bounds by the plane's slack and o1 ≤ O.
+                    // past `lhs` (the weight's own layout), rhs element (ci, j) at ci·chan + j
+                    // within `data`: every index is in bounds by the plane's slack and o1 ≤ O.
                     unsafe {
                         let p = Product {
                             mnk: [m, cols, c],
@@ -226,7 +312,7 @@ pub(crate) fn conv_same(
                             accumulate: !first,
                             scale: 1.0,
                         };
-                        gemm(p, lhs, Mat::F32(rhs.as_ptr(), 1, plane as isize));
+                        gemm(p, lhs, Mat::F32(rhs.as_ptr(), 1, input.chan as isize));
                     }
                 }
             }
@@ -258,5 +344,5 @@ pub(crate) fn conv_same(
             }
         });
     // SAFETY: the tasks cover every (image, row band, channel block), each all its pixels.
-    Some(new_tensor(unsafe { out.filled() }, vec![n, o, h, wd]))
+    new_tensor(unsafe { out.filled() }, vec![n, o, h, wd])
 }

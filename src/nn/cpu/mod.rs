@@ -31,7 +31,7 @@ use burn_flex::{FlexTensor, Layout};
 pub(crate) use attention::attention;
 pub(crate) use attention_one::attention_one;
 pub(crate) use bf16::PackedA;
-pub(crate) use conv::{Input, conv_same, conv3x3_of};
+pub(crate) use conv::{Input, conv_same, conv_stride2, conv3x3_of};
 pub(crate) use gemv::gemv_many;
 pub(crate) use norms::{group_norm, layer_norm};
 pub(crate) use operand::{GEMM_WEIGHTS, Mat, Product, gemm, mat, widened, widened_once};

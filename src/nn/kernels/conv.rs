@@ -66,10 +66,11 @@ pub fn conv_weight_param<B: Backend>(
     w
 }
 
-/// A "same" convolution (stride 1, padding k/2) of `x` `[N, C, H, W]` by `w` `[O, C, k, k]`,
-/// plus `add` (shaped as the output, or `[N, O, 1, 1]`) folded into the output pass, by the
-/// CPU's shifted-GEMM or Winograd kernel.
-pub fn conv_same<B: Backend>(
+/// A convolution of `x` `[N, C, H, W]` by `w` `[O, C, k, k]` (odd k) by the CPU's shifted-GEMM or
+/// Winograd kernels, plus `add` (shaped as the output, or `[N, O, 1, 1]`) folded into the
+/// output pass: "same" ones (stride 1, padding k/2) and stride-2 ones with any padding. `None`
+/// for other cases and backends.
+pub fn conv_shifted<B: Backend>(
     x: &Tensor<B, 4>,
     w: &Tensor<B, 4>,
     bias: Option<&Tensor<B, 1>>,
@@ -78,16 +79,21 @@ pub fn conv_same<B: Backend>(
     padding: [usize; 4],
 ) -> Option<Tensor<B, 4>> {
     #[cfg(feature = "cpu")]
-    if is_same(w.dims()[2], stride, padding)
+    if (stride == 2 || is_same(w.dims()[2], stride, padding))
         && let (Some(fx), Some(fw), Some(fb), Some(fa)) =
             (to_flex(x), gemm_weight(w), flex_opt(bias), flex_opt(add))
     {
-        return cpu::conv_same(&fx, &fw, fb.as_ref(), fa.as_ref()).map(from_flex);
+        let (fb, fa) = (fb.as_ref(), fa.as_ref());
+        return match stride {
+            1 => cpu::conv_same(&fx, &fw, fb, fa),
+            _ => cpu::conv_stride2(&fx, &fw, fb, fa, padding),
+        }
+        .map(from_flex);
     }
     None
 }
 
-/// [`conv_same`] (k = 3) of `input` applied to `x`, computed inside the CPU Winograd kernel's
+/// [`conv_shifted`] (k = 3, stride 1) of `input` applied to `x`, computed inside the CPU Winograd kernel's
 /// input pass, so the normalised or upsampled tensor is never made. `None` where that kernel
 /// does not take the case.
 pub fn conv3x3_fused<B: Backend>(

@@ -1,8 +1,9 @@
 //! `Conv2d` with PyTorch parameter names and layout (`weight` `[O, C, k, k]`, `bias` `[O]`).
 //!
 //! Burn's own `Conv2d` module would do, but its forward cannot be routed: the stride-1 "same"
-//! convolutions that are most of a UNet step go to the CPU kernel in `cpu::conv_same`, and f16
-//! ones on the GPU backends to `gpu::conv2d_gemm` (both chosen in `nn::kernels`).
+//! convolutions that are most of a UNet step, and its stride-2 ones, go to the CPU kernels of
+//! `cpu::conv`, and f16 ones on the GPU backends to `gpu::conv2d_gemm` (both chosen in
+//! `nn::kernels`).
 
 use burn::module::{Module, Param};
 use burn::tensor::backend::Backend;
@@ -133,7 +134,7 @@ impl<B: Backend> Conv2d<B> {
     fn forward_impl(&self, x: Tensor<B, 4>, add: Option<Tensor<B, 4>>) -> Tensor<B, 4> {
         let (w, b) = (self.weight.val(), self.bias.as_ref().map(|b| b.val()));
         let (stride, padding) = (self.stride, self.padding);
-        if let Some(y) = kernels::conv_same(&x, &w, b.as_ref(), add.as_ref(), stride, padding) {
+        if let Some(y) = kernels::conv_shifted(&x, &w, b.as_ref(), add.as_ref(), stride, padding) {
             return y;
         }
         let y = match kernels::conv2d_half(x, &w, b.as_ref(), stride, padding) {
@@ -255,6 +256,50 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Stride-2 convolutions (the phase-split kernel) against Burn's: symmetric padding 1 as
+    /// SD's downsamplers, VAE encoder's asymmetric (0, 1, 0, 1), odd sizes, k = 5 and 1,
+    /// a 1-pixel output, channel blocks split across tasks, with a residual added.
+    #[test]
+    fn stride2_conv_kernel_matches_burn_conv() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        for &(batch, c, o, h, w, k, pad) in &[
+            (2, 16, 24, 16, 16, 3, [1; 4]),
+            (1, 3, 5, 7, 9, 3, [1; 4]),
+            (2, 8, 200, 10, 10, 3, [0, 0, 1, 1]),
+            (1, 5, 7, 11, 6, 5, [2, 1, 2, 0]),
+            (2, 6, 4, 5, 5, 1, [0; 4]),
+            (1, 4, 6, 2, 2, 3, [0, 0, 1, 1]),
+        ] {
+            let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d);
+            let wt = Tensor::<Flex, 4>::random([o, c, k, k], n, &d);
+            let b = Tensor::<Flex, 1>::random([o], n, &d);
+            let [top, left, bottom, right] = pad;
+            let opts =
+                PaddedConvOptions::asymmetric([2, 2], [top, left], [bottom, right], [1, 1], 1);
+            let want = conv2d_op(x.clone(), wt.clone(), Some(b.clone()), opts);
+            let conv = Conv2d::from_tensors(wt, Some(b), 2, pad);
+            let residual = Tensor::<Flex, 4>::random(want.dims(), n, &d);
+            let got = kernels::conv_shifted(
+                &x,
+                &conv.weight.val(),
+                conv.bias.as_ref().map(|b| b.val()).as_ref(),
+                Some(&residual),
+                2,
+                pad,
+            )
+            .expect("the stride-2 kernel takes the case");
+            let want = want + residual;
+            assert_eq!(got.dims(), want.dims());
+            let err: f32 = (got - want.clone()).abs().max().into_scalar();
+            let scale: f32 = want.abs().max().into_scalar();
+            assert!(
+                err <= 1e-5 * scale.max(1.0),
+                "{batch}x{c}x{h}x{w} k{k} pad {pad:?} -> {o}: max |diff| {err} (scale {scale})"
+            );
         }
     }
 
