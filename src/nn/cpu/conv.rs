@@ -196,7 +196,10 @@ pub(crate) fn conv_stride2(
             };
             let row = &src[r * wi..][..wi];
             for (j, d) in dst[i * wq..(i + 1) * wq].iter_mut().enumerate() {
-                if let Some(&v) = (2 * j + phase % 2).checked_sub(left).and_then(|s| row.get(s)) {
+                if let Some(&v) = (2 * j + phase % 2)
+                    .checked_sub(left)
+                    .and_then(|s| row.get(s))
+                {
                     *d = v;
                 }
             }

@@ -314,8 +314,9 @@ mod tests {
 
     /// The softmax's exponentials: within 2.5e-7 + |x − m|·1e-7 (relative) of libm's
     /// `exp(x - m)` where the result is normal (the second term is the rounding of log₂e and
-    /// of `(x − m)·log₂e`, on weights below e^−|x−m| of the row's largest), ~1e-38 below, NaN kept; and the AVX-512 variant (where the CPU has
-    /// it) gives the portable loop's bits, values and sum, remainders included.
+    /// of `(x − m)·log₂e`, on weights below e^−|x−m| of the row's largest), ~1e-38 below, NaN
+    /// kept; and the AVX-512 variant (where the CPU has it) gives the portable loop's bits,
+    /// values and sum, remainders included.
     #[test]
     fn exp_sub_sum_matches_libm_and_its_portable_loop() {
         let m = 3.25f32;
@@ -331,7 +332,10 @@ mod tests {
                 assert!((0.0..1.3e-38).contains(&e), "exp({v} - {m}) = {e}");
             } else {
                 let tol = 2.5e-7 + (v - m).abs() as f64 * 1e-7;
-                assert!(((e as f64 - want) / want).abs() < tol, "exp({v} - {m}) = {e}");
+                assert!(
+                    ((e as f64 - want) / want).abs() < tol,
+                    "exp({v} - {m}) = {e}"
+                );
             }
         }
         let (mut portable, mut total) = (x.clone(), 0.0f64);
