@@ -94,8 +94,8 @@ pub fn conv_shifted<B: Backend>(
 }
 
 /// [`conv_shifted`] (k = 3, stride 1) of `input` applied to `x`, computed inside the CPU
-/// Winograd kernel's input pass, so the normalised or upsampled tensor is never made. `None` where that kernel
-/// does not take the case.
+/// Winograd kernel's input pass, so the normalised or upsampled tensor is never made. `None`
+/// where that kernel does not take the case.
 pub fn conv3x3_fused<B: Backend>(
     input: ConvInput<'_, B>,
     x: &Tensor<B, 4>,
