@@ -11,7 +11,8 @@
 //! twice.
 //!
 //! The instructions are written with `asm!` (Rust's AMX intrinsics are unstable). Tile
-//! registers are only touched inside one `asm!` block: zeroed, accumulated, stored.
+//! registers are only touched inside one `asm!` block: zeroed (or loaded from a whole output
+//! window), accumulated, stored.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -115,6 +116,11 @@ pub(super) unsafe fn kernel(
         unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
         CONFIGURED.set(true);
     }
+    if mr == [MR, MR] && nr == 32 && scale == 1.0 {
+        // SAFETY: forwarded; the window is whole.
+        unsafe { kernel_whole(kc2, a, b, dst, dst_rs, load) };
+        return;
+    }
     // The second strip's rows go to accumulators 2–3; with one strip they repeat the first
     // (computed, not stored).
     let a1 = if mr[1] > 0 { a[1] } else { a[0] };
@@ -166,5 +172,72 @@ pub(super) unsafe fn kernel(
             let v = [_mm512_loadu_ps(row), _mm512_loadu_ps(row.add(16))];
             kernel::store_row(dst.add(i * dst_rs), v, masks, s, load);
         }
+    }
+}
+
+/// [`kernel`] for a whole 2·`MR` × 32 window at scale 1: the accumulator tiles start from
+/// `dst` (or zero) and are stored back to it, with no pass of vector loads, adds and stores
+/// through a scratch copy (that epilogue's adds were a fifth of the kernel's samples, waiting
+/// on the tile stores). Kernel bench, 2 Xeon cores, alternated: conv3x3 bf16 320 at 64×64
+/// 17.8 -> 13.5 ms, 1280 at 16×16 19.6 -> 14.6 ms, Linear 5120→1280 [512] 11.1 -> 6.9 ms.
+///
+/// # Safety
+/// As [`kernel`] with `mr == [MR, MR]` and `nr == 32`, on a configured thread.
+#[target_feature(enable = "avx512f")]
+unsafe fn kernel_whole(
+    kc2: usize,
+    a: [*const u32; 2],
+    b: *const u16,
+    dst: *mut f32,
+    dst_rs: usize,
+    load: bool,
+) {
+    // SAFETY: tile loads read 16 pairs of MR rows of each A strip or 16 pair-rows of the B
+    // strip for the `kc2 / 16` steps; the accumulators load and store the 2·MR × 32 window of
+    // dst (rows dst_rs apart), which the caller owns.
+    unsafe {
+        asm!(
+            "test {load:e}, {load:e}",
+            "jz 3f",
+            "tileloadd tmm0, [{d0} + {sd}*1]",
+            "tileloadd tmm1, [{d0} + {sd}*1 + 64]",
+            "tileloadd tmm2, [{d1} + {sd}*1]",
+            "tileloadd tmm3, [{d1} + {sd}*1 + 64]",
+            "jmp 2f",
+            "3:",
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "2:",
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {a0}, 64",
+            "add {a1}, 64",
+            "add {b}, 2048",
+            "dec {n}",
+            "jnz 2b",
+            "tilestored [{d0} + {sd}*1], tmm0",
+            "tilestored [{d0} + {sd}*1 + 64], tmm1",
+            "tilestored [{d1} + {sd}*1], tmm2",
+            "tilestored [{d1} + {sd}*1 + 64], tmm3",
+            load = in(reg) load as u32,
+            a0 = inout(reg) a[0] => _,
+            a1 = inout(reg) a[1] => _,
+            b = inout(reg) b => _,
+            n = inout(reg) kc2 / 16 => _,
+            sa = in(reg) kc2 * 4,
+            sb = in(reg) 128usize,
+            d0 = in(reg) dst,
+            d1 = in(reg) dst.add(MR * dst_rs),
+            sd = in(reg) dst_rs * 4,
+            options(nostack),
+        );
     }
 }
