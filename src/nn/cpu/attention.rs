@@ -57,13 +57,14 @@ impl View {
 unsafe impl Sync for View {}
 
 simd_dispatch! {
-    /// One key block of an online softmax: exponentiates each `kb`-long row of `scores` in
-    /// place against the running row maximum `m` (updated), adds its sum to `l`, and returns
-    /// in `corr` the factor exp(m_old − m_new) that rescales what was accumulated before.
-    /// Keys at or past `limit(row)` (causal) are masked to zero.
+    /// One key block of an online softmax of `scale`·scores: exponentiates each `kb`-long row
+    /// of `scores` (unscaled) in place against the running row maximum `m` (updated), adds its
+    /// sum to `l`, and returns in `corr` the factor exp(scale·(m_old − m_new)) that rescales
+    /// what was accumulated before. Keys at or past `limit(row)` (causal) are masked to zero.
     #[allow(clippy::too_many_arguments)]
     fn softmax_block(
         scores: &mut [f32],
+        scale: f32,
         kb: usize,
         first_row: usize,
         k0: usize,
@@ -84,8 +85,8 @@ simd_dispatch! {
                 continue;
             }
             let m_new = math::max(live).max(m[i]);
-            corr[i] = if m[i] == f32::NEG_INFINITY { 0.0 } else { math::exp(m[i] - m_new) };
-            l[i] = l[i] * corr[i] as f64 + math::exp_sub_sum(live, m_new);
+            corr[i] = if m[i] == f32::NEG_INFINITY { 0.0 } else { math::exp(scale * (m[i] - m_new)) };
+            l[i] = l[i] * corr[i] as f64 + math::exp_sub_sum(live, m_new, scale);
             m[i] = m_new;
         }
     }
@@ -169,7 +170,10 @@ pub(crate) fn attention(
                         dst: sc.scores.as_mut_ptr(),
                         dst_rs: kb,
                         accumulate: false,
-                        scale,
+                        // Scaled in the softmax's exponent, where it costs nothing: an unscaled
+                        // GEMM writes whole AMX windows straight from the tiles ([2,8,4096,40]
+                        // with bf16 products 131 -> 115 ms, alternated; f32 unchanged).
+                        scale: 1.0,
                     };
                     let q = (qv.at(bi, hi, q0), qv.strides[3], qv.strides[2]);
                     product(
@@ -181,6 +185,7 @@ pub(crate) fn attention(
                 }
                 softmax_block(
                     &mut sc.scores,
+                    scale,
                     kb,
                     q0,
                     k0,

@@ -168,7 +168,7 @@ simd_dispatch! {
             out.fill(0.0);
             return; // every key hidden: zeros, as the blocked kernel gives an empty row
         }
-        let l = math::exp_sub_sum(scores, m);
+        let l = math::exp_sub_sum(scores, m, 1.0);
         let inv = (1.0 / l) as f32;
         // Σ p_j v_j in 64-column chunks held in registers across the keys (through `out` in
         // memory, every key waited on the previous key's store).

@@ -105,23 +105,24 @@ pub fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     total
 }
 
-/// `xᵢ ← exp(xᵢ − m)` in place, returning Σ of the new values (f64 total of f32 lane sums
+/// `xᵢ ← exp(s·(xᵢ − m))` in place, returning Σ of the new values (f64 total of f32 lane sums
 /// over blocks of 1024): the softmax's exponentials (attention, 64 lanes in flight so the
-/// polynomial's dependency chains overlap). `m` must be at least every `xᵢ` (the row's max),
-/// so every result is at most 1; one below 2⁻¹²⁶ (−∞ included) comes out as ~1e-38, not 0,
+/// polynomial's dependency chains overlap; `s` > 0 its score scale, which the score GEMM then
+/// leaves out). `m` must be at least every `xᵢ` (the row's max), so every result is at most 1; one below 2⁻¹²⁶ (−∞ included) comes out as ~1e-38, not 0,
 /// as from [`exp`].
 ///
-/// Each value is [`exp2_le0`] of `(xᵢ − m)·log₂e`. With AVX-512 that is 11 vector ops where
+/// Each value is [`exp2_le0`] of `(xᵢ − m)·(s·log₂e)`. With AVX-512 that is 11 vector ops where
 /// [`exp`] takes 18 (`vscalefps` builds 2ⁿ·p, `vrndscaleps` rounds). Kernel bench on 2 Xeon
 /// cores, alternated: a 64×64 self-attention `[2,8,4096,40]` with bf16 products 130 -> 125 ms;
 /// in f32 no change beyond the noise (~200 ms), where the products, not the exponentials, set
 /// the pace. The portable loop computes the same bits.
 #[inline(always)]
-pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f64 {
+pub fn exp_sub_sum(x: &mut [f32], m: f32, s: f32) -> f64 {
+    let k = s * std::f32::consts::LOG2_E;
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was detected just above.
-        return unsafe { exp_sub_sum_avx512(x, m) };
+        return unsafe { exp_sub_sum_avx512(x, m, k) };
     }
     let mut total = 0.0f64;
     for block in x.chunks_mut(1024) {
@@ -129,12 +130,12 @@ pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f64 {
         let mut chunks = block.chunks_exact_mut(EXP_LANES);
         for c in &mut chunks {
             for i in 0..EXP_LANES {
-                let e = exp2_le0((c[i] - m) * std::f32::consts::LOG2_E);
+                let e = exp2_le0((c[i] - m) * k);
                 c[i] = e;
                 acc[i] += e;
             }
         }
-        total += exp_sub_tail(chunks.into_remainder(), m, &acc);
+        total += exp_sub_tail(chunks.into_remainder(), m, k, &acc);
     }
     total
 }
@@ -142,13 +143,13 @@ pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f64 {
 /// Lanes of [`exp_sub_sum`]'s accumulators.
 const EXP_LANES: usize = 4 * LANES;
 
-/// A block's values past its last whole group of lanes, exponentiated, plus the group's
+/// A block's values past its last whole group of lanes, exponentiated (`k` = s·log₂e), plus the group's
 /// lane sums: the f64 sum both variants of [`exp_sub_sum`] add per block, in one order.
 #[inline(always)]
-fn exp_sub_tail(rest: &mut [f32], m: f32, acc: &[f32; EXP_LANES]) -> f64 {
+fn exp_sub_tail(rest: &mut [f32], m: f32, k: f32, acc: &[f32; EXP_LANES]) -> f64 {
     let mut total = 0.0f64;
     for v in rest {
-        *v = exp2_le0((*v - m) * std::f32::consts::LOG2_E);
+        *v = exp2_le0((*v - m) * k);
         total += *v as f64;
     }
     total + acc.iter().map(|&v| v as f64).sum::<f64>()
@@ -183,16 +184,16 @@ fn exp2_le0(t: f32) -> f32 {
     p * f32::from_bits(z.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
 }
 
-/// [`exp_sub_sum`] in AVX-512 registers: 4 vectors in flight, the same operations as
+/// [`exp_sub_sum`] in AVX-512 registers (`k` = s·log₂e): 4 vectors in flight, the same operations as
 /// [`exp2_le0`] with `vrndscaleps` for the rounding and `vscalefps` for `2ⁿ·p`.
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f64 {
+unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32, k: f32) -> f64 {
     use std::arch::x86_64::*;
-    let (mv, log2e) = (_mm512_set1_ps(m), _mm512_set1_ps(std::f32::consts::LOG2_E));
+    let (mv, kv) = (_mm512_set1_ps(m), _mm512_set1_ps(k));
     let lo = _mm512_set1_ps(-126.0);
     let poly = EXP2_POLY.map(|c| _mm512_set1_ps(c));
     let mut total = 0.0f64;
@@ -205,7 +206,7 @@ unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f64 {
                 let ptr = unsafe { c.as_mut_ptr().add(LANES * i) };
                 // SAFETY: 16 values at ptr, unaligned load and store.
                 let v = unsafe { _mm512_loadu_ps(ptr) };
-                let t = _mm512_mul_ps(_mm512_sub_ps(v, mv), log2e);
+                let t = _mm512_mul_ps(_mm512_sub_ps(v, mv), kv);
                 // max(lo, t) returns t when either is NaN: NaN passes, as in exp2_le0.
                 let t = _mm512_max_ps(lo, t);
                 let n = _mm512_roundscale_ps::<0x08>(t);
@@ -222,7 +223,7 @@ unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f64 {
         }
         // SAFETY: [__m512; 4] and [f32; 64] have one size, any bits are valid f32s.
         let lanes: [f32; EXP_LANES] = unsafe { std::mem::transmute(acc) };
-        total += exp_sub_tail(chunks.into_remainder(), m, &lanes);
+        total += exp_sub_tail(chunks.into_remainder(), m, k, &lanes);
     }
     total
 }
@@ -305,60 +306,61 @@ mod tests {
         let x: Vec<f32> = x.iter().map(|v| v * 0.01).collect();
         let mut y = x.clone();
         let want: f64 = x.iter().map(|&v| (v - 0.5).exp() as f64).sum();
-        let got = exp_sub_sum(&mut y, 0.5);
+        let got = exp_sub_sum(&mut y, 0.5, 1.0);
         assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
         for (&e, &v) in y.iter().zip(&x) {
             assert!((e - (v - 0.5).exp()).abs() <= 3e-7 * e, "exp({v} - 0.5)");
         }
     }
 
-    /// The softmax's exponentials: within 2.5e-7 + |x − m|·1e-7 (relative) of libm's
-    /// `exp(x - m)` where the result is normal (the second term is the rounding of log₂e and
-    /// of `(x − m)·log₂e`, on weights below e^−|x−m| of the row's largest), ~1e-38 below, NaN
+    /// The softmax's exponentials `exp(s·(x − m))`: within 2.5e-7 + s|x − m|·1e-7 (relative) of
+    /// libm's where the result is normal (the second term is the rounding of s·log₂e and of
+    /// `(x − m)·s·log₂e`, on weights below e^−s|x−m| of the row's largest), ~1e-38 below, NaN
     /// kept; and the AVX-512 variant (where the CPU has it) gives the portable loop's bits,
-    /// values and sum, remainders included.
+    /// values and sum, remainders included. Scales 1 and 1/√40 (attention's, folded in).
     #[test]
     fn exp_sub_sum_matches_libm_and_its_portable_loop() {
         let m = 3.25f32;
         let mut x: Vec<f32> = (0..2100).map(|i| m - i as f32 * 0.0431).collect();
         x.extend([f32::NEG_INFINITY, -200.0, m, f32::NAN, m - 1e-7]);
-        let mut y = x.clone();
-        let got = exp_sub_sum(&mut y, m);
-        for (&e, &v) in y.iter().zip(&x) {
-            let want = ((v - m) as f64).exp();
-            if v.is_nan() {
-                assert!(e.is_nan());
-            } else if want < 1.2e-38 {
-                assert!((0.0..1.3e-38).contains(&e), "exp({v} - {m}) = {e}");
-            } else {
-                let tol = 2.5e-7 + (v - m).abs() as f64 * 1e-7;
-                assert!(
-                    ((e as f64 - want) / want).abs() < tol,
-                    "exp({v} - {m}) = {e}"
-                );
-            }
-        }
-        let (mut portable, mut total) = (x.clone(), 0.0f64);
-        for block in portable.chunks_mut(1024) {
-            let mut acc = [0.0f32; EXP_LANES];
-            let mut chunks = block.chunks_exact_mut(EXP_LANES);
-            for c in &mut chunks {
-                for i in 0..EXP_LANES {
-                    c[i] = exp2_le0((c[i] - m) * std::f32::consts::LOG2_E);
-                    acc[i] += c[i];
+        for s in [1.0, 1.0 / 40f32.sqrt()] {
+            let mut y = x.clone();
+            let got = exp_sub_sum(&mut y, m, s);
+            for (&e, &v) in y.iter().zip(&x) {
+                let want = (s as f64 * (v - m) as f64).exp();
+                if v.is_nan() {
+                    assert!(e.is_nan());
+                } else if want < 1.2e-38 {
+                    assert!((0.0..1.3e-38).contains(&e), "exp({s}·({v} - {m})) = {e}");
+                } else {
+                    let tol = 2.5e-7 + (s * (v - m)).abs() as f64 * 1e-7;
+                    let err = ((e as f64 - want) / want).abs();
+                    assert!(err < tol, "exp({s}·({v} - {m})) = {e}");
                 }
             }
-            total += exp_sub_tail(chunks.into_remainder(), m, &acc);
+            let k = s * std::f32::consts::LOG2_E;
+            let (mut portable, mut total) = (x.clone(), 0.0f64);
+            for block in portable.chunks_mut(1024) {
+                let mut acc = [0.0f32; EXP_LANES];
+                let mut chunks = block.chunks_exact_mut(EXP_LANES);
+                for c in &mut chunks {
+                    for i in 0..EXP_LANES {
+                        c[i] = exp2_le0((c[i] - m) * k);
+                        acc[i] += c[i];
+                    }
+                }
+                total += exp_sub_tail(chunks.into_remainder(), m, k, &acc);
+            }
+            assert!(got.is_nan() && total.is_nan());
+            let bits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&portable));
+            let (mut a, mut b) = (x[..2100].to_vec(), x[..2100].to_vec());
+            let sum = exp_sub_sum(&mut a, m, s);
+            let mut t = 0.0;
+            for block in b.chunks_mut(1024) {
+                t += exp_sub_tail(block, m, k, &[0.0; EXP_LANES]);
+            }
+            assert!((sum - t).abs() <= 1e-6 * t, "{sum} vs {t}");
         }
-        assert!(got.is_nan() && total.is_nan());
-        let bits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&y), bits(&portable));
-        let (mut a, mut b) = (x[..2100].to_vec(), x[..2100].to_vec());
-        let s = exp_sub_sum(&mut a, m);
-        let mut t = 0.0;
-        for block in b.chunks_mut(1024) {
-            t += exp_sub_tail(block, m, &[0.0; EXP_LANES]);
-        }
-        assert!((s - t).abs() <= 1e-6 * t, "{s} vs {t}");
     }
 }
