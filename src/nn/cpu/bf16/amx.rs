@@ -178,8 +178,9 @@ pub(super) unsafe fn kernel(
 /// [`kernel`] for a whole 2·`MR` × 32 window at scale 1: the accumulator tiles start from
 /// `dst` (or zero) and are stored back to it, with no pass of vector loads, adds and stores
 /// through a scratch copy (that epilogue's adds were a fifth of the kernel's samples, waiting
-/// on the tile stores). Kernel bench, 2 Xeon cores, alternated: conv3x3 bf16 320 at 64×64
-/// 17.8 -> 13.5 ms, 1280 at 16×16 19.6 -> 14.6 ms, Linear 5120→1280 [512] 11.1 -> 6.9 ms.
+/// on the tile stores). Kernel bench, 2 Xeon cores, medians of 4 alternated pairs: conv3x3
+/// bf16 320 at 64×64 13.3 -> 12.6 ms, 1280 at 16×16 15.1 -> 14.0 ms, Linear 640→5120 [2048]
+/// 11.0 -> 10.2 ms, 5120→1280 [512] 7.0 -> 6.3 ms; an SD UNet step within its noise (±3%).
 ///
 /// # Safety
 /// As [`kernel`] with `mr == [MR, MR]` and `nr == 32`, on a configured thread.
