@@ -84,6 +84,29 @@ fn granted() -> bool {
     false
 }
 
+/// The k loop of both kernels, `{n}` steps of 16 pairs: the A strips' tiles into tmm4/tmm5, the
+/// B strip's two halves into tmm6/tmm7, their four products added into tmm0–3.
+macro_rules! k_steps {
+    () => {
+        concat!(
+            "2:\n",
+            "tileloadd tmm4, [{a0} + {sa}*1]\n",
+            "tileloadd tmm6, [{b} + {sb}*1]\n",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]\n",
+            "tdpbf16ps tmm0, tmm4, tmm6\n",
+            "tdpbf16ps tmm1, tmm4, tmm7\n",
+            "tileloadd tmm5, [{a1} + {sa}*1]\n",
+            "tdpbf16ps tmm2, tmm5, tmm6\n",
+            "tdpbf16ps tmm3, tmm5, tmm7\n",
+            "add {a0}, 64\n",
+            "add {a1}, 64\n",
+            "add {b}, 2048\n",
+            "dec {n}\n",
+            "jnz 2b",
+        )
+    };
+}
+
 thread_local! {
     /// Whether `ldtilecfg` has run on this thread (every call uses the same configuration).
     static CONFIGURED: Cell<bool> = const { Cell::new(false) };
@@ -134,20 +157,7 @@ pub(super) unsafe fn kernel(
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm6, [{b} + {sb}*1]",
-            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
-            "add {b}, 2048",
-            "dec {n}",
-            "jnz 2b",
+            k_steps!(),
             "tilestored [{c} + {sc}*1], tmm0",
             "tilestored [{c} + {sc}*1 + 64], tmm1",
             "tilestored [{c1} + {sc}*1], tmm2",
@@ -210,20 +220,7 @@ unsafe fn kernel_whole(
             "tilezero tmm1",
             "tilezero tmm2",
             "tilezero tmm3",
-            "2:",
-            "tileloadd tmm4, [{a0} + {sa}*1]",
-            "tileloadd tmm6, [{b} + {sb}*1]",
-            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a1} + {sa}*1]",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 64",
-            "add {a1}, 64",
-            "add {b}, 2048",
-            "dec {n}",
-            "jnz 2b",
+            k_steps!(),
             "tilestored [{d0} + {sd}*1], tmm0",
             "tilestored [{d0} + {sd}*1 + 64], tmm1",
             "tilestored [{d1} + {sd}*1], tmm2",
