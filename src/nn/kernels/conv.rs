@@ -34,9 +34,16 @@ fn is_same(kernel: usize, stride: usize, padding: [usize; 4]) -> bool {
     stride == 1 && kernel % 2 == 1 && padding == [kernel / 2; 4]
 }
 
+/// What the CPU's shifted-GEMM kernels take ([`conv_shifted`]): "same" convolutions and
+/// stride-2 ones with an odd kernel and any padding.
+#[cfg(feature = "cpu")]
+fn is_shifted(kernel: usize, stride: usize, padding: [usize; 4]) -> bool {
+    is_same(kernel, stride, padding) || (stride == 2 && kernel % 2 == 1)
+}
+
 /// The convolution weight `[O, C, k, k]` as the CPU kernels read it best: held as
-/// `[k, k, O, C]` for a "same" k > 1 convolution on Flex (see `cpu::relayout_conv_weight`),
-/// as loaded everywhere else. For a weight given as a tensor.
+/// `[k, k, O, C]` for a k > 1 convolution of the shifted-GEMM kernels on Flex (see
+/// `cpu::relayout_conv_weight`), as loaded everywhere else. For a weight given as a tensor.
 pub fn conv_weight<B: Backend>(
     w: Tensor<B, 4>,
     stride: usize,
@@ -45,7 +52,7 @@ pub fn conv_weight<B: Backend>(
     #[cfg(feature = "cpu")]
     {
         let k = w.dims()[2];
-        if cpu::is_flex::<B>() && k > 1 && is_same(k, stride, padding) {
+        if cpu::is_flex::<B>() && k > 1 && is_shifted(k, stride, padding) {
             return cpu::relayout_conv_weight(w);
         }
     }
@@ -60,7 +67,7 @@ pub fn conv_weight_param<B: Backend>(
     padding: [usize; 4],
 ) -> Param<Tensor<B, 4>> {
     #[cfg(feature = "cpu")]
-    if cpu::is_flex::<B>() && kernel > 1 && is_same(kernel, stride, padding) {
+    if cpu::is_flex::<B>() && kernel > 1 && is_shifted(kernel, stride, padding) {
         return w.load_mapper(cpu::relayout_conv_weight);
     }
     w
@@ -79,7 +86,7 @@ pub fn conv_shifted<B: Backend>(
     padding: [usize; 4],
 ) -> Option<Tensor<B, 4>> {
     #[cfg(feature = "cpu")]
-    if (stride == 2 || is_same(w.dims()[2], stride, padding))
+    if is_shifted(w.dims()[2], stride, padding)
         && let (Some(fx), Some(fw), Some(fb), Some(fa)) =
             (to_flex(x), gemm_weight(w), flex_opt(bias), flex_opt(add))
     {
