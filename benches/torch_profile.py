@@ -10,23 +10,17 @@ Uses the full-size random SD 1.5 UNet that `models/make_sd15_fixtures.py --full`
 .cache/sd15-random (the harness's). Batch 2 (guidance), 64x64 latents, 77-token context.
 """
 import argparse
-import time
 from pathlib import Path
 
 import torch
+
+from compare_refs import time_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def median_ms(f, runs=10):
-    for _ in range(3):
-        f()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    ts.sort()
+    ts = sorted(time_runs(f, runs, 3))
     return ts[len(ts) // 2] * 1e3
 
 
