@@ -152,7 +152,15 @@ fn exp_sub_tail(rest: &mut [f32], m: f32, k: f32, acc: &[f32; EXP_LANES]) -> f64
         *v = exp2_le0((*v - m) * k);
         total += *v as f64;
     }
-    total + acc.iter().map(|&v| v as f64).sum::<f64>()
+    // Eight f64 lanes, then their sum: one chain of 64 scalar adds (4 cycles each) had been
+    // as long as the block's exponentials.
+    let mut lanes = [0.0f64; 8];
+    for c in acc.chunks_exact(8) {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += v as f64;
+        }
+    }
+    total + lanes.iter().sum::<f64>()
 }
 
 /// Coefficients of 2ᶠ on `[−½, ½]` (degree 6, Lawson-weighted least squares for the
@@ -228,21 +236,27 @@ unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32, k: f32) -> f64 {
     total
 }
 
-/// max(x), vectorised (NaN propagates as in `f32::max` semantics of the lanes: ignored).
+/// max(x), vectorised (NaN propagates as in `f32::max` semantics of the lanes: ignored). Four
+/// registers of lanes, folded at the end: with one, every `vmaxps` waited on the previous
+/// (4 cycles), and this max was half of attention's softmax pass (kernel bench, 2 Xeon cores).
 #[inline(always)]
 pub fn max(x: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
-    let mut chunks = x.chunks_exact(LANES);
+    let gt = |a: f32, b: f32| if b > a { b } else { a };
+    let mut acc = [f32::NEG_INFINITY; 4 * LANES];
+    let mut chunks = x.chunks_exact(4 * LANES);
     for c in &mut chunks {
-        for i in 0..LANES {
-            acc[i] = if c[i] > acc[i] { c[i] } else { acc[i] };
+        for i in 0..4 * LANES {
+            acc[i] = gt(acc[i], c[i]);
         }
     }
-    let m = chunks
-        .remainder()
-        .iter()
-        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    acc.iter().fold(m, |a, &b| a.max(b))
+    let mut w = 2 * LANES;
+    while w > 0 {
+        for l in 0..w {
+            acc[l] = gt(acc[l], acc[l + w]);
+        }
+        w /= 2;
+    }
+    chunks.remainder().iter().fold(acc[0], |a, &b| a.max(b))
 }
 
 #[cfg(test)]
@@ -318,6 +332,21 @@ mod tests {
     /// `(x − m)·s·log₂e`, on weights below e^−s|x−m| of the row's largest), ~1e-38 below, NaN
     /// kept; and the AVX-512 variant (where the CPU has it) gives the portable loop's bits,
     /// values and sum, remainders included. Scales 1 and 1/√40 (attention's, folded in).
+    /// Every length around the 64-lane groups, the maximum in each position (lanes, fold,
+    /// remainder), NaNs ignored as by `f32::max`.
+    #[test]
+    fn max_finds_the_largest_anywhere() {
+        for n in [0, 1, 15, 63, 64, 65, 130, 1024, 1037] {
+            for at in 0..n {
+                let mut x: Vec<f32> = (0..n).map(|i| -((i * 37 % 101) as f32)).collect();
+                x[(at + 1) % n] = f32::NAN;
+                x[at] = 7.5;
+                assert_eq!(max(&x), 7.5, "n {n}, max at {at}");
+            }
+        }
+        assert_eq!(max(&[]), f32::NEG_INFINITY);
+    }
+
     #[test]
     fn exp_sub_sum_matches_libm_and_its_portable_loop() {
         let m = 3.25f32;
