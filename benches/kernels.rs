@@ -115,6 +115,17 @@ fn main() {
             sync(&d);
         },
     );
+    bench(
+        "attention self  [2,8,1024,80] bf16 products",
+        &filter,
+        iters,
+        4.0 * (b * h * 1024 * 1024 * 80) as f64,
+        "GFLOP/s",
+        || {
+            let _ = sdpa_for(q2.clone(), k2.clone(), v2.clone(), false, DType::BF16);
+            sync(&d);
+        },
+    );
     let kc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let vc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let flops = 4.0 * (b * h * s * 77 * dh) as f64;

@@ -14,10 +14,10 @@ use super::{Mat, Product, Unfilled, bf16, gemm, math, simd_dispatch};
 
 /// Queries per task: each task packs every K and V block for its GEMMs, so more rows per
 /// task amortise that (kernel bench, 64×64 level: 64 → 256 rows, 329 → 273 ms).
-const BLOCK_Q: usize = 256;
+pub(super) const BLOCK_Q: usize = 256;
 /// Keys per block: the 256×1024 f32 score block (1 MiB) stays in the 2 MiB L2 through the
 /// softmax and the PV GEMM.
-const BLOCK_KV: usize = 1024;
+pub(super) const BLOCK_KV: usize = 1024;
 
 /// A 4-D strided view `[B, H, S, D]` into a tensor's storage.
 pub(super) struct View {
@@ -144,6 +144,14 @@ pub(crate) fn attention(
     let causal = causal.then_some(skv as isize - sq as isize);
     let mut out = Unfilled::new(b * sq * h * dv);
     let out_ptr = out.ptr();
+    #[cfg(target_arch = "x86_64")]
+    if in_bf16
+        && super::attention_amx::available()
+        && super::attention_amx::attention(&qv, &kv, &vv, causal, out.ptr()).is_some()
+    {
+        // SAFETY: it wrote every value.
+        return Some(heads_out(unsafe { out.filled() }, [b, h, sq, dv]));
+    }
     let blocks = sq.div_ceil(BLOCK_Q);
     (0..b * h * blocks)
         .into_par_iter()
@@ -227,19 +235,23 @@ pub(crate) fn attention(
                 }
             }
         });
-    // Physically [B, S, H, Dv]; presented as [B, H, S, Dv].
+    // SAFETY: the tasks cover every (batch, head, query block), each writing all Dv values of
+    // its rows.
+    Some(heads_out(unsafe { out.filled() }, [b, h, sq, dv]))
+}
+
+/// The output, physically `[B, S, H, Dv]`, presented as `[B, H, S, Dv]`.
+fn heads_out(data: Vec<f32>, [b, h, sq, dv]: [usize; 4]) -> FlexTensor {
     let layout = Layout::new(
         Shape::from(vec![b, h, sq, dv]),
         vec![(sq * h * dv) as isize, dv as isize, (h * dv) as isize, 1],
         0,
     );
-    Some(FlexTensor::new(
-        // SAFETY: the tasks cover every (batch, head, query block), each writing all Dv
-        // values of its rows.
-        burn::tensor::Bytes::from_elems(unsafe { out.filled() }),
+    FlexTensor::new(
+        burn::tensor::Bytes::from_elems(data),
         layout,
         burn::tensor::DType::F32,
-    ))
+    )
 }
 
 #[cfg(test)]

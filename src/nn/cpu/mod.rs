@@ -9,6 +9,7 @@
 //! lanes, `exp`/`erf` are ~1 ulp / 1.5e-7 polynomials); the parity tests run through them.
 
 mod attention;
+mod attention_amx;
 mod attention_one;
 mod bf16;
 mod conv;

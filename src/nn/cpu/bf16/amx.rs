@@ -43,7 +43,7 @@ impl TileConfig {
 /// Whether this process may run [`kernel`]: the CPU has AMX-BF16 (and the AVX512-BF16 the
 /// packing uses), Linux granted this process the tile state, and `KILN_AMX` is not `off`
 /// (read once: the packed layouts depend on it, so it never changes within a process).
-pub(super) fn available() -> bool {
+pub(in crate::nn::cpu) fn available() -> bool {
     static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *OK.get_or_init(|| {
         if std::env::var("KILN_AMX").is_ok_and(|v| v == "off" || v == "0") {
@@ -112,6 +112,45 @@ thread_local! {
     static CONFIGURED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Loads this thread's tile configuration unless done already (every call uses the same).
+///
+/// # Safety
+/// [`available`].
+unsafe fn configure() {
+    if !CONFIGURED.get() {
+        let cfg = TileConfig::new();
+        // SAFETY: a valid palette-1 configuration; this thread was granted the tile state.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
+        CONFIGURED.set(true);
+    }
+}
+
+/// A whole 2·`MR` × 32 window, `dst = Σ a·b (+ dst if load)`, with A read in place: rows of
+/// bf16 k-pairs `sa` bytes apart from `a[0]` (rows `0..MR`) and `a[1]` (rows `MR..2·MR`),
+/// `kc2` pairs each, no packed strips (attention's queries and probabilities, written row by
+/// row as bf16 where they are made); `b` a B strip as [`kernel`]'s.
+///
+/// # Safety
+/// [`available`]; `kc2` a positive multiple of 16; each A row has `kc2` readable pairs, `b`
+/// `kc2 · 64` u16; `dst` rows `0..2·MR` (stride `dst_rs`) have 32 writable values.
+#[target_feature(enable = "avx512f")]
+pub(in crate::nn::cpu) unsafe fn window(
+    kc2: usize,
+    a: [*const u16; 2],
+    sa: usize,
+    b: *const u16,
+    dst: *mut f32,
+    dst_rs: usize,
+    load: bool,
+) {
+    debug_assert!(kc2.is_multiple_of(16) && kc2 > 0);
+    // SAFETY: forwarded.
+    unsafe {
+        configure();
+        kernel_whole(kc2, a, sa, b, dst, dst_rs, load);
+    }
+}
+
 /// `dst[i][j] = scale · Σ_p a·b (+ dst[i][j] if load)` for rows `i < mr[0]` of A strip `a[0]`
 /// then `i < mr[1]` of `a[1]` (`mr[1] == 0`: one strip), `j < nr` of the B strip `b`, over
 /// `kc2` k-pairs (a multiple of 16). Row `i` of the second strip is `dst` row `MR + i`.
@@ -133,15 +172,11 @@ pub(super) unsafe fn kernel(
     scale: f32,
 ) {
     debug_assert!(kc2.is_multiple_of(16) && kc2 > 0);
-    if !CONFIGURED.get() {
-        let cfg = TileConfig::new();
-        // SAFETY: a valid palette-1 configuration; this thread was granted the tile state.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) cfg.0.as_ptr(), options(nostack, readonly)) };
-        CONFIGURED.set(true);
-    }
+    // SAFETY: the caller checked `available`.
+    unsafe { configure() };
     if mr == [MR, MR] && nr == 32 && scale == 1.0 {
-        // SAFETY: forwarded; the window is whole.
-        unsafe { kernel_whole(kc2, a, b, dst, dst_rs, load) };
+        // SAFETY: forwarded; the window is whole; a strip's rows are kc2 pairs apart.
+        unsafe { kernel_whole(kc2, a.map(|p| p.cast()), kc2 * 4, b, dst, dst_rs, load) };
         return;
     }
     // The second strip's rows go to accumulators 2–3; with one strip they repeat the first
@@ -192,12 +227,16 @@ pub(super) unsafe fn kernel(
 /// bf16 320 at 64×64 13.3 -> 12.6 ms, 1280 at 16×16 15.1 -> 14.0 ms, Linear 640→5120 [2048]
 /// 11.0 -> 10.2 ms, 5120→1280 [512] 7.0 -> 6.3 ms; an SD UNet step within its noise (±3%).
 ///
+/// A's rows are `sa` bytes apart (a packed strip's: `kc2 · 4`).
+///
 /// # Safety
-/// As [`kernel`] with `mr == [MR, MR]` and `nr == 32`, on a configured thread.
+/// As [`kernel`] with `mr == [MR, MR]` and `nr == 32`, on a configured thread; each A row has
+/// `kc2` readable pairs.
 #[target_feature(enable = "avx512f")]
 unsafe fn kernel_whole(
     kc2: usize,
-    a: [*const u32; 2],
+    a: [*const u16; 2],
+    sa: usize,
     b: *const u16,
     dst: *mut f32,
     dst_rs: usize,
@@ -230,7 +269,7 @@ unsafe fn kernel_whole(
             a1 = inout(reg) a[1] => _,
             b = inout(reg) b => _,
             n = inout(reg) kc2 / 16 => _,
-            sa = in(reg) kc2 * 4,
+            sa = in(reg) sa,
             sb = in(reg) 128usize,
             d0 = in(reg) dst,
             d1 = in(reg) dst.add(MR * dst_rs),

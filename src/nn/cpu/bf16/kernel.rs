@@ -127,7 +127,7 @@ fn interleave(v: __m512i) -> __m512i {
 /// # Safety
 /// [`available`]; the rows have `nr` readable values at `j0`; `out` has 64 writable u16.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn pack_b_pair_f32(
+pub(in crate::nn::cpu) unsafe fn pack_b_pair_f32(
     r0: *const f32,
     r1: Option<*const f32>,
     nr: usize,
@@ -183,7 +183,12 @@ pub(super) unsafe fn pack_b_pair_bf16(
 /// [`available`]; `row` has `kc` readable values; `out` is inside a strip of
 /// `kc.div_ceil(2)` k-pairs.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-pub(super) unsafe fn pack_row_f32(row: *const f32, kc: usize, out: *mut u32, stride: usize) {
+pub(in crate::nn::cpu) unsafe fn pack_row_f32(
+    row: *const f32,
+    kc: usize,
+    out: *mut u32,
+    stride: usize,
+) {
     let mut pairs = [0u32; 16];
     // SAFETY: masked loads read inside the row; writes go to pair slots below kc.div_ceil(2).
     unsafe {

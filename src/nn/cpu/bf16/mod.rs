@@ -10,8 +10,8 @@
 //! bf16-rounded operands to f32 for the f32 GEMM: same inputs, same results up to summation
 //! order, at f32 speed.
 
-mod amx;
-mod kernel;
+pub(super) mod amx;
+pub(super) mod kernel;
 
 use std::cell::RefCell;
 

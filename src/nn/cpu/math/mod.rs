@@ -122,7 +122,7 @@ pub fn exp_sub_sum(x: &mut [f32], m: f32, s: f32) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the feature was detected just above.
-        return unsafe { exp_sub_sum_avx512(x, m, k) };
+        return unsafe { exp_sub_sum_avx512(x, m, s) };
     }
     let mut total = 0.0f64;
     for block in x.chunks_mut(1024) {
@@ -152,15 +152,20 @@ fn exp_sub_tail(rest: &mut [f32], m: f32, k: f32, acc: &[f32; EXP_LANES]) -> f64
         *v = exp2_le0((*v - m) * k);
         total += *v as f64;
     }
-    // Eight f64 lanes, then their sum: one chain of 64 scalar adds (4 cycles each) had been
-    // as long as the block's exponentials.
+    total + lane_total(acc)
+}
+
+/// The f64 sum of [`exp_sub_sum`]'s 64 lane sums: eight f64 lanes, then their sum (one chain
+/// of 64 scalar adds, 4 cycles each, had been as long as a 1024-block's exponentials).
+#[inline(always)]
+pub(super) fn lane_total(acc: &[f32; EXP_LANES]) -> f64 {
     let mut lanes = [0.0f64; 8];
     for c in acc.chunks_exact(8) {
         for (l, &v) in lanes.iter_mut().zip(c) {
             *l += v as f64;
         }
     }
-    total + lanes.iter().sum::<f64>()
+    lanes.iter().sum::<f64>()
 }
 
 /// Coefficients of 2ᶠ on `[−½, ½]` (degree 6, Lawson-weighted least squares for the
@@ -192,18 +197,67 @@ fn exp2_le0(t: f32) -> f32 {
     p * f32::from_bits(z.to_bits().wrapping_sub(0x4B40_0000 - 127) << 23)
 }
 
-/// [`exp_sub_sum`] in AVX-512 registers (`k` = s·log₂e): 4 vectors in flight, the same operations as
-/// [`exp2_le0`] with `vrndscaleps` for the rounding and `vscalefps` for `2ⁿ·p`.
+/// Coefficients of 2ᶠ on `[−½, ½]` of degree 4 (fitted as [`EXP2_POLY`]: 2.9e-6 relative,
+/// ~24 ulp): for exponentials rounded to bf16 next (half an ulp there is 2.0e-3), as PyTorch's
+/// flash attention takes a ~20-ulp `exp` for its softmax.
+pub(super) const EXP2_POLY4: [f32; 5] = [
+    0.999_999_2,
+    0.693_119_76,
+    0.240_247_43,
+    0.055_931_43,
+    0.009_574_662,
+];
+
+/// `2^(k·(v − m))` for lanes `v ≤ m` in AVX-512 registers: the operations of [`exp2_le0`]
+/// with `vrndscaleps` for the rounding and `vscalefps` for `2ⁿ·p` (same bits with
+/// [`EXP2_POLY`]).
+#[cfg(target_arch = "x86_64")]
+pub(super) struct Exp2Sub<const N: usize> {
+    m: std::arch::x86_64::__m512,
+    k: std::arch::x86_64::__m512,
+    poly: [std::arch::x86_64::__m512; N],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<const N: usize> Exp2Sub<N> {
+    /// For `exp(s·(v − m))` (`k` = s·log₂e), 2ᶠ by the polynomial `poly`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn new(m: f32, s: f32, poly: [f32; N]) -> Self {
+        use std::arch::x86_64::*;
+        Self {
+            m: _mm512_set1_ps(m),
+            k: _mm512_set1_ps(s * std::f32::consts::LOG2_E),
+            poly: poly.map(|c| _mm512_set1_ps(c)),
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn of(&self, v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
+        let t = _mm512_mul_ps(_mm512_sub_ps(v, self.m), self.k);
+        // max(lo, t) returns t when either is NaN: NaN passes, as in exp2_le0.
+        let t = _mm512_max_ps(_mm512_set1_ps(-126.0), t);
+        let n = _mm512_roundscale_ps::<0x08>(t);
+        let f = _mm512_sub_ps(t, n);
+        let mut p = self.poly[N - 1];
+        for &c in self.poly[..N - 1].iter().rev() {
+            p = _mm512_fmadd_ps(p, f, c);
+        }
+        _mm512_scalef_ps(p, n)
+    }
+}
+
+/// [`exp_sub_sum`] in AVX-512 registers (`k` = s·log₂e): 4 vectors in flight.
 ///
 /// # Safety
 /// The CPU must have AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32, k: f32) -> f64 {
+unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32, s: f32) -> f64 {
     use std::arch::x86_64::*;
-    let (mv, kv) = (_mm512_set1_ps(m), _mm512_set1_ps(k));
-    let lo = _mm512_set1_ps(-126.0);
-    let poly = EXP2_POLY.map(|c| _mm512_set1_ps(c));
+    let exp = Exp2Sub::new(m, s, EXP2_POLY);
+    let k = s * std::f32::consts::LOG2_E;
     let mut total = 0.0f64;
     for block in x.chunks_mut(1024) {
         let mut acc = [_mm512_setzero_ps(); EXP_LANES / LANES];
@@ -213,17 +267,7 @@ unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32, k: f32) -> f64 {
                 // SAFETY: lanes 16·i.. of the 64-value chunk.
                 let ptr = unsafe { c.as_mut_ptr().add(LANES * i) };
                 // SAFETY: 16 values at ptr, unaligned load and store.
-                let v = unsafe { _mm512_loadu_ps(ptr) };
-                let t = _mm512_mul_ps(_mm512_sub_ps(v, mv), kv);
-                // max(lo, t) returns t when either is NaN: NaN passes, as in exp2_le0.
-                let t = _mm512_max_ps(lo, t);
-                let n = _mm512_roundscale_ps::<0x08>(t);
-                let f = _mm512_sub_ps(t, n);
-                let mut p = poly[6];
-                for &c in poly[..6].iter().rev() {
-                    p = _mm512_fmadd_ps(p, f, c);
-                }
-                let e = _mm512_scalef_ps(p, n);
+                let e = exp.of(unsafe { _mm512_loadu_ps(ptr) });
                 // SAFETY: as the load.
                 unsafe { _mm512_storeu_ps(ptr, e) };
                 *acc = _mm512_add_ps(*acc, e);
@@ -260,136 +304,4 @@ pub fn max(x: &[f32]) -> f32 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn exp_matches_libm() {
-        let mut worst = 0.0f32;
-        for i in -87_000..88_000 {
-            let x = i as f32 * 1e-3;
-            let (got, want) = (exp(x), x.exp());
-            worst = worst.max(((got - want) / want).abs());
-        }
-        assert!(worst < 3e-7, "exp relative error {worst:e}");
-        assert!(exp(-1e4) < 1e-37 && exp(-1e4) >= 0.0);
-    }
-
-    #[test]
-    fn erf_gelu_silu_match_libm() {
-        for i in -8000..8000 {
-            let x = i as f32 * 1e-3;
-            let e = (erf(x) as f64 - libm_erf(x as f64)).abs();
-            assert!(
-                e < 5e-7 && (x.abs() >= 0.5 || e <= 2e-7 * f64::from(x.abs().max(1e-3))),
-                "erf({x}) error {e:e}"
-            );
-            let s = (silu(x) - x / (1.0 + (-x).exp())).abs();
-            assert!(s <= 1e-6 * x.abs().max(1.0), "silu({x})");
-        }
-        assert_eq!(gelu(0.0), 0.0);
-        assert!((gelu(1.0) - 0.841_344_7).abs() < 1e-6);
-    }
-
-    /// erf via its series / continued fraction in f64, enough for a 1e-7 check.
-    fn libm_erf(x: f64) -> f64 {
-        // Taylor series converges fast for |x| < 3; beyond, erf is 1 to within 2e-5 and the
-        // A&S bound still applies, so compare against 1 - erfc asymptotic.
-        if x.abs() < 3.0 {
-            let mut sum = x;
-            let mut term = x;
-            for n in 1..200 {
-                term *= -x * x / n as f64;
-                sum += term / (2 * n + 1) as f64;
-            }
-            sum * 2.0 / std::f64::consts::PI.sqrt()
-        } else {
-            let a = x.abs();
-            let erfc = (-a * a).exp() / (a * std::f64::consts::PI.sqrt())
-                * (1.0 - 0.5 / (a * a) + 0.75 / (a * a * a * a));
-            (1.0 - erfc).copysign(x)
-        }
-    }
-
-    #[test]
-    fn sums_and_max() {
-        let x: Vec<f32> = (0..5000).map(|i| (i % 97) as f32 - 40.0).collect();
-        let want: f64 = x.iter().map(|&v| v as f64).sum();
-        assert_eq!(sum_map(&x, |v| v), want);
-        assert_eq!(max(&x), 56.0);
-        let x: Vec<f32> = x.iter().map(|v| v * 0.01).collect();
-        let mut y = x.clone();
-        let want: f64 = x.iter().map(|&v| (v - 0.5).exp() as f64).sum();
-        let got = exp_sub_sum(&mut y, 0.5, 1.0);
-        assert!((got - want).abs() < 1e-6 * want, "{got} vs {want}");
-        for (&e, &v) in y.iter().zip(&x) {
-            assert!((e - (v - 0.5).exp()).abs() <= 3e-7 * e, "exp({v} - 0.5)");
-        }
-    }
-
-    /// The softmax's exponentials `exp(s·(x − m))`: within 2.5e-7 + s|x − m|·1e-7 (relative) of
-    /// libm's where the result is normal (the second term is the rounding of s·log₂e and of
-    /// `(x − m)·s·log₂e`, on weights below e^−s|x−m| of the row's largest), ~1e-38 below, NaN
-    /// kept; and the AVX-512 variant (where the CPU has it) gives the portable loop's bits,
-    /// values and sum, remainders included. Scales 1 and 1/√40 (attention's, folded in).
-    /// Every length around the 64-lane groups, the maximum in each position (lanes, fold,
-    /// remainder), NaNs ignored as by `f32::max`.
-    #[test]
-    fn max_finds_the_largest_anywhere() {
-        for n in [0, 1, 15, 63, 64, 65, 130, 1024, 1037] {
-            for at in 0..n {
-                let mut x: Vec<f32> = (0..n).map(|i| -((i * 37 % 101) as f32)).collect();
-                x[(at + 1) % n] = f32::NAN;
-                x[at] = 7.5;
-                assert_eq!(max(&x), 7.5, "n {n}, max at {at}");
-            }
-        }
-        assert_eq!(max(&[]), f32::NEG_INFINITY);
-    }
-
-    #[test]
-    fn exp_sub_sum_matches_libm_and_its_portable_loop() {
-        let m = 3.25f32;
-        let mut x: Vec<f32> = (0..2100).map(|i| m - i as f32 * 0.0431).collect();
-        x.extend([f32::NEG_INFINITY, -200.0, m, f32::NAN, m - 1e-7]);
-        for s in [1.0, 1.0 / 40f32.sqrt()] {
-            let mut y = x.clone();
-            let got = exp_sub_sum(&mut y, m, s);
-            for (&e, &v) in y.iter().zip(&x) {
-                let want = (s as f64 * (v - m) as f64).exp();
-                if v.is_nan() {
-                    assert!(e.is_nan());
-                } else if want < 1.2e-38 {
-                    assert!((0.0..1.3e-38).contains(&e), "exp({s}·({v} - {m})) = {e}");
-                } else {
-                    let tol = 2.5e-7 + (s * (v - m)).abs() as f64 * 1e-7;
-                    let err = ((e as f64 - want) / want).abs();
-                    assert!(err < tol, "exp({s}·({v} - {m})) = {e}");
-                }
-            }
-            let k = s * std::f32::consts::LOG2_E;
-            let (mut portable, mut total) = (x.clone(), 0.0f64);
-            for block in portable.chunks_mut(1024) {
-                let mut acc = [0.0f32; EXP_LANES];
-                let mut chunks = block.chunks_exact_mut(EXP_LANES);
-                for c in &mut chunks {
-                    for i in 0..EXP_LANES {
-                        c[i] = exp2_le0((c[i] - m) * k);
-                        acc[i] += c[i];
-                    }
-                }
-                total += exp_sub_tail(chunks.into_remainder(), m, k, &acc);
-            }
-            assert!(got.is_nan() && total.is_nan());
-            let bits = |v: &[f32]| v.iter().map(|e| e.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&y), bits(&portable));
-            let (mut a, mut b) = (x[..2100].to_vec(), x[..2100].to_vec());
-            let sum = exp_sub_sum(&mut a, m, s);
-            let mut t = 0.0;
-            for block in b.chunks_mut(1024) {
-                t += exp_sub_tail(block, m, k, &[0.0; EXP_LANES]);
-            }
-            assert!((sum - t).abs() <= 1e-6 * t, "{sum} vs {t}");
-        }
-    }
-}
+mod tests;
