@@ -36,7 +36,7 @@ fn bf16_weight_convolutions_match_f32_of_rounded_operands() {
     let d = Default::default();
     let n = Distribution::Normal(0.0, 1.0);
     // (batch, c, o, h, w, k, stride, tolerance): direct 3×3 and 5×5, 1×1, odd channel counts,
-    // Winograd planes (≥ 32×32, transformed operands rounded: 2e-2), stride 2 (the phase-split
+    // Winograd planes (≥ 32×32, transformed operands rounded: 2e-2; measured 2e-3), stride 2 (the phase-split
     // shifted GEMMs, as the direct kernel).
     for &(batch, c, o, h, w, k, stride, tol) in &[
         (2, 16, 40, 8, 8, 3, 1, 1e-5),
@@ -44,6 +44,8 @@ fn bf16_weight_convolutions_match_f32_of_rounded_operands() {
         (2, 24, 36, 10, 10, 1, 1, 1e-5),
         (2, 32, 48, 33, 35, 3, 1, 2e-2),
         (1, 5, 9, 32, 32, 3, 1, 2e-2),
+        // Two k blocks of the packed operands (256 + 44 channels), a partial strip of rows.
+        (1, 300, 13, 32, 32, 3, 1, 2e-2),
         (1, 8, 8, 16, 16, 3, 2, 1e-5),
         (2, 40, 24, 9, 12, 3, 2, 1e-5),
     ] {

@@ -16,6 +16,7 @@ pub(super) mod kernel;
 use std::cell::RefCell;
 
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::{Mat, Product};
 
@@ -54,6 +55,60 @@ impl PackedA {
         // tile `len`.
         unsafe { data.set_len(len) };
         Self { data, m, k }
+    }
+
+    /// `count` operands of `m×k`, packed as their rows are made: `row(state, i, rows)` writes
+    /// row `i` of each into `rows[t]` (f32, `k` long; `state` per worker, from `init`), in
+    /// parallel over the rows. For operands made in f32 only to be read packed (Winograd's
+    /// transformed weights): made whole first, a 640-channel convolution's were 26 MB of f32
+    /// written and read back from memory on every call.
+    pub(crate) fn build_rows<S>(
+        count: usize,
+        m: usize,
+        k: usize,
+        init: impl Fn() -> S + Sync + Send,
+        row: impl Fn(&mut S, usize, &mut [&mut [f32]]) + Sync,
+    ) -> Vec<Self> {
+        struct Out(*mut u32);
+        // SAFETY: each task writes its own row of every buffer.
+        unsafe impl Sync for Out {}
+        let strips = m.div_ceil(MR);
+        let blocks: Vec<(usize, usize)> =
+            (0..k).step_by(KC).map(|k0| (k0, KC.min(k - k0))).collect();
+        let len = strips * MR * blocks.iter().map(|&(_, kc)| kc_pairs(kc)).sum::<usize>();
+        let mut data: Vec<Vec<u32>> = (0..count).map(|_| Vec::with_capacity(len)).collect();
+        let outs: Vec<Out> = data.iter_mut().map(|d| Out(d.as_mut_ptr())).collect();
+        (0..m).into_par_iter().for_each_init(
+            || (init(), vec![0.0f32; count * k]),
+            |(state, rows), i| {
+                let mut parts: Vec<&mut [f32]> = rows.chunks_exact_mut(k).collect();
+                row(state, i, &mut parts);
+                for (r, out) in rows.chunks_exact(k).zip(&outs) {
+                    for &(k0, kc) in &blocks {
+                        // SAFETY: row i of block k0 (kc_pairs(kc) pairs) is inside the
+                        // capacity; r has k values.
+                        unsafe {
+                            let slot = out.0.add(block_at(m, k0) + i * kc_pairs(kc));
+                            pack_row(Mat::F32(r.as_ptr(), 1, k as isize), 0, k0, kc, slot);
+                        }
+                    }
+                }
+            },
+        );
+        for d in &mut data {
+            for &(k0, kc) in &blocks {
+                let kc2 = kc_pairs(kc);
+                // SAFETY: the last strip's rows past m in block k0, inside the capacity.
+                unsafe {
+                    let tail = d.as_mut_ptr().add(block_at(m, k0) + m * kc2);
+                    tail.write_bytes(0, (strips * MR - m) * kc2);
+                }
+            }
+            // SAFETY: every row of every block is written: rows < m by the tasks, the rest
+            // just above.
+            unsafe { d.set_len(len) };
+        }
+        data.into_iter().map(|data| Self { data, m, k }).collect()
     }
 
     /// The operand for [`gemm_tile`]; borrows `self`.
@@ -341,33 +396,43 @@ unsafe fn pack_b(rhs: Mat, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
 /// The rows and columns are inside `lhs`; `out` has `m.div_ceil(MR) · kc_pairs(kc) · MR`
 /// writable u32 (initialised or not: only written).
 unsafe fn pack_a(lhs: Mat, k0: usize, kc: usize, m: usize, out: *mut u32) {
-    let (kc2, real) = (kc_pairs(kc), kc.div_ceil(2));
+    let kc2 = kc_pairs(kc);
     for i in 0..m {
-        // SAFETY (block): row i, columns k0..k0+kc are in lhs; row i's kc2 pairs at `slot`
-        // are in its strip.
-        let slot = unsafe { out.add((i / MR) * kc2 * MR + (i % MR) * kc2) };
-        unsafe {
-            slot.add(real).write_bytes(0, kc2 - real);
-            match lhs.row(i, k0) {
-                #[cfg(target_arch = "x86_64")]
-                Some(Row::F32(r)) if kernel::available() => kernel::pack_row_f32(r, kc, slot, 1),
-                // A bf16 row's consecutive pairs are already the u32s the kernel broadcasts.
-                Some(Row::Bf16(r)) => {
-                    std::ptr::copy_nonoverlapping(r.cast::<u8>(), slot.cast::<u8>(), 4 * (kc / 2));
-                    if kc % 2 == 1 {
-                        *slot.add(kc / 2) = *r.add(kc - 1) as u32;
-                    }
+        // SAFETY: row i's kc2 pairs (at i·kc2: a strip's rows follow one another) are in the
+        // buffer; row i, columns k0..k0+kc are in lhs.
+        unsafe { pack_row(lhs, i, k0, kc, out.add(i * kc2)) };
+    }
+}
+
+/// Row `i`, columns `k0..k0+kc` of `lhs` as `kc_pairs(kc)` bf16 pairs at `slot`, padding pairs
+/// zeroed.
+///
+/// # Safety
+/// The row and columns are inside `lhs`; `slot` has `kc_pairs(kc)` writable u32.
+unsafe fn pack_row(lhs: Mat, i: usize, k0: usize, kc: usize, slot: *mut u32) {
+    let (kc2, real) = (kc_pairs(kc), kc.div_ceil(2));
+    // SAFETY: forwarded.
+    unsafe {
+        slot.add(real).write_bytes(0, kc2 - real);
+        match lhs.row(i, k0) {
+            #[cfg(target_arch = "x86_64")]
+            Some(Row::F32(r)) if kernel::available() => kernel::pack_row_f32(r, kc, slot, 1),
+            // A bf16 row's consecutive pairs are already the u32s the kernel broadcasts.
+            Some(Row::Bf16(r)) => {
+                std::ptr::copy_nonoverlapping(r.cast::<u8>(), slot.cast::<u8>(), 4 * (kc / 2));
+                if kc % 2 == 1 {
+                    *slot.add(kc / 2) = *r.add(kc - 1) as u32;
                 }
-                _ => {
-                    for p in 0..real {
-                        let lo = lhs.bf16_at(i, k0 + 2 * p) as u32;
-                        let hi = if 2 * p + 1 < kc {
-                            lhs.bf16_at(i, k0 + 2 * p + 1) as u32
-                        } else {
-                            0
-                        };
-                        *slot.add(p) = lo | (hi << 16);
-                    }
+            }
+            _ => {
+                for p in 0..real {
+                    let lo = lhs.bf16_at(i, k0 + 2 * p) as u32;
+                    let hi = if 2 * p + 1 < kc {
+                        lhs.bf16_at(i, k0 + 2 * p + 1) as u32
+                    } else {
+                        0
+                    };
+                    *slot.add(p) = lo | (hi << 16);
                 }
             }
         }

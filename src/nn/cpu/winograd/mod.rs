@@ -24,7 +24,7 @@ mod weights;
 
 pub(crate) use input::Prologue;
 use input::tile_runs;
-use weights::transform_weights;
+use weights::{transform_weights, transform_weights_packed};
 
 use super::{Mat, PackedA, Product, SendPtr, Unfilled, contiguous, gemm, new_tensor, slice};
 
@@ -93,19 +93,15 @@ impl Transformed {
     /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight (f32, f16 or bf16) read through its
     /// strides, transformed in f32 either way.
     fn of(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Self {
-        let u = transform_weights(w, o, c, v.positions(), |taps, c, out| match v {
+        let taps_of = |taps: &[f32], c: usize, out: &mut [&mut [f32]]| match v {
             Variant::F2 => f2::transform_taps(taps, c, out),
             Variant::F4 => f4::transform_taps(taps, c, out),
-        });
-        if w.dtype() != DType::BF16 {
-            return Self::F32(u);
-        }
-        let packed = (0..v.positions())
-            .into_par_iter()
+        };
+        match w.dtype() {
             // Packing rounds the f32 rows to bf16 (nearest-even) as it converts them.
-            .map(|xi| PackedA::new(Mat::F32(u[xi * o * c..].as_ptr(), 1, c as isize), o, c))
-            .collect();
-        Self::Bf16(packed)
+            DType::BF16 => Self::Bf16(transform_weights_packed(w, o, c, v.positions(), taps_of)),
+            _ => Self::F32(transform_weights(w, o, c, v.positions(), taps_of)),
+        }
     }
 
     /// `U_ξ` as the GEMM's `O×C` left operand.

@@ -4,15 +4,12 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::nn::cpu::Unfilled;
+use crate::nn::cpu::{PackedA, Unfilled};
 
 /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` (f32, f16 or bf16, any strides): per output
-/// channel, its 9 taps are gathered as rows over the input channels, then transformed 16
-/// channels at a time. (Transforming channel by channel, with 16 scattered stores each, cost
-/// as much as the bf16 GEMMs of a 640-channel 32×32 convolution.) A tap's row is converted
-/// or copied as a slice where the channels are contiguous (`Conv2d`'s `[k, k, O, C]` layout):
-/// element by element it was 5% of that convolution's samples (12.8 -> 11.8 ms, medians of 4
-/// alternated pairs, 2 Xeon cores).
+/// channel, its 9 taps are gathered as rows over the input channels ([`gather_taps`]), then
+/// transformed 16 channels at a time. (Transforming channel by channel, with 16 scattered
+/// stores each, cost as much as the bf16 GEMMs of a 640-channel 32×32 convolution.)
 ///
 /// `taps_of(taps, c, out)` is the variant's transform of one channel's taps into its
 /// `positions` rows of `U`.
@@ -23,52 +20,13 @@ pub(super) fn transform_weights(
     positions: usize,
     taps_of: impl Fn(&[f32], usize, &mut [&mut [f32]]) + Sync,
 ) -> Vec<f32> {
-    let st = w.layout().strides();
-    let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
-    let w0 = w.layout().start_offset() as isize;
-    let dtype = w.dtype();
     let mut u = Unfilled::new(positions * o * c);
     let u_ptr = u.ptr();
     (0..o)
         .into_par_iter()
         .for_each_init(Vec::new, |taps: &mut Vec<f32>, oi| {
             let u_ptr = u_ptr;
-            taps.resize(9 * c, 0.0);
-            for (t, row) in taps.chunks_exact_mut(c).enumerate() {
-                let base = w0 + oi as isize * so + (t / 3) as isize * sh + (t % 3) as isize * sw;
-                let at = |ci: usize| (base + ci as isize * sc) as usize;
-                match dtype {
-                    DType::BF16 if sc == 1 => {
-                        use half::slice::HalfFloatSliceExt;
-                        let ws = &w.storage::<half::bf16>()[at(0)..at(0) + c];
-                        ws.convert_to_f32_slice(row);
-                    }
-                    DType::BF16 => {
-                        let ws = w.storage::<half::bf16>();
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-                    }
-                    DType::F16 if sc == 1 => {
-                        use half::slice::HalfFloatSliceExt;
-                        let ws = &w.storage::<half::f16>()[at(0)..at(0) + c];
-                        ws.convert_to_f32_slice(row);
-                    }
-                    DType::F16 => {
-                        let ws = w.storage::<half::f16>();
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-                    }
-                    _ if sc == 1 => row.copy_from_slice(&w.storage::<f32>()[at(0)..at(0) + c]),
-                    _ => {
-                        let ws = w.storage::<f32>();
-                        row.iter_mut()
-                            .enumerate()
-                            .for_each(|(ci, r)| *r = ws[at(ci)]);
-                    }
-                }
-            }
+            gather_taps(w, oi, c, taps);
             let mut rows: Vec<&mut [f32]> = (0..positions)
                 // SAFETY: rows (ξ, oi) of u, c long each; each oi is written by one task.
                 .map(|xi| unsafe {
@@ -79,6 +37,68 @@ pub(super) fn transform_weights(
         });
     // SAFETY: every output channel's task writes its row of every transform position.
     unsafe { u.filled() }
+}
+
+/// [`transform_weights`] packed for the bf16 GEMM as it is made, one operand per position:
+/// each output channel's rows go from the worker's cache straight into the packed strips
+/// (bf16 SD UNet step: the f32 `U` and its packing pass had been 6% of the samples).
+pub(super) fn transform_weights_packed(
+    w: &FlexTensor,
+    o: usize,
+    c: usize,
+    positions: usize,
+    taps_of: impl Fn(&[f32], usize, &mut [&mut [f32]]) + Sync,
+) -> Vec<PackedA> {
+    PackedA::build_rows(positions, o, c, Vec::new, |taps, oi, rows| {
+        gather_taps(w, oi, c, taps);
+        taps_of(taps, c, rows);
+    })
+}
+
+/// Output channel `oi`'s 9 taps `[kh][kw]` of `w` as rows of its `c` input channels, in f32.
+/// A tap's row is converted or copied as a slice where the channels are contiguous
+/// (`Conv2d`'s `[k, k, O, C]` layout): element by element it was 5% of a 640-channel 32×32
+/// convolution's samples (12.8 -> 11.8 ms, medians of 4 alternated pairs, 2 Xeon cores).
+fn gather_taps(w: &FlexTensor, oi: usize, c: usize, taps: &mut Vec<f32>) {
+    let st = w.layout().strides();
+    let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
+    let w0 = w.layout().start_offset() as isize;
+    taps.resize(9 * c, 0.0);
+    for (t, row) in taps.chunks_exact_mut(c).enumerate() {
+        let base = w0 + oi as isize * so + (t / 3) as isize * sh + (t % 3) as isize * sw;
+        let at = |ci: usize| (base + ci as isize * sc) as usize;
+        match w.dtype() {
+            DType::BF16 if sc == 1 => {
+                use half::slice::HalfFloatSliceExt;
+                let ws = &w.storage::<half::bf16>()[at(0)..at(0) + c];
+                ws.convert_to_f32_slice(row);
+            }
+            DType::BF16 => {
+                let ws = w.storage::<half::bf16>();
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
+            }
+            DType::F16 if sc == 1 => {
+                use half::slice::HalfFloatSliceExt;
+                let ws = &w.storage::<half::f16>()[at(0)..at(0) + c];
+                ws.convert_to_f32_slice(row);
+            }
+            DType::F16 => {
+                let ws = w.storage::<half::f16>();
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
+            }
+            _ if sc == 1 => row.copy_from_slice(&w.storage::<f32>()[at(0)..at(0) + c]),
+            _ => {
+                let ws = w.storage::<f32>();
+                row.iter_mut()
+                    .enumerate()
+                    .for_each(|(ci, r)| *r = ws[at(ci)]);
+            }
+        }
+    }
 }
 
 /// A variant's `G` (N×3), the weight transform's half, applied to three values.
