@@ -103,3 +103,69 @@ fn bf16_weight_linears_match_f32_of_rounded_operands() {
         }
     }
 }
+
+/// The 3×3 convolutions whose inputs the CPU kernels make as they read them (GroupNorm +
+/// SiLU, ×2 upsampling) and whose adds they fold into their stores, with bf16 weights, against
+/// f32 convolutions of the rounded weight and the rounded (normalised, upsampled) input. On
+/// AMX CPUs this is the brgemm kernel (`conv_amx`): channel blocks past 192 with a partial
+/// window of rows (200 = 8·24 + 8), more than one band of wide columns (20 × 32 > 16 windows
+/// of 32), 1×1 and 4×4 planes. Planes stay under 32×32 so that elsewhere the direct kernel,
+/// exact as well, runs: 1e-5 of scale (measured ≤ 3e-7).
+#[test]
+fn bf16_fused_convolutions_match_f32_of_rounded_operands() {
+    use kiln::nn::GroupNorm;
+    let d = Default::default();
+    let n = Distribution::Normal(0.0, 1.0);
+    for &(batch, c, o, h, w) in &[(2, 64, 200, 20, 30), (1, 32, 24, 4, 4), (2, 32, 48, 1, 1)] {
+        let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d);
+        let wt = Tensor::<Flex, 4>::random([o, c, 3, 3], n, &d);
+        let b = Tensor::<Flex, 1>::random([o], n, &d);
+        let conv = Conv2d::from_tensors(as_bf16(&wt), Some(b.clone()), 1, [1; 4]);
+        let opts = PaddedConvOptions::asymmetric([1; 2], [1; 2], [1; 2], [1, 1], 1);
+        let reference = |input: &Tensor<Flex, 4>| {
+            conv2d(rounded(input), rounded(&wt), Some(b.clone()), opts.clone())
+        };
+        let residual = Tensor::<Flex, 4>::random([batch, o, h, w], n, &d);
+        let per_image = Tensor::<Flex, 4>::random([batch, o, 1, 1], n, &d);
+        let mut norm = GroupNorm::<Flex>::new(8, c, 1e-5, &d);
+        norm.weight = Param::from_tensor(Tensor::random([c], n, &d));
+        norm.bias = Param::from_tensor(Tensor::random([c], n, &d));
+        let normed = norm.forward_silu(x.clone());
+        let small = Tensor::<Flex, 4>::random([batch, c, h.div_ceil(2), w.div_ceil(2)], n, &d);
+        let (hs, ws) = (h.div_ceil(2), w.div_ceil(2));
+        let up = small
+            .clone()
+            .reshape([batch, c, hs, 1, ws, 1])
+            .repeat_dim(3, 2)
+            .repeat_dim(5, 2)
+            .reshape([batch, c, 2 * hs, 2 * ws]);
+        let cases = [
+            ("plain", conv.forward(x.clone()), reference(&x)),
+            (
+                "+residual",
+                conv.forward_add(x.clone(), residual.clone()),
+                reference(&x) + residual.clone(),
+            ),
+            (
+                "+per image",
+                conv.forward_add(x.clone(), per_image.clone()),
+                reference(&x) + per_image.clone(),
+            ),
+            (
+                "norm+silu+residual",
+                conv.forward_norm(&norm, true, x.clone(), Some(residual.clone())),
+                reference(&normed) + residual.clone(),
+            ),
+            (
+                "upsample",
+                conv.forward_upsample2x(small.clone()),
+                reference(&up),
+            ),
+        ];
+        for (what, got, want) in cases {
+            let err = rel_err(got, want);
+            eprintln!("{what} {batch}x{c}x{h}x{w} -> {o}: {err:e} of scale");
+            assert!(err <= 1e-5, "{what} {batch}x{c}x{h}x{w} -> {o}: {err:e}");
+        }
+    }
+}

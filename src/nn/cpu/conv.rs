@@ -82,11 +82,22 @@ pub(crate) fn conv3x3_of(
         Input::Upsample2x => (2 * hi, 2 * wi),
         Input::Norm { .. } => (hi, wi),
     };
-    if wc != c || (k, k2) != (3, 3) || n * c * h * wd == 0 || o == 0 || !winograd(w, h, wd) {
+    let amx = amx_takes(w, c);
+    if wc != c || (k, k2) != (3, 3) || n * c * h * wd == 0 || o == 0 {
+        return None;
+    }
+    if !amx && !winograd(w, h, wd) {
         return None;
     }
     let add = check_add(add, [n, o, h, wd])?;
     let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
+    let conv = |pro| {
+        #[cfg(target_arch = "x86_64")]
+        if amx {
+            return super::conv_amx::conv3x3(x, w, bias, add, pro);
+        }
+        winograd::conv3x3(x, w, bias, add, pro)
+    };
     Some(match input {
         Input::Norm {
             groups,
@@ -99,15 +110,23 @@ pub(crate) fn conv3x3_of(
                 return None;
             }
             let (scale, shift) = norms::group_norm_affine(x, groups, eps, gamma, beta);
-            let pro = Prologue::Affine {
+            conv(Prologue::Affine {
                 scale: &scale,
                 shift: &shift,
                 silu,
-            };
-            winograd::conv3x3(x, w, bias, add, pro)
+            })
         }
-        Input::Upsample2x => winograd::conv3x3(x, w, bias, add, Prologue::Upsample2x),
+        Input::Upsample2x => conv(Prologue::Upsample2x),
     })
+}
+
+/// Whether the AMX kernel (`conv_amx`) takes a 3×3 convolution of `c` input channels with
+/// weight `w`.
+fn amx_takes(w: &FlexTensor, c: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return super::conv_amx::takes(w, c);
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// `x` `[N, C, H, W]`, `w` `[O, C, k, k]` (PyTorch layout), optional bias `[O]`; stride 1,
@@ -126,6 +145,11 @@ pub(crate) fn conv_same(
         return None;
     }
     let add = check_add(add, [n, o, h, wd])?;
+    #[cfg(target_arch = "x86_64")]
+    if k == 3 && amx_takes(w, c) {
+        let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
+        return Some(super::conv_amx::conv3x3(x, w, bias, add, Prologue::Plain));
+    }
     if k == 3 && winograd(w, h, wd) {
         let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
         return Some(winograd::conv3x3(x, w, bias, add, Prologue::Plain));

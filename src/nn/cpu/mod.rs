@@ -13,6 +13,7 @@ mod attention_amx;
 mod attention_one;
 mod bf16;
 mod conv;
+mod conv_amx;
 mod gemm_nt;
 mod gemv;
 mod math;

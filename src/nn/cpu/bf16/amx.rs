@@ -151,6 +151,101 @@ pub(in crate::nn::cpu) unsafe fn window(
     }
 }
 
+/// One tap of a [`conv_window`]: its two A strips (rows of weights, `MR` each) and its B
+/// rows (the input's channel pairs at the tap's shift).
+#[repr(C)]
+pub(in crate::nn::cpu) struct Tap {
+    pub a: [*const u16; 2],
+    pub b: *const u16,
+}
+
+/// A [`conv_window`]'s operands: the 9 taps of a 3×3 kernel, and where the window goes
+/// (`dst`, rows `rs` bytes apart), read by the kernel from memory (its registers are taken).
+#[repr(C)]
+pub(in crate::nn::cpu) struct Window {
+    pub taps: [Tap; 9],
+    pub dst: *mut f32,
+    pub rs: usize,
+}
+
+/// A whole 2·`MR` × 32 window of a 3×3 convolution, `dst = Σ_steps Σ_taps a·b`
+/// (overwritten): `steps` k-steps of 16 channel pairs, each through the 9 taps; A rows `sa`
+/// bytes apart advancing 64 bytes a step, B pair-rows `sb` bytes apart (columns 0–15 at `b`,
+/// 16–31 at `b + 64`) advancing 16 pair-rows a step. The accumulators stay in the tiles
+/// through every step and tap and are stored once, where one GEMM per tap loaded and stored
+/// them per tap and k block (27 times at 640 channels) and packed its B operand from the
+/// input each time. Taps inside steps: the three taps of a kernel row read B tiles one
+/// column apart, so the second and third find the first's lines in L1.
+///
+/// # Safety
+/// [`available`]; `steps > 0`; every tap's A strips have `MR` rows of `32·steps` readable
+/// bf16 (`sa` bytes apart), its B `16·steps` pair-rows of 32 readable pairs (`sb` bytes
+/// apart); `dst` rows `0..2·MR` (`rs` bytes apart) have 32 writable f32.
+#[target_feature(enable = "avx512f")]
+pub(in crate::nn::cpu) unsafe fn conv_window(w: &Window, steps: usize, [sa, sb]: [usize; 2]) {
+    const _: () = assert!(MR == 12 && size_of::<Tap>() == 24);
+    debug_assert!(steps > 0);
+    // SAFETY: the caller checked `available`; the loads stay inside the taps' operands as the
+    // caller promises, the stores inside dst's window.
+    unsafe {
+        configure();
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "xor {oa:e}, {oa:e}",
+            "xor {ob:e}, {ob:e}",
+            "2:",
+            "mov {t}, {w}",
+            "3:",
+            "mov {a0}, [{t}]",
+            "add {a0}, {oa}",
+            "mov {a1}, [{t} + 8]",
+            "add {a1}, {oa}",
+            "mov {b}, [{t} + 16]",
+            "add {b}, {ob}",
+            "tileloadd tmm4, [{a0} + {sa}*1]",
+            "tileloadd tmm6, [{b} + {sb}*1]",
+            "tileloadd tmm7, [{b} + {sb}*1 + 64]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {sa}*1]",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            "add {t}, 24",
+            "cmp {t}, {tend}",
+            "jne 3b",
+            "add {oa}, 64",
+            "add {ob}, {bstep}",
+            "dec {n}",
+            "jnz 2b",
+            // dst and its row stride follow the taps; the second strip's rows start MR down.
+            "mov {a0}, [{w} + 216]",
+            "mov {a1}, [{w} + 224]",
+            "tilestored [{a0} + {a1}*1], tmm0",
+            "tilestored [{a0} + {a1}*1 + 64], tmm1",
+            "imul {b}, {a1}, 12",
+            "add {a0}, {b}",
+            "tilestored [{a0} + {a1}*1], tmm2",
+            "tilestored [{a0} + {a1}*1 + 64], tmm3",
+            w = in(reg) w as *const Window,
+            tend = in(reg) w.taps.as_ptr().add(9),
+            t = out(reg) _,
+            oa = out(reg) _,
+            ob = out(reg) _,
+            n = inout(reg) steps => _,
+            a0 = out(reg) _,
+            a1 = out(reg) _,
+            b = out(reg) _,
+            sa = in(reg) sa,
+            sb = in(reg) sb,
+            bstep = in(reg) 16 * sb,
+            options(nostack),
+        );
+    }
+}
+
 /// `dst[i][j] = scale · Σ_p a·b (+ dst[i][j] if load)` for rows `i < mr[0]` of A strip `a[0]`
 /// then `i < mr[1]` of `a[1]` (`mr[1] == 0`: one strip), `j < nr` of the B strip `b`, over
 /// `kc2` k-pairs (a multiple of 16). Row `i` of the second strip is `dst` row `MR + i`.

@@ -46,7 +46,7 @@ impl Prologue<'_> {
     /// Row `y` of channel `ci` (the channel's plane `xc`) as the convolution sees it, into `dst`
     /// (`W` long).
     #[inline(always)]
-    fn fill(self, xc: &[f32], ci: usize, y: usize, dst: &mut [f32]) {
+    pub(in crate::nn::cpu) fn fill(self, xc: &[f32], ci: usize, y: usize, dst: &mut [f32]) {
         let wd = dst.len();
         match self {
             Prologue::Plain => dst.copy_from_slice(&xc[y * wd..(y + 1) * wd]),
