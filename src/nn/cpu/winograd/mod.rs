@@ -43,7 +43,8 @@ impl Variant {
     /// ms); at 16×16 F4's 4x larger `U` (236 MB at 1280 channels) costs more than its
     /// GEMMs save. A bf16 weight takes F2 from 32×32: its direct GEMMs run at twice the rate
     /// while the transform costs the same (16×16: 52 ms against 46), and F4's transforms
-    /// would scale the bf16 rounding of the transformed operands by up to 8.
+    /// would scale the bf16 rounding of the transformed operands by up to 8. (On AMX CPUs
+    /// `conv_amx` takes bf16 3×3 convolutions before this is asked.)
     fn of(h: usize, w: usize, bf16: bool) -> Option<Self> {
         let plane = h * w;
         match bf16 {

@@ -41,7 +41,8 @@ pub(super) fn transform_weights(
 
 /// [`transform_weights`] packed for the bf16 GEMM as it is made, one operand per position:
 /// each output channel's rows go from the worker's cache straight into the packed strips
-/// (bf16 SD UNet step: the f32 `U` and its packing pass had been 6% of the samples).
+/// (the f32 `U` and its packing pass had been 6% of a bf16 SD UNet step's samples; the step
+/// went 2.45 -> 2.41 s, 3 alternated pairs).
 pub(super) fn transform_weights_packed(
     w: &FlexTensor,
     o: usize,
