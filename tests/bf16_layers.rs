@@ -42,6 +42,8 @@ fn bf16_weight_convolutions_match_f32_of_rounded_operands() {
         (2, 16, 40, 8, 8, 3, 1, 1e-5),
         (1, 7, 13, 9, 11, 5, 1, 1e-5),
         (2, 24, 36, 10, 10, 1, 1, 1e-5),
+        // 1×1 on AMX: a partial window of rows, two bands of columns.
+        (2, 64, 200, 20, 30, 1, 1, 1e-5),
         (2, 32, 48, 33, 35, 3, 1, 2e-2),
         (1, 5, 9, 32, 32, 3, 1, 2e-2),
         // Two k blocks of the packed operands (256 + 44 channels), a partial strip of rows.

@@ -94,7 +94,7 @@ pub(crate) fn conv3x3_of(
     let conv = |pro| {
         #[cfg(target_arch = "x86_64")]
         if amx {
-            return super::conv_amx::conv3x3(x, w, bias, add, pro);
+            return super::conv_amx::conv(x, w, bias, add, pro);
         }
         winograd::conv3x3(x, w, bias, add, pro)
     };
@@ -120,8 +120,8 @@ pub(crate) fn conv3x3_of(
     })
 }
 
-/// Whether the AMX kernel (`conv_amx`) takes a 3×3 convolution of `c` input channels with
-/// weight `w`.
+/// Whether the AMX kernel (`conv_amx`) takes a 3×3 or 1×1 convolution of `c` input channels
+/// with weight `w`.
 fn amx_takes(w: &FlexTensor, c: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     return super::conv_amx::takes(w, c);
@@ -146,9 +146,9 @@ pub(crate) fn conv_same(
     }
     let add = check_add(add, [n, o, h, wd])?;
     #[cfg(target_arch = "x86_64")]
-    if k == 3 && amx_takes(w, c) {
+    if (k == 3 || k == 1) && amx_takes(w, c) {
         let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
-        return Some(super::conv_amx::conv3x3(x, w, bias, add, Prologue::Plain));
+        return Some(super::conv_amx::conv(x, w, bias, add, Prologue::Plain));
     }
     if k == 3 && winograd(w, h, wd) {
         let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));

@@ -1,5 +1,5 @@
-//! 3×3 stride-1 "same" convolutions with bf16 weights on AMX tiles, brgemm style: each
-//! 24-channel × 32-pixel output window sums all 9 taps × all input channels in its tiles
+//! 3×3 and 1×1 stride-1 "same" convolutions with bf16 weights on AMX tiles, brgemm style:
+//! each 24-channel × 32-pixel output window sums all taps × all input channels in its tiles
 //! ([`amx::conv_window`]) and is stored once.
 //!
 //! The input is converted once per call into zero-padded planes of bf16 channel pairs
@@ -32,7 +32,7 @@ const BAND: usize = 16;
 /// Output-channel rows per task (a multiple of [`ROWS`]).
 const OBLOCK: usize = 8 * ROWS;
 
-/// Whether [`conv3x3`] takes a convolution of `c` input channels with weight `w`: a bf16
+/// Whether [`conv`] takes a convolution of `c` input channels with weight `w`: a bf16
 /// weight whose rows of input channels are contiguous, `c` whole k-steps (16 pairs), AMX,
 /// and `KILN_CONV` unset (`direct`: the shifted GEMMs only; any other value, e.g. `gemm`:
 /// the kernels before this one, Winograd from 32×32; for A/B timing and bisecting).
@@ -50,9 +50,9 @@ pub(super) fn takes(w: &FlexTensor, c: usize) -> bool {
 }
 
 /// The same contract as `winograd::conv3x3` (`x` `[N, C, H, W]`, or half that with
-/// `Upsample2x`; `w` `[O, C, 3, 3]` held as [`takes`] requires; bias `[O]`; `add` shaped as
-/// the output or per channel).
-pub(super) fn conv3x3(
+/// `Upsample2x`; `w` `[O, C, k, k]`, k = 3 or 1 with padding k/2, held as [`takes`] requires;
+/// bias `[O]`; `add` shaped as the output or per channel).
+pub(super) fn conv(
     x: &FlexTensor,
     w: &FlexTensor,
     bias: Option<&FlexTensor>,
@@ -65,14 +65,16 @@ pub(super) fn conv3x3(
         Prologue::Upsample2x => (2 * s[2], 2 * s[3]),
         _ => (s[2], s[3]),
     };
-    let o = w.layout().shape()[0];
+    let (o, k) = (w.layout().shape()[0], w.layout().shape()[2]);
+    debug_assert!(k == 1 || k == 3);
     let x = contiguous(x);
-    let wp = wd + 2;
+    let (p, taps) = (k / 2, k * k);
+    let wp = wd + 2 * p;
     // Wide columns, rounded up to whole windows; a plane holds the padded input plus the
-    // columns the last window's taps reach (2 rows and 2 columns further, 32 wide).
+    // columns the last window's taps reach (2p rows and 2p columns further, 32 wide).
     let wide = (h * wp).next_multiple_of(COLS);
-    let plane = wide + 2 * wp + 2 + COLS;
-    let planes = convert(&x, pro, [n, c, h, wd], plane);
+    let plane = wide + 2 * p * (wp + 1) + COLS;
+    let planes = convert(&x, pro, [n, c, h, wd, p], plane);
 
     // The weights' tap matrices, and a copy of the last rows (past the last whole window
     // of output channels) padded with zero rows: a window's A tiles always read 24 rows.
@@ -80,10 +82,10 @@ pub(super) fn conv3x3(
     let (sh, sw) = (st[2] as usize, st[3] as usize);
     let wbase = w.layout().start_offset();
     let ws = w.storage::<half::bf16>();
-    let tap_at = |t: usize, r: usize| wbase + (t / 3) * sh + (t % 3) * sw + r * c;
+    let tap_at = |t: usize, r: usize| wbase + (t / k) * sh + (t % k) * sw + r * c;
     let whole = o / ROWS * ROWS;
-    let mut tail = vec![half::bf16::ZERO; 9 * ROWS * c];
-    for t in 0..9 {
+    let mut tail = vec![half::bf16::ZERO; taps * ROWS * c];
+    for t in 0..taps {
         let len = (o - whole) * c;
         tail[t * ROWS * c..][..len].copy_from_slice(&ws[tap_at(t, whole)..][..len]);
     }
@@ -125,7 +127,8 @@ pub(super) fn conv3x3(
             for r0 in (o0..o1).step_by(ROWS) {
                 let mut w = Window {
                     taps: std::array::from_fn(|t| {
-                        let a = a_rows(t, r0);
+                        // Past the kernel's taps: unread copies of the first.
+                        let a = a_rows(if t < taps { t } else { 0 }, r0);
                         Tap {
                             // SAFETY (both): inside the weight or the tail copy (24 rows).
                             a: [a, unsafe { a.add(ROWS / 2 * c) }],
@@ -136,8 +139,8 @@ pub(super) fn conv3x3(
                     rs: 4 * cols,
                 };
                 for win in w0..w1 {
-                    for (t, tap) in w.taps.iter_mut().enumerate() {
-                        let shift = (t / 3) * wp + t % 3;
+                    for (t, tap) in w.taps.iter_mut().enumerate().take(taps) {
+                        let shift = (t / k) * wp + t % k;
                         // SAFETY: pair column win·32 + shift + 31 < plane, in image img.
                         tap.b = unsafe { input.add(2 * (win * COLS + shift)) };
                     }
@@ -146,7 +149,7 @@ pub(super) fn conv3x3(
                     // rows r0 - o0 .. + 24, columns (win - w0)·32 .. + 32 of acc.
                     unsafe {
                         w.dst = acc.as_mut_ptr().add((r0 - o0) * cols + (win - w0) * COLS);
-                        amx::conv_window(&w, c / COLS, [2 * c, 4 * plane]);
+                        amx::conv_window(&w, taps, c / COLS, [2 * c, 4 * plane]);
                     }
                 }
             }
@@ -158,6 +161,7 @@ pub(super) fn conv3x3(
                 o0,
                 o1,
                 ohw: [o, h, wd],
+                wp,
                 bias: bs,
                 add: adds,
                 out: *out,
@@ -169,10 +173,15 @@ pub(super) fn conv3x3(
     new_tensor(unsafe { out.filled() }, vec![n, o, h, wd])
 }
 
-/// `x` through `pro` as zero-padded bf16 channel-pair planes, `plane` pairs per pair of
-/// channels: pair column `(y + 1)·(W + 2) + x + 1` of pair `p` holds channels `2p`, `2p + 1`
-/// at (y, x).
-fn convert(x: &FlexTensor, pro: Prologue<'_>, [n, c, h, wd]: [usize; 4], plane: usize) -> Vec<u32> {
+/// `x` through `pro` as bf16 channel-pair planes zero-padded by `pad`, `plane` pairs per pair
+/// of channels: pair column `(y + pad)·(W + 2·pad) + x + pad` of pair `p` holds channels
+/// `2p`, `2p + 1` at (y, x).
+fn convert(
+    x: &FlexTensor,
+    pro: Prologue<'_>,
+    [n, c, h, wd, pad]: [usize; 5],
+    plane: usize,
+) -> Vec<u32> {
     let xs = slice(x);
     let in_plane = xs.len() / (n * c).max(1);
     let mut planes = Vec::<u32>::with_capacity(n * (c / 2) * plane);
@@ -197,7 +206,7 @@ fn convert(x: &FlexTensor, pro: Prologue<'_>, [n, c, h, wd]: [usize; 4], plane: 
             let dst = unsafe {
                 std::slice::from_raw_parts_mut(ptr.0.cast::<u32>().add(t * plane), plane)
             };
-            fill_plane(pro, [xc(0), xc(1)], ci, [h, wd], rows, dst);
+            fill_plane(pro, [xc(0), xc(1)], ci, [h, wd, pad], rows, dst);
         });
     // SAFETY: every plane was written whole.
     unsafe { planes.set_len(n * (c / 2) * plane) };
@@ -207,24 +216,24 @@ fn convert(x: &FlexTensor, pro: Prologue<'_>, [n, c, h, wd]: [usize; 4], plane: 
 simd_dispatch! {
     /// One pair plane of [`convert`]: the borders and the slack zeroed, row y of channels
     /// `ci`, `ci + 1` (their planes `xc`) through `pro` into `rows`, then rounded and
-    /// interleaved into the pair columns of padded row y + 1.
+    /// interleaved into the pair columns of padded row y + pad.
     #[allow(clippy::too_many_arguments)]
     fn fill_plane(
         pro: Prologue<'_>,
         xc: [&[f32]; 2],
         ci: usize,
-        hw: [usize; 2],
+        hwp: [usize; 3],
         rows: &mut [f32],
         dst: &mut [u32],
     ) {
-        let [h, wd] = hw;
-        let wp = wd + 2;
+        let [h, wd, pad] = hwp;
+        let wp = wd + 2 * pad;
         dst.fill(0);
         let (r0, r1) = rows.split_at_mut(wd);
         for y in 0..h {
             pro.fill(xc[0], ci, y, r0);
             pro.fill(xc[1], ci + 1, y, r1);
-            let at = (y + 1) * wp + 1;
+            let at = (y + pad) * wp + pad;
             for x0 in (0..wd).step_by(COLS) {
                 let nr = COLS.min(wd - x0);
                 assert!(at + x0 + COLS <= dst.len());
@@ -255,6 +264,8 @@ pub(super) struct Stage<'a> {
     o0: usize,
     o1: usize,
     ohw: [usize; 3],
+    /// Wide columns per output row.
+    wp: usize,
     bias: Option<&'a [f32]>,
     add: Option<(&'a [f32], bool)>,
     out: SendPtr,
@@ -265,7 +276,7 @@ simd_dispatch! {
     /// into the output, a row segment at a time.
     fn store(st: &Stage<'_>) {
         let [o, h, wd] = st.ohw;
-        let wp = wd + 2;
+        let wp = st.wp;
         let end = (st.q0 + st.cols).min(h * wp);
         for oi in st.o0..st.o1 {
             let row = &st.acc[(oi - st.o0) * st.cols..][..st.cols];

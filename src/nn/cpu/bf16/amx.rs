@@ -159,7 +159,7 @@ pub(in crate::nn::cpu) struct Tap {
     pub b: *const u16,
 }
 
-/// A [`conv_window`]'s operands: the 9 taps of a 3×3 kernel, and where the window goes
+/// A [`conv_window`]'s operands: the taps of a 3×3 kernel (or the first of them), and where the window goes
 /// (`dst`, rows `rs` bytes apart), read by the kernel from memory (its registers are taken).
 #[repr(C)]
 pub(in crate::nn::cpu) struct Window {
@@ -168,8 +168,8 @@ pub(in crate::nn::cpu) struct Window {
     pub rs: usize,
 }
 
-/// A whole 2·`MR` × 32 window of a 3×3 convolution, `dst = Σ_steps Σ_taps a·b`
-/// (overwritten): `steps` k-steps of 16 channel pairs, each through the 9 taps; A rows `sa`
+/// A whole 2·`MR` × 32 window of a convolution, `dst = Σ_steps Σ_taps a·b` (overwritten):
+/// `steps` k-steps of 16 channel pairs, each through the first `taps` (1 to 9); A rows `sa`
 /// bytes apart advancing 64 bytes a step, B pair-rows `sb` bytes apart (columns 0–15 at `b`,
 /// 16–31 at `b + 64`) advancing 16 pair-rows a step. The accumulators stay in the tiles
 /// through every step and tap and are stored once, where one GEMM per tap loaded and stored
@@ -182,9 +182,14 @@ pub(in crate::nn::cpu) struct Window {
 /// bf16 (`sa` bytes apart), its B `16·steps` pair-rows of 32 readable pairs (`sb` bytes
 /// apart); `dst` rows `0..2·MR` (`rs` bytes apart) have 32 writable f32.
 #[target_feature(enable = "avx512f")]
-pub(in crate::nn::cpu) unsafe fn conv_window(w: &Window, steps: usize, [sa, sb]: [usize; 2]) {
+pub(in crate::nn::cpu) unsafe fn conv_window(
+    w: &Window,
+    taps: usize,
+    steps: usize,
+    [sa, sb]: [usize; 2],
+) {
     const _: () = assert!(MR == 12 && size_of::<Tap>() == 24);
-    debug_assert!(steps > 0);
+    debug_assert!(steps > 0 && (1..=9).contains(&taps));
     // SAFETY: the caller checked `available`; the loads stay inside the taps' operands as the
     // caller promises, the stores inside dst's window.
     unsafe {
@@ -230,7 +235,7 @@ pub(in crate::nn::cpu) unsafe fn conv_window(w: &Window, steps: usize, [sa, sb]:
             "tilestored [{a0} + {a1}*1], tmm2",
             "tilestored [{a0} + {a1}*1 + 64], tmm3",
             w = in(reg) w as *const Window,
-            tend = in(reg) w.taps.as_ptr().add(9),
+            tend = in(reg) w.taps.as_ptr().add(taps),
             t = out(reg) _,
             oa = out(reg) _,
             ob = out(reg) _,
