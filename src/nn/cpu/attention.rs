@@ -10,7 +10,7 @@ use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
 use rayon::prelude::*;
 
-use super::{Mat, Product, Unfilled, bf16, gemm, math, simd_dispatch};
+use super::{Mat, Product, SendPtr, Unfilled, bf16, gemm, math, simd_dispatch};
 
 /// Queries per task: each task packs every K and V block for its GEMMs, so more rows per
 /// task amortise that (kernel bench, 64×64 level: 64 → 256 rows, 329 → 273 ms).
@@ -221,23 +221,34 @@ pub(crate) fn attention(
                     product(in_bf16, p, (sc.scores.as_ptr(), 1, kb as isize), v);
                 }
             }
-            for (i, (row, &l)) in sc.acc.chunks_exact(dv).zip(&sc.l).enumerate() {
-                let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
-                // SAFETY: this task alone writes output rows q0..q0+rows of head hi in batch bi.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out_ptr.0.add(((bi * sq + q0 + i) * h + hi) * dv),
-                        dv,
-                    )
-                };
-                for (o, &x) in dst.iter_mut().zip(row) {
-                    *o = x * inv;
-                }
-            }
+            store_rows(&out_ptr, &sc.acc, dv, &sc.l, [bi, hi, q0], [sq, h, dv]);
         });
     // SAFETY: the tasks cover every (batch, head, query block), each writing all Dv values of
     // its rows.
     Some(heads_out(unsafe { out.filled() }, [b, h, sq, dv]))
+}
+
+/// A task's output rows: query `q0 + i` of head `hi` in batch `bi` (of `[B, S, H, Dv]`, `sq`
+/// queries, `h` heads) is accumulator row `i` (`dv` values of rows `stride` apart) over its
+/// softmax sum `l[i]` (zero for a row without keys).
+pub(super) fn store_rows(
+    out: &SendPtr,
+    acc: &[f32],
+    stride: usize,
+    l: &[f64],
+    [bi, hi, q0]: [usize; 3],
+    [sq, h, dv]: [usize; 3],
+) {
+    for (i, (row, &l)) in acc.chunks_exact(stride).zip(l).enumerate() {
+        let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
+        // SAFETY: the calling task alone writes output rows q0.. of head hi in batch bi.
+        let dst = unsafe {
+            std::slice::from_raw_parts_mut(out.0.add(((bi * sq + q0 + i) * h + hi) * dv), dv)
+        };
+        for (o, &x) in dst.iter_mut().zip(row) {
+            *o = x * inv;
+        }
+    }
 }
 
 /// The output, physically `[B, S, H, Dv]`, presented as `[B, H, S, Dv]`.

@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::attention::{BLOCK_KV, BLOCK_Q, View};
+use super::attention::{BLOCK_KV, BLOCK_Q, View, store_rows};
 use super::bf16::{amx, kernel};
 use super::{SendPtr, math};
 
@@ -221,19 +221,7 @@ pub(super) fn attention(
                     }
                 }
             }
-            for (i, (row, &l)) in sc.acc.chunks_exact(dvp).zip(&sc.l).enumerate() {
-                let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
-                // SAFETY: this task alone writes output rows q0..q0+rows of head hi in batch bi.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out.0.add(((bi * sq + q0 + i) * h + hi) * dv),
-                        dv,
-                    )
-                };
-                for (o, &x) in dst.iter_mut().zip(row) {
-                    *o = x * inv;
-                }
-            }
+            store_rows(out, &sc.acc, dvp, &sc.l, [bi, hi, q0], [sq, h, dv]);
         });
     Some(())
 }

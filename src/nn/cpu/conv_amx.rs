@@ -61,10 +61,7 @@ pub(super) fn conv(
 ) -> FlexTensor {
     let s = x.layout().shape();
     let (n, c) = (s[0], s[1]);
-    let (h, wd) = match pro {
-        Prologue::Upsample2x => (2 * s[2], 2 * s[3]),
-        _ => (s[2], s[3]),
-    };
+    let (h, wd) = pro.plane(s[2], s[3]);
     let (o, k) = (w.layout().shape()[0], w.layout().shape()[2]);
     debug_assert!(k == 1 || k == 3);
     let x = contiguous(x);

@@ -125,32 +125,6 @@ unsafe fn configure() {
     }
 }
 
-/// A whole 2·`MR` × 32 window, `dst = Σ a·b (+ dst if load)`, with A read in place: rows of
-/// bf16 k-pairs `sa` bytes apart from `a[0]` (rows `0..MR`) and `a[1]` (rows `MR..2·MR`),
-/// `kc2` pairs each, no packed strips (attention's queries and probabilities, written row by
-/// row as bf16 where they are made); `b` a B strip as [`kernel`]'s.
-///
-/// # Safety
-/// [`available`]; `kc2` a positive multiple of 16; each A row has `kc2` readable pairs, `b`
-/// `kc2 · 64` u16; `dst` rows `0..2·MR` (stride `dst_rs`) have 32 writable values.
-#[target_feature(enable = "avx512f")]
-pub(in crate::nn::cpu) unsafe fn window(
-    kc2: usize,
-    a: [*const u16; 2],
-    sa: usize,
-    b: *const u16,
-    dst: *mut f32,
-    dst_rs: usize,
-    load: bool,
-) {
-    debug_assert!(kc2.is_multiple_of(16) && kc2 > 0);
-    // SAFETY: forwarded.
-    unsafe {
-        configure();
-        kernel_whole(kc2, a, sa, b, dst, dst_rs, load);
-    }
-}
-
 /// One tap of a [`conv_window`]: its two A strips (rows of weights, `MR` each) and its B
 /// rows (the input's channel pairs at the tap's shift).
 #[repr(C)]
@@ -276,7 +250,7 @@ pub(super) unsafe fn kernel(
     unsafe { configure() };
     if mr == [MR, MR] && nr == 32 && scale == 1.0 {
         // SAFETY: forwarded; the window is whole; a strip's rows are kc2 pairs apart.
-        unsafe { kernel_whole(kc2, a.map(|p| p.cast()), kc2 * 4, b, dst, dst_rs, load) };
+        unsafe { window(kc2, a.map(|p| p.cast()), kc2 * 4, b, dst, dst_rs, load) };
         return;
     }
     // The second strip's rows go to accumulators 2–3; with one strip they repeat the first
@@ -320,20 +294,24 @@ pub(super) unsafe fn kernel(
     }
 }
 
-/// [`kernel`] for a whole 2·`MR` × 32 window at scale 1: the accumulator tiles start from
-/// `dst` (or zero) and are stored back to it, with no pass of vector loads, adds and stores
-/// through a scratch copy (that epilogue's adds were a fifth of the kernel's samples, waiting
-/// on the tile stores). Kernel bench, 2 Xeon cores, medians of 4 alternated pairs: conv3x3
-/// bf16 320 at 64×64 13.3 -> 12.6 ms, 1280 at 16×16 15.1 -> 14.0 ms, Linear 640→5120 [2048]
-/// 11.0 -> 10.2 ms, 5120→1280 [512] 7.0 -> 6.3 ms; an SD UNet step within its noise (±3%).
+/// [`kernel`] for a whole 2·`MR` × 32 window at scale 1, `dst = Σ a·b (+ dst if load)`: the
+/// accumulator tiles start from `dst` (or zero) and are stored back to it, with no pass of
+/// vector loads, adds and stores through a scratch copy (that epilogue's adds were a fifth of
+/// the kernel's samples, waiting on the tile stores). Kernel bench, 2 Xeon cores, medians of 4
+/// alternated pairs: conv3x3 bf16 320 at 64×64 13.3 -> 12.6 ms, 1280 at 16×16 15.1 -> 14.0
+/// ms, Linear 640→5120 [2048] 11.0 -> 10.2 ms, 5120→1280 [512] 7.0 -> 6.3 ms; an SD UNet step
+/// within its noise (±3%).
 ///
-/// A's rows are `sa` bytes apart (a packed strip's: `kc2 · 4`).
+/// A's rows are `sa` bytes apart from `a[0]` (rows `0..MR`) and `a[1]` (rows `MR..2·MR`): a
+/// packed strip's (`kc2 · 4`), or rows of bf16 k-pairs read in place (attention's queries and
+/// probabilities, written row by row as bf16 where they are made).
 ///
 /// # Safety
-/// As [`kernel`] with `mr == [MR, MR]` and `nr == 32`, on a configured thread; each A row has
-/// `kc2` readable pairs.
+/// [`available`]; `kc2` a positive multiple of 16; each A row has `kc2` readable pairs, `b`
+/// (a B strip as [`kernel`]'s) `kc2 · 64` u16; `dst` rows `0..2·MR` (stride `dst_rs`) have 32
+/// writable (and, if `load`, readable) f32.
 #[target_feature(enable = "avx512f")]
-unsafe fn kernel_whole(
+pub(in crate::nn::cpu) unsafe fn window(
     kc2: usize,
     a: [*const u16; 2],
     sa: usize,
@@ -342,6 +320,9 @@ unsafe fn kernel_whole(
     dst_rs: usize,
     load: bool,
 ) {
+    debug_assert!(kc2.is_multiple_of(16) && kc2 > 0);
+    // SAFETY: the caller checked `available`.
+    unsafe { configure() };
     // SAFETY: tile loads read 16 pairs of MR rows of each A strip or 16 pair-rows of the B
     // strip for the `kc2 / 16` steps; the accumulators load and store the 2·MR × 32 window of
     // dst (rows dst_rs apart), which the caller owns.

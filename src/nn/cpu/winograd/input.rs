@@ -43,6 +43,14 @@ pub(crate) enum Prologue<'a> {
 }
 
 impl Prologue<'_> {
+    /// The convolution's input plane (its output's, "same") for an `h`×`w` input tensor.
+    pub(in crate::nn::cpu) fn plane(self, h: usize, w: usize) -> (usize, usize) {
+        match self {
+            Prologue::Upsample2x => (2 * h, 2 * w),
+            _ => (h, w),
+        }
+    }
+
     /// Row `y` of channel `ci` (the channel's plane `xc`) as the convolution sees it, into `dst`
     /// (`W` long).
     #[inline(always)]

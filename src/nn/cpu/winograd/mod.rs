@@ -228,10 +228,7 @@ pub(crate) fn conv3x3(
 ) -> FlexTensor {
     let s = x.layout().shape();
     let (n, c, in_plane) = (s[0], s[1], s[2] * s[3]);
-    let (h, wd) = match pro {
-        Prologue::Upsample2x => (2 * s[2], 2 * s[3]),
-        _ => (s[2], s[3]),
-    };
+    let (h, wd) = pro.plane(s[2], s[3]);
     let o = w.layout().shape()[0];
     let variant = Variant::of(h, wd, w.dtype() == DType::BF16).unwrap_or(Variant::F2);
     let (mt, xis, per_task) = (variant.m(), variant.positions(), variant.tiles_per_task());
