@@ -10,7 +10,7 @@
 //! takes any row stride), and the query block is converted once for all key blocks.
 //!
 //! Same arithmetic as the GEMM path but for a shorter polynomial in the exponentials (see
-//! [`exp_to_bf16`]): products of bf16-rounded operands summed in f32, the scores' max and
+//! [`softmax_row`]): products of bf16-rounded operands summed in f32, the scores' max and
 //! exponentials in f32, each key block's probabilities rounded to bf16 against its running
 //! maximum, the online rescaling in f32. In an SD UNet step (`unet-profile`, bf16, 2 Xeon
 //! cores) self-attention went 0.86 -> 0.61 s and cross-attention 0.086 -> 0.062 s.
@@ -188,15 +188,14 @@ pub(super) fn attention(
                         sc.corr[i] = 1.0;
                         continue;
                     }
-                    let m_new = math::max(scores).max(sc.m[i]);
                     let m_old = sc.m[i];
+                    // SAFETY: AMX implies AVX512-BF16; p has kbp ≥ valid values.
+                    let (m_new, sum) = unsafe { softmax_row(scores, m_old, scale, p.as_mut_ptr()) };
                     sc.corr[i] = if m_old == f32::NEG_INFINITY {
                         0.0
                     } else {
                         math::exp(scale * (m_old - m_new))
                     };
-                    // SAFETY: AMX implies AVX512-BF16; p has kbp ≥ valid values.
-                    let sum = unsafe { exp_to_bf16(scores, m_new, scale, p.as_mut_ptr()) };
                     sc.l[i] = sc.l[i] * sc.corr[i] as f64 + sum;
                     sc.m[i] = m_new;
                 }
@@ -233,16 +232,19 @@ fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     }
 }
 
-/// `out[j] = bf16(exp(s·(x[j] − m)))`, returning the sum of the f32 exponentials (f64 total of
-/// f32 lane sums over blocks of 1024, as [`math::exp_sub_sum`]). 2ᶠ is the degree-4
-/// polynomial: its 2.9e-6 is a thousandth of the bf16 rounding that follows, and it made
-/// this path's [2,8,4096,40] 110.7 -> 100.2 ms (kernel bench, 2 Xeon cores, medians of 6
-/// alternated runs; the GEMM path took 113.5).
+/// One row of a key block's online softmax: `m` = max(x, `m_run`), then `out[j] =
+/// bf16(exp(s·(x[j] − m)))`; returns `m` and the sum of the f32 exponentials (f64 total of f32
+/// lane sums over blocks of 1024, as [`math::exp_sub_sum`]). The max is here, compiled for
+/// AVX-512, not in the task's loop (baseline SSE2 there: the max pass was 12% of the
+/// attention's samples). 2ᶠ is the degree-4 polynomial: its 2.9e-6 is a thousandth of the
+/// bf16 rounding that follows, and it made this path's [2,8,4096,40] 110.7 -> 100.2 ms
+/// (kernel bench, 2 Xeon cores, medians of 6 alternated runs; the GEMM path took 113.5).
 ///
 /// # Safety
 /// The CPU has AVX512-BF16; `out` has `x.len()` writable values.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn exp_to_bf16(x: &[f32], m: f32, s: f32, out: *mut u16) -> f64 {
+unsafe fn softmax_row(x: &[f32], m_run: f32, s: f32, out: *mut u16) -> (f32, f64) {
+    let m = math::max(x).max(m_run);
     let exp = math::Exp2Sub::new(m, s, math::EXP2_POLY4);
     // 16 values at `at` (`mask` of them) into `acc`.
     let step = |acc: &mut __m512, at: usize, mask: u16| {
@@ -275,5 +277,5 @@ unsafe fn exp_to_bf16(x: &[f32], m: f32, s: f32, out: *mut u16) -> f64 {
         // SAFETY: [__m512; 4] and [f32; 64] have one size, any bits are valid f32s.
         total += math::lane_total(&unsafe { std::mem::transmute::<[__m512; 4], [f32; 64]>(acc) });
     }
-    total
+    (m, total)
 }
