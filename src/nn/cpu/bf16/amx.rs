@@ -162,7 +162,13 @@ pub(in crate::nn::cpu) unsafe fn conv_window(
     steps: usize,
     [sa, sb]: [usize; 2],
 ) {
-    const _: () = assert!(MR == 12 && size_of::<Tap>() == 24);
+    // The offsets the assembly below reads (`[{w} + 216]`, `[{t} + 24·i]`) and its `imul 12`.
+    const _: () = assert!(
+        MR == 12
+            && size_of::<Tap>() == 24
+            && std::mem::offset_of!(Window, dst) == 216
+            && std::mem::offset_of!(Window, rs) == 224
+    );
     debug_assert!(steps > 0 && (1..=9).contains(&taps));
     // SAFETY: the caller checked `available`; the loads stay inside the taps' operands as the
     // caller promises, the stores inside dst's window.
