@@ -22,13 +22,9 @@ use std::arch::x86_64::*;
 use rayon::prelude::*;
 
 use super::attention::{BLOCK_KV, BLOCK_Q, View, store_rows};
-use super::bf16::{amx, kernel};
+use super::bf16::amx::{self, WINDOW_COLS as COLS, WINDOW_ROWS as ROWS};
+use super::bf16::{grow, kernel};
 use super::{SendPtr, math};
-
-/// A window's rows (two tiles of 12) and columns (two tiles of 16 f32); also the bf16 values
-/// of one k-step (16 pairs).
-const ROWS: usize = 24;
-const COLS: usize = 32;
 
 /// Whether this process takes this path (the CPU has AMX-BF16, Linux granted the tiles).
 pub(super) fn available() -> bool {
@@ -223,13 +219,6 @@ pub(super) fn attention(
             store_rows(out, &sc.acc, dvp, &sc.l, [bi, hi, q0], [sq, h, dv]);
         });
     Some(())
-}
-
-/// Grows `v` to at least `len` values (zeros), keeping what it holds.
-fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
-    if v.len() < len {
-        v.resize(len, T::default());
-    }
 }
 
 /// One row of a key block's online softmax: `m` = max(x, `m_run`), then `out[j] =

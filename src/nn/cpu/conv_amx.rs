@@ -18,14 +18,11 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::bf16::amx::{self, Tap, Window};
+use super::bf16::amx::{self, Tap, WINDOW_COLS as COLS, WINDOW_ROWS as ROWS, Window};
 use super::bf16::kernel;
 use super::winograd::Prologue;
 use super::{SendPtr, Unfilled, contiguous, new_tensor, simd_dispatch, slice};
 
-/// A window's output channels (two A tiles of 12 rows) and wide columns (two B tiles of 16).
-const ROWS: usize = 24;
-const COLS: usize = 32;
 /// Windows per task along the wide columns: the task's accumulator (`ROWS·blocks × 512`
 /// f32) and input columns stay in L2.
 const BAND: usize = 16;

@@ -22,6 +22,11 @@ use std::cell::Cell;
 
 use super::{MR, kernel};
 
+/// A whole window of [`window`] and [`conv_window`]: two A tiles of `MR` rows by two B tiles
+/// of 16 columns (and 32 bf16 values, 16 pairs, of k per step).
+pub(in crate::nn::cpu) const WINDOW_ROWS: usize = 2 * MR;
+pub(in crate::nn::cpu) const WINDOW_COLS: usize = 32;
+
 /// Tile configuration (palette 1): tiles 0–3 accumulators (`MR` rows × 16 f32), 4–5 A
 /// (`MR` rows × 16 k-pairs), 6–7 B (16 k-pairs × 16 columns of pairs); 64 bytes per row.
 #[repr(C, align(64))]

@@ -12,110 +12,15 @@
 
 pub(super) mod amx;
 pub(super) mod kernel;
+mod packed;
 
 use std::cell::RefCell;
 
 use half::{bf16, f16};
-use rayon::prelude::*;
 
 use super::{Mat, Product};
 
-/// A left operand `m×k` packed once for many GEMMs (a convolution's weight, which every task
-/// multiplies): per k block of [`KC`], the A strips the micro-kernel reads. Packing it per
-/// GEMM instead cost a third of the 8×8-level convolutions (320×1280 weights against 80
-/// columns).
-pub(crate) struct PackedA {
-    data: Vec<u32>,
-    m: usize,
-    k: usize,
-}
-
-impl PackedA {
-    pub(crate) fn new(lhs: Mat, m: usize, k: usize) -> Self {
-        let strips = m.div_ceil(MR);
-        let pairs: usize = (0..k).step_by(KC).map(|k0| kc_pairs(KC.min(k - k0))).sum();
-        let len = strips * MR * pairs;
-        // Not cleared first: the packing writes every value but the last strip's rows past
-        // `m`, zeroed here. Cleared, these buffers (a convolution's weight, packed per call)
-        // were a memset of 4% of a bf16 SD UNet step's samples.
-        let mut data = Vec::<u32>::with_capacity(len);
-        let out = data.as_mut_ptr();
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            let (at, kc2) = (block_at(m, k0), kc_pairs(kc));
-            // SAFETY: the caller's lhs is m×k; the block (strips·MR rows of kc2 pairs at `at`)
-            // is inside the capacity; rows m.. of its last strip are zeroed.
-            unsafe {
-                pack_a(lhs, k0, kc, m, out.add(at));
-                let tail = out.add(at + m * kc2);
-                tail.write_bytes(0, (strips * MR - m) * kc2);
-            }
-        }
-        // SAFETY: every block wrote all its strips' rows (packed or zeroed) and the blocks
-        // tile `len`.
-        unsafe { data.set_len(len) };
-        Self { data, m, k }
-    }
-
-    /// `count` operands of `m×k`, packed as their rows are made: `row(state, i, rows)` writes
-    /// row `i` of each into `rows[t]` (f32, `k` long; `state` per worker, from `init`), in
-    /// parallel over the rows. For operands made in f32 only to be read packed (Winograd's
-    /// transformed weights): made whole first, a 640-channel convolution's were 26 MB of f32
-    /// written and read back from memory on every call.
-    pub(crate) fn build_rows<S>(
-        count: usize,
-        m: usize,
-        k: usize,
-        init: impl Fn() -> S + Sync + Send,
-        row: impl Fn(&mut S, usize, &mut [&mut [f32]]) + Sync,
-    ) -> Vec<Self> {
-        struct Out(*mut u32);
-        // SAFETY: each task writes its own row of every buffer.
-        unsafe impl Sync for Out {}
-        let strips = m.div_ceil(MR);
-        let blocks: Vec<(usize, usize)> =
-            (0..k).step_by(KC).map(|k0| (k0, KC.min(k - k0))).collect();
-        let len = strips * MR * blocks.iter().map(|&(_, kc)| kc_pairs(kc)).sum::<usize>();
-        let mut data: Vec<Vec<u32>> = (0..count).map(|_| Vec::with_capacity(len)).collect();
-        let outs: Vec<Out> = data.iter_mut().map(|d| Out(d.as_mut_ptr())).collect();
-        (0..m).into_par_iter().for_each_init(
-            || (init(), vec![0.0f32; count * k]),
-            |(state, rows), i| {
-                let mut parts: Vec<&mut [f32]> = rows.chunks_exact_mut(k).collect();
-                row(state, i, &mut parts);
-                for (r, out) in rows.chunks_exact(k).zip(&outs) {
-                    for &(k0, kc) in &blocks {
-                        // SAFETY: row i of block k0 (kc_pairs(kc) pairs) is inside the
-                        // capacity; r has k values.
-                        unsafe {
-                            let slot = out.0.add(block_at(m, k0) + i * kc_pairs(kc));
-                            pack_row(Mat::F32(r.as_ptr(), 1, k as isize), 0, k0, kc, slot);
-                        }
-                    }
-                }
-            },
-        );
-        for d in &mut data {
-            for &(k0, kc) in &blocks {
-                let kc2 = kc_pairs(kc);
-                // SAFETY: the last strip's rows past m in block k0, inside the capacity.
-                unsafe {
-                    let tail = d.as_mut_ptr().add(block_at(m, k0) + m * kc2);
-                    tail.write_bytes(0, (strips * MR - m) * kc2);
-                }
-            }
-            // SAFETY: every row of every block is written: rows < m by the tasks, the rest
-            // just above.
-            unsafe { d.set_len(len) };
-        }
-        data.into_iter().map(|data| Self { data, m, k }).collect()
-    }
-
-    /// The operand for [`gemm_tile`]; borrows `self`.
-    pub(crate) fn mat(&self) -> Mat {
-        Mat::Packed(self.data.as_ptr(), self.m, self.k)
-    }
-}
+pub(crate) use packed::PackedA;
 
 /// Where the k block starting at `k0` (a multiple of [`KC`]) of an `m`-row [`PackedA`]
 /// begins: every earlier block holds `KC / 2` pairs for each of the padded rows.
@@ -321,7 +226,7 @@ unsafe fn gemm_avx512(p: Product, lhs: Mat, rhs: Mat, packs: &mut Packs) {
 }
 
 /// Grows `v` to at least `len` values, keeping (not clearing) what it holds.
-fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
+pub(in crate::nn::cpu) fn grow<T: Copy + Default>(v: &mut Vec<T>, len: usize) {
     if v.len() < len {
         v.resize(len, T::default());
     }
