@@ -36,7 +36,7 @@ pub(crate) use bf16::PackedA;
 pub(crate) use conv::{Input, conv_same, conv_stride2, conv3x3_of};
 pub(crate) use gemv::gemv_many;
 pub(crate) use norms::{group_norm, layer_norm};
-pub(crate) use operand::{GEMM_WEIGHTS, Mat, Product, gemm, mat, widened, widened_once};
+pub(crate) use operand::{GEMM_WEIGHTS, Mat, Product, Widen, gemm, mat, widened, widened_once};
 pub(crate) use rows::{geglu, gelu_mul, linear, linear_geglu, quick_gelu, transpose_last2};
 pub(crate) use team::with_team;
 

@@ -3,6 +3,8 @@
 //! them into tasks. Shared by both kernels (`gemv` hands more than `GEMV_MAX_ROWS` rows to
 //! `gemm_nt`), so neither imports the other's internals.
 
+use super::Widen;
+
 /// The weights of one task, rows `j0..j1` of W.
 #[derive(Clone, Copy)]
 pub(super) enum Rows<'a> {
@@ -21,10 +23,9 @@ impl<'a> Rows<'a> {
 
     /// Row `j` widened into `dst` (`k` long).
     pub(super) fn widen_row(self, k: usize, j: usize, dst: &mut [f32]) {
-        use half::slice::HalfFloatSliceExt;
         match self {
             Rows::F32(w) => dst.copy_from_slice(&w[j * k..(j + 1) * k]),
-            Rows::F16(w) => w[j * k..(j + 1) * k].convert_to_f32_slice(dst),
+            Rows::F16(w) => half::f16::widen(&w[j * k..(j + 1) * k], dst),
         }
     }
 

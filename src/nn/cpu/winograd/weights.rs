@@ -4,7 +4,7 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::nn::cpu::{PackedA, Unfilled};
+use crate::nn::cpu::{PackedA, Unfilled, Widen};
 
 /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` (f32, f16 or bf16, any strides): per output
 /// channel, its 9 taps are gathered as rows over the input channels ([`gather_taps`]), then
@@ -70,9 +70,7 @@ fn gather_taps(w: &FlexTensor, oi: usize, c: usize, taps: &mut Vec<f32>) {
         let at = |ci: usize| (base + ci as isize * sc) as usize;
         match w.dtype() {
             DType::BF16 if sc == 1 => {
-                use half::slice::HalfFloatSliceExt;
-                let ws = &w.storage::<half::bf16>()[at(0)..at(0) + c];
-                ws.convert_to_f32_slice(row);
+                half::bf16::widen(&w.storage::<half::bf16>()[at(0)..at(0) + c], row)
             }
             DType::BF16 => {
                 let ws = w.storage::<half::bf16>();
@@ -81,9 +79,7 @@ fn gather_taps(w: &FlexTensor, oi: usize, c: usize, taps: &mut Vec<f32>) {
                     .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
             }
             DType::F16 if sc == 1 => {
-                use half::slice::HalfFloatSliceExt;
-                let ws = &w.storage::<half::f16>()[at(0)..at(0) + c];
-                ws.convert_to_f32_slice(row);
+                half::f16::widen(&w.storage::<half::f16>()[at(0)..at(0) + c], row)
             }
             DType::F16 => {
                 let ws = w.storage::<half::f16>();
