@@ -5,16 +5,16 @@
 
 use super::super::simd_dispatch;
 use super::input::{Prologue, tile_rows, tile_runs};
-use super::weights::{WeightTransform, transform_taps_with};
+use super::weights::{Lanes, WeightTransform, transform_taps_with};
 use super::{OutputStage, OutputTransform, output_stage_with};
 
-/// `G` applied to three values.
+/// `G` applied to three values (lanes of them).
 #[inline(always)]
-fn g3(v: [f32; 3]) -> [f32; 4] {
+fn g3(v: [Lanes; 3]) -> [Lanes; 4] {
     [
         v[0],
-        0.5 * (v[0] + v[1] + v[2]),
-        0.5 * (v[0] - v[1] + v[2]),
+        (v[0] + v[1] + v[2]) * 0.5,
+        (v[0] - v[1] + v[2]) * 0.5,
         v[2],
     ]
 }
@@ -43,7 +43,7 @@ struct G;
 
 impl WeightTransform<4> for G {
     #[inline(always)]
-    fn g(v: [f32; 3]) -> [f32; 4] {
+    fn g(v: [Lanes; 3]) -> [Lanes; 4] {
         g3(v)
     }
 }

@@ -8,13 +8,13 @@
 
 use super::super::simd_dispatch;
 use super::input::{Prologue, tile_rows, tile_runs};
-use super::weights::{WeightTransform, transform_taps_with};
+use super::weights::{Lanes, WeightTransform, transform_taps_with};
 use super::{OutputStage, OutputTransform, output_stage_with};
 
-/// `G` (6×3) applied to three values.
+/// `G` (6×3) applied to three values (lanes of them).
 #[inline(always)]
-fn g6(v: [f32; 3]) -> [f32; 6] {
-    let (a, b, c) = (v[0], v[1], v[2]);
+fn g6(v: [Lanes; 3]) -> [Lanes; 6] {
+    let [a, b, c] = v;
     let (ac, b12) = (a * (1.0 / 24.0) + c * (1.0 / 6.0), b * (1.0 / 12.0));
     [
         a * 0.25,
@@ -63,7 +63,7 @@ struct G;
 
 impl WeightTransform<6> for G {
     #[inline(always)]
-    fn g(v: [f32; 3]) -> [f32; 6] {
+    fn g(v: [Lanes; 3]) -> [Lanes; 6] {
         g6(v)
     }
 }

@@ -51,6 +51,19 @@ impl Prologue<'_> {
         }
     }
 
+    /// The prologue of image `img` of a batch of `c`-channel images (`Affine` holds `[N·C]`
+    /// scales and shifts).
+    pub(super) fn for_image(self, img: usize, c: usize) -> Self {
+        match self {
+            Prologue::Affine { scale, shift, silu } => Prologue::Affine {
+                scale: &scale[img * c..(img + 1) * c],
+                shift: &shift[img * c..(img + 1) * c],
+                silu,
+            },
+            p => p,
+        }
+    }
+
     /// Row `y` of channel `ci` (the channel's plane `xc`) as the convolution sees it, into `dst`
     /// (`W` long).
     #[inline(always)]

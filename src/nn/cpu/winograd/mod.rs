@@ -17,16 +17,18 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+mod blocked;
 mod f2;
 mod f4;
 mod input;
+mod output;
 mod weights;
 
 pub(crate) use input::Prologue;
-use input::tile_runs;
+use output::{OutputStage, OutputTransform, output_stage_with};
 use weights::{transform_weights, transform_weights_packed};
 
-use super::{Mat, PackedA, Product, SendPtr, Unfilled, contiguous, gemm, new_tensor, slice};
+use super::{Mat, PackedA, Product, Unfilled, contiguous, gemm, new_tensor, slice};
 
 /// The two tile sizes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -35,23 +37,75 @@ enum Variant {
     F4,
 }
 
-impl Variant {
-    /// The variant for an `h`×`w` output, `None` where the shifted GEMMs of `conv_same` are
-    /// faster: there the weight transform and the per-task reads of `U` are not amortised
-    /// over enough tiles. f32 takes F2 from 16×16 (1280 channels at 16×16: 53 ms against 78
-    /// direct, 2 cores) and F4 from 32×32 (640 at 32×32: 43 -> 29 ms; 320 at 64×64: 39 -> 26
-    /// ms); at 16×16 F4's 4x larger `U` (236 MB at 1280 channels) costs more than its
-    /// GEMMs save. A bf16 weight takes F2 from 32×32: its direct GEMMs run at twice the rate
+/// How a plane is computed: its tiles, and whether tasks take tiles (all output channels
+/// of some tiles, `U` made whole first) or blocks of output channels (all tiles of a few
+/// channels, each block's `U` made by its task: [`blocked`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernel {
+    Tiles(Variant),
+    Blocks(Variant),
+}
+
+impl Kernel {
+    /// The kernel for an `h`×`w` output, `None` where the shifted GEMMs of `conv_same` are
+    /// faster. Kernel bench, SD's 3×3 convolutions at batch 2, f32 / f16 weights, 2 Xeon
+    /// cores, medians of alternated runs:
+    /// - from 32×32, F4 by tiles (640 at 32×32: 43 -> 29 ms against direct; 320 at 64×64:
+    ///   39 -> 26 ms); by blocks there, each task re-reads a `V` of up to 12 MB: 19.3 -> 21.5
+    ///   ms at 32×32.
+    /// - from 16×16, F4 by blocks: 1280 at 16×16 30.5 / 29.1 ms with F2 by tiles (whose
+    ///   105 MB `U` went out to memory and back), 28.2 / 27.5.
+    /// - from 8×8, F2 by blocks: 1280 at 8×8 16.9 / 20.3 ms direct, 13.5 / 12.6 (f16 weights
+    ///   read at half the bytes).
+    ///
+    /// A bf16 weight takes F2 by tiles from 32×32: its direct GEMMs run at twice the rate
     /// while the transform costs the same (16×16: 52 ms against 46), and F4's transforms
     /// would scale the bf16 rounding of the transformed operands by up to 8. (On AMX CPUs
     /// `conv_amx` takes bf16 3×3 convolutions before this is asked.)
     fn of(h: usize, w: usize, bf16: bool) -> Option<Self> {
         let plane = h * w;
         match bf16 {
-            true if plane >= 32 * 32 => Some(Self::F2),
-            false if plane >= 32 * 32 => Some(Self::F4),
-            false if plane >= 16 * 16 => Some(Self::F2),
+            true if plane >= 32 * 32 => Some(Self::Tiles(Variant::F2)),
+            false if plane >= 32 * 32 => Some(Self::Tiles(Variant::F4)),
+            false if plane >= 16 * 16 => Some(Self::Blocks(Variant::F4)),
+            false if plane >= 8 * 8 => Some(Self::Blocks(Variant::F2)),
             _ => None,
+        }
+    }
+}
+
+impl Variant {
+    /// This variant's input transform (`f2::input_transform` or `f4::input_transform`).
+    #[allow(clippy::too_many_arguments)]
+    fn input_transform(
+        self,
+        plane: &[f32],
+        pro: Prologue<'_>,
+        chw: [usize; 3],
+        [t0, tb]: [usize; 2],
+        rows: &mut Vec<f32>,
+        ring: &mut Vec<f32>,
+        v: &mut [f32],
+    ) {
+        match self {
+            Self::F2 => f2::input_transform(plane, pro, chw, t0, tb, rows, ring, v),
+            Self::F4 => f4::input_transform(plane, pro, chw, t0, tb, rows, ring, v),
+        }
+    }
+
+    /// This variant's weight transform of one output channel's taps ([`weights`]).
+    fn transform_taps(self, taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+        match self {
+            Self::F2 => f2::transform_taps(taps, c, out),
+            Self::F4 => f4::transform_taps(taps, c, out),
+        }
+    }
+
+    /// This variant's output stage ([`output::output_stage_with`]).
+    fn output_stage(self, m: &[f32], y: &mut [f32], st: &OutputStage<'_>) {
+        match self {
+            Self::F2 => f2::output_stage(m, y, st),
+            Self::F4 => f4::output_stage(m, y, st),
         }
     }
 
@@ -80,7 +134,7 @@ impl Variant {
 
 /// Whether the Winograd kernel beats `conv_same` for an `h`×`w` output plane.
 pub(crate) fn worth_it(h: usize, w: usize, bf16: bool) -> bool {
-    Variant::of(h, w, bf16).is_some()
+    Kernel::of(h, w, bf16).is_some()
 }
 
 /// `U` as the GEMMs read it: f32, or for a bf16 weight (the layer computes in bf16) each
@@ -94,10 +148,8 @@ impl Transformed {
     /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight (f32, f16 or bf16) read through its
     /// strides, transformed in f32 either way.
     fn of(w: &FlexTensor, o: usize, c: usize, v: Variant) -> Self {
-        let taps_of = |taps: &[f32], c: usize, out: &mut [&mut [f32]]| match v {
-            Variant::F2 => f2::transform_taps(taps, c, out),
-            Variant::F4 => f4::transform_taps(taps, c, out),
-        };
+        let taps_of =
+            |taps: &[f32], c: usize, out: &mut [&mut [f32]]| v.transform_taps(taps, c, out);
         match w.dtype() {
             // Packing rounds the f32 rows to bf16 (nearest-even) as it converts them.
             DType::BF16 => Self::Bf16(transform_weights_packed(w, o, c, v.positions(), taps_of)),
@@ -125,95 +177,6 @@ struct Scratch {
     y: Vec<f32>,
 }
 
-/// Where a task's outputs go: `O` channels of an `H`×`W` plane of image `img`, its tiles
-/// `t0..t0 + tb`, plus bias `[O]` and the fused add (shaped as the output, or `[N·O]` when
-/// per channel), into the output tensor's storage.
-#[derive(Clone, Copy)]
-struct OutputStage<'a> {
-    ohw: [usize; 3],
-    img: usize,
-    t0: usize,
-    tb: usize,
-    bias: Option<&'a [f32]>,
-    add: Option<(&'a [f32], bool)>,
-    out: SendPtr,
-}
-
-/// A variant's output transform: `Y = Aᵀ M A` of output channel `oi` for all `tb` tiles of
-/// `M` (`M[ξ][o][t]`, `O` channels) into `y[(m·i + j)·tb + t]` for an m×m tile.
-trait OutputTransform {
-    /// (A trait, not a closure or fn pointer: those were not inlined into the SIMD caller
-    /// and ran as SSE code, 10% of a bf16 64×64 convolution.)
-    fn apply(m: &[f32], o: usize, oi: usize, tb: usize, y: &mut [f32]);
-}
-
-/// The output stage with m×m tiles (`M` = m): per output channel, `T` makes `Y`, then bias
-/// and add go on as the rows are stored.
-#[inline(always)]
-fn output_stage_with<T: OutputTransform, const M: usize>(
-    m: &[f32],
-    y: &mut [f32],
-    st: &OutputStage<'_>,
-) {
-    let OutputStage {
-        ohw: [o, h, wd],
-        img,
-        t0,
-        tb,
-        bias,
-        add,
-        out,
-    } = *st;
-    let tw = wd.div_ceil(M);
-    let residual = match add {
-        Some((a, false)) => Some(a),
-        _ => None,
-    };
-    for oi in 0..o {
-        let ch = img * o + oi;
-        let mut b = bias.map_or(0.0, |b| b[oi]);
-        if let Some((a, true)) = add {
-            b += a[ch];
-        }
-        T::apply(m, o, oi, tb, y);
-        // A tile row's run of tiles at a time: M output rows, left to right, so the stores
-        // vectorise (per tile, finding the row and column took two integer divisions).
-        for (t, ty, tx0, run) in tile_runs(t0, tb, tw) {
-            for i in 0..M {
-                let yy = M * ty + i;
-                if yy >= h {
-                    break;
-                }
-                // Columns M·tx0 .. M·(tx0 + run) of the row, the last tile cut off where the
-                // width is not a multiple of M.
-                let start = (ch * h + yy) * wd + M * tx0;
-                let len = (M * run).min(wd - M * tx0);
-                // SAFETY: tiles are disjoint, so each output pixel of image img is written by
-                // exactly one task, and the columns are inside the row.
-                let dst = unsafe { std::slice::from_raw_parts_mut(out.0.add(start), len) };
-                let cols: [&[f32]; M] = std::array::from_fn(|j| &y[(M * i + j) * tb + t..][..run]);
-                match residual {
-                    Some(a) => {
-                        let a = &a[start..start + len];
-                        for (k, (d, a)) in dst.chunks_mut(M).zip(a.chunks(M)).enumerate() {
-                            for (j, (d, &a)) in d.iter_mut().zip(a).enumerate() {
-                                *d = cols[j][k] + b + a;
-                            }
-                        }
-                    }
-                    None => {
-                        for (k, d) in dst.chunks_mut(M).enumerate() {
-                            for (j, d) in d.iter_mut().enumerate() {
-                                *d = cols[j][k] + b + 0.0;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// Same contract as `conv_same` for k = 3: `x` `[N, C, H, W]`, `w` `[O, C, 3, 3]` (any
 /// positive strides), optional bias `[O]`, optional `add` (residual shaped as the output, or
 /// `[N, O, 1, 1]` when `per_channel`); the convolution's input is `x` through `pro` (with
@@ -230,7 +193,11 @@ pub(crate) fn conv3x3(
     let (n, c, in_plane) = (s[0], s[1], s[2] * s[3]);
     let (h, wd) = pro.plane(s[2], s[3]);
     let o = w.layout().shape()[0];
-    let variant = Variant::of(h, wd, w.dtype() == DType::BF16).unwrap_or(Variant::F2);
+    let variant = match Kernel::of(h, wd, w.dtype() == DType::BF16) {
+        Some(Kernel::Blocks(v)) => return blocked::conv3x3(x, w, bias, add, pro, v),
+        Some(Kernel::Tiles(v)) => v,
+        None => Variant::F2,
+    };
     let (mt, xis, per_task) = (variant.m(), variant.positions(), variant.tiles_per_task());
     let x = contiguous(x);
     let xs = slice(&x);
@@ -253,19 +220,9 @@ pub(crate) fn conv3x3(
             sc.v.resize(xis * c * tb, 0.0);
             sc.m.resize(xis * o * tb, 0.0);
             let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
-            let pro = match pro {
-                Prologue::Affine { scale, shift, silu } => Prologue::Affine {
-                    scale: &scale[img * c..(img + 1) * c],
-                    shift: &shift[img * c..(img + 1) * c],
-                    silu,
-                },
-                p => p,
-            };
-            let (dims, rows, ring) = ([c, h, wd], &mut sc.rows, &mut sc.ring);
-            match variant {
-                Variant::F2 => f2::input_transform(plane, pro, dims, t0, tb, rows, ring, &mut sc.v),
-                Variant::F4 => f4::input_transform(plane, pro, dims, t0, tb, rows, ring, &mut sc.v),
-            }
+            let pro = pro.for_image(img, c);
+            let (rows, ring) = (&mut sc.rows, &mut sc.ring);
+            variant.input_transform(plane, pro, [c, h, wd], [t0, tb], rows, ring, &mut sc.v);
             for xi in 0..xis {
                 // SAFETY: M_ξ is O×tb row-major, U_ξ O×C row-major, V_ξ C×tb row-major.
                 unsafe {
@@ -283,17 +240,17 @@ pub(crate) fn conv3x3(
             sc.y.resize(mt * mt * tb, 0.0);
             let st = OutputStage {
                 ohw: [o, h, wd],
-                img,
+                o0: 0,
+                ob: o,
+                img0: img,
+                imgs: 1,
                 t0,
                 tb,
                 bias: bs,
                 add: adds,
                 out: out_ptr,
             };
-            match variant {
-                Variant::F2 => f2::output_stage(&sc.m, &mut sc.y, &st),
-                Variant::F4 => f4::output_stage(&sc.m, &mut sc.y, &st),
-            }
+            variant.output_stage(&sc.m, &mut sc.y, &st);
         });
     // SAFETY: the tasks cover every tile of every image, and each tile every output channel
     // and pixel of its block (cut at the edges).

@@ -1,5 +1,7 @@
 //! The weight side: `U = G g Gᵀ` for every output channel, each variant supplying its `G`.
 
+use std::ops::Range;
+
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
@@ -26,7 +28,7 @@ pub(super) fn transform_weights(
         .into_par_iter()
         .for_each_init(Vec::new, |taps: &mut Vec<f32>, oi| {
             let u_ptr = u_ptr;
-            gather_taps(w, oi, c, taps);
+            gather_taps(w, oi, 0..c, taps);
             let mut rows: Vec<&mut [f32]> = (0..positions)
                 // SAFETY: rows (ξ, oi) of u, c long each; each oi is written by one task.
                 .map(|xi| unsafe {
@@ -37,6 +39,32 @@ pub(super) fn transform_weights(
         });
     // SAFETY: every output channel's task writes its row of every transform position.
     unsafe { u.filled() }
+}
+
+/// `U[oi][ξ][ci]` for output channels `o0..o0 + ob` and input channels `chans` only, rows of
+/// `ld` ≥ `chans.len()` (values past the channels left as they were), into `u` (grown as
+/// needed): the weight side of [`super::blocked`], where a task transforms a piece of `U`
+/// small enough to stay in its cache until its GEMMs read it. Each channel's `positions`
+/// rows are adjacent, so its transform writes one run of memory (`[ξ][oi]` order put its 36
+/// rows 64 KB apart, on the same L1 sets: the F(4×4) transform took twice its GEMMs' time).
+pub(super) fn transform_block(
+    w: &FlexTensor,
+    [o0, ob]: [usize; 2],
+    chans: Range<usize>,
+    [positions, ld]: [usize; 2],
+    taps_of: impl Fn(&[f32], usize, &mut [&mut [f32]]),
+    taps: &mut Vec<f32>,
+    u: &mut Vec<f32>,
+) {
+    let cl = chans.len();
+    if u.len() < ob * positions * ld {
+        u.resize(ob * positions * ld, 0.0);
+    }
+    for (oi, block) in u.chunks_exact_mut(positions * ld).take(ob).enumerate() {
+        gather_taps(w, o0 + oi, chans.clone(), taps);
+        let mut rows: Vec<&mut [f32]> = block.chunks_exact_mut(ld).collect();
+        taps_of(taps, cl, &mut rows);
+    }
 }
 
 /// [`transform_weights`] packed for the bf16 GEMM as it is made, one operand per position:
@@ -51,22 +79,27 @@ pub(super) fn transform_weights_packed(
     taps_of: impl Fn(&[f32], usize, &mut [&mut [f32]]) + Sync,
 ) -> Vec<PackedA> {
     PackedA::build_rows(positions, o, c, Vec::new, |taps, oi, rows| {
-        gather_taps(w, oi, c, taps);
+        gather_taps(w, oi, 0..c, taps);
         taps_of(taps, c, rows);
     })
 }
 
-/// Output channel `oi`'s 9 taps `[kh][kw]` of `w` as rows of its `c` input channels, in f32.
+/// Output channel `oi`'s 9 taps `[kh][kw]` of `w` as rows of its input channels `chans`, in f32.
 /// A tap's row is converted or copied as a slice where the channels are contiguous
 /// (`Conv2d`'s `[k, k, O, C]` layout): element by element it was 5% of a 640-channel 32×32
 /// convolution's samples (12.8 -> 11.8 ms, medians of 4 alternated pairs, 2 Xeon cores).
-fn gather_taps(w: &FlexTensor, oi: usize, c: usize, taps: &mut Vec<f32>) {
+fn gather_taps(w: &FlexTensor, oi: usize, chans: Range<usize>, taps: &mut Vec<f32>) {
+    let c = chans.len();
     let st = w.layout().strides();
     let (so, sc, sh, sw) = (st[0], st[1], st[2], st[3]);
     let w0 = w.layout().start_offset() as isize;
     taps.resize(9 * c, 0.0);
     for (t, row) in taps.chunks_exact_mut(c).enumerate() {
-        let base = w0 + oi as isize * so + (t / 3) as isize * sh + (t % 3) as isize * sw;
+        let base = w0
+            + oi as isize * so
+            + (t / 3) as isize * sh
+            + (t % 3) as isize * sw
+            + chans.start as isize * sc;
         let at = |ci: usize| (base + ci as isize * sc) as usize;
         match w.dtype() {
             DType::BF16 if sc == 1 => {
@@ -98,53 +131,106 @@ fn gather_taps(w: &FlexTensor, oi: usize, c: usize, taps: &mut Vec<f32>) {
     }
 }
 
-/// A variant's `G` (N×3), the weight transform's half, applied to three values.
+/// Channels per step of [`transform_taps_with`]: one AVX-512 register of f32.
+const L: usize = 16;
+
+/// A variant's `G` (N×3), the weight transform's half, applied to three values (lanes of them).
 pub(super) trait WeightTransform<const N: usize> {
-    fn g(v: [f32; 3]) -> [f32; N];
+    fn g(v: [Lanes; 3]) -> [Lanes; N];
+}
+
+/// [`L`] channels' values, one per lane: the element-wise operations are one vector
+/// instruction each, and a transform's values stay in registers.
+#[derive(Clone, Copy)]
+pub(super) struct Lanes([f32; L]);
+
+impl std::ops::Add for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn add(mut self, r: Lanes) -> Lanes {
+        for l in 0..L {
+            self.0[l] += r.0[l];
+        }
+        self
+    }
+}
+
+impl std::ops::Sub for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn sub(mut self, r: Lanes) -> Lanes {
+        for l in 0..L {
+            self.0[l] -= r.0[l];
+        }
+        self
+    }
+}
+
+impl std::ops::Mul<f32> for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn mul(mut self, k: f32) -> Lanes {
+        for v in &mut self.0 {
+            *v *= k;
+        }
+        self
+    }
 }
 
 /// `U = G g Gᵀ` for `c` channels at once: `taps` holds the 9 taps `g[kh][kw]` as rows of `c`,
 /// `out[N·i + j]` (N² rows) receives `U[i][j]` per channel. `G` over the columns of `g`, then
-/// over the rows, in lanes of 16 channels held in arrays and copied out whole (stored value
-/// by value into the N² slices it stayed scalar).
+/// over the rows, [`L`] channels at a time in [`Lanes`]. (Per lane, through arrays filled
+/// value by value and copied out with `copy_from_slice`, the copies were `memcpy` calls: with
+/// them this transform was 24% of an 8×8 convolution's samples.)
 #[inline(always)]
 pub(super) fn transform_taps_with<T: WeightTransform<N>, const N: usize>(
     taps: &[f32],
     c: usize,
     out: &mut [&mut [f32]],
 ) {
-    const L: usize = 16;
     for c0 in (0..c).step_by(L) {
         let len = L.min(c - c0);
-        let g: [[f32; L]; 9] = std::array::from_fn(|t| {
-            let mut v = [0.0f32; L];
-            v[..len].copy_from_slice(&taps[t * c + c0..t * c + c0 + len]);
-            v
-        });
+        // Loops, not `array::from_fn`: its closures were compiled out of line, without the
+        // caller's vector features.
+        let mut g = [Lanes([0.0; L]); 9];
+        for (t, g) in g.iter_mut().enumerate() {
+            *g = Lanes(lanes(&taps[t * c + c0..], len));
+        }
         // G g: each column kw of g through G (N rows of lanes per column).
-        let cols: [[[f32; L]; N]; 3] = std::array::from_fn(|kw| {
-            let [a, b, d] = [&g[kw], &g[3 + kw], &g[6 + kw]];
-            let mut r = [[0.0f32; L]; N];
-            for l in 0..L {
-                let v = T::g([a[l], b[l], d[l]]);
-                for i in 0..N {
-                    r[i][l] = v[i];
-                }
-            }
-            r
-        });
+        let mut cols = [[Lanes([0.0; L]); N]; 3];
+        for (kw, col) in cols.iter_mut().enumerate() {
+            *col = T::g([g[kw], g[3 + kw], g[6 + kw]]);
+        }
         // · Gᵀ over each row i.
         for i in 0..N {
-            let mut rows = [[0.0f32; L]; N];
-            for l in 0..L {
-                let row = T::g([cols[0][i][l], cols[1][i][l], cols[2][i][l]]);
-                for j in 0..N {
-                    rows[j][l] = row[j];
-                }
-            }
-            for (j, row) in rows.iter().enumerate() {
-                out[N * i + j][c0..c0 + len].copy_from_slice(&row[..len]);
+            let row = T::g([cols[0][i], cols[1][i], cols[2][i]]);
+            for (j, r) in row.iter().enumerate() {
+                store_lanes(&mut out[N * i + j][c0..], &r.0, len);
             }
         }
+    }
+}
+
+/// The first `len` (≤ [`L`]) values of `src` in [`L`] lanes, zero past `len`. Whole lanes are read
+/// as one array, so they compile to vector loads (a `copy_from_slice` of a run-time length is
+/// a `memcpy` call per 64 bytes: with the stores below, 24% of an 8×8 convolution's samples).
+#[inline(always)]
+fn lanes(src: &[f32], len: usize) -> [f32; L] {
+    match src.first_chunk::<L>() {
+        Some(v) if len == L => *v,
+        _ => {
+            let mut v = [0.0f32; L];
+            v[..len].copy_from_slice(&src[..len]);
+            v
+        }
+    }
+}
+
+/// The first `len` (≤ [`L`]) lanes of `v` into `dst`, whole lanes as one array store.
+#[inline(always)]
+fn store_lanes(dst: &mut [f32], v: &[f32; L], len: usize) {
+    match dst.first_chunk_mut::<L>() {
+        Some(d) if len == L => *d = *v,
+        _ => dst[..len].copy_from_slice(&v[..len]),
     }
 }
