@@ -307,25 +307,31 @@ fn main() {
     }
     // Every UNet level with f32 weights, f16 weights (the fp16 files kept as stored: widened
     // in the kernels, computed in f32) and bf16 weights (`--precision bf16`: bf16 products,
-    // f32 sums), 3×3 and 1×1.
-    for (ch, hw, k) in [
-        (320usize, 64usize, 3usize),
-        (640, 32, 3),
-        (1280, 16, 3),
-        (1280, 8, 3),
-        (320, 64, 1),
-        (1280, 16, 1),
+    // f32 sums), 3×3 and 1×1; the up blocks' first 3×3 convolutions (the skip concatenated:
+    // 2560 input channels) and batch 1 (no CFG: LCM, guidance 1) on the small planes, where
+    // the Winograd kernel works by output-channel blocks.
+    for (batch, (cin, ch), hw, k) in [
+        (2usize, (320usize, 320usize), 64usize, 3usize),
+        (2, (640, 640), 32, 3),
+        (2, (1280, 1280), 16, 3),
+        (2, (1280, 1280), 8, 3),
+        (2, (2560, 1280), 16, 3),
+        (2, (2560, 1280), 8, 3),
+        (1, (1280, 1280), 16, 3),
+        (1, (1280, 1280), 8, 3),
+        (2, (320, 320), 64, 1),
+        (2, (1280, 1280), 16, 1),
     ] {
-        let xl = Tensor::<B, 4>::random([2, ch, hw, hw], n, &d);
-        let wl = Tensor::<B, 4>::random([ch, ch, k, k], n, &d);
+        let xl = Tensor::<B, 4>::random([batch, cin, hw, hw], n, &d);
+        let wl = Tensor::<B, 4>::random([ch, cin, k, k], n, &d);
         let bl = Tensor::<B, 1>::random([ch], n, &d);
         for dtype in [DType::F32, DType::F16, DType::BF16] {
             let kl = conv(&wl.clone().cast(dtype), &bl);
             bench(
-                &format!("conv{k}x{k} {ch}->{ch} [2,{ch},{hw},{hw}] kiln {dtype:?}"),
+                &format!("conv{k}x{k} {cin}->{ch} [{batch},{cin},{hw},{hw}] kiln {dtype:?}"),
                 &filter,
                 iters,
-                2.0 * (2 * ch * hw * hw * ch * k * k) as f64,
+                2.0 * (batch * cin * hw * hw * ch * k * k) as f64,
                 "GFLOP/s",
                 || {
                     let _ = kl.forward(xl.clone());

@@ -45,10 +45,10 @@ fn check_add(add: Option<&FlexTensor>, out: [usize; 4]) -> Option<Option<(FlexTe
     }
 }
 
-/// Whether a 3×3 convolution with an `h`×`w` output goes to the Winograd kernel.
-fn winograd(w: &FlexTensor, h: usize, wd: usize) -> bool {
+/// Whether a 3×3 convolution with `n` `h`×`w` outputs goes to the Winograd kernel.
+fn winograd(w: &FlexTensor, n: usize, h: usize, wd: usize) -> bool {
     let bf16 = w.dtype() == burn::tensor::DType::BF16;
-    winograd::worth_it(h, wd, bf16) && !direct_only() && w.layout().has_positive_strides()
+    winograd::worth_it(n, h, wd, bf16) && !direct_only() && w.layout().has_positive_strides()
 }
 
 /// What [`conv3x3_of`] applies to its input on the way in.
@@ -86,7 +86,7 @@ pub(crate) fn conv3x3_of(
     if wc != c || (k, k2) != (3, 3) || n * c * h * wd == 0 || o == 0 {
         return None;
     }
-    if !amx && !winograd(w, h, wd) {
+    if !amx && !winograd(w, n, h, wd) {
         return None;
     }
     let add = check_add(add, [n, o, h, wd])?;
@@ -150,7 +150,7 @@ pub(crate) fn conv_same(
         let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
         return Some(super::conv_amx::conv(x, w, bias, add, Prologue::Plain));
     }
-    if k == 3 && winograd(w, h, wd) {
+    if k == 3 && winograd(w, n, h, wd) {
         let add = add.as_ref().map(|(a, per_channel)| (a, *per_channel));
         return Some(winograd::conv3x3(x, w, bias, add, Prologue::Plain));
     }

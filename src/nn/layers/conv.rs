@@ -211,10 +211,11 @@ mod tests {
             // at 16 output channels a block).
             (2, 8, 24, 16, 20, 3, true),
             (2, 600, 200, 17, 23, 3, true),
-            // F(2×2) by blocks from 8×8: likewise (at 16 output channels a block, pieces of
-            // 1200 input channels).
+            // F(2×2) by blocks from 8×8 where the batch has 32 tiles: likewise (at 16 output
+            // channels a block, pieces of 1200 input channels); one 8×8 image stays direct.
             (2, 1300, 40, 9, 11, 3, true),
             (1, 4, 3, 8, 8, 3, false),
+            (4, 4, 3, 8, 8, 3, false),
         ] {
             let x = Tensor::<Flex, 4>::random([batch, c, h, w], n, &d);
             let wt = Tensor::<Flex, 4>::random([o, c, k, k], n, &d);

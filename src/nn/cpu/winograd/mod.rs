@@ -55,20 +55,23 @@ impl Kernel {
     ///   ms at 32×32.
     /// - from 16×16, F4 by blocks: 1280 at 16×16 30.5 / 29.1 ms with F2 by tiles (whose
     ///   105 MB `U` went out to memory and back), 28.2 / 27.5.
-    /// - from 8×8, F2 by blocks: 1280 at 8×8 16.9 / 20.3 ms direct, 13.5 / 12.6 (f16 weights
-    ///   read at half the bytes).
+    /// - from 8×8, F2 by blocks where the batch has 32 tiles or more: 1280 at 8×8, batch 2,
+    ///   16.9 / 20.3 ms direct, 13.5 / 12.6 (f16 weights read at half the bytes). At batch 1
+    ///   (16 tiles) the weight transform is paid for half the products: 9.0–10.2 ms direct,
+    ///   12.6–13.4 by blocks. (F4 by blocks at 16×16 still wins at batch 1: 39 -> 23 ms.)
     ///
     /// A bf16 weight takes F2 by tiles from 32×32: its direct GEMMs run at twice the rate
     /// while the transform costs the same (16×16: 52 ms against 46), and F4's transforms
     /// would scale the bf16 rounding of the transformed operands by up to 8. (On AMX CPUs
     /// `conv_amx` takes bf16 3×3 convolutions before this is asked.)
-    fn of(h: usize, w: usize, bf16: bool) -> Option<Self> {
+    fn of(n: usize, h: usize, w: usize, bf16: bool) -> Option<Self> {
         let plane = h * w;
+        let f2_tiles = n * h.div_ceil(2) * w.div_ceil(2);
         match bf16 {
             true if plane >= 32 * 32 => Some(Self::Tiles(Variant::F2)),
             false if plane >= 32 * 32 => Some(Self::Tiles(Variant::F4)),
             false if plane >= 16 * 16 => Some(Self::Blocks(Variant::F4)),
-            false if plane >= 8 * 8 => Some(Self::Blocks(Variant::F2)),
+            false if plane >= 8 * 8 && f2_tiles >= 32 => Some(Self::Blocks(Variant::F2)),
             _ => None,
         }
     }
@@ -132,9 +135,9 @@ impl Variant {
     }
 }
 
-/// Whether the Winograd kernel beats `conv_same` for an `h`×`w` output plane.
-pub(crate) fn worth_it(h: usize, w: usize, bf16: bool) -> bool {
-    Kernel::of(h, w, bf16).is_some()
+/// Whether the Winograd kernel beats `conv_same` for `n` `h`×`w` output planes.
+pub(crate) fn worth_it(n: usize, h: usize, w: usize, bf16: bool) -> bool {
+    Kernel::of(n, h, w, bf16).is_some()
 }
 
 /// `U` as the GEMMs read it: f32, or for a bf16 weight (the layer computes in bf16) each
@@ -193,7 +196,7 @@ pub(crate) fn conv3x3(
     let (n, c, in_plane) = (s[0], s[1], s[2] * s[3]);
     let (h, wd) = pro.plane(s[2], s[3]);
     let o = w.layout().shape()[0];
-    let variant = match Kernel::of(h, wd, w.dtype() == DType::BF16) {
+    let variant = match Kernel::of(n, h, wd, w.dtype() == DType::BF16) {
         Some(Kernel::Blocks(v)) => return blocked::conv3x3(x, w, bias, add, pro, v),
         Some(Kernel::Tiles(v)) => v,
         None => Variant::F2,
