@@ -10,8 +10,8 @@
 //! The weight transform `U = G g Gᵀ` is redone on every call instead of being kept: kept, it
 //! would cost 16/9 (F2) or 4x (F4) of the convolution weights in RAM (1.5 GB more for an SD
 //! UNet with F2). It costs one pass over the weights, small against the convolution on the
-//! large planes where this kernel is used ([`worth_it`]); on small planes every task would
-//! stream all of `U`.
+//! large planes; on small ones, where every task would stream all of `U`, tasks take blocks of
+//! output channels instead and make their part of `U` in cache ([`Kernel`], [`blocked`]).
 
 use burn::tensor::DType;
 use burn_flex::FlexTensor;
