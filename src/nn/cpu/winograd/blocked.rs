@@ -85,9 +85,9 @@ pub(super) fn conv3x3(
     let out_ptr = out.ptr();
     let taps_of =
         |taps: &[f32], c: usize, out: &mut [&mut [f32]]| variant.transform_taps(taps, c, out);
-    // Each thread a run of blocks, so its scratch is made once per call, not per block (per
-    // block, making and zeroing ~1.5 MB of it was 10% of an 8×8 convolution); it is freed
-    // when the call ends (kept per thread, it pinned memory the VAE decode then could not
+    // Each thread a run of blocks, so its scratch is made once per call, not per block (made
+    // and zeroed per block, it was ~9% of an 8×8 convolution's samples); it is freed when the
+    // call ends (kept per thread, it pinned memory the VAE decode then could not
     // reuse: +28 MiB of peak RSS for an SD image).
     let blocks = o.div_ceil(ob);
     let per_thread = blocks.div_ceil(rayon::current_num_threads());
@@ -98,12 +98,12 @@ pub(super) fn conv3x3(
             let o0 = blk * ob;
             let obn = ob.min(o - o0);
             sc.m.resize(xis * obn * cols, 0.0);
-            // By pieces of the input channels, each piece's U (about 1 MB) still in this
+            // By pieces of the input channels, each piece's U (about 1.2 MB) still in this
             // core's cache when the GEMMs read it; the products add up in M.
             for c0 in (0..c).step_by(cb) {
                 let cl = cb.min(c - c0);
-                // Rows padded off a multiple of 4 KB apart, so the transform's stores and the
-                // GEMM's reads do not all fall on the same cache sets.
+                // Rows of cl + 16 values: with a power-of-two stride (cl = 128 or 256) every
+                // eighth or fourth row would fall on the same cache set.
                 let ld = cl + 16;
                 let (taps, u) = (&mut sc.taps, &mut sc.u);
                 transform_block(w, [o0, obn], c0..c0 + cl, [xis, ld], taps_of, taps, u);
@@ -119,9 +119,9 @@ pub(super) fn conv3x3(
                             accumulate: c0 > 0,
                             scale: 1.0,
                         };
-                        let u = Mat::F32(sc.u.as_ptr().add(xi * ld), 1, (xis * ld) as isize);
-                        let v = Mat::F32(v.as_ptr().add((xi * c + c0) * cols), 1, cols as isize);
-                        gemm(p, u, v);
+                        let lhs = Mat::F32(sc.u.as_ptr().add(xi * ld), 1, (xis * ld) as isize);
+                        let rhs = Mat::F32(v.as_ptr().add((xi * c + c0) * cols), 1, cols as isize);
+                        gemm(p, lhs, rhs);
                     }
                 }
             }
