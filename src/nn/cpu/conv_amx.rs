@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::bf16::amx::{self, Tap, WINDOW_COLS as COLS, WINDOW_ROWS as ROWS, Window};
 use super::bf16::kernel;
 use super::winograd::Prologue;
-use super::{SendPtr, Unfilled, contiguous, new_tensor, simd_dispatch, slice};
+use super::{Epilogue, SendPtr, Unfilled, contiguous, new_tensor, simd_dispatch, slice};
 
 /// Windows per task along the wide columns: the task's accumulator (`ROWS·blocks × 512`
 /// f32) and input columns stay in L2.
@@ -92,10 +92,8 @@ pub(super) fn conv(
         rows.as_ptr().cast()
     };
 
-    let bias = bias.map(contiguous);
-    let bs = bias.as_ref().map(slice);
-    let add = add.map(|(a, per_channel)| (contiguous(a), per_channel));
-    let adds = add.as_ref().map(|(a, pc)| (slice(a), *pc));
+    let epilogue = Epilogue::new(bias, add);
+    let (bs, adds) = (epilogue.bias(), epilogue.add());
     let windows = wide / COLS;
     let bands = windows.div_ceil(BAND);
     let oblocks = o.div_ceil(OBLOCK);

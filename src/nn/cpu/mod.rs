@@ -163,6 +163,33 @@ pub(crate) fn slice(t: &FlexTensor) -> &[f32] {
     &t.storage::<f32>()[start..start + t.layout().num_elements()]
 }
 
+/// A convolution's epilogue operands, contiguous: the bias `[O]` and the fused add (shaped as
+/// the output, or per channel when its flag is set), as the kernels (Winograd, AMX) read them
+/// while they store their outputs.
+pub(crate) struct Epilogue {
+    bias: Option<FlexTensor>,
+    add: Option<(FlexTensor, bool)>,
+}
+
+impl Epilogue {
+    pub(crate) fn new(bias: Option<&FlexTensor>, add: Option<(&FlexTensor, bool)>) -> Self {
+        Self {
+            bias: bias.map(contiguous),
+            add: add.map(|(a, per_channel)| (contiguous(a), per_channel)),
+        }
+    }
+
+    pub(crate) fn bias(&self) -> Option<&[f32]> {
+        self.bias.as_ref().map(slice)
+    }
+
+    pub(crate) fn add(&self) -> Option<(&[f32], bool)> {
+        self.add
+            .as_ref()
+            .map(|(a, per_channel)| (slice(a), *per_channel))
+    }
+}
+
 /// A new contiguous f32 tensor owning `data`.
 pub(crate) fn new_tensor(data: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
     FlexTensor::new(

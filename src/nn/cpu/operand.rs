@@ -121,10 +121,22 @@ fn widen_whole<T: Widen + Sync>(w: &FlexTensor, src: &[T]) -> Option<Vec<f32>> {
     Some(out)
 }
 
-/// An f16 or bf16 element type and its exact widening to f32, a slice at a time.
+/// A weight element type and its exact widening to f32, a slice or one value at a time (f32
+/// itself: a copy).
 pub(crate) trait Widen: Sized {
     /// `dst[i] = src[i]` as f32 (exact); the lengths must match.
     fn widen(src: &[Self], dst: &mut [f32]);
+    /// One value as f32 (exact).
+    fn wide(self) -> f32;
+}
+
+impl Widen for f32 {
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn wide(self) -> f32 {
+        self
+    }
 }
 
 impl Widen for f16 {
@@ -141,6 +153,9 @@ impl Widen for f16 {
         use half::slice::HalfFloatSliceExt;
         src.convert_to_f32_slice(dst);
     }
+    fn wide(self) -> f32 {
+        self.to_f32()
+    }
 }
 
 impl Widen for half::bf16 {
@@ -148,6 +163,9 @@ impl Widen for half::bf16 {
     fn widen(src: &[half::bf16], dst: &mut [f32]) {
         assert_eq!(src.len(), dst.len(), "widen: lengths differ");
         widen_bf16(src, dst);
+    }
+    fn wide(self) -> f32 {
+        self.to_f32()
     }
 }
 

@@ -12,7 +12,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::super::{Mat, Product, Unfilled, contiguous, gemm, new_tensor, slice};
+use super::super::{Epilogue, Mat, Product, Unfilled, contiguous, gemm, new_tensor, slice};
 use super::output::OutputStage;
 use super::weights::transform_block;
 use super::{Prologue, Scratch, Variant};
@@ -58,11 +58,7 @@ pub(super) fn conv3x3(
             let (img, chunk) = (task / chunks, task % chunks);
             let t0 = chunk * per_task;
             let tb = per_task.min(tiles - t0);
-            sc.v.resize(xis * c * tb, 0.0);
-            let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
-            let pro = pro.for_image(img, c);
-            let (rows, ring) = (&mut sc.rows, &mut sc.ring);
-            variant.input_transform(plane, pro, [c, h, wd], [t0, tb], rows, ring, &mut sc.v);
+            sc.input(variant, xs, pro, [c, h, wd, in_plane], img, [t0, tb]);
             for (r, src) in sc.v.chunks_exact(tb).enumerate() {
                 // SAFETY: row r of V, columns img·tiles + t0.. (tb of them): tasks hold
                 // disjoint (image, tile) ranges, inside the row.
@@ -75,10 +71,8 @@ pub(super) fn conv3x3(
     // SAFETY: the tasks cover every (image, tile) column of every row.
     let v = unsafe { v.filled() };
 
-    let bias = bias.map(contiguous);
-    let bs = bias.as_ref().map(slice);
-    let add = add.map(|(a, per_channel)| (contiguous(a), per_channel));
-    let adds = add.as_ref().map(|(a, pc)| (slice(a), *pc));
+    let epilogue = Epilogue::new(bias, add);
+    let (bs, adds) = (epilogue.bias(), epilogue.add());
     let ob = block_channels(o);
     let cb = piece_channels(xis, ob, c);
     let mut out = Unfilled::new(n * o * h * wd);

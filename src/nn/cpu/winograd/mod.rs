@@ -28,7 +28,7 @@ pub(crate) use input::Prologue;
 use output::{OutputStage, OutputTransform, output_stage_with};
 use weights::{transform_weights, transform_weights_packed};
 
-use super::{Mat, PackedA, Product, Unfilled, contiguous, gemm, new_tensor, slice};
+use super::{Epilogue, Mat, PackedA, Product, Unfilled, contiguous, gemm, new_tensor, slice};
 
 /// The two tile sizes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -180,6 +180,27 @@ struct Scratch {
     y: Vec<f32>,
 }
 
+impl Scratch {
+    /// `V` (`[ξ][c][tb]`) of tiles `t0..t0 + tb` of image `img` of the batch `xs` (`C`
+    /// channels of `in_plane` values each, read through `pro`, for an `h`×`w` output) into
+    /// `self.v`.
+    fn input(
+        &mut self,
+        variant: Variant,
+        xs: &[f32],
+        pro: Prologue<'_>,
+        [c, h, w, in_plane]: [usize; 4],
+        img: usize,
+        [t0, tb]: [usize; 2],
+    ) {
+        self.v.resize(variant.positions() * c * tb, 0.0);
+        let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
+        let (rows, ring) = (&mut self.rows, &mut self.ring);
+        let pro = pro.for_image(img, c);
+        variant.input_transform(plane, pro, [c, h, w], [t0, tb], rows, ring, &mut self.v);
+    }
+}
+
 /// Same contract as `conv_same` for k = 3: `x` `[N, C, H, W]`, `w` `[O, C, 3, 3]` (any
 /// positive strides), optional bias `[O]`, optional `add` (residual shaped as the output, or
 /// `[N, O, 1, 1]` when `per_channel`); the convolution's input is `x` through `pro` (with
@@ -205,10 +226,8 @@ pub(crate) fn conv3x3(
     let x = contiguous(x);
     let xs = slice(&x);
     let u = Transformed::of(w, o, c, variant);
-    let bias = bias.map(contiguous);
-    let bs = bias.as_ref().map(slice);
-    let add = add.map(|(a, per_channel)| (contiguous(a), per_channel));
-    let adds = add.as_ref().map(|(a, pc)| (slice(a), *pc));
+    let epilogue = Epilogue::new(bias, add);
+    let (bs, adds) = (epilogue.bias(), epilogue.add());
 
     let tiles = h.div_ceil(mt) * wd.div_ceil(mt);
     let chunks = tiles.div_ceil(per_task);
@@ -220,12 +239,8 @@ pub(crate) fn conv3x3(
             let (img, chunk) = (task / chunks, task % chunks);
             let t0 = chunk * per_task;
             let tb = per_task.min(tiles - t0);
-            sc.v.resize(xis * c * tb, 0.0);
+            sc.input(variant, xs, pro, [c, h, wd, in_plane], img, [t0, tb]);
             sc.m.resize(xis * o * tb, 0.0);
-            let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
-            let pro = pro.for_image(img, c);
-            let (rows, ring) = (&mut sc.rows, &mut sc.ring);
-            variant.input_transform(plane, pro, [c, h, wd], [t0, tb], rows, ring, &mut sc.v);
             for xi in 0..xis {
                 // SAFETY: M_ξ is O×tb row-major, U_ξ O×C row-major, V_ξ C×tb row-major.
                 unsafe {

@@ -102,31 +102,27 @@ fn gather_taps(w: &FlexTensor, oi: usize, chans: Range<usize>, taps: &mut Vec<f3
             + chans.start as isize * sc;
         let at = |ci: usize| (base + ci as isize * sc) as usize;
         match w.dtype() {
-            DType::BF16 if sc == 1 => {
-                half::bf16::widen(&w.storage::<half::bf16>()[at(0)..at(0) + c], row)
-            }
-            DType::BF16 => {
-                let ws = w.storage::<half::bf16>();
-                row.iter_mut()
-                    .enumerate()
-                    .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-            }
-            DType::F16 if sc == 1 => {
-                half::f16::widen(&w.storage::<half::f16>()[at(0)..at(0) + c], row)
-            }
-            DType::F16 => {
-                let ws = w.storage::<half::f16>();
-                row.iter_mut()
-                    .enumerate()
-                    .for_each(|(ci, r)| *r = ws[at(ci)].to_f32());
-            }
-            _ if sc == 1 => row.copy_from_slice(&w.storage::<f32>()[at(0)..at(0) + c]),
-            _ => {
-                let ws = w.storage::<f32>();
-                row.iter_mut()
-                    .enumerate()
-                    .for_each(|(ci, r)| *r = ws[at(ci)]);
-            }
+            DType::BF16 => gather_row(w.storage::<half::bf16>(), at, sc == 1, row),
+            DType::F16 => gather_row(w.storage::<half::f16>(), at, sc == 1, row),
+            _ => gather_row(w.storage::<f32>(), at, sc == 1, row),
+        }
+    }
+}
+
+/// `row[ci]` = `ws[at(ci)]` in f32: as a slice where the channels are contiguous, else value
+/// by value.
+#[inline(always)]
+fn gather_row<T: Widen + Copy>(
+    ws: &[T],
+    at: impl Fn(usize) -> usize,
+    contiguous: bool,
+    row: &mut [f32],
+) {
+    if contiguous {
+        T::widen(&ws[at(0)..at(0) + row.len()], row);
+    } else {
+        for (ci, r) in row.iter_mut().enumerate() {
+            *r = ws[at(ci)].wide();
         }
     }
 }
