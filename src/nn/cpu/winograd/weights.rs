@@ -6,7 +6,7 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use crate::nn::cpu::{PackedA, Unfilled, Widen};
+use crate::nn::cpu::{PackedA, Unfilled, Widen, prefetch};
 
 /// `U[ξ][o][c]` from the `[O, C, 3, 3]` weight `w` (f32, f16 or bf16, any strides): per output
 /// channel, its 9 taps are gathered as rows over the input channels ([`gather_taps`]), then
@@ -61,6 +61,9 @@ pub(super) fn transform_block(
         u.resize(ob * positions * ld, 0.0);
     }
     for (oi, block) in u.chunks_exact_mut(positions * ld).take(ob).enumerate() {
+        if oi + TAPS_AHEAD < ob {
+            prefetch_taps(w, o0 + oi + TAPS_AHEAD, chans.clone());
+        }
         gather_taps(w, o0 + oi, chans.clone(), taps);
         let mut rows: Vec<&mut [f32]> = block.chunks_exact_mut(ld).collect();
         taps_of(taps, cl, &mut rows);
@@ -105,6 +108,31 @@ fn gather_taps(w: &FlexTensor, oi: usize, chans: Range<usize>, taps: &mut Vec<f3
             DType::BF16 => gather_row(w.storage::<half::bf16>(), at, sc == 1, row),
             DType::F16 => gather_row(w.storage::<half::f16>(), at, sc == 1, row),
             _ => gather_row(w.storage::<f32>(), at, sc == 1, row),
+        }
+    }
+}
+
+/// Output channels ahead of the one being gathered whose taps [`transform_block`] prefetches.
+/// A piece's 9 tap rows per channel are short (128 f16 channels: 4 cache lines each) and a
+/// channel's rows lie `C` values apart, too scattered for the hardware prefetcher: the widening
+/// waited on its loads, 5% of an fp16-file SD image's samples.
+const TAPS_AHEAD: usize = 2;
+
+/// Asks for the cache lines of output channel `oi`'s 9 tap rows over `chans` (a hint: where
+/// the channels are not contiguous, nothing).
+fn prefetch_taps(w: &FlexTensor, oi: usize, chans: Range<usize>) {
+    let st = w.layout().strides();
+    if st[1] != 1 {
+        return;
+    }
+    let size = w.dtype().size();
+    let base = w.layout().start_offset() as isize + oi as isize * st[0] + chans.start as isize;
+    let bytes = w.bytes().as_ptr();
+    for t in 0..9 {
+        let at = base + (t / 3) as isize * st[2] + (t % 3) as isize * st[3];
+        let row = bytes.wrapping_add(at as usize * size);
+        for line in (0..chans.len() * size).step_by(64) {
+            prefetch(row.wrapping_add(line));
         }
     }
 }
