@@ -17,6 +17,7 @@ mod conv_amx;
 mod gemm_nt;
 mod gemv;
 mod math;
+mod narrow;
 mod norms;
 mod operand;
 mod rows;

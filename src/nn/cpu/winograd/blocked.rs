@@ -12,7 +12,7 @@
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::super::{Epilogue, Mat, Product, Unfilled, contiguous, gemm, new_tensor, slice};
+use super::super::{Epilogue, Product, Unfilled, contiguous, narrow, new_tensor, slice};
 use super::output::OutputStage;
 use super::weights::transform_block;
 use super::{Prologue, Scratch, Variant};
@@ -113,9 +113,9 @@ pub(super) fn conv3x3(
                             accumulate: c0 > 0,
                             scale: 1.0,
                         };
-                        let lhs = Mat::F32(sc.u.as_ptr().add(xi * ld), 1, (xis * ld) as isize);
-                        let rhs = Mat::F32(v.as_ptr().add((xi * c + c0) * cols), 1, cols as isize);
-                        gemm(p, lhs, rhs);
+                        let lhs = (sc.u.as_ptr().add(xi * ld), xis * ld);
+                        let rhs = (v.as_ptr().add((xi * c + c0) * cols), cols);
+                        narrow::product(p, lhs, rhs);
                     }
                 }
             }
