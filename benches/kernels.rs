@@ -140,6 +140,18 @@ fn main() {
             sync(&d);
         },
     );
+    let [kc2, vc2] = [0; 2].map(|_| Tensor::<B, 4>::random([b, h, 77, 80], n, &d));
+    bench(
+        "attention cross [2,8,1024,80]x77",
+        &filter,
+        iters,
+        4.0 * (b * h * 1024 * 77 * 80) as f64,
+        "GFLOP/s",
+        || {
+            let _ = sdpa(q2.clone(), kc2.clone(), vc2.clone(), false);
+            sync(&d);
+        },
+    );
     // Reference point: the two matmuls of self-attention alone, no softmax.
     let flops = 2.0 * (b * h * s * s * dh) as f64;
     bench(

@@ -10,6 +10,7 @@
 
 mod attention;
 mod attention_amx;
+mod attention_kq;
 mod attention_one;
 mod bf16;
 mod conv;

@@ -15,25 +15,71 @@ use super::{Mat, Product, gemm};
 /// accumulators: 12 rows measured 76 GMAC/s, 8 rows 63–72, 16 rows spilled to 54).
 const ROWS: usize = 12;
 
-/// `p` with `lhs` `(pointer, row stride)` contiguous along `k` and `rhs` `(pointer, row
-/// stride)` contiguous along `n`: this kernel where the CPU has AVX-512F, else [`gemm`].
+/// The left operand `a` (`m × k`) as it lies in memory.
+#[derive(Clone, Copy)]
+pub(crate) enum Lhs {
+    /// `(pointer, row stride)`, contiguous along `k`: `a[i][k]` at `i·stride + k`.
+    Rows(*const f32, usize),
+    /// `(pointer, stride of k)`, contiguous along the rows: `a[i][k]` at `k·stride + i`. A
+    /// tile's values for one `k` then lie side by side and are broadcast at fixed offsets
+    /// from one pointer; with `Rows`, each of the 12 row addresses took an add of its own
+    /// (hot in cache, one thread, [512 × 256 × 40]: 79 GMAC/s by rows).
+    Cols(*const f32, usize),
+}
+
+/// `p` with `lhs` as given and `rhs` `(pointer, row stride)` contiguous along `n`: this kernel
+/// where the CPU has AVX-512F, else [`gemm`].
 ///
 /// # Safety
 /// As [`gemm`]: every element addressed is in bounds, `p.dst` aliases neither operand nor
 /// another thread's window.
-pub(crate) unsafe fn product(p: Product, lhs: (*const f32, usize), rhs: (*const f32, usize)) {
+pub(crate) unsafe fn product(p: Product, lhs: Lhs, rhs: (*const f32, usize)) {
+    // SAFETY: forwarded to the caller; no column maxima.
+    unsafe { product_max(p, lhs, rhs, &mut []) }
+}
+
+/// [`product`], also raising `col_max[j]` (if not empty: `n` values) to the maximum of the
+/// product's column `j`, taken from the registers before they are stored (for attention's
+/// softmax, which then need not read its scores once more for their maxima).
+///
+/// # Safety
+/// As [`product`].
+pub(crate) unsafe fn product_max(
+    p: Product,
+    lhs: Lhs,
+    rhs: (*const f32, usize),
+    col_max: &mut [f32],
+) {
+    let [m, n, _] = p.mnk;
+    assert!(
+        col_max.is_empty() || col_max.len() >= n,
+        "one maximum per column"
+    );
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") && p.scale == 1.0 {
-        // SAFETY: the feature was detected just above; bounds are the caller's promise.
-        return unsafe { x86::product(p, lhs, rhs) };
+        let col_max = if col_max.is_empty() {
+            std::ptr::null_mut()
+        } else {
+            col_max.as_mut_ptr()
+        };
+        // SAFETY: the feature was detected just above; bounds are the caller's promise and
+        // col_max holds n values.
+        return unsafe { x86::product(p, lhs, rhs, col_max) };
     }
+    let lhs = match lhs {
+        Lhs::Rows(a, ld) => Mat::F32(a, 1, ld as isize),
+        Lhs::Cols(a, ld) => Mat::F32(a, ld as isize, 1),
+    };
     // SAFETY: forwarded to the caller.
-    unsafe {
-        gemm(
-            p,
-            Mat::F32(lhs.0, 1, lhs.1 as isize),
-            Mat::F32(rhs.0, 1, rhs.1 as isize),
-        )
+    unsafe { gemm(p, lhs, Mat::F32(rhs.0, 1, rhs.1 as isize)) }
+    if !col_max.is_empty() {
+        for i in 0..m {
+            // SAFETY: row i of the m × n output the product just wrote.
+            let row = unsafe { std::slice::from_raw_parts(p.dst.add(i * p.dst_rs), n) };
+            for (mx, &x) in col_max.iter_mut().zip(row) {
+                *mx = if x > *mx { x } else { *mx };
+            }
+        }
     }
 }
 
@@ -41,7 +87,7 @@ pub(crate) unsafe fn product(p: Product, lhs: (*const f32, usize), rhs: (*const 
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{Product, ROWS};
+    use super::{Lhs, Product, ROWS};
 
     /// [`super::product`] by tiles of up to [`ROWS`] rows × 32 columns (16 at the last
     /// columns where fewer are left), masked at the last columns.
@@ -49,8 +95,17 @@ mod x86 {
     /// # Safety
     /// AVX-512F must be available; as [`super::product`].
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn product(p: Product, lhs: (*const f32, usize), rhs: (*const f32, usize)) {
+    pub(super) unsafe fn product(
+        p: Product,
+        lhs: Lhs,
+        rhs: (*const f32, usize),
+        col_max: *mut f32,
+    ) {
         let [m, n, k] = p.mnk;
+        let (a, lda, by_cols) = match lhs {
+            Lhs::Rows(a, ld) => (a, ld, false),
+            Lhs::Cols(a, ld) => (a, ld, true),
+        };
         let mut j0 = 0;
         while j0 < n {
             let cols = (n - j0).min(32);
@@ -59,23 +114,32 @@ mod x86 {
                 let rows = (m - i0).min(ROWS);
                 let t = Tile {
                     k,
-                    a: lhs.0.wrapping_add(i0 * lhs.1),
-                    lda: lhs.1,
+                    a,
+                    lda,
+                    by_cols,
                     b: rhs.0.wrapping_add(j0),
                     ldb: rhs.1,
-                    c: p.dst.wrapping_add(i0 * p.dst_rs + j0),
+                    c: p.dst.wrapping_add(j0),
                     ldc: p.dst_rs,
                     cols,
                     accumulate: p.accumulate,
-                };
+                    col_max: if col_max.is_null() {
+                        col_max
+                    } else {
+                        col_max.wrapping_add(j0)
+                    },
+                }
+                .rows_from(i0);
                 // SAFETY (all): the tile lies inside the product, whose elements the caller
                 // promises are in bounds.
                 unsafe {
-                    match (rows, cols > 16) {
-                        (ROWS, true) => t.run::<ROWS, 2>(),
-                        (ROWS, false) => t.run::<ROWS, 1>(),
-                        (r, true) => t.run_short::<2>(r),
-                        (r, false) => t.run_short::<1>(r),
+                    match (rows, cols > 16, by_cols) {
+                        (ROWS, true, false) => t.run::<ROWS, 2, false>(),
+                        (ROWS, false, false) => t.run::<ROWS, 1, false>(),
+                        (ROWS, true, true) => t.run::<ROWS, 2, true>(),
+                        (ROWS, false, true) => t.run::<ROWS, 1, true>(),
+                        (r, true, _) => t.run_short::<2>(r),
+                        (r, false, _) => t.run_short::<1>(r),
                     }
                 }
                 i0 += rows;
@@ -84,18 +148,22 @@ mod x86 {
         }
     }
 
-    /// One register tile: `c[i][j] (+)= Σ_k a[i·lda + k] · b[k·ldb + j]`, `j < cols`.
+    /// One register tile: `c[i][j] (+)= Σ_k a[i][k] · b[k·ldb + j]`, `j < cols`, with `a[i][k]`
+    /// at `k·lda + i` if `by_cols`, else at `i·lda + k`.
     #[derive(Clone, Copy)]
     struct Tile {
         k: usize,
         a: *const f32,
         lda: usize,
+        by_cols: bool,
         b: *const f32,
         ldb: usize,
         c: *mut f32,
         ldc: usize,
         cols: usize,
         accumulate: bool,
+        /// The maxima of this tile's columns, or null.
+        col_max: *mut f32,
     }
 
     impl Tile {
@@ -109,39 +177,43 @@ mod x86 {
         /// Fewer than [`ROWS`] rows (a block's last): the largest tile that fits, then the rest.
         #[target_feature(enable = "avx512f")]
         unsafe fn run_short<const V: usize>(&self, rows: usize) {
-            // SAFETY (all): rows ≤ the rows left, so each call stays inside the tile.
+            let r = match rows {
+                8.. => 8,
+                4.. => 4,
+                2.. => 2,
+                1 => 1,
+                _ => return,
+            };
+            // SAFETY (all): r ≤ rows ≤ the rows left, so each call stays inside the tile.
             unsafe {
-                match rows {
-                    8.. => {
-                        self.run::<8, V>();
-                        self.rows_from(8).run_short::<V>(rows - 8);
-                    }
-                    4.. => {
-                        self.run::<4, V>();
-                        self.rows_from(4).run_short::<V>(rows - 4);
-                    }
-                    2.. => {
-                        self.run::<2, V>();
-                        self.rows_from(2).run_short::<V>(rows - 2);
-                    }
-                    1 => self.run::<1, V>(),
-                    _ => {}
+                match (r, self.by_cols) {
+                    (8, false) => self.run::<8, V, false>(),
+                    (4, false) => self.run::<4, V, false>(),
+                    (2, false) => self.run::<2, V, false>(),
+                    (1, false) => self.run::<1, V, false>(),
+                    (8, true) => self.run::<8, V, true>(),
+                    (4, true) => self.run::<4, V, true>(),
+                    (2, true) => self.run::<2, V, true>(),
+                    _ => self.run::<1, V, true>(),
                 }
+                self.rows_from(r).run_short::<V>(rows - r);
             }
         }
 
         /// The same tile from row `i` on.
         fn rows_from(&self, i: usize) -> Tile {
             Tile {
-                a: self.a.wrapping_add(i * self.lda),
+                a: self
+                    .a
+                    .wrapping_add(if self.by_cols { i } else { i * self.lda }),
                 c: self.c.wrapping_add(i * self.ldc),
                 ..*self
             }
         }
 
-        /// `R` rows × `V` column vectors.
+        /// `R` rows × `V` column vectors, `a` by columns if `C` (= `by_cols`).
         #[target_feature(enable = "avx512f")]
-        unsafe fn run<const R: usize, const V: usize>(&self) {
+        unsafe fn run<const R: usize, const V: usize, const C: bool>(&self) {
             // Loops, not `array::from_fn` closures, which may compile out of line without the
             // target feature.
             let mut masks = [0; V];
@@ -165,7 +237,12 @@ mod x86 {
                         *b = _mm512_maskz_loadu_ps(masks[v], brow.add(16 * v));
                     }
                     for (i, row) in acc.iter_mut().enumerate() {
-                        let av = _mm512_set1_ps(*self.a.add(i * self.lda + kk));
+                        let at = if C {
+                            kk * self.lda + i
+                        } else {
+                            i * self.lda + kk
+                        };
+                        let av = _mm512_set1_ps(*self.a.add(at));
                         for (a, &b) in row.iter_mut().zip(&bv) {
                             *a = _mm512_fmadd_ps(av, b, *a);
                         }
@@ -176,10 +253,20 @@ mod x86 {
                         _mm512_mask_storeu_ps(self.c.add(i * self.ldc + 16 * v), masks[v], a);
                     }
                 }
+                if !self.col_max.is_null() {
+                    for (v, &mask) in masks.iter().enumerate() {
+                        let mut mx = acc[0][v];
+                        for row in &acc[1..] {
+                            mx = _mm512_max_ps(mx, row[v]);
+                        }
+                        let at = self.col_max.add(16 * v);
+                        let old = _mm512_maskz_loadu_ps(mask, at);
+                        _mm512_mask_storeu_ps(at, mask, _mm512_max_ps(old, mx));
+                    }
+                }
             }
         }
     }
-
 }
 
 #[cfg(test)]
@@ -188,14 +275,37 @@ mod tests {
 
     /// Against an f64 product over ragged shapes (row tails of every size below 12, column
     /// tails inside the first and second vector, several column chunks), strided operands and
-    /// output, fresh and accumulating.
+    /// output, fresh and accumulating, the left operand by rows and by columns; the column
+    /// maxima of [`product_max`] against the output's.
     #[test]
     fn matches_f64_over_ragged_shapes() {
-        for (m, n, k) in [(64, 32, 128), (23, 17, 9), (13, 5, 31), (1, 70, 3), (12, 48, 40)] {
+        for (m, n, k) in [
+            (64, 32, 128),
+            (23, 17, 9),
+            (13, 5, 31),
+            (1, 70, 3),
+            (12, 48, 40),
+        ] {
             let (lda, ldb, ldc) = (k + 3, n + 5, n + 2);
-            let a: Vec<f32> = (0..m * lda).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02).collect();
-            let b: Vec<f32> = (0..k * ldb).map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.03).collect();
-            for accumulate in [false, true] {
+            let a: Vec<f32> = (0..m * lda)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.02)
+                .collect();
+            let b: Vec<f32> = (0..k * ldb)
+                .map(|i| ((i * 53 % 97) as f32 - 48.0) * 0.03)
+                .collect();
+            // The same left operand stored by columns, k values m + 3 apart.
+            let ldt = m + 3;
+            let mut at = vec![f32::NAN; k * ldt];
+            for i in 0..m {
+                for kk in 0..k {
+                    at[kk * ldt + i] = a[i * lda + kk];
+                }
+            }
+            let lhs = [Lhs::Rows(a.as_ptr(), lda), Lhs::Cols(at.as_ptr(), ldt)];
+            for (accumulate, lhs) in [false, true]
+                .into_iter()
+                .flat_map(|acc| lhs.map(|l| (acc, l)))
+            {
                 let c0: Vec<f32> = (0..m * ldc).map(|i| (i % 11) as f32 * 0.5).collect();
                 let mut c = c0.clone();
                 let p = Product {
@@ -205,8 +315,20 @@ mod tests {
                     accumulate,
                     scale: 1.0,
                 };
+                let max0: Vec<f32> = (0..n + 2)
+                    .map(|j| if j % 3 == 0 { f32::NEG_INFINITY } else { 0.3 })
+                    .collect();
+                let mut col_max = max0.clone();
                 // SAFETY: the operands and output hold every element of these shapes.
-                unsafe { product(p, (a.as_ptr(), lda), (b.as_ptr(), ldb)) };
+                unsafe { product_max(p, lhs, (b.as_ptr(), ldb), &mut col_max) };
+                for j in 0..n + 2 {
+                    let want = if j < n {
+                        (0..m).map(|i| c[i * ldc + j]).fold(max0[j], f32::max)
+                    } else {
+                        max0[j]
+                    };
+                    assert_eq!(col_max[j], want, "[{m}x{n}x{k}] column {j}'s maximum");
+                }
                 for i in 0..m {
                     for j in 0..ldc {
                         let got = c[i * ldc + j];
@@ -217,10 +339,16 @@ mod tests {
                         let dot: f64 = (0..k)
                             .map(|kk| f64::from(a[i * lda + kk]) * f64::from(b[kk * ldb + j]))
                             .sum();
-                        let want = dot + if accumulate { f64::from(c0[i * ldc + j]) } else { 0.0 };
+                        let want = dot
+                            + if accumulate {
+                                f64::from(c0[i * ldc + j])
+                            } else {
+                                0.0
+                            };
                         assert!(
                             (f64::from(got) - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "[{m}x{n}x{k}] acc {accumulate} ({i}, {j}): {got} vs {want}"
+                            "[{m}x{n}x{k}] acc {accumulate} by cols {} ({i}, {j}): {got} vs {want}",
+                            matches!(lhs, Lhs::Cols(..))
                         );
                     }
                 }

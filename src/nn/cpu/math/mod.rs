@@ -184,7 +184,7 @@ const EXP2_POLY: [f32; 7] = [
 /// passes), `n` = t rounded to even by the 1.5·2²³ trick, `2ⁿ · p(t − n)` with 2ⁿ built in the
 /// exponent bits; `p(f)·2ⁿ` rounds once, as `vscalefps` does, so the AVX-512 variant matches.
 #[inline(always)]
-fn exp2_le0(t: f32) -> f32 {
+pub fn exp2_le0(t: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let t = if t < -126.0 { -126.0 } else { t };
     let z = t + MAGIC;

@@ -113,7 +113,7 @@ pub(super) fn conv3x3(
                             accumulate: c0 > 0,
                             scale: 1.0,
                         };
-                        let lhs = (sc.u.as_ptr().add(xi * ld), xis * ld);
+                        let lhs = narrow::Lhs::Rows(sc.u.as_ptr().add(xi * ld), xis * ld);
                         let rhs = (v.as_ptr().add((xi * c + c0) * cols), cols);
                         narrow::product(p, lhs, rhs);
                     }

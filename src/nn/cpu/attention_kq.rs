@@ -1,0 +1,224 @@
+//! [`super::attention`] in f32 without a causal mask, with each task's scores held keys ×
+//! queries, so every vector runs along 16 queries.
+//!
+//! Held queries × keys (the blocked path in [`super::attention`]), the `P·V` product runs its
+//! vectors along the head's values: 40 of them at SD's 64×64 level fill 40 of the gemm crate's
+//! 48 lanes, and the softmax's max and sum fold 16 lanes into one per query and key block.
+//! Held keys × queries ([`narrow`]'s products, left operands by columns):
+//! - `Sᵀ = K·Qᵀ`: each head's keys transposed once per call and broadcast, a tile's keys side
+//!   by side; the task's queries transposed once (and scaled there) and loaded as whole
+//!   16-query vectors; each query's maximum over the block taken from the product's registers;
+//! - the softmax runs down the key rows, each lane a query: exponentials and sums are vector
+//!   operations with nothing to fold;
+//! - `Oᵀ = Vᵀ·Pᵀ`: values broadcast from V as it lies (a key's values side by side), the
+//!   probabilities loaded as 16-query vectors.
+//!
+//! Same sums as the blocked path (f32 products with fused multiply-adds, the online rescaling
+//! in f32, each query's total in f64 across key blocks); the exponentials are base 2 of scores
+//! scaled by log₂e/√D. Against f64, 3e-6 of the output's scale where the blocked path and
+//! Burn's attention are within 1.5e-6 (`f32_matches_f64`).
+
+use rayon::prelude::*;
+
+use super::attention::{BLOCK_Q, View};
+use super::narrow::{self, Lhs};
+use super::{Product, SendPtr, math, simd_dispatch};
+
+/// Keys per block: the 512 × 256 f32 score block (512 KiB) stays in L2 from its product
+/// through the softmax to `Vᵀ·Pᵀ`.
+const BLOCK_KV: usize = 512;
+
+/// Row stride of `n` values in the task's buffers and of `Kᵀ`: 16 more than the next
+/// multiple of 16, so that rows a power of two apart in bytes (1 KiB for 256 queries, 16 KiB
+/// for 4096 keys) do not all fall in the same few L1 sets.
+fn padded(n: usize) -> usize {
+    n.next_multiple_of(16) + 16
+}
+
+/// Whether this path runs these views: heads whose values do not fill whole 16-lane vectors
+/// (kernel bench, 2 Xeon cores, medians of 6, 3 alternated runs: [2,8,4096,40] self 196–202
+/// → 184–193 ms, ×77 keys 10.3–10.9 → 6.0–6.5 ms; at 80 values the blocked path stays ahead:
+/// [2,8,1024,80] self 20–22 vs 24–25 ms, at 160 values 2.7 vs 3.8 ms). Its products need
+/// AVX-512F (elsewhere [`narrow`] falls back to the gemm crate, which the blocked path drives
+/// better) and values read along their rows.
+pub(super) fn fits(vv: &View) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !vv.shape[3].is_multiple_of(16)
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && vv.strides[3] == 1
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = vv;
+        false
+    }
+}
+
+/// A task's online softmax, one value per query.
+#[derive(Default)]
+pub(crate) struct Online {
+    /// The current key block's maxima, from the score product.
+    block_max: Vec<f32>,
+    /// The running maxima.
+    m: Vec<f32>,
+    /// The running sums of exponentials.
+    l: Vec<f64>,
+    /// 2^(m_old − m_new): what rescales the sums and outputs of earlier blocks.
+    corr: Vec<f32>,
+    /// The current block's sums.
+    sum: Vec<f32>,
+}
+
+impl Online {
+    fn reset(&mut self, n: usize) {
+        self.m.clear();
+        self.m.resize(n, f32::NEG_INFINITY);
+        self.l.clear();
+        self.l.resize(n, 0.0);
+        self.block_max.resize(n, 0.0);
+        self.corr.resize(n, 0.0);
+        self.sum.resize(n, 0.0);
+    }
+}
+
+simd_dispatch! {
+    /// One key block of the online softmax down the columns of `st` (rows of the task's
+    /// queries, `ld` apart, already scaled by log₂e/√D, their maxima in `o.block_max`): the
+    /// running maxima raised to the block's, the block's `2^(x − m)` written in place, the
+    /// correction and the running sums updated.
+    fn softmax_cols(st: &mut [f32], ld: usize, o: &mut Online) {
+        let Online { block_max, m, l, corr, sum } = o;
+        corr.copy_from_slice(m);
+        for (m, &x) in m.iter_mut().zip(block_max.iter()) {
+            *m = if x > *m { x } else { *m };
+        }
+        sum.fill(0.0);
+        for row in st.chunks_exact_mut(ld) {
+            for ((x, &m), s) in row.iter_mut().zip(m.iter()).zip(sum.iter_mut()) {
+                let e = math::exp2_le0(*x - m);
+                *x = e;
+                *s += e;
+            }
+        }
+        for (((c, &m), l), &s) in corr.iter_mut().zip(m.iter()).zip(l.iter_mut()).zip(sum.iter()) {
+            *c = if *c == f32::NEG_INFINITY { 0.0 } else { math::exp2_le0(*c - m) };
+            *l = *l * f64::from(*c) + f64::from(s);
+        }
+    }
+}
+
+/// Scratch of one worker: its queries transposed, a score block, the online softmax and the
+/// output accumulator `Oᵀ` (values × queries).
+#[derive(Default)]
+struct Scratch {
+    qt: Vec<f32>,
+    st: Vec<f32>,
+    online: Online,
+    acc: Vec<f32>,
+}
+
+/// Every head's keys transposed, `[B·H, D, Skv]` with rows [`padded`]: the left operand of
+/// `K·Qᵀ` by columns, a tile's keys side by side.
+fn keys_transposed(kv: &View) -> Vec<f32> {
+    let [b, h, skv, d] = kv.shape;
+    let ld = padded(skv);
+    let mut kt = vec![0.0f32; b * h * d * ld];
+    kt.par_chunks_mut(d * ld)
+        .enumerate()
+        .for_each(|(bh, head)| {
+            for j in 0..skv {
+                let src = kv.at(bh / h, bh % h, j);
+                for c in 0..d {
+                    // SAFETY: value c of key j lies inside the view.
+                    head[c * ld + j] = unsafe { *src.offset(c as isize * kv.strides[3]) };
+                }
+            }
+        });
+    kt
+}
+
+/// Writes `softmax(q kᵀ/√D) v` as `[B, S, H, Dv]` to `out`, which holds that many values.
+/// The caller checked [`fits`] and the shapes (`k` `[B, H, Skv, D]`, `v` `[B, H, Skv, Dv]`).
+pub(super) fn attention(qv: &View, kv: &View, vv: &View, out: SendPtr) {
+    let [b, h, sq, d] = qv.shape;
+    let skv = kv.shape[2];
+    let dv = vv.shape[3];
+    // Scores scaled for the softmax's base-2 exponentials.
+    let scale = std::f32::consts::LOG2_E / (d as f32).sqrt();
+    let kt = keys_transposed(kv);
+    let kld = padded(skv);
+    let blocks = sq.div_ceil(BLOCK_Q);
+    (0..b * h * blocks)
+        .into_par_iter()
+        .for_each_init(Scratch::default, |sc, task| {
+            // The whole SendPtr, not its pointer field alone, into the closure.
+            let out = &out;
+            let (bh, blk) = (task / blocks, task % blocks);
+            let (bi, hi) = (bh / h, bh % h);
+            let q0 = blk * BLOCK_Q;
+            let n = BLOCK_Q.min(sq - q0);
+            let ld = padded(n);
+            sc.qt.resize(d * ld, 0.0);
+            for i in 0..n {
+                let src = qv.at(bi, hi, q0 + i);
+                for c in 0..d {
+                    // SAFETY: value c of query q0 + i lies inside the view.
+                    sc.qt[c * ld + i] = scale * unsafe { *src.offset(c as isize * qv.strides[3]) };
+                }
+            }
+            sc.online.reset(n);
+            sc.acc.resize(dv * ld, 0.0);
+            let head_kt = &kt[bh * d * kld..(bh + 1) * d * kld];
+            for k0 in (0..skv).step_by(BLOCK_KV) {
+                let kb = BLOCK_KV.min(skv - k0);
+                sc.st.resize(kb * ld, 0.0);
+                let p = Product {
+                    mnk: [kb, n, d],
+                    dst: sc.st.as_mut_ptr(),
+                    dst_rs: ld,
+                    accumulate: false,
+                    scale: 1.0,
+                };
+                let keys = Lhs::Cols(head_kt[k0..].as_ptr(), kld);
+                sc.online.block_max.fill(f32::NEG_INFINITY);
+                // SAFETY: head_kt is d rows of skv keys (kld apart), of which k0..k0 + kb are
+                // read; qt holds d rows and st kb rows of n values, ld apart.
+                unsafe {
+                    narrow::product_max(p, keys, (sc.qt.as_ptr(), ld), &mut sc.online.block_max)
+                };
+                softmax_cols(&mut sc.st, ld, &mut sc.online);
+                if k0 > 0 {
+                    for row in sc.acc.chunks_exact_mut(ld) {
+                        row.iter_mut()
+                            .zip(&sc.online.corr)
+                            .for_each(|(x, &c)| *x *= c);
+                    }
+                }
+                let p = Product {
+                    mnk: [dv, n, kb],
+                    dst: sc.acc.as_mut_ptr(),
+                    dst_rs: ld,
+                    accumulate: k0 > 0,
+                    scale: 1.0,
+                };
+                let values = Lhs::Cols(vv.at(bi, hi, k0), vv.strides[2] as usize);
+                // SAFETY: values k0.. are kb rows of dv values, contiguous (fits),
+                // vv.strides[2] apart; st holds kb rows and acc dv rows of n values, ld apart.
+                unsafe { narrow::product(p, values, (sc.st.as_ptr(), ld)) };
+            }
+            for (i, &l) in sc.online.l.iter().enumerate() {
+                let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
+                // SAFETY: this task alone writes output rows q0.. of head hi in batch bi.
+                let dst = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        out.0.add(((bi * sq + q0 + i) * h + hi) * dv),
+                        dv,
+                    )
+                };
+                for (c, o) in dst.iter_mut().enumerate() {
+                    *o = sc.acc[c * ld + i] * inv;
+                }
+            }
+        });
+}
