@@ -226,7 +226,9 @@ pub(crate) fn attention(
                     product(in_bf16, p, (sc.scores.as_ptr(), 1, kb as isize), v);
                 }
             }
-            store_rows(&out_ptr, &sc.acc, dv, &sc.l, [bi, hi, q0], [sq, h, dv]);
+            store_rows(&out_ptr, &sc.l, [bi, hi, q0], [sq, h, dv], |i, c| {
+                sc.acc[i * dv + c]
+            });
         });
     // SAFETY: the tasks cover every (batch, head, query block), each writing all Dv values of
     // its rows.
@@ -234,24 +236,23 @@ pub(crate) fn attention(
 }
 
 /// A task's output rows: query `q0 + i` of head `hi` in batch `bi` (of `[B, S, H, Dv]`, `sq`
-/// queries, `h` heads) is accumulator row `i` (`dv` values of rows `stride` apart) over its
-/// softmax sum `l[i]` (zero for a row without keys).
+/// queries, `h` heads) is `acc(i, c)` for its `dv` values `c` over its softmax sum `l[i]`
+/// (zero for a row without keys).
 pub(super) fn store_rows(
     out: &SendPtr,
-    acc: &[f32],
-    stride: usize,
     l: &[f64],
     [bi, hi, q0]: [usize; 3],
     [sq, h, dv]: [usize; 3],
+    acc: impl Fn(usize, usize) -> f32,
 ) {
-    for (i, (row, &l)) in acc.chunks_exact(stride).zip(l).enumerate() {
+    for (i, &l) in l.iter().enumerate() {
         let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
         // SAFETY: the calling task alone writes output rows q0.. of head hi in batch bi.
         let dst = unsafe {
             std::slice::from_raw_parts_mut(out.0.add(((bi * sq + q0 + i) * h + hi) * dv), dv)
         };
-        for (o, &x) in dst.iter_mut().zip(row) {
-            *o = x * inv;
+        for (c, o) in dst.iter_mut().enumerate() {
+            *o = acc(i, c) * inv;
         }
     }
 }

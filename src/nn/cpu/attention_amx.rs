@@ -216,7 +216,9 @@ pub(super) fn attention(
                     }
                 }
             }
-            store_rows(out, &sc.acc, dvp, &sc.l, [bi, hi, q0], [sq, h, dv]);
+            store_rows(out, &sc.l, [bi, hi, q0], [sq, h, dv], |i, c| {
+                sc.acc[i * dvp + c]
+            });
         });
     Some(())
 }

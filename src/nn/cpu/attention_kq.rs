@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::{BLOCK_Q, View};
+use super::attention::{BLOCK_Q, View, store_rows};
 use super::narrow::{self, Lhs};
 use super::{Product, SendPtr, math, simd_dispatch};
 
@@ -207,18 +207,7 @@ pub(super) fn attention(qv: &View, kv: &View, vv: &View, out: SendPtr) {
                 // vv.strides[2] apart; st holds kb rows and acc dv rows of n values, ld apart.
                 unsafe { narrow::product(p, values, (sc.st.as_ptr(), ld)) };
             }
-            for (i, &l) in sc.online.l.iter().enumerate() {
-                let inv = if l > 0.0 { (1.0 / l) as f32 } else { 0.0 };
-                // SAFETY: this task alone writes output rows q0.. of head hi in batch bi.
-                let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        out.0.add(((bi * sq + q0 + i) * h + hi) * dv),
-                        dv,
-                    )
-                };
-                for (c, o) in dst.iter_mut().enumerate() {
-                    *o = sc.acc[c * ld + i] * inv;
-                }
-            }
+            let acc = |i: usize, c: usize| sc.acc[c * ld + i];
+            store_rows(out, &sc.online.l, [bi, hi, q0], [sq, h, dv], acc);
         });
 }
