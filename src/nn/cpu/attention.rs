@@ -92,13 +92,33 @@ simd_dispatch! {
     }
 }
 
-/// Scratch of one worker: score block, running max / sum / correction, output accumulator.
+/// A task's online softmax, one value per query, for each of the attention paths.
+#[derive(Default)]
+pub(crate) struct Online {
+    /// The running maxima.
+    pub(super) m: Vec<f32>,
+    /// The running sums of exponentials.
+    pub(super) l: Vec<f64>,
+    /// What rescales the sums and outputs of earlier key blocks: exp(m_old − m_new).
+    pub(super) corr: Vec<f32>,
+}
+
+impl Online {
+    /// For a task of `n` queries, before its first key block.
+    pub(super) fn reset(&mut self, n: usize) {
+        self.m.clear();
+        self.m.resize(n, f32::NEG_INFINITY);
+        self.l.clear();
+        self.l.resize(n, 0.0);
+        self.corr.resize(n, 0.0);
+    }
+}
+
+/// Scratch of one worker: score block, online softmax, output accumulator.
 #[derive(Default)]
 struct Scratch {
     scores: Vec<f32>,
-    m: Vec<f32>,
-    l: Vec<f64>,
-    corr: Vec<f32>,
+    online: Online,
     acc: Vec<f32>,
 }
 
@@ -165,11 +185,7 @@ pub(crate) fn attention(
             let (bi, hi) = (bh / h, bh % h);
             let q0 = blk * BLOCK_Q;
             let rows = BLOCK_Q.min(sq - q0);
-            sc.m.clear();
-            sc.m.resize(rows, f32::NEG_INFINITY);
-            sc.l.clear();
-            sc.l.resize(rows, 0.0);
-            sc.corr.resize(rows, 0.0);
+            sc.online.reset(rows);
             sc.acc.resize(rows * dv, 0.0);
             let out_ptr = out_ptr;
             for k0 in (0..skv).step_by(BLOCK_KV) {
@@ -204,12 +220,12 @@ pub(crate) fn attention(
                     q0,
                     k0,
                     causal,
-                    &mut sc.m,
-                    &mut sc.l,
-                    &mut sc.corr,
+                    &mut sc.online.m,
+                    &mut sc.online.l,
+                    &mut sc.online.corr,
                 );
                 if k0 > 0 {
-                    for (row, &c) in sc.acc.chunks_exact_mut(dv).zip(&sc.corr) {
+                    for (row, &c) in sc.acc.chunks_exact_mut(dv).zip(&sc.online.corr) {
                         row.iter_mut().for_each(|x| *x *= c);
                     }
                 }
@@ -226,7 +242,7 @@ pub(crate) fn attention(
                     product(in_bf16, p, (sc.scores.as_ptr(), 1, kb as isize), v);
                 }
             }
-            store_rows(&out_ptr, &sc.l, [bi, hi, q0], [sq, h, dv], |i, c| {
+            store_rows(&out_ptr, &sc.online.l, [bi, hi, q0], [sq, h, dv], |i, c| {
                 sc.acc[i * dv + c]
             });
         });

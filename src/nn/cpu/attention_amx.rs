@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 
 use rayon::prelude::*;
 
-use super::attention::{BLOCK_KV, BLOCK_Q, View, store_rows};
+use super::attention::{BLOCK_KV, BLOCK_Q, Online, View, store_rows};
 use super::bf16::amx::{self, WINDOW_COLS as COLS, WINDOW_ROWS as ROWS};
 use super::bf16::{grow, kernel};
 use super::{SendPtr, math};
@@ -98,9 +98,7 @@ struct Scratch {
     q: Vec<u16>,
     scores: Vec<f32>,
     p: Vec<u16>,
-    m: Vec<f32>,
-    l: Vec<f64>,
-    corr: Vec<f32>,
+    online: Online,
     acc: Vec<f32>,
 }
 
@@ -144,11 +142,7 @@ pub(super) fn attention(
                     kernel::pack_row_f32(qv.at(bi, hi, q0 + i), d, row.as_mut_ptr().cast(), 1)
                 };
             }
-            sc.m.clear();
-            sc.m.resize(rows, f32::NEG_INFINITY);
-            sc.l.clear();
-            sc.l.resize(rows, 0.0);
-            sc.corr.resize(rows, 0.0);
+            sc.online.reset(rows);
             grow(&mut sc.acc, rp * dvp);
             let k_head = &packed.k[bh * sp * dp..][..sp * dp];
             let v_head = &packed.v[bh * sp * dvp..][..sp * dvp];
@@ -181,22 +175,22 @@ pub(super) fn attention(
                     let (scores, p) = (&sc.scores[i * kbp..][..valid], &mut sc.p[i * kbp..]);
                     p[valid..kbp].fill(0);
                     if valid == 0 {
-                        sc.corr[i] = 1.0;
+                        sc.online.corr[i] = 1.0;
                         continue;
                     }
-                    let m_old = sc.m[i];
+                    let m_old = sc.online.m[i];
                     // SAFETY: AMX implies AVX512-BF16; p has kbp ≥ valid values.
                     let (m_new, sum) = unsafe { softmax_row(scores, m_old, scale, p.as_mut_ptr()) };
-                    sc.corr[i] = if m_old == f32::NEG_INFINITY {
+                    sc.online.corr[i] = if m_old == f32::NEG_INFINITY {
                         0.0
                     } else {
                         math::exp(scale * (m_old - m_new))
                     };
-                    sc.l[i] = sc.l[i] * sc.corr[i] as f64 + sum;
-                    sc.m[i] = m_new;
+                    sc.online.l[i] = sc.online.l[i] * sc.online.corr[i] as f64 + sum;
+                    sc.online.m[i] = m_new;
                 }
                 if k0 > 0 {
-                    for (row, &c) in sc.acc.chunks_exact_mut(dvp).zip(&sc.corr) {
+                    for (row, &c) in sc.acc.chunks_exact_mut(dvp).zip(&sc.online.corr) {
                         row.iter_mut().for_each(|x| *x *= c);
                     }
                 }
@@ -216,7 +210,7 @@ pub(super) fn attention(
                     }
                 }
             }
-            store_rows(out, &sc.l, [bi, hi, q0], [sq, h, dv], |i, c| {
+            store_rows(out, &sc.online.l, [bi, hi, q0], [sq, h, dv], |i, c| {
                 sc.acc[i * dvp + c]
             });
         });

@@ -20,7 +20,7 @@
 
 use rayon::prelude::*;
 
-use super::attention::{BLOCK_Q, View, store_rows};
+use super::attention::{BLOCK_Q, Online, View, store_rows};
 use super::narrow::{self, Lhs};
 use super::{Product, SendPtr, math, simd_dispatch};
 
@@ -55,40 +55,13 @@ pub(super) fn fits(vv: &View) -> bool {
     }
 }
 
-/// A task's online softmax, one value per query.
-#[derive(Default)]
-pub(crate) struct Online {
-    /// The current key block's maxima, from the score product.
-    block_max: Vec<f32>,
-    /// The running maxima.
-    m: Vec<f32>,
-    /// The running sums of exponentials.
-    l: Vec<f64>,
-    /// 2^(m_old − m_new): what rescales the sums and outputs of earlier blocks.
-    corr: Vec<f32>,
-    /// The current block's sums.
-    sum: Vec<f32>,
-}
-
-impl Online {
-    fn reset(&mut self, n: usize) {
-        self.m.clear();
-        self.m.resize(n, f32::NEG_INFINITY);
-        self.l.clear();
-        self.l.resize(n, 0.0);
-        self.block_max.resize(n, 0.0);
-        self.corr.resize(n, 0.0);
-        self.sum.resize(n, 0.0);
-    }
-}
-
 simd_dispatch! {
     /// One key block of the online softmax down the columns of `st` (rows of the task's
-    /// queries, `ld` apart, already scaled by log₂e/√D, their maxima in `o.block_max`): the
-    /// running maxima raised to the block's, the block's `2^(x − m)` written in place, the
-    /// correction and the running sums updated.
-    fn softmax_cols(st: &mut [f32], ld: usize, o: &mut Online) {
-        let Online { block_max, m, l, corr, sum } = o;
+    /// queries, `ld` apart, already scaled by log₂e/√D, their maxima in `block_max`): the
+    /// running maxima raised to the block's, the block's `2^(x − m)` written in place (the
+    /// correction 2^(m_old − m_new)), the running sums updated. `sum` is scratch.
+    fn softmax_cols(st: &mut [f32], ld: usize, block_max: &[f32], sum: &mut [f32], o: &mut Online) {
+        let Online { m, l, corr } = o;
         corr.copy_from_slice(m);
         for (m, &x) in m.iter_mut().zip(block_max.iter()) {
             *m = if x > *m { x } else { *m };
@@ -108,12 +81,14 @@ simd_dispatch! {
     }
 }
 
-/// Scratch of one worker: its queries transposed, a score block, the online softmax and the
-/// output accumulator `Oᵀ` (values × queries).
+/// Scratch of one worker: its queries transposed, a score block with its per-query maxima
+/// and sums, the online softmax and the output accumulator `Oᵀ` (values × queries).
 #[derive(Default)]
 struct Scratch {
     qt: Vec<f32>,
     st: Vec<f32>,
+    block_max: Vec<f32>,
+    sum: Vec<f32>,
     online: Online,
     acc: Vec<f32>,
 }
@@ -168,6 +143,8 @@ pub(super) fn attention(qv: &View, kv: &View, vv: &View, out: SendPtr) {
                 }
             }
             sc.online.reset(n);
+            sc.block_max.resize(n, 0.0);
+            sc.sum.resize(n, 0.0);
             sc.acc.resize(dv * ld, 0.0);
             let head_kt = &kt[bh * d * kld..(bh + 1) * d * kld];
             for k0 in (0..skv).step_by(BLOCK_KV) {
@@ -181,13 +158,11 @@ pub(super) fn attention(qv: &View, kv: &View, vv: &View, out: SendPtr) {
                     scale: 1.0,
                 };
                 let keys = Lhs::Cols(head_kt[k0..].as_ptr(), kld);
-                sc.online.block_max.fill(f32::NEG_INFINITY);
+                sc.block_max.fill(f32::NEG_INFINITY);
                 // SAFETY: head_kt is d rows of skv keys (kld apart), of which k0..k0 + kb are
                 // read; qt holds d rows and st kb rows of n values, ld apart.
-                unsafe {
-                    narrow::product_max(p, keys, (sc.qt.as_ptr(), ld), &mut sc.online.block_max)
-                };
-                softmax_cols(&mut sc.st, ld, &mut sc.online);
+                unsafe { narrow::product_max(p, keys, (sc.qt.as_ptr(), ld), &mut sc.block_max) };
+                softmax_cols(&mut sc.st, ld, &sc.block_max, &mut sc.sum, &mut sc.online);
                 if k0 > 0 {
                     for row in sc.acc.chunks_exact_mut(ld) {
                         row.iter_mut()
