@@ -62,10 +62,10 @@ unsafe impl Sync for View {}
 
 simd_dispatch! {
     /// One key block of an online softmax of `scale`·scores: exponentiates each `kb`-long row
-    /// of `scores` (unscaled) in place against the running row maximum `m` (updated), adds its
-    /// sum to `l`, and returns in `corr` the factor exp(scale·(m_old − m_new)) that rescales
-    /// what was accumulated before. Keys at or past `limit(row)` (causal) are masked to zero.
-    #[allow(clippy::too_many_arguments)]
+    /// of `scores` (unscaled) in place against the running row maximum `o.m` (updated), adds
+    /// its sum to `o.l`, and returns in `o.corr` the factor exp(scale·(m_old − m_new)) that
+    /// rescales what was accumulated before. Keys at or past `limit(row)` (causal) are masked
+    /// to zero.
     fn softmax_block(
         scores: &mut [f32],
         scale: f32,
@@ -73,10 +73,9 @@ simd_dispatch! {
         first_row: usize,
         k0: usize,
         causal: Option<isize>,
-        m: &mut [f32],
-        l: &mut [f64],
-        corr: &mut [f32],
+        o: &mut Online,
     ) {
+        let Online { m, l, corr } = o;
         for (i, row) in scores.chunks_exact_mut(kb).enumerate() {
             let valid = match causal {
                 Some(off) => ((first_row + i) as isize + off + 1 - k0 as isize).clamp(0, kb as isize) as usize,
@@ -217,17 +216,7 @@ pub(crate) fn attention(
                         (kv.at(bi, hi, k0), kv.strides[2], kv.strides[3]),
                     );
                 }
-                softmax_block(
-                    &mut sc.scores,
-                    scale,
-                    kb,
-                    q0,
-                    k0,
-                    causal,
-                    &mut sc.online.m,
-                    &mut sc.online.l,
-                    &mut sc.online.corr,
-                );
+                softmax_block(&mut sc.scores, scale, kb, q0, k0, causal, &mut sc.online);
                 if k0 > 0 {
                     for (row, &c) in sc.acc.chunks_exact_mut(dv).zip(&sc.online.corr) {
                         row.iter_mut().for_each(|x| *x *= c);
