@@ -90,6 +90,14 @@ pub fn tokens_to_nchw<B: Backend>(t: Tensor<B, 3>, [h, w]: [usize; 2]) -> Tensor
     swap_last2(t).reshape([b, c, h, w])
 }
 
+/// `a` `[N, Ca, H, W]` and `b` `[N, Cb, H, W]` → `[N, Ca + Cb, H, W]`.
+pub fn cat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
+    if let Some(y) = kernels::cat_channels(&a, &b) {
+        return y;
+    }
+    Tensor::cat(vec![a, b], 1)
+}
+
 /// `[B, M, N]` → `[B, N, M]`, materialised by a parallel kernel on the CPU (a lazy view
 /// elsewhere: GPU backends fuse or copy it themselves).
 fn swap_last2<B: Backend>(x: Tensor<B, 3>) -> Tensor<B, 3> {
@@ -205,6 +213,18 @@ mod tests {
         let want = gelu_exact(x.clone()) * v.clone();
         let err: f32 = (gelu_mul(x, v) - want).abs().max().into_scalar();
         assert!(err < 1e-5, "gelu mul: max |diff| {err}");
+    }
+
+    /// The parallel channel join equals `Tensor::cat`: pieces of 65 536 values that cross
+    /// from `a` to `b` and from one image to the next, `b` strided.
+    #[test]
+    fn cat_channels_matches_cat() {
+        let d = Default::default();
+        let n = Distribution::Normal(0.0, 1.0);
+        let a = Tensor::<Flex, 4>::random([3, 5, 100, 70], n, &d);
+        let b = Tensor::<Flex, 4>::random([3, 100, 70, 7], n, &d).permute([0, 3, 1, 2]);
+        let want = Tensor::cat(vec![a.clone(), b.clone()], 1).into_data();
+        assert_eq!(cat_channels(a, b).into_data(), want);
     }
 
     /// The parallel NCHW ↔ tokens transposes equal the lazy views, on sides that are not

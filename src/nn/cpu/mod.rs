@@ -39,7 +39,9 @@ pub(crate) use conv::{Input, conv_same, conv_stride2, conv3x3_of};
 pub(crate) use gemv::gemv_many;
 pub(crate) use norms::{group_norm, layer_norm};
 pub(crate) use operand::{GEMM_WEIGHTS, Mat, Product, Widen, gemm, mat, widened, widened_once};
-pub(crate) use rows::{geglu, gelu_mul, linear, linear_geglu, quick_gelu, transpose_last2};
+pub(crate) use rows::{
+    cat_channels, geglu, gelu_mul, linear, linear_geglu, quick_gelu, transpose_last2,
+};
 pub(crate) use team::with_team;
 
 /// Whether `B` is the Flex backend (whose f32 tensors these kernels take).
@@ -305,6 +307,34 @@ impl Unfilled {
         // SAFETY: `with_capacity` gave at least this length; the caller promises it written.
         unsafe { self.0.set_len(self.1) };
         self.0
+    }
+
+    /// `len` values made on the pool, `fill(i, piece)` writing piece `i` (values `i·chunk..`,
+    /// `chunk` long but the last): the `par_chunks_mut` of an element-wise kernel's output,
+    /// without clearing it first.
+    ///
+    /// # Safety
+    /// `fill` writes every element of each piece it is given.
+    pub(crate) unsafe fn par_chunks(
+        len: usize,
+        chunk: usize,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let chunk = chunk.max(1);
+        let mut out = Self::new(len);
+        let ptr = out.ptr();
+        (0..len.div_ceil(chunk)).into_par_iter().for_each(|i| {
+            // The whole SendPtr, not its pointer field alone, into the closure.
+            let ptr = &ptr;
+            // SAFETY: piece i lies inside the buffer's capacity, and only this task has it.
+            let piece = unsafe {
+                std::slice::from_raw_parts_mut(ptr.0.add(i * chunk), chunk.min(len - i * chunk))
+            };
+            fill(i, piece);
+        });
+        // SAFETY: the pieces cover the buffer, and the caller promises each written.
+        unsafe { out.filled() }
     }
 }
 

@@ -5,7 +5,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::rows::rows_per_task;
-use super::{contiguous, dims, math, new_tensor, simd_dispatch, slice};
+use super::{Unfilled, contiguous, dims, math, new_tensor, simd_dispatch, slice};
 
 /// Mean and 1/σ of `x` (biased variance, two passes as `var_mean_bias` does).
 #[inline(always)]
@@ -100,15 +100,16 @@ pub(crate) fn group_norm(
         cg,
     } = GroupOperands::new(x, groups, gamma, beta);
     let (gs, bs) = (slice(&gamma), slice(&beta));
-    let mut out = vec![0.0f32; x.layout().num_elements()];
-    out.par_chunks_mut(cg * hw)
-        .zip(slice(&x).par_chunks(cg * hw))
-        .enumerate()
-        .for_each(|(i, (o, xg))| {
+    let xs = slice(&x);
+    // SAFETY: `norm_group` writes each of its group's values.
+    let out = unsafe {
+        Unfilled::par_chunks(xs.len(), cg * hw, |i, o| {
             let g = i % groups;
             let ch = g * cg..(g + 1) * cg;
+            let xg = &xs[i * cg * hw..][..o.len()];
             norm_group(xg, o, &gs[ch.clone()], &bs[ch], hw, eps, act);
-        });
+        })
+    };
     new_tensor(out, shape)
 }
 
@@ -202,10 +203,13 @@ pub(crate) fn layer_norm(
     let gamma = gamma.map(contiguous);
     let beta = beta.map(contiguous);
     let (gs, bs) = (gamma.as_ref().map(slice), beta.as_ref().map(slice));
-    let mut out = vec![0.0f32; x.layout().num_elements()];
+    let xs = slice(&x);
     let chunk = rows_per_task(d) * d;
-    out.par_chunks_mut(chunk)
-        .zip(slice(&x).par_chunks(chunk))
-        .for_each(|(o, xr)| norm_rows(xr, o, d, gs, bs, eps));
+    // SAFETY: `norm_rows` writes each value of its rows.
+    let out = unsafe {
+        Unfilled::par_chunks(xs.len(), chunk, |i, o| {
+            norm_rows(&xs[i * chunk..][..o.len()], o, d, gs, bs, eps)
+        })
+    };
     new_tensor(out, shape)
 }

@@ -1,11 +1,11 @@
-//! GEGLU, GELU·mul, QuickGELU, Linear+bias and transposes as single parallel passes over
-//! contiguous rows (the norms are in `norms.rs`).
+//! GEGLU, GELU·mul, QuickGELU, Linear+bias, transposes and channel concatenation as single
+//! parallel passes over contiguous rows (the norms are in `norms.rs`).
 
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    Mat, PackedA, Product, SendPtr, Unfilled, contiguous, dims, gemm, mat, math, new_tensor,
+    Mat, PackedA, Product, Unfilled, contiguous, dims, gemm, mat, math, new_tensor,
     simd_dispatch, slice, widened_once,
 };
 
@@ -25,15 +25,14 @@ pub(crate) fn gelu_mul(gate: &FlexTensor, value: &FlexTensor) -> Option<FlexTens
     if dims(&value) != shape {
         return None;
     }
-    let mut out = vec![0.0f32; gate.layout().num_elements()];
+    let (vs, gs) = (slice(&value), slice(&gate));
     let chunk = rows_per_task(1);
-    out.par_chunks_mut(chunk)
-        .zip(
-            slice(&value)
-                .par_chunks(chunk)
-                .zip(slice(&gate).par_chunks(chunk)),
-        )
-        .for_each(|(o, (v, g))| gelu_mul_run(v, g, o));
+    // SAFETY: `gelu_mul_run` writes each value of its piece.
+    let out = unsafe {
+        Unfilled::par_chunks(gs.len(), chunk, |i, o| {
+            gelu_mul_run(&vs[i * chunk..][..o.len()], &gs[i * chunk..][..o.len()], o)
+        })
+    };
     Some(new_tensor(out, shape))
 }
 
@@ -81,10 +80,14 @@ simd_dispatch! {
 /// CLIP's `x · σ(1.702 x)`, in parallel (Burn's Flex runs it on one thread through libm).
 pub(crate) fn quick_gelu(x: &FlexTensor) -> FlexTensor {
     let x = contiguous(x);
-    let mut out = vec![0.0f32; x.layout().num_elements()];
-    out.par_chunks_mut(65_536)
-        .zip(slice(&x).par_chunks(65_536))
-        .for_each(|(o, xs)| quick_gelu_rows(xs, o));
+    let xs = slice(&x);
+    const CHUNK: usize = 65_536;
+    // SAFETY: `quick_gelu_rows` writes each value of its piece.
+    let out = unsafe {
+        Unfilled::par_chunks(xs.len(), CHUNK, |i, o| {
+            quick_gelu_rows(&xs[i * CHUNK..][..o.len()], o)
+        })
+    };
     new_tensor(out, dims(&x))
 }
 
@@ -95,11 +98,15 @@ pub(crate) fn geglu(h: &FlexTensor) -> FlexTensor {
     let last = shape.len() - 1;
     let inner = shape[last] / 2;
     shape[last] = inner;
-    let mut out = vec![0.0f32; h.layout().num_elements() / 2];
+    let hs = slice(&h);
     let rows = rows_per_task(inner);
-    out.par_chunks_mut(rows * inner)
-        .zip(slice(&h).par_chunks(rows * 2 * inner))
-        .for_each(|(o, hr)| geglu_rows(hr, o, inner));
+    // SAFETY: `geglu_rows` writes each value of its rows (pieces of whole rows: `h` holds
+    // rows of 2·inner).
+    let out = unsafe {
+        Unfilled::par_chunks(hs.len() / 2, rows * inner, |i, o| {
+            geglu_rows(&hs[i * rows * 2 * inner..][..2 * o.len()], o, inner)
+        })
+    };
     new_tensor(out, shape)
 }
 
@@ -320,8 +327,8 @@ pub(crate) fn transpose_last2(x: &FlexTensor) -> Option<FlexTensor> {
     };
     let x = contiguous(x);
     let xs = slice(&x);
-    let mut out = vec![0.0f32; b * m * n];
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let mut out = Unfilled::new(b * m * n);
+    let out_ptr = out.ptr();
     let (tm, tn) = (m.div_ceil(T), n.div_ceil(T));
     (0..b * tm * tn).into_par_iter().for_each(|task| {
         let out_ptr = out_ptr;
@@ -335,5 +342,44 @@ pub(crate) fn transpose_last2(x: &FlexTensor) -> Option<FlexTensor> {
             }
         }
     });
-    Some(new_tensor(out, vec![b, n, m]))
+    // SAFETY: the tasks' tiles cover every (j, i) of every image.
+    Some(new_tensor(unsafe { out.filled() }, vec![b, n, m]))
+}
+
+/// `[N, Ca, H, W]` and `[N, Cb, H, W]` f32 → `[N, Ca + Cb, H, W]` (the UNet's skip joins) in
+/// parallel pieces; `None` for other shapes. Flex copies on the calling thread while the pool
+/// waits: 0.5% of an SD step.
+pub(crate) fn cat_channels(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
+    let (da, db) = (dims(a), dims(b));
+    let (&[n, ca, h, w], &[nb, cb, hb, wb]) = (da.as_slice(), db.as_slice()) else {
+        return None;
+    };
+    if [n, h, w] != [nb, hb, wb] {
+        return None;
+    }
+    let (a, b) = (contiguous(a), contiguous(b));
+    let (sa, sb) = (slice(&a), slice(&b));
+    let (la, lb) = (ca * h * w, cb * h * w);
+    const CHUNK: usize = 65_536;
+    let fill = |i: usize, piece: &mut [f32]| {
+        // Output values p.. of image p / (la + lb): from `a`, then from `b`, in runs.
+        let mut p = i * CHUNK;
+        let mut rest = piece;
+        while !rest.is_empty() {
+            let (img, r) = (p / (la + lb), p % (la + lb));
+            let src = if r < la {
+                &sa[img * la + r..(img + 1) * la]
+            } else {
+                &sb[img * lb + r - la..(img + 1) * lb]
+            };
+            let len = src.len().min(rest.len());
+            let (head, tail) = rest.split_at_mut(len);
+            head.copy_from_slice(&src[..len]);
+            rest = tail;
+            p += len;
+        }
+    };
+    // SAFETY: `fill` copies a value into each place of its piece.
+    let out = unsafe { Unfilled::par_chunks(n * (la + lb), CHUNK, fill) };
+    Some(new_tensor(out, vec![n, ca + cb, h, w]))
 }

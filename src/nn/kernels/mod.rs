@@ -201,6 +201,18 @@ pub fn transpose_last2<B: Backend>(x: &Tensor<B, 3>) -> Option<Tensor<B, 3>> {
     None
 }
 
+/// `a` and `b` `[N, C·, H, W]` joined along the channels by a parallel copy on the CPU.
+pub fn cat_channels<B: Backend>(a: &Tensor<B, 4>, b: &Tensor<B, 4>) -> Option<Tensor<B, 4>> {
+    #[cfg(feature = "cpu")]
+    if let Some(out) = to_flex(a)
+        .zip(to_flex(b))
+        .and_then(|(a, b)| cpu::cat_channels(&a, &b))
+    {
+        return Some(from_flex(out));
+    }
+    None
+}
+
 /// Attention with the default `1/√d` scale on the CPU: kiln's one-query kernel for decode
 /// steps (one query, not causal; mask or not), its blocked kernel without a mask, whose
 /// products are bf16 (f32 sums) if `in_bf16`.

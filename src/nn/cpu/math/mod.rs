@@ -235,7 +235,14 @@ impl<const N: usize> Exp2Sub<N> {
     #[inline]
     pub(super) fn of(&self, v: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
         use std::arch::x86_64::*;
-        let t = _mm512_mul_ps(_mm512_sub_ps(v, self.m), self.k);
+        self.pow2(_mm512_mul_ps(_mm512_sub_ps(v, self.m), self.k))
+    }
+
+    /// `2ᵗ` for lanes `t ≤ 0`, the part of [`Self::of`] after the scaling.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(super) fn pow2(&self, t: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+        use std::arch::x86_64::*;
         // max(lo, t) returns t when either is NaN: NaN passes, as in exp2_le0.
         let t = _mm512_max_ps(_mm512_set1_ps(-126.0), t);
         let n = _mm512_roundscale_ps::<0x08>(t);
@@ -245,6 +252,15 @@ impl<const N: usize> Exp2Sub<N> {
             p = _mm512_fmadd_ps(p, f, c);
         }
         _mm512_scalef_ps(p, n)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Exp2Sub<7> {
+    /// For [`Self::pow2`] alone: [`exp2_le0`]'s bits.
+    #[target_feature(enable = "avx512f")]
+    pub(super) fn base2() -> Self {
+        Self::new(0.0, 1.0, EXP2_POLY)
     }
 }
 
