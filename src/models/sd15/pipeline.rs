@@ -206,6 +206,7 @@ impl<B: Backend> StableDiffusion<B> {
                 .repeat_dim(0, n)
         };
         info!(secs = t0.elapsed().as_secs_f32(), "text encoded");
+        let context = unet.text_context(&context);
 
         let mut rng = noise::BatchNoise::new(req.seed, n);
         let prepared = self.prepare_latents(req, scheduler.as_ref(), &mut rng)?;
@@ -227,13 +228,14 @@ impl<B: Backend> StableDiffusion<B> {
         let t_loop = Instant::now();
         for (i, &t) in timesteps.iter().enumerate().skip(begin) {
             let ts = Instant::now();
-            // With guidance the UNet runs the latents against both contexts (`forward_copies`).
+            // With guidance the UNet runs the latents against both contexts (`forward_copies`),
+            // whose keys and values the cross-attentions project once, at the first step.
             let input = scheduler.scale_model_input(latents.clone(), i);
             let input = match &extra {
                 Some(e) => Tensor::cat(vec![input, e.clone()], 1),
                 None => input,
             };
-            let eps = unet.forward_copies(input, if guided { 2 } else { 1 }, t, &context);
+            let eps = unet.forward_in(input, if guided { 2 } else { 1 }, t, &context);
             let eps = if guided {
                 let uncond = eps.clone().narrow(0, 0, n);
                 let text = eps.narrow(0, n, n);

@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::attention::stacked;
+use super::attention::{TextContext, stacked};
 use super::config::UNetConfig;
 use super::embeddings::{TimestepEmbedding, timestep_embedding};
 use super::unet_2d_blocks::{BlockSpec, DownBlock, MidBlock, UpBlock};
@@ -108,6 +108,23 @@ impl<B: Backend> UNet2DConditionModel<B> {
         timestep: f64,
         context: &Tensor<B, 3>,
     ) -> Tensor<B, 4> {
+        self.forward_in(sample, copies, timestep, &self.text_context(context))
+    }
+
+    /// `states` `[B, T, D]` as the context of [`forward_in`](Self::forward_in): a pipeline
+    /// makes it once per image, so the cross-attentions project it once, not at every step.
+    pub fn text_context(&self, states: &Tensor<B, 3>) -> TextContext<B> {
+        TextContext::new(states.clone().cast(self.conv_in.compute_dtype()))
+    }
+
+    /// [`forward_copies`](Self::forward_copies) against a [`TextContext`] of this model.
+    pub fn forward_in(
+        &self,
+        sample: Tensor<B, 4>,
+        copies: usize,
+        timestep: f64,
+        context: &TextContext<B>,
+    ) -> Tensor<B, 4> {
         // Without an attention in the first block the copies are made at once.
         let shared = copies > 1
             && self
@@ -124,7 +141,6 @@ impl<B: Backend> UNet2DConditionModel<B> {
         // Runs in the dtype of the weights (f16 on GPUs); answers in the caller's dtype.
         let (dtype, out_dtype) = (self.conv_in.compute_dtype(), sample.dtype());
         let sample = sample.cast(dtype);
-        let context = &context.clone().cast(dtype);
         let t = timestep_embedding::<B>(
             &vec![timestep; batch],
             self.time_proj_dim,

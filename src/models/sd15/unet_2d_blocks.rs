@@ -6,8 +6,9 @@ use burn::module::Module;
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use super::attention::Transformer2DModel;
+use super::attention::{TextContext, Transformer2DModel};
 use super::resnet::{Downsample2D, ResnetBlock2D, Upsample2D};
+use crate::nn::cat_channels;
 
 /// What every block needs to build its layers.
 #[derive(Clone, Copy)]
@@ -87,7 +88,7 @@ impl<B: Backend> DownBlock<B> {
         &self,
         mut x: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        ctx: &Tensor<B, 3>,
+        ctx: &TextContext<B>,
         mut copies: usize,
     ) -> (Tensor<B, 4>, Vec<Tensor<B, 4>>) {
         let mut skips = Vec::with_capacity(self.resnets.len() + 1);
@@ -127,7 +128,7 @@ impl<B: Backend> MidBlock<B> {
         &self,
         x: Tensor<B, 4>,
         temb: &Tensor<B, 2>,
-        ctx: &Tensor<B, 3>,
+        ctx: &TextContext<B>,
     ) -> Tensor<B, 4> {
         let x = self.resnets[0].forward(x, Some(temb));
         let x = self.attentions[0].forward(x, ctx);
@@ -185,11 +186,11 @@ impl<B: Backend> UpBlock<B> {
         mut x: Tensor<B, 4>,
         skips: &mut Vec<Tensor<B, 4>>,
         temb: &Tensor<B, 2>,
-        ctx: &Tensor<B, 3>,
+        ctx: &TextContext<B>,
     ) -> Tensor<B, 4> {
         for (j, resnet) in self.resnets.iter().enumerate() {
             if let Some(skip) = skips.pop() {
-                x = Tensor::cat(vec![x, skip], 1);
+                x = cat_channels(x, skip);
             }
             x = resnet.forward(x, Some(temb));
             if let Some(attn) = self.attentions.get(j) {
