@@ -269,6 +269,7 @@ impl<B: Backend> StableDiffusion<B> {
             secs = t_loop.elapsed().as_secs_f32(),
             "denoised"
         );
+        drop(context);
 
         // The decode asks again (step = total) before each image or tile, so that a cancel
         // does not wait for every image to be decoded.
