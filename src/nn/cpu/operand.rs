@@ -8,9 +8,8 @@ use std::cell::RefCell;
 use burn::tensor::{Bytes, DType};
 use burn_flex::FlexTensor;
 use half::f16;
-use rayon::prelude::*;
 
-use super::{bf16, gemm_tile};
+use super::{Unfilled, bf16, gemm_tile};
 
 /// The weight dtypes the GEMM kernels (Linear, convolutions) read as stored: f32; f16, which
 /// they widen (exactly) and multiply in f32; and bf16, in which case the layer computes in
@@ -114,10 +113,11 @@ fn widen_whole<T: Widen + Sync>(w: &FlexTensor, src: &[T]) -> Option<Vec<f32>> {
     if layout.start_offset() != 0 || src.len() != layout.num_elements() {
         return None;
     }
-    let mut out = vec![0.0f32; src.len()];
-    out.par_chunks_mut(1 << 16)
-        .zip(src.par_chunks(1 << 16))
-        .for_each(|(o, s)| T::widen(s, o));
+    const CHUNK: usize = 1 << 16;
+    // SAFETY: `widen` writes each value of its piece (the lengths match).
+    let out = unsafe {
+        Unfilled::par_chunks(src.len(), CHUNK, |i, o| T::widen(&src[i * CHUNK..][..o.len()], o))
+    };
     Some(out)
 }
 

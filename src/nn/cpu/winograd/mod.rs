@@ -193,7 +193,13 @@ impl Scratch {
         img: usize,
         [t0, tb]: [usize; 2],
     ) {
-        self.v.resize(variant.positions() * c * tb, 0.0);
+        let len = variant.positions() * c * tb;
+        self.v.clear();
+        self.v.reserve(len);
+        // SAFETY: the capacity holds `len` values, and the input transform writes every one
+        // of them (each position ξ, channel and tile) before anything reads them. Resized with
+        // zeros, a task's fresh scratch was cleared first: 0.6% of an SD step's samples.
+        unsafe { self.v.set_len(len) };
         let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
         let (rows, ring) = (&mut self.rows, &mut self.ring);
         let pro = pro.for_image(img, c);
