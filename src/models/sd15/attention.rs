@@ -93,8 +93,11 @@ pub struct TextContext<B: Backend> {
     states: Tensor<B, 3>,
     /// Per layer, keyed by its address (the model is borrowed while the context is used, so
     /// its layers stay where they are): `(k, v)` split into heads.
-    kv: Mutex<HashMap<usize, (Tensor<B, 4>, Tensor<B, 4>)>>,
+    kv: Mutex<HashMap<usize, KeysValues<B>>>,
 }
+
+/// One layer's keys and values, `[B, H, T, Dh]` each.
+type KeysValues<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 impl<B: Backend> TextContext<B> {
     /// `states` `[B, T, D]`, in the dtype the layers compute in.
@@ -110,7 +113,7 @@ impl<B: Backend> TextContext<B> {
     }
 
     /// `attn`'s keys and values over the states, projected on the first call.
-    fn kv(&self, attn: &Attention<B>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    fn kv(&self, attn: &Attention<B>) -> KeysValues<B> {
         let key = std::ptr::from_ref(attn) as usize;
         let mut kv = self.kv.lock().unwrap_or_else(PoisonError::into_inner);
         kv.entry(key)
