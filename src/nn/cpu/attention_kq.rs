@@ -107,7 +107,7 @@ mod x86 {
         let n = m.len();
         let mut j0 = 0;
         while j0 + 64 <= n {
-            // SAFETY: columns j0..j0 + 64 < n of every row.
+            // SAFETY: columns j0..j0 + 64 ≤ n of every row.
             unsafe { cols::<4>(st, ld, &m[j0..], &mut sum[j0..], j0) };
             j0 += 64;
         }
