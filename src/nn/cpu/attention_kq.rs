@@ -67,8 +67,17 @@ fn softmax_cols(st: &mut [f32], ld: usize, block_max: &[f32], sum: &mut [f32], o
     }
     sum.fill(0.0);
     exp_cols(st, ld, m, sum);
-    for (((c, &m), l), &s) in corr.iter_mut().zip(m.iter()).zip(l.iter_mut()).zip(sum.iter()) {
-        *c = if *c == f32::NEG_INFINITY { 0.0 } else { math::exp2_le0(*c - m) };
+    for (((c, &m), l), &s) in corr
+        .iter_mut()
+        .zip(m.iter())
+        .zip(l.iter_mut())
+        .zip(sum.iter())
+    {
+        *c = if *c == f32::NEG_INFINITY {
+            0.0
+        } else {
+            math::exp2_le0(*c - m)
+        };
         *l = *l * f64::from(*c) + f64::from(s);
     }
 }
@@ -123,7 +132,13 @@ mod x86 {
     /// # Safety
     /// AVX-512F; `st` holds whole rows of `ld` ≥ `j0 + m.len()` values.
     #[target_feature(enable = "avx512f")]
-    unsafe fn cols<const V: usize>(st: &mut [f32], ld: usize, m: &[f32], sum: &mut [f32], j0: usize) {
+    unsafe fn cols<const V: usize>(
+        st: &mut [f32],
+        ld: usize,
+        m: &[f32],
+        sum: &mut [f32],
+        j0: usize,
+    ) {
         let exp = Exp2Sub::base2();
         let mut masks = [0; V];
         let mut mv = [_mm512_setzero_ps(); V];

@@ -116,7 +116,9 @@ fn widen_whole<T: Widen + Sync>(w: &FlexTensor, src: &[T]) -> Option<Vec<f32>> {
     const CHUNK: usize = 1 << 16;
     // SAFETY: `widen` writes each value of its piece (the lengths match).
     let out = unsafe {
-        Unfilled::par_chunks(src.len(), CHUNK, |i, o| T::widen(&src[i * CHUNK..][..o.len()], o))
+        Unfilled::par_chunks(src.len(), CHUNK, |i, o| {
+            T::widen(&src[i * CHUNK..][..o.len()], o)
+        })
     };
     Some(out)
 }

@@ -5,8 +5,8 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::{
-    Mat, PackedA, Product, Unfilled, contiguous, dims, gemm, mat, math, new_tensor,
-    simd_dispatch, slice, widened_once,
+    Mat, PackedA, Product, Unfilled, contiguous, dims, gemm, mat, math, new_tensor, simd_dispatch,
+    slice, widened_once,
 };
 
 /// Output tile of one Linear task: 256×256 f32 = 256 KiB, half a 512 KiB per-core L2.
