@@ -108,10 +108,6 @@ impl<B: Backend> TextContext<B> {
         }
     }
 
-    pub fn states(&self) -> &Tensor<B, 3> {
-        &self.states
-    }
-
     /// `attn`'s keys and values over the states, projected on the first call.
     fn kv(&self, attn: &Attention<B>) -> KeysValues<B> {
         let key = std::ptr::from_ref(attn) as usize;
