@@ -20,6 +20,8 @@ use rayon::prelude::*;
 mod blocked;
 mod f2;
 mod f4;
+#[cfg(target_arch = "x86_64")]
+mod f4_x86;
 mod input;
 mod output;
 mod weights;
