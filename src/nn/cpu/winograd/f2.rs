@@ -6,6 +6,8 @@
 use super::super::simd_dispatch;
 use super::input::{Prologue, tile_rows, tile_runs};
 use super::weights::{Lanes, WeightTransform, transform_taps_with};
+#[cfg(target_arch = "x86_64")]
+use super::weights_x86;
 use super::{OutputStage, OutputTransform, output_stage_with};
 
 /// `G` applied to three values (lanes of them).
@@ -31,9 +33,20 @@ fn bt(v: [f32; 4]) -> [f32; 4] {
     [v[0] - v[2], v[1] + v[2], v[2] - v[1], v[1] - v[3]]
 }
 
+/// [`transform_taps_with`] with this variant's `G`: [`weights_x86`]'s where the CPU has
+/// AVX-512F, else [`transform_taps_lanes`].
+pub(super) fn transform_taps(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected just above.
+        return unsafe { weights_x86::transform_taps_f2(taps, c, out) };
+    }
+    transform_taps_lanes(taps, c, out)
+}
+
 simd_dispatch! {
-    /// [`transform_taps_with`] with this variant's `G`.
-    fn transform_taps(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+    /// [`transform_taps_with`] with this variant's `G`, in [`Lanes`].
+    fn transform_taps_lanes(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
         transform_taps_with::<G, 4>(taps, c, out)
     }
 }

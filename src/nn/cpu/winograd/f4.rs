@@ -11,6 +11,8 @@ use super::super::simd_dispatch;
 use super::f4_x86;
 use super::input::{Prologue, tile_rows, tile_runs};
 use super::weights::{Lanes, WeightTransform, transform_taps_with};
+#[cfg(target_arch = "x86_64")]
+use super::weights_x86;
 use super::{OutputStage, OutputTransform, output_stage_with};
 
 /// `G` (6×3) applied to three values (lanes of them).
@@ -53,9 +55,20 @@ fn at(m: [f32; 6]) -> [f32; 4] {
     [m[0] + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m[5]]
 }
 
+/// [`transform_taps_with`] with this variant's `G`: [`weights_x86`]'s where the CPU has
+/// AVX-512F, else [`transform_taps_lanes`].
+pub(super) fn transform_taps(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected just above.
+        return unsafe { weights_x86::transform_taps_f4(taps, c, out) };
+    }
+    transform_taps_lanes(taps, c, out)
+}
+
 simd_dispatch! {
-    /// [`transform_taps_with`] with this variant's `G`.
-    fn transform_taps(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
+    /// [`transform_taps_with`] with this variant's `G`, in [`Lanes`].
+    fn transform_taps_lanes(taps: &[f32], c: usize, out: &mut [&mut [f32]]) {
         transform_taps_with::<G, 6>(taps, c, out)
     }
 }

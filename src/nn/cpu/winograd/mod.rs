@@ -25,6 +25,8 @@ mod f4_x86;
 mod input;
 mod output;
 mod weights;
+#[cfg(target_arch = "x86_64")]
+mod weights_x86;
 
 pub(crate) use input::Prologue;
 use output::{OutputStage, OutputTransform, output_stage_with};
