@@ -338,6 +338,18 @@ impl Unfilled {
     }
 }
 
+/// `v` made `len` values long without clearing them (a kernel's scratch, grown once and then
+/// reused: resized with zeros, each fresh scratch is a memset first).
+///
+/// # Safety
+/// Every value the caller reads it writes first.
+pub(crate) unsafe fn resize_unfilled(v: &mut Vec<f32>, len: usize) {
+    v.clear();
+    v.reserve(len);
+    // SAFETY: the capacity holds `len` values; the caller writes before it reads.
+    unsafe { v.set_len(len) };
+}
+
 /// Declares `pub(crate) fn $name` that runs `$body` compiled for AVX-512 or AVX2+FMA when the
 /// CPU has them (release builds target baseline x86-64, so without this the loops stay SSE2
 /// scalar math), and the baseline version otherwise. The loops spell out their lanes and Rust

@@ -32,7 +32,9 @@ pub(crate) use input::Prologue;
 use output::{OutputStage, OutputTransform, output_stage_with};
 use weights::{transform_weights, transform_weights_packed};
 
-use super::{Epilogue, Mat, PackedA, Product, Unfilled, contiguous, gemm, new_tensor, slice};
+use super::{
+    Epilogue, Mat, PackedA, Product, Unfilled, contiguous, gemm, new_tensor, resize_unfilled, slice,
+};
 
 /// The two tile sizes.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -198,12 +200,10 @@ impl Scratch {
         [t0, tb]: [usize; 2],
     ) {
         let len = variant.positions() * c * tb;
-        self.v.clear();
-        self.v.reserve(len);
-        // SAFETY: the capacity holds `len` values, and the input transform writes every one
-        // of them (each position ξ, channel and tile) before anything reads them. Resized with
-        // zeros, a task's fresh scratch was cleared first: 0.6% of an SD step's samples.
-        unsafe { self.v.set_len(len) };
+        // SAFETY: the input transform writes every value (each position ξ, channel and tile)
+        // before anything reads them. Resized with zeros, a task's fresh scratch was cleared
+        // first: 0.6% of an SD step's samples.
+        unsafe { resize_unfilled(&mut self.v, len) };
         let plane = &xs[img * c * in_plane..(img + 1) * c * in_plane];
         let (rows, ring) = (&mut self.rows, &mut self.ring);
         let pro = pro.for_image(img, c);
