@@ -126,6 +126,19 @@ fn main() {
             sync(&d);
         },
     );
+    // The third level: 16×16 = 256 tokens, heads of 160.
+    let [q3, k3, v3] = [0; 3].map(|_| Tensor::<B, 4>::random([b, h, 256, 160], n, &d));
+    bench(
+        "attention self  [2,8,256,160]",
+        &filter,
+        iters.max(20),
+        4.0 * (b * h * 256 * 256 * 160) as f64,
+        "GFLOP/s",
+        || {
+            let _ = sdpa(q3.clone(), k3.clone(), v3.clone(), false);
+            sync(&d);
+        },
+    );
     let kc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let vc = Tensor::<B, 4>::random([b, h, 77, dh], n, &d);
     let flops = 4.0 * (b * h * s * 77 * dh) as f64;

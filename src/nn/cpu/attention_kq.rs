@@ -37,14 +37,16 @@ fn padded(n: usize) -> usize {
 
 /// Whether this path runs these views: heads whose values do not fill whole 16-lane vectors
 /// (kernel bench, 2 Xeon cores, medians of 6, 3 alternated runs: [2,8,4096,40] self 196–202
-/// → 184–193 ms, ×77 keys 10.3–10.9 → 6.0–6.5 ms; at 80 values the blocked path stays ahead:
-/// [2,8,1024,80] self 20–22 vs 24–25 ms, at 160 values 2.7 vs 3.8 ms). Its products need
-/// AVX-512F (elsewhere [`narrow`] falls back to the gemm crate, which the blocked path drives
-/// better) and values read along their rows.
+/// → 184–193 ms, ×77 keys 10.3–10.9 → 6.0–6.5 ms), and heads of 80 (SD's 32×32 level) since
+/// the keys are transposed by panels: [2,8,1024,80] self 20.8–20.9 → 19.2–19.9 ms, ×77 keys
+/// 3.2–3.3 → 2.2 ms against the blocked path (2 alternated runs). At 160 values the blocked
+/// path stays ahead: [2,8,256,160] 2.5–2.6 vs 2.7–2.8 ms. Its products need AVX-512F
+/// (elsewhere [`narrow`] falls back to the gemm crate, which the blocked path drives better)
+/// and values read along their rows.
 pub(super) fn fits(vv: &View) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        !vv.shape[3].is_multiple_of(16)
+        (!vv.shape[3].is_multiple_of(16) || vv.shape[3] == 80)
             && std::arch::is_x86_feature_detected!("avx512f")
             && vv.strides[3] == 1
     }

@@ -7,8 +7,8 @@
 //! as `[B, S, H, Dv]`, which makes the following `merge_heads` free.
 //!
 //! bf16 products go to AMX where there is one ([`super::attention_amx`]); f32 heads whose
-//! values do not fill whole vectors to [`super::attention_kq`], which holds its scores keys ×
-//! queries.
+//! values do not fill whole vectors, or of 80 values, to [`super::attention_kq`], which holds
+//! its scores keys × queries (`attention_kq::fits`).
 
 use burn::tensor::Shape;
 use burn_flex::{FlexTensor, Layout};
