@@ -343,6 +343,7 @@ impl Unfilled {
 ///
 /// # Safety
 /// Every value the caller reads it writes first.
+#[allow(clippy::uninit_vec)] // The point: the caller's promise stands for the clearing.
 pub(crate) unsafe fn resize_unfilled(v: &mut Vec<f32>, len: usize) {
     v.clear();
     v.reserve(len);

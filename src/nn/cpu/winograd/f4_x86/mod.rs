@@ -110,6 +110,8 @@ pub(super) unsafe fn input_transform(
 ///
 /// # Safety
 /// `out + ξ·stride + t` is writable for ξ < 36, t < `nt`.
+// `comb` is written down its columns, `q` across both indices.
+#[allow(clippy::needless_range_loop)]
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn input_tiles(
@@ -198,6 +200,8 @@ fn interleave(y: [__m512; 4]) -> [__m512; 4] {
 ///
 /// # Safety
 /// The CPU must have AVX-512F; the output pixels of `st` are this task's alone, as there.
+// `c` is written down its columns, `bc` across both indices.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn output_stage(m: &[f32], st: &OutputStage<'_>) {
     let OutputStage {
