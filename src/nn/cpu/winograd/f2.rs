@@ -117,10 +117,7 @@ simd_dispatch! {
         let (rows, split) = rows.split_at_mut(4 * wp);
         let zero = vec![0.0f32; wd];
         ring.resize(4 * wd, 0.0);
-        let in_plane = match pro {
-            Prologue::Upsample2x => (h / 2) * (wd / 2),
-            _ => h * wd,
-        };
+        let in_plane = pro.input_plane(h, wd);
         for ci in 0..c {
             let xc = &plane[ci * in_plane..(ci + 1) * in_plane];
             let mut made = [isize::MIN; 4];

@@ -198,10 +198,7 @@ simd_dispatch! {
         let (rows, split) = rows.split_at_mut(6 * wp);
         let zero = vec![0.0f32; wd];
         ring.resize(6 * wd, 0.0);
-        let in_plane = match pro {
-            Prologue::Upsample2x => (h / 2) * (wd / 2),
-            _ => h * wd,
-        };
+        let in_plane = pro.input_plane(h, wd);
         let stride = c * tb;
         for ci in 0..c {
             let xc = &plane[ci * in_plane..(ci + 1) * in_plane];

@@ -51,6 +51,15 @@ impl Prologue<'_> {
         }
     }
 
+    /// Values per channel of the input plane for an `h`×`w` convolution plane (the inverse of
+    /// [`Self::plane`]).
+    pub(super) fn input_plane(self, h: usize, w: usize) -> usize {
+        match self {
+            Prologue::Upsample2x => (h / 2) * (w / 2),
+            _ => h * w,
+        }
+    }
+
     /// The prologue of image `img` of a batch of `c`-channel images (`Affine` holds `[N·C]`
     /// scales and shifts).
     pub(super) fn for_image(self, img: usize, c: usize) -> Self {

@@ -23,6 +23,28 @@ pub(super) struct OutputStage<'a> {
     pub(super) out: SendPtr,
 }
 
+impl OutputStage<'_> {
+    /// What every pixel of output channel `oc` of image plane `ch` (= image·O + oc) gets added:
+    /// its bias, and the add where that is per channel.
+    #[inline]
+    pub(super) fn bias_of(&self, oc: usize, ch: usize) -> f32 {
+        let mut b = self.bias.map_or(0.0, |b| b[oc]);
+        if let Some((a, true)) = self.add {
+            b += a[ch];
+        }
+        b
+    }
+
+    /// The add when it is shaped as the output (a residual), else `None`.
+    #[inline]
+    pub(super) fn residual(&self) -> Option<&[f32]> {
+        match self.add {
+            Some((a, false)) => Some(a),
+            _ => None,
+        }
+    }
+}
+
 /// A variant's output transform: `Y = Aᵀ M A` of row `oi` of `M` (`M[ξ][o][t]`, `o` rows per
 /// position) for all `tb` columns into `y[(m·i + j)·tb + t]` for an m×m tile.
 pub(super) trait OutputTransform {
@@ -47,25 +69,18 @@ pub(super) fn output_stage_with<T: OutputTransform, const M: usize>(
         imgs,
         t0,
         tb,
-        bias,
-        add,
         out,
+        ..
     } = *st;
     let tw = wd.div_ceil(M);
     let width = imgs * tb;
-    let residual = match add {
-        Some((a, false)) => Some(a),
-        _ => None,
-    };
+    let residual = st.residual();
     for oi in 0..ob {
         let oc = o0 + oi;
         T::apply(m, ob, oi, width, y);
         for k in 0..imgs {
             let ch = (img0 + k) * o + oc;
-            let mut b = bias.map_or(0.0, |b| b[oc]);
-            if let Some((a, true)) = add {
-                b += a[ch];
-            }
+            let b = st.bias_of(oc, ch);
             // A tile row's run of tiles at a time: M output rows, left to right, so the
             // stores vectorise (per tile, finding the row and column took two integer
             // divisions).

@@ -81,10 +81,7 @@ pub(super) unsafe fn input_transform(
     let tw = wd.div_ceil(4);
     let zero = vec![0.0f32; wd];
     ring.resize(6 * wd, 0.0);
-    let in_plane = match pro {
-        Prologue::Upsample2x => (h / 2) * (wd / 2),
-        _ => h * wd,
-    };
+    let in_plane = pro.input_plane(h, wd);
     let stride = c * tb;
     assert!(v.len() >= 36 * stride, "V holds 36 positions of C × tiles");
     for ci in 0..c {
@@ -212,9 +209,8 @@ pub(super) unsafe fn output_stage(m: &[f32], st: &OutputStage<'_>) {
         imgs,
         t0,
         tb,
-        bias,
-        add,
         out,
+        ..
     } = *st;
     let tw = wd.div_ceil(4);
     let width = imgs * tb;
@@ -222,18 +218,12 @@ pub(super) unsafe fn output_stage(m: &[f32], st: &OutputStage<'_>) {
         m.len() >= 36 * ob * width,
         "M holds 36 positions of the block × tiles"
     );
-    let residual = match add {
-        Some((a, false)) => Some(a),
-        _ => None,
-    };
+    let residual = st.residual();
     for oi in 0..ob {
         let oc = o0 + oi;
         for k in 0..imgs {
             let ch = (img0 + k) * o + oc;
-            let mut b = bias.map_or(0.0, |b| b[oc]);
-            if let Some((a, true)) = add {
-                b += a[ch];
-            }
+            let b = st.bias_of(oc, ch);
             let bv = _mm512_set1_ps(b);
             for (t, ty, tx0, run) in tile_runs(t0, tb, tw) {
                 for s in (0..run).step_by(16) {

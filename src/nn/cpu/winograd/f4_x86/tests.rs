@@ -55,10 +55,7 @@ fn matches_the_lane_versions() {
             if matches!(pro, Prologue::Upsample2x) && (h % 2 == 1 || wd % 2 == 1) {
                 continue;
             }
-            let in_plane = match pro {
-                Prologue::Upsample2x => (h / 2) * (wd / 2),
-                _ => h * wd,
-            };
+            let in_plane = pro.input_plane(h, wd);
             let plane = values(c * in_plane, 3);
             let (mut rows, mut ring) = (Vec::new(), Vec::new());
             let mut want = vec![f32::NAN; 36 * c * tb];
