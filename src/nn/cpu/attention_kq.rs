@@ -107,6 +107,7 @@ fn exp_cols(st: &mut [f32], ld: usize, m: &[f32], sum: &mut [f32]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::low_lanes;
     use super::math::Exp2Sub;
 
     /// [`super::exp_cols`].
@@ -148,7 +149,7 @@ mod x86 {
             step,
         );
         for i0 in (0..n).step_by(16) {
-            let mask = ((1u32 << (n - i0).min(16)) - 1) as __mmask16;
+            let mask = low_lanes(n - i0);
             for c in 0..d {
                 let at = src.wrapping_offset(i0 as isize * rs + c as isize * cs);
                 // SAFETY: lanes under the mask are rows i0.. < n of column c: readable.
@@ -180,8 +181,7 @@ mod x86 {
         let mut mv = [_mm512_setzero_ps(); V];
         let mut sv = [_mm512_setzero_ps(); V];
         for v in 0..V {
-            let live = m.len().saturating_sub(16 * v).min(16);
-            masks[v] = ((1u32 << live) - 1) as __mmask16;
+            masks[v] = low_lanes(m.len().saturating_sub(16 * v));
             // SAFETY: lanes under the mask lie inside m and sum.
             unsafe {
                 mv[v] = _mm512_maskz_loadu_ps(masks[v], m.as_ptr().add(16 * v));

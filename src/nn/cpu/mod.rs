@@ -259,6 +259,14 @@ pub(crate) fn prefetch<T>(p: *const T) {
     let _ = p;
 }
 
+/// The AVX-512 mask of the first `n` lanes (all 16 from `n` ≥ 16): where a row ends inside
+/// a vector.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) fn low_lanes(n: usize) -> std::arch::x86_64::__mmask16 {
+    ((1u32 << n.min(16)) - 1) as std::arch::x86_64::__mmask16
+}
+
 /// The last three halvings of a lane tree (lane `l` += lane `l + w`, w = 4, 2, 1): 8 lanes
 /// → 1, as the GEMV and the one-query attention sum their accumulators.
 #[cfg(target_arch = "x86_64")]

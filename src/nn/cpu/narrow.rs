@@ -89,6 +89,7 @@ pub(crate) unsafe fn product_max(
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::low_lanes;
     use super::{Lhs, Product, ROWS};
 
     /// [`super::product`] by tiles of up to [`ROWS`] rows × 32 columns (16 at the last
@@ -172,8 +173,7 @@ mod x86 {
         /// The lanes of column vector `v` that hold columns `< cols`.
         #[inline(always)]
         fn mask(&self, v: usize) -> __mmask16 {
-            let live = self.cols.saturating_sub(16 * v).min(16);
-            ((1u32 << live) - 1) as __mmask16
+            low_lanes(self.cols.saturating_sub(16 * v))
         }
 
         /// Fewer than [`ROWS`] rows (a block's last): the largest tile that fits, then the rest.

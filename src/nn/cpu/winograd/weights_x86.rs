@@ -10,6 +10,8 @@
 
 use std::arch::x86_64::*;
 
+use super::super::low_lanes;
+
 /// F(2×2)'s `G` (4×3): `f2::g3`.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -57,7 +59,7 @@ macro_rules! transform_taps {
             assert!(taps.len() >= 9 * c, "9 rows of taps");
             assert!(out.len() >= N * N && out[..N * N].iter().all(|r| r.len() >= c), "N² rows of U");
             for c0 in (0..c).step_by(16) {
-                let mask = ((1u32 << (c - c0).min(16)) - 1) as __mmask16;
+                let mask = low_lanes(c - c0);
                 let mut g = [_mm512_setzero_ps(); 9];
                 for (t, g) in g.iter_mut().enumerate() {
                     // SAFETY: lanes under the mask are channels c0.. < c of tap row t.

@@ -12,6 +12,7 @@
 
 use std::arch::x86_64::*;
 
+use super::super::low_lanes;
 use super::OutputStage;
 use super::input::{Prologue, tile_rows, tile_runs};
 
@@ -57,11 +58,6 @@ fn at(m: [__m512; 6]) -> [__m512; 4] {
         _mm512_add_ps(a, _mm512_mul_ps(four, c)),
         _mm512_add_ps(_mm512_add_ps(b, _mm512_mul_ps(eight, d)), m[5]),
     ]
-}
-
-/// The low `n` ≤ 16 lanes.
-fn lanes(n: usize) -> __mmask16 {
-    ((1u32 << n.min(16)) - 1) as __mmask16
 }
 
 /// `V = Bᵀ d B`, the contract of [`super::f4`]'s `input_transform` (which calls this).
@@ -126,7 +122,7 @@ unsafe fn input_tiles(
         let col = (4 * tx + 16 * q) as isize - 1;
         let first = usize::from(col < 0);
         let end = (wd as isize - col).clamp(0, 16) as usize;
-        let mask = lanes(end) & !lanes(first);
+        let mask = low_lanes(end) & !low_lanes(first);
         let mut x = [_mm512_setzero_ps(); 6];
         for (x, r) in x.iter_mut().zip(d) {
             // SAFETY: lanes under the mask are columns 0..wd of the row; the others are not
@@ -143,7 +139,7 @@ unsafe fn input_tiles(
     // Columns 4t + 4 and 4t + 5 are phases 0 and 1 of the next tile; tile 15's from vector 4.
     let next0 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16);
     let next1 = _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17);
-    let store = lanes(nt);
+    let store = low_lanes(nt);
     for (i, r) in comb.iter().enumerate() {
         let mut e = [_mm512_setzero_ps(); 6];
         for (j, e) in e.iter_mut().take(4).enumerate() {
@@ -228,7 +224,7 @@ pub(super) unsafe fn output_stage(m: &[f32], st: &OutputStage<'_>) {
             for (t, ty, tx0, run) in tile_runs(t0, tb, tw) {
                 for s in (0..run).step_by(16) {
                     let nt = (run - s).min(16);
-                    let load = lanes(nt);
+                    let load = low_lanes(nt);
                     let col = k * tb + t + s;
                     // Aᵀ over the rows (ξ = 6a + b) of each column b.
                     let mut c = [[_mm512_setzero_ps(); 6]; 4];
@@ -255,7 +251,7 @@ pub(super) unsafe fn output_stage(m: &[f32], st: &OutputStage<'_>) {
                         let a = residual.map(|a| &a[start..start + len]);
                         let px = interleave(at(*ci));
                         for (q, &p) in px.iter().enumerate().take(len.div_ceil(16)) {
-                            let mask = lanes(len - 16 * q);
+                            let mask = low_lanes(len - 16 * q);
                             // The portable stage's `y + b + a` and `y + b + 0.0`.
                             let more = match a {
                                 // SAFETY: lanes under the mask lie in a[..len].
