@@ -6,6 +6,7 @@
 
 pub mod alloc;
 pub mod backend;
+pub mod doctor;
 pub mod download;
 pub mod engine;
 pub mod error;

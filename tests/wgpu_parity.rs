@@ -16,6 +16,8 @@ mod common;
 mod dalle;
 #[path = "common/dalle_checks.rs"]
 mod dalle_checks;
+#[path = "common/host_reads.rs"]
+mod host_reads;
 #[path = "common/sd15_checks.rs"]
 mod sd15_checks;
 
@@ -191,4 +193,12 @@ fn conv_f16_accumulates_in_f32() {
         let got = run::<Wgpu>(DType::F16, (&x, &w, &b), shape, &device());
         common::assert_close_scaled(&format!("f16 conv {shape:?}"), &got, &want, 2e-3);
     }
+}
+
+/// Reads back to the host on wgpu (each waits for the queue): SD none per denoising step,
+/// DALL·E one per token step (see `common/host_reads.rs`).
+#[test]
+fn host_reads_per_step() {
+    host_reads::sd15(&sd15_checks::model::<Wgpu>(false, &device()));
+    host_reads::dalle(&dalle_model(), &dalle_checks::text_rows());
 }

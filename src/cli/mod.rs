@@ -1,6 +1,7 @@
 //! Command-line parsing and the subcommands.
 
 mod addons;
+mod doctor;
 mod download;
 mod generate;
 mod generate_out;
@@ -45,6 +46,9 @@ pub enum Command {
     Download(download::DownloadArgs),
     /// List the models installed under the models directory.
     Models(models::ModelsArgs),
+    /// Verify a device: the tiny-model parity checks against the committed references
+    /// (`kiln doctor --device cuda`), from a checkout's models/fixtures.
+    Doctor(doctor::DoctorArgs),
     /// Check a running server's health (exit 0 when GET /health/ready or /health/live is 200).
     Probe(probe::ProbeArgs),
 }
@@ -79,6 +83,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Some(Command::Download(args)) => download::run(args),
         Some(Command::Models(args)) => models::run(args),
         Some(Command::Probe(args)) => probe::run(args),
+        Some(Command::Doctor(args)) => doctor::run(args),
         None => serve::run(serve::default_args()),
     }
 }

@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
 
 use super::loras::take_lora_tags;
 use super::{
@@ -144,11 +144,8 @@ fn latents_per_image<B: Backend>(
     latents: Tensor<B, 4>,
 ) -> Result<Vec<(Vec<usize>, Vec<f32>)>, EngineError> {
     let [_, c, h, w] = latents.dims();
-    let values = latents
-        .into_data()
-        .convert_dtype(DType::F32)
-        .to_vec::<f32>()
-        .map_err(|e| EngineError::Failed(format!("reading latents: {e:?}")))?;
+    let values = crate::nn::host_f32(latents)
+        .map_err(|e| EngineError::Failed(format!("reading latents: {e}")))?;
     Ok(values
         .chunks(c * h * w)
         .map(|one| (vec![c, h, w], one.to_vec()))

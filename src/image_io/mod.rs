@@ -11,8 +11,8 @@ pub mod pil_resize;
 
 use std::path::Path;
 
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Tensor};
 use image::imageops::FilterType;
 use image::{ImageBuffer, Pixel, RgbImage};
 
@@ -29,10 +29,7 @@ pub fn to_rgb8<B: Backend>(images: Tensor<B, 4>) -> Result<Vec<RgbImage>> {
     if c != 3 {
         return Err(Error::Image(format!("expected 3 channels, got {c}")));
     }
-    let data = images.into_data().convert_dtype(DType::F32);
-    let v = data
-        .as_slice::<f32>()
-        .map_err(|e| Error::Image(format!("{e:?}")))?;
+    let v = crate::nn::host_f32(images)?;
     if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
         return Err(Error::Numerical(format!(
             "the decoded image contains {bad}; the model produced NaN/inf (try f32 or another seed)"

@@ -12,10 +12,12 @@
 #[cfg(feature = "cpu")]
 mod cpu;
 mod gpu;
+mod host;
 pub mod kernels;
 mod layers;
 mod ops;
 
+pub use host::{host_f32, host_reads};
 pub use kernels::{Stretch, compute_dtype, run};
 pub use layers::{Conv2d, Embedding, GroupNorm, LayerNorm, Linear, WeightLayout, conv1x1, conv3x3};
 pub use ops::*;

@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, Shape, Tensor};
+use burn::tensor::{DType, Shape, Tensor, TensorData};
 use burn_store::{ModuleSnapshot, ModuleStore, PytorchStore, TensorSnapshot};
 
 mod mapped;
@@ -75,17 +75,19 @@ impl TensorFile {
         self.tensors.keys().map(String::as_str)
     }
 
-    /// Reads one tensor as `f32` values (used by tests and for small inputs like init latents).
-    pub fn read_f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    /// Reads one tensor in its own dtype.
+    pub fn read_data(&self, key: &str) -> Result<TensorData> {
         let snap = self.tensors.get(key).ok_or_else(|| Error::Tensor {
             path: self.path.clone(),
             key: key.into(),
             message: "not in the file".into(),
         })?;
-        let data = snap
-            .to_data()
-            .map_err(|e| self.tensor_err(key, e))?
-            .convert_dtype(DType::F32);
+        snap.to_data().map_err(|e| self.tensor_err(key, e))
+    }
+
+    /// Reads one tensor as `f32` values (used by tests and for small inputs like init latents).
+    pub fn read_f32(&self, key: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+        let data = self.read_data(key)?.convert_dtype(DType::F32);
         let values = data
             .to_vec::<f32>()
             .map_err(|e| self.tensor_err(key, format!("{e:?}")))?;

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor};
 use kiln::models::dalle_mini::DalleMini;
-use kiln::weights::TensorFile;
 
 pub type B = burn::backend::Flex;
 
@@ -64,46 +63,25 @@ pub fn load(dir: &std::path::Path) -> DalleMini<B> {
     DalleMini::<B>::load(dir, &device()).unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
 }
 
-fn refs() -> TensorFile {
-    TensorFile::open(&tiny().join("refs.safetensors")).expect("refs.safetensors")
+/// The committed fixtures, as `kiln doctor` reads them.
+pub fn fixtures() -> kiln::doctor::Fixtures {
+    kiln::doctor::Fixtures::new(fixture("")).expect("models/fixtures")
 }
 
 pub fn ref_f32(key: &str) -> (Vec<usize>, Vec<f32>) {
-    refs().read_f32(key).expect("reference tensor")
+    fixtures().dalle_f32(key).expect("reference tensor")
 }
 
 pub fn ref_f64(key: &str) -> Vec<f64> {
-    let f = refs();
-    let data = f.tensors[key]
-        .to_data()
-        .expect("data")
-        .convert_dtype(DType::F64);
-    data.to_vec::<f64>().expect("f64")
+    fixtures().dalle_f64(key).expect("reference tensor")
 }
 
 pub fn ref_u32(key: &str) -> Vec<u32> {
-    let f = refs();
-    let data = f.tensors[key].to_data().expect("data");
-    match data.dtype {
-        DType::I64 => data
-            .to_vec::<i64>()
-            .expect("i64")
-            .into_iter()
-            .map(|x| x as u32)
-            .collect(),
-        DType::U8 => data
-            .to_vec::<u8>()
-            .expect("u8")
-            .into_iter()
-            .map(u32::from)
-            .collect(),
-        other => panic!("{key}: unexpected dtype {other:?}"),
-    }
+    fixtures().dalle_u32(key).expect("reference tensor")
 }
 
 pub fn refs_json() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(tiny().join("refs.json")).expect("refs.json"))
-        .expect("json")
+    fixtures().dalle_json().expect("refs.json")
 }
 
 /// A fresh scratch folder under the system temp dir.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
-use kiln::weights::TensorFile;
 
 pub type B = burn::backend::Flex;
 
@@ -24,10 +23,39 @@ pub fn sd_tiny() -> PathBuf {
     fixture("sd15-tiny")
 }
 
+/// The committed fixtures, as `kiln doctor` reads them.
+pub fn fixtures() -> kiln::doctor::Fixtures {
+    kiln::doctor::Fixtures::new(fixture("")).expect("models/fixtures")
+}
+
 /// A reference tensor from `models/fixtures/sd15-tiny/refs/<file>`.
 pub fn reference(file: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
-    let f = TensorFile::open(&sd_tiny().join("refs").join(file)).expect("reference file");
-    f.read_f32(key).expect("reference tensor")
+    fixtures().sd15_ref(file, key).expect("reference tensor")
+}
+
+/// Prints every check of `kiln doctor`'s (what it measured) and fails on the first that failed.
+pub fn assert_passes(checks: kiln::Result<Vec<kiln::doctor::Check>>) {
+    for c in checks.expect("the checks run") {
+        eprintln!(
+            "{} {} {}: {} = {:e} (tol {:e})",
+            c.family,
+            c.precision,
+            c.name,
+            c.measure.as_str(),
+            c.value,
+            c.tol
+        );
+        assert!(
+            c.passed(),
+            "{} {}: {} = {:e} > {:e} {:?}",
+            c.precision,
+            c.name,
+            c.measure.as_str(),
+            c.value,
+            c.tol,
+            c.note
+        );
+    }
 }
 
 pub fn tensor<const D: usize>(shape: &[usize], values: Vec<f32>) -> Tensor<B, D> {

@@ -243,12 +243,9 @@ impl<B: Backend> DalleMini<B> {
             // a spinning team: its ~100 parallel loops then start within a µs of each other).
             let (width, host) = nn::run::<B, _>(Stretch::SmallOps, || {
                 let logits = self.decoder.step(&feed, &mut cache);
-                (
-                    logits.dims()[1],
-                    logits.into_data().convert::<f32>().to_vec::<f32>(),
-                )
+                (logits.dims()[1], nn::host_f32(logits))
             });
-            let host = host.map_err(|e| Error::Numerical(format!("{e:?}")))?;
+            let host = host?;
             for (i, image) in tokens.iter_mut().enumerate() {
                 let (uncond, cond) = (
                     &host[i * width..(i + 1) * width],

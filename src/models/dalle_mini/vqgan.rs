@@ -246,11 +246,7 @@ impl<B: Backend> Vqgan<B> {
 pub fn to_rgb8<B: Backend>(images: Tensor<B, 4>) -> Vec<Vec<u8>> {
     let [n, c, h, w] = images.dims();
     let hwc = images.permute([0, 2, 3, 1]).reshape([n, h * w * c]);
-    let values = hwc
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .unwrap_or_default();
+    let values = crate::nn::host_f32(hwc).unwrap_or_default();
     values
         .chunks(h * w * c)
         .map(|img| {

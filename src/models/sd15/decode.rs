@@ -181,14 +181,7 @@ pub fn latent_preview<B: Backend>(
             "no preview for image {k} of latents shaped [{n}, {c}, {h}, {w}]"
         )));
     }
-    let data = latents
-        .clone()
-        .narrow(0, k, 1)
-        .into_data()
-        .convert_dtype(burn::tensor::DType::F32);
-    let v = data
-        .as_slice::<f32>()
-        .map_err(|e| Error::Image(format!("{e:?}")))?;
+    let v = crate::nn::host_f32(latents.clone().narrow(0, k, 1))?;
     let small = image::RgbImage::from_fn(w as u32, h as u32, |x, y| {
         let p = y as usize * w + x as usize;
         let mut rgb = [0f32; 3];

@@ -21,7 +21,7 @@ use super::config::{ImageProcessorConfig, SafetyCheckerConfig};
 use super::loader::{component_file, config_or_default};
 use super::weights::safety_checker_key;
 use crate::error::{Error, Result};
-use crate::nn::{Linear, WeightLayout};
+use crate::nn::{Linear, WeightLayout, host_f32};
 use crate::weights::{TensorFile, load_into_as, require_complete};
 
 /// diffusers hard-codes these counts (`torch.ones(17, projection_dim)`, `torch.ones(3, …)`).
@@ -145,13 +145,6 @@ pub struct SafetyChecker<B: Backend> {
     special_weights: Vec<f32>,
 }
 
-fn host_values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Result<Vec<f32>> {
-    t.into_data()
-        .convert_dtype(DType::F32)
-        .to_vec::<f32>()
-        .map_err(|e| Error::Numerical(format!("safety checker: {e:?}")))
-}
-
 impl<B: Backend> SafetyChecker<B> {
     /// Whether `root` (a diffusers SD 1.5 folder) has a safety checker: `safety_checker/` with
     /// `config.json` and a weight file, and `feature_extractor/preprocessor_config.json`.
@@ -207,8 +200,8 @@ impl<B: Backend> SafetyChecker<B> {
                 message: "not a safety checker (StableDiffusionSafetyChecker) parameter".into(),
             });
         }
-        let concept_weights = host_values(model.concept_embeds_weights.val())?;
-        let special_weights = host_values(model.special_care_embeds_weights.val())?;
+        let concept_weights = host_f32(model.concept_embeds_weights.val())?;
+        let special_weights = host_f32(model.special_care_embeds_weights.val())?;
         info!(path = %path.display(), secs = t0.elapsed().as_secs_f32(), "safety checker loaded");
         Ok(Self {
             model,
@@ -256,7 +249,7 @@ impl<B: Backend> SafetyChecker<B> {
         for chunk in images.chunks(BATCH) {
             let embeds = self.model.image_embeds(self.pixel_values(chunk, &device)?);
             let cos = |e: &Param<Tensor<B, 2>>| {
-                host_values(StableDiffusionSafetyChecker::cosine_distance(
+                host_f32(StableDiffusionSafetyChecker::cosine_distance(
                     embeds.clone(),
                     e.val(),
                 ))

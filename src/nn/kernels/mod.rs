@@ -281,10 +281,12 @@ pub enum Stretch {
 pub fn run<B: Backend, R: Send>(stretch: Stretch, f: impl FnOnce() -> R + Send) -> R {
     #[cfg(feature = "cpu")]
     if cpu::is_flex::<B>() {
-        return match stretch {
+        // On a pool worker: its host reads are this thread's (see `host::on_behalf`).
+        let f = super::host::on_behalf(f);
+        return super::host::credit(match stretch {
             Stretch::Layers => rayon::scope(|_| f()),
             Stretch::SmallOps => cpu::with_team(f),
-        };
+        });
     }
     f()
 }

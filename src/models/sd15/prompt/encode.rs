@@ -231,12 +231,7 @@ fn restore_ratios<B: Backend>(
     weighted: Tensor<B, 2>,
     size: Tensor<B, 2>,
 ) -> Result<Vec<f32>> {
-    let host = |t: Tensor<B, 2>| {
-        t.into_data()
-            .convert_dtype(burn::tensor::DType::F32)
-            .to_vec::<f32>()
-            .map_err(|e| Error::invalid(format!("reading prompt means: {e:?}")))
-    };
+    let host = crate::nn::host_f32::<B, 2>;
     let (o, w, a) = (host(original)?, host(weighted)?, host(size)?);
     Ok(o.iter()
         .zip(&w)
