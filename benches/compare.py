@@ -42,7 +42,7 @@ What it does:
      (`models/make_sd15_fixtures.py --full`, ~8.6 GB), `.cache/lcm-lora-random/<model>.safetensors`
      (a random rank-64 kohya LoRA on the modules LCM-LoRA trains, for the lcm row), `.cache/dalle-mini-random/` and
      `.cache/dalle-mega-random/` (`models/make_dalle_fixtures.py full --model mini|mega`,
-     1.0 / 5.3 GB of fp16 min-dalle .pt files; mega takes ~20 min and ~9 GB of RAM to make);
+     1.0 / 5.3 GB of fp16 min-dalle .pt files; mega takes ~2 min and ~4 GB of RAM to make on 2 cores);
   3. builds `cargo build --release --example sd15_bench --example dalle_bench` (kiln's timing
      binaries, in $CARGO_TARGET_DIR or target/);
   4. per component, alternates kiln and reference *processes* for --rounds rounds, each loading
@@ -63,6 +63,11 @@ reserved) and, where nvidia-smi exists, the device's used memory above its idle 
 the process ran (sampled every 0.1 s; includes the CUDA context) -- the GPU targets use the
 latter when present. For the image rows the JSON and the table give it/s = steps / seconds
 per image (whole image: CLIP, steps, VAE).
+Without a venv (`--ref-python PATH` or env BENCH_REF_PYTHON, e.g. a GPU machine with no network):
+no `.venv-ref` is made and nothing is pip-installed; PATH runs compare_refs.py and the make_*
+generators (with the caller's environment, so PYTHONPATH reaches wheels installed with --target),
+and the run stops at once if the modules the selected rows need (diffusers, min_dalle, ...)
+do not import there. benches/gpu/wheels.sh fetches the wheels such a machine lacks.
 `--size` (BENCH_IMAGE_SIZE) shrinks SD's unet/vae/image rows on both sides; with the tiny
 fixture models (`--model models/fixtures/sd15-tiny --size 64`, `--mini
 models/fixtures/dalle-tiny/mindalle/dalle_bart_tiny`) the whole GPU path runs on lavapipe in
@@ -138,10 +143,35 @@ def ensure_venv() -> None:
         os.execv(str(VPY), [str(VPY), *sys.argv])
 
 
+def ensure_ref_python(path: str, modules: set[str]) -> None:
+    """Use the interpreter `path` for every reference-side process (no venv, no pip); stop with a
+    clear message if it cannot import `modules`."""
+    global VPY
+    VPY = Path(path)
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    try: importlib.import_module(m)\n" \
+           "    except Exception as e: print(f'{m}: {type(e).__name__}: {e}')"
+    try:
+        bad = subprocess.run([str(VPY), "-c", code, *sorted(modules)], capture_output=True, text=True).stdout.strip()
+    except OSError as e:
+        raise SystemExit(f"--ref-python {path}: {e}")
+    if bad:
+        raise SystemExit(f"--ref-python {path} cannot import what the selected rows need:\n{bad}\n"
+                         f"(install the wheels of benches/gpu/wheels.sh with pip --target DIR and export PYTHONPATH=DIR)")
+
+
 def ensure_package(module: str, spec: str) -> None:
     if importlib.util.find_spec(module) is None:
         env = dict(os.environ, CMAKE_BUILD_PARALLEL_LEVEL=str(os.cpu_count() or 2))
         sh([VPY, "-m", "pip", "install", spec], env=env)
+
+
+def make_flags(a, sd: bool = False) -> list[str]:
+    """Generator flags: with --device cuda the weights are drawn on the GPU (mega: seconds, not
+    minutes) and SD skips what no GPU row reads (the f32 ldm file: sdcpp only)."""
+    if not a.device.startswith("cuda"):
+        return []
+    return ["--device", a.device, "--threads", str(os.cpu_count() or 2)] + \
+        (["--no-fp32-file", "--no-reload-check"] if sd else [])
 
 
 def model_path(kind: str, a) -> Path:
@@ -152,7 +182,7 @@ def model_path(kind: str, a) -> Path:
         if not all(p.exists() for p in need):
             if a.model != SD_MODEL:
                 raise SystemExit(f"{a.model} lacks {[str(p) for p in need if not p.exists()]}")
-            sh([VPY, REPO / "models/make_sd15_fixtures.py", "--full"], cwd=REPO)
+            sh([VPY, REPO / "models/make_sd15_fixtures.py", "--full", *make_flags(a, sd=True)], cwd=REPO)
         return a.model / "sd15-random.safetensors" if kind == "sd15-file" else a.model
     root = getattr(a, kind)
     # The folder holding dalle_bart_<kind>/ and vqgan/, or a dalle_bart_* folder itself.
@@ -161,7 +191,7 @@ def model_path(kind: str, a) -> Path:
             not (bart.parent / "vqgan" / "detoker.pt").exists():
         if root != DALLE[kind]:
             raise SystemExit(f"{root} lacks dalle_bart_{kind}/{{encoder,decoder}}.pt or vqgan/detoker.pt")
-        sh([VPY, REPO / "models/make_dalle_fixtures.py", "full", "--model", kind], cwd=REPO)
+        sh([VPY, REPO / "models/make_dalle_fixtures.py", "full", "--model", kind, *make_flags(a)], cwd=REPO)
     return bart
 
 
@@ -247,14 +277,33 @@ class SmiPeak:
             self._t.join()
 
 
+def run_rusage(cmd, env) -> tuple[subprocess.CompletedProcess, str]:
+    """Runs cmd; returns its result and the /usr/bin/time -v lines timed_process reads, from wait4."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=out, stderr=err, text=True, env=env, cwd=REPO)
+        _, status, ru = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0), err.seek(0)
+        p = subprocess.CompletedProcess(proc.args, proc.returncode, out.read(), err.read())
+    cpu = round(100 * (ru.ru_utime + ru.ru_stime) / max(wall, 1e-9))
+    tv = (f"Maximum resident set size (kbytes): {ru.ru_maxrss}\nPercent of CPU this job got: {cpu}%\n"
+          f"Elapsed (wall clock) time (h:mm:ss or m:ss): {int(wall // 60)}:{wall % 60:05.2f}\n")
+    return p, tv
+
+
 def timed_process(cmd, env=None, gpu=False) -> dict:
     """Runs cmd under /usr/bin/time -v; returns its JSON stdout line + peak RSS (MiB) + CPU %
     (+ nvidia-smi's peak device memory above idle when `gpu`)."""
     with tempfile.NamedTemporaryFile("r", suffix=".time") as tf, SmiPeak(gpu) as smi:
-        full = ["/usr/bin/time", "-v", "-o", tf.name, *map(str, cmd)]
         print("+", " ".join(map(str, cmd)), file=sys.stderr, flush=True)
-        p = subprocess.run(full, capture_output=True, text=True, env=env, cwd=REPO)
-        tv = Path(tf.name).read_text()
+        if Path("/usr/bin/time").exists():
+            full = ["/usr/bin/time", "-v", "-o", tf.name, *map(str, cmd)]
+            p = subprocess.run(full, capture_output=True, text=True, env=env, cwd=REPO)
+            tv = Path(tf.name).read_text()
+        else:  # images without GNU time (the GPU machine may lack it): the same three figures from wait4
+            p, tv = run_rusage(cmd, env)
     if p.returncode != 0:
         sys.stderr.write(p.stderr[-4000:])
         raise SystemExit(f"failed ({p.returncode}): {cmd}")
@@ -325,9 +374,10 @@ def ref_placement(a) -> tuple[str, str]:
     if dev == "auto":
         if a.device == "cpu":
             dev = "cpu"
-        else:
-            import torch  # inside the reference venv by now
-            dev = "cuda" if torch.cuda.is_available() else "none"
+        else:  # the reference interpreter decides (this process may have no torch)
+            out = subprocess.run([str(VPY), "-c", "import torch; print(torch.cuda.is_available())"],
+                                 capture_output=True, text=True).stdout.strip()
+            dev = "cuda" if out == "True" else "none"
     return dev, a.ref_dtype or ("fp32" if dev == "cpu" else "fp16")
 
 
@@ -348,6 +398,8 @@ def main() -> None:
     ap.add_argument("--ref-dtype", default=None, choices=["fp32", "fp16", "bf16"], help="default fp32 on cpu, fp16 on cuda")
     ap.add_argument("--size", type=int, default=int(os.environ.get("BENCH_IMAGE_SIZE", "512")),
                     help="SD pixel size of unet/vae/image (default 512)")
+    ap.add_argument("--ref-python", default=os.environ.get("BENCH_REF_PYTHON"), metavar="PATH",
+                    help="reference interpreter to use as is (no .venv-ref, no pip; env BENCH_REF_PYTHON)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args()
@@ -364,12 +416,24 @@ def main() -> None:
     if a.profile and gpu:
         raise SystemExit("--profile times the CPU backend's eager ops; run it without --device")
 
-    ensure_venv()
+    if a.ref_python:
+        # the reference modules, and those of the generators (diffusers, min_dalle) for every row
+        kinds = {COMPONENTS[c][0] for c in comps}
+        need = {"torch"}
+        if kinds & {"sd15", "sd15-file"}:
+            need |= {"diffusers", "transformers"}
+        if kinds & {"mini", "mega"}:
+            need.add("min_dalle")
+        if "sdcpp" in comps:
+            need.add("stable_diffusion_cpp")
+        ensure_ref_python(a.ref_python, need)
+    else:
+        ensure_venv()
     ref_dev, ref_dtype = ref_placement(a)
     refs = {COMPONENTS[c][4] for c in comps} if ref_dev != "none" else set()
-    if "min-dalle" in refs:
+    if "min-dalle" in refs and not a.ref_python:
         ensure_package("min_dalle", "min-dalle")
-    if "sd.cpp" in refs:
+    if "sd.cpp" in refs and not a.ref_python:
         ensure_package("stable_diffusion_cpp", SDCPP_PIP)
     paths = {c: model_path(COMPONENTS[c][0], a) for c in comps}
     if not a.no_build:

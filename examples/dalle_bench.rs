@@ -43,7 +43,7 @@ const STEP_AT: usize = 128;
 
 struct Bench(common::Args);
 
-fn main() {
+pub fn main() {
     let usage = "usage: dalle_bench <dalle_bart-folder> <step|image|encode|vqgan> [timed] [warmup]";
     let args = common::Args::parse(usage, "step", 4);
     common::run_on("dalle_bench", args.spec, Bench(args));

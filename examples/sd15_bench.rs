@@ -223,7 +223,7 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 struct Bench(common::Args);
 
-fn main() {
+pub fn main() {
     let usage = "usage: sd15_bench <model-dir> <unet|vae|clip|image|unet-profile> [timed] [warmup]";
     let args = common::Args::parse(usage, "unet", 2);
     // `RUST_LOG=kiln=debug` shows the pipeline's per-step times (the `image` component).

@@ -50,6 +50,8 @@ the fp16 single files hold exactly the same numbers):
 --more-refs DIR rewrites only those issue-6 files from an existing tiny folder (loaded from disk), then --verify.
 --full writes the full-size random model (diffusers folder + sd15-random.safetensors (ldm, fp32) +
   sd15-random-fp16.safetensors) for key-coverage and benchmark runs.  Add --refs for reference tensors.
+  For GPU benchmark machines: --device cuda (init there), --no-fp32-file (only the sdcpp CPU row reads
+  the f32 ldm file), --no-reload-check, --threads N.
 --manifests writes, for the FULL-size architecture (built on the meta device, no memory used), every
   key with shape and dtype of each real checkpoint layout: sd15-diffusers-{text_encoder,unet,vae}.json
   and sd15-ldm.json.
@@ -278,10 +280,21 @@ def find_bpe_gz() -> Path:
     return p
 
 
+def clip_merges() -> list[str]:
+    """The 48894 merges, as in OpenAI's simple_tokenizer: from open_clip's BPE file, or where
+    neither it nor CLIP_BPE_GZ is there (the GPU machine: benches/gpu/run.sh carries no
+    open_clip), from the committed tiny fixture's merges.txt, which this script wrote from the
+    same file (checked equal, all 48894 lines)."""
+    committed = Path(__file__).resolve().parent / "fixtures/sd15-tiny/tokenizer/merges.txt"
+    if not os.environ.get("CLIP_BPE_GZ") and importlib.util.find_spec("open_clip") is None and committed.exists():
+        return committed.read_text(encoding="utf-8").split("\n")[1:-1]
+    lines = gzip.open(find_bpe_gz()).read().decode("utf-8").split("\n")
+    return lines[1: 49152 - 256 - 2 + 1]
+
+
 def write_tokenizer(out: Path, with_tokenizer_json: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lines = gzip.open(find_bpe_gz()).read().decode("utf-8").split("\n")
-    merges = lines[1: 49152 - 256 - 2 + 1]  # 48894 merges, as in OpenAI's simple_tokenizer
+    merges = clip_merges()
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab]
     vocab += ["".join(m.split()) for m in merges]
@@ -1701,9 +1714,9 @@ def canonical_metadata_order(path: Path, order: list[str]) -> None:
     """safetensors (Rust HashMap) writes the __metadata__ keys in a random order per process, so a file with two
     metadata keys is byte-identical between runs only half the time.  Rewrite that object in a fixed key order
     (same length, tensors untouched).  ["note", "format"] is the order of the committed sd15-tiny-fp16.safetensors."""
-    b = bytearray(path.read_bytes())
-    n = int.from_bytes(b[:8], "little")
-    head = b[8:8 + n].decode("utf-8")
+    with path.open("rb") as f:  # only the header: the whole file was read and written again before
+        n = int.from_bytes(f.read(8), "little")
+        head = f.read(n).decode("utf-8")
     pre = '{"__metadata__":'
     assert head.startswith(pre + "{"), head[:40]
     end = head.index("}", len(pre)) + 1
@@ -1711,8 +1724,11 @@ def canonical_metadata_order(path: Path, order: list[str]) -> None:
     assert sorted(meta) == sorted(order), (meta, order)
     want = pre + json.dumps({k: meta[k] for k in order}, separators=(",", ":"), ensure_ascii=False)
     assert len(want.encode()) == len(head[:end].encode())
-    b[8:8 + n] = (want + head[end:]).encode("utf-8")
-    path.write_bytes(bytes(b))
+    new = (want + head[end:]).encode("utf-8")
+    assert len(new) == n
+    with path.open("r+b") as f:
+        f.seek(8)
+        f.write(new)
 
 
 def generate(args, tiny: bool) -> None:
@@ -1740,8 +1756,15 @@ def generate(args, tiny: bool) -> None:
     (out / "model_index.json").write_text(json.dumps(model_index(diffusers.__version__), indent=2) + "\n")
 
     torch.manual_seed(args.seed)
-    te, unet, vae = build_models(ucfg, vcfg, ccfg)
-    round_to_fp16_grid(te, unet, vae)
+    # --device cuda: the default init (and the fp16 rounding) on the GPU, then the models come to
+    # the host; other values than the CPU default, same keys and shapes. --full on 2 busy cores:
+    # 325 s wall (tokenizer + build 35 s, folder 27 s, fp32 ldm file 122 s, fp16 file 60 s); with
+    # --no-fp32-file --no-reload-check and the header-only metadata fix: 109 s, the same bytes.
+    with torch.device(args.device):
+        te, unet, vae = build_models(ucfg, vcfg, ccfg)
+        round_to_fp16_grid(te, unet, vae)
+    te, unet, vae = te.cpu(), unet.cpu(), vae.cpu()
+    print(f"  models built on {args.device} ({time.time() - t0:.1f}s)")
     for name, m in (("text_encoder", te), ("unet", unet), ("vae", vae)):
         print(f"  {name}: {sum(p.numel() for p in m.parameters()) / 1e6:.3f} M params")
 
@@ -1752,7 +1775,9 @@ def generate(args, tiny: bool) -> None:
 
     base = "sd15-tiny" if tiny else "sd15-random"
     meta = {"format": "pt", "note": "random weights (fp16 grid), SD 1.5 architecture, CompVis/ldm keys; kiln fixture"}
-    dtypes = [torch.float16] if tiny else [torch.float32, torch.float16]
+    # --no-fp32-file: the ldm f32 file is read by the sdcpp CPU row alone; the GPU rows read the folder
+    # and sd15-random-fp16.safetensors.
+    dtypes = [torch.float16] if tiny or args.no_fp32_file else [torch.float32, torch.float16]
     for dtype in dtypes:
         ldm = to_ldm_state_dict(unet, vae, te, dtype)
         verify_ldm_round_trip(ldm, unet, vae, te)
@@ -1787,12 +1812,13 @@ def generate(args, tiny: bool) -> None:
         if tiny and not args.no_verify:
             verify(out)
 
-    StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True, safety_checker=None)
+    if not args.no_reload_check:
+        StableDiffusionPipeline.from_pretrained(str(out), local_files_only=True, safety_checker=None)
     total = 0
     for f in sorted(p for p in out.rglob("*") if p.is_file()):
         total += f.stat().st_size
         print(f"    {human(f.stat().st_size):>10s}  {f.relative_to(out)}")
-    print(f"  total {human(total)}; done in {time.time() - t0:.1f}s; reload from {out} OK")
+    print(f"  total {human(total)}; done in {time.time() - t0:.1f}s" + ("" if args.no_reload_check else f"; reload from {out} OK"))
 
 
 def main() -> None:
@@ -1818,6 +1844,11 @@ def main() -> None:
                          "the sd15-tiny-inpaint folder)")
     ap.add_argument("--check-single-file", action="store_true", help="--full: reload single files via from_single_file")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="--full: where to build and init the models: cpu (default) or "
+                    "cuda[:N] (fast; other random values)")
+    ap.add_argument("--no-fp32-file", action="store_true",
+                    help="--full: skip sd15-random.safetensors (ldm f32; only the sdcpp CPU row reads it)")
+    ap.add_argument("--no-reload-check", action="store_true", help="--full: skip the final from_pretrained reload")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 

@@ -4,7 +4,7 @@ mod cli;
 
 use clap::Parser;
 
-fn main() -> std::process::ExitCode {
+pub fn main() -> std::process::ExitCode {
     kiln::tune_allocator();
     let args = cli::Cli::parse();
     cli::init_logging(args.verbose, &args.log_format);
