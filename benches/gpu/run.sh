@@ -38,6 +38,14 @@ SUMMARY="$OUT/summary.txt"
 : >"$SUMMARY"
 
 say() { echo "$*" | tee -a "$SUMMARY"; }
+# The harness's printed table (from its heading on), or the log's end when it stopped short.
+table() {
+    if grep -q '^kiln \(on\|vs\) ' "$LOGS/$1.log"; then
+        sed -n '/^kiln \(on\|vs\) /,$p' "$LOGS/$1.log" >>"$SUMMARY"
+    else
+        tail -30 "$LOGS/$1.log" >>"$SUMMARY"
+    fi
+}
 left() { echo $((BUDGET - ($(date +%s) - START))); }
 # stage NAME LIMIT_S CMD...: runs CMD under the smaller of LIMIT_S and the budget left, its
 # output in $LOGS/NAME.log; one line in the summary with its exit status and seconds.
@@ -82,7 +90,7 @@ for lib in $(find /usr/local/cuda*/lib64 /usr/local/cuda*/targets/*/lib /opt/tor
         -name 'libnvrtc.so*' 2>/dev/null | head -4); do
     LD_LIBRARY_PATH=$(dirname "$lib")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 done
-export LD_LIBRARY_PATH
+export LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}
 export RUST_LOG=${RUST_LOG:-info}
 
 say "kiln GPU check: devices '$DEVICES', tiny=$TINY, $(date -u +%FT%TZ), budget $BUDGET s"
@@ -91,7 +99,7 @@ if command -v nvidia-smi >/dev/null; then
     nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$SUMMARY"
 fi
-say "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+say "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}"
 
 # The full-size random weights (never committed) are drawn on the GPU while the parity checks
 # run: SD 1.5 (folder + fp16 file) and DALL·E Mini/Mega (min-dalle .pt files). Helper measured
@@ -120,7 +128,7 @@ fi
 # --- 1. tiny-model parity against the committed references ------------------------------
 for dev in $DEVICES; do
     stage "doctor-$dev" 150 "$KILN" doctor --device "$dev" --json "$OUT/doctor-$dev.json"
-    cat "$LOGS/doctor-$dev.log" >>"$SUMMARY"
+    grep -v 'INFO' "$LOGS/doctor-$dev.log" >>"$SUMMARY"
 done
 
 # --- 2. SD 1.5: the harness, one request through the server ------------------------------
@@ -132,7 +140,7 @@ fi
 REF=(--ref-python "$PY" --no-build)
 export CARGO_TARGET_DIR=/tmp/kiln-gpu
 stage compare-sd 170 "$PY" benches/compare.py "${HARNESS[@]}" "${REF[@]}" --only image,unet,vae --out "$OUT/compare-sd.json"
-sed -n '/^kiln on/,$p' "$LOGS/compare-sd.log" >>"$SUMMARY"
+table compare-sd
 
 serve_request() {
     local port=18573
@@ -175,7 +183,7 @@ if [ "$TINY" = 1 ]; then
 else
     stage compare-dalle 170 "$PY" benches/compare.py "${HARNESS[@]}" "${REF[@]}" --only dalle-image,mega-step,mega-image --out "$OUT/compare-dalle.json"
 fi
-sed -n '/^kiln on/,$p' "$LOGS/compare-dalle.log" >>"$SUMMARY"
+table compare-dalle
 
 say "total $(($(date +%s) - START)) s"
 tar -czf "$OUT/logs.tgz" -C "$LOGS" .

@@ -6,35 +6,14 @@
 
 use burn::tensor::DType;
 use burn::tensor::backend::Backend;
-use kiln::doctor::{Check, dalle as doctor};
+use kiln::doctor::dalle as doctor;
 use kiln::models::dalle_mini::{DalleMini, SamplingConfig};
 
 use crate::dalle::{self, fixtures};
 
-/// Prints every check and fails on the first that failed.
-fn assert_passes(checks: kiln::Result<Vec<Check>>) -> Vec<Check> {
-    let checks = checks.expect("the checks run");
-    for c in &checks {
-        eprintln!(
-            "{} {}: {} = {:e} (tol {:e})",
-            c.precision,
-            c.name,
-            c.measure.as_str(),
-            c.value,
-            c.tol
-        );
-        assert!(
-            c.passed(),
-            "{}: {} = {:e} > {:e} {:?}",
-            c.name,
-            c.measure.as_str(),
-            c.value,
-            c.tol,
-            c.note
-        );
-    }
-    checks
-}
+#[path = "checks.rs"]
+mod checks;
+use checks::assert_passes;
 
 /// The two encoder rows (unconditional, conditional) of the reference prompt.
 pub fn text_rows() -> Vec<Vec<u32>> {

@@ -2,6 +2,10 @@
 //! `tensor_on` and `values` take any backend (`wgpu_parity.rs` runs on wgpu).
 #![allow(dead_code)]
 
+mod checks;
+#[allow(unused_imports)] // not every test crate asserts checks
+pub use checks::assert_passes;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
@@ -31,31 +35,6 @@ pub fn fixtures() -> kiln::doctor::Fixtures {
 /// A reference tensor from `models/fixtures/sd15-tiny/refs/<file>`.
 pub fn reference(file: &str, key: &str) -> (Vec<usize>, Vec<f32>) {
     fixtures().sd15_ref(file, key).expect("reference tensor")
-}
-
-/// Prints every check of `kiln doctor`'s (what it measured) and fails on the first that failed.
-pub fn assert_passes(checks: kiln::Result<Vec<kiln::doctor::Check>>) {
-    for c in checks.expect("the checks run") {
-        eprintln!(
-            "{} {} {}: {} = {:e} (tol {:e})",
-            c.family,
-            c.precision,
-            c.name,
-            c.measure.as_str(),
-            c.value,
-            c.tol
-        );
-        assert!(
-            c.passed(),
-            "{} {}: {} = {:e} > {:e} {:?}",
-            c.precision,
-            c.name,
-            c.measure.as_str(),
-            c.value,
-            c.tol,
-            c.note
-        );
-    }
 }
 
 pub fn tensor<const D: usize>(shape: &[usize], values: Vec<f32>) -> Tensor<B, D> {

@@ -14,7 +14,7 @@ use crate::common::{
     tensor_on, values,
 };
 
-pub use doctor::PROMPT;
+pub const PROMPT: &str = doctor::PROMPT;
 
 pub fn model<B: Backend>(with_encoder: bool, device: &B::Device) -> StableDiffusion<B> {
     StableDiffusion::<B>::load(&sd_tiny(), with_encoder, device).expect("tiny model loads")
