@@ -124,8 +124,9 @@ COMPONENTS = {
 # The issue's targets: kiln/ref ratio at most, or kiln peak RSS at most (GiB).
 TARGETS = [("unet", "ratio", 1.0), ("unet-bf16", "ratio", 1.0), ("image", "ratio", 0.6), ("image", "kiln_rss_gib", 3.0), ("sdcpp", "ratio", 0.25),
            ("dalle-image", "ratio", 0.3), ("mega-step", "kiln_rss_gib", 12.0), ("mega-image", "kiln_rss_gib", 12.0)]
-# On a GPU: kiln's device memory at most (GiB); the old services asked for 16 and 32 GiB.
-GPU_TARGETS = [("image", "kiln_gpu_gib", 4.0), ("mega-step", "kiln_gpu_gib", 8.0), ("mega-image", "kiln_gpu_gib", 8.0)]
+# On a GPU (issue 27): the whole image at most diffusers fp16's time; kiln's device memory at most
+# (GiB), where the old services asked for 16 and 32 GiB.
+GPU_TARGETS = [("image", "ratio", 1.0), ("image", "kiln_gpu_gib", 4.0), ("mega-step", "kiln_gpu_gib", 8.0), ("mega-image", "kiln_gpu_gib", 8.0)]
 
 
 def sh(cmd, **kw):
