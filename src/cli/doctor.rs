@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use burn::tensor::DType;
 use clap::Args;
 use kiln::backend::{DeviceSpec, dispatch};
-use kiln::doctor::{Doctor, Family, Fixtures, Report};
+use kiln::doctor::{Check, Doctor, Family, Fixtures, Report};
 
 #[derive(Args, Debug)]
 pub struct DoctorArgs {
@@ -52,37 +52,72 @@ pub fn run(args: DoctorArgs) -> anyhow::Result<()> {
     })?;
     let fixtures = Fixtures::new(&args.fixtures)?;
     let t0 = Instant::now();
-    let report = dispatch(
-        device,
-        Doctor {
-            fixtures,
-            families,
-            dtypes,
-        },
-    )??;
-    let seconds = t0.elapsed().as_secs_f64();
-    print_table(&report, device, seconds);
-    if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "device": device.to_string(),
-            "seconds": seconds,
-            "passed": report.checks.iter().all(|c| c.passed()),
-            "report": report,
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+    print_header(device);
+    // One family and dtype at a time, each printed as it ends: a run stopped by a time limit
+    // (a first run on a new GPU compiles and autotunes every kernel) still shows what it did.
+    let mut report = Report {
+        checks: Vec::new(),
+        device_memory_reserved: None,
+    };
+    let mut errors = Vec::new();
+    for &dtype in &dtypes {
+        for &family in &families {
+            let fixtures = fixtures.clone();
+            match dispatch(
+                device,
+                Doctor {
+                    fixtures,
+                    family,
+                    dtype,
+                },
+            )? {
+                Ok(group) => {
+                    group.checks.iter().for_each(print_row);
+                    report.checks.extend(group.checks);
+                    report.device_memory_reserved = group.device_memory_reserved;
+                }
+                Err(e) => {
+                    println!("{family:?} {dtype:?}: ERROR {e}");
+                    errors.push(format!("{family:?} {dtype:?}: {e}"));
+                }
+            }
+            if let Some(path) = &args.json {
+                write_json(path, device, t0.elapsed().as_secs_f64(), &report, &errors)?;
+            }
+        }
     }
+    let seconds = t0.elapsed().as_secs_f64();
+    print_footer(&report, seconds);
     let failed = report.checks.iter().filter(|c| !c.passed()).count();
-    if failed > 0 {
+    if failed > 0 || !errors.is_empty() {
         bail!(
-            "{failed} of {} checks failed on {device}",
-            report.checks.len()
+            "{failed} of {} checks failed on {device}{}",
+            report.checks.len(),
+            errors.iter().map(|e| format!("; {e}")).collect::<String>()
         );
     }
     Ok(())
 }
 
-fn print_table(report: &Report, device: DeviceSpec, seconds: f64) {
+fn write_json(
+    path: &std::path::Path,
+    device: DeviceSpec,
+    seconds: f64,
+    report: &Report,
+    errors: &[String],
+) -> anyhow::Result<()> {
+    let json = serde_json::json!({
+        "device": device.to_string(),
+        "seconds": seconds,
+        "passed": errors.is_empty() && report.checks.iter().all(|c| c.passed()),
+        "errors": errors,
+        "report": report,
+    });
+    std::fs::write(path, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn print_header(device: DeviceSpec) {
     println!(
         "kiln doctor on {device}: the tiny models against the diffusers, transformers and min-dalle references"
     );
@@ -90,24 +125,28 @@ fn print_table(report: &Report, device: DeviceSpec, seconds: f64) {
         "{:<6} {:<5} {:<42} {:<18} {:>10} {:>9} {:>8}  RESULT",
         "FAMILY", "DTYPE", "CHECK", "MEASURE", "VALUE", "TOL", "SECONDS"
     );
-    for c in &report.checks {
-        let result = if c.passed() { "ok" } else { "FAILED" };
-        let note = c
-            .note
-            .as_deref()
-            .map(|n| format!(" ({n})"))
-            .unwrap_or_default();
-        println!(
-            "{:<6} {:<5} {:<42} {:<18} {:>10.3e} {:>9.1e} {:>8.2}  {result}{note}",
-            c.family,
-            c.precision,
-            c.name,
-            c.measure.as_str(),
-            c.value,
-            c.tol,
-            c.seconds
-        );
-    }
+}
+
+fn print_row(c: &Check) {
+    let result = if c.passed() { "ok" } else { "FAILED" };
+    let note = c
+        .note
+        .as_deref()
+        .map(|n| format!(" ({n})"))
+        .unwrap_or_default();
+    println!(
+        "{:<6} {:<5} {:<42} {:<18} {:>10.3e} {:>9.1e} {:>8.2}  {result}{note}",
+        c.family,
+        c.precision,
+        c.name,
+        c.measure.as_str(),
+        c.value,
+        c.tol,
+        c.seconds
+    );
+}
+
+fn print_footer(report: &Report, seconds: f64) {
     let passed = report.checks.iter().filter(|c| c.passed()).count();
     let memory = report
         .device_memory_reserved

@@ -135,7 +135,14 @@ impl Recorder {
             .iter()
             .zip(want)
             .map(|(x, y)| f64::from((x - y).abs()))
-            .fold(0.0, |m, d| if d.is_nan() { f64::NAN } else { m.max(d) });
+            // NaN anywhere is NaN (`f64::max` would drop it), and fails the check.
+            .fold(0.0, |m: f64, d| {
+                if m.is_nan() || d.is_nan() {
+                    f64::NAN
+                } else {
+                    m.max(d)
+                }
+            });
         let value = match measure {
             Measure::RelativeDiff => d / want.iter().fold(1f64, |m, x| m.max(f64::from(x.abs()))),
             _ => d,
@@ -193,12 +200,13 @@ pub enum Family {
     Dalle,
 }
 
-/// Every check of the chosen families in each of `dtypes` (f32 or f16), on one device: what
-/// `kiln doctor` runs through [`crate::backend::dispatch`].
+/// The checks of one family in one dtype (f32 or f16), on one device: what `kiln doctor` runs
+/// through [`crate::backend::dispatch`] for each family and dtype asked for, printing each
+/// group's lines as it ends.
 pub struct Doctor {
     pub fixtures: Fixtures,
-    pub families: Vec<Family>,
-    pub dtypes: Vec<DType>,
+    pub family: Family,
+    pub dtype: DType,
 }
 
 /// What [`Doctor`] found.
@@ -214,19 +222,51 @@ impl BackendTask for Doctor {
     type Output = Result<Report>;
 
     fn run<B: Backend>(self, device: B::Device) -> Self::Output {
-        let mut checks = Vec::new();
-        for &dtype in &self.dtypes {
-            for family in &self.families {
-                checks.extend(match family {
-                    Family::Sd15 => sd15::all::<B>(&self.fixtures, &device, dtype)?,
-                    Family::Dalle => dalle::all::<B>(&self.fixtures, &device, dtype)?,
-                });
-            }
-        }
+        let checks = match self.family {
+            Family::Sd15 => sd15::all::<B>(&self.fixtures, &device, self.dtype)?,
+            Family::Dalle => dalle::all::<B>(&self.fixtures, &device, self.dtype)?,
+        };
         let memory = crate::backend::device_memory::<B>(&device);
         Ok(Report {
             checks,
             device_memory_reserved: memory.map(|m| m.bytes_reserved),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_check_fails_on_nan_length_or_size() {
+        let mut rec = Recorder::new("sd15", DType::F32);
+        rec.close(
+            "nan first",
+            Measure::MaxAbsDiff,
+            &[f32::NAN, 1.0],
+            &[0.0, 1.0],
+            1e-4,
+        );
+        rec.close(
+            "nan mid",
+            Measure::MaxAbsDiff,
+            &[0.0, f32::NAN, 1.0],
+            &[0.0; 3],
+            10.0,
+        );
+        rec.close("short", Measure::MaxAbsDiff, &[0.0], &[0.0, 0.0], 1e-4);
+        rec.close("relative", Measure::RelativeDiff, &[10.5], &[10.0], 0.06);
+        rec.close("absolute", Measure::MaxAbsDiff, &[10.5], &[10.0], 0.06);
+        rec.pixels("pixels", &[3, 5], &[4, 7], 1.0);
+        rec.exact("tokens", &[1, 2, 3], &[1, 2]);
+        let got: Vec<(bool, f64)> = rec.checks.iter().map(|c| (c.passed(), c.value)).collect();
+        assert!(!got[0].0 && got[0].1.is_nan());
+        assert!(!got[1].0 && got[1].1.is_nan());
+        assert!(!got[2].0 && rec.checks[2].note.is_some());
+        assert_eq!(got[3], (true, 0.05));
+        assert_eq!(got[4], (false, 0.5));
+        assert_eq!(got[5], (false, 2.0));
+        assert_eq!(got[6], (false, 1.0));
     }
 }

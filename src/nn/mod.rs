@@ -18,6 +18,6 @@ mod layers;
 mod ops;
 
 pub use host::{host_f32, host_reads};
-pub use kernels::{Stretch, compute_dtype, run};
+pub use kernels::{Stretch, attends_cache_prefix, compute_dtype, run};
 pub use layers::{Conv2d, Embedding, GroupNorm, LayerNorm, Linear, WeightLayout, conv1x1, conv3x3};
 pub use ops::*;

@@ -77,13 +77,18 @@ impl<B: Backend> DecoderLayer<B> {
         } = cache;
         let keys = crate::nn::write_position(keys, t, k);
         let values = crate::nn::write_position(values, t, v);
-        let a = self.self_attn.attend(
-            q,
-            keys.clone().slice(seen.clone()),
-            values.clone().slice(seen),
-            None,
-            false,
-        );
+        let a = if crate::nn::attends_cache_prefix::<B>() {
+            let (k, v) = (keys.clone().slice(seen.clone()), values.clone().slice(seen));
+            self.self_attn.attend(q, k, v, None, false)
+        } else {
+            // The whole cache, the slots after `t` masked: the same shapes at every step.
+            let slots = keys.dims()[2];
+            let later = Tensor::<B, 1, Int>::arange(0..slots as i64, &keys.device())
+                .greater_elem(t as i64)
+                .reshape([1, 1, 1, slots]);
+            self.self_attn
+                .attend(q, keys.clone(), values.clone(), Some(later), false)
+        };
         let x = x + self.self_attn_layer_norm.forward(a);
         let x = self.cross_and_glu(x, cross_keys.clone(), cross_values.clone(), pad);
         (

@@ -243,6 +243,20 @@ pub fn attention<B: Backend>(
     None
 }
 
+/// Whether a decode step attends over only the cache slots written so far (kiln's CPU kernel
+/// reads that prefix in place). GPU backends attend over the whole cache, later slots masked,
+/// so that every step has the same shapes: cubecl keys its autotune results by shape buckets,
+/// and with autotune on lavapipe a kernel tuned at 32 keys was picked at 33 and failed there
+/// ("Rhs dimension n=33 must be a multiple of plane size 8", a panic inside cubecl); one shape
+/// also compiles once instead of once per step.
+pub fn attends_cache_prefix<B: Backend>() -> bool {
+    #[cfg(feature = "cpu")]
+    if cpu::is_flex::<B>() {
+        return true;
+    }
+    false
+}
+
 /// `value` `[R, H, 1, D]` written into position `t` of `cache` `[R, H, P, D]` in place on the
 /// CPU when the cache is not shared; the cache back as `Err` otherwise.
 pub fn write_position<B: Backend>(

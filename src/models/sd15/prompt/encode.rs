@@ -222,7 +222,7 @@ fn flatten(chunks: &[Chunk]) -> (Vec<i64>, Vec<f32>, Vec<Placement>) {
 }
 
 /// A1111's mean restoration factor of each chunk, `original mean / weighted mean`, read on the
-/// host (k numbers). Where the weighted mean is ~0 next to the hidden states' own size (a CLIP
+/// host (the three `[k, 1]` means in one read). Where the weighted mean is ~0 next to the hidden states' own size (a CLIP
 /// whose final layer norm centres every token, as the random demo model's does; never SD's
 /// CLIP, whose means are ~10% of the magnitudes), the division would only amplify rounding
 /// noise into NaN or huge values: the chunk keeps its weighted states unscaled instead.
@@ -231,12 +231,11 @@ fn restore_ratios<B: Backend>(
     weighted: Tensor<B, 2>,
     size: Tensor<B, 2>,
 ) -> Result<Vec<f32>> {
-    let host = crate::nn::host_f32::<B, 2>;
-    let (o, w, a) = (host(original)?, host(weighted)?, host(size)?);
-    Ok(o.iter()
-        .zip(&w)
-        .zip(&a)
-        .map(|((o, w), a)| {
+    let means = crate::nn::host_f32(Tensor::cat(vec![original, weighted, size], 1))?;
+    Ok(means
+        .chunks_exact(3)
+        .map(|m| {
+            let (o, w, a) = (m[0], m[1], m[2]);
             let r = o / w;
             if w.abs() > 1e-4 * a && r.is_finite() {
                 r
