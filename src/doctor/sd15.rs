@@ -22,24 +22,18 @@ const FAMILY: &str = "sd15";
 pub fn all<B: Backend>(fx: &Fixtures, device: &B::Device, dtype: DType) -> Result<Vec<Check>> {
     match dtype {
         DType::F32 => {
-            let mut checks = text_encoder::<B>(fx, device, F32_TOL)?;
-            checks.extend(unet::<B>(fx, device, F32_TOL)?);
-            checks.extend(vae_decode_and_encode::<B>(fx, device, F32_TOL)?);
+            // One load (with the VAE encoder) serves every check.
+            let m = StableDiffusion::<B>::load(&fx.sd15(), true, device)?;
+            let mut checks = text_encoder(fx, &m, F32_TOL)?;
+            checks.extend(unet(fx, &m, F32_TOL)?);
+            checks.extend(vae_decode_and_encode(fx, &m, F32_TOL)?);
             let ddim = SchedulerKind::Ddim;
-            checks.extend(pipeline::<B>(fx, device, DDIM4, ddim, "", 1, F32_TOL)?);
+            checks.extend(pipeline(fx, &m, DDIM4, ddim, "", 1, F32_TOL)?);
             Ok(checks)
         }
         DType::F16 => f16_pipeline::<B>(fx, device, F16_TOL),
         other => Err(Error::invalid(format!("no SD 1.5 checks in {other:?}"))),
     }
-}
-
-fn model<B: Backend>(
-    fx: &Fixtures,
-    encoder: bool,
-    device: &B::Device,
-) -> Result<StableDiffusion<B>> {
-    StableDiffusion::<B>::load(&fx.sd15(), encoder, device)
 }
 
 fn tensor<B: Backend, const D: usize>(
@@ -51,8 +45,11 @@ fn tensor<B: Backend, const D: usize>(
 }
 
 /// Token ids, then the prompt's and the empty prompt's embeddings.
-pub fn text_encoder<B: Backend>(fx: &Fixtures, device: &B::Device, tol: f32) -> Result<Vec<Check>> {
-    let m = model::<B>(fx, false, device)?;
+pub fn text_encoder<B: Backend>(
+    fx: &Fixtures,
+    m: &StableDiffusion<B>,
+    tol: f32,
+) -> Result<Vec<Check>> {
     let mut rec = Recorder::new(FAMILY, DType::F32);
     let file = "text_encoder.safetensors";
     let ids: Vec<f32> = m
@@ -77,8 +74,8 @@ pub fn text_encoder<B: Backend>(fx: &Fixtures, device: &B::Device, tol: f32) -> 
     Ok(rec.checks)
 }
 
-pub fn unet<B: Backend>(fx: &Fixtures, device: &B::Device, tol: f32) -> Result<Vec<Check>> {
-    let m = model::<B>(fx, false, device)?;
+pub fn unet<B: Backend>(fx: &Fixtures, m: &StableDiffusion<B>, tol: f32) -> Result<Vec<Check>> {
+    let device = m.device();
     let file = "unet.safetensors";
     let (ss, sample) = fx.sd15_ref(file, "sample")?;
     let (_, t) = fx.sd15_ref(file, "timestep")?;
@@ -99,12 +96,13 @@ pub fn unet<B: Backend>(fx: &Fixtures, device: &B::Device, tol: f32) -> Result<V
     Ok(rec.checks)
 }
 
+/// `m` must be loaded with its VAE encoder.
 pub fn vae_decode_and_encode<B: Backend>(
     fx: &Fixtures,
-    device: &B::Device,
+    m: &StableDiffusion<B>,
     tol: f32,
 ) -> Result<Vec<Check>> {
-    let m = model::<B>(fx, true, device)?;
+    let device = m.device();
     let file = "vae.safetensors";
     let (s, z) = fx.sd15_ref(file, "decode_in")?;
     let mut rec = Recorder::new(FAMILY, DType::F32);
@@ -165,14 +163,13 @@ pub fn reference_request(
 /// image (relative to their scale), and the 8-bit pixels (within 1/255). `n` images.
 pub fn pipeline<B: Backend>(
     fx: &Fixtures,
-    device: &B::Device,
+    m: &StableDiffusion<B>,
     file: &str,
     scheduler: SchedulerKind,
     negative: &str,
     n: usize,
     tol: f32,
 ) -> Result<Vec<Check>> {
-    let m = model::<B>(fx, false, device)?;
     let req = reference_request(fx, file, scheduler, negative)?;
     if req.n != n {
         return Err(Error::invalid(format!(

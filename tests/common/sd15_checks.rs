@@ -22,11 +22,15 @@ pub fn model<B: Backend>(with_encoder: bool, device: &B::Device) -> StableDiffus
 
 /// Token ids, then the prompt's and the empty prompt's embeddings.
 pub fn text_encoder<B: Backend>(device: &B::Device, tol: f32) {
-    assert_passes(doctor::text_encoder::<B>(&fixtures(), device, tol));
+    assert_passes(doctor::text_encoder(
+        &fixtures(),
+        &model::<B>(false, device),
+        tol,
+    ));
 }
 
 pub fn unet<B: Backend>(device: &B::Device, tol: f32) {
-    assert_passes(doctor::unet::<B>(&fixtures(), device, tol));
+    assert_passes(doctor::unet(&fixtures(), &model::<B>(false, device), tol));
 }
 
 /// `forward_copies` (classifier-free guidance's shared prefix: the layers before the first
@@ -53,7 +57,11 @@ pub fn unet_copies<B: Backend>(device: &B::Device, tol: f32) {
 }
 
 pub fn vae_decode_and_encode<B: Backend>(device: &B::Device, tol: f32) {
-    assert_passes(doctor::vae_decode_and_encode::<B>(&fixtures(), device, tol));
+    assert_passes(doctor::vae_decode_and_encode(
+        &fixtures(),
+        &model::<B>(true, device),
+        tol,
+    ));
 }
 
 /// Runs a 4-step pipeline from the reference's starting noise and checks the final latents,
@@ -66,7 +74,15 @@ pub fn pipeline<B: Backend>(
     n: usize,
     tol: f32,
 ) {
-    let checks = doctor::pipeline::<B>(&fixtures(), device, file, scheduler, negative, n, tol);
+    let checks = doctor::pipeline(
+        &fixtures(),
+        &model::<B>(false, device),
+        file,
+        scheduler,
+        negative,
+        n,
+        tol,
+    );
     assert_passes(checks);
 }
 
